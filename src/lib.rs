@@ -1,0 +1,2 @@
+//! falgate: the server-side proxy every frontend puts in front of fal.ai.
+pub mod emulator;
