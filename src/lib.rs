@@ -1,2 +1,23 @@
 //! falgate: the server-side proxy every frontend puts in front of fal.ai.
+//!
+//! A request on `/api/fal/*` is authenticated (`auth`), parsed into a typed call (`routes`,
+//! `fal`), then runs the one pipeline (`pipeline`): authorize (`policy`), read and check input
+//! (`input`), check ownership (`ownership`), forward with the server-held key and relay
+//! (`upstream`). `emulator` is an offline fal for `falgate dev` and tests. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dev;
 pub mod emulator;
+pub mod error;
+pub mod fal;
+pub mod input;
+pub mod layers;
+pub mod ownership;
+pub mod pipeline;
+pub mod policy;
+pub mod routes;
+pub mod telemetry;
+pub mod upstream;

@@ -1,1 +1,22 @@
-fn main(){}
+//! The `falgate` binary: parse the command line, run it, map failures to exit codes
+//! (64 = unusable configuration, 1 = anything else).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use falgate::cli::{self, Cli, Failure};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match cli::run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("falgate: {message}");
+            ExitCode::from(64)
+        }
+        Err(Failure::Other(err)) => {
+            eprintln!("falgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

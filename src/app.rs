@@ -1,0 +1,88 @@
+//! The gate's shared state ([`Gate`]), built once from config, and [`serve`], which runs the
+//! public and admin listeners (already bound by the caller) until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::Verifier;
+use crate::config::{Config, FalCredentials};
+use crate::ownership::Ownership;
+use crate::policy::Policy;
+use crate::telemetry::metrics;
+use crate::upstream::Upstream;
+use crate::{layers, routes};
+
+/// Everything a request needs, built at startup and shared read-only.
+pub struct Gate {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub policy: Policy,
+    pub upstream: Upstream,
+    pub ownership: Ownership,
+}
+
+/// The two routers falgate serves.
+pub struct App {
+    /// `/api/fal/*`, `/healthz`, `/readyz`.
+    pub public: Router,
+    /// `/metrics`.
+    pub admin: Router,
+}
+
+/// A startup failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the HTTP client for fal: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Builds the gate and its routers from a validated config.
+pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildError> {
+    let gate = Gate {
+        verifier: Verifier::new(&config.auth),
+        policy: Policy::new(config.endpoints.clone(), config.storage_uploads),
+        upstream: Upstream::new(config.upstream.clone(), credentials)?,
+        ownership: Ownership::default(),
+        config,
+    };
+    let public = layers::wrap(routes::router(Arc::new(gate)));
+    let handle = metrics::handle();
+    let admin = Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(metrics::render(&handle))),
+    );
+    Ok(App { public, admin })
+}
+
+/// Serves both routers until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    public: TcpListener,
+    admin: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let admin_stopped = stopped.clone();
+    let admin_task = tokio::spawn(async move {
+        let mut stopped = admin_stopped;
+        axum::serve(admin, app.admin)
+            .with_graceful_shutdown(async move {
+                stopped.changed().await.ok();
+            })
+            .await
+    });
+    let mut public_stopped = stopped;
+    let public_task = axum::serve(public, app.public).with_graceful_shutdown(async move {
+        public_stopped.changed().await.ok();
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.send(()).ok();
+    });
+    public_task.await?;
+    admin_task.await.map_err(std::io::Error::other)?
+}

@@ -1,0 +1,174 @@
+//! The command line (`serve | dev | emulator | token | check-config`) and what each runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, FalCredentials, ProcessEnv};
+use crate::{app, dev, emulator, telemetry};
+
+/// falgate: the proxy in front of fal.ai.
+#[derive(Debug, Parser)]
+#[command(name = "falgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the production proxy (the default).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy and the built-in fal emulator together, with a random secret and a token.
+    Dev {
+        /// Public listener for the proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// A config file to start from instead of the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the fal queue emulator alone.
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// Mint an HS256 token with the configured secret (local testing).
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and exit non-zero with a clear message when it is not usable.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Why the process exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Configuration or credentials are unusable (exit 64).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (exit 1).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config).await,
+        Command::Dev { listen, config } => dev::run(listen, config.as_deref())
+            .await
+            .map_err(Failure::Other),
+        Command::Emulator { listen } => run_emulator(listen).await,
+        Command::Token {
+            sub,
+            tier,
+            ttl,
+            config,
+        } => {
+            let config = load(config)?;
+            let token = crate::auth::mint_hs256(
+                config.auth.hs256_secret.expose_secret().as_bytes(),
+                &sub,
+                tier.as_deref(),
+                ttl,
+            )
+            .context("cannot sign the token")?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            load(config)?;
+            println!("configuration is valid");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, Failure> {
+    Config::load(path.as_deref(), &ProcessEnv).map_err(|err| Failure::Config(err.to_string()))
+}
+
+async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load(path)?;
+    let credentials = FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
+    telemetry::init(config.log_format);
+    let public = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let app = app::build(config, credentials).context("cannot start")?;
+    announce("falgate", &public, &admin)?;
+    app::serve(public, admin, app, shutdown_signal())
+        .await
+        .context("server failed")?;
+    Ok(())
+}
+
+async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
+    telemetry::init(crate::config::LogFormat::Text);
+    let listener = bind(listen).await?;
+    println!(
+        "falgate emulator listening on http://{}",
+        listener.local_addr().context("local address")?
+    );
+    let emulator = emulator::Emulator::new(emulator::EmulatorConfig::default());
+    emulator::serve(listener, emulator, shutdown_signal())
+        .await
+        .context("emulator failed")?;
+    Ok(())
+}
+
+/// Binds a listener, naming the address on failure.
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Prints the bound addresses on stdout (tests and scripts read them when binding port 0).
+pub(crate) fn announce(
+    name: &str,
+    public: &TcpListener,
+    admin: &TcpListener,
+) -> anyhow::Result<()> {
+    println!("{name} listening on http://{}", public.local_addr()?);
+    println!("{name} admin listening on http://{}", admin.local_addr()?);
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
+}

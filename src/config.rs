@@ -1,0 +1,210 @@
+//! Configuration: a TOML file plus `FALGATE_<SECTION>__<KEY>` overrides, parsed and validated
+//! once at start into typed values (durations, URLs, enums). The request path only reads it.
+
+mod env;
+mod file;
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+pub use env::{ProcessEnv, Sources};
+pub use file::{LogFormat, Toggle};
+pub use secrets::FalCredentials;
+
+use crate::fal::EndpointId;
+
+/// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
+pub const DEFAULT_PATH: &str = "config/falgate.toml";
+
+/// Shortest HS256 secret accepted: the hash size (RFC 7518 §3.2).
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub auth: Auth,
+    pub max_body_bytes: usize,
+    pub storage_uploads: Toggle,
+    pub log_format: LogFormat,
+    pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
+}
+
+/// Where fal is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub queue_url: Url,
+    pub run_url: Url,
+    pub storage_url: Url,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub hs256_secret: SecretString,
+    pub leeway: Duration,
+}
+
+/// What is allowed for one configured endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    pub sync_run: bool,
+    pub webhooks: bool,
+}
+
+/// A configuration that cannot be used, with a message naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads the file named by `--config`, `FALGATE_CONFIG` or the default, then applies env.
+    pub fn load(path: Option<&Path>, sources: &dyn Sources) -> Result<Self, ConfigError> {
+        let path = resolve_path(path, sources);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
+        Self::from_toml(&text, sources)
+            .map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
+    }
+
+    /// Parses TOML text plus env overrides into a validated config. Pure: no file or network.
+    pub fn from_toml(text: &str, sources: &dyn Sources) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError(err.message().to_owned()))?;
+        env::apply_overrides(&mut table, sources).map_err(ConfigError)?;
+        // The path names the key in the message; serde's own text (never the value) follows.
+        let raw: file::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ConfigError(format!("`{path}`: {}", err.into_inner().message()))
+            })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: file::RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: socket("listen", &raw.listen)?,
+            admin_listen: socket("admin_listen", &raw.admin_listen)?,
+            upstream: upstream(raw.upstream)?,
+            auth: auth(raw.auth)?,
+            max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
+            storage_uploads: raw.storage.uploads,
+            log_format: raw.log.format,
+            endpoints: endpoints(raw.endpoints)?,
+        })
+    }
+}
+
+fn resolve_path(path: Option<&Path>, sources: &dyn Sources) -> PathBuf {
+    path.map(Path::to_path_buf)
+        .or_else(|| sources.var("FALGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+fn socket(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| {
+        ConfigError(format!(
+            "`{key}` must be an address like 0.0.0.0:8080, got {raw:?}"
+        ))
+    })
+}
+
+fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError(format!("`{key}` must be greater than zero")));
+    }
+    Ok(value)
+}
+
+fn millis(key: &str, value: u64) -> Result<Duration, ConfigError> {
+    positive(key, usize::try_from(value).unwrap_or(usize::MAX))
+        .map(|_| Duration::from_millis(value))
+}
+
+fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw)
+        .map_err(|err| ConfigError(format!("`{key}` is not a URL ({err}): {raw:?}")))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.host().is_some();
+    if !plain {
+        return Err(ConfigError(format!(
+            "`{key}` must be a plain http(s) base URL without credentials or query"
+        )));
+    }
+    Ok(url)
+}
+
+fn upstream(raw: file::RawUpstream) -> Result<Upstream, ConfigError> {
+    Ok(Upstream {
+        queue_url: base_url("upstream.queue_url", &raw.queue_url)?,
+        run_url: base_url("upstream.run_url", &raw.run_url)?,
+        storage_url: base_url("upstream.storage_url", &raw.storage_url)?,
+        connect_timeout: millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
+        first_byte_timeout: millis("upstream.first_byte_timeout_ms", raw.first_byte_timeout_ms)?,
+        idle_timeout: millis("upstream.idle_timeout_ms", raw.idle_timeout_ms)?,
+        pool_idle_timeout: millis("upstream.pool_idle_timeout_ms", raw.pool_idle_timeout_ms)?,
+        max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
+    })
+}
+
+fn auth(raw: file::RawAuth) -> Result<Auth, ConfigError> {
+    let secret = raw.hs256_secret.ok_or_else(|| {
+        ConfigError("`auth.hs256_secret` is required (set FALGATE_AUTH__HS256_SECRET); falgate never runs without authentication".into())
+    })?;
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        return Err(ConfigError(format!(
+            "`auth.hs256_secret` must be at least {MIN_HS256_SECRET_BYTES} bytes"
+        )));
+    }
+    if raw.leeway_seconds > 300 {
+        return Err(ConfigError(
+            "`auth.leeway_seconds` must be at most 300".into(),
+        ));
+    }
+    Ok(Auth {
+        hs256_secret: SecretString::from(secret),
+        leeway: Duration::from_secs(raw.leeway_seconds),
+    })
+}
+
+fn endpoints(
+    raw: BTreeMap<String, file::RawEndpoint>,
+) -> Result<BTreeMap<EndpointId, EndpointPolicy>, ConfigError> {
+    raw.into_iter()
+        .map(|(id, endpoint)| {
+            let parsed = EndpointId::parse(&id).map_err(|_| {
+                ConfigError(format!(
+                    "`endpoints.\"{id}\"` is not an endpoint id like owner/alias"
+                ))
+            })?;
+            Ok((
+                parsed,
+                EndpointPolicy {
+                    sync_run: endpoint.sync_run,
+                    webhooks: endpoint.webhooks,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! fal credentials, read only from `FAL_KEY`, `FAL_KEY_ID` + `FAL_KEY_SECRET`, or `FAL_KEY_FILE`,
+//! and held as a secret that cannot be printed (its `Debug` is redacted, it has no `Display`).
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::env::Sources;
+
+/// The server-held fal key, as it goes into `Authorization: Key …`.
+#[derive(Clone)]
+pub struct FalCredentials(SecretString);
+
+impl std::fmt::Debug for FalCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FalCredentials([REDACTED])")
+    }
+}
+
+impl FalCredentials {
+    /// Wraps a key given in code (the dev command's emulator key).
+    pub fn new(key: String) -> Self {
+        Self(SecretString::from(key))
+    }
+
+    /// Reads the credentials from exactly one of the three sources.
+    pub fn from_sources(sources: &dyn Sources) -> Result<Self, String> {
+        let key = sources.var("FAL_KEY").filter(|v| !v.is_empty());
+        let pair = (sources.var("FAL_KEY_ID"), sources.var("FAL_KEY_SECRET"));
+        let file = sources.var("FAL_KEY_FILE").filter(|v| !v.is_empty());
+        let pair = match pair {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+                Some(format!("{id}:{secret}"))
+            }
+            (None, None) => None,
+            _ => return Err("FAL_KEY_ID and FAL_KEY_SECRET must be set together".into()),
+        };
+        let raw = match (key, pair, file) {
+            (Some(key), None, None) => key,
+            (None, Some(pair), None) => pair,
+            (None, None, Some(path)) => read_key_file(&path)?,
+            (None, None, None) => return Err(
+                "no fal credentials: set FAL_KEY, FAL_KEY_ID and FAL_KEY_SECRET, or FAL_KEY_FILE"
+                    .into(),
+            ),
+            _ => {
+                return Err(
+                    "set only one of FAL_KEY, FAL_KEY_ID/FAL_KEY_SECRET and FAL_KEY_FILE".into(),
+                )
+            }
+        };
+        Self::checked(raw)
+    }
+
+    fn checked(raw: String) -> Result<Self, String> {
+        let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(Self(SecretString::from(raw)))
+        } else {
+            Err("the fal key must be non-empty printable ASCII without spaces".into())
+        }
+    }
+
+    /// The `Authorization` header value for fal. Only `upstream` calls this.
+    pub(crate) fn authorization(&self) -> String {
+        format!("Key {}", self.0.expose_secret())
+    }
+}
+
+fn read_key_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|err| format!("FAL_KEY_FILE {path} cannot be read: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn key_id_and_secret_are_joined_with_a_colon() {
+        let creds =
+            FalCredentials::from_sources(&env(&[("FAL_KEY_ID", "id"), ("FAL_KEY_SECRET", "sec")]))
+                .unwrap();
+        assert_eq!(creds.authorization(), "Key id:sec");
+    }
+
+    #[test]
+    fn key_file_is_read_and_trimmed() {
+        let path = std::env::temp_dir().join(format!("falgate-key-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "fk-from-file\n").unwrap();
+        let creds = FalCredentials::from_sources(&env(&[("FAL_KEY_FILE", path.to_str().unwrap())]))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(creds.authorization(), "Key fk-from-file");
+    }
+
+    #[test]
+    fn missing_half_pair_and_two_sources_are_refused() {
+        assert!(FalCredentials::from_sources(&env(&[])).is_err());
+        assert!(FalCredentials::from_sources(&env(&[("FAL_KEY_ID", "id")])).is_err());
+        assert!(
+            FalCredentials::from_sources(&env(&[("FAL_KEY", "a"), ("FAL_KEY_FILE", "/x")]))
+                .is_err()
+        );
+        assert!(FalCredentials::from_sources(&env(&[("FAL_KEY", "a b")])).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let creds = FalCredentials::new("fk-canary".into());
+        assert!(!format!("{creds:?}").contains("fk-canary"));
+    }
+}

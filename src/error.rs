@@ -1,0 +1,190 @@
+//! Every refusal falgate makes is one [`GateError`]: one `match` decides its status, one its code,
+//! and [`render`] is the only place that writes the contract's JSON error body.
+//!
+//! `IntoResponse` is pure: it sets status and headers and stores the error in the response
+//! extensions; the access log (`telemetry::access_log`) renders the body with the request id
+//! and logs the refusal once. fal's own errors never become a `GateError` and pass through.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The response header that marks a refusal as falgate's own, not fal's.
+pub const ERROR_HEADER: &str = "x-falgate-error";
+
+/// A refusal or failure made by falgate itself.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the target URL is not an allowed fal URL: {0}")]
+    BadTarget(#[from] crate::fal::TargetError),
+    #[error("no route matches this path")]
+    RouteNotFound,
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unauthenticated(#[from] crate::auth::AuthError),
+    #[error("endpoint `{0}` is not allowed for this caller")]
+    EndpointNotAllowed(String),
+    #[error("{message}")]
+    Forbidden {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error("no request with this id exists for this caller")]
+    RequestNotFound,
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the request body must be JSON (content-type application/json)")]
+    NotJson,
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("fal could not be reached")]
+    UpstreamUnreachable(#[source] reqwest::Error),
+    #[error("fal did not answer in time")]
+    UpstreamTimeout,
+    #[error("fal answered with something that is not a valid response")]
+    UpstreamBadResponse(String),
+    #[error("fal did not confirm the submission; it may have been queued, so check before submitting again")]
+    SubmitOutcomeUnknown(String),
+    #[error("an internal error occurred")]
+    Internal(String),
+}
+
+impl GateError {
+    /// The HTTP status of this refusal (the contract's table, in one place).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) | Self::BadTarget(_) | Self::InvalidJson(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::EndpointNotAllowed(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UpstreamUnreachable(_) | Self::UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // 424, not 502/504: `@fal-ai/client` retries those on submit, and a retry of a submit
+            // that fal may already have queued would make a second paid job (fal-protocol §4.5).
+            Self::SubmitOutcomeUnknown(_) => StatusCode::FAILED_DEPENDENCY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable snake_case code; also the `code` metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_request",
+            Self::BadTarget(_) => "invalid_target",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::EndpointNotAllowed(_) => "endpoint_not_allowed",
+            Self::Forbidden { code, .. } => code,
+            Self::RequestNotFound => "request_not_found",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::NotJson => "unsupported_media_type",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::UpstreamUnreachable(_) => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBadResponse(_) => "upstream_bad_response",
+            Self::SubmitOutcomeUnknown(_) => "submit_outcome_unknown",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The one sentence a client sees. Internal causes stay in the log, never in the body.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Internal(_) => "an internal error occurred".to_owned(),
+            Self::UpstreamBadResponse(_) => "fal answered with something that is not a valid response".to_owned(),
+            Self::SubmitOutcomeUnknown(_) => {
+                "fal did not confirm the submission; it may have been queued, so check before submitting again".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The detail kept for the log line (never sent to the client).
+    pub fn log_detail(&self) -> Option<String> {
+        match self {
+            Self::UpstreamUnreachable(err) => Some(without_url(err)),
+            Self::UpstreamBadResponse(why)
+            | Self::SubmitOutcomeUnknown(why)
+            | Self::Internal(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// reqwest errors print the URL; ours carry no secret, but keep logs to the cause alone.
+fn without_url(err: &reqwest::Error) -> String {
+    let mut cause = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(current) = source {
+        if !cause.is_empty() {
+            cause.push_str(": ");
+        }
+        cause.push_str(&current.to_string());
+        source = current.source();
+    }
+    cause
+}
+
+impl IntoResponse for GateError {
+    fn into_response(self) -> Response {
+        let mut response = self.status().into_response();
+        let headers = response.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let Self::Unauthenticated(_) = self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="falgate", error="invalid_token""#),
+            );
+        }
+        if let Self::MethodNotAllowed = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT"));
+        }
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+}
+
+/// Writes the contract's JSON error body for `error`, stamped with falgate's request id.
+pub fn render(error: &GateError, request_id: &str) -> serde_json::Value {
+    json!({ "code": error.code(), "message": error.message(), "request_id": request_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_with_unknown_outcome_is_not_a_status_the_fal_client_retries() {
+        let status = GateError::SubmitOutcomeUnknown("reset".into()).status();
+        assert!(![429, 502, 503, 504].contains(&status.as_u16()), "{status}");
+    }
+
+    #[test]
+    fn unauthenticated_carries_www_authenticate_and_error_header() {
+        let response = GateError::Unauthenticated(crate::auth::AuthError::Missing).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        assert_eq!(response.headers()[ERROR_HEADER], "unauthenticated");
+    }
+
+    #[test]
+    fn internal_causes_never_reach_the_body() {
+        let body = render(&GateError::Internal("secret cause".into()), "rid");
+        assert!(!body.to_string().contains("secret cause"));
+        assert_eq!(body["request_id"], "rid");
+    }
+}

@@ -1,0 +1,169 @@
+//! The `x-fal-target-url` header of the `@fal-ai/client` proxy protocol, parsed strictly.
+//!
+//! Only the canonical serialisation of an `https` URL on exactly `queue.fal.run`, `fal.run`, or
+//! the storage-initiate URL on `rest.fal.ai`/`rest.alpha.fal.ai` is accepted; the URL is compared
+//! with its own WHATWG serialisation, so any form that a parser would rewrite (userinfo, ports,
+//! IP literals, encoded or unicode hosts, dot segments, backslashes, whitespace) is refused
+//! before anything else reads it.
+
+use url::Url;
+
+use super::{parse_queue_path, Call, Op, QueuePathError};
+
+/// Longest target URL accepted.
+const MAX_TARGET_LEN: usize = 4096;
+
+/// Why a target URL was refused; each becomes a 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("target URL is missing")]
+    Missing,
+    #[error("target URL is not a canonical absolute URL")]
+    NotCanonical,
+    #[error("target URL must use https")]
+    Scheme,
+    #[error("target host is not a fal host")]
+    Host,
+    #[error("target path is not allowed: {0}")]
+    Path(#[from] QueuePathError),
+    #[error("only the storage upload initiate URL is allowed on the REST host")]
+    RestPath,
+}
+
+/// Parses a raw header value into a [`Call`].
+pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
+    if raw.is_empty() {
+        return Err(TargetError::Missing);
+    }
+    if raw.len() > MAX_TARGET_LEN
+        || !raw.bytes().all(|b| b.is_ascii_graphic())
+        || raw.contains('\\')
+    {
+        return Err(TargetError::NotCanonical);
+    }
+    let url = Url::parse(raw).map_err(|_| TargetError::NotCanonical)?;
+    if url.as_str() != raw || url.fragment().is_some() {
+        return Err(TargetError::NotCanonical);
+    }
+    if url.scheme() != "https" {
+        return Err(TargetError::Scheme);
+    }
+    // Canonical equality already rules out userinfo-free forms with ports like `:443`; these
+    // checks keep the rule explicit should that ever change.
+    if !url.username().is_empty() || url.password().is_some() || url.port().is_some() {
+        return Err(TargetError::NotCanonical);
+    }
+    let op = match url.host() {
+        Some(url::Host::Domain("queue.fal.run")) => parse_queue_path(url.path(), url.query())?,
+        Some(url::Host::Domain("fal.run")) => run_op(&url)?,
+        Some(url::Host::Domain("rest.fal.ai" | "rest.alpha.fal.ai")) => storage_op(&url)?,
+        _ => return Err(TargetError::Host),
+    };
+    Ok(Call { op })
+}
+
+fn run_op(url: &Url) -> Result<Op, TargetError> {
+    match parse_queue_path(url.path(), url.query())? {
+        Op::Submit {
+            endpoint,
+            webhook: None,
+        } => Ok(Op::Run { endpoint }),
+        _ => Err(TargetError::Path(QueuePathError::Shape)),
+    }
+}
+
+fn storage_op(url: &Url) -> Result<Op, TargetError> {
+    if url.path() == "/storage/upload/initiate" && url.query() == Some("storage_type=fal-cdn-v3") {
+        Ok(Op::StorageInitiate)
+    } else {
+        Err(TargetError::RestPath)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_targets_parse_into_calls() {
+        let submit = parse_target("https://queue.fal.run/fal-ai/flux/dev").unwrap();
+        assert_eq!(submit.path_and_query(), "/fal-ai/flux/dev");
+        let run = parse_target("https://fal.run/fal-ai/video-prompt-generator").unwrap();
+        assert!(matches!(run.op, Op::Run { .. }));
+        for rest in [
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+            "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+        ] {
+            assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate);
+        }
+    }
+
+    /// SECURITY-CASES group A: every trick is refused before any connection.
+    #[test]
+    fn target_url_tricks_are_refused() {
+        let cases = [
+            "https://queue.fal.run@evil.com/x",
+            "https://queue.fal.run:443@evil.com/x",
+            "https://queue.fal.run.evil.com/x",
+            "https://fal.run.evil.com/",
+            "https://evilfal.run/x",
+            "https://notfal.run/",
+            "https://api.fal.run/x",
+            "https://rest.beta.fal.ai/storage/upload/initiate",
+            "https://evil.com#@queue.fal.run/",
+            "https://evil.com?@queue.fal.run/",
+            "https://evil.com\\@queue.fal.run/",
+            "https://queue.fal.run\\@evil.com/",
+            "https://queue%2efal%2erun/x",
+            "https://queue\u{3002}fal\u{3002}run/x",
+            "https://queue\u{ff0e}fal\u{ff0e}run/x",
+            "https://queue.fal.r\u{00ad}un/x",
+            " https://queue.fal.run/x",
+            "https://queue.fal\t.run/x",
+            "https:queue.fal.run/x",
+            "https:/\\queue.fal.run/x",
+            "https://qu\u{0435}ue.fal.run/x",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://127.0.0.1/",
+            "https://0x7f.1/",
+            "https://2130706433/",
+            "https://0177.0.0.1/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://[::1]/",
+            "http://localhost:6379/",
+            "http://queue.fal.run/fal-ai/x",
+            "ftp://queue.fal.run/a/b",
+            "ws://fal.run/a/b",
+            "wss://fal.run/a/b/realtime",
+            "file:///etc/passwd",
+            "data:,x",
+            "//queue.fal.run/x",
+            "/fal-ai/x",
+            "fal-ai/flux/dev",
+            "",
+            "https://queue.fal.run:8443/a/b",
+            "https://queue.fal.run:443/a/b",
+            "https://queue.fal.run:0443/a/b",
+            "https://queue.fal.run:65536/a/b",
+            "https://fal.run./fal-ai/x",
+            "https://fal.run../fal-ai/x",
+            "https://queue.fal.run/fal-ai/../x/y",
+            "https://queue.fal.run/fal-ai/%2e%2e/x",
+            "https://queue.fal.run/fal-ai%2fx/y",
+            "https://queue.fal.run/",
+            "https://fal.run",
+            "https://fal.run/",
+            "https://queue.fal.run/a/b#frag",
+            "https://rest.fal.ai/tokens/",
+            "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=gcs",
+            "https://fal.ai/a/b",
+            "https://QUEUE.FAL.RUN/a/b",
+        ];
+        for case in cases {
+            assert!(parse_target(case).is_err(), "accepted {case:?}");
+        }
+        let huge = format!("https://queue.fal.run/a/{}", "b".repeat(100_000));
+        assert!(parse_target(&huge).is_err());
+    }
+}

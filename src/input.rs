@@ -1,0 +1,142 @@
+//! The request body of a call that carries one: JSON only, bounded in size, well formed.
+//! Schema validation (per endpoint) builds on the [`JsonInput`] this returns.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::GateError;
+
+/// A body proven to be one JSON object within the size limit; the original bytes are kept
+/// so fal receives exactly what the caller sent.
+#[derive(Debug, Clone)]
+pub struct JsonInput {
+    pub bytes: Bytes,
+}
+
+/// Reads and checks the body: 415 unless JSON, 413 past `max_bytes`, 400 unless a JSON object.
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<JsonInput, GateError> {
+    if !is_json(headers) {
+        return Err(GateError::NotJson);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_bytes as u64) {
+        return Err(GateError::BodyTooLarge(max_bytes));
+    }
+    let bytes = match Limited::new(body, max_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => return Err(GateError::BodyTooLarge(max_bytes)),
+        Err(_) => {
+            return Err(GateError::Malformed(
+                "the request body could not be read".into(),
+            ))
+        }
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(_)) => Ok(JsonInput { bytes }),
+        Ok(_) => Err(GateError::InvalidJson(
+            "the body must be a JSON object".into(),
+        )),
+        Err(err) => Err(GateError::InvalidJson(format!(
+            "line {} column {}",
+            err.line(),
+            err.column()
+        ))),
+    }
+}
+
+/// `application/json` (parameters allowed), not compressed.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let identity = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    essence.eq_ignore_ascii_case("application/json") && identity
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        headers
+    }
+
+    #[tokio::test]
+    async fn json_object_within_the_limit_is_kept_byte_for_byte() {
+        let input = read_json(&json_headers(), Body::from(r#"{"a": 1}"#), 64)
+            .await
+            .unwrap();
+        assert_eq!(&input.bytes[..], br#"{"a": 1}"#);
+    }
+
+    #[tokio::test]
+    async fn each_bad_body_gets_its_own_error() {
+        let text =
+            HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))]);
+        assert_eq!(
+            read_json(&text, Body::from("{}"), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            read_json(&HeaderMap::new(), Body::from("{}"), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "unsupported_media_type"
+        );
+        let mut gzip = json_headers();
+        gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(
+            read_json(&gzip, Body::from("{}"), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            read_json(&json_headers(), Body::from("x".repeat(65)), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "body_too_large"
+        );
+        assert_eq!(
+            read_json(&json_headers(), Body::from("{\"a\":"), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_json"
+        );
+        assert_eq!(
+            read_json(&json_headers(), Body::from("[1]"), 64)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_json"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! The ordered steps every call goes through, whichever route family it came from:
+//! authorize → (read and check input) → check ownership → forward → record ownership → relay.
+//! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
+//! Each step returns a proof value or a [`GateError`]; none writes a response.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use crate::app::Gate;
+use crate::auth::Caller;
+use crate::error::GateError;
+use crate::fal::{Call, Op};
+use crate::input;
+use crate::telemetry::metrics;
+use crate::upstream::{self, relay};
+
+/// Runs one call for `caller` and returns the response to relay.
+pub async fn handle(
+    gate: &Gate,
+    caller: Caller,
+    call: Call,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, GateError> {
+    let _grant = gate.policy.authorize(&caller, &call)?;
+    let forwarded = upstream::forwarded_headers(headers)?;
+    let input = match call.has_body() {
+        true => Some(input::read_json(headers, body, gate.config.max_body_bytes).await?),
+        false => None,
+    };
+    if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
+        gate.ownership.check(&caller, &app, id)?;
+    }
+    let started = Instant::now();
+    let sent = gate
+        .upstream
+        .send(&call, forwarded, input.map(|input| input.bytes))
+        .await;
+    metrics::upstream_answered(call.op_name(), started.elapsed());
+    let response = sent?;
+    if !relay::is_buffered(&call) {
+        return Ok(relay::stream(&gate.upstream, response));
+    }
+    let answer = relay::buffer(&gate.upstream, &call, response).await?;
+    if let (Op::Submit { endpoint, .. }, true) = (&call.op, answer.status.is_success()) {
+        if let Some(id) = answer.submitted_id() {
+            gate.ownership.record(&caller, endpoint.app(), id);
+        }
+    }
+    Ok(answer.into_response())
+}

@@ -1,0 +1,35 @@
+//! `ANY /api/fal/proxy`: the `@fal-ai/client` proxy protocol. The real fal URL arrives in
+//! `x-fal-target-url`; it is parsed strictly (see `fal::target`) and only the parsed call is used.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+
+use crate::app::Gate;
+use crate::auth::Caller;
+use crate::error::GateError;
+use crate::fal::{parse_target, TargetError};
+use crate::pipeline;
+
+/// The header that carries the real fal URL.
+const TARGET_HEADER: &str = "x-fal-target-url";
+
+pub(super) async fn handle(
+    State(gate): State<Arc<Gate>>,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, GateError> {
+    let mut targets = request.headers().get_all(TARGET_HEADER).iter();
+    let target = targets.next().ok_or(TargetError::Missing)?;
+    if targets.next().is_some() {
+        return Err(GateError::Malformed(format!(
+            "header {TARGET_HEADER} may be sent only once"
+        )));
+    }
+    let target = target.to_str().map_err(|_| TargetError::NotCanonical)?;
+    let call = parse_target(target)?;
+    super::check_method(&request, &call)?;
+    let (parts, body) = request.into_parts();
+    pipeline::handle(&gate, caller, call, &parts.headers, body).await
+}

@@ -1,0 +1,163 @@
+//! Relaying fal's answer: status, body and a safe subset of headers. Event streams and model
+//! output are streamed chunk by chunk, never buffered; an idle gap longer than the configured
+//! timeout, or an upstream that breaks off, aborts the client's response (an error, not a clean
+//! end). Control-plane answers (submit, status, cancel, storage initiate) are read whole,
+//! bounded, and checked to be JSON.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use crate::error::GateError;
+use crate::fal::{Call, FalRequestId, Op};
+use crate::upstream::{after_sent, Upstream};
+
+/// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.
+const RELAYED: [&str; 7] = [
+    "content-type",
+    "x-fal-request-id",
+    "retry-after",
+    "x-fal-request-timeout-type",
+    "x-fal-error-type",
+    "x-fal-retryable",
+    "x-fal-needs-retry",
+];
+
+/// A control-plane answer read whole.
+pub struct Buffered {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Buffered {
+    /// The `request_id` of a successful submit, when fal's answer carries a valid one.
+    pub fn submitted_id(&self) -> Option<FalRequestId> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        FalRequestId::parse(value.get("request_id")?.as_str()?).ok()
+    }
+
+    /// Turns the answer into the client's response.
+    pub fn into_response(self) -> Response {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+/// Whether this operation's answer is read whole (small, and its shape matters) or streamed.
+pub fn is_buffered(call: &Call) -> bool {
+    matches!(
+        call.op,
+        Op::Submit { .. } | Op::Status { .. } | Op::Cancel { .. } | Op::StorageInitiate
+    )
+}
+
+/// Reads a control-plane answer whole (bounded by size and idle time) and checks a 2xx is JSON.
+pub async fn buffer(
+    upstream: &Upstream,
+    call: &Call,
+    response: reqwest::Response,
+) -> Result<Buffered, GateError> {
+    let status = response.status();
+    let headers = relayed_headers(response.headers());
+    let limit = upstream.max_response_bytes();
+    let mut body = BytesMut::new();
+    let mut chunks = std::pin::pin!(idle_limited(
+        response.bytes_stream(),
+        upstream.idle_timeout()
+    ));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
+        if body.len() + chunk.len() > limit {
+            return Err(after_sent(
+                call,
+                GateError::UpstreamBadResponse(format!("answer larger than {limit} bytes")),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    if status.is_success() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return Err(after_sent(
+            call,
+            GateError::UpstreamBadResponse(format!(
+                "{} answer with status {status} is not JSON",
+                call.op_name()
+            )),
+        ));
+    }
+    let buffered = Buffered {
+        status,
+        headers,
+        body,
+    };
+    if status.is_success()
+        && matches!(call.op, Op::Submit { .. })
+        && buffered.submitted_id().is_none()
+    {
+        return Err(after_sent(
+            call,
+            GateError::UpstreamBadResponse("submit answer has no valid request_id".into()),
+        ));
+    }
+    Ok(buffered)
+}
+
+/// Streams fal's answer to the client as it arrives.
+pub fn stream(upstream: &Upstream, response: reqwest::Response) -> Response {
+    let status = response.status();
+    let mut headers = relayed_headers(response.headers());
+    let is_event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_event_stream {
+        // Ask any proxy in front of falgate not to buffer the stream either.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    let body = idle_limited(response.bytes_stream(), upstream.idle_timeout());
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in RELAYED {
+        if let Some(value) = upstream.get(name) {
+            out.insert(name, value.clone());
+        }
+    }
+    out
+}
+
+/// Ends the stream with an error when no chunk arrives within `idle`.
+fn idle_limited(
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    idle: Duration,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(Box::pin(body)), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "fal went silent",
+                )),
+                None,
+            )),
+        }
+    })
+}
