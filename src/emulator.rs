@@ -1,21 +1,138 @@
-//! placeholder until the emulator branch is merged
+//! An in-process fake of fal's queue, run, storage and CDN hosts, served on one listener by path
+//! prefix (`/`, `/fal.run/`, `/rest.fal.ai/`, `/_storage/`) plus a `/_emulator/` control API.
+//! Lifecycles are driven by `tokio::time`, so tests control them with paused time.
+
+mod control;
+mod dispatch;
+mod faults;
+mod model;
+mod queue;
+mod route;
+mod status;
+mod storage;
+mod stream;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
-#[derive(Default, Clone, Debug)]
-pub struct EmulatorConfig;
-#[derive(Clone)]
-pub struct Emulator;
-impl Emulator {
-    pub fn new(_c: EmulatorConfig) -> Self {
-        Self
-    }
-    pub fn router(&self) -> axum::Router {
-        axum::Router::new()
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+pub use faults::{Fault, FaultAction, Op};
+
+/// Timing and verbosity knobs of the emulator (config section `[emulator]`, all optional).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulatorConfig {
+    /// Time a request stays `IN_QUEUE` after submit, in milliseconds.
+    pub queue_ms: u64,
+    /// Time a request stays `IN_PROGRESS` before `COMPLETED`, in milliseconds.
+    pub progress_ms: u64,
+    /// Number of log lines emitted, evenly spread over the `IN_PROGRESS` phase.
+    pub log_lines: usize,
+    /// Interval between two events of the SSE status stream, in milliseconds.
+    pub stream_interval_ms: u64,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self { queue_ms: 300, progress_ms: 700, log_lines: 3, stream_interval_ms: 100 }
     }
 }
+
+/// The emulator: cheap to clone, all clones share the same queue, faults, storage and records.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+/// One request received on a fal host path (control-API and `/_storage/` calls are not recorded).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Request path as received, including the host prefix (e.g. `/fal.run/fal-ai/flux/dev`).
+    pub path: String,
+    /// Raw query string without the `?`, if any.
+    pub query: Option<String>,
+    /// Every header, names lower-cased, duplicates kept in order.
+    pub headers: Vec<(String, String)>,
+    /// The body decoded as lossy UTF-8 (empty when the body exceeded the size limit).
+    pub body: String,
+}
+
+struct Inner {
+    config: EmulatorConfig,
+    requests: Mutex<Vec<RecordedRequest>>,
+    faults: faults::FaultList,
+    queue: queue::Queue,
+    storage: storage::Store,
+}
+
+impl Emulator {
+    /// Creates an emulator with empty queue, storage, faults and request log.
+    pub fn new(config: EmulatorConfig) -> Self {
+        let inner = Inner {
+            queue: queue::Queue::new(&config),
+            config,
+            requests: Mutex::new(Vec::new()),
+            faults: faults::FaultList::default(),
+            storage: storage::Store::default(),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The whole app: fal hosts by path prefix, the fake CDN and the `/_emulator/` control API.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .merge(control::routes())
+            .merge(storage::routes())
+            .fallback(dispatch::handle)
+            .with_state(self.clone())
+    }
+
+    /// Every request received so far on fal host paths, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.requests).clone()
+    }
+
+    /// Forgets all recorded requests.
+    pub fn clear_requests(&self) {
+        lock(&self.inner.requests).clear();
+    }
+
+    /// Appends a fault; faults are consulted in insertion order and the first match wins.
+    pub fn add_fault(&self, fault: Fault) {
+        self.inner.faults.add(fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.inner.faults.clear();
+    }
+
+    fn config(&self) -> &EmulatorConfig {
+        &self.inner.config
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        lock(&self.inner.requests).push(request);
+    }
+}
+
+/// Serves `emulator` on an already bound listener until `shutdown` resolves, then drains
+/// open connections (SSE streams end at completion, stalls after their delay).
 pub async fn serve(
-    l: tokio::net::TcpListener,
-    e: Emulator,
-    s: impl Future<Output = ()> + Send + 'static,
+    listener: tokio::net::TcpListener,
+    emulator: Emulator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(l, e.router()).with_graceful_shutdown(s).await
+    axum::serve(listener, emulator.router()).with_graceful_shutdown(shutdown).await
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves the data consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

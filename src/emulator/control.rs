@@ -1,0 +1,45 @@
+//! The test control API under `/_emulator/`: read and clear recorded requests, add and clear
+//! faults. Its calls are never recorded and never faulted.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::faults::Fault;
+use super::status::detail;
+use super::Emulator;
+
+/// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`.
+pub(crate) fn routes() -> Router<Emulator> {
+    Router::new()
+        .route("/_emulator/requests", get(list_requests).delete(clear_requests))
+        .route("/_emulator/faults", axum::routing::post(add_fault).delete(clear_faults))
+}
+
+async fn list_requests(State(emulator): State<Emulator>) -> Response {
+    Json(emulator.requests()).into_response()
+}
+
+async fn clear_requests(State(emulator): State<Emulator>) -> StatusCode {
+    emulator.clear_requests();
+    StatusCode::NO_CONTENT
+}
+
+/// Body: one `Fault` as JSON; a malformed fault answers 400 with the parse error.
+async fn add_fault(State(emulator): State<Emulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Fault>(&body) {
+        Ok(fault) => {
+            emulator.add_fault(fault);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(error) => detail(StatusCode::BAD_REQUEST, format!("invalid fault: {error}")),
+    }
+}
+
+async fn clear_faults(State(emulator): State<Emulator>) -> StatusCode {
+    emulator.clear_faults();
+    StatusCode::NO_CONTENT
+}
