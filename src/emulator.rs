@@ -38,7 +38,12 @@ pub struct EmulatorConfig {
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
-        Self { queue_ms: 300, progress_ms: 700, log_lines: 3, stream_interval_ms: 100 }
+        Self {
+            queue_ms: 300,
+            progress_ms: 700,
+            log_lines: 3,
+            stream_interval_ms: 100,
+        }
     }
 }
 
@@ -81,7 +86,9 @@ impl Emulator {
             faults: faults::FaultList::default(),
             storage: storage::Store::default(),
         };
-        Self { inner: Arc::new(inner) }
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The whole app: fal hosts by path prefix, the fake CDN and the `/_emulator/` control API.
@@ -129,7 +136,9 @@ pub async fn serve(
     emulator: Emulator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, emulator.router()).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, emulator.router())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section leaves the data consistent.

@@ -43,7 +43,10 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         return detail(StatusCode::NOT_FOUND, "Not Found");
     };
     let bytes = to_bytes(body, MAX_BODY_BYTES).await;
-    emulator.record(record(&parts, bytes.as_ref().map_or(&[][..], |bytes| &bytes[..])));
+    emulator.record(record(
+        &parts,
+        bytes.as_ref().map_or(&[][..], |bytes| &bytes[..]),
+    ));
     let Ok(bytes) = bytes else {
         return detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large");
     };
@@ -53,24 +56,40 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         Host::Rest => route::rest(&parts.method, relative),
     };
     let mut drop_after = None;
-    match emulator.inner.faults.take(call.as_ref().ok().map(|call| call.op), &path) {
-        Some(FaultAction::Status { status, body, headers }) => return faults::status_response(status, &body, &headers),
+    match emulator
+        .inner
+        .faults
+        .take(call.as_ref().ok().map(|call| call.op), &path)
+    {
+        Some(FaultAction::Status {
+            status,
+            body,
+            headers,
+        }) => return faults::status_response(status, &body, &headers),
         Some(FaultAction::Stall { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(FaultAction::Garbage) => return faults::garbage_response(),
-        Some(FaultAction::StreamDrop { after_events }) if is_op(&call, Op::StatusStream) => drop_after = Some(after_events),
+        Some(FaultAction::StreamDrop { after_events }) if is_op(&call, Op::StatusStream) => {
+            drop_after = Some(after_events)
+        }
         Some(FaultAction::Drop | FaultAction::StreamDrop { .. }) => return faults::drop_response(),
         None => {}
     }
     let call = match call {
         Ok(call) => call,
         Err(RouteError::NotFound) => return detail(StatusCode::NOT_FOUND, "Not Found"),
-        Err(RouteError::MethodNotAllowed) => return detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        Err(RouteError::MethodNotAllowed) => {
+            return detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+        }
     };
     if !has_key(&parts) {
         return detail(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let authority = parts.uri.authority().map(|authority| authority.as_str());
-    let ctx = Ctx { base: base_url(&parts.headers, authority), query: parts.uri.query().map(str::to_owned), emulator };
+    let ctx = Ctx {
+        base: base_url(&parts.headers, authority),
+        query: parts.uri.query().map(str::to_owned),
+        emulator,
+    };
     run_call(&ctx, &call, &bytes, drop_after)
 }
 
@@ -82,7 +101,13 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, drop_after: Option<u32>) -> R
         Op::StatusStream => match ctx.emulator.inner.queue.snapshot(&call.app, id) {
             Some(_) => {
                 let urls = Urls::new(&ctx.base, &call.app, id);
-                stream::respond(ctx.emulator.clone(), call.app.clone(), urls, wants_logs(ctx), drop_after)
+                stream::respond(
+                    ctx.emulator.clone(),
+                    call.app.clone(),
+                    urls,
+                    wants_logs(ctx),
+                    drop_after,
+                )
             }
             None => not_found_request(),
         },
@@ -129,9 +154,13 @@ fn result(ctx: &Ctx, call: &Call, id: &str) -> Response {
         return not_found_request();
     };
     let response = match (snapshot.phase, snapshot.cancelled, &snapshot.outcome) {
-        (Phase::InQueue | Phase::InProgress, _, _) => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),
+        (Phase::InQueue | Phase::InProgress, _, _) => {
+            detail(StatusCode::BAD_REQUEST, "Request is still in progress")
+        }
         (Phase::Completed, true, _) => detail(StatusCode::BAD_REQUEST, "Request was cancelled"),
-        (Phase::Completed, false, Outcome::Invalid(errors)) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone()),
+        (Phase::Completed, false, Outcome::Invalid(errors)) => {
+            detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone())
+        }
         (Phase::Completed, false, Outcome::Output(output)) => json_response(StatusCode::OK, output),
     };
     with_request_id(response, id)
@@ -150,7 +179,9 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let response = match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
         Ok(Outcome::Output(output)) => json_response(StatusCode::OK, &output),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
+        Ok(Outcome::Invalid(errors)) | Err(errors) => {
+            detail(StatusCode::UNPROCESSABLE_ENTITY, errors)
+        }
     };
     with_request_id(response, &id)
 }
@@ -178,7 +209,12 @@ fn record(parts: &Parts, body: &[u8]) -> RecordedRequest {
     let headers = parts
         .headers
         .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     RecordedRequest {
         method: parts.method.to_string(),
@@ -191,10 +227,15 @@ fn record(parts: &Parts, body: &[u8]) -> RecordedRequest {
 
 /// `Authorization: Key <credentials>` with non-empty credentials (scheme case-insensitive).
 fn has_key(parts: &Parts) -> bool {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    value.and_then(|value| value.split_once(' ')).is_some_and(|(scheme, credentials)| {
-        scheme.eq_ignore_ascii_case("key") && !credentials.trim().is_empty()
-    })
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    value
+        .and_then(|value| value.split_once(' '))
+        .is_some_and(|(scheme, credentials)| {
+            scheme.eq_ignore_ascii_case("key") && !credentials.trim().is_empty()
+        })
 }
 
 /// `?logs=1` (JS) or `?logs=true` (Python).
@@ -213,6 +254,8 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Value> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(model::not_an_object("value is not a valid dict")),
-        Err(error) => Err(json!([{ "loc": ["body"], "msg": format!("invalid JSON: {error}"), "type": "value_error.jsondecode" }])),
+        Err(error) => Err(
+            json!([{ "loc": ["body"], "msg": format!("invalid JSON: {error}"), "type": "value_error.jsondecode" }]),
+        ),
     }
 }

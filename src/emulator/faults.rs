@@ -3,13 +3,18 @@
 
 use std::io;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::lock;
+
+/// How long a broken body waits after its first chunk, so the headers reach the client.
+pub(crate) const FLUSH_PAUSE: Duration = Duration::from_millis(20);
 
 /// A fal operation, as a fault selector and in recorded routing decisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,18 +116,28 @@ impl FaultList {
 impl Fault {
     fn matches(&self, op: Option<Op>, path: &str) -> bool {
         let op_ok = self.op.is_none_or(|wanted| Some(wanted) == op);
-        let path_ok = self.path_contains.as_deref().is_none_or(|part| path.contains(part));
+        let path_ok = self
+            .path_contains
+            .as_deref()
+            .is_none_or(|part| path.contains(part));
         // A `times: Some(0)` fault is already spent.
         op_ok && path_ok && self.times != Some(0)
     }
 }
 
 /// The canned `Status` answer.
-pub(crate) fn status_response(status: u16, body: &serde_json::Value, headers: &[(String, String)]) -> Response {
+pub(crate) fn status_response(
+    status: u16,
+    body: &serde_json::Value,
+    headers: &[(String, String)],
+) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (code, axum::Json(body)).into_response();
     for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             response.headers_mut().append(name, value);
         }
     }
@@ -131,21 +146,32 @@ pub(crate) fn status_response(status: u16, body: &serde_json::Value, headers: &[
 
 /// A 200 JSON-typed answer whose body does not parse as JSON.
 pub(crate) fn garbage_response() -> Response {
-    json_typed(StatusCode::OK, Body::from("<html>upstream garbage {not json"))
+    json_typed(
+        StatusCode::OK,
+        Body::from("<html>upstream garbage {not json"),
+    )
 }
 
 /// A 200 answer whose body breaks after a partial chunk.
 pub(crate) fn drop_response() -> Response {
-    let chunks: Vec<Result<Bytes, io::Error>> = vec![
-        Ok(Bytes::from_static(b"{\"partial\":")),
-        Err(io::Error::new(io::ErrorKind::ConnectionReset, "emulated connection drop")),
-    ];
-    json_typed(StatusCode::OK, Body::from_stream(futures_util::stream::iter(chunks)))
+    let partial = futures_util::stream::once(async { Ok(Bytes::from_static(b"{\"partial\":")) });
+    // The pause lets the server flush the headers and first chunk before the abort.
+    let broken = futures_util::stream::once(async {
+        tokio::time::sleep(FLUSH_PAUSE).await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "emulated connection drop",
+        ))
+    });
+    json_typed(StatusCode::OK, Body::from_stream(partial.chain(broken)))
 }
 
 fn json_typed(status: StatusCode, body: Body) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -154,7 +180,12 @@ mod tests {
     use super::*;
 
     fn fault(op: Option<Op>, path: Option<&str>, times: Option<u32>) -> Fault {
-        Fault { op, path_contains: path.map(str::to_owned), action: FaultAction::Garbage, times }
+        Fault {
+            op,
+            path_contains: path.map(str::to_owned),
+            action: FaultAction::Garbage,
+            times,
+        }
     }
 
     #[test]
@@ -165,9 +196,15 @@ mod tests {
         assert!(list.take(Some(Op::Result), "/a/b/requests/x").is_none());
         assert!(list.take(Some(Op::Status), "/a/b").is_some());
         assert!(list.take(Some(Op::Status), "/a/b").is_some());
-        assert!(list.take(Some(Op::Status), "/a/b").is_none(), "times=2 fault must be removed");
+        assert!(
+            list.take(Some(Op::Status), "/a/b").is_none(),
+            "times=2 fault must be removed"
+        );
         assert!(list.take(None, "/fal-ai/flux/dev").is_some());
-        assert!(list.take(None, "/fal-ai/flux/dev").is_some(), "times=None lasts forever");
+        assert!(
+            list.take(None, "/fal-ai/flux/dev").is_some(),
+            "times=None lasts forever"
+        );
     }
 
     #[test]
@@ -175,6 +212,8 @@ mod tests {
         let json = r#"{"op":"status_stream","action":{"kind":"status","status":503,"body":{}}}"#;
         let parsed: Fault = serde_json::from_str(json).expect("fault json");
         assert_eq!(parsed.op, Some(Op::StatusStream));
-        assert!(matches!(parsed.action, FaultAction::Status { status: 503, ref headers, .. } if headers.is_empty()));
+        assert!(
+            matches!(parsed.action, FaultAction::Status { status: 503, ref headers, .. } if headers.is_empty())
+        );
     }
 }

@@ -2,77 +2,14 @@
 //! schema (pydantic-v1 style 422 `detail` items) and builds a deterministic prompt; every other
 //! endpoint echoes its input.
 
+mod schema;
+
 use serde_json::{json, Map, Value};
+
+use schema::{Field, Kind, FIELDS};
 
 /// The one endpoint with a real schema.
 pub(crate) const VIDEO_PROMPT_GENERATOR: &str = "fal-ai/video-prompt-generator";
-
-const STYLES: &[&str] = &[
-    "Minimalist", "Simple", "Detailed", "Descriptive", "Dynamic", "Cinematic", "Documentary",
-    "Animation", "Action", "Experimental",
-];
-const CAMERA_STYLES: &[&str] = &[
-    "None", "Steadicam flow", "Drone aerials", "Handheld urgency", "Crane elegance",
-    "Dolly precision", "VR 360", "Multi-angle rig", "Static tripod", "Gimbal smoothness",
-    "Slider motion", "Jib sweep", "POV immersion", "Time-slice array", "Macro extreme",
-    "Tilt-shift miniature", "Snorricam character", "Whip pan dynamics", "Dutch angle tension",
-    "Underwater housing", "Periscope lens",
-];
-const CAMERA_DIRECTIONS: &[&str] = &[
-    "None", "Zoom in", "Zoom out", "Pan left", "Pan right", "Tilt up", "Tilt down",
-    "Orbital rotation", "Push in", "Pull out", "Track forward", "Track backward", "Spiral in",
-    "Spiral out", "Arc movement", "Diagonal traverse", "Vertical rise", "Vertical descent",
-];
-const PACINGS: &[&str] = &[
-    "None", "Slow burn", "Rhythmic pulse", "Frantic energy", "Ebb and flow", "Hypnotic drift",
-    "Time-lapse rush", "Stop-motion staccato", "Gradual build", "Quick cut rhythm",
-    "Long take meditation", "Jump cut energy", "Match cut flow", "Cross-dissolve dreamscape",
-    "Parallel action", "Slow motion impact", "Ramping dynamics", "Montage tempo",
-    "Continuous flow", "Episodic breaks",
-];
-const SPECIAL_EFFECTS: &[&str] = &[
-    "None", "Practical effects", "CGI enhancement", "Analog glitches", "Light painting",
-    "Projection mapping", "Nanosecond exposures", "Double exposure", "Smoke diffusion",
-    "Lens flare artistry", "Particle systems", "Holographic overlay", "Chromatic aberration",
-    "Digital distortion", "Wire removal", "Motion capture", "Miniature integration",
-    "Weather simulation", "Color grading", "Mixed media composite", "Neural style transfer",
-];
-const MODELS: &[&str] = &[
-    "anthropic/claude-3.5-sonnet", "anthropic/claude-3-5-haiku", "anthropic/claude-3-haiku",
-    "google/gemini-pro-1.5", "google/gemini-flash-1.5", "google/gemini-flash-1.5-8b",
-    "meta-llama/llama-3.2-1b-instruct", "meta-llama/llama-3.2-3b-instruct",
-    "meta-llama/llama-3.1-8b-instruct", "meta-llama/llama-3.1-70b-instruct",
-    "openai/gpt-4o-mini", "openai/gpt-4o", "deepseek/deepseek-r1",
-];
-const PROMPT_LENGTHS: &[&str] = &["Short", "Medium", "Long"];
-
-/// The type of one schema field.
-enum Kind {
-    Str,
-    Enum(&'static [&'static str]),
-}
-
-/// One input field: name, type, default (`None` = required), and whether `null` is allowed.
-struct Field {
-    name: &'static str,
-    kind: Kind,
-    default: Option<&'static str>,
-    nullable: bool,
-}
-
-/// The seed schema, in the page's field order (errors are reported in this order).
-const FIELDS: &[Field] = &[
-    Field { name: "input_concept", kind: Kind::Str, default: None, nullable: false },
-    Field { name: "style", kind: Kind::Enum(STYLES), default: Some("Simple"), nullable: false },
-    Field { name: "camera_style", kind: Kind::Enum(CAMERA_STYLES), default: Some("None"), nullable: false },
-    Field { name: "camera_direction", kind: Kind::Enum(CAMERA_DIRECTIONS), default: Some("None"), nullable: false },
-    Field { name: "pacing", kind: Kind::Enum(PACINGS), default: Some("None"), nullable: false },
-    Field { name: "special_effects", kind: Kind::Enum(SPECIAL_EFFECTS), default: Some("None"), nullable: false },
-    Field { name: "custom_elements", kind: Kind::Str, default: Some(""), nullable: false },
-    Field { name: "image_url", kind: Kind::Str, default: Some(""), nullable: true },
-    Field { name: "model", kind: Kind::Enum(MODELS), default: Some("google/gemini-flash-1.5"), nullable: false },
-    Field { name: "prompt_length", kind: Kind::Enum(PROMPT_LENGTHS), default: Some("Medium"), nullable: false },
-];
 
 /// What running a model on an input produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,22 +54,33 @@ fn check(field: &Field, value: Option<&Value>) -> Result<String, Value> {
         (None, Some(default)) => return Ok(default.to_owned()),
         (Some(Value::Null), Some(default)) if field.nullable => return Ok(default.to_owned()),
         (None, None) => {
-            return Err(json!({ "loc": loc, "msg": "field required", "type": "value_error.missing" }));
+            return Err(
+                json!({ "loc": loc, "msg": "field required", "type": "value_error.missing" }),
+            );
         }
         (Some(Value::Null), _) => {
-            return Err(json!({ "loc": loc, "msg": "none is not an allowed value", "type": "type_error.none.not_allowed" }));
+            return Err(
+                json!({ "loc": loc, "msg": "none is not an allowed value", "type": "type_error.none.not_allowed" }),
+            );
         }
         _ => {}
     }
     let given = value.and_then(Value::as_str);
     match (&field.kind, given) {
         (Kind::Str, Some(text)) => Ok(text.to_owned()),
-        (Kind::Str, None) => Err(json!({ "loc": loc, "msg": "str type expected", "type": "type_error.str" })),
+        (Kind::Str, None) => {
+            Err(json!({ "loc": loc, "msg": "str type expected", "type": "type_error.str" }))
+        }
         (Kind::Enum(allowed), Some(text)) if allowed.contains(&text) => Ok(text.to_owned()),
         (Kind::Enum(allowed), _) => {
             let permitted: Vec<String> = allowed.iter().map(|value| format!("'{value}'")).collect();
-            let msg = format!("value is not a valid enumeration member; permitted: {}", permitted.join(", "));
-            Err(json!({ "loc": loc, "msg": msg, "type": "type_error.enum", "ctx": { "enum_values": allowed } }))
+            let msg = format!(
+                "value is not a valid enumeration member; permitted: {}",
+                permitted.join(", ")
+            );
+            Err(
+                json!({ "loc": loc, "msg": msg, "type": "type_error.enum", "ctx": { "enum_values": allowed } }),
+            )
         }
     }
 }
@@ -143,7 +91,12 @@ fn prompt(values: &Map<String, Value>) -> String {
     let mut text = format!("{} video of {}.", get("style"), get("input_concept").trim());
     let length = get("prompt_length");
     if length != "Short" {
-        text.push_str(&format!(" Camera: {}, {}. Pacing: {}.", get("camera_style"), get("camera_direction"), get("pacing")));
+        text.push_str(&format!(
+            " Camera: {}, {}. Pacing: {}.",
+            get("camera_style"),
+            get("camera_direction"),
+            get("pacing")
+        ));
     }
     if length == "Long" {
         text.push_str(&format!(" Effects: {}.", get("special_effects")));
@@ -170,11 +123,23 @@ mod tests {
 
     #[test]
     fn enum_lists_match_the_seed_page_counts() {
-        let counts: Vec<usize> = [STYLES, CAMERA_STYLES, CAMERA_DIRECTIONS, PACINGS, SPECIAL_EFFECTS, PROMPT_LENGTHS, MODELS]
+        let counts: Vec<(&str, usize)> = FIELDS
             .iter()
-            .map(|list| list.len())
+            .filter_map(|field| match field.kind {
+                Kind::Enum(values) => Some((field.name, values.len())),
+                Kind::Str => None,
+            })
             .collect();
-        assert_eq!(counts, [10, 21, 18, 20, 21, 3, 13]);
+        let expected = [
+            ("style", 10),
+            ("camera_style", 21),
+            ("camera_direction", 18),
+            ("pacing", 20),
+            ("special_effects", 21),
+            ("model", 13),
+            ("prompt_length", 3),
+        ];
+        assert_eq!(counts, expected);
     }
 
     #[test]
@@ -183,26 +148,50 @@ mod tests {
         let expected = "Simple video of A city. Camera: None, None. Pacing: None.";
         assert_eq!(medium, Outcome::Output(json!({ "prompt": expected })));
         let short = run_json(json!({ "input_concept": "A city", "prompt_length": "Short" }));
-        assert_eq!(short, Outcome::Output(json!({ "prompt": "Simple video of A city." })));
-        let long = run_json(json!({ "input_concept": "A city", "prompt_length": "Long", "custom_elements": "Neon." }));
-        let long_text = "Simple video of A city. Camera: None, None. Pacing: None. Effects: None. Neon.";
+        assert_eq!(
+            short,
+            Outcome::Output(json!({ "prompt": "Simple video of A city." }))
+        );
+        let long = run_json(
+            json!({ "input_concept": "A city", "prompt_length": "Long", "custom_elements": "Neon." }),
+        );
+        let long_text =
+            "Simple video of A city. Camera: None, None. Pacing: None. Effects: None. Neon.";
         assert_eq!(long, Outcome::Output(json!({ "prompt": long_text })));
     }
 
     #[test]
     fn errors_are_reported_per_field_in_schema_order() {
-        let Outcome::Invalid(detail) = run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null })) else {
+        let Outcome::Invalid(detail) =
+            run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null }))
+        else {
             panic!("expected invalid");
         };
-        let types: Vec<&str> = detail.as_array().into_iter().flatten().filter_map(|d| d["type"].as_str()).collect();
-        assert_eq!(types, ["value_error.missing", "type_error.enum", "type_error.str"]);
-        assert_eq!(detail[1]["ctx"]["enum_values"].as_array().map(Vec::len), Some(10));
-        assert!(detail[1]["msg"].as_str().is_some_and(|m| m.contains("'Cinematic'")));
+        let types: Vec<&str> = detail
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["type"].as_str())
+            .collect();
+        assert_eq!(
+            types,
+            ["value_error.missing", "type_error.enum", "type_error.str"]
+        );
+        assert_eq!(
+            detail[1]["ctx"]["enum_values"].as_array().map(Vec::len),
+            Some(10)
+        );
+        assert!(detail[1]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("'Cinematic'")));
     }
 
     #[test]
     fn other_endpoints_echo_their_input() {
         let map = json!({ "x": [1] }).as_object().cloned().unwrap_or_default();
-        assert_eq!(run("a/b/c", &map), Outcome::Output(json!({ "echo": { "x": [1] }, "endpoint": "a/b/c" })));
+        assert_eq!(
+            run("a/b/c", &map),
+            Outcome::Output(json!({ "echo": { "x": [1] }, "endpoint": "a/b/c" }))
+        );
     }
 }

@@ -91,7 +91,13 @@ impl Queue {
         let mut state = lock(&self.state);
         let seq = state.next_seq;
         state.next_seq += 1;
-        let job = Job { seq, submitted: now, submitted_at: SystemTime::now(), cancelled: None, outcome };
+        let job = Job {
+            seq,
+            submitted: now,
+            submitted_at: SystemTime::now(),
+            cancelled: None,
+            outcome,
+        };
         state.jobs.insert((app.to_owned(), id.clone()), job);
         let position = self.position(&state, app, seq, now);
         (id, position)
@@ -111,7 +117,7 @@ impl Queue {
             logs: self.logs(job, until),
             cancelled: job.cancelled.is_some(),
             outcome: job.outcome.clone(),
-            inference_time: completed_normally.then(|| self.progress.as_secs_f64()),
+            inference_time: completed_normally.then_some(self.progress.as_secs_f64()),
         })
     }
 
@@ -175,7 +181,12 @@ mod tests {
     use super::*;
 
     fn queue() -> Queue {
-        Queue::new(&EmulatorConfig { queue_ms: 100, progress_ms: 300, log_lines: 3, stream_interval_ms: 10 })
+        Queue::new(&EmulatorConfig {
+            queue_ms: 100,
+            progress_ms: 300,
+            log_lines: 3,
+            stream_interval_ms: 10,
+        })
     }
 
     fn ok() -> Outcome {
@@ -195,7 +206,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(count(&queue), Some(3));
         let snapshot = queue.snapshot("a/b", &id).expect("known");
-        assert_eq!((snapshot.phase, snapshot.inference_time), (Phase::Completed, Some(0.3)));
+        assert_eq!(
+            (snapshot.phase, snapshot.inference_time),
+            (Phase::Completed, Some(0.3))
+        );
     }
 
     #[tokio::test(start_paused = true)]

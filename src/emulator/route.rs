@@ -54,7 +54,12 @@ pub(crate) fn rest(method: &Method, path: &str) -> Result<Call, RouteError> {
     }
     require(method, &Method::POST)?;
     let name = "storage/upload/initiate".to_owned();
-    Ok(Call { op: Op::StorageInitiate, app: name.clone(), endpoint: name, request_id: None })
+    Ok(Call {
+        op: Op::StorageInitiate,
+        app: name.clone(),
+        endpoint: name,
+        request_id: None,
+    })
 }
 
 /// Splits a path into segments; empty segments (`//`, trailing `/`) make it unknown.
@@ -68,7 +73,10 @@ fn split(path: &str) -> Result<Vec<&str>, RouteError> {
 }
 
 fn app_len(segments: &[&str]) -> usize {
-    if segments.first().is_some_and(|first| NAMESPACES.contains(first)) {
+    if segments
+        .first()
+        .is_some_and(|first| NAMESPACES.contains(first))
+    {
         3
     } else {
         2
@@ -87,7 +95,12 @@ fn request_op(method: &Method, app: &[&str], rest: &[&str]) -> Result<Option<Cal
     require(method, &wanted)?;
     let app = app.join("/");
     let request_id = rest.get(1).map(|id| (*id).to_owned());
-    Ok(Some(Call { op, endpoint: app.clone(), app, request_id }))
+    Ok(Some(Call {
+        op,
+        endpoint: app.clone(),
+        app,
+        request_id,
+    }))
 }
 
 /// A POST to an endpoint id of at least two segments.
@@ -97,7 +110,12 @@ fn endpoint_call(method: &Method, segments: &[&str], op: Op) -> Result<Call, Rou
     }
     require(method, &Method::POST)?;
     let app = segments[..app_len(segments).min(segments.len())].join("/");
-    Ok(Call { op, app, endpoint: segments.join("/"), request_id: None })
+    Ok(Call {
+        op,
+        app,
+        endpoint: segments.join("/"),
+        request_id: None,
+    })
 }
 
 fn require(method: &Method, wanted: &Method) -> Result<(), RouteError> {
@@ -122,7 +140,10 @@ mod tests {
     #[test]
     fn namespaced_status_uses_three_segment_app() {
         let call = queue(&Method::GET, "/workflows/me/flow/requests/abc/status").expect("status");
-        assert_eq!((call.op, call.app.as_str()), (Op::Status, "workflows/me/flow"));
+        assert_eq!(
+            (call.op, call.app.as_str()),
+            (Op::Status, "workflows/me/flow")
+        );
         assert_eq!(call.request_id.as_deref(), Some("abc"));
     }
 
@@ -130,19 +151,35 @@ mod tests {
     fn request_ops_need_their_method() {
         let stream = queue(&Method::GET, "/a/b/requests/x/status/stream").expect("stream");
         assert_eq!(stream.op, Op::StatusStream);
-        assert_eq!(queue(&Method::PUT, "/a/b/requests/x/cancel").map(|c| c.op), Ok(Op::Cancel));
-        assert_eq!(queue(&Method::GET, "/a/b/requests/x").map(|c| c.op), Ok(Op::Result));
+        assert_eq!(
+            queue(&Method::PUT, "/a/b/requests/x/cancel").map(|c| c.op),
+            Ok(Op::Cancel)
+        );
+        assert_eq!(
+            queue(&Method::GET, "/a/b/requests/x").map(|c| c.op),
+            Ok(Op::Result)
+        );
         let wrong = queue(&Method::POST, "/a/b/requests/x/status");
         assert_eq!(wrong, Err(RouteError::MethodNotAllowed));
-        assert_eq!(queue(&Method::GET, "/a/b"), Err(RouteError::MethodNotAllowed));
+        assert_eq!(
+            queue(&Method::GET, "/a/b"),
+            Err(RouteError::MethodNotAllowed)
+        );
     }
 
     #[test]
     fn short_or_empty_segment_paths_are_unknown() {
         for path in ["/", "/a", "//a/b", "/a/b/", ""] {
-            assert_eq!(queue(&Method::POST, path), Err(RouteError::NotFound), "{path}");
+            assert_eq!(
+                queue(&Method::POST, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
         }
-        assert_eq!(rest(&Method::POST, "/storage/other"), Err(RouteError::NotFound));
+        assert_eq!(
+            rest(&Method::POST, "/storage/other"),
+            Err(RouteError::NotFound)
+        );
         assert_eq!(run(&Method::POST, "/x"), Err(RouteError::NotFound));
     }
 }
