@@ -1,7 +1,7 @@
 //! The command line (`serve | dev | emulator | token | check-config`) and what each runs.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -85,7 +85,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             ttl,
             config,
         } => {
-            let config = load(config)?;
+            let config = load(config.as_deref())?;
             let token = crate::auth::mint_hs256(
                 config.auth.hs256_secret.expose_secret().as_bytes(),
                 &sub,
@@ -97,19 +97,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            load(config)?;
+            load(config.as_deref())?;
             println!("configuration is valid");
             Ok(())
         }
     }
 }
 
-fn load(path: Option<PathBuf>) -> Result<Config, Failure> {
-    Config::load(path.as_deref(), &ProcessEnv).map_err(|err| Failure::Config(err.to_string()))
+fn load(path: Option<&Path>) -> Result<Config, Failure> {
+    Config::load(path, &ProcessEnv).map_err(|err| Failure::Config(err.to_string()))
 }
 
 async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
-    let config = load(path)?;
+    let config = load(path.as_deref())?;
     let credentials = FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
     telemetry::init(config.log_format);
     let public = bind(config.listen).await?;

@@ -99,7 +99,7 @@ impl Config {
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
-            upstream: upstream(raw.upstream)?,
+            upstream: upstream(&raw.upstream)?,
             auth: auth(raw.auth)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
             storage_uploads: raw.storage.uploads,
@@ -152,7 +152,7 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn upstream(raw: file::RawUpstream) -> Result<Upstream, ConfigError> {
+fn upstream(raw: &file::RawUpstream) -> Result<Upstream, ConfigError> {
     Ok(Upstream {
         queue_url: base_url("upstream.queue_url", &raw.queue_url)?,
         run_url: base_url("upstream.run_url", &raw.run_url)?,

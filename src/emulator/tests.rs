@@ -308,6 +308,9 @@ async fn bad_paths_methods_and_bodies_answer_json_errors() {
 #[test]
 fn config_fills_defaults_and_rejects_unknown_keys() {
     let config: EmulatorConfig = serde_json::from_str(r#"{"queue_ms":5}"#).expect("partial config");
-    assert_eq!((config.queue_ms, config.progress_ms, config.log_lines), (5, 700, 3));
+    assert_eq!(
+        (config.queue_ms, config.progress_ms, config.log_lines),
+        (5, 700, 3)
+    );
     assert!(serde_json::from_str::<EmulatorConfig>(r#"{"queue":5}"#).is_err());
 }

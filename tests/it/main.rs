@@ -1,1 +1,9 @@
+//! The one integration test binary: real falgate and a real emulator on ephemeral ports.
 
+mod support;
+
+mod auth;
+mod cli;
+mod errors;
+mod relay;
+mod target;

@@ -1,0 +1,291 @@
+//! The relay: every queue operation end to end, what fal sees, what the client gets back,
+//! streams unbuffered, and upstream failures mapped to the contract.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+
+use falgate::emulator::{FaultAction, Op};
+
+use crate::support::{wait_completed, TestGate, FAL_KEY, VPG};
+
+#[tokio::test]
+async fn submit_status_result_round_trip_with_server_key_and_no_caller_credentials() {
+    let gate = TestGate::spawn().await;
+    let response = gate
+        .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+        .header("cookie", "session=browser-secret")
+        .header("x-fal-queue-priority", "low")
+        .header("x-custom", "nope")
+        .json(&json!({"input_concept": "a lighthouse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let submitted: serde_json::Value = response.json().await.unwrap();
+    let id = submitted["request_id"].as_str().unwrap();
+    wait_completed(&gate, id).await;
+    let result = gate
+        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["x-fal-request-id"], id);
+    let output: serde_json::Value = result.json().await.unwrap();
+    assert!(
+        output["prompt"]
+            .as_str()
+            .is_some_and(|p| p.contains("a lighthouse")),
+        "{output}"
+    );
+    for seen in gate.fal_saw() {
+        let auth: Vec<_> = seen
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(
+            auth,
+            [format!("Key {FAL_KEY}")],
+            "{} {}",
+            seen.method,
+            seen.path
+        );
+        assert!(
+            !seen
+                .headers
+                .iter()
+                .any(|(k, _)| ["cookie", "x-custom", "x-fal-target-url"].contains(&k.as_str())),
+            "{seen:?}"
+        );
+    }
+    let submit = &gate.fal_saw()[0];
+    assert!(submit
+        .headers
+        .contains(&("x-fal-queue-priority".into(), "low".into())));
+}
+
+#[tokio::test]
+async fn status_stream_is_relayed_as_events_before_the_request_completes() {
+    let gate = TestGate::spawn().await;
+    let id = gate
+        .submit("alice", json!({"input_concept": "waves"}))
+        .await;
+    let response = gate
+        .as_alice(
+            Method::GET,
+            &format!("/api/fal/queue/{VPG}/requests/{id}/status/stream?logs=1"),
+        )
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = response.bytes_stream();
+    let first = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+    // The first event arrives while fal still works on the request: nothing was buffered.
+    assert!(
+        first.starts_with("data: ") && !first.contains("COMPLETED"),
+        "{first}"
+    );
+    let mut all = first;
+    while let Some(chunk) = body.next().await {
+        all.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(all.contains("\"COMPLETED\""), "{all}");
+}
+
+#[tokio::test]
+async fn a_stream_fal_drops_midway_ends_in_an_error_not_a_clean_end() {
+    let gate = TestGate::spawn().await;
+    let id = gate
+        .submit("alice", json!({"input_concept": "waves"}))
+        .await;
+    gate.fault(
+        Op::StatusStream,
+        FaultAction::StreamDrop { after_events: 1 },
+    );
+    let response = gate
+        .as_alice(
+            Method::GET,
+            &format!("/api/fal/queue/{VPG}/requests/{id}/status/stream"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut failed = false;
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the client saw a clean end of a broken stream");
+}
+
+#[tokio::test]
+async fn sync_run_cancel_and_storage_initiate_reach_their_hosts() {
+    let gate = TestGate::spawn().await;
+    let run = gate
+        .as_alice(Method::POST, &format!("/api/fal/run/{VPG}"))
+        .json(&json!({"input_concept": "fog"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 200);
+    assert!(run.headers().contains_key("x-fal-request-id"));
+    let id = gate.submit("alice", json!({"input_concept": "fog"})).await;
+    let cancel = gate
+        .as_alice(
+            Method::PUT,
+            &format!("/api/fal/queue/{VPG}/requests/{id}/cancel"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let upload = gate
+        .as_alice(Method::POST, "/api/fal/proxy")
+        .header(
+            "x-fal-target-url",
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+        )
+        .json(&json!({"content_type": "text/plain", "file_name": "a.txt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200);
+    let paths: Vec<String> = gate
+        .fal_saw()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            format!("POST /fal.run/{VPG}"),
+            format!("POST /{VPG}"),
+            format!("PUT /{VPG}/requests/{id}/cancel"),
+            "POST /rest.fal.ai/storage/upload/initiate".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn fal_errors_pass_through_verbatim_without_cookies_or_cors_headers() {
+    let gate = TestGate::spawn().await;
+    let id = gate.submit("alice", json!({"input_concept": "x"})).await;
+    let headers = vec![
+        ("set-cookie".to_owned(), "fal=1".to_owned()),
+        ("access-control-allow-origin".to_owned(), "*".to_owned()),
+        ("x-fal-request-id".to_owned(), id.clone()),
+    ];
+    gate.fault(
+        Op::Result,
+        FaultAction::Status {
+            status: 500,
+            body: json!({"detail": "model crashed"}),
+            headers,
+        },
+    );
+    let response = gate
+        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(!response.headers().contains_key("x-falgate-error"));
+    assert!(!response.headers().contains_key("set-cookie"));
+    assert!(!response
+        .headers()
+        .contains_key("access-control-allow-origin"));
+    assert_eq!(response.headers()["x-fal-request-id"], id.as_str());
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        json!({"detail": "model crashed"})
+    );
+}
+
+#[tokio::test]
+async fn unreachable_fal_is_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let gate = TestGate::builder()
+        .queue_url(&format!("http://{addr}"))
+        .spawn()
+        .await;
+    let response = gate
+        .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+        .json(&json!({"input_concept": "x"}))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 502, "upstream_unreachable")
+        .await;
+}
+
+#[tokio::test]
+async fn slow_status_is_504_and_garbage_status_is_502() {
+    let gate = TestGate::spawn().await;
+    let id = gate.submit("alice", json!({"input_concept": "x"})).await;
+    gate.emulator.add_fault(falgate::emulator::Fault {
+        op: Some(Op::Status),
+        path_contains: None,
+        action: FaultAction::Stall { ms: 5_000 },
+        times: Some(1),
+    });
+    let response = gate
+        .as_alice(
+            Method::GET,
+            &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
+        )
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 504, "upstream_timeout").await;
+    gate.fault(Op::Status, FaultAction::Garbage);
+    let response = gate
+        .as_alice(
+            Method::GET,
+            &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
+        )
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 502, "upstream_bad_response")
+        .await;
+}
+
+#[tokio::test]
+async fn a_submit_whose_outcome_is_unknown_is_never_answered_with_a_retryable_status() {
+    let gate = TestGate::spawn().await;
+    for action in [
+        FaultAction::Stall { ms: 5_000 },
+        FaultAction::Drop,
+        FaultAction::Garbage,
+    ] {
+        gate.emulator.clear_faults();
+        gate.fault(Op::Submit, action);
+        let response = gate
+            .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+            .json(&json!({"input_concept": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(![429, 502, 503, 504].contains(&response.status().as_u16()));
+        gate.assert_refused(response, 424, "submit_outcome_unknown")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

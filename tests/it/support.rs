@@ -1,0 +1,212 @@
+//! `TestGate`: falgate and the fal emulator on `127.0.0.1:0`, a client, a token minter, and the
+//! emulator's record of what fal saw.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use falgate::config::{Config, FalCredentials};
+use falgate::emulator::{Emulator, EmulatorConfig, Fault, FaultAction, Op, RecordedRequest};
+use tokio::net::TcpListener;
+
+pub(crate) const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub(crate) const FAL_KEY: &str = "fk-canary-7c1e0b9d";
+pub(crate) const VPG: &str = "fal-ai/video-prompt-generator";
+
+/// The config every test gate starts from; builders add to it.
+const BASE_CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+connect_timeout_ms = 500
+first_byte_timeout_ms = 1500
+idle_timeout_ms = 1500
+[auth]
+leeway_seconds = 0
+[request]
+max_body_bytes = 4096
+[storage]
+uploads = "allow"
+[endpoints."fal-ai/video-prompt-generator"]
+sync_run = true
+[endpoints."fal-ai/echo"]
+sync_run = false
+"#;
+
+pub(crate) struct TestGate {
+    pub(crate) url: String,
+    pub(crate) emulator: Emulator,
+    pub(crate) client: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+pub(crate) struct Builder {
+    queue_url: Option<String>,
+}
+
+impl Builder {
+    /// Points the queue host somewhere else (e.g. a closed port).
+    pub(crate) fn queue_url(mut self, url: &str) -> Self {
+        self.queue_url = Some(url.to_owned());
+        self
+    }
+
+    pub(crate) async fn spawn(self) -> TestGate {
+        let emulator = Emulator::new(EmulatorConfig {
+            queue_ms: 150,
+            progress_ms: 300,
+            log_lines: 2,
+            stream_interval_ms: 50,
+        });
+        let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emu = format!("http://{}", emulator_listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (emu_stop, emu_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(falgate::emulator::serve(
+            emulator_listener,
+            emulator.clone(),
+            async move {
+                emu_stopped.await.ok();
+            },
+        ));
+        let vars: HashMap<String, String> = [
+            ("FALGATE_AUTH__HS256_SECRET", SECRET.to_owned()),
+            (
+                "FALGATE_UPSTREAM__QUEUE_URL",
+                self.queue_url.unwrap_or_else(|| emu.clone()),
+            ),
+            ("FALGATE_UPSTREAM__RUN_URL", format!("{emu}/fal.run")),
+            (
+                "FALGATE_UPSTREAM__STORAGE_URL",
+                format!("{emu}/rest.fal.ai"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let config = Config::from_toml(BASE_CONFIG, &vars).unwrap();
+        let public = TcpListener::bind(config.listen).await.unwrap();
+        let admin = TcpListener::bind(config.admin_listen).await.unwrap();
+        let url = format!("http://{}", public.local_addr().unwrap());
+        let app = falgate::app::build(config, FalCredentials::new(FAL_KEY.to_owned())).unwrap();
+        tokio::spawn(falgate::app::serve(public, admin, app, async move {
+            stopped.await.ok();
+            emu_stop.send(()).ok();
+        }));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        TestGate {
+            url,
+            emulator,
+            client,
+            _stop: stop,
+        }
+    }
+}
+
+impl TestGate {
+    pub(crate) async fn spawn() -> Self {
+        Builder::default().spawn().await
+    }
+
+    pub(crate) fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub(crate) fn token(&self, sub: &str) -> String {
+        falgate::auth::mint_hs256(SECRET.as_bytes(), sub, None, Duration::from_secs(600)).unwrap()
+    }
+
+    /// A request to the gate carrying a valid token for `alice`.
+    pub(crate) fn as_alice(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.token("alice"))
+    }
+
+    /// Submits `input` to the video prompt generator through the REST route, returning the id.
+    pub(crate) async fn submit(&self, sub: &str, input: serde_json::Value) -> String {
+        let response = self
+            .client
+            .post(format!("{}/api/fal/queue/{VPG}", self.url))
+            .bearer_auth(self.token(sub))
+            .json(&input)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["request_id"].as_str().unwrap().to_owned()
+    }
+
+    /// What fal saw.
+    pub(crate) fn fal_saw(&self) -> Vec<RecordedRequest> {
+        self.emulator.requests()
+    }
+
+    pub(crate) fn fault(&self, op: Op, action: FaultAction) {
+        self.emulator.add_fault(Fault {
+            op: Some(op),
+            path_contains: None,
+            action,
+            times: None,
+        });
+    }
+
+    /// Asserts a refusal: status, contract code, JSON body with request id, error header.
+    pub(crate) async fn assert_refused(
+        &self,
+        response: reqwest::Response,
+        status: u16,
+        code: &str,
+    ) -> serde_json::Value {
+        assert_eq!(response.status(), status, "status for {code}");
+        assert_eq!(response.headers()["x-falgate-error"], code);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let request_id = response.headers()["x-falgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code);
+        assert_eq!(body["request_id"], request_id.as_str());
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        body
+    }
+
+    /// Asserts that fal saw nothing and falgate still answers.
+    pub(crate) async fn assert_nothing_reached_fal_and_still_serving(&self) {
+        assert!(self.fal_saw().is_empty(), "fal saw {:?}", self.fal_saw());
+        let health = self
+            .client
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+    }
+}
+
+/// Polls status until COMPLETED (bounded).
+pub(crate) async fn wait_completed(gate: &TestGate, id: &str) {
+    for _ in 0..100 {
+        let status: serde_json::Value = gate
+            .as_alice(
+                reqwest::Method::GET,
+                &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "COMPLETED" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("request {id} never completed");
+}
