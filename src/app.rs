@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::auth::Verifier;
+use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, FalCredentials};
 use crate::ownership::Ownership;
 use crate::policy::Policy;
@@ -19,7 +19,7 @@ use crate::{layers, routes};
 /// Everything a request needs, built at startup and shared read-only.
 pub struct Gate {
     pub config: Config,
-    pub verifier: Verifier,
+    pub auth: Arc<Authenticator>,
     pub policy: Policy,
     pub upstream: Upstream,
     pub ownership: Ownership,
@@ -38,23 +38,25 @@ pub struct App {
 pub enum BuildError {
     #[error("cannot build the HTTP client for fal: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
-/// Builds the gate and its routers from a validated config.
+/// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
+/// (JWKS refresh tasks start here).
 pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildError> {
+    let auth = Arc::new(Authenticator::new(&config.auth)?);
+    auth.start();
     let gate = Gate {
-        verifier: Verifier::new(&config.auth),
-        policy: Policy::new(config.endpoints.clone(), config.storage_uploads),
+        auth,
+        policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials)?,
-        ownership: Ownership::default(),
+        ownership: Ownership::new(config.ownership),
         config,
     };
     let public = layers::wrap(routes::router(Arc::new(gate)));
     let handle = metrics::handle();
-    let admin = Router::new().route(
-        "/metrics",
-        get(move || std::future::ready(metrics::render(&handle))),
-    );
+    let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
     Ok(App { public, admin })
 }
 

@@ -1,41 +1,59 @@
 //! Who is calling: the [`Caller`] extractor, the only code that reads the inbound
-//! `Authorization` header. A request reaches the pipeline only with a verified `Caller`.
+//! `Authorization` header (or the configured token cookie). A request reaches the pipeline only
+//! with a verified `Caller`.
 //!
-//! Tokens are HS256 JWTs signed with `auth.hs256_secret`; `exp` and `sub` are required, and the
-//! algorithm list comes from config, never from the token header.
+//! Tokens are JWTs from one of the configured issuers: HS256/384/512 secrets, or RS/PS/ES/EdDSA
+//! public keys from a JWKS URL or local files. The algorithm is pinned by the key, never taken
+//! from the token. Verified tokens are cached (bounded, never past `exp`).
 
+mod issuer;
+mod jwks;
+mod keys;
 mod mint;
+mod token;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
-use secrecy::ExposeSecret;
-use serde::Deserialize;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
 
+pub use keys::KeyError;
 pub use mint::mint_hs256;
 
 use crate::app::Gate;
 use crate::config;
 use crate::error::GateError;
+use issuer::Issuer;
 
-/// Longest bearer token read; anything larger is refused before decoding.
-const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// Longest `sub` accepted.
-const MAX_SUB_LEN: usize = 256;
+/// Longest a verified token stays cached, whatever its `exp` (bounds the effect of key removal).
+const CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// A verified caller: the proof that authentication ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's `sub`: the principal that owns requests, limits and quotas.
-    pub sub: String,
-    /// The token's `tier` claim, when present.
-    pub tier: Option<String>,
+    /// The configured issuer's name.
+    pub issuer: Arc<str>,
+    /// The token's `sub`.
+    pub subject: String,
+    /// The tier from the issuer's tier claim, or its default tier.
+    pub tier: String,
+    /// Scopes from the issuer's scopes claim.
+    pub scopes: Vec<String>,
 }
 
-/// Why a caller was not authenticated; every variant is a 401.
+impl Caller {
+    /// The stable principal that owns requests, limits and quotas: `issuer|subject`. Issuer names
+    /// never contain `|`, so two callers never share a principal.
+    pub fn principal(&self) -> String {
+        format!("{}|{}", self.issuer, self.subject)
+    }
+}
+
+/// Why a caller was not authenticated.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("a bearer token is required")]
@@ -46,79 +64,140 @@ pub enum AuthError {
     Expired,
     #[error("the bearer token is not valid")]
     Invalid,
+    /// The issuer's keys could not be loaded yet (JWKS never fetched): not the caller's fault.
+    #[error("the token's signing keys are not available yet")]
+    KeysUnavailable,
 }
 
-/// Checks tokens against the configured keys. Built once at startup.
-pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+/// Checks tokens against every configured issuer. Built once at startup.
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    cache: Cache<[u8; 32], Cached>,
+    leeway: u64,
+    max_token_bytes: usize,
+    cookie: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    #[serde(default)]
-    tier: Option<String>,
+#[derive(Clone)]
+struct Cached {
+    caller: Caller,
+    exp: u64,
 }
 
-impl Verifier {
-    /// Builds the verifier from config.
-    pub fn new(auth: &config::Auth) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = auth.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            key: DecodingKey::from_secret(auth.hs256_secret.expose_secret().as_bytes()),
-            validation,
+impl Authenticator {
+    /// Builds the issuers (loading key files; JWKS are fetched by [`Authenticator::start`]).
+    pub fn new(config: &config::Auth) -> Result<Self, KeyError> {
+        let client = jwks::client(config)?;
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|issuer| Issuer::new(issuer, config, &client))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            issuers,
+            cache: Cache::builder()
+                .max_capacity(config.token_cache_entries)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            leeway: config.leeway.as_secs(),
+            max_token_bytes: config.max_token_bytes,
+            cookie: config.cookie.clone(),
+        })
+    }
+
+    /// Fetches every JWKS once and keeps them fresh in the background.
+    pub fn start(self: &Arc<Self>) {
+        for issuer in &self.issuers {
+            issuer.start_refresh();
         }
+    }
+
+    /// Whether every issuer's keys are loaded (readiness).
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(Issuer::ready)
     }
 
     /// Verifies one token and returns its caller.
-    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        if token.len() > MAX_TOKEN_BYTES {
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        if token.len() > self.max_token_bytes {
             return Err(AuthError::Invalid);
         }
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|err| match err
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid,
-        })?;
-        let Claims { sub, tier } = data.claims;
-        let plain =
-            !sub.is_empty() && sub.len() <= MAX_SUB_LEN && !sub.chars().any(char::is_control);
-        if !plain {
-            return Err(AuthError::Invalid);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(cached) = self.cache.get(&digest) {
+            return if now() <= cached.exp + self.leeway {
+                Ok(cached.caller)
+            } else {
+                Err(AuthError::Expired)
+            };
         }
-        Ok(Caller { sub, tier })
+        let peek = token::peek(token)?;
+        let issuer = self.issuer_for(peek.iss.as_deref()).ok_or(AuthError::Invalid)?;
+        let (caller, exp) = issuer.verify(token, &peek).await?;
+        self.cache.insert(
+            digest,
+            Cached {
+                caller: caller.clone(),
+                exp,
+            },
+        );
+        Ok(caller)
+    }
+
+    /// The issuer whose `iss` matches, else the one issuer that requires none.
+    fn issuer_for(&self, iss: Option<&str>) -> Option<&Issuer> {
+        iss.and_then(|iss| self.issuers.iter().find(|issuer| issuer.iss() == Some(iss)))
+            .or_else(|| self.issuers.iter().find(|issuer| issuer.iss().is_none()))
+    }
+
+    /// The token from `Authorization: Bearer`, else from the configured cookie.
+    fn token<'a>(&self, parts: &'a Parts) -> Result<&'a str, AuthError> {
+        let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+        if let Some(value) = values.next() {
+            if values.next().is_some() {
+                return Err(AuthError::Scheme);
+            }
+            return bearer(value.to_str().map_err(|_| AuthError::Scheme)?);
+        }
+        let name = self.cookie.as_deref().ok_or(AuthError::Missing)?;
+        cookie(parts, name).ok_or(AuthError::Missing)
     }
 }
 
-/// Reads the single `Authorization: Bearer <token>` header.
-fn bearer(parts: &Parts) -> Result<&str, AuthError> {
-    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthError::Missing)?;
-    if values.next().is_some() {
-        return Err(AuthError::Scheme);
-    }
-    let value = value.to_str().map_err(|_| AuthError::Scheme)?;
+/// `Bearer <token>`, the scheme case-insensitive (RFC 9110), exactly one space.
+fn bearer(value: &str) -> Result<&str, AuthError> {
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::Scheme)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
         return Err(AuthError::Scheme);
     }
-    Ok(token.trim())
+    Ok(token)
+}
+
+fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl FromRequestParts<Arc<Gate>> for Caller {
     type Rejection = GateError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        gate: &Arc<Gate>,
-    ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
-        Ok(gate.verifier.verify(token)?)
+    async fn from_request_parts(parts: &mut Parts, gate: &Arc<Gate>) -> Result<Self, Self::Rejection> {
+        let token = gate.auth.token(parts)?;
+        Ok(gate.auth.authenticate(token).await?)
     }
 }
 

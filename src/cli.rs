@@ -75,24 +75,15 @@ pub enum Failure {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
-        Command::Dev { listen, config } => dev::run(listen, config.as_deref())
-            .await
-            .map_err(Failure::Other),
+        Command::Dev { listen, config } => dev::run(listen, config.as_deref()).await.map_err(Failure::Other),
         Command::Emulator { listen } => run_emulator(listen).await,
-        Command::Token {
-            sub,
-            tier,
-            ttl,
-            config,
-        } => {
+        Command::Token { sub, tier, ttl, config } => {
             let config = load(config.as_deref())?;
-            let token = crate::auth::mint_hs256(
-                config.auth.hs256_secret.expose_secret().as_bytes(),
-                &sub,
-                tier.as_deref(),
-                ttl,
-            )
-            .context("cannot sign the token")?;
+            let secret = config.auth.default_hs_secret().ok_or_else(|| {
+                Failure::Config("`falgate token` needs auth.hs256_secret (FALGATE_AUTH__HS256_SECRET)".into())
+            })?;
+            let token = crate::auth::mint_hs256(secret.expose_secret().as_bytes(), &sub, tier.as_deref(), ttl)
+                .context("cannot sign the token")?;
             println!("{token}");
             Ok(())
         }
@@ -144,11 +135,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Prints the bound addresses on stdout (tests and scripts read them when binding port 0).
-pub(crate) fn announce(
-    name: &str,
-    public: &TcpListener,
-    admin: &TcpListener,
-) -> anyhow::Result<()> {
+pub(crate) fn announce(name: &str, public: &TcpListener, admin: &TcpListener) -> anyhow::Result<()> {
     println!("{name} listening on http://{}", public.local_addr()?);
     println!("{name} admin listening on http://{}", admin.local_addr()?);
     Ok(())

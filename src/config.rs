@@ -1,6 +1,8 @@
 //! Configuration: a TOML file plus `FALGATE_<SECTION>__<KEY>` overrides, parsed and validated
 //! once at start into typed values (durations, URLs, enums). The request path only reads it.
 
+mod access;
+mod auth;
 mod env;
 mod file;
 mod secrets;
@@ -10,9 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
 use url::Url;
 
+pub use access::{Cors, Operation, OwnershipConfig, Priority, Tier};
+pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};
 pub use secrets::FalCredentials;
@@ -21,9 +24,6 @@ use crate::fal::EndpointId;
 
 /// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "config/falgate.toml";
-
-/// Shortest HS256 secret accepted: the hash size (RFC 7518 §3.2).
-const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +36,12 @@ pub struct Config {
     pub storage_uploads: Toggle,
     pub log_format: LogFormat,
     pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
+    /// Named tiers; empty = one implicit tier that may do everything `endpoints` allows.
+    pub tiers: BTreeMap<String, Tier>,
+    /// Hosts `fal_webhook` URLs may point at; empty = webhooks refused.
+    pub webhook_hosts: std::collections::BTreeSet<String>,
+    pub cors: Cors,
+    pub ownership: OwnershipConfig,
 }
 
 /// Where fal is and how long to wait for it.
@@ -49,20 +55,13 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub max_response_bytes: usize,
-}
-
-/// How callers authenticate.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    pub hs256_secret: SecretString,
-    pub leeway: Duration,
+    pub max_result_bytes: usize,
 }
 
 /// What is allowed for one configured endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub sync_run: bool,
-    pub webhooks: bool,
 }
 
 /// A configuration that cannot be used, with a message naming the key.
@@ -76,8 +75,7 @@ impl Config {
         let path = resolve_path(path, sources);
         let text = std::fs::read_to_string(&path)
             .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
-        Self::from_toml(&text, sources)
-            .map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
+        Self::from_toml(&text, sources).map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
     }
 
     /// Parses TOML text plus env overrides into a validated config. Pure: no file or network.
@@ -87,24 +85,28 @@ impl Config {
             .map_err(|err: toml::de::Error| ConfigError(err.message().to_owned()))?;
         env::apply_overrides(&mut table, sources).map_err(ConfigError)?;
         // The path names the key in the message; serde's own text (never the value) follows.
-        let raw: file::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|err| {
-                let path = err.path().to_string();
-                ConfigError(format!("`{path}`: {}", err.into_inner().message()))
-            })?;
-        Self::validate(raw)
+        let raw: file::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let path = err.path().to_string();
+            ConfigError(format!("`{path}`: {}", err.into_inner().message()))
+        })?;
+        Self::validate(raw, sources)
     }
 
-    fn validate(raw: file::RawConfig) -> Result<Self, ConfigError> {
+    fn validate(raw: file::RawConfig, sources: &dyn Sources) -> Result<Self, ConfigError> {
+        let endpoints = endpoints(raw.endpoints)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
             upstream: upstream(&raw.upstream)?,
-            auth: auth(raw.auth)?,
+            auth: auth::auth(raw.auth, sources)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
             storage_uploads: raw.storage.uploads,
             log_format: raw.log.format,
-            endpoints: endpoints(raw.endpoints)?,
+            tiers: access::tiers(raw.tiers, &endpoints)?,
+            webhook_hosts: access::webhooks(raw.webhooks)?,
+            cors: access::cors(raw.cors)?,
+            ownership: access::ownership(&raw.ownership)?,
+            endpoints,
         })
     }
 }
@@ -116,11 +118,8 @@ fn resolve_path(path: Option<&Path>, sources: &dyn Sources) -> PathBuf {
 }
 
 fn socket(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
-    raw.parse().map_err(|_| {
-        ConfigError(format!(
-            "`{key}` must be an address like 0.0.0.0:8080, got {raw:?}"
-        ))
-    })
+    raw.parse()
+        .map_err(|_| ConfigError(format!("`{key}` must be an address like 0.0.0.0:8080, got {raw:?}")))
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
@@ -131,13 +130,11 @@ fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
 }
 
 fn millis(key: &str, value: u64) -> Result<Duration, ConfigError> {
-    positive(key, usize::try_from(value).unwrap_or(usize::MAX))
-        .map(|_| Duration::from_millis(value))
+    positive(key, usize::try_from(value).unwrap_or(usize::MAX)).map(|_| Duration::from_millis(value))
 }
 
 fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(raw)
-        .map_err(|err| ConfigError(format!("`{key}` is not a URL ({err}): {raw:?}")))?;
+    let url = Url::parse(raw).map_err(|err| ConfigError(format!("`{key}` is not a URL ({err}): {raw:?}")))?;
     let plain = matches!(url.scheme(), "http" | "https")
         && url.username().is_empty()
         && url.password().is_none()
@@ -162,44 +159,19 @@ fn upstream(raw: &file::RawUpstream) -> Result<Upstream, ConfigError> {
         idle_timeout: millis("upstream.idle_timeout_ms", raw.idle_timeout_ms)?,
         pool_idle_timeout: millis("upstream.pool_idle_timeout_ms", raw.pool_idle_timeout_ms)?,
         max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
+        max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
     })
 }
 
-fn auth(raw: file::RawAuth) -> Result<Auth, ConfigError> {
-    let secret = raw.hs256_secret.ok_or_else(|| {
-        ConfigError("`auth.hs256_secret` is required (set FALGATE_AUTH__HS256_SECRET); falgate never runs without authentication".into())
-    })?;
-    if secret.len() < MIN_HS256_SECRET_BYTES {
-        return Err(ConfigError(format!(
-            "`auth.hs256_secret` must be at least {MIN_HS256_SECRET_BYTES} bytes"
-        )));
-    }
-    if raw.leeway_seconds > 300 {
-        return Err(ConfigError(
-            "`auth.leeway_seconds` must be at most 300".into(),
-        ));
-    }
-    Ok(Auth {
-        hs256_secret: SecretString::from(secret),
-        leeway: Duration::from_secs(raw.leeway_seconds),
-    })
-}
-
-fn endpoints(
-    raw: BTreeMap<String, file::RawEndpoint>,
-) -> Result<BTreeMap<EndpointId, EndpointPolicy>, ConfigError> {
+fn endpoints(raw: BTreeMap<String, file::RawEndpoint>) -> Result<BTreeMap<EndpointId, EndpointPolicy>, ConfigError> {
     raw.into_iter()
         .map(|(id, endpoint)| {
-            let parsed = EndpointId::parse(&id).map_err(|_| {
-                ConfigError(format!(
-                    "`endpoints.\"{id}\"` is not an endpoint id like owner/alias"
-                ))
-            })?;
+            let parsed = EndpointId::parse(&id)
+                .map_err(|_| ConfigError(format!("`endpoints.\"{id}\"` is not an endpoint id like owner/alias")))?;
             Ok((
                 parsed,
                 EndpointPolicy {
                     sync_run: endpoint.sync_run,
-                    webhooks: endpoint.webhooks,
                 },
             ))
         })

@@ -29,8 +29,7 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let secret = hex::encode(rand::rng().random::<[u8; 32]>());
     let overrides = dev_overrides(listen, &emulator_url, &secret);
     let text = match config_path {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => DEFAULT_CONFIG.to_owned(),
     };
     let config = Config::from_toml(&text, &overrides)?;
@@ -39,11 +38,7 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let admin = bind(config.admin_listen).await?;
     let token = crate::auth::mint_hs256(secret.as_bytes(), "dev-user", None, TOKEN_TTL)?;
     announce("falgate", &public, &admin)?;
-    print_guide(
-        &format!("http://{}", public.local_addr()?),
-        &emulator_url,
-        &token,
-    );
+    print_guide(&format!("http://{}", public.local_addr()?), &emulator_url, &token);
     let app = app::build(config, FalCredentials::new(EMULATOR_KEY.to_owned()))?;
     let emulator = Emulator::new(EmulatorConfig::default());
     let (stop, stopped) = tokio::sync::watch::channel(());
@@ -66,14 +61,8 @@ fn dev_overrides(listen: SocketAddr, emulator_url: &str, secret: &str) -> HashMa
         ("FALGATE_LISTEN", listen.to_string()),
         ("FALGATE_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
         ("FALGATE_UPSTREAM__QUEUE_URL", emulator_url.to_owned()),
-        (
-            "FALGATE_UPSTREAM__RUN_URL",
-            format!("{emulator_url}/fal.run"),
-        ),
-        (
-            "FALGATE_UPSTREAM__STORAGE_URL",
-            format!("{emulator_url}/rest.fal.ai"),
-        ),
+        ("FALGATE_UPSTREAM__RUN_URL", format!("{emulator_url}/fal.run")),
+        ("FALGATE_UPSTREAM__STORAGE_URL", format!("{emulator_url}/rest.fal.ai")),
         ("FALGATE_AUTH__HS256_SECRET", secret.to_owned()),
         ("FALGATE_STORAGE__UPLOADS", "allow".to_owned()),
     ]

@@ -86,9 +86,7 @@ impl Emulator {
             faults: faults::FaultList::default(),
             storage: storage::Store::default(),
         };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     /// The whole app: fal hosts by path prefix, the fake CDN and the `/_emulator/` control API.

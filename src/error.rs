@@ -26,14 +26,11 @@ pub enum GateError {
     #[error("this method is not allowed on this route")]
     MethodNotAllowed,
     #[error("{0}")]
-    Unauthenticated(#[from] crate::auth::AuthError),
+    Unauthenticated(crate::auth::AuthError),
     #[error("endpoint `{0}` is not allowed for this caller")]
     EndpointNotAllowed(String),
     #[error("{message}")]
-    Forbidden {
-        code: &'static str,
-        message: &'static str,
-    },
+    Forbidden { code: &'static str, message: String },
     #[error("no request with this id exists for this caller")]
     RequestNotFound,
     #[error("the request body is larger than {0} bytes")]
@@ -50,17 +47,26 @@ pub enum GateError {
     UpstreamBadResponse(String),
     #[error("fal did not confirm the submission; it may have been queued, so check before submitting again")]
     SubmitOutcomeUnknown(String),
+    #[error("{0} is unavailable; try again shortly")]
+    DependencyDown(&'static str),
     #[error("an internal error occurred")]
     Internal(String),
+}
+
+impl From<crate::auth::AuthError> for GateError {
+    fn from(err: crate::auth::AuthError) -> Self {
+        match err {
+            crate::auth::AuthError::KeysUnavailable => Self::DependencyDown("the identity provider's signing keys"),
+            other => Self::Unauthenticated(other),
+        }
+    }
 }
 
 impl GateError {
     /// The HTTP status of this refusal (the contract's table, in one place).
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Malformed(_) | Self::BadTarget(_) | Self::InvalidJson(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Malformed(_) | Self::BadTarget(_) | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::EndpointNotAllowed(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
@@ -72,6 +78,7 @@ impl GateError {
             // 424, not 502/504: `@fal-ai/client` retries those on submit, and a retry of a submit
             // that fal may already have queued would make a second paid job (fal-protocol §4.5).
             Self::SubmitOutcomeUnknown(_) => StatusCode::FAILED_DEPENDENCY,
+            Self::DependencyDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +101,7 @@ impl GateError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBadResponse(_) => "upstream_bad_response",
             Self::SubmitOutcomeUnknown(_) => "submit_outcome_unknown",
+            Self::DependencyDown(_) => "dependency_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -104,7 +112,8 @@ impl GateError {
             Self::Internal(_) => "an internal error occurred".to_owned(),
             Self::UpstreamBadResponse(_) => "fal answered with something that is not a valid response".to_owned(),
             Self::SubmitOutcomeUnknown(_) => {
-                "fal did not confirm the submission; it may have been queued, so check before submitting again".to_owned()
+                "fal did not confirm the submission; it may have been queued, so check before submitting again"
+                    .to_owned()
             }
             other => other.to_string(),
         }
@@ -114,9 +123,7 @@ impl GateError {
     pub fn log_detail(&self) -> Option<String> {
         match self {
             Self::UpstreamUnreachable(err) => Some(without_url(err)),
-            Self::UpstreamBadResponse(why)
-            | Self::SubmitOutcomeUnknown(why)
-            | Self::Internal(why) => Some(why.clone()),
+            Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             _ => None,
         }
     }

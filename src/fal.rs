@@ -155,17 +155,9 @@ pub enum Op {
         webhook: Option<String>,
     },
     /// `GET .../requests/{id}/status`.
-    Status {
-        app: AppId,
-        id: FalRequestId,
-        logs: bool,
-    },
+    Status { app: AppId, id: FalRequestId, logs: bool },
     /// `GET .../requests/{id}/status/stream`, server-sent events.
-    StatusStream {
-        app: AppId,
-        id: FalRequestId,
-        logs: bool,
-    },
+    StatusStream { app: AppId, id: FalRequestId, logs: bool },
     /// `GET .../requests/{id}`.
     Result { app: AppId, id: FalRequestId },
     /// `PUT .../requests/{id}/cancel`.
@@ -226,10 +218,9 @@ impl Call {
     pub fn app(&self) -> Option<AppId> {
         match &self.op {
             Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.app()),
-            Op::Status { app, .. }
-            | Op::StatusStream { app, .. }
-            | Op::Result { app, .. }
-            | Op::Cancel { app, .. } => Some(app.clone()),
+            Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
+                Some(app.clone())
+            }
             Op::StorageInitiate => None,
         }
     }
@@ -237,10 +228,9 @@ impl Call {
     /// The request id a call on an existing request addresses.
     pub fn request_id(&self) -> Option<&FalRequestId> {
         match &self.op {
-            Op::Status { id, .. }
-            | Op::StatusStream { id, .. }
-            | Op::Result { id, .. }
-            | Op::Cancel { id, .. } => Some(id),
+            Op::Status { id, .. } | Op::StatusStream { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. } => {
+                Some(id)
+            }
             _ => None,
         }
     }
@@ -265,10 +255,7 @@ impl Call {
                 format!("/{app}/requests/{id}/status?logs={}", u8::from(*logs))
             }
             Op::StatusStream { app, id, logs } => {
-                format!(
-                    "/{app}/requests/{id}/status/stream?logs={}",
-                    u8::from(*logs)
-                )
+                format!("/{app}/requests/{id}/status/stream?logs={}", u8::from(*logs))
             }
             Op::Result { app, id } => format!("/{app}/requests/{id}"),
             Op::Cancel { app, id } => format!("/{app}/requests/{id}/cancel"),

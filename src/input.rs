@@ -13,14 +13,11 @@ use crate::error::GateError;
 #[derive(Debug, Clone)]
 pub struct JsonInput {
     pub bytes: Bytes,
+    pub value: serde_json::Value,
 }
 
 /// Reads and checks the body: 415 unless JSON, 413 past `max_bytes`, 400 unless a JSON object.
-pub async fn read_json(
-    headers: &HeaderMap,
-    body: Body,
-    max_bytes: usize,
-) -> Result<JsonInput, GateError> {
+pub async fn read_json(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<JsonInput, GateError> {
     if !is_json(headers) {
         return Err(GateError::NotJson);
     }
@@ -33,17 +30,11 @@ pub async fn read_json(
     let bytes = match Limited::new(body, max_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<LengthLimitError>() => return Err(GateError::BodyTooLarge(max_bytes)),
-        Err(_) => {
-            return Err(GateError::Malformed(
-                "the request body could not be read".into(),
-            ))
-        }
+        Err(_) => return Err(GateError::Malformed("the request body could not be read".into())),
     };
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(_)) => Ok(JsonInput { bytes }),
-        Ok(_) => Err(GateError::InvalidJson(
-            "the body must be a JSON object".into(),
-        )),
+        Ok(value @ serde_json::Value::Object(_)) => Ok(JsonInput { bytes, value }),
+        Ok(_) => Err(GateError::InvalidJson("the body must be a JSON object".into())),
         Err(err) => Err(GateError::InvalidJson(format!(
             "line {} column {}",
             err.line(),
@@ -54,10 +45,7 @@ pub async fn read_json(
 
 /// `application/json` (parameters allowed), not compressed.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let essence = content_type.split(';').next().unwrap_or_default().trim();
@@ -84,21 +72,15 @@ mod tests {
 
     #[tokio::test]
     async fn json_object_within_the_limit_is_kept_byte_for_byte() {
-        let input = read_json(&json_headers(), Body::from(r#"{"a": 1}"#), 64)
-            .await
-            .unwrap();
+        let input = read_json(&json_headers(), Body::from(r#"{"a": 1}"#), 64).await.unwrap();
         assert_eq!(&input.bytes[..], br#"{"a": 1}"#);
     }
 
     #[tokio::test]
     async fn each_bad_body_gets_its_own_error() {
-        let text =
-            HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))]);
+        let text = HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))]);
         assert_eq!(
-            read_json(&text, Body::from("{}"), 64)
-                .await
-                .unwrap_err()
-                .code(),
+            read_json(&text, Body::from("{}"), 64).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(
@@ -111,10 +93,7 @@ mod tests {
         let mut gzip = json_headers();
         gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         assert_eq!(
-            read_json(&gzip, Body::from("{}"), 64)
-                .await
-                .unwrap_err()
-                .code(),
+            read_json(&gzip, Body::from("{}"), 64).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(

@@ -25,12 +25,16 @@ pub async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GateError> {
-    let _grant = gate.policy.authorize(&caller, &call)?;
-    let forwarded = upstream::forwarded_headers(headers)?;
+    let grant = gate.policy.authorize(&caller, &call)?;
+    let mut forwarded = upstream::forwarded_headers(headers)?;
+    grant.cap_priority(&mut forwarded);
     let input = match call.has_body() {
         true => Some(input::read_json(headers, body, gate.config.max_body_bytes).await?),
         false => None,
     };
+    if let Some(input) = &input {
+        grant.check_options(&input.value)?;
+    }
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
         gate.ownership.check(&caller, &app, id)?;
     }

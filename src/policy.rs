@@ -1,75 +1,103 @@
-//! What a caller may do: the endpoint allowlist, the sync-run rule, webhooks and uploads.
+//! What a caller may do: the endpoint allowlist, the caller's tier (endpoints, operations,
+//! queue priority cap, allowed input options), webhook hosts and uploads.
 //! [`Policy::authorize`] returns a [`Grant`], the proof that a call is allowed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::http::{HeaderMap, HeaderValue};
+use serde_json::Value;
+use url::Url;
 
 use crate::auth::Caller;
-use crate::config::{EndpointPolicy, Toggle};
+use crate::config::{Config, EndpointPolicy, Operation, Priority, Tier, Toggle};
 use crate::error::GateError;
 use crate::fal::{AppId, Call, EndpointId, Op};
+
+/// The header fal reads the queue priority from.
+const PRIORITY_HEADER: &str = "x-fal-queue-priority";
 
 /// The allow rules, built once from config.
 pub struct Policy {
     endpoints: BTreeMap<EndpointId, EndpointPolicy>,
+    tiers: BTreeMap<String, Tier>,
+    /// Used when no tiers are configured: everything `endpoints` allows.
+    open_tier: Tier,
+    webhook_hosts: BTreeSet<String>,
     uploads: Toggle,
 }
 
-/// Proof that a call passed the policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+/// Proof that a call passed the policy, with what the tier still constrains.
+#[derive(Debug)]
+pub struct Grant<'a> {
     /// The configured endpoint entry that allowed it (None for storage uploads).
     pub endpoint: Option<EndpointId>,
+    tier: &'a Tier,
 }
 
 impl Policy {
     /// Builds the policy from the validated config.
-    pub fn new(endpoints: BTreeMap<EndpointId, EndpointPolicy>, uploads: Toggle) -> Self {
-        Self { endpoints, uploads }
-    }
-
-    /// Decides whether `caller` may make `call`.
-    pub fn authorize(&self, _caller: &Caller, call: &Call) -> Result<Grant, GateError> {
-        match &call.op {
-            Op::Submit { endpoint, webhook } => {
-                let (entry, rules) = self.endpoint(endpoint)?;
-                if webhook.is_some() && !rules.webhooks {
-                    return Err(forbidden(
-                        "webhook_not_allowed",
-                        "webhooks are not allowed for this endpoint",
-                    ));
-                }
-                Ok(Grant {
-                    endpoint: Some(entry),
-                })
-            }
-            Op::Run { endpoint } => {
-                let (entry, rules) = self.endpoint(endpoint)?;
-                if !rules.sync_run {
-                    return Err(forbidden(
-                        "sync_run_not_allowed",
-                        "synchronous runs are not allowed for this endpoint; use the queue",
-                    ));
-                }
-                Ok(Grant {
-                    endpoint: Some(entry),
-                })
-            }
-            Op::Status { app, .. }
-            | Op::StatusStream { app, .. }
-            | Op::Result { app, .. }
-            | Op::Cancel { app, .. } => self.app(app).map(|entry| Grant {
-                endpoint: Some(entry),
-            }),
-            Op::StorageInitiate if self.uploads == Toggle::Allow => Ok(Grant { endpoint: None }),
-            Op::StorageInitiate => Err(forbidden(
-                "uploads_not_allowed",
-                "file uploads are not allowed",
-            )),
+    pub fn new(config: &Config) -> Self {
+        Self {
+            endpoints: config.endpoints.clone(),
+            tiers: config.tiers.clone(),
+            open_tier: Tier::default(),
+            webhook_hosts: config.webhook_hosts.clone(),
+            uploads: config.storage_uploads,
         }
     }
 
-    /// The configured entry equal to `endpoint` or a parent of it (`fal-ai/flux` allows `fal-ai/flux/dev`).
-    fn endpoint(&self, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), GateError> {
+    /// Decides whether `caller` may make `call`.
+    pub fn authorize(&self, caller: &Caller, call: &Call) -> Result<Grant<'_>, GateError> {
+        let tier = self.tier(caller)?;
+        if tier
+            .operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&operation(&call.op)))
+        {
+            return Err(forbidden(
+                "operation_not_allowed",
+                format!("your tier may not use {} here", call.op_name()),
+            ));
+        }
+        let endpoint = match &call.op {
+            Op::Submit { endpoint, webhook } => {
+                let (entry, _) = self.endpoint(tier, endpoint)?;
+                if let Some(hook) = webhook {
+                    self.check_webhook(hook)?;
+                }
+                Some(entry)
+            }
+            Op::Run { endpoint } => {
+                let (entry, rules) = self.endpoint(tier, endpoint)?;
+                if !rules.sync_run {
+                    return Err(forbidden(
+                        "sync_run_not_allowed",
+                        "synchronous runs are not allowed for this endpoint; use the queue".into(),
+                    ));
+                }
+                Some(entry)
+            }
+            Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
+                Some(self.app(tier, app)?)
+            }
+            Op::StorageInitiate if self.uploads == Toggle::Allow => None,
+            Op::StorageInitiate => return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into())),
+        };
+        Ok(Grant { endpoint, tier })
+    }
+
+    fn tier(&self, caller: &Caller) -> Result<&Tier, GateError> {
+        if self.tiers.is_empty() {
+            return Ok(&self.open_tier);
+        }
+        self.tiers
+            .get(&caller.tier)
+            .ok_or_else(|| forbidden("tier_not_allowed", "your tier is not configured on this gateway".into()))
+    }
+
+    /// The configured entry equal to `endpoint` or a parent of it (`fal-ai/flux` allows
+    /// `fal-ai/flux/dev`), if the tier may use it.
+    fn endpoint(&self, tier: &Tier, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), GateError> {
         let id = endpoint.as_str();
         self.endpoints
             .iter()
@@ -79,127 +107,96 @@ impl Policy {
                         .strip_prefix(entry.as_str())
                         .is_some_and(|rest| rest.starts_with('/'))
             })
+            .filter(|(entry, _)| tier_allows(tier, entry))
             .max_by_key(|(entry, _)| entry.as_str().len())
             .map(|(entry, rules)| (entry.clone(), *rules))
             .ok_or_else(|| GateError::EndpointNotAllowed(id.to_owned()))
     }
 
     /// An entry whose app is `app`: status, result and cancel name only the app.
-    fn app(&self, app: &AppId) -> Result<EndpointId, GateError> {
+    fn app(&self, tier: &Tier, app: &AppId) -> Result<EndpointId, GateError> {
         self.endpoints
             .keys()
-            .find(|entry| &entry.app() == app)
+            .find(|entry| &entry.app() == app && tier_allows(tier, entry))
             .cloned()
             .ok_or_else(|| GateError::EndpointNotAllowed(app.as_str().to_owned()))
     }
+
+    /// `fal_webhook` must be an https URL on an allowed host (fal would POST results there).
+    fn check_webhook(&self, raw: &str) -> Result<(), GateError> {
+        let allowed = Url::parse(raw).ok().is_some_and(|url| {
+            url.scheme() == "https"
+                && url.username().is_empty()
+                && url.password().is_none()
+                && url.port().is_none()
+                && matches!(url.host(), Some(url::Host::Domain(host)) if self.webhook_hosts.contains(host))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(forbidden(
+                "webhook_not_allowed",
+                "the webhook URL's host is not allowed".into(),
+            ))
+        }
+    }
 }
 
-fn forbidden(code: &'static str, message: &'static str) -> GateError {
+impl Grant<'_> {
+    /// Lowers `x-fal-queue-priority` to the tier's cap (the JS client always sends `normal`).
+    pub fn cap_priority(&self, headers: &mut HeaderMap) {
+        let Some(cap) = self.tier.max_queue_priority else {
+            return;
+        };
+        let asked = headers
+            .get(PRIORITY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Priority::parse)
+            .unwrap_or(Priority::Normal);
+        if asked > cap {
+            headers.insert(PRIORITY_HEADER, HeaderValue::from_static(cap.as_str()));
+        }
+    }
+
+    /// Refuses input options the tier may not use (e.g. a premium `model`), naming the field.
+    pub fn check_options(&self, input: &Value) -> Result<(), GateError> {
+        let Some(fields) = self.endpoint.as_ref().and_then(|entry| self.tier.options.get(entry)) else {
+            return Ok(());
+        };
+        for (field, allowed) in fields {
+            if let Some(value) = input.get(field) {
+                if !allowed.contains(value) {
+                    let list = allowed.iter().map(Value::to_string).collect::<Vec<_>>().join(", ");
+                    return Err(forbidden(
+                        "option_not_allowed",
+                        format!("field `{field}` must be one of {list} for your tier"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {
+    tier.endpoints.as_ref().is_none_or(|allowed| allowed.contains(entry))
+}
+
+fn operation(op: &Op) -> Operation {
+    match op {
+        Op::Submit { .. } => Operation::Submit,
+        Op::Status { .. } => Operation::Status,
+        Op::StatusStream { .. } => Operation::Stream,
+        Op::Result { .. } => Operation::Result,
+        Op::Cancel { .. } => Operation::Cancel,
+        Op::Run { .. } => Operation::Run,
+        Op::StorageInitiate => Operation::Upload,
+    }
+}
+
+fn forbidden(code: &'static str, message: String) -> GateError {
     GateError::Forbidden { code, message }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fal::{parse_queue_path, FalRequestId};
-
-    fn policy() -> Policy {
-        let rules = [
-            ("fal-ai/video-prompt-generator", true),
-            ("fal-ai/flux", false),
-        ];
-        let endpoints = rules
-            .iter()
-            .map(|(id, sync)| {
-                (
-                    EndpointId::parse(id).unwrap(),
-                    EndpointPolicy {
-                        sync_run: *sync,
-                        webhooks: false,
-                    },
-                )
-            })
-            .collect();
-        Policy::new(endpoints, Toggle::Deny)
-    }
-
-    fn caller() -> Caller {
-        Caller {
-            sub: "u".into(),
-            tier: None,
-        }
-    }
-
-    fn submit(path: &str) -> Call {
-        Call {
-            op: parse_queue_path(path, None).unwrap(),
-        }
-    }
-
-    #[test]
-    fn listed_endpoint_and_its_sub_paths_are_allowed_and_others_not() {
-        assert!(policy()
-            .authorize(&caller(), &submit("/fal-ai/video-prompt-generator"))
-            .is_ok());
-        assert!(policy()
-            .authorize(&caller(), &submit("/fal-ai/flux/dev"))
-            .is_ok());
-        for path in [
-            "/fal-ai/fluxx",
-            "/other/app",
-            "/fal-ai/video-prompt-generatorx",
-        ] {
-            let err = policy().authorize(&caller(), &submit(path)).unwrap_err();
-            assert_eq!(err.code(), "endpoint_not_allowed", "{path}");
-        }
-    }
-
-    #[test]
-    fn sync_run_needs_the_endpoint_flag() {
-        let run = |id: &str| Call {
-            op: Op::Run {
-                endpoint: EndpointId::parse(id).unwrap(),
-            },
-        };
-        assert!(policy()
-            .authorize(&caller(), &run("fal-ai/video-prompt-generator"))
-            .is_ok());
-        assert_eq!(
-            policy()
-                .authorize(&caller(), &run("fal-ai/flux/dev"))
-                .unwrap_err()
-                .code(),
-            "sync_run_not_allowed"
-        );
-    }
-
-    #[test]
-    fn status_of_an_unlisted_app_and_denied_uploads_and_webhooks_are_refused() {
-        let id = FalRequestId::parse("764cabcf-b745-4b3e-ae38-1200304cf45b").unwrap();
-        let status = Call {
-            op: Op::Result {
-                app: AppId::from_segments(&["other", "app"]).unwrap(),
-                id,
-            },
-        };
-        assert_eq!(
-            policy().authorize(&caller(), &status).unwrap_err().code(),
-            "endpoint_not_allowed"
-        );
-        let upload = Call {
-            op: Op::StorageInitiate,
-        };
-        assert_eq!(
-            policy().authorize(&caller(), &upload).unwrap_err().code(),
-            "uploads_not_allowed"
-        );
-        let hooked = Call {
-            op: parse_queue_path("/fal-ai/flux/dev", Some("fal_webhook=https://x.example"))
-                .unwrap(),
-        };
-        assert_eq!(
-            policy().authorize(&caller(), &hooked).unwrap_err().code(),
-            "webhook_not_allowed"
-        );
-    }
-}
+mod tests;

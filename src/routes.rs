@@ -35,10 +35,7 @@ async fn method_not_allowed() -> GateError {
 }
 
 /// Refuses a call made with another method than fal expects for it.
-fn check_method(
-    request: &axum::extract::Request,
-    call: &crate::fal::Call,
-) -> Result<(), GateError> {
+fn check_method(request: &axum::extract::Request, call: &crate::fal::Call) -> Result<(), GateError> {
     if request.method() == call.method() {
         Ok(())
     } else {

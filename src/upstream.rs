@@ -39,10 +39,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the pooled client.
-    pub fn new(
-        config: config::Upstream,
-        credentials: FalCredentials,
-    ) -> Result<Self, reqwest::Error> {
+    pub fn new(config: config::Upstream, credentials: FalCredentials) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)
@@ -61,9 +58,12 @@ impl Upstream {
         self.config.idle_timeout
     }
 
-    /// The largest control-plane answer read whole.
-    pub fn max_response_bytes(&self) -> usize {
-        self.config.max_response_bytes
+    /// The largest answer read whole for this call: model output may be larger than control answers.
+    pub fn max_answer_bytes(&self, call: &Call) -> usize {
+        match call.op {
+            Op::Result { .. } | Op::Run { .. } => self.config.max_result_bytes,
+            _ => self.config.max_response_bytes,
+        }
     }
 
     /// The absolute upstream URL for a call: configured base + canonical path and query.
@@ -73,11 +73,7 @@ impl Upstream {
             Host::Run => &self.config.run_url,
             Host::Storage => &self.config.storage_url,
         };
-        format!(
-            "{}{}",
-            base.as_str().trim_end_matches('/'),
-            call.path_and_query()
-        )
+        format!("{}{}", base.as_str().trim_end_matches('/'), call.path_and_query())
     }
 
     /// Sends a call to fal and waits for its response headers (bounded by the first-byte timeout).
@@ -91,10 +87,7 @@ impl Upstream {
             .client
             .request(call.method(), self.url(call))
             .headers(headers)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.credentials.authorization(),
-            );
+            .header(reqwest::header::AUTHORIZATION, self.credentials.authorization());
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -138,9 +131,7 @@ pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
         let mut values = inbound.get_all(name).iter();
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
-            return Err(GateError::Malformed(format!(
-                "header {name} may be sent only once"
-            )));
+            return Err(GateError::Malformed(format!("header {name} may be sent only once")));
         }
         check_value(name, value)?;
         out.insert(HeaderName::from_static(name), value.clone());
@@ -156,17 +147,13 @@ fn check_value(name: &str, value: &HeaderValue) -> Result<(), GateError> {
     let valid = match (name, text) {
         (_, None) => false,
         ("x-fal-queue-priority", Some(t)) => matches!(t, "normal" | "low"),
-        ("x-fal-request-timeout", Some(t)) => t
-            .parse::<f64>()
-            .is_ok_and(|secs| secs.is_finite() && secs > 1.0),
+        ("x-fal-request-timeout", Some(t)) => t.parse::<f64>().is_ok_and(|secs| secs.is_finite() && secs > 1.0),
         (_, Some(_)) => true,
     };
     if valid {
         Ok(())
     } else {
-        Err(GateError::Malformed(format!(
-            "header {name} has an invalid value"
-        )))
+        Err(GateError::Malformed(format!("header {name} has an invalid value")))
     }
 }
 

@@ -31,9 +31,5 @@ pub fn mint_hs256(
         exp: now + ttl.as_secs(),
         tier,
     };
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret))
 }

@@ -1,106 +1,360 @@
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use jsonwebtoken::{encode, EncodingKey, Header};
-use secrecy::SecretString;
-use serde_json::json;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
 
 use super::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
 
-fn verifier() -> Verifier {
-    Verifier::new(&config::Auth {
-        hs256_secret: SecretString::from(SECRET),
-        leeway: Duration::from_secs(5),
-    })
+fn authenticator(toml: &str, extra_env: &[(&str, &str)]) -> Authenticator {
+    let mut env: HashMap<String, String> =
+        HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())]);
+    env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = config::Config::from_toml(toml, &env).unwrap();
+    Authenticator::new(&config.auth).unwrap()
+}
+
+fn hs() -> Authenticator {
+    authenticator("[auth]\nleeway_seconds = 5\n", &[])
 }
 
 fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
 }
 
-fn sign(claims: &serde_json::Value) -> String {
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+fn sign(claims: &Value) -> String {
+    encode(&Header::default(), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
-#[test]
-fn minted_token_verifies_with_sub_and_tier() {
-    let token = mint_hs256(
-        SECRET.as_bytes(),
-        "user-1",
-        Some("pro"),
-        Duration::from_secs(60),
+/// A token with a hand-written header, HMAC-signed with `key` (for header tricks).
+fn forge(header: &Value, claims: &Value, key: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     )
-    .unwrap();
+}
+
+fn valid_claims() -> Value {
+    json!({"sub": "u", "exp": now() + 60, "iat": now()})
+}
+
+async fn verdict(auth: &Authenticator, token: &str) -> Result<Caller, AuthError> {
+    auth.authenticate(token).await
+}
+
+#[tokio::test]
+async fn minted_token_verifies_with_issuer_subject_and_tier() {
+    let token = mint_hs256(SECRET.as_bytes(), "user-1", Some("pro"), Duration::from_secs(60)).unwrap();
+    let caller = verdict(&hs(), &token).await.unwrap();
     assert_eq!(
-        verifier().verify(&token),
-        Ok(Caller {
-            sub: "user-1".into(),
-            tier: Some("pro".into())
-        })
+        (&*caller.issuer, caller.subject.as_str(), caller.tier.as_str()),
+        ("default", "user-1", "pro")
+    );
+    assert_eq!(caller.principal(), "default|user-1");
+}
+
+#[tokio::test]
+async fn a_token_without_tier_gets_the_default_tier_and_scopes_are_read() {
+    let token = sign(&json!({"sub": "u", "exp": now() + 60, "scope": "read write"}));
+    let caller = verdict(&hs(), &token).await.unwrap();
+    assert_eq!(caller.tier, "default");
+    assert_eq!(caller.scopes, ["read", "write"]);
+}
+
+#[tokio::test]
+async fn expired_token_past_the_configured_leeway_is_expired_even_when_cached() {
+    let auth = hs();
+    assert_eq!(
+        verdict(&auth, &sign(&json!({"sub": "u", "exp": now() - 30}))).await,
+        Err(AuthError::Expired)
+    );
+    assert!(
+        verdict(&auth, &sign(&json!({"sub": "u", "exp": now() - 3})))
+            .await
+            .is_ok(),
+        "within the 5 s leeway"
     );
 }
 
-#[test]
-fn expired_token_past_leeway_is_expired() {
-    let token = sign(&json!({"sub": "u", "exp": now() - 30}));
-    assert_eq!(verifier().verify(&token), Err(AuthError::Expired));
-}
-
-#[test]
-fn token_without_exp_or_sub_or_with_odd_claims_is_invalid() {
+#[tokio::test]
+async fn missing_or_odd_claims_are_invalid() {
+    let auth = hs();
     for claims in [
         json!({"sub": "u"}),
         json!({"exp": now() + 60}),
         json!({"sub": "", "exp": now() + 60}),
         json!({"sub": 123, "exp": now() + 60}),
-        json!({"sub": "u", "exp": "9999999999"}),
+        json!({"sub": null, "exp": now() + 60}),
+        json!({"sub": {}, "exp": now() + 60}),
+        json!({"sub": "x".repeat(10_000), "exp": now() + 60}),
         json!({"sub": "a\u{0}b", "exp": now() + 60}),
+        json!({"sub": "u", "exp": "9999999999"}),
+        json!({"sub": "u", "exp": 1e300}),
+        json!({"sub": "u", "exp": 9_999_999_999_i64}),
         json!({"sub": "u", "exp": now() + 60, "nbf": now() + 3600}),
+        json!({"sub": "u", "exp": now() + 60, "iat": now() + 86_400}),
+        json!({"sub": "u", "exp": now() + 10 * 365 * 86_400, "iat": now()}),
+        json!({"sub": "u", "exp": now() + 60, "tier": 5}),
+        json!({"sub": "u", "exp": now() + 60, "iss": ["https://evil", "https://idp.example"]}),
     ] {
         assert_eq!(
-            verifier().verify(&sign(&claims)),
+            verdict(&auth, &sign(&claims)).await,
             Err(AuthError::Invalid),
             "{claims}"
         );
     }
 }
 
-#[test]
-fn wrong_secret_alg_none_and_garbage_are_invalid() {
-    let claims = json!({"sub": "u", "exp": now() + 60});
-    let other = encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+#[tokio::test]
+async fn a_float_exp_is_accepted_consistently() {
+    let token = sign(&json!({"sub": "u", "exp": (now() + 60) as f64 + 0.5}));
+    assert!(verdict(&hs(), &token).await.is_ok());
+}
+
+#[tokio::test]
+async fn alg_none_crit_and_wrong_secret_are_invalid() {
+    let auth = hs();
+    let claims = URL_SAFE_NO_PAD.encode(valid_claims().to_string());
+    for alg in ["none", "None", "NONE", ""] {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
+        assert_eq!(
+            verdict(&auth, &format!("{header}.{claims}.")).await,
+            Err(AuthError::Invalid),
+            "{alg}"
+        );
+        assert_eq!(
+            verdict(&auth, &format!("{header}.{claims}.c2ln")).await,
+            Err(AuthError::Invalid),
+            "{alg}"
+        );
+    }
+    for header in [
+        json!({"alg": "HS256", "crit": ["b64"], "b64": false}),
+        json!({"alg": "HS256", "crit": ["x-unknown"]}),
+    ] {
+        assert_eq!(
+            verdict(&auth, &forge(&header, &valid_claims(), SECRET.as_bytes())).await,
+            Err(AuthError::Invalid),
+            "{header}"
+        );
+    }
+    let wrong = encode(&Header::default(), &valid_claims(), &EncodingKey::from_secret(&[7; 32])).unwrap();
+    assert_eq!(verdict(&auth, &wrong).await, Err(AuthError::Invalid));
+}
+
+#[tokio::test]
+async fn malformed_encodings_and_huge_tokens_are_invalid() {
+    let auth = hs();
+    let good = sign(&valid_claims());
+    let parts: Vec<&str> = good.split('.').collect();
+    let std_alphabet = good.replace('-', "+").replace('_', "/");
+    let deep_header = URL_SAFE_NO_PAD.encode(format!("{}{}", "[".repeat(100), "]".repeat(100)));
+    let array_header = URL_SAFE_NO_PAD.encode(r#"[{"alg":"HS256"}]"#);
+    let dup_alg = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","alg":"HS256"}"#);
+    let cases = [
+        format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        format!(" {good}"),
+        format!("{good} "),
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{good}.x"),
+        format!("{}..{}", parts[0], parts[2]),
+        format!("{}.{}.{}é", parts[0], parts[1], parts[2]),
+        format!("{deep_header}.{}.{}", parts[1], parts[2]),
+        format!("{array_header}.{}.{}", parts[1], parts[2]),
+        format!("{dup_alg}.{}.{}", parts[1], parts[2]),
+        "a".repeat(64 * 1024),
+    ];
+    for token in cases
+        .iter()
+        .chain(std::iter::once(&std_alphabet).filter(|t| **t != good))
+    {
+        assert_eq!(
+            verdict(&auth, token).await,
+            Err(AuthError::Invalid),
+            "{}",
+            &token[..token.len().min(80)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_required_and_exact_when_configured() {
+    let auth = authenticator(
+        "[auth]\nissuer = \"https://idp.example\"\naudience = \"falgate\"\n",
+        &[],
+    );
+    let with = |extra: Value| {
+        let mut claims = valid_claims();
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        sign(&claims)
+    };
+    assert!(
+        verdict(&auth, &with(json!({"iss": "https://idp.example", "aud": "falgate"})))
+            .await
+            .is_ok()
+    );
+    assert!(verdict(
+        &auth,
+        &with(json!({"iss": "https://idp.example", "aud": ["other", "falgate"]}))
+    )
+    .await
+    .is_ok());
+    for bad in [
+        json!({"iss": "https://idp.example", "aud": "other"}),
+        json!({"iss": "https://evil", "aud": "falgate"}),
+        json!({"iss": "https://idp.example", "aud": []}),
+        json!({"iss": "https://idp.example"}),
+        json!({"aud": "falgate"}),
+    ] {
+        assert_eq!(
+            verdict(&auth, &with(bad.clone())).await,
+            Err(AuthError::Invalid),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_keys_from_files_verify_their_own_tokens_only() {
+    let toml = format!(
+        "[auth.issuers.rsa]\nissuer = \"https://rsa\"\nkey_files = [\"{KEYS}/rsa1.jwk.json\"]\n\
+         [auth.issuers.ec]\nissuer = \"https://ec\"\nkey_files = [\"{KEYS}/ec1.jwk.json\"]\n\
+         [auth.issuers.ed]\nissuer = \"https://ed\"\nkey_files = [\"{KEYS}/ed1.pub.pem\"]\nalgorithms = [\"EdDSA\"]\n"
+    );
+    let auth = authenticator(&toml, &[]);
+    let read = |name: &str| std::fs::read(format!("{KEYS}/{name}")).unwrap();
+    let claims = |iss: &str| json!({"sub": "u", "exp": now() + 60, "iss": iss});
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("https://rsa"),
+        &EncodingKey::from_rsa_pem(&read("rsa1.pem")).unwrap(),
     )
     .unwrap();
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let none = format!(
-        "{}.{payload}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#)
+    let es = encode(
+        &Header::new(Algorithm::ES256),
+        &claims("https://ec"),
+        &EncodingKey::from_ec_pem(&read("ec1.pem")).unwrap(),
+    )
+    .unwrap();
+    let ed = encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims("https://ed"),
+        &EncodingKey::from_ed_pem(&read("ed1.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&*verdict(&auth, &rs).await.unwrap().issuer, "rsa");
+    assert_eq!(&*verdict(&auth, &es).await.unwrap().issuer, "ec");
+    assert_eq!(&*verdict(&auth, &ed).await.unwrap().issuer, "ed");
+    let other = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("https://rsa"),
+        &EncodingKey::from_rsa_pem(&read("rsa2.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(&auth, &other).await,
+        Err(AuthError::Invalid),
+        "a key not in the set"
     );
-    let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
-    for token in [
-        other.as_str(),
-        none.as_str(),
-        "not-a-jwt",
-        "a.b.c",
-        huge.as_str(),
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_invalid() {
+    let toml = format!("[auth.issuers.rsa]\nissuer = \"https://rsa\"\nkey_files = [\"{KEYS}/rsa1.jwk.json\"]\n");
+    let auth = authenticator(&toml, &[]);
+    let claims = json!({"sub": "u", "exp": now() + 60, "iss": "https://rsa"});
+    let pem = std::fs::read(format!("{KEYS}/rsa1.pub.pem")).unwrap();
+    let pem_text = String::from_utf8(pem.clone()).unwrap();
+    let der = STANDARD
+        .decode(pem_text.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+        .unwrap();
+    let jwk = std::fs::read(format!("{KEYS}/rsa1.jwk.json")).unwrap();
+    for key in [pem, der, jwk, Vec::new()] {
+        let header = json!({"alg": "HS256", "typ": "JWT", "kid": "rsa1"});
+        assert_eq!(
+            verdict(&auth, &forge(&header, &claims, &key)).await,
+            Err(AuthError::Invalid)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_same_subject_from_two_issuers_is_two_principals() {
+    let toml = "[auth.issuers.partner]\nissuer = \"https://partner\"\nhs_secret_env = \"PARTNER_SECRET\"\nalgorithms = [\"HS512\"]\n";
+    let partner_secret = "partner-secret-partner-secret-partner-secret";
+    let auth = authenticator(toml, &[("PARTNER_SECRET", partner_secret)]);
+    let ours = sign(&json!({"sub": "alice", "exp": now() + 60}));
+    let theirs = encode(
+        &Header::new(Algorithm::HS512),
+        &json!({"sub": "alice", "exp": now() + 60, "iss": "https://partner"}),
+        &EncodingKey::from_secret(partner_secret.as_bytes()),
+    )
+    .unwrap();
+    let a = verdict(&auth, &ours).await.unwrap();
+    let b = verdict(&auth, &theirs).await.unwrap();
+    assert_ne!(a.principal(), b.principal());
+    let downgraded = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now() + 60, "iss": "https://partner"}),
+        &EncodingKey::from_secret(partner_secret.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(&auth, &downgraded).await,
+        Err(AuthError::Invalid),
+        "HS256 is not in the partner's algorithms"
+    );
+}
+
+#[tokio::test]
+async fn required_token_type_is_enforced() {
+    let auth = authenticator("[auth]\ntoken_type = \"at+jwt\"\n", &[]);
+    let mut header = Header::default();
+    assert_eq!(
+        verdict(
+            &auth,
+            &encode(&header, &valid_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        )
+        .await,
+        Err(AuthError::Invalid)
+    );
+    header.typ = Some("at+jwt".into());
+    assert!(verdict(
+        &auth,
+        &encode(&header, &valid_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    )
+    .await
+    .is_ok());
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive_and_strict_about_spacing() {
+    assert_eq!(bearer("bearer abc"), Ok("abc"));
+    assert_eq!(bearer("Bearer abc"), Ok("abc"));
+    for bad in [
+        "Bearer  abc",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Key fk-123",
+        "Bearerabc",
     ] {
-        assert_eq!(verifier().verify(token), Err(AuthError::Invalid));
+        assert_eq!(bearer(bad), Err(AuthError::Scheme), "{bad}");
     }
 }

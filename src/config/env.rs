@@ -26,9 +26,7 @@ impl Sources for ProcessEnv {
     }
 
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .collect()
+        std::env::vars().filter(|(k, _)| k.starts_with(prefix)).collect()
     }
 }
 
@@ -65,9 +63,7 @@ pub(crate) fn apply_overrides(table: &mut Table, sources: &dyn Sources) -> Resul
             .map(str::to_ascii_lowercase)
             .collect();
         if path.iter().any(String::is_empty) {
-            return Err(format!(
-                "environment variable {name} does not name a config key"
-            ));
+            return Err(format!("environment variable {name} does not name a config key"));
         }
         set_path(table, &path, scalar(&raw))
             .map_err(|key| format!("environment variable {name}: `{key}` is not a section"))?;
@@ -86,9 +82,7 @@ fn scalar(raw: &str) -> Value {
 }
 
 fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
-    let (last, sections) = path
-        .split_last()
-        .expect("split yields at least one element");
+    let (last, sections) = path.split_last().expect("split yields at least one element");
     let mut current = table;
     for section in sections {
         let entry = current
@@ -105,10 +99,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -119,17 +110,13 @@ mod tests {
             ("FALGATE_LISTEN", "127.0.0.1:0"),
         ]);
         apply_overrides(&mut table, &vars).unwrap();
-        assert_eq!(
-            table["upstream"]["connect_timeout_ms"].as_integer(),
-            Some(2000)
-        );
+        assert_eq!(table["upstream"]["connect_timeout_ms"].as_integer(), Some(2000));
         assert_eq!(table["listen"].as_str(), Some("127.0.0.1:0"));
     }
 
     #[test]
     fn empty_path_segment_is_refused_with_the_variable_named() {
-        let err = apply_overrides(&mut Table::new(), &env(&[("FALGATE_UPSTREAM____X", "1")]))
-            .unwrap_err();
+        let err = apply_overrides(&mut Table::new(), &env(&[("FALGATE_UPSTREAM____X", "1")])).unwrap_err();
         assert!(err.contains("FALGATE_UPSTREAM____X"), "{err}");
     }
 

@@ -25,6 +25,14 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) endpoints: BTreeMap<String, RawEndpoint>,
+    #[serde(default)]
+    pub(crate) tiers: BTreeMap<String, RawTier>,
+    #[serde(default)]
+    pub(crate) webhooks: RawWebhooks,
+    #[serde(default)]
+    pub(crate) cors: RawCors,
+    #[serde(default)]
+    pub(crate) ownership: RawOwnership,
 }
 
 /// `[upstream]`: where fal is and how long to wait for it.
@@ -39,6 +47,7 @@ pub(crate) struct RawUpstream {
     pub(crate) idle_timeout_ms: u64,
     pub(crate) pool_idle_timeout_ms: u64,
     pub(crate) max_response_bytes: usize,
+    pub(crate) max_result_bytes: usize,
 }
 
 impl Default for RawUpstream {
@@ -52,23 +61,138 @@ impl Default for RawUpstream {
             idle_timeout_ms: 300_000,
             pool_idle_timeout_ms: 90_000,
             max_response_bytes: 1_048_576,
+            max_result_bytes: 33_554_432,
         }
     }
 }
 
-/// `[auth]`: how callers prove who they are.
+/// `[auth]`: how callers prove who they are. The top-level keys form the `default` issuer;
+/// `[auth.issuers.NAME]` adds more.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAuth {
     pub(crate) hs256_secret: Option<String>,
+    pub(crate) jwks_url: Option<String>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) key_files: Vec<String>,
+    pub(crate) algorithms: Vec<String>,
+    pub(crate) tier_claim: String,
+    pub(crate) scopes_claim: String,
+    pub(crate) default_tier: String,
+    pub(crate) token_type: Option<String>,
     pub(crate) leeway_seconds: u64,
+    pub(crate) max_lifetime_seconds: u64,
+    pub(crate) max_token_bytes: usize,
+    pub(crate) cookie: Option<String>,
+    pub(crate) token_cache_entries: u64,
+    pub(crate) jwks_refresh_seconds: u64,
+    pub(crate) jwks_cooldown_seconds: u64,
+    pub(crate) jwks_timeout_ms: u64,
+    pub(crate) jwks_max_bytes: usize,
+    pub(crate) issuers: BTreeMap<String, RawIssuer>,
 }
 
 impl Default for RawAuth {
     fn default() -> Self {
         Self {
             hs256_secret: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            key_files: Vec::new(),
+            algorithms: Vec::new(),
+            tier_claim: "tier".into(),
+            scopes_claim: "scope".into(),
+            default_tier: "default".into(),
+            token_type: None,
             leeway_seconds: 30,
+            max_lifetime_seconds: 86_400,
+            max_token_bytes: 8_192,
+            cookie: None,
+            token_cache_entries: 100_000,
+            jwks_refresh_seconds: 300,
+            jwks_cooldown_seconds: 10,
+            jwks_timeout_ms: 5_000,
+            jwks_max_bytes: 1_048_576,
+            issuers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[auth.issuers.NAME]`: one more token issuer, with its own keys, audience and claims.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIssuer {
+    pub(crate) issuer: String,
+    pub(crate) audience: Option<String>,
+    /// Env variable holding an HMAC secret (secrets never sit in the file).
+    pub(crate) hs_secret_env: Option<String>,
+    pub(crate) jwks_url: Option<String>,
+    #[serde(default)]
+    pub(crate) key_files: Vec<String>,
+    #[serde(default)]
+    pub(crate) algorithms: Vec<String>,
+    pub(crate) tier_claim: Option<String>,
+    pub(crate) scopes_claim: Option<String>,
+    pub(crate) default_tier: Option<String>,
+    pub(crate) token_type: Option<String>,
+}
+
+/// `[tiers.NAME]`: what callers of one tier may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTier {
+    /// Endpoint entries (keys of `[endpoints]`) this tier may use; absent = all.
+    pub(crate) endpoints: Option<Vec<String>>,
+    /// Operations this tier may use; absent = all.
+    pub(crate) operations: Option<Vec<String>>,
+    /// Highest `x-fal-queue-priority` passed on; a higher one is lowered.
+    pub(crate) max_queue_priority: Option<String>,
+    /// Per endpoint entry, per input field: the values allowed.
+    #[serde(default)]
+    pub(crate) options: BTreeMap<String, BTreeMap<String, Vec<serde_json::Value>>>,
+}
+
+/// `[webhooks]`: where fal may deliver `fal_webhook` callbacks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawWebhooks {
+    pub(crate) allowed_hosts: Vec<String>,
+}
+
+/// `[cors]`: which browser origins may call falgate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawCors {
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allow_credentials: bool,
+    pub(crate) max_age_seconds: u64,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            max_age_seconds: 600,
+        }
+    }
+}
+
+/// `[ownership]`: how long request ownership is remembered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawOwnership {
+    pub(crate) ttl_seconds: u64,
+    pub(crate) max_entries: u64,
+}
+
+impl Default for RawOwnership {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 7 * 86_400,
+            max_entries: 1_000_000,
         }
     }
 }
@@ -97,9 +221,7 @@ pub(crate) struct RawStorage {
 
 impl Default for RawStorage {
     fn default() -> Self {
-        Self {
-            uploads: Toggle::Deny,
-        }
+        Self { uploads: Toggle::Deny }
     }
 }
 
@@ -125,9 +247,6 @@ pub(crate) struct RawEndpoint {
     /// Whether `fal.run` synchronous calls are allowed for this endpoint.
     #[serde(default)]
     pub(crate) sync_run: bool,
-    /// Whether callers may pass `fal_webhook` on submit.
-    #[serde(default)]
-    pub(crate) webhooks: bool,
 }
 
 /// An exclusive allow/deny choice.

@@ -27,9 +27,7 @@ impl FalCredentials {
         let pair = (sources.var("FAL_KEY_ID"), sources.var("FAL_KEY_SECRET"));
         let file = sources.var("FAL_KEY_FILE").filter(|v| !v.is_empty());
         let pair = match pair {
-            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
-                Some(format!("{id}:{secret}"))
-            }
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Some(format!("{id}:{secret}")),
             (None, None) => None,
             _ => return Err("FAL_KEY_ID and FAL_KEY_SECRET must be set together".into()),
         };
@@ -37,15 +35,10 @@ impl FalCredentials {
             (Some(key), None, None) => key,
             (None, Some(pair), None) => pair,
             (None, None, Some(path)) => read_key_file(&path)?,
-            (None, None, None) => return Err(
-                "no fal credentials: set FAL_KEY, FAL_KEY_ID and FAL_KEY_SECRET, or FAL_KEY_FILE"
-                    .into(),
-            ),
-            _ => {
-                return Err(
-                    "set only one of FAL_KEY, FAL_KEY_ID/FAL_KEY_SECRET and FAL_KEY_FILE".into(),
-                )
+            (None, None, None) => {
+                return Err("no fal credentials: set FAL_KEY, FAL_KEY_ID and FAL_KEY_SECRET, or FAL_KEY_FILE".into())
             }
+            _ => return Err("set only one of FAL_KEY, FAL_KEY_ID/FAL_KEY_SECRET and FAL_KEY_FILE".into()),
         };
         Self::checked(raw)
     }
@@ -78,17 +71,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn key_id_and_secret_are_joined_with_a_colon() {
-        let creds =
-            FalCredentials::from_sources(&env(&[("FAL_KEY_ID", "id"), ("FAL_KEY_SECRET", "sec")]))
-                .unwrap();
+        let creds = FalCredentials::from_sources(&env(&[("FAL_KEY_ID", "id"), ("FAL_KEY_SECRET", "sec")])).unwrap();
         assert_eq!(creds.authorization(), "Key id:sec");
     }
 
@@ -96,8 +84,7 @@ mod tests {
     fn key_file_is_read_and_trimmed() {
         let path = std::env::temp_dir().join(format!("falgate-key-{}", uuid::Uuid::new_v4()));
         std::fs::write(&path, "fk-from-file\n").unwrap();
-        let creds = FalCredentials::from_sources(&env(&[("FAL_KEY_FILE", path.to_str().unwrap())]))
-            .unwrap();
+        let creds = FalCredentials::from_sources(&env(&[("FAL_KEY_FILE", path.to_str().unwrap())])).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(creds.authorization(), "Key fk-from-file");
     }
@@ -106,10 +93,7 @@ mod tests {
     fn missing_half_pair_and_two_sources_are_refused() {
         assert!(FalCredentials::from_sources(&env(&[])).is_err());
         assert!(FalCredentials::from_sources(&env(&[("FAL_KEY_ID", "id")])).is_err());
-        assert!(
-            FalCredentials::from_sources(&env(&[("FAL_KEY", "a"), ("FAL_KEY_FILE", "/x")]))
-                .is_err()
-        );
+        assert!(FalCredentials::from_sources(&env(&[("FAL_KEY", "a"), ("FAL_KEY_FILE", "/x")])).is_err());
         assert!(FalCredentials::from_sources(&env(&[("FAL_KEY", "a b")])).is_err());
     }
 

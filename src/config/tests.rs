@@ -5,10 +5,7 @@ use super::*;
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn with_secret() -> HashMap<String, String> {
@@ -34,15 +31,11 @@ fn default_config_without_a_secret_refuses_to_start() {
 
 #[test]
 fn unknown_key_is_refused_with_its_name() {
-    let err =
-        Config::from_toml("[upstream]\nqueue_ur = \"https://x\"\n", &with_secret()).unwrap_err();
+    let err = Config::from_toml("[upstream]\nqueue_ur = \"https://x\"\n", &with_secret()).unwrap_err();
     assert!(err.0.contains("queue_ur"), "{err}");
     let err = Config::from_toml(
         "",
-        &env(&[
-            ("FALGATE_AUTH__HS256_SECRET", SECRET),
-            ("FALGATE_UPSTREAM__NOPE", "1"),
-        ]),
+        &env(&[("FALGATE_AUTH__HS256_SECRET", SECRET), ("FALGATE_UPSTREAM__NOPE", "1")]),
     )
     .unwrap_err();
     assert!(err.0.contains("nope"), "{err}");
@@ -65,14 +58,8 @@ fn bad_values_are_refused_with_the_key_named() {
     let cases = [
         ("listen = \"nope\"", "listen"),
         ("[upstream]\nqueue_url = \"ftp://x\"", "upstream.queue_url"),
-        (
-            "[upstream]\nrun_url = \"https://u:p@x\"",
-            "upstream.run_url",
-        ),
-        (
-            "[upstream]\nidle_timeout_ms = 0",
-            "upstream.idle_timeout_ms",
-        ),
+        ("[upstream]\nrun_url = \"https://u:p@x\"", "upstream.run_url"),
+        ("[upstream]\nidle_timeout_ms = 0", "upstream.idle_timeout_ms"),
         ("[upstream]\nidle_timeout_ms = \"5s\"", "idle_timeout_ms"),
         ("[storage]\nuploads = \"maybe\"", "maybe"),
         ("[endpoints.\"nope\"]\nsync_run = true", "nope"),
@@ -92,7 +79,6 @@ fn short_hs256_secret_is_refused() {
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let err =
-        Config::load(Some(Path::new("/nonexistent/falgate.toml")), &with_secret()).unwrap_err();
+    let err = Config::load(Some(Path::new("/nonexistent/falgate.toml")), &with_secret()).unwrap_err();
     assert!(err.0.contains("/nonexistent/falgate.toml"), "{err}");
 }

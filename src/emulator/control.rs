@@ -15,14 +15,8 @@ use super::Emulator;
 /// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`.
 pub(crate) fn routes() -> Router<Emulator> {
     Router::new()
-        .route(
-            "/_emulator/requests",
-            get(list_requests).delete(clear_requests),
-        )
-        .route(
-            "/_emulator/faults",
-            axum::routing::post(add_fault).delete(clear_faults),
-        )
+        .route("/_emulator/requests", get(list_requests).delete(clear_requests))
+        .route("/_emulator/faults", axum::routing::post(add_fault).delete(clear_faults))
 }
 
 async fn list_requests(State(emulator): State<Emulator>) -> Response {

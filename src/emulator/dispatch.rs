@@ -43,10 +43,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         return detail(StatusCode::NOT_FOUND, "Not Found");
     };
     let bytes = to_bytes(body, MAX_BODY_BYTES).await;
-    emulator.record(record(
-        &parts,
-        bytes.as_ref().map_or(&[][..], |bytes| &bytes[..]),
-    ));
+    emulator.record(record(&parts, bytes.as_ref().map_or(&[][..], |bytes| &bytes[..])));
     let Ok(bytes) = bytes else {
         return detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large");
     };
@@ -61,11 +58,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         .faults
         .take(call.as_ref().ok().map(|call| call.op), &path)
     {
-        Some(FaultAction::Status {
-            status,
-            body,
-            headers,
-        }) => return faults::status_response(status, &body, &headers),
+        Some(FaultAction::Status { status, body, headers }) => return faults::status_response(status, &body, &headers),
         Some(FaultAction::Stall { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(FaultAction::Garbage) => return faults::garbage_response(),
         Some(FaultAction::StreamDrop { after_events }) if is_op(&call, Op::StatusStream) => {
@@ -77,9 +70,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
     let call = match call {
         Ok(call) => call,
         Err(RouteError::NotFound) => return detail(StatusCode::NOT_FOUND, "Not Found"),
-        Err(RouteError::MethodNotAllowed) => {
-            return detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-        }
+        Err(RouteError::MethodNotAllowed) => return detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
     };
     if !has_key(&parts) {
         return detail(StatusCode::UNAUTHORIZED, "Unauthorized");
@@ -154,13 +145,9 @@ fn result(ctx: &Ctx, call: &Call, id: &str) -> Response {
         return not_found_request();
     };
     let response = match (snapshot.phase, snapshot.cancelled, &snapshot.outcome) {
-        (Phase::InQueue | Phase::InProgress, _, _) => {
-            detail(StatusCode::BAD_REQUEST, "Request is still in progress")
-        }
+        (Phase::InQueue | Phase::InProgress, _, _) => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),
         (Phase::Completed, true, _) => detail(StatusCode::BAD_REQUEST, "Request was cancelled"),
-        (Phase::Completed, false, Outcome::Invalid(errors)) => {
-            detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone())
-        }
+        (Phase::Completed, false, Outcome::Invalid(errors)) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone()),
         (Phase::Completed, false, Outcome::Output(output)) => json_response(StatusCode::OK, output),
     };
     with_request_id(response, id)
@@ -179,9 +166,7 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let response = match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
         Ok(Outcome::Output(output)) => json_response(StatusCode::OK, &output),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => {
-            detail(StatusCode::UNPROCESSABLE_ENTITY, errors)
-        }
+        Ok(Outcome::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
     };
     with_request_id(response, &id)
 }
@@ -233,9 +218,7 @@ fn has_key(parts: &Parts) -> bool {
         .and_then(|value| value.to_str().ok());
     value
         .and_then(|value| value.split_once(' '))
-        .is_some_and(|(scheme, credentials)| {
-            scheme.eq_ignore_ascii_case("key") && !credentials.trim().is_empty()
-        })
+        .is_some_and(|(scheme, credentials)| scheme.eq_ignore_ascii_case("key") && !credentials.trim().is_empty())
 }
 
 /// `?logs=1` (JS) or `?logs=true` (Python).
@@ -254,8 +237,8 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Value> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(model::not_an_object("value is not a valid dict")),
-        Err(error) => Err(
-            json!([{ "loc": ["body"], "msg": format!("invalid JSON: {error}"), "type": "value_error.jsondecode" }]),
-        ),
+        Err(error) => {
+            Err(json!([{ "loc": ["body"], "msg": format!("invalid JSON: {error}"), "type": "value_error.jsondecode" }]))
+        }
     }
 }

@@ -116,21 +116,14 @@ impl FaultList {
 impl Fault {
     fn matches(&self, op: Option<Op>, path: &str) -> bool {
         let op_ok = self.op.is_none_or(|wanted| Some(wanted) == op);
-        let path_ok = self
-            .path_contains
-            .as_deref()
-            .is_none_or(|part| path.contains(part));
+        let path_ok = self.path_contains.as_deref().is_none_or(|part| path.contains(part));
         // A `times: Some(0)` fault is already spent.
         op_ok && path_ok && self.times != Some(0)
     }
 }
 
 /// The canned `Status` answer.
-pub(crate) fn status_response(
-    status: u16,
-    body: &serde_json::Value,
-    headers: &[(String, String)],
-) -> Response {
+pub(crate) fn status_response(status: u16, body: &serde_json::Value, headers: &[(String, String)]) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (code, axum::Json(body)).into_response();
     for (name, value) in headers {
@@ -146,10 +139,7 @@ pub(crate) fn status_response(
 
 /// A 200 JSON-typed answer whose body does not parse as JSON.
 pub(crate) fn garbage_response() -> Response {
-    json_typed(
-        StatusCode::OK,
-        Body::from("<html>upstream garbage {not json"),
-    )
+    json_typed(StatusCode::OK, Body::from("<html>upstream garbage {not json"))
 }
 
 /// A 200 answer whose body breaks after a partial chunk.
@@ -168,10 +158,9 @@ pub(crate) fn drop_response() -> Response {
 
 fn json_typed(status: StatusCode, body: Body) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -212,8 +201,6 @@ mod tests {
         let json = r#"{"op":"status_stream","action":{"kind":"status","status":503,"body":{}}}"#;
         let parsed: Fault = serde_json::from_str(json).expect("fault json");
         assert_eq!(parsed.op, Some(Op::StatusStream));
-        assert!(
-            matches!(parsed.action, FaultAction::Status { status: 503, ref headers, .. } if headers.is_empty())
-        );
+        assert!(matches!(parsed.action, FaultAction::Status { status: 503, ref headers, .. } if headers.is_empty()));
     }
 }

@@ -54,9 +54,7 @@ fn check(field: &Field, value: Option<&Value>) -> Result<String, Value> {
         (None, Some(default)) => return Ok(default.to_owned()),
         (Some(Value::Null), Some(default)) if field.nullable => return Ok(default.to_owned()),
         (None, None) => {
-            return Err(
-                json!({ "loc": loc, "msg": "field required", "type": "value_error.missing" }),
-            );
+            return Err(json!({ "loc": loc, "msg": "field required", "type": "value_error.missing" }));
         }
         (Some(Value::Null), _) => {
             return Err(
@@ -68,9 +66,7 @@ fn check(field: &Field, value: Option<&Value>) -> Result<String, Value> {
     let given = value.and_then(Value::as_str);
     match (&field.kind, given) {
         (Kind::Str, Some(text)) => Ok(text.to_owned()),
-        (Kind::Str, None) => {
-            Err(json!({ "loc": loc, "msg": "str type expected", "type": "type_error.str" }))
-        }
+        (Kind::Str, None) => Err(json!({ "loc": loc, "msg": "str type expected", "type": "type_error.str" })),
         (Kind::Enum(allowed), Some(text)) if allowed.contains(&text) => Ok(text.to_owned()),
         (Kind::Enum(allowed), _) => {
             let permitted: Vec<String> = allowed.iter().map(|value| format!("'{value}'")).collect();
@@ -78,9 +74,7 @@ fn check(field: &Field, value: Option<&Value>) -> Result<String, Value> {
                 "value is not a valid enumeration member; permitted: {}",
                 permitted.join(", ")
             );
-            Err(
-                json!({ "loc": loc, "msg": msg, "type": "type_error.enum", "ctx": { "enum_values": allowed } }),
-            )
+            Err(json!({ "loc": loc, "msg": msg, "type": "type_error.enum", "ctx": { "enum_values": allowed } }))
         }
     }
 }
@@ -148,22 +142,15 @@ mod tests {
         let expected = "Simple video of A city. Camera: None, None. Pacing: None.";
         assert_eq!(medium, Outcome::Output(json!({ "prompt": expected })));
         let short = run_json(json!({ "input_concept": "A city", "prompt_length": "Short" }));
-        assert_eq!(
-            short,
-            Outcome::Output(json!({ "prompt": "Simple video of A city." }))
-        );
-        let long = run_json(
-            json!({ "input_concept": "A city", "prompt_length": "Long", "custom_elements": "Neon." }),
-        );
-        let long_text =
-            "Simple video of A city. Camera: None, None. Pacing: None. Effects: None. Neon.";
+        assert_eq!(short, Outcome::Output(json!({ "prompt": "Simple video of A city." })));
+        let long = run_json(json!({ "input_concept": "A city", "prompt_length": "Long", "custom_elements": "Neon." }));
+        let long_text = "Simple video of A city. Camera: None, None. Pacing: None. Effects: None. Neon.";
         assert_eq!(long, Outcome::Output(json!({ "prompt": long_text })));
     }
 
     #[test]
     fn errors_are_reported_per_field_in_schema_order() {
-        let Outcome::Invalid(detail) =
-            run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null }))
+        let Outcome::Invalid(detail) = run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null }))
         else {
             panic!("expected invalid");
         };
@@ -173,17 +160,9 @@ mod tests {
             .flatten()
             .filter_map(|d| d["type"].as_str())
             .collect();
-        assert_eq!(
-            types,
-            ["value_error.missing", "type_error.enum", "type_error.str"]
-        );
-        assert_eq!(
-            detail[1]["ctx"]["enum_values"].as_array().map(Vec::len),
-            Some(10)
-        );
-        assert!(detail[1]["msg"]
-            .as_str()
-            .is_some_and(|m| m.contains("'Cinematic'")));
+        assert_eq!(types, ["value_error.missing", "type_error.enum", "type_error.str"]);
+        assert_eq!(detail[1]["ctx"]["enum_values"].as_array().map(Vec::len), Some(10));
+        assert!(detail[1]["msg"].as_str().is_some_and(|m| m.contains("'Cinematic'")));
     }
 
     #[test]

@@ -206,10 +206,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(count(&queue), Some(3));
         let snapshot = queue.snapshot("a/b", &id).expect("known");
-        assert_eq!(
-            (snapshot.phase, snapshot.inference_time),
-            (Phase::Completed, Some(0.3))
-        );
+        assert_eq!((snapshot.phase, snapshot.inference_time), (Phase::Completed, Some(0.3)));
     }
 
     #[tokio::test(start_paused = true)]

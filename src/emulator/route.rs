@@ -73,10 +73,7 @@ fn split(path: &str) -> Result<Vec<&str>, RouteError> {
 }
 
 fn app_len(segments: &[&str]) -> usize {
-    if segments
-        .first()
-        .is_some_and(|first| NAMESPACES.contains(first))
-    {
+    if segments.first().is_some_and(|first| NAMESPACES.contains(first)) {
         3
     } else {
         2
@@ -140,10 +137,7 @@ mod tests {
     #[test]
     fn namespaced_status_uses_three_segment_app() {
         let call = queue(&Method::GET, "/workflows/me/flow/requests/abc/status").expect("status");
-        assert_eq!(
-            (call.op, call.app.as_str()),
-            (Op::Status, "workflows/me/flow")
-        );
+        assert_eq!((call.op, call.app.as_str()), (Op::Status, "workflows/me/flow"));
         assert_eq!(call.request_id.as_deref(), Some("abc"));
     }
 
@@ -155,31 +149,18 @@ mod tests {
             queue(&Method::PUT, "/a/b/requests/x/cancel").map(|c| c.op),
             Ok(Op::Cancel)
         );
-        assert_eq!(
-            queue(&Method::GET, "/a/b/requests/x").map(|c| c.op),
-            Ok(Op::Result)
-        );
+        assert_eq!(queue(&Method::GET, "/a/b/requests/x").map(|c| c.op), Ok(Op::Result));
         let wrong = queue(&Method::POST, "/a/b/requests/x/status");
         assert_eq!(wrong, Err(RouteError::MethodNotAllowed));
-        assert_eq!(
-            queue(&Method::GET, "/a/b"),
-            Err(RouteError::MethodNotAllowed)
-        );
+        assert_eq!(queue(&Method::GET, "/a/b"), Err(RouteError::MethodNotAllowed));
     }
 
     #[test]
     fn short_or_empty_segment_paths_are_unknown() {
         for path in ["/", "/a", "//a/b", "/a/b/", ""] {
-            assert_eq!(
-                queue(&Method::POST, path),
-                Err(RouteError::NotFound),
-                "{path}"
-            );
+            assert_eq!(queue(&Method::POST, path), Err(RouteError::NotFound), "{path}");
         }
-        assert_eq!(
-            rest(&Method::POST, "/storage/other"),
-            Err(RouteError::NotFound)
-        );
+        assert_eq!(rest(&Method::POST, "/storage/other"), Err(RouteError::NotFound));
         assert_eq!(run(&Method::POST, "/x"), Err(RouteError::NotFound));
     }
 }

@@ -68,13 +68,7 @@ pub(crate) fn initiate(store: &Store, base: &str, body: &[u8]) -> Response {
         let item = json!({ "loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict" });
         return detail(StatusCode::UNPROCESSABLE_ENTITY, json!([item]));
     };
-    let text = |name: &str, default: &str| {
-        request
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or(default)
-            .to_owned()
-    };
+    let text = |name: &str, default: &str| request.get(name).and_then(Value::as_str).unwrap_or(default).to_owned();
     let content_type = text("content_type", "application/octet-stream");
     let file_name = text("file_name", "file.bin");
     let token = uuid::Uuid::new_v4().simple().to_string();
@@ -92,11 +86,7 @@ pub(crate) fn initiate(store: &Store, base: &str, body: &[u8]) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-async fn upload(
-    State(emulator): State<Emulator>,
-    Path(token): Path<String>,
-    request: Request,
-) -> Response {
+async fn upload(State(emulator): State<Emulator>, Path(token): Path<String>, request: Request) -> Response {
     let store = &emulator.inner.storage;
     let room = {
         let state = lock(&store.state);
@@ -119,10 +109,7 @@ async fn upload(
     }
 }
 
-async fn download(
-    State(emulator): State<Emulator>,
-    Path((token, _name)): Path<(String, String)>,
-) -> Response {
+async fn download(State(emulator): State<Emulator>, Path((token, _name)): Path<(String, String)>) -> Response {
     let state = lock(&emulator.inner.storage.state);
     let Some((content_type, Some(bytes))) = state
         .uploads
@@ -132,20 +119,14 @@ async fn download(
         return detail(StatusCode::NOT_FOUND, "File not found");
     };
     let mut response = (StatusCode::OK, Body::from(bytes)).into_response();
-    let value = HeaderValue::from_str(&content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let value = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
     response.headers_mut().insert(header::CONTENT_TYPE, value);
     response
 }
 
 impl Store {
     /// Stores (or replaces) the bytes of an initiated upload, keeping the total under the cap.
-    fn put(
-        &self,
-        token: &str,
-        content_type: Option<String>,
-        bytes: Bytes,
-    ) -> Result<(), StorageError> {
+    fn put(&self, token: &str, content_type: Option<String>, bytes: Bytes) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
         let previous = state
             .uploads
@@ -159,10 +140,7 @@ impl Store {
             return Err(StorageError::TooLarge);
         }
         state.total_bytes = total;
-        let upload = state
-            .uploads
-            .get_mut(token)
-            .ok_or(StorageError::UnknownToken)?;
+        let upload = state.uploads.get_mut(token).ok_or(StorageError::UnknownToken)?;
         if let Some(content_type) = content_type {
             upload.content_type = content_type;
         }
@@ -175,9 +153,7 @@ impl Store {
 fn encode_segment(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(byte).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(byte).to_string(),
             other => format!("%{other:02X}"),
         })
         .collect()
@@ -198,23 +174,12 @@ mod tests {
         let body = br#"{"content_type":"text/plain","file_name":"a.txt"}"#;
         let response = initiate(&store, "http://h", body);
         assert_eq!(response.status(), StatusCode::OK);
-        let token = lock(&store.state)
-            .uploads
-            .keys()
-            .next()
-            .cloned()
-            .unwrap_or_default();
+        let token = lock(&store.state).uploads.keys().next().cloned().unwrap_or_default();
         let half = Bytes::from(vec![0u8; MAX_TOTAL_BYTES / 2 + 1]);
         assert!(store.put(&token, None, half.clone()).is_ok());
-        assert!(
-            store.put(&token, None, half).is_ok(),
-            "replacing must not double count"
-        );
+        assert!(store.put(&token, None, half).is_ok(), "replacing must not double count");
         let full = Bytes::from(vec![0u8; MAX_TOTAL_BYTES + 1]);
-        assert!(matches!(
-            store.put(&token, None, full),
-            Err(StorageError::TooLarge)
-        ));
+        assert!(matches!(store.put(&token, None, full), Err(StorageError::TooLarge)));
         assert!(matches!(
             store.put("nope", None, Bytes::new()),
             Err(StorageError::UnknownToken)

@@ -49,10 +49,7 @@ pub(crate) fn respond(
     let events = futures_util::stream::unfold(cursor, next_event);
     let mut response = (StatusCode::OK, Body::from_stream(events)).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     with_request_id(response, &id)
 }
@@ -65,10 +62,7 @@ async fn next_event(mut cursor: Cursor) -> Option<(Result<Bytes, io::Error>, Cur
         let interval = cursor.emulator.config().stream_interval_ms.max(1);
         tokio::time::sleep(Duration::from_millis(interval)).await;
     }
-    if cursor
-        .drop_after
-        .is_some_and(|limit| cursor.events_sent >= limit)
-    {
+    if cursor.drop_after.is_some_and(|limit| cursor.events_sent >= limit) {
         cursor.done = true;
         if cursor.events_sent == 0 {
             // Let the 200 headers reach the client before the break, as with a later drop.

@@ -46,15 +46,9 @@ async fn call(emulator: &Emulator, method: &str, uri: &str, body: impl Into<Body
 }
 
 async fn send(emulator: &Emulator, request: Request<Body>) -> Reply {
-    let response = emulator
-        .router()
-        .oneshot(request)
-        .await
-        .expect("infallible router");
+    let response = emulator.router().oneshot(request).await.expect("infallible router");
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX)
-        .await
-        .map_err(|error| error.to_string());
+    let body = to_bytes(body, usize::MAX).await.map_err(|error| error.to_string());
     Reply {
         status: parts.status,
         headers: parts.headers,
@@ -65,10 +59,7 @@ async fn send(emulator: &Emulator, request: Request<Body>) -> Reply {
 async fn submit(emulator: &Emulator, endpoint: &str, input: &Value) -> String {
     let reply = call(emulator, "POST", &format!("/{endpoint}"), input.to_string()).await;
     assert_eq!(reply.status, StatusCode::OK);
-    reply.json()["request_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    reply.json()["request_id"].as_str().unwrap_or_default().to_owned()
 }
 
 async fn status(emulator: &Emulator, app: &str, id: &str, query: &str) -> Value {
@@ -89,20 +80,11 @@ async fn advance(ms: u64) {
 #[tokio::test(start_paused = true)]
 async fn submit_answers_fal_shape_with_urls_built_from_host() {
     let emulator = emulator();
-    let reply = call(
-        &emulator,
-        "POST",
-        &format!("/{VPG}"),
-        r#"{"input_concept":"x"}"#,
-    )
-    .await;
+    let reply = call(&emulator, "POST", &format!("/{VPG}"), r#"{"input_concept":"x"}"#).await;
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.json();
     let id = body["request_id"].as_str().unwrap_or_default();
-    assert!(
-        uuid::Uuid::parse_str(id).is_ok(),
-        "request id must be a uuid: {body}"
-    );
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "request id must be a uuid: {body}");
     let base = format!("http://emu.test/{VPG}/requests/{id}");
     let expected = json!({
         "request_id": id, "gateway_request_id": id, "status": "IN_QUEUE", "queue_position": 0,
@@ -110,10 +92,7 @@ async fn submit_answers_fal_shape_with_urls_built_from_host() {
     });
     assert_eq!(body, expected);
     assert_eq!(
-        reply
-            .headers
-            .get("x-fal-request-id")
-            .and_then(|v| v.to_str().ok()),
+        reply.headers.get("x-fal-request-id").and_then(|v| v.to_str().ok()),
         Some(id)
     );
 }
@@ -128,19 +107,10 @@ async fn queue_position_counts_unstarted_requests_ahead() {
     let other_app = call(&emulator, "POST", "/a/c", "{}").await.json();
     assert_eq!(other_app["queue_position"], 0, "positions are per app");
     let second_id = second["request_id"].as_str().unwrap_or_default();
-    assert_eq!(
-        status(&emulator, "a/b", second_id, "").await["queue_position"],
-        1
-    );
+    assert_eq!(status(&emulator, "a/b", second_id, "").await["queue_position"], 1);
     advance(100).await;
-    assert_eq!(
-        status(&emulator, "a/b", &first, "").await["status"],
-        "IN_PROGRESS"
-    );
-    assert_eq!(
-        status(&emulator, "a/b", second_id, "").await["queue_position"],
-        0
-    );
+    assert_eq!(status(&emulator, "a/b", &first, "").await["status"], "IN_PROGRESS");
+    assert_eq!(status(&emulator, "a/b", second_id, "").await["queue_position"], 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,10 +131,7 @@ async fn status_moves_from_queue_to_progress_to_completed_by_time() {
         (done["status"].as_str(), &done["metrics"]),
         (Some("COMPLETED"), &json!({ "inference_time": 0.7 }))
     );
-    assert!(
-        done.get("error").is_none(),
-        "successful request has no error: {done}"
-    );
+    assert!(done.get("error").is_none(), "successful request has no error: {done}");
     assert_eq!(
         done["cancel_url"],
         format!("http://emu.test/{VPG}/requests/{id}/cancel")
@@ -176,10 +143,7 @@ async fn logs_are_listed_only_when_asked_for() {
     let emulator = emulator();
     let id = submit(&emulator, VPG, &json!({ "input_concept": "x" })).await;
     advance(300 + 250).await;
-    assert_eq!(
-        status(&emulator, VPG, &id, "?logs=0").await["logs"],
-        Value::Null
-    );
+    assert_eq!(status(&emulator, VPG, &id, "?logs=0").await["logs"], Value::Null);
     assert_eq!(status(&emulator, VPG, &id, "").await["logs"], Value::Null);
     let logs = status(&emulator, VPG, &id, "?logs=1").await["logs"].clone();
     assert_eq!(
@@ -212,10 +176,7 @@ async fn subpath_requests_live_under_owner_alias_only_and_ids_are_per_app() {
         reply["status_url"],
         format!("http://emu.test/fal-ai/flux/requests/{id}/status")
     );
-    assert_eq!(
-        status(&emulator, "fal-ai/flux", id, "").await["status"],
-        "IN_QUEUE"
-    );
+    assert_eq!(status(&emulator, "fal-ai/flux", id, "").await["status"], "IN_QUEUE");
     let elsewhere = call(
         &emulator,
         "GET",
@@ -225,20 +186,12 @@ async fn subpath_requests_live_under_owner_alias_only_and_ids_are_per_app() {
     .await;
     assert_eq!(
         (elsewhere.status, elsewhere.json()),
-        (
-            StatusCode::NOT_FOUND,
-            json!({ "detail": "Request not found" })
-        )
+        (StatusCode::NOT_FOUND, json!({ "detail": "Request not found" }))
     );
     advance(1000).await;
-    let result = call(
-        &emulator,
-        "GET",
-        &format!("/fal-ai/flux/requests/{id}"),
-        Body::empty(),
-    )
-    .await
-    .json();
+    let result = call(&emulator, "GET", &format!("/fal-ai/flux/requests/{id}"), Body::empty())
+        .await
+        .json();
     assert_eq!(
         result,
         json!({ "echo": { "prompt": "p" }, "endpoint": "fal-ai/flux/dev" })
@@ -256,10 +209,7 @@ async fn missing_or_non_key_authorization_is_401() {
         let reply = send(&emulator, request.body(Body::from("{}")).expect("request")).await;
         assert_eq!(
             (reply.status, reply.json()),
-            (
-                StatusCode::UNAUTHORIZED,
-                json!({ "detail": "Unauthorized" })
-            ),
+            (StatusCode::UNAUTHORIZED, json!({ "detail": "Unauthorized" })),
             "{auth:?}"
         );
     }
@@ -269,22 +219,12 @@ async fn missing_or_non_key_authorization_is_401() {
 async fn bad_paths_methods_and_bodies_answer_json_errors() {
     let emulator = emulator();
     let cases = [
-        (
-            "GET",
-            "/a/b/requests/x/cancel",
-            "",
-            StatusCode::METHOD_NOT_ALLOWED,
-        ),
+        ("GET", "/a/b/requests/x/cancel", "", StatusCode::METHOD_NOT_ALLOWED),
         ("DELETE", "/a/b", "", StatusCode::METHOD_NOT_ALLOWED),
         ("POST", "/single", "{}", StatusCode::NOT_FOUND),
         ("POST", "/rest.fal.ai/tokens/", "{}", StatusCode::NOT_FOUND),
         ("POST", "/a/b", "[1]", StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            "POST",
-            "/fal.run/a/b",
-            "{nope",
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        ("POST", "/fal.run/a/b", "{nope", StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (method, uri, body, expected) in cases {
         let reply = call(&emulator, method, uri, body).await;
@@ -308,9 +248,6 @@ async fn bad_paths_methods_and_bodies_answer_json_errors() {
 #[test]
 fn config_fills_defaults_and_rejects_unknown_keys() {
     let config: EmulatorConfig = serde_json::from_str(r#"{"queue_ms":5}"#).expect("partial config");
-    assert_eq!(
-        (config.queue_ms, config.progress_ms, config.log_lines),
-        (5, 700, 3)
-    );
+    assert_eq!((config.queue_ms, config.progress_ms, config.log_lines), (5, 700, 3));
     assert!(serde_json::from_str::<EmulatorConfig>(r#"{"queue":5}"#).is_err());
 }

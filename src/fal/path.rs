@@ -29,11 +29,7 @@ pub fn parse_queue_path(raw_path: &str, raw_query: Option<&str>) -> Result<Op, Q
     match segments.iter().position(|s| *s == "requests") {
         None => {
             let endpoint = EndpointId::from_segments(&segments)?;
-            let webhook = query
-                .take_only(&["fal_webhook"])?
-                .into_iter()
-                .next()
-                .map(|(_, v)| v);
+            let webhook = query.take_only(&["fal_webhook"])?.into_iter().next().map(|(_, v)| v);
             Ok(Op::Submit { endpoint, webhook })
         }
         Some(at) => request_op(&segments[..at], &segments[at + 1..], query),
@@ -70,11 +66,7 @@ impl Query {
         if raw.len() > 4096 {
             return Err(QueuePathError::Query("(too long)".into()));
         }
-        Ok(Self(
-            url::form_urlencoded::parse(raw.as_bytes())
-                .into_owned()
-                .collect(),
-        ))
+        Ok(Self(url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect()))
     }
 
     fn take_only(self, allowed: &[&str]) -> Result<Vec<(String, String)>, QueuePathError> {
@@ -104,10 +96,7 @@ impl Query {
 
 /// A query key as it may appear in an error message: short and printable.
 fn printable(key: &str) -> String {
-    key.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(40)
-        .collect()
+    key.chars().filter(|c| c.is_ascii_graphic()).take(40).collect()
 }
 
 #[cfg(test)]
@@ -118,17 +107,9 @@ mod tests {
 
     #[test]
     fn every_queue_operation_parses_from_its_path() {
-        let status = parse_queue_path(
-            &format!("/fal-ai/flux/requests/{ID}/status"),
-            Some("logs=1"),
-        )
-        .unwrap();
+        let status = parse_queue_path(&format!("/fal-ai/flux/requests/{ID}/status"), Some("logs=1")).unwrap();
         assert!(matches!(status, Op::Status { logs: true, .. }));
-        let stream = parse_queue_path(
-            &format!("/fal-ai/flux/requests/{ID}/status/stream"),
-            Some("logs=0"),
-        )
-        .unwrap();
+        let stream = parse_queue_path(&format!("/fal-ai/flux/requests/{ID}/status/stream"), Some("logs=0")).unwrap();
         assert!(matches!(stream, Op::StatusStream { logs: false, .. }));
         assert!(matches!(
             parse_queue_path(&format!("/fal-ai/flux/requests/{ID}"), None).unwrap(),
@@ -138,11 +119,7 @@ mod tests {
             parse_queue_path(&format!("/fal-ai/flux/requests/{ID}/cancel"), None).unwrap(),
             Op::Cancel { .. }
         ));
-        let submit = parse_queue_path(
-            "/fal-ai/flux/dev",
-            Some("fal_webhook=https%3A%2F%2Fx.example%2Fh"),
-        )
-        .unwrap();
+        let submit = parse_queue_path("/fal-ai/flux/dev", Some("fal_webhook=https%3A%2F%2Fx.example%2Fh")).unwrap();
         assert_eq!(
             submit,
             Op::Submit {
@@ -169,13 +146,9 @@ mod tests {
 
     #[test]
     fn unexpected_or_repeated_query_parameters_are_refused() {
-        assert!(
-            parse_queue_path(&format!("/a/b/requests/{ID}/status"), Some("logs=1&logs=0")).is_err()
-        );
+        assert!(parse_queue_path(&format!("/a/b/requests/{ID}/status"), Some("logs=1&logs=0")).is_err());
         assert!(parse_queue_path(&format!("/a/b/requests/{ID}"), Some("x=1")).is_err());
-        assert!(
-            parse_queue_path(&format!("/a/b/requests/{ID}/status"), Some("logs=maybe")).is_err()
-        );
+        assert!(parse_queue_path(&format!("/a/b/requests/{ID}/status"), Some("logs=maybe")).is_err());
         assert!(parse_queue_path("/a/b", Some("other=1")).is_err());
     }
 }

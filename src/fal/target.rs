@@ -35,10 +35,7 @@ pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
     if raw.is_empty() {
         return Err(TargetError::Missing);
     }
-    if raw.len() > MAX_TARGET_LEN
-        || !raw.bytes().all(|b| b.is_ascii_graphic())
-        || raw.contains('\\')
-    {
+    if raw.len() > MAX_TARGET_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) || raw.contains('\\') {
         return Err(TargetError::NotCanonical);
     }
     let url = Url::parse(raw).map_err(|_| TargetError::NotCanonical)?;

@@ -42,21 +42,12 @@ pub(super) async fn run(
 }
 
 fn parse(prefix: &str, request: &Request) -> Result<Op, GateError> {
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix(prefix)
-        .unwrap_or_default();
+    let path = request.uri().path().strip_prefix(prefix).unwrap_or_default();
     parse_queue_path(path, request.uri().query())
         .map_err(|err| GateError::Malformed(format!("invalid queue path: {err}")))
 }
 
-async fn forward(
-    gate: &Gate,
-    caller: Caller,
-    call: Call,
-    request: Request,
-) -> Result<Response, GateError> {
+async fn forward(gate: &Gate, caller: Caller, call: Call, request: Request) -> Result<Response, GateError> {
     super::check_method(&request, &call)?;
     let (parts, body) = request.into_parts();
     pipeline::handle(gate, caller, call, &parts.headers, body).await

@@ -31,10 +31,9 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let refusal = response.extensions().get::<Arc<GateError>>().cloned();
     if let Some(error) = &refusal {
         *response.body_mut() = Body::from(render(error, &request_id).to_string());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -56,12 +55,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
         }
         None => tracing::info!(status, latency_ms, "answered"),
     });
-    metrics::request_finished(
-        route,
-        status,
-        elapsed,
-        refusal.as_deref().map(GateError::code),
-    );
+    metrics::request_finished(route, status, elapsed, refusal.as_deref().map(GateError::code));
     response
 }
 

@@ -35,12 +35,7 @@ pub fn render(handle: &PrometheusHandle) -> String {
 }
 
 /// Records one answered public request.
-pub fn request_finished(
-    route: &'static str,
-    status: u16,
-    elapsed: Duration,
-    refusal: Option<&'static str>,
-) {
+pub fn request_finished(route: &'static str, status: u16, elapsed: Duration, refusal: Option<&'static str>) {
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",

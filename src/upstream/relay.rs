@@ -1,8 +1,8 @@
-//! Relaying fal's answer: status, body and a safe subset of headers. Event streams and model
-//! output are streamed chunk by chunk, never buffered; an idle gap longer than the configured
-//! timeout, or an upstream that breaks off, aborts the client's response (an error, not a clean
-//! end). Control-plane answers (submit, status, cancel, storage initiate) are read whole,
-//! bounded, and checked to be JSON.
+//! Relaying fal's answer: status, body and a safe subset of headers. Event streams are relayed
+//! chunk by chunk, never buffered; an idle gap longer than the configured timeout, or an upstream
+//! that breaks off, aborts the client's response (an error, not a clean end). Every other answer
+//! is small JSON: it is read whole (bounded) and checked, so garbage becomes a 502 instead of a
+//! 200 the client cannot parse.
 
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ const RELAYED: [&str; 7] = [
     "x-fal-needs-retry",
 ];
 
-/// A control-plane answer read whole.
+/// An answer read whole.
 pub struct Buffered {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -59,22 +59,14 @@ pub fn is_buffered(call: &Call) -> bool {
 }
 
 /// Reads a control-plane answer whole (bounded by size and idle time) and checks a 2xx is JSON.
-pub async fn buffer(
-    upstream: &Upstream,
-    call: &Call,
-    response: reqwest::Response,
-) -> Result<Buffered, GateError> {
+pub async fn buffer(upstream: &Upstream, call: &Call, response: reqwest::Response) -> Result<Buffered, GateError> {
     let status = response.status();
     let headers = relayed_headers(response.headers());
-    let limit = upstream.max_response_bytes();
+    let limit = upstream.max_answer_bytes(call);
     let mut body = BytesMut::new();
-    let mut chunks = std::pin::pin!(idle_limited(
-        response.bytes_stream(),
-        upstream.idle_timeout()
-    ));
+    let mut chunks = std::pin::pin!(idle_limited(response.bytes_stream(), upstream.idle_timeout()));
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk
-            .map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
+        let chunk = chunk.map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
         if body.len() + chunk.len() > limit {
             return Err(after_sent(
                 call,
@@ -84,24 +76,15 @@ pub async fn buffer(
         body.extend_from_slice(&chunk);
     }
     let body = body.freeze();
-    if status.is_success() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+    let must_be_json = !matches!(call.op, Op::Result { .. } | Op::Run { .. }) || is_json(&headers);
+    if status.is_success() && must_be_json && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return Err(after_sent(
             call,
-            GateError::UpstreamBadResponse(format!(
-                "{} answer with status {status} is not JSON",
-                call.op_name()
-            )),
+            GateError::UpstreamBadResponse(format!("{} answer with status {status} is not JSON", call.op_name())),
         ));
     }
-    let buffered = Buffered {
-        status,
-        headers,
-        body,
-    };
-    if status.is_success()
-        && matches!(call.op, Op::Submit { .. })
-        && buffered.submitted_id().is_none()
-    {
+    let buffered = Buffered { status, headers, body };
+    if status.is_success() && matches!(call.op, Op::Submit { .. }) && buffered.submitted_id().is_none() {
         return Err(after_sent(
             call,
             GateError::UpstreamBadResponse("submit answer has no valid request_id".into()),
@@ -130,6 +113,13 @@ pub fn stream(upstream: &Upstream, response: reqwest::Response) -> Response {
     out
 }
 
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for name in RELAYED {
@@ -152,10 +142,7 @@ fn idle_limited(
             Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
             Ok(None) => None,
             Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "fal went silent",
-                )),
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "fal went silent")),
                 None,
             )),
         }

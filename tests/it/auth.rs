@@ -8,19 +8,11 @@ use serde_json::json;
 use crate::support::{TestGate, SECRET, VPG};
 
 fn signed(claims: &serde_json::Value, secret: &[u8]) -> String {
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
+    encode(&Header::default(), claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 async fn submit_with(gate: &TestGate, authorization: Option<String>) -> reqwest::Response {
@@ -67,10 +59,7 @@ async fn invalid_tokens_are_401_and_nothing_reaches_fal() {
         let response = submit_with(&gate, Some(value.clone())).await;
         let body = gate.assert_refused(response, 401, "unauthenticated").await;
         if value.len() > 20 {
-            assert!(
-                !body.to_string().contains(&value[7..]),
-                "credential echoed in {body}"
-            );
+            assert!(!body.to_string().contains(&value[7..]), "credential echoed in {body}");
         }
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
@@ -82,10 +71,7 @@ async fn expired_token_is_401_and_says_expired() {
     let expired = signed(&json!({"sub": "u", "exp": now() - 5}), SECRET.as_bytes());
     let response = submit_with(&gate, Some(format!("Bearer {expired}"))).await;
     let body = gate.assert_refused(response, 401, "unauthenticated").await;
-    assert!(
-        body["message"].as_str().unwrap().contains("expired"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
 

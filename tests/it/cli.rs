@@ -19,11 +19,7 @@ fn check_config_accepts_the_shipped_default_with_a_secret() {
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -51,13 +47,15 @@ fn serve_without_fal_credentials_refuses_to_start() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("FAL_KEY"));
 }
 
-#[test]
-fn minted_token_verifies_against_the_configured_secret() {
+#[tokio::test]
+async fn minted_token_verifies_against_the_configured_secret() {
     let output = falgate()
         .args([
             "token",
             "--sub",
             "user-7",
+            "--tier",
+            "pro",
             "--ttl",
             "5m",
             "--config",
@@ -68,17 +66,21 @@ fn minted_token_verifies_against_the_configured_secret() {
         .unwrap();
     assert!(output.status.success());
     let token = String::from_utf8(output.stdout).unwrap();
-    let auth = falgate::config::Config::from_toml(
-        "",
-        &std::collections::HashMap::from([(
-            "FALGATE_AUTH__HS256_SECRET".to_owned(),
-            SECRET.to_owned(),
-        )]),
-    )
-    .unwrap()
-    .auth;
-    let caller = falgate::auth::Verifier::new(&auth)
-        .verify(token.trim())
+    let env = std::collections::HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())]);
+    let auth = falgate::config::Config::from_toml("", &env).unwrap().auth;
+    let caller = falgate::auth::Authenticator::new(&auth)
+        .unwrap()
+        .authenticate(token.trim())
+        .await
         .unwrap();
-    assert_eq!(caller.sub, "user-7");
+    assert_eq!((caller.subject.as_str(), caller.tier.as_str()), ("user-7", "pro"));
+}
+
+#[test]
+fn token_without_an_hs256_secret_exits_64() {
+    let output = falgate()
+        .args(["token", "--sub", "u", "--config", "config/falgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
 }

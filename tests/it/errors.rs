@@ -35,8 +35,7 @@ async fn non_json_content_type_on_submit_is_415() {
             .send()
             .await
             .unwrap();
-        gate.assert_refused(response, 415, "unsupported_media_type")
-            .await;
+        gate.assert_refused(response, 415, "unsupported_media_type").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
@@ -81,24 +80,14 @@ async fn wrong_method_on_a_rest_route_is_405() {
     let id = "764cabcf-b745-4b3e-ae38-1200304cf45b";
     for (method, path) in [
         (Method::GET, format!("/api/fal/queue/{VPG}")),
-        (
-            Method::POST,
-            format!("/api/fal/queue/{VPG}/requests/{id}/status"),
-        ),
-        (
-            Method::DELETE,
-            format!("/api/fal/queue/{VPG}/requests/{id}"),
-        ),
-        (
-            Method::GET,
-            format!("/api/fal/queue/{VPG}/requests/{id}/cancel"),
-        ),
+        (Method::POST, format!("/api/fal/queue/{VPG}/requests/{id}/status")),
+        (Method::DELETE, format!("/api/fal/queue/{VPG}/requests/{id}")),
+        (Method::GET, format!("/api/fal/queue/{VPG}/requests/{id}/cancel")),
         (Method::GET, format!("/api/fal/run/{VPG}")),
         (Method::POST, "/healthz".to_owned()),
     ] {
         let response = gate.as_alice(method, &path).send().await.unwrap();
-        gate.assert_refused(response, 405, "method_not_allowed")
-            .await;
+        gate.assert_refused(response, 405, "method_not_allowed").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
@@ -113,14 +102,8 @@ async fn malformed_queue_paths_are_400() {
         "/api/fal/queue/fal-ai/video-prompt-generator?fal_webhook=https://x&fal_webhook=https://y",
         "/api/fal/queue/fal-ai//x",
     ] {
-        let response = gate
-            .as_alice(Method::POST, path)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        gate.assert_refused(response, 400, "malformed_request")
-            .await;
+        let response = gate.as_alice(Method::POST, path).json(&json!({})).send().await.unwrap();
+        gate.assert_refused(response, 400, "malformed_request").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
@@ -134,16 +117,14 @@ async fn endpoint_not_allowed_and_sync_run_not_allowed_are_403() {
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 403, "endpoint_not_allowed")
-        .await;
+    gate.assert_refused(response, 403, "endpoint_not_allowed").await;
     let response = gate
         .as_alice(Method::POST, "/api/fal/run/fal-ai/echo")
         .json(&json!({}))
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 403, "sync_run_not_allowed")
-        .await;
+    gate.assert_refused(response, 403, "sync_run_not_allowed").await;
     let response = gate
         .as_alice(
             Method::POST,
@@ -153,8 +134,7 @@ async fn endpoint_not_allowed_and_sync_run_not_allowed_are_403() {
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 403, "webhook_not_allowed")
-        .await;
+    gate.assert_refused(response, 403, "webhook_not_allowed").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
 
@@ -170,15 +150,11 @@ async fn another_callers_request_is_404_on_every_verb() {
         (Method::PUT, "/cancel"),
     ] {
         let response = gate
-            .as_alice(
-                method,
-                &format!("/api/fal/queue/{VPG}/requests/{id}{suffix}"),
-            )
+            .as_alice(method, &format!("/api/fal/queue/{VPG}/requests/{id}{suffix}"))
             .send()
             .await
             .unwrap();
-        gate.assert_refused(response, 404, "request_not_found")
-            .await;
+        gate.assert_refused(response, 404, "request_not_found").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
@@ -193,7 +169,6 @@ async fn invalid_fal_header_values_are_400() {
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 400, "malformed_request")
-        .await;
+    gate.assert_refused(response, 400, "malformed_request").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }

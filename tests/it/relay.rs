@@ -36,9 +36,7 @@ async fn submit_status_result_round_trip_with_server_key_and_no_caller_credentia
     assert_eq!(result.headers()["x-fal-request-id"], id);
     let output: serde_json::Value = result.json().await.unwrap();
     assert!(
-        output["prompt"]
-            .as_str()
-            .is_some_and(|p| p.contains("a lighthouse")),
+        output["prompt"].as_str().is_some_and(|p| p.contains("a lighthouse")),
         "{output}"
     );
     for seen in gate.fal_saw() {
@@ -48,13 +46,7 @@ async fn submit_status_result_round_trip_with_server_key_and_no_caller_credentia
             .filter(|(k, _)| k == "authorization")
             .map(|(_, v)| v.as_str())
             .collect();
-        assert_eq!(
-            auth,
-            [format!("Key {FAL_KEY}")],
-            "{} {}",
-            seen.method,
-            seen.path
-        );
+        assert_eq!(auth, [format!("Key {FAL_KEY}")], "{} {}", seen.method, seen.path);
         assert!(
             !seen
                 .headers
@@ -64,17 +56,13 @@ async fn submit_status_result_round_trip_with_server_key_and_no_caller_credentia
         );
     }
     let submit = &gate.fal_saw()[0];
-    assert!(submit
-        .headers
-        .contains(&("x-fal-queue-priority".into(), "low".into())));
+    assert!(submit.headers.contains(&("x-fal-queue-priority".into(), "low".into())));
 }
 
 #[tokio::test]
 async fn status_stream_is_relayed_as_events_before_the_request_completes() {
     let gate = TestGate::spawn().await;
-    let id = gate
-        .submit("alice", json!({"input_concept": "waves"}))
-        .await;
+    let id = gate.submit("alice", json!({"input_concept": "waves"})).await;
     let response = gate
         .as_alice(
             Method::GET,
@@ -92,10 +80,7 @@ async fn status_stream_is_relayed_as_events_before_the_request_completes() {
     let mut body = response.bytes_stream();
     let first = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
     // The first event arrives while fal still works on the request: nothing was buffered.
-    assert!(
-        first.starts_with("data: ") && !first.contains("COMPLETED"),
-        "{first}"
-    );
+    assert!(first.starts_with("data: ") && !first.contains("COMPLETED"), "{first}");
     let mut all = first;
     while let Some(chunk) = body.next().await {
         all.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
@@ -106,13 +91,8 @@ async fn status_stream_is_relayed_as_events_before_the_request_completes() {
 #[tokio::test]
 async fn a_stream_fal_drops_midway_ends_in_an_error_not_a_clean_end() {
     let gate = TestGate::spawn().await;
-    let id = gate
-        .submit("alice", json!({"input_concept": "waves"}))
-        .await;
-    gate.fault(
-        Op::StatusStream,
-        FaultAction::StreamDrop { after_events: 1 },
-    );
+    let id = gate.submit("alice", json!({"input_concept": "waves"})).await;
+    gate.fault(Op::StatusStream, FaultAction::StreamDrop { after_events: 1 });
     let response = gate
         .as_alice(
             Method::GET,
@@ -146,10 +126,7 @@ async fn sync_run_cancel_and_storage_initiate_reach_their_hosts() {
     assert!(run.headers().contains_key("x-fal-request-id"));
     let id = gate.submit("alice", json!({"input_concept": "fog"})).await;
     let cancel = gate
-        .as_alice(
-            Method::PUT,
-            &format!("/api/fal/queue/{VPG}/requests/{id}/cancel"),
-        )
+        .as_alice(Method::PUT, &format!("/api/fal/queue/{VPG}/requests/{id}/cancel"))
         .send()
         .await
         .unwrap();
@@ -206,9 +183,7 @@ async fn fal_errors_pass_through_verbatim_without_cookies_or_cors_headers() {
     assert_eq!(response.status(), 500);
     assert!(!response.headers().contains_key("x-falgate-error"));
     assert!(!response.headers().contains_key("set-cookie"));
-    assert!(!response
-        .headers()
-        .contains_key("access-control-allow-origin"));
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
     assert_eq!(response.headers()["x-fal-request-id"], id.as_str());
     assert_eq!(
         response.json::<serde_json::Value>().await.unwrap(),
@@ -221,18 +196,14 @@ async fn unreachable_fal_is_502() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let gate = TestGate::builder()
-        .queue_url(&format!("http://{addr}"))
-        .spawn()
-        .await;
+    let gate = TestGate::builder().queue_url(&format!("http://{addr}")).spawn().await;
     let response = gate
         .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
         .json(&json!({"input_concept": "x"}))
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 502, "upstream_unreachable")
-        .await;
+    gate.assert_refused(response, 502, "upstream_unreachable").await;
 }
 
 #[tokio::test]
@@ -246,25 +217,18 @@ async fn slow_status_is_504_and_garbage_status_is_502() {
         times: Some(1),
     });
     let response = gate
-        .as_alice(
-            Method::GET,
-            &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
-        )
+        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}/status"))
         .send()
         .await
         .unwrap();
     gate.assert_refused(response, 504, "upstream_timeout").await;
     gate.fault(Op::Status, FaultAction::Garbage);
     let response = gate
-        .as_alice(
-            Method::GET,
-            &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
-        )
+        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}/status"))
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 502, "upstream_bad_response")
-        .await;
+    gate.assert_refused(response, 502, "upstream_bad_response").await;
 }
 
 #[tokio::test]
@@ -284,8 +248,7 @@ async fn a_submit_whose_outcome_is_unknown_is_never_answered_with_a_retryable_st
             .await
             .unwrap();
         assert!(![429, 502, 503, 504].contains(&response.status().as_u16()));
-        gate.assert_refused(response, 424, "submit_outcome_unknown")
-            .await;
+        gate.assert_refused(response, 424, "submit_outcome_unknown").await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -76,10 +76,7 @@ impl Builder {
                 self.queue_url.unwrap_or_else(|| emu.clone()),
             ),
             ("FALGATE_UPSTREAM__RUN_URL", format!("{emu}/fal.run")),
-            (
-                "FALGATE_UPSTREAM__STORAGE_URL",
-                format!("{emu}/rest.fal.ai"),
-            ),
+            ("FALGATE_UPSTREAM__STORAGE_URL", format!("{emu}/rest.fal.ai")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -165,10 +162,7 @@ impl TestGate {
         assert_eq!(response.status(), status, "status for {code}");
         assert_eq!(response.headers()["x-falgate-error"], code);
         assert_eq!(response.headers()["content-type"], "application/json");
-        let request_id = response.headers()["x-falgate-request-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let request_id = response.headers()["x-falgate-request-id"].to_str().unwrap().to_owned();
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["code"], code);
         assert_eq!(body["request_id"], request_id.as_str());
@@ -179,12 +173,7 @@ impl TestGate {
     /// Asserts that fal saw nothing and falgate still answers.
     pub(crate) async fn assert_nothing_reached_fal_and_still_serving(&self) {
         assert!(self.fal_saw().is_empty(), "fal saw {:?}", self.fal_saw());
-        let health = self
-            .client
-            .get(format!("{}/healthz", self.url))
-            .send()
-            .await
-            .unwrap();
+        let health = self.client.get(format!("{}/healthz", self.url)).send().await.unwrap();
         assert_eq!(health.status(), 200);
     }
 }

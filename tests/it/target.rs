@@ -25,11 +25,7 @@ async fn allowed_target_is_forwarded_to_exactly_the_canonical_url() {
     let seen = gate.fal_saw();
     assert_eq!(seen.len(), 1);
     assert_eq!(
-        (
-            seen[0].method.as_str(),
-            seen[0].path.as_str(),
-            seen[0].query.as_deref()
-        ),
+        (seen[0].method.as_str(), seen[0].path.as_str(), seen[0].query.as_deref()),
         ("POST", "/fal-ai/video-prompt-generator", None)
     );
     assert_eq!(seen[0].body, r#"{"input_concept":"a lighthouse"}"#);
@@ -116,11 +112,7 @@ async fn unicode_and_control_bytes_in_the_target_are_400() {
 #[tokio::test]
 async fn missing_or_repeated_target_header_is_400() {
     let gate = TestGate::spawn().await;
-    let response = gate
-        .as_alice(Method::POST, "/api/fal/proxy")
-        .send()
-        .await
-        .unwrap();
+    let response = gate.as_alice(Method::POST, "/api/fal/proxy").send().await.unwrap();
     gate.assert_refused(response, 400, "invalid_target").await;
     let response = gate
         .as_alice(Method::POST, "/api/fal/proxy")
@@ -132,8 +124,7 @@ async fn missing_or_repeated_target_header_is_400() {
         .send()
         .await
         .unwrap();
-    gate.assert_refused(response, 400, "malformed_request")
-        .await;
+    gate.assert_refused(response, 400, "malformed_request").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
 
@@ -142,10 +133,7 @@ async fn methods_other_than_the_operation_s_are_405_on_the_proxy() {
     let gate = TestGate::spawn().await;
     for method in ["DELETE", "PATCH", "TRACE", "GET", "PUT"] {
         let response = gate
-            .as_alice(
-                Method::from_bytes(method.as_bytes()).unwrap(),
-                "/api/fal/proxy",
-            )
+            .as_alice(Method::from_bytes(method.as_bytes()).unwrap(), "/api/fal/proxy")
             .header(
                 "x-fal-target-url",
                 "https://queue.fal.run/fal-ai/video-prompt-generator",
@@ -154,8 +142,7 @@ async fn methods_other_than_the_operation_s_are_405_on_the_proxy() {
             .send()
             .await
             .unwrap();
-        gate.assert_refused(response, 405, "method_not_allowed")
-            .await;
+        gate.assert_refused(response, 405, "method_not_allowed").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }

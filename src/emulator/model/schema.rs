@@ -141,11 +141,7 @@ const fn text(name: &'static str, default: Option<&'static str>, nullable: bool)
     }
 }
 
-const fn choice(
-    name: &'static str,
-    values: &'static [&'static str],
-    default: &'static str,
-) -> Field {
+const fn choice(name: &'static str, values: &'static [&'static str], default: &'static str) -> Field {
     Field {
         name,
         kind: Kind::Enum(values),

@@ -24,10 +24,7 @@ async fn status_fault_answers_its_body_and_headers_and_is_spent_after_times() {
     let action = FaultAction::Status {
         status: 503,
         body: json!({ "detail": "busy" }),
-        headers: vec![(
-            "x-fal-error-type".to_owned(),
-            "runner_scheduling_failure".to_owned(),
-        )],
+        headers: vec![("x-fal-error-type".to_owned(), "runner_scheduling_failure".to_owned())],
     };
     emulator.add_fault(fault(Some(Op::Submit), action, Some(1)));
     let faulted = call(&emulator, "POST", "/a/b", "{}").await;
@@ -35,21 +32,14 @@ async fn status_fault_answers_its_body_and_headers_and_is_spent_after_times() {
         (faulted.status, faulted.json()),
         (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": "busy" }))
     );
-    let error_type = faulted
-        .headers
-        .get("x-fal-error-type")
-        .and_then(|v| v.to_str().ok());
+    let error_type = faulted.headers.get("x-fal-error-type").and_then(|v| v.to_str().ok());
     assert_eq!(error_type, Some("runner_scheduling_failure"));
     assert_eq!(
         call(&emulator, "POST", "/a/b", "{}").await.status,
         StatusCode::OK,
         "times=1 fault must be spent"
     );
-    assert_eq!(
-        emulator.requests().len(),
-        2,
-        "the faulted request is still recorded"
-    );
+    assert_eq!(emulator.requests().len(), 2, "the faulted request is still recorded");
 }
 
 #[tokio::test(start_paused = true)]
@@ -60,19 +50,10 @@ async fn fault_selects_by_op_and_path() {
     emulator.add_fault(garbage);
     let id = submit(&emulator, "x/y", &json!({})).await;
     let other = submit(&emulator, "x/z", &json!({})).await;
-    let faulted = call(
-        &emulator,
-        "GET",
-        &format!("/x/y/requests/{id}/status"),
-        Body::empty(),
-    )
-    .await;
+    let faulted = call(&emulator, "GET", &format!("/x/y/requests/{id}/status"), Body::empty()).await;
     assert_eq!(faulted.status, StatusCode::OK);
     assert_eq!(
-        faulted
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        faulted.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
     let bytes = faulted.body.clone().unwrap_or_default();
@@ -118,13 +99,7 @@ async fn control_api_sets_faults_and_lists_requests_without_recording_itself() {
     let body = json!({ "op": "submit", "action": { "kind": "status", "status": 429, "body": {} }, "times": 1 });
     let added = call(&emulator, "POST", "/_emulator/faults", body.to_string()).await;
     assert_eq!(added.status, StatusCode::NO_CONTENT);
-    let bad = call(
-        &emulator,
-        "POST",
-        "/_emulator/faults",
-        r#"{"action":{"kind":"nope"}}"#,
-    )
-    .await;
+    let bad = call(&emulator, "POST", "/_emulator/faults", r#"{"action":{"kind":"nope"}}"#).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         call(&emulator, "POST", "/a/b", "{}").await.status,
@@ -171,14 +146,8 @@ async fn recording_keeps_method_path_query_all_headers_and_body() {
     let [only] = recorded.as_slice() else {
         panic!("expected one record, got {recorded:?}")
     };
-    assert_eq!(
-        (only.method.as_str(), only.path.as_str()),
-        ("POST", "/a/b/c")
-    );
-    assert_eq!(
-        only.query.as_deref(),
-        Some("fal_webhook=https%3A%2F%2Fhook.test%2Fx")
-    );
+    assert_eq!((only.method.as_str(), only.path.as_str()), ("POST", "/a/b/c"));
+    assert_eq!(only.query.as_deref(), Some("fal_webhook=https%3A%2F%2Fhook.test%2Fx"));
     let header = |name: &str| {
         only.headers
             .iter()

@@ -11,13 +11,7 @@ async fn result_is_400_until_completed_then_a_deterministic_prompt() {
     let emulator = emulator();
     let input = json!({ "input_concept": "A futuristic city at dusk", "style": "Cinematic", "pacing": "Slow burn" });
     let id = submit(&emulator, VPG, &input).await;
-    let early = call(
-        &emulator,
-        "GET",
-        &format!("/{VPG}/requests/{id}"),
-        Body::empty(),
-    )
-    .await;
+    let early = call(&emulator, "GET", &format!("/{VPG}/requests/{id}"), Body::empty()).await;
     assert_eq!(
         (early.status, early.json()),
         (
@@ -27,32 +21,16 @@ async fn result_is_400_until_completed_then_a_deterministic_prompt() {
     );
     let again = submit(&emulator, VPG, &input).await;
     advance(1000).await;
-    let first = call(
-        &emulator,
-        "GET",
-        &format!("/{VPG}/requests/{id}"),
-        Body::empty(),
-    )
-    .await;
-    let second = call(
-        &emulator,
-        "GET",
-        &format!("/{VPG}/requests/{again}"),
-        Body::empty(),
-    )
-    .await;
-    let prompt =
-        "Cinematic video of A futuristic city at dusk. Camera: None, None. Pacing: Slow burn.";
+    let first = call(&emulator, "GET", &format!("/{VPG}/requests/{id}"), Body::empty()).await;
+    let second = call(&emulator, "GET", &format!("/{VPG}/requests/{again}"), Body::empty()).await;
+    let prompt = "Cinematic video of A futuristic city at dusk. Camera: None, None. Pacing: Slow burn.";
     assert_eq!(
         (first.status, first.json()),
         (StatusCode::OK, json!({ "prompt": prompt }))
     );
     assert_eq!(second.json(), first.json());
     assert_eq!(
-        first
-            .headers
-            .get("x-fal-request-id")
-            .and_then(|v| v.to_str().ok()),
+        first.headers.get("x-fal-request-id").and_then(|v| v.to_str().ok()),
         Some(id.as_str())
     );
 }
@@ -64,15 +42,10 @@ async fn sync_run_answers_422_details_at_once() {
     let item = json!({ "loc": ["body", "input_concept"], "msg": "field required", "type": "value_error.missing" });
     assert_eq!(
         (missing.status, missing.json()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({ "detail": [item] })
-        )
+        (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": [item] }))
     );
     let body = json!({ "input_concept": 7, "prompt_length": "Huge" }).to_string();
-    let wrong = call(&emulator, "POST", &format!("/fal.run/{VPG}"), body)
-        .await
-        .json();
+    let wrong = call(&emulator, "POST", &format!("/fal.run/{VPG}"), body).await.json();
     assert_eq!(
         wrong["detail"][0],
         json!({ "loc": ["body", "input_concept"], "msg": "str type expected", "type": "type_error.str" })
@@ -99,25 +72,14 @@ async fn sync_run_answers_422_details_at_once() {
 #[tokio::test(start_paused = true)]
 async fn invalid_queued_input_completes_with_error_and_result_422() {
     let emulator = emulator();
-    let id = submit(
-        &emulator,
-        VPG,
-        &json!({ "input_concept": "x", "style": "Bogus" }),
-    )
-    .await;
+    let id = submit(&emulator, VPG, &json!({ "input_concept": "x", "style": "Bogus" })).await;
     advance(1000).await;
     let done = status(&emulator, VPG, &id, "").await;
     assert_eq!(
         (done["status"].as_str(), done["error_type"].as_str()),
         (Some("COMPLETED"), Some("validation_error"))
     );
-    let result = call(
-        &emulator,
-        "GET",
-        &format!("/{VPG}/requests/{id}"),
-        Body::empty(),
-    )
-    .await;
+    let result = call(&emulator, "GET", &format!("/{VPG}/requests/{id}"), Body::empty()).await;
     assert_eq!(result.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(result.json()["detail"][0]["loc"], json!(["body", "style"]));
     assert_eq!(
@@ -134,50 +96,27 @@ async fn cancel_answers_202_then_400_and_404_for_unknown() {
     let id = submit(&emulator, "a/b", &json!({})).await;
     let cancel = |id: String| {
         let emulator = emulator.clone();
-        async move {
-            call(
-                &emulator,
-                "PUT",
-                &format!("/a/b/requests/{id}/cancel"),
-                Body::empty(),
-            )
-            .await
-        }
+        async move { call(&emulator, "PUT", &format!("/a/b/requests/{id}/cancel"), Body::empty()).await }
     };
     let first = cancel(id.clone()).await;
     assert_eq!(
         (first.status, first.json()),
-        (
-            StatusCode::ACCEPTED,
-            json!({ "status": "CANCELLATION_REQUESTED" })
-        )
+        (StatusCode::ACCEPTED, json!({ "status": "CANCELLATION_REQUESTED" }))
     );
     let after = status(&emulator, "a/b", &id, "").await;
     assert_eq!(
         (after["status"].as_str(), after["error"].as_str()),
         (Some("COMPLETED"), Some("Request was cancelled"))
     );
-    let result = call(
-        &emulator,
-        "GET",
-        &format!("/a/b/requests/{id}"),
-        Body::empty(),
-    )
-    .await;
+    let result = call(&emulator, "GET", &format!("/a/b/requests/{id}"), Body::empty()).await;
     assert_eq!(
         (result.status, result.json()),
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "detail": "Request was cancelled" })
-        )
+        (StatusCode::BAD_REQUEST, json!({ "detail": "Request was cancelled" }))
     );
     let second = cancel(id).await;
     assert_eq!(
         (second.status, second.json()),
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "status": "ALREADY_COMPLETED" })
-        )
+        (StatusCode::BAD_REQUEST, json!({ "status": "ALREADY_COMPLETED" }))
     );
     let finished = submit(&emulator, "a/b", &json!({})).await;
     advance(1000).await;

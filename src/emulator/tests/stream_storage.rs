@@ -15,11 +15,7 @@ async fn read_chunks(emulator: &Emulator, uri: &str) -> (Vec<Bytes>, bool, axum:
         .header("authorization", "Key k")
         .body(Body::empty())
         .expect("request");
-    let response = emulator
-        .router()
-        .oneshot(request)
-        .await
-        .expect("infallible router");
+    let response = emulator.router().oneshot(request).await.expect("infallible router");
     let headers = response.headers().clone();
     let mut stream = response.into_body().into_data_stream();
     let mut chunks = Vec::new();
@@ -39,10 +35,7 @@ fn events(chunks: &[Bytes]) -> Vec<Value> {
         .collect();
     text.split("\n\n")
         .filter(|event| !event.is_empty())
-        .map(|event| {
-            serde_json::from_str(event.strip_prefix("data: ").unwrap_or(event))
-                .unwrap_or(Value::Null)
-        })
+        .map(|event| serde_json::from_str(event.strip_prefix("data: ").unwrap_or(event)).unwrap_or(Value::Null))
         .collect()
 }
 
@@ -50,11 +43,7 @@ fn events(chunks: &[Bytes]) -> Vec<Value> {
 async fn status_stream_sends_new_logs_only_and_ends_after_completed() {
     let emulator = emulator();
     let id = submit(&emulator, VPG, &json!({ "input_concept": "x" })).await;
-    let (chunks, broken, headers) = read_chunks(
-        &emulator,
-        &format!("/{VPG}/requests/{id}/status/stream?logs=1"),
-    )
-    .await;
+    let (chunks, broken, headers) = read_chunks(&emulator, &format!("/{VPG}/requests/{id}/status/stream?logs=1")).await;
     assert!(!broken, "stream must end cleanly");
     assert_eq!(
         headers.get("content-type").and_then(|v| v.to_str().ok()),
@@ -65,23 +54,10 @@ async fn status_stream_sends_new_logs_only_and_ends_after_completed() {
         Some("no-cache")
     );
     let events = events(&chunks);
-    let statuses: Vec<&str> = events
-        .iter()
-        .filter_map(|event| event["status"].as_str())
-        .collect();
-    assert_eq!(
-        statuses.len(),
-        events.len(),
-        "every event is a status object"
-    );
+    let statuses: Vec<&str> = events.iter().filter_map(|event| event["status"].as_str()).collect();
+    assert_eq!(statuses.len(), events.len(), "every event is a status object");
     assert_eq!(statuses.first().copied(), Some("IN_QUEUE"));
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|status| **status == "COMPLETED")
-            .count(),
-        1
-    );
+    assert_eq!(statuses.iter().filter(|status| **status == "COMPLETED").count(), 1);
     assert_eq!(
         statuses.last().copied(),
         Some("COMPLETED"),
@@ -94,11 +70,7 @@ async fn status_stream_sends_new_logs_only_and_ends_after_completed() {
         .map(Vec::len)
         .sum();
     assert_eq!(logs, 3, "each log line is sent exactly once");
-    assert_eq!(
-        events.len(),
-        11,
-        "one event at once, then every 100 ms until 1000 ms"
-    );
+    assert_eq!(events.len(), 11, "one event at once, then every 100 ms until 1000 ms");
 }
 
 #[tokio::test(start_paused = true)]
@@ -112,28 +84,14 @@ async fn stream_drop_fault_breaks_after_n_events_and_unknown_stream_is_404() {
         action,
         times: Some(1),
     });
-    let (chunks, broken, _) =
-        read_chunks(&emulator, &format!("/a/b/requests/{id}/status/stream")).await;
+    let (chunks, broken, _) = read_chunks(&emulator, &format!("/a/b/requests/{id}/status/stream")).await;
     assert!(broken, "connection must break without a clean end");
     assert_eq!(events(&chunks).len(), 2);
-    assert_eq!(
-        events(&chunks)[0]["logs"],
-        Value::Null,
-        "no logs without logs=1"
-    );
-    let unknown = call(
-        &emulator,
-        "GET",
-        "/a/b/requests/nope/status/stream",
-        Body::empty(),
-    )
-    .await;
+    assert_eq!(events(&chunks)[0]["logs"], Value::Null, "no logs without logs=1");
+    let unknown = call(&emulator, "GET", "/a/b/requests/nope/status/stream", Body::empty()).await;
     assert_eq!(
         (unknown.status, unknown.json()),
-        (
-            StatusCode::NOT_FOUND,
-            json!({ "detail": "Request not found" })
-        )
+        (StatusCode::NOT_FOUND, json!({ "detail": "Request not found" }))
     );
 }
 
@@ -150,14 +108,8 @@ async fn storage_initiate_put_and_get_round_trip() {
             .trim_start_matches("http://emu.test")
             .to_owned()
     };
-    assert!(
-        path("upload_url").starts_with("/_storage/upload/"),
-        "{initiated}"
-    );
-    assert!(
-        path("file_url").ends_with("/hello%20world.txt"),
-        "{initiated}"
-    );
+    assert!(path("upload_url").starts_with("/_storage/upload/"), "{initiated}");
+    assert!(path("file_url").ends_with("/hello%20world.txt"), "{initiated}");
     let put = Request::put(path("upload_url"))
         .header("content-type", "text/plain")
         .body(Body::from("Hello, World!"));
@@ -170,33 +122,20 @@ async fn storage_initiate_put_and_get_round_trip() {
     let fetched = call(&emulator, "GET", &path("file_url"), Body::empty()).await;
     assert_eq!(fetched.body.as_deref().ok(), Some(&b"Hello, World!"[..]));
     assert_eq!(
-        fetched
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        fetched.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("text/plain")
     );
     let unknown = call(&emulator, "PUT", "/_storage/upload/nope", "x").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let anonymous = Request::post(uri).body(Body::from(body)).expect("request");
-    let refused = emulator
-        .router()
-        .oneshot(anonymous)
-        .await
-        .expect("infallible");
+    let refused = emulator.router().oneshot(anonymous).await.expect("infallible");
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        emulator.requests().len(),
-        2,
-        "only the two initiate calls are recorded"
-    );
+    assert_eq!(emulator.requests().len(), 2, "only the two initiate calls are recorded");
 }
 
 #[tokio::test]
 async fn serve_answers_over_tcp_breaks_dropped_bodies_and_shuts_down() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let emulator = emulator();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -208,13 +147,7 @@ async fn serve_answers_over_tcp_breaks_dropped_bodies_and_shuts_down() {
         .post(format!("http://{address}/a/b"))
         .header("authorization", "Key k")
         .body("{}");
-    let body: Value = submit
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let body: Value = submit.send().await.expect("submit").json().await.expect("json");
     assert_eq!(
         body["status_url"],
         format!(
@@ -234,10 +167,7 @@ async fn serve_answers_over_tcp_breaks_dropped_bodies_and_shuts_down() {
         .body("{}");
     let response = dropped.send().await.expect("headers arrive");
     assert_eq!(response.status(), reqwest::StatusCode::OK);
-    assert!(
-        response.bytes().await.is_err(),
-        "client must see a broken body"
-    );
+    assert!(response.bytes().await.is_err(), "client must see a broken body");
     let _ = stop.send(());
     assert!(server.await.expect("join").is_ok());
 }

@@ -1,0 +1,127 @@
+//! One issuer's JWKS: fetched at start, refreshed on an interval and on an unknown `kid` (at
+//! most once per cooldown, single-flight), size- and time-capped, and kept when a refresh
+//! fails. Never fetched from anything a token says (`jku`, `x5u` are ignored).
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jsonwebtoken::Algorithm;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use url::Url;
+
+use super::keys::{self, Key, KeyError};
+use crate::config;
+
+/// The HTTP client for JWKS fetches (no redirects, capped time).
+pub(super) fn client(config: &config::Auth) -> Result<reqwest::Client, KeyError> {
+    reqwest::Client::builder()
+        .timeout(config.jwks_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|err| KeyError::Client(err.to_string()))
+}
+
+/// The cached key set of one JWKS URL.
+pub(super) struct Jwks {
+    url: Url,
+    client: reqwest::Client,
+    algorithms: Vec<Algorithm>,
+    max_bytes: usize,
+    cooldown: Duration,
+    refresh: Duration,
+    keys: RwLock<Option<Arc<Vec<Key>>>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl Jwks {
+    pub(super) fn new(url: Url, client: reqwest::Client, algorithms: Vec<Algorithm>, config: &config::Auth) -> Self {
+        Self {
+            url,
+            client,
+            algorithms,
+            max_bytes: config.jwks_max_bytes,
+            cooldown: config.jwks_cooldown,
+            refresh: config.jwks_refresh,
+            keys: RwLock::new(None),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    /// The current keys, if any were ever loaded.
+    pub(super) fn keys(&self) -> Option<Arc<Vec<Key>>> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Refetches unless a fetch happened within the cooldown; concurrent callers wait for one fetch.
+    pub(super) async fn refresh_for_unknown_kid(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.cooldown) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.fetch().await;
+    }
+
+    /// Keeps the keys fresh while the owner lives.
+    pub(super) fn spawn_refresh(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = self.refresh;
+        tokio::spawn(async move {
+            loop {
+                let Some(jwks) = weak.upgrade() else { return };
+                *jwks.last_fetch.lock().await = Some(Instant::now());
+                jwks.fetch().await;
+                let wait = if jwks.keys().is_some() {
+                    interval
+                } else {
+                    jwks.cooldown.max(Duration::from_secs(1))
+                };
+                drop(jwks);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    async fn fetch(&self) {
+        match self
+            .download()
+            .await
+            .and_then(|doc| keys::from_jwks(&doc, &self.algorithms))
+        {
+            Ok((keys, skipped)) => {
+                if !skipped.is_empty() {
+                    tracing::warn!(jwks = %self.url, ?skipped, "JWKS keys skipped");
+                }
+                *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(keys));
+            }
+            Err(why) => tracing::warn!(jwks = %self.url, error = %why, "JWKS fetch failed; keeping the last keys"),
+        }
+    }
+
+    async fn download(&self) -> Result<Vec<u8>, String> {
+        let response = self
+            .client
+            .get(self.url.clone())
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|err| err.to_string())?;
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(format!("larger than {} bytes", self.max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}

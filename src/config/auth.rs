@@ -1,0 +1,233 @@
+//! Typed `[auth]`: the issuers (each with its keys, audience and claim mapping) and the token
+//! checks shared by all of them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use secrecy::SecretString;
+use url::Url;
+
+use super::env::Sources;
+use super::file::{RawAuth, RawIssuer};
+use super::ConfigError;
+
+/// Shortest HMAC secret accepted: the hash size (RFC 7518 §3.2).
+const MIN_HS_SECRET_BYTES: usize = 32;
+/// Name of the issuer built from the top-level `[auth]` keys.
+pub const DEFAULT_ISSUER: &str = "default";
+
+/// How callers authenticate.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub issuers: Vec<IssuerConfig>,
+    pub leeway: Duration,
+    pub max_lifetime: Duration,
+    pub max_token_bytes: usize,
+    /// Cookie read for the token when no `Authorization` header is sent.
+    pub cookie: Option<String>,
+    pub token_cache_entries: u64,
+    pub jwks_refresh: Duration,
+    pub jwks_cooldown: Duration,
+    pub jwks_timeout: Duration,
+    pub jwks_max_bytes: usize,
+}
+
+/// One token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Config name; with `sub` it forms the caller's principal, so users of two issuers never collide.
+    pub name: String,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one match in an array counts), when set.
+    pub audience: Option<String>,
+    pub hs_secret: Option<SecretString>,
+    pub jwks_url: Option<Url>,
+    pub key_files: Vec<PathBuf>,
+    /// Algorithms accepted; empty = each key's own (HS256 for a secret).
+    pub algorithms: Vec<Algorithm>,
+    pub tier_claim: String,
+    pub scopes_claim: String,
+    pub default_tier: String,
+    /// Required `typ` header (e.g. `at+jwt`), when set.
+    pub token_type: Option<String>,
+}
+
+impl Auth {
+    /// The HS256 secret of the default issuer (what `falgate token` signs with).
+    pub fn default_hs_secret(&self) -> Option<&SecretString> {
+        self.issuers
+            .iter()
+            .find(|i| i.name == DEFAULT_ISSUER)
+            .and_then(|i| i.hs_secret.as_ref())
+    }
+}
+
+pub(super) fn auth(raw: RawAuth, sources: &dyn Sources) -> Result<Auth, ConfigError> {
+    let mut issuers = Vec::new();
+    if raw.hs256_secret.is_some() || raw.jwks_url.is_some() || !raw.key_files.is_empty() {
+        issuers.push(default_issuer(&raw)?);
+    }
+    for (name, issuer) in raw.issuers {
+        issuers.push(named_issuer(
+            &name,
+            issuer,
+            &raw.tier_claim,
+            &raw.scopes_claim,
+            &raw.default_tier,
+            sources,
+        )?);
+    }
+    if issuers.is_empty() {
+        return Err(ConfigError(
+            "`auth.hs256_secret` or `auth.jwks_url` (or an [auth.issuers.NAME] table) is required (e.g. set FALGATE_AUTH__HS256_SECRET); falgate never runs without authentication".into(),
+        ));
+    }
+    if issuers.iter().filter(|i| i.issuer.is_none()).count() > 1 {
+        return Err(ConfigError(
+            "with several issuers, at most one may leave `issuer` unset".into(),
+        ));
+    }
+    if raw.leeway_seconds > 300 {
+        return Err(ConfigError("`auth.leeway_seconds` must be at most 300".into()));
+    }
+    if let Some(cookie) = &raw.cookie {
+        if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(ConfigError("`auth.cookie` must be a plain cookie name".into()));
+        }
+    }
+    Ok(Auth {
+        issuers,
+        leeway: Duration::from_secs(raw.leeway_seconds),
+        max_lifetime: Duration::from_secs(positive("auth.max_lifetime_seconds", raw.max_lifetime_seconds)?),
+        max_token_bytes: usize::try_from(positive("auth.max_token_bytes", raw.max_token_bytes as u64)?)
+            .unwrap_or(usize::MAX),
+        cookie: raw.cookie,
+        token_cache_entries: raw.token_cache_entries,
+        jwks_refresh: Duration::from_secs(positive("auth.jwks_refresh_seconds", raw.jwks_refresh_seconds)?),
+        jwks_cooldown: Duration::from_secs(raw.jwks_cooldown_seconds),
+        jwks_timeout: Duration::from_millis(positive("auth.jwks_timeout_ms", raw.jwks_timeout_ms)?),
+        jwks_max_bytes: usize::try_from(positive("auth.jwks_max_bytes", raw.jwks_max_bytes as u64)?)
+            .unwrap_or(usize::MAX),
+    })
+}
+
+fn default_issuer(raw: &RawAuth) -> Result<IssuerConfig, ConfigError> {
+    let hs_secret = raw
+        .hs256_secret
+        .as_deref()
+        .map(|s| hs_secret("auth.hs256_secret", s))
+        .transpose()?;
+    let mut algorithms = algorithms("auth.algorithms", &raw.algorithms)?;
+    if hs_secret.is_some() && algorithms.is_empty() && raw.jwks_url.is_none() && raw.key_files.is_empty() {
+        algorithms.push(Algorithm::HS256);
+    }
+    Ok(IssuerConfig {
+        name: DEFAULT_ISSUER.into(),
+        issuer: raw.issuer.clone(),
+        audience: raw.audience.clone(),
+        hs_secret,
+        jwks_url: raw
+            .jwks_url
+            .as_deref()
+            .map(|u| jwks_url("auth.jwks_url", u))
+            .transpose()?,
+        key_files: raw.key_files.iter().map(PathBuf::from).collect(),
+        algorithms,
+        tier_claim: raw.tier_claim.clone(),
+        scopes_claim: raw.scopes_claim.clone(),
+        default_tier: raw.default_tier.clone(),
+        token_type: raw.token_type.clone(),
+    })
+}
+
+fn named_issuer(
+    name: &str,
+    raw: RawIssuer,
+    tier_claim: &str,
+    scopes_claim: &str,
+    default_tier: &str,
+    sources: &dyn Sources,
+) -> Result<IssuerConfig, ConfigError> {
+    let key = |field: &str| format!("auth.issuers.{name}.{field}");
+    if name == DEFAULT_ISSUER
+        || name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(ConfigError(format!(
+            "`auth.issuers.{name}`: the name must be plain (letters, digits, - and _) and not `{DEFAULT_ISSUER}`"
+        )));
+    }
+    let hs_secret = match &raw.hs_secret_env {
+        Some(var) => Some(hs_secret(
+            &key("hs_secret_env"),
+            &sources
+                .var(var)
+                .ok_or_else(|| ConfigError(format!("`{}` names {var}, which is not set", key("hs_secret_env"))))?,
+        )?),
+        None => None,
+    };
+    if hs_secret.is_none() && raw.jwks_url.is_none() && raw.key_files.is_empty() {
+        return Err(ConfigError(format!(
+            "`auth.issuers.{name}` needs keys: jwks_url, key_files or hs_secret_env"
+        )));
+    }
+    let algorithms = algorithms(&key("algorithms"), &raw.algorithms)?;
+    if hs_secret.is_some() && algorithms.is_empty() {
+        return Err(ConfigError(format!(
+            "`{}` must list the HS algorithms for hs_secret_env",
+            key("algorithms")
+        )));
+    }
+    Ok(IssuerConfig {
+        name: name.to_owned(),
+        issuer: Some(raw.issuer),
+        audience: raw.audience,
+        hs_secret,
+        jwks_url: raw
+            .jwks_url
+            .as_deref()
+            .map(|u| jwks_url(&key("jwks_url"), u))
+            .transpose()?,
+        key_files: raw.key_files.iter().map(PathBuf::from).collect(),
+        algorithms,
+        tier_claim: raw.tier_claim.unwrap_or_else(|| tier_claim.to_owned()),
+        scopes_claim: raw.scopes_claim.unwrap_or_else(|| scopes_claim.to_owned()),
+        default_tier: raw.default_tier.unwrap_or_else(|| default_tier.to_owned()),
+        token_type: raw.token_type,
+    })
+}
+
+fn hs_secret(key: &str, secret: &str) -> Result<SecretString, ConfigError> {
+    if secret.len() < MIN_HS_SECRET_BYTES {
+        return Err(ConfigError(format!(
+            "`{key}` must be at least {MIN_HS_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(SecretString::from(secret.to_owned()))
+}
+
+fn jwks_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|err| ConfigError(format!("`{key}` is not a URL ({err})")))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+        return Err(ConfigError(format!("`{key}` must be an http(s) URL")));
+    }
+    Ok(url)
+}
+
+fn algorithms(key: &str, raw: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+    raw.iter()
+        .map(|name| {
+            name.parse::<Algorithm>()
+                .map_err(|_| ConfigError(format!("`{key}`: unknown algorithm {name:?}")))
+        })
+        .collect()
+}
+
+fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError(format!("`{key}` must be greater than zero")));
+    }
+    Ok(value)
+}
