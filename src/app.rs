@@ -54,7 +54,8 @@ pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildEr
         ownership: Ownership::new(config.ownership),
         config,
     };
-    let public = layers::wrap(routes::router(Arc::new(gate)));
+    let cors = gate.config.cors.clone();
+    let public = layers::wrap(routes::router(Arc::new(gate)), cors);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
     Ok(App { public, admin })

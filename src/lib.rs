@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod dev;
 pub mod emulator;
 pub mod error;

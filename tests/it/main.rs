@@ -5,5 +5,7 @@ mod support;
 mod auth;
 mod cli;
 mod errors;
+mod identity;
+mod jwks;
 mod relay;
 mod target;

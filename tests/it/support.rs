@@ -42,12 +42,26 @@ pub(crate) struct TestGate {
 #[derive(Default)]
 pub(crate) struct Builder {
     queue_url: Option<String>,
+    extra_config: String,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
     /// Points the queue host somewhere else (e.g. a closed port).
     pub(crate) fn queue_url(mut self, url: &str) -> Self {
         self.queue_url = Some(url.to_owned());
+        self
+    }
+
+    /// Appends TOML tables (`[tiers.free]`, `[auth.issuers.x]`, `[cors]`...) to the base config.
+    pub(crate) fn config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self
+    }
+
+    /// Adds an environment override.
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -80,8 +94,9 @@ impl Builder {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.env)
         .collect();
-        let config = Config::from_toml(BASE_CONFIG, &vars).unwrap();
+        let config = Config::from_toml(&format!("{BASE_CONFIG}{}", self.extra_config), &vars).unwrap();
         let public = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
@@ -114,6 +129,11 @@ impl TestGate {
 
     pub(crate) fn token(&self, sub: &str) -> String {
         falgate::auth::mint_hs256(SECRET.as_bytes(), sub, None, Duration::from_secs(600)).unwrap()
+    }
+
+    /// A token for `sub` in `tier`.
+    pub(crate) fn tier_token(&self, sub: &str, tier: &str) -> String {
+        falgate::auth::mint_hs256(SECRET.as_bytes(), sub, Some(tier), Duration::from_secs(600)).unwrap()
     }
 
     /// A request to the gate carrying a valid token for `alice`.
