@@ -123,7 +123,7 @@ const random = (n = 12) => randomBytes(n).toString("hex");
 /**
  * Starts an emulator and a gate in front of it. Returns the stack handle; call `stop()` when done.
  */
-export async function startStack() {
+export async function startStack({ configPath = CONFIG_PATH, env = {} } = {}) {
   const emulator = await spawnAndWaitForUrl(
     "falgate emulator",
     ["emulator", "--listen", "127.0.0.1:0"],
@@ -138,7 +138,7 @@ export async function startStack() {
   try {
     gate = await spawnAndWaitForUrl(
       "falgate serve",
-      ["serve", "--config", CONFIG_PATH],
+      ["serve", "--config", configPath],
       {
         ...baseEnv(),
         FALGATE_LISTEN: "127.0.0.1:0",
@@ -149,6 +149,7 @@ export async function startStack() {
         FALGATE_AUTH__HS256_SECRET: secret,
         FAL_KEY: falKey,
         RUST_LOG: "info",
+        ...env,
       },
       /^falgate listening on (http:\/\/\S+)$/,
     );
@@ -185,8 +186,9 @@ class Stack {
    * `token`: a JWT string, `null` for no Authorization header, or omitted for a fresh valid token.
    * Every response the gate sends is appended to `client.responses` ({url, target, status, headers}).
    */
-  client({ token, sub = "e2e-user" } = {}) {
-    const bearer = token === undefined ? this.token({ sub }) : token;
+  client({ token, sub = "e2e-user", tier, sessionCookie } = {}) {
+    const bearer = sessionCookie ? null : token === undefined ? this.token(tier ? { sub, tier } : { sub }) : token;
+    if (sessionCookie) this.tokens.add(sessionCookie.split("=").slice(1).join("="));
     if (bearer) this.tokens.add(bearer);
     const responses = [];
     const gateUrl = this.gateUrl;
@@ -198,7 +200,7 @@ class Stack {
       if (toGate) {
         if (bearer) headers.set("authorization", `Bearer ${bearer}`);
         // A browser would send its cookies to the gate; they must never reach fal.
-        headers.set("cookie", cookie);
+        headers.set("cookie", sessionCookie ? `${cookie}; ${sessionCookie}` : cookie);
       }
       const res = await fetch(input, { ...init, headers });
       responses.push({ url, toGate, target: headers.get("x-fal-target-url"), status: res.status, headers: res.headers });
