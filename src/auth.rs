@@ -72,7 +72,8 @@ pub enum AuthError {
 /// Checks tokens against every configured issuer. Built once at startup.
 pub struct Authenticator {
     issuers: Vec<Issuer>,
-    cache: Cache<[u8; 32], Cached>,
+    /// None when `auth.token_cache_entries = 0`.
+    cache: Option<Cache<[u8; 32], Cached>>,
     leeway: u64,
     max_token_bytes: usize,
     cookie: Option<String>,
@@ -95,10 +96,12 @@ impl Authenticator {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             issuers,
-            cache: Cache::builder()
-                .max_capacity(config.token_cache_entries)
-                .time_to_live(CACHE_TTL)
-                .build(),
+            cache: (config.token_cache_entries > 0).then(|| {
+                Cache::builder()
+                    .max_capacity(config.token_cache_entries)
+                    .time_to_live(CACHE_TTL)
+                    .build()
+            }),
             leeway: config.leeway.as_secs(),
             max_token_bytes: config.max_token_bytes,
             cookie: config.cookie.clone(),
@@ -122,18 +125,19 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::Invalid);
         }
+        let Some(cache) = &self.cache else {
+            return self.verify(token).await.map(|(caller, _)| caller);
+        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = self.cache.get(&digest) {
+        if let Some(cached) = cache.get(&digest) {
             return if now() <= cached.exp + self.leeway {
                 Ok(cached.caller)
             } else {
                 Err(AuthError::Expired)
             };
         }
-        let peek = token::peek(token)?;
-        let issuer = self.issuer_for(peek.iss.as_deref()).ok_or(AuthError::Invalid)?;
-        let (caller, exp) = issuer.verify(token, &peek).await?;
-        self.cache.insert(
+        let (caller, exp) = self.verify(token).await?;
+        cache.insert(
             digest,
             Cached {
                 caller: caller.clone(),
@@ -141,6 +145,12 @@ impl Authenticator {
             },
         );
         Ok(caller)
+    }
+
+    async fn verify(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+        let peek = token::peek(token)?;
+        let issuer = self.issuer_for(peek.iss.as_deref()).ok_or(AuthError::Invalid)?;
+        issuer.verify(token, &peek).await
     }
 
     /// The issuer whose `iss` matches, else the one issuer that requires none.
