@@ -50,15 +50,13 @@ impl Buffered {
     }
 }
 
-/// Whether this operation's answer is read whole (small, and its shape matters) or streamed.
+/// Whether this operation's answer is read whole or streamed (only the status event stream).
 pub fn is_buffered(call: &Call) -> bool {
-    matches!(
-        call.op,
-        Op::Submit { .. } | Op::Status { .. } | Op::Cancel { .. } | Op::StorageInitiate
-    )
+    !matches!(call.op, Op::StatusStream { .. })
 }
 
-/// Reads a control-plane answer whole (bounded by size and idle time) and checks a 2xx is JSON.
+/// Reads an answer whole (bounded by size and idle time) and checks a 2xx is JSON where it must
+/// be: always for control answers, and for model output that says it is JSON.
 pub async fn buffer(upstream: &Upstream, call: &Call, response: reqwest::Response) -> Result<Buffered, GateError> {
     let status = response.status();
     let headers = relayed_headers(response.headers());

@@ -80,6 +80,27 @@ describe("error relay", () => {
     assert.ok(first.headers.get("x-falgate-error"), "the 502 is falgate's own");
   });
 
+  test("garbage from fal on result becomes a falgate 502, not a 200 the client cannot parse", T, async () => {
+    const { request_id: requestId } = await fal.queue.submit(VPG, { input: INPUT });
+    await waitCompleted(fal, VPG, requestId);
+    await stack.fault({ op: "result", path_contains: requestId, action: { kind: "garbage" }, times: 1 });
+    const res = await stack.proxyFetch(`https://queue.fal.run/${VPG}/requests/${requestId}`);
+    assert.equal(res.status, 502);
+    assert.equal(res.headers.get("x-falgate-error"), "upstream_bad_response");
+    assert.equal((await res.json()).code, "upstream_bad_response");
+  });
+
+  test("a submit fal breaks off after receiving it is a non-retryable 424, so one click makes one job", T, async () => {
+    await stack.fault({ op: "submit", action: { kind: "drop" }, times: 1 });
+    const mark = await stack.mark();
+    const err = await rejectionOf(fal.queue.submit(VPG, { input: INPUT }));
+    assert.ok(err instanceof ApiError, String(err));
+    assert.equal(err.status, 424);
+    assert.equal(err.body.code, "submit_outcome_unknown");
+    const submits = (await stack.upstreamSince(mark)).filter((r) => r.method === "POST");
+    assert.equal(submits.length, 1, "the client retried the submit");
+  });
+
   test("a dropped connection on status becomes a falgate 502 with a JSON error body", T, async () => {
     const { request_id: requestId } = await fal.queue.submit(VPG, { input: INPUT });
     await stack.fault({ op: "status", path_contains: requestId, action: { kind: "drop" }, times: 1 });

@@ -252,3 +252,25 @@ async fn a_submit_whose_outcome_is_unknown_is_never_answered_with_a_retryable_st
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn garbage_result_is_502_and_a_broken_sync_run_is_424() {
+    let gate = TestGate::spawn().await;
+    let id = gate.submit("alice", json!({"input_concept": "x"})).await;
+    wait_completed(&gate, &id).await;
+    gate.fault(Op::Result, FaultAction::Garbage);
+    let response = gate
+        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 502, "upstream_bad_response").await;
+    gate.fault(Op::Run, FaultAction::Drop);
+    let response = gate
+        .as_alice(Method::POST, &format!("/api/fal/run/{VPG}"))
+        .json(&json!({"input_concept": "x"}))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 424, "submit_outcome_unknown").await;
+}
