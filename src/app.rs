@@ -55,7 +55,11 @@ pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildEr
         config,
     };
     let cors = gate.config.cors.clone();
-    let public = layers::wrap(routes::router(Arc::new(gate)), cors);
+    let caps = layers::HeaderCaps {
+        per_header: gate.config.max_header_bytes,
+        total: gate.config.max_headers_total_bytes,
+    };
+    let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
     Ok(App { public, admin })

@@ -33,6 +33,11 @@ pub struct Config {
     pub upstream: Upstream,
     pub auth: Auth,
     pub max_body_bytes: usize,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
+    /// Largest single request header value, and all request headers together.
+    pub max_header_bytes: usize,
+    pub max_headers_total_bytes: usize,
     pub storage_uploads: Toggle,
     pub log_format: LogFormat,
     pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
@@ -100,6 +105,9 @@ impl Config {
             upstream: upstream(&raw.upstream)?,
             auth: auth::auth(raw.auth, sources)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
+            body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
+            max_header_bytes: positive("request.max_header_bytes", raw.request.max_header_bytes)?,
+            max_headers_total_bytes: positive("request.max_headers_total_bytes", raw.request.max_headers_total_bytes)?,
             storage_uploads: raw.storage.uploads,
             log_format: raw.log.format,
             tiers: access::tiers(raw.tiers, &endpoints)?,

@@ -35,6 +35,12 @@ pub enum GateError {
     RequestNotFound,
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
+    #[error("fal refused the gateway's credentials; the operator has been alerted")]
+    UpstreamCredentials(u16),
     #[error("the request body must be JSON (content-type application/json)")]
     NotJson,
     #[error("the request body is not valid JSON: {0}")]
@@ -72,6 +78,10 @@ impl GateError {
             Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            // Never relayed as 401/403: a browser would take it as its own session failing.
+            Self::UpstreamCredentials(_) => StatusCode::BAD_GATEWAY,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamUnreachable(_) | Self::UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +105,9 @@ impl GateError {
             Self::Forbidden { code, .. } => code,
             Self::RequestNotFound => "request_not_found",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::UpstreamCredentials(_) => "upstream_credentials_rejected",
             Self::NotJson => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -122,6 +135,9 @@ impl GateError {
     /// The detail kept for the log line (never sent to the client).
     pub fn log_detail(&self) -> Option<String> {
         match self {
+            Self::UpstreamCredentials(status) => Some(format!(
+                "fal answered {status}: FAL_KEY is missing, revoked or lacks access"
+            )),
             Self::UpstreamUnreachable(err) => Some(without_url(err)),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             _ => None,

@@ -16,8 +16,14 @@ pub struct JsonInput {
     pub value: serde_json::Value,
 }
 
-/// Reads and checks the body: 415 unless JSON, 413 past `max_bytes`, 400 unless a JSON object.
-pub async fn read_json(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<JsonInput, GateError> {
+/// Reads and checks the body: 415 unless JSON, 413 past `max_bytes`, 408 past `timeout`,
+/// 400 unless a JSON object.
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+    timeout: std::time::Duration,
+) -> Result<JsonInput, GateError> {
     if !is_json(headers) {
         return Err(GateError::NotJson);
     }
@@ -27,7 +33,10 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max_bytes: usize) -> Res
     if declared.is_some_and(|len| len > max_bytes as u64) {
         return Err(GateError::BodyTooLarge(max_bytes));
     }
-    let bytes = match Limited::new(body, max_bytes).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max_bytes).collect())
+        .await
+        .map_err(|_| GateError::BodyTimeout)?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<LengthLimitError>() => return Err(GateError::BodyTooLarge(max_bytes)),
         Err(_) => return Err(GateError::Malformed("the request body could not be read".into())),
@@ -61,6 +70,8 @@ mod tests {
 
     use super::*;
 
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
     fn json_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -72,7 +83,9 @@ mod tests {
 
     #[tokio::test]
     async fn json_object_within_the_limit_is_kept_byte_for_byte() {
-        let input = read_json(&json_headers(), Body::from(r#"{"a": 1}"#), 64).await.unwrap();
+        let input = read_json(&json_headers(), Body::from(r#"{"a": 1}"#), 64, SECOND)
+            .await
+            .unwrap();
         assert_eq!(&input.bytes[..], br#"{"a": 1}"#);
     }
 
@@ -80,11 +93,11 @@ mod tests {
     async fn each_bad_body_gets_its_own_error() {
         let text = HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))]);
         assert_eq!(
-            read_json(&text, Body::from("{}"), 64).await.unwrap_err().code(),
+            read_json(&text, Body::from("{}"), 64, SECOND).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(
-            read_json(&HeaderMap::new(), Body::from("{}"), 64)
+            read_json(&HeaderMap::new(), Body::from("{}"), 64, SECOND)
                 .await
                 .unwrap_err()
                 .code(),
@@ -93,25 +106,25 @@ mod tests {
         let mut gzip = json_headers();
         gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         assert_eq!(
-            read_json(&gzip, Body::from("{}"), 64).await.unwrap_err().code(),
+            read_json(&gzip, Body::from("{}"), 64, SECOND).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(
-            read_json(&json_headers(), Body::from("x".repeat(65)), 64)
+            read_json(&json_headers(), Body::from("x".repeat(65)), 64, SECOND)
                 .await
                 .unwrap_err()
                 .code(),
             "body_too_large"
         );
         assert_eq!(
-            read_json(&json_headers(), Body::from("{\"a\":"), 64)
+            read_json(&json_headers(), Body::from("{\"a\":"), 64, SECOND)
                 .await
                 .unwrap_err()
                 .code(),
             "invalid_json"
         );
         assert_eq!(
-            read_json(&json_headers(), Body::from("[1]"), 64)
+            read_json(&json_headers(), Body::from("[1]"), 64, SECOND)
                 .await
                 .unwrap_err()
                 .code(),

@@ -29,7 +29,7 @@ pub async fn handle(
     let mut forwarded = upstream::forwarded_headers(headers)?;
     grant.cap_priority(&mut forwarded);
     let input = match call.has_body() {
-        true => Some(input::read_json(headers, body, gate.config.max_body_bytes).await?),
+        true => Some(input::read_json(headers, body, gate.config.max_body_bytes, gate.config.body_timeout).await?),
         false => None,
     };
     if let Some(input) = &input {
@@ -46,6 +46,7 @@ pub async fn handle(
     metrics::upstream_answered(call.op_name(), started.elapsed());
     let response = sent?;
     if !relay::is_buffered(&call) {
+        relay::refuse_credential_failure(response.status())?;
         return Ok(relay::stream(&gate.upstream, response));
     }
     let answer = relay::buffer(&gate.upstream, &call, response).await?;

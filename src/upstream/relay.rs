@@ -59,6 +59,7 @@ pub fn is_buffered(call: &Call) -> bool {
 /// be: always for control answers, and for model output that says it is JSON.
 pub async fn buffer(upstream: &Upstream, call: &Call, response: reqwest::Response) -> Result<Buffered, GateError> {
     let status = response.status();
+    refuse_credential_failure(status)?;
     let headers = relayed_headers(response.headers());
     let limit = upstream.max_answer_bytes(call);
     let mut body = BytesMut::new();
@@ -109,6 +110,14 @@ pub fn stream(upstream: &Upstream, response: reqwest::Response) -> Response {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// fal's 401/403 mean the server-held key is bad, not the caller's session: never relay them.
+pub fn refuse_credential_failure(status: StatusCode) -> Result<(), GateError> {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(GateError::UpstreamCredentials(status.as_u16())),
+        _ => Ok(()),
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

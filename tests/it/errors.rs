@@ -1,6 +1,7 @@
 //! Bad input of every kind: each answers its contract error, nothing reaches fal, and falgate
 //! keeps serving.
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 
@@ -171,4 +172,68 @@ async fn invalid_fal_header_values_are_400() {
         .unwrap();
     gate.assert_refused(response, 400, "malformed_request").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let gate = TestGate::spawn().await;
+    let response = gate
+        .as_alice(Method::GET, "/healthz")
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 431, "headers_too_large").await;
+    let mut request = gate.as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"));
+    for i in 0..10 {
+        request = request.header(format!("x-pad-{i}"), "b".repeat(4_000));
+    }
+    gate.assert_refused(request.json(&json!({})).send().await.unwrap(), 431, "headers_too_large")
+        .await;
+    gate.assert_nothing_reached_fal_and_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_408_and_never_forwarded() {
+    let gate = TestGate::builder()
+        .env("FALGATE_REQUEST__BODY_TIMEOUT_MS", "300")
+        .spawn()
+        .await;
+    let trickle = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(b"{\"input_concept\":".to_vec())])
+        .chain(futures_util::stream::pending());
+    let response = gate
+        .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 408, "body_timeout").await;
+    gate.assert_nothing_reached_fal_and_still_serving().await;
+}
+
+#[tokio::test]
+async fn fal_rejecting_the_server_key_is_502_never_401_to_the_browser() {
+    let gate = TestGate::spawn().await;
+    for status in [401, 403] {
+        gate.emulator.clear_faults();
+        gate.fault(
+            falgate::emulator::Op::Submit,
+            falgate::emulator::FaultAction::Status {
+                status,
+                body: json!({"detail": "Invalid key fk-..."}),
+                headers: vec![],
+            },
+        );
+        let response = gate
+            .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+            .json(&json!({"input_concept": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let body = gate
+            .assert_refused(response, 502, "upstream_credentials_rejected")
+            .await;
+        assert!(!body.to_string().contains("Invalid key"), "fal's text leaked: {body}");
+    }
 }
