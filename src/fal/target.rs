@@ -163,4 +163,26 @@ mod tests {
         let huge = format!("https://queue.fal.run/a/{}", "b".repeat(100_000));
         assert!(parse_target(&huge).is_err());
     }
+
+    proptest::proptest! {
+        /// SECURITY-CASES invariant I1: whatever is accepted names an allowed host, and what is
+        /// forwarded is rebuilt from parsed parts with no dot segments, encodings or authority tricks.
+        #[test]
+        fn anything_accepted_is_canonical_and_on_an_allowed_host(
+            prefix in proptest::sample::select(vec!["https://queue.fal.run/", "https://fal.run/", "https://rest.fal.ai/",
+                "https://queue.fal.run@", "https://queue.fal.run.", "http://queue.fal.run/", "https://QUEUE.fal.run/", ""]),
+            rest in "[a-zA-Z0-9/._%@#?=&:\\\\\\-\u{3002}\u{ff0e} ]{0,60}",
+        ) {
+            let raw = format!("{prefix}{rest}");
+            if let Ok(call) = parse_target(&raw) {
+                let url = Url::parse(&raw).unwrap();
+                proptest::prop_assert!(matches!(url.host_str(), Some("queue.fal.run" | "fal.run" | "rest.fal.ai" | "rest.alpha.fal.ai")));
+                proptest::prop_assert_eq!(url.as_str(), raw.as_str());
+                let forwarded = call.path_and_query();
+                let path = forwarded.split('?').next().unwrap();
+                proptest::prop_assert!(!path.contains("..") && !path.contains('%') && !path.contains('\\') && !path.contains("//"));
+                proptest::prop_assert!(!forwarded.contains('#') && !forwarded.contains('@'));
+            }
+        }
+    }
 }
