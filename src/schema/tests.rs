@@ -1,0 +1,1 @@
+//! Behaviour of schema compilation and validation against the shipped seed schema.
