@@ -7,6 +7,7 @@ mod overlay;
 mod source;
 mod strict;
 mod url;
+mod variant;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use overlay::{FieldOverlay, Overlay};
-use overlay::UrlRule;
+use variant::Variant;
 
 /// One endpoint's schema settings, built by config from TOML.
 #[derive(Clone, Debug)]
@@ -133,15 +134,6 @@ struct Endpoint {
     tiers: HashMap<String, Variant>,
 }
 
-/// A compiled schema with its overlays applied.
-#[derive(Debug)]
-struct Variant {
-    validator: jsonschema::Validator,
-    /// Top-level field names in the schema's order, for ordering the 422 items like fal does.
-    order: Vec<String>,
-    urls: BTreeMap<String, UrlRule>,
-}
-
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -189,7 +181,9 @@ impl Schemas {
         let variant = tier
             .and_then(|tier| compiled.tiers.get(tier))
             .unwrap_or(&compiled.base);
-        let value = Value::Object(strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?);
+        let value = Value::Object(
+            strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?,
+        );
         let failures = variant.check(&value);
         if failures.is_empty() {
             Ok(ValidInput {
@@ -211,7 +205,10 @@ impl Endpoint {
             reason,
         };
         let Value::Object(root) = &mut schema else {
-            return Err(fail((String::new(), "the input schema must be a JSON object".into())));
+            return Err(fail((
+                String::new(),
+                "the input schema must be a JSON object".into(),
+            )));
         };
         match source.unknown_fields {
             UnknownFields::Refuse => root.insert("additionalProperties".into(), Value::Bool(false)),
@@ -228,67 +225,22 @@ impl Endpoint {
             let (mut tier_schema, mut tier_urls) = (schema.clone(), urls.clone());
             overlay::apply(&mut tier_schema, &mut tier_urls, overlay)
                 .map_err(|(at, why)| fail((at, format!("tier `{tier}` overlay: {why}"))))?;
-            tiers.insert(tier.clone(), Variant::build(&tier_schema, tier_urls).map_err(fail)?);
+            tiers.insert(
+                tier.clone(),
+                Variant::build(&tier_schema, tier_urls).map_err(fail)?,
+            );
         }
         Ok(Self { base, tiers })
     }
 }
 
-impl Variant {
-    fn build(schema: &Value, urls: BTreeMap<String, UrlRule>) -> Result<Self, (String, String)> {
-        let validator = jsonschema::options()
-            .offline()
-            .should_validate_formats(false)
-            .build(schema)
-            .map_err(|err| (err.instance_path().to_string(), err.to_string()))?;
-        let order = field_order(schema);
-        Ok(Self { validator, order, urls })
-    }
-
-    /// Every failure of `value`: the schema's, then the URL rules', sorted by field order.
-    fn check(&self, value: &Value) -> Vec<FieldError> {
-        let mut failures = Vec::new();
-        if !self.validator.is_valid(value) {
-            for error in self.validator.iter_errors(value) {
-                errors::push_field_errors(value, &error, &mut failures);
-            }
-        }
-        for (field, rule) in &self.urls {
-            if let Some(Value::String(text)) = value.get(field) {
-                let loc = [Value::from("body"), Value::from(field.as_str())];
-                failures.extend(url::check(rule, text, &loc));
-            }
-        }
-        let rank = |error: &FieldError| {
-            let field = error.loc.get(1).and_then(Value::as_str);
-            field
-                .and_then(|field| self.order.iter().position(|name| name == field))
-                .unwrap_or(usize::MAX)
-        };
-        failures.sort_by_key(rank);
-        failures
-    }
-}
-
-/// The schema's top-level field names: `x-fal-order-properties` (fal's published order) if
-/// present, else `required` fields first, then the rest by name.
-fn field_order(schema: &Value) -> Vec<String> {
-    let names = |key: &str| -> Vec<String> {
-        schema
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default()
-    };
-    let mut order = names("x-fal-order-properties");
-    order.extend(names("required"));
-    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-        order.extend(properties.keys().cloned());
-    }
-    let mut seen = std::collections::HashSet::new();
-    order.retain(|name| seen.insert(name.clone()));
-    order
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_compile;
+#[cfg(test)]
+mod tests_overlay;
+#[cfg(test)]
+mod tests_props;
+#[cfg(test)]
+mod tests_security;

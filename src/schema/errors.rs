@@ -9,7 +9,11 @@ use serde_json::{json, Value};
 use super::FieldError;
 
 /// The fal items for one `jsonschema` error on `root` (the whole input), appended to `out`.
-pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: &mut Vec<FieldError>) {
+pub(super) fn push_field_errors(
+    root: &Value,
+    error: &ValidationError<'_>,
+    out: &mut Vec<FieldError>,
+) {
     let loc = loc_of(root, error);
     let item = |loc: Vec<Value>, msg: String, kind: &str, ctx: Option<Value>| FieldError {
         loc,
@@ -22,14 +26,24 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
         ValidationErrorKind::Required { property } => {
             let mut loc = loc;
             loc.push(property.clone());
-            out.push(item(loc, "field required".into(), "value_error.missing", None));
+            out.push(item(
+                loc,
+                "field required".into(),
+                "value_error.missing",
+                None,
+            ));
         }
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
             for name in unexpected {
                 let mut loc = loc.clone();
                 loc.push(Value::String(name.clone()));
-                out.push(item(loc, "extra fields not permitted".into(), "value_error.extra", None));
+                out.push(item(
+                    loc,
+                    "extra fields not permitted".into(),
+                    "value_error.extra",
+                    None,
+                ));
             }
         }
         ValidationErrorKind::Type { kind } => {
@@ -37,48 +51,113 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
             out.push(item(loc, msg.into(), kind, None));
         }
         ValidationErrorKind::Enum { options } => {
-            let permitted: Vec<String> = options.as_array().map_or_else(Vec::new, |values| values.iter().map(quoted).collect());
-            let msg = format!("value is not a valid enumeration member; permitted: {}", permitted.join(", "));
-            out.push(item(loc, msg, "type_error.enum", Some(json!({ "enum_values": &**options }))));
+            let permitted: Vec<String> = options
+                .as_array()
+                .map_or_else(Vec::new, |values| values.iter().map(quoted).collect());
+            let msg = format!(
+                "value is not a valid enumeration member; permitted: {}",
+                permitted.join(", ")
+            );
+            out.push(item(
+                loc,
+                msg,
+                "type_error.enum",
+                Some(json!({ "enum_values": &**options })),
+            ));
         }
         ValidationErrorKind::Constant { expected_value } => {
             let msg = format!("unexpected value; permitted: {}", quoted(expected_value));
-            out.push(item(loc, msg, "value_error.const", Some(json!({ "given": error.instance(), "permitted": [&**expected_value] }))));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.const",
+                Some(json!({ "given": error.instance(), "permitted": [&**expected_value] })),
+            ));
         }
         ValidationErrorKind::MaxLength { limit: max } => {
             let msg = format!("ensure this value has at most {max} characters");
-            out.push(item(loc, msg, "value_error.any_str.max_length", limit(json!(max))));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.any_str.max_length",
+                limit(json!(max)),
+            ));
         }
         ValidationErrorKind::MinLength { limit: min } => {
             let msg = format!("ensure this value has at least {min} characters");
-            out.push(item(loc, msg, "value_error.any_str.min_length", limit(json!(min))));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.any_str.min_length",
+                limit(json!(min)),
+            ));
         }
         ValidationErrorKind::Maximum { limit: max } => {
             let msg = format!("ensure this value is less than or equal to {max}");
-            out.push(item(loc, msg, "value_error.number.not_le", limit(max.clone())));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.number.not_le",
+                limit(max.clone()),
+            ));
         }
         ValidationErrorKind::Minimum { limit: min } => {
             let msg = format!("ensure this value is greater than or equal to {min}");
-            out.push(item(loc, msg, "value_error.number.not_ge", limit(min.clone())));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.number.not_ge",
+                limit(min.clone()),
+            ));
         }
         ValidationErrorKind::ExclusiveMaximum { limit: max } => {
-            out.push(item(loc, format!("ensure this value is less than {max}"), "value_error.number.not_lt", limit(max.clone())));
+            out.push(item(
+                loc,
+                format!("ensure this value is less than {max}"),
+                "value_error.number.not_lt",
+                limit(max.clone()),
+            ));
         }
         ValidationErrorKind::ExclusiveMinimum { limit: min } => {
-            out.push(item(loc, format!("ensure this value is greater than {min}"), "value_error.number.not_gt", limit(min.clone())));
+            out.push(item(
+                loc,
+                format!("ensure this value is greater than {min}"),
+                "value_error.number.not_gt",
+                limit(min.clone()),
+            ));
         }
         ValidationErrorKind::MaxItems { limit: max } => {
-            out.push(item(loc, format!("ensure this value has at most {max} items"), "value_error.list.max_items", limit(json!(max))));
+            out.push(item(
+                loc,
+                format!("ensure this value has at most {max} items"),
+                "value_error.list.max_items",
+                limit(json!(max)),
+            ));
         }
         ValidationErrorKind::MinItems { limit: min } => {
-            out.push(item(loc, format!("ensure this value has at least {min} items"), "value_error.list.min_items", limit(json!(min))));
+            out.push(item(
+                loc,
+                format!("ensure this value has at least {min} items"),
+                "value_error.list.min_items",
+                limit(json!(min)),
+            ));
         }
         ValidationErrorKind::Pattern { pattern } => {
             let msg = format!("string does not match regex \"{pattern}\"");
-            out.push(item(loc, msg, "value_error.str.regex", Some(json!({ "pattern": pattern }))));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.str.regex",
+                Some(json!({ "pattern": pattern })),
+            ));
         }
         ValidationErrorKind::FalseSchema => {
-            out.push(item(loc, "this field is not allowed".into(), "value_error.forbidden", None));
+            out.push(item(
+                loc,
+                "this field is not allowed".into(),
+                "value_error.forbidden",
+                None,
+            ));
         }
         _ => out.push(item(loc, error.to_string(), "value_error", None)),
     }
@@ -87,7 +166,10 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
 /// pydantic-v1's message and type for a value of the wrong JSON type.
 fn type_error(instance: &Value, expected: &TypeKind) -> (&'static str, &'static str) {
     if instance.is_null() {
-        return ("none is not an allowed value", "type_error.none.not_allowed");
+        return (
+            "none is not an allowed value",
+            "type_error.none.not_allowed",
+        );
     }
     let wanted = match expected {
         TypeKind::Single(kind) => Some(*kind),

@@ -56,11 +56,17 @@ pub(super) fn apply(
 ) -> Result<(), OverlayError> {
     for (name, rules) in &overlay.fields {
         let pointer = format!("/properties/{}", escape(name));
-        let field = schema
-            .pointer_mut(&pointer)
-            .ok_or_else(|| (pointer.clone(), format!("the overlay names `{name}`, which the schema does not have")))?;
+        let field = schema.pointer_mut(&pointer).ok_or_else(|| {
+            (
+                pointer.clone(),
+                format!("the overlay names `{name}`, which the schema does not have"),
+            )
+        })?;
         tighten(field, rules).map_err(|(at, why)| (format!("{pointer}{at}"), why))?;
-        if rules.schemes.is_some() || rules.data_uri_max_bytes.is_some() || rules.data_uri_types.is_some() {
+        if rules.schemes.is_some()
+            || rules.data_uri_max_bytes.is_some()
+            || rules.data_uri_types.is_some()
+        {
             let rule = urls.entry(name.clone()).or_default();
             merge_url_rule(rule, rules).map_err(|why| (pointer.clone(), why))?;
         }
@@ -78,7 +84,10 @@ fn tighten(field: &mut Value, rules: &FieldOverlay) -> Result<(), OverlayError> 
         return Err((String::new(), "the field's schema is not an object".into()));
     };
     if let Some(limit) = rules.max_length {
-        let current = map.get("maxLength").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let current = map
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         map.insert("maxLength".into(), json!(limit.min(current)));
     }
     if let Some(allowed) = &rules.allowed {
@@ -91,7 +100,11 @@ fn tighten(field: &mut Value, rules: &FieldOverlay) -> Result<(), OverlayError> 
 /// refusing values it did not allow; a field without an `enum` gets one.
 fn narrow_enum(field: &mut Value, allowed: &[String]) -> Result<(), OverlayError> {
     let found = enum_pointer(field, "");
-    let Some(values) = found.as_deref().and_then(|at| field.pointer_mut(at)).and_then(Value::as_array_mut) else {
+    let Some(values) = found
+        .as_deref()
+        .and_then(|at| field.pointer_mut(at))
+        .and_then(Value::as_array_mut)
+    else {
         if let Value::Object(map) = field {
             map.insert("enum".into(), json!(allowed));
         }
@@ -99,7 +112,10 @@ fn narrow_enum(field: &mut Value, allowed: &[String]) -> Result<(), OverlayError
     };
     if let Some(extra) = allowed.iter().find(|value| !values.contains(&json!(value))) {
         let at = found.unwrap_or_default();
-        return Err((at, format!("`{extra}` is not a value the schema allows, so an overlay cannot allow it")));
+        return Err((
+            at,
+            format!("`{extra}` is not a value the schema allows, so an overlay cannot allow it"),
+        ));
     }
     // A nullable enum stays nullable: the overlay narrows the strings, not the field's optionality.
     let keeps_null = values.contains(&Value::Null);
@@ -131,19 +147,36 @@ fn merge_url_rule(rule: &mut UrlRule, rules: &FieldOverlay) -> Result<(), String
         rule.schemes = Some(narrow_list(rule.schemes.as_deref(), schemes, "scheme")?);
     }
     if let Some(limit) = rules.data_uri_max_bytes {
-        rule.data_uri_max_bytes = Some(rule.data_uri_max_bytes.map_or(limit, |current| current.min(limit)));
+        rule.data_uri_max_bytes = Some(
+            rule.data_uri_max_bytes
+                .map_or(limit, |current| current.min(limit)),
+        );
     }
     if let Some(types) = &rules.data_uri_types {
-        rule.data_uri_types = Some(narrow_list(rule.data_uri_types.as_deref(), types, "data URI type")?);
+        rule.data_uri_types = Some(narrow_list(
+            rule.data_uri_types.as_deref(),
+            types,
+            "data URI type",
+        )?);
     }
     Ok(())
 }
 
 /// `wanted` in lower case, provided each entry is matched by `current` (when there is one).
-fn narrow_list(current: Option<&[String]>, wanted: &[String], what: &str) -> Result<Vec<String>, String> {
-    let wanted: Vec<String> = wanted.iter().map(|value| value.to_ascii_lowercase()).collect();
+fn narrow_list(
+    current: Option<&[String]>,
+    wanted: &[String],
+    what: &str,
+) -> Result<Vec<String>, String> {
+    let wanted: Vec<String> = wanted
+        .iter()
+        .map(|value| value.to_ascii_lowercase())
+        .collect();
     if let Some(current) = current {
-        if let Some(extra) = wanted.iter().find(|value| !current.iter().any(|have| media_matches(have, value))) {
+        if let Some(extra) = wanted
+            .iter()
+            .find(|value| !current.iter().any(|have| media_matches(have, value)))
+        {
             return Err(format!("{what} `{extra}` widens an earlier overlay"));
         }
     }

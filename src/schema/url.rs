@@ -18,15 +18,26 @@ pub(super) fn check(rule: &UrlRule, value: &str, loc: &[Value]) -> Option<FieldE
     };
     let scheme = scheme_of(value);
     if let Some(schemes) = &rule.schemes {
-        if !scheme.as_deref().is_some_and(|scheme| schemes.iter().any(|allowed| allowed == scheme)) {
-            return Some(error("URL scheme not permitted".into(), "value_error.url.scheme", json!({ "allowed_schemes": schemes })));
+        if !scheme
+            .as_deref()
+            .is_some_and(|scheme| schemes.iter().any(|allowed| allowed == scheme))
+        {
+            return Some(error(
+                "URL scheme not permitted".into(),
+                "value_error.url.scheme",
+                json!({ "allowed_schemes": schemes }),
+            ));
         }
     }
     if scheme.as_deref() == Some("data") {
         return check_data_uri(rule, value, &error);
     }
     if rule.schemes.is_some() && !has_public_host(value) {
-        return Some(error("URL host is not a public host".into(), "value_error.url.host", json!({})));
+        return Some(error(
+            "URL host is not a public host".into(),
+            "value_error.url.host",
+            json!({}),
+        ));
     }
     None
 }
@@ -35,7 +46,9 @@ pub(super) fn check(rule: &UrlRule, value: &str, loc: &[Value]) -> Option<FieldE
 fn scheme_of(value: &str) -> Option<String> {
     let (scheme, _) = value.split_once(':')?;
     let mut chars = scheme.chars();
-    let valid = chars.next().is_some_and(|first| first.is_ascii_alphabetic())
+    let valid = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     valid.then(|| scheme.to_ascii_lowercase())
 }
@@ -47,18 +60,37 @@ fn check_data_uri(
     error: &dyn Fn(String, &str, Value) -> FieldError,
 ) -> Option<FieldError> {
     let Some((header, data)) = value["data:".len()..].split_once(',') else {
-        return Some(error("invalid data URI: no `,` before the data".into(), "value_error.data_uri", json!({})));
+        return Some(error(
+            "invalid data URI: no `,` before the data".into(),
+            "value_error.data_uri",
+            json!({}),
+        ));
     };
     let mut params = header.split(';');
-    let media_type = match params.next().unwrap_or_default().trim().to_ascii_lowercase() {
+    let media_type = match params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+    {
         empty if empty.is_empty() => "text/plain".to_owned(),
         media_type => media_type,
     };
     if let Some(types) = &rule.data_uri_types {
-        if !types.iter().any(|allowed| media_matches(allowed, &media_type)) {
+        if !types
+            .iter()
+            .any(|allowed| media_matches(allowed, &media_type))
+        {
             let permitted: Vec<String> = types.iter().map(|t| format!("'{t}'")).collect();
-            let msg = format!("data URI media type '{media_type}' is not permitted; permitted: {}", permitted.join(", "));
-            return Some(error(msg, "value_error.data_uri.media_type", json!({ "permitted": types })));
+            let msg = format!(
+                "data URI media type '{media_type}' is not permitted; permitted: {}",
+                permitted.join(", ")
+            );
+            return Some(error(
+                msg,
+                "value_error.data_uri.media_type",
+                json!({ "permitted": types }),
+            ));
         }
     }
     let base64 = params.any(|param| param.trim().eq_ignore_ascii_case("base64"));
@@ -79,7 +111,12 @@ fn decoded_len(data: &str, base64: bool) -> usize {
         // Percent-escapes shrink when decoded, so the raw length is an upper bound.
         return data.len();
     }
-    let padding = data.bytes().rev().take(2).take_while(|&b| b == b'=').count();
+    let padding = data
+        .bytes()
+        .rev()
+        .take(2)
+        .take_while(|&b| b == b'=')
+        .count();
     (data.len() / 4 * 3 + (data.len() % 4).saturating_sub(1)).saturating_sub(padding)
 }
 
@@ -121,7 +158,12 @@ fn is_public(ip: IpAddr) -> bool {
             let first = ip.segments()[0];
             match ip.to_ipv4_mapped() {
                 Some(v4) => is_public(IpAddr::V4(v4)),
-                None => !(ip.is_loopback() || ip.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80),
+                None => {
+                    !(ip.is_loopback()
+                        || ip.is_unspecified()
+                        || (first & 0xfe00) == 0xfc00
+                        || (first & 0xffc0) == 0xfe80)
+                }
             }
         }
     }
