@@ -104,12 +104,14 @@ pub struct FieldError {
 /// Why the schemas could not be compiled; names the file and the JSON pointer inside it.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
+    /// The schema file could not be read.
     #[error("{}: cannot read schema: {source}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The schema file is not JSON.
     #[error("{}: not JSON (line {line}, column {column}): {reason}", path.display())]
     Json {
         path: PathBuf,
@@ -117,12 +119,14 @@ pub enum CompileError {
         column: usize,
         reason: String,
     },
+    /// The schema, its `$ref`s or an overlay is unusable at `pointer`.
     #[error("{}#{pointer}: {reason}", path.display())]
     Schema {
         path: PathBuf,
         pointer: String,
         reason: String,
     },
+    /// Two sources name the same endpoint.
     #[error("endpoint `{0}` has two schema entries")]
     DuplicateEndpoint(String),
 }

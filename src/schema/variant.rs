@@ -24,6 +24,8 @@ impl Variant {
     ) -> Result<Self, (String, String)> {
         let validator = jsonschema::options()
             .offline()
+            // fal's pydantic does not enforce `format`, so neither do we: a `uri` format would
+            // otherwise disagree with fal on inputs it accepts. URL rules come from overlays.
             .should_validate_formats(false)
             .build(schema)
             .map_err(|err| (err.instance_path().to_string(), err.to_string()))?;
