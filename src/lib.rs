@@ -20,5 +20,6 @@ pub mod ownership;
 pub mod pipeline;
 pub mod policy;
 pub mod routes;
+pub mod schema;
 pub mod telemetry;
 pub mod upstream;

@@ -1,0 +1,250 @@
+//! Every endpoint's input schema, compiled once at start, and [`Schemas::validate`]: strict JSON,
+//! then the schema with the operator's and the caller's tier overlays, answering with every
+//! failing field in fal's own 422 `detail` shape. The original bytes are what is forwarded.
+
+mod errors;
+mod overlay;
+mod source;
+mod strict;
+mod url;
+mod variant;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use overlay::{FieldOverlay, Overlay};
+use variant::Variant;
+
+/// One endpoint's schema settings, built by config from TOML.
+#[derive(Clone, Debug)]
+pub struct SchemaSource {
+    /// The configured endpoint id, e.g. `fal-ai/video-prompt-generator`.
+    pub endpoint: String,
+    /// A JSON Schema file, or fal's OpenAPI document for the endpoint.
+    pub path: PathBuf,
+    /// Whether fields the schema does not name are refused (the default) or passed on.
+    pub unknown_fields: UnknownFields,
+    /// The operator's overlay, applied for every tier.
+    pub overlay: Option<Overlay>,
+    /// Further overlays per tier, applied after the operator's.
+    pub tier_overlays: BTreeMap<String, Overlay>,
+}
+
+/// What happens to top-level input fields the schema does not name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    /// 422 `value_error.extra` for each (the default; overrides the schema's `additionalProperties`).
+    #[default]
+    Refuse,
+    /// Accepted and forwarded untouched (the schema's `additionalProperties` is ignored).
+    Allow,
+}
+
+/// Per-request bounds on the body, from the endpoint's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of arrays and objects, the top-level object counting as 1.
+    pub max_depth: usize,
+    /// Largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Every configured endpoint's compiled validators. Built once; `Send + Sync`.
+#[derive(Debug)]
+pub struct Schemas {
+    endpoints: HashMap<String, Endpoint>,
+}
+
+/// A body that passed: the exact bytes to forward, and their parsed value (for pricing by field).
+#[derive(Clone, Debug)]
+pub struct ValidInput {
+    /// The caller's original bytes; never re-serialised, and no defaults injected.
+    pub bytes: Bytes,
+    /// The parsed input (always a JSON object).
+    pub value: Value,
+}
+
+/// Why a body was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// Not one strict JSON object (bad UTF-8, BOM, duplicate key, too deep, trailing data, not
+    /// an object): the gate answers 400 `invalid_json`.
+    #[error("the request body is not a strict JSON object: {0}")]
+    Malformed(String),
+    /// Larger than `Limits::max_body_bytes`: 413 `body_too_large`.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// No schema is configured for the endpoint: fail closed, never forward (500 `internal`).
+    #[error("no input schema is configured for `{0}`")]
+    NoSchema(String),
+    /// The input breaks the schema: 422 `validation_failed` with these items as `detail`.
+    #[error("the input does not match the endpoint's schema ({} field errors)", .0.len())]
+    Invalid(Vec<FieldError>),
+}
+
+/// One item of fal's 422 `detail` array.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct FieldError {
+    /// `["body", field, ...]`: keys as strings, array indices as numbers.
+    pub loc: Vec<Value>,
+    /// pydantic's message, e.g. `field required`.
+    pub msg: String,
+    /// pydantic's error type, e.g. `value_error.missing`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Extra facts about the error, e.g. `{"enum_values": [...]}` or `{"limit_value": 10}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<Value>,
+}
+
+/// Why the schemas could not be compiled; names the file and the JSON pointer inside it.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The schema file could not be read.
+    #[error("{}: cannot read schema: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The schema file is not JSON.
+    #[error("{}: not JSON (line {line}, column {column}): {reason}", path.display())]
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    /// The schema, its `$ref`s or an overlay is unusable at `pointer`.
+    #[error("{}#{pointer}: {reason}", path.display())]
+    Schema {
+        path: PathBuf,
+        pointer: String,
+        reason: String,
+    },
+    /// Two sources name the same endpoint.
+    #[error("endpoint `{0}` has two schema entries")]
+    DuplicateEndpoint(String),
+}
+
+/// One endpoint: the validator every caller gets, and one per tier that has an overlay.
+#[derive(Debug)]
+struct Endpoint {
+    base: Variant,
+    tiers: HashMap<String, Variant>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_depth: 32,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Schemas {
+    /// Reads and compiles every source; the first problem is returned with its file and pointer.
+    pub fn compile(sources: Vec<SchemaSource>) -> Result<Self, CompileError> {
+        let mut endpoints = HashMap::new();
+        for source in sources {
+            if endpoints.contains_key(&source.endpoint) {
+                return Err(CompileError::DuplicateEndpoint(source.endpoint));
+            }
+            let endpoint = Endpoint::compile(&source)?;
+            endpoints.insert(source.endpoint, endpoint);
+        }
+        Ok(Self { endpoints })
+    }
+
+    /// Whether `endpoint` has a schema.
+    pub fn has(&self, endpoint: &str) -> bool {
+        self.endpoints.contains_key(endpoint)
+    }
+
+    /// Validates `body` for `endpoint` (the configured entry; policy maps sub paths to it) as
+    /// seen by a caller of `tier`. Every failing field is reported, in the schema's field order.
+    pub fn validate(
+        &self,
+        endpoint: &str,
+        tier: Option<&str>,
+        body: &[u8],
+        limits: &Limits,
+    ) -> Result<ValidInput, Rejection> {
+        if body.len() > limits.max_body_bytes {
+            return Err(Rejection::TooLarge(limits.max_body_bytes));
+        }
+        let compiled = self
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| Rejection::NoSchema(endpoint.to_owned()))?;
+        let variant = tier
+            .and_then(|tier| compiled.tiers.get(tier))
+            .unwrap_or(&compiled.base);
+        let value = Value::Object(
+            strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?,
+        );
+        let failures = variant.check(&value);
+        if failures.is_empty() {
+            Ok(ValidInput {
+                bytes: Bytes::copy_from_slice(body),
+                value,
+            })
+        } else {
+            Err(Rejection::Invalid(failures))
+        }
+    }
+}
+
+impl Endpoint {
+    fn compile(source: &SchemaSource) -> Result<Self, CompileError> {
+        let mut schema = source::load(&source.path, &source.endpoint)?;
+        let fail = |(pointer, reason): (String, String)| CompileError::Schema {
+            path: source.path.clone(),
+            pointer,
+            reason,
+        };
+        let Value::Object(root) = &mut schema else {
+            return Err(fail((
+                String::new(),
+                "the input schema must be a JSON object".into(),
+            )));
+        };
+        match source.unknown_fields {
+            UnknownFields::Refuse => root.insert("additionalProperties".into(), Value::Bool(false)),
+            UnknownFields::Allow => root.remove("additionalProperties"),
+        };
+        let mut urls = BTreeMap::new();
+        if let Some(overlay) = &source.overlay {
+            overlay::apply(&mut schema, &mut urls, overlay)
+                .map_err(|(at, why)| fail((at, format!("operator overlay: {why}"))))?;
+        }
+        let base = Variant::build(&schema, urls.clone()).map_err(fail)?;
+        let mut tiers = HashMap::new();
+        for (tier, overlay) in &source.tier_overlays {
+            let (mut tier_schema, mut tier_urls) = (schema.clone(), urls.clone());
+            overlay::apply(&mut tier_schema, &mut tier_urls, overlay)
+                .map_err(|(at, why)| fail((at, format!("tier `{tier}` overlay: {why}"))))?;
+            tiers.insert(
+                tier.clone(),
+                Variant::build(&tier_schema, tier_urls).map_err(fail)?,
+            );
+        }
+        Ok(Self { base, tiers })
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_compile;
+#[cfg(test)]
+mod tests_overlay;
+#[cfg(test)]
+mod tests_props;
+#[cfg(test)]
+mod tests_security;

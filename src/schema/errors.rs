@@ -1,0 +1,224 @@
+//! Turns `jsonschema` errors into fal's own 422 items: pydantic-v1 `loc`, `msg` and `type`
+//! (`value_error.missing`, `type_error.enum` with `ctx.enum_values`, ...), one per failing field.
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::paths::LocationSegment;
+use jsonschema::{JsonType, ValidationError};
+use serde_json::{json, Value};
+
+use super::FieldError;
+
+/// The fal items for one `jsonschema` error on `root` (the whole input), appended to `out`.
+pub(super) fn push_field_errors(
+    root: &Value,
+    error: &ValidationError<'_>,
+    out: &mut Vec<FieldError>,
+) {
+    let loc = loc_of(root, error);
+    let item = |loc: Vec<Value>, msg: String, kind: &str, ctx: Option<Value>| FieldError {
+        loc,
+        msg,
+        kind: kind.to_owned(),
+        ctx,
+    };
+    let limit = |limit: Value| Some(json!({ "limit_value": limit }));
+    match error.kind() {
+        ValidationErrorKind::Required { property } => {
+            let mut loc = loc;
+            loc.push(property.clone());
+            out.push(item(
+                loc,
+                "field required".into(),
+                "value_error.missing",
+                None,
+            ));
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+            for name in unexpected {
+                let mut loc = loc.clone();
+                loc.push(Value::String(name.clone()));
+                out.push(item(
+                    loc,
+                    "extra fields not permitted".into(),
+                    "value_error.extra",
+                    None,
+                ));
+            }
+        }
+        ValidationErrorKind::Type { kind } => {
+            let (msg, kind) = type_error(error.instance(), kind);
+            out.push(item(loc, msg.into(), kind, None));
+        }
+        ValidationErrorKind::Enum { options } => {
+            let permitted: Vec<String> = options
+                .as_array()
+                .map_or_else(Vec::new, |values| values.iter().map(quoted).collect());
+            let msg = format!(
+                "value is not a valid enumeration member; permitted: {}",
+                permitted.join(", ")
+            );
+            out.push(item(
+                loc,
+                msg,
+                "type_error.enum",
+                Some(json!({ "enum_values": &**options })),
+            ));
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            let msg = format!("unexpected value; permitted: {}", quoted(expected_value));
+            out.push(item(
+                loc,
+                msg,
+                "value_error.const",
+                Some(json!({ "given": error.instance(), "permitted": [&**expected_value] })),
+            ));
+        }
+        ValidationErrorKind::MaxLength { limit: max } => {
+            let msg = format!("ensure this value has at most {max} characters");
+            out.push(item(
+                loc,
+                msg,
+                "value_error.any_str.max_length",
+                limit(json!(max)),
+            ));
+        }
+        ValidationErrorKind::MinLength { limit: min } => {
+            let msg = format!("ensure this value has at least {min} characters");
+            out.push(item(
+                loc,
+                msg,
+                "value_error.any_str.min_length",
+                limit(json!(min)),
+            ));
+        }
+        ValidationErrorKind::Maximum { limit: max } => {
+            let msg = format!("ensure this value is less than or equal to {max}");
+            out.push(item(
+                loc,
+                msg,
+                "value_error.number.not_le",
+                limit(max.clone()),
+            ));
+        }
+        ValidationErrorKind::Minimum { limit: min } => {
+            let msg = format!("ensure this value is greater than or equal to {min}");
+            out.push(item(
+                loc,
+                msg,
+                "value_error.number.not_ge",
+                limit(min.clone()),
+            ));
+        }
+        ValidationErrorKind::ExclusiveMaximum { limit: max } => {
+            out.push(item(
+                loc,
+                format!("ensure this value is less than {max}"),
+                "value_error.number.not_lt",
+                limit(max.clone()),
+            ));
+        }
+        ValidationErrorKind::ExclusiveMinimum { limit: min } => {
+            out.push(item(
+                loc,
+                format!("ensure this value is greater than {min}"),
+                "value_error.number.not_gt",
+                limit(min.clone()),
+            ));
+        }
+        ValidationErrorKind::MaxItems { limit: max } => {
+            out.push(item(
+                loc,
+                format!("ensure this value has at most {max} items"),
+                "value_error.list.max_items",
+                limit(json!(max)),
+            ));
+        }
+        ValidationErrorKind::MinItems { limit: min } => {
+            out.push(item(
+                loc,
+                format!("ensure this value has at least {min} items"),
+                "value_error.list.min_items",
+                limit(json!(min)),
+            ));
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            let msg = format!("string does not match regex \"{pattern}\"");
+            out.push(item(
+                loc,
+                msg,
+                "value_error.str.regex",
+                Some(json!({ "pattern": pattern })),
+            ));
+        }
+        ValidationErrorKind::FalseSchema => {
+            out.push(item(
+                loc,
+                "this field is not allowed".into(),
+                "value_error.forbidden",
+                None,
+            ));
+        }
+        _ => out.push(item(loc, error.to_string(), "value_error", None)),
+    }
+}
+
+/// pydantic-v1's message and type for a value of the wrong JSON type.
+fn type_error(instance: &Value, expected: &TypeKind) -> (&'static str, &'static str) {
+    if instance.is_null() {
+        return (
+            "none is not an allowed value",
+            "type_error.none.not_allowed",
+        );
+    }
+    let wanted = match expected {
+        TypeKind::Single(kind) => Some(*kind),
+        TypeKind::Multiple(set) => set.iter().find(|kind| *kind != JsonType::Null),
+    };
+    match wanted {
+        Some(JsonType::String) => ("str type expected", "type_error.str"),
+        Some(JsonType::Integer) => ("value is not a valid integer", "type_error.integer"),
+        Some(JsonType::Number) => ("value is not a valid float", "type_error.float"),
+        Some(JsonType::Boolean) => ("value could not be parsed to a boolean", "type_error.bool"),
+        Some(JsonType::Array) => ("value is not a valid list", "type_error.list"),
+        Some(JsonType::Object) => ("value is not a valid dict", "type_error.dict"),
+        Some(JsonType::Null) | None => ("value is not none", "type_error.none.allowed"),
+    }
+}
+
+/// `["body", ...]` for the instance location of `error`, with keys as strings and indices as
+/// numbers (decided by walking `root`, so a key spelled `"0"` stays a string).
+fn loc_of(root: &Value, error: &ValidationError<'_>) -> Vec<Value> {
+    let mut loc = vec![Value::from("body")];
+    let mut node = Some(root);
+    for segment in error.instance_path().segments() {
+        let key = match &segment {
+            LocationSegment::Property(key) => key.to_string(),
+            LocationSegment::Index(index) => index.to_string(),
+        };
+        match node {
+            Some(Value::Array(items)) => {
+                let index = key.parse::<usize>().ok();
+                node = index.and_then(|index| items.get(index));
+                loc.push(index.map_or_else(|| Value::String(key), Value::from));
+            }
+            Some(Value::Object(map)) => {
+                node = map.get(&key);
+                loc.push(Value::String(key));
+            }
+            _ => {
+                node = None;
+                loc.push(Value::String(key));
+            }
+        }
+    }
+    loc
+}
+
+/// A value the way pydantic prints it in a message: strings in single quotes.
+fn quoted(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("'{text}'"),
+        other => other.to_string(),
+    }
+}
