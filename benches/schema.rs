@@ -6,9 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use falgate::schema::{
-    FieldOverlay, Limits, Overlay, Rejection, SchemaSource, Schemas, UnknownFields,
-};
+use falgate::schema::{FieldOverlay, Limits, Overlay, Rejection, SchemaSource, Schemas, UnknownFields};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -30,8 +28,7 @@ fn schemas() -> Schemas {
     };
     let source = SchemaSource {
         endpoint: ENDPOINT.into(),
-        path: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("config/schemas/video-prompt-generator.json"),
+        path: Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas/video-prompt-generator.json"),
         unknown_fields: UnknownFields::Refuse,
         overlay: Some(Overlay {
             fields: BTreeMap::from([("image_url".to_owned(), image_url)]),
@@ -43,7 +40,8 @@ fn schemas() -> Schemas {
 
 fn data_uri_input() -> Vec<u8> {
     let payload = "iVBORw0KGgo".repeat(1024 * 1024 / 11);
-    format!(r#"{{"input_concept": "A futuristic city at dusk", "image_url": "data:image/png;base64,{payload}"}}"#).into_bytes()
+    format!(r#"{{"input_concept": "A futuristic city at dusk", "image_url": "data:image/png;base64,{payload}"}}"#)
+        .into_bytes()
 }
 
 /// Prints the allocations of one validation, counted by the global allocator above.
@@ -74,12 +72,7 @@ fn validation(c: &mut Criterion) {
     );
     assert!(schemas.validate(ENDPOINT, None, &big, &limits).is_ok());
     report_allocations("seed example", &schemas, SEED_EXAMPLE.as_bytes(), &limits);
-    report_allocations(
-        "bad input (4 items)",
-        &schemas,
-        BAD_INPUT.as_bytes(),
-        &limits,
-    );
+    report_allocations("bad input (4 items)", &schemas, BAD_INPUT.as_bytes(), &limits);
     report_allocations("1 MiB data URI", &schemas, &big, &limits);
 
     let mut group = c.benchmark_group("validate");

@@ -12,6 +12,7 @@ use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, FalCredentials};
 use crate::ownership::Ownership;
 use crate::policy::Policy;
+use crate::schema::{CompileError, Schemas};
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 use crate::{layers, routes};
@@ -23,6 +24,7 @@ pub struct Gate {
     pub policy: Policy,
     pub upstream: Upstream,
     pub ownership: Ownership,
+    pub schemas: Schemas,
 }
 
 /// The two routers falgate serves.
@@ -40,6 +42,8 @@ pub enum BuildError {
     Client(#[from] reqwest::Error),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("schema {0}")]
+    Schema(#[from] CompileError),
 }
 
 /// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
@@ -52,6 +56,7 @@ pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildEr
         policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials)?,
         ownership: Ownership::new(config.ownership),
+        schemas: Schemas::compile(config.schema_sources.clone())?,
         config,
     };
     let cors = gate.config.cors.clone();

@@ -88,7 +88,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            load(config.as_deref())?;
+            let config = load(config.as_deref())?;
+            crate::schema::Schemas::compile(config.schema_sources)
+                .map_err(|err| Failure::Config(format!("invalid schema: {err}")))?;
             println!("configuration is valid");
             Ok(())
         }
@@ -105,7 +107,7 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     telemetry::init(config.log_format);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
-    let app = app::build(config, credentials).context("cannot start")?;
+    let app = app::build(config, credentials).map_err(|err| Failure::Config(err.to_string()))?;
     announce("falgate", &public, &admin)?;
     app::serve(public, admin, app, shutdown_signal())
         .await

@@ -21,6 +21,7 @@ pub use file::{LogFormat, Toggle};
 pub use secrets::FalCredentials;
 
 use crate::fal::EndpointId;
+use crate::schema::SchemaSource;
 
 /// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "config/falgate.toml";
@@ -47,6 +48,8 @@ pub struct Config {
     pub webhook_hosts: std::collections::BTreeSet<String>,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
+    /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
+    pub schema_sources: Vec<SchemaSource>,
 }
 
 /// Where fal is and how long to wait for it.
@@ -67,6 +70,8 @@ pub struct Upstream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub sync_run: bool,
+    /// Body cap for this endpoint, when it differs from `request.max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
 }
 
 /// A configuration that cannot be used, with a message naming the key.
@@ -80,7 +85,18 @@ impl Config {
         let path = resolve_path(path, sources);
         let text = std::fs::read_to_string(&path)
             .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
-        Self::from_toml(&text, sources).map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml_in(&text, sources, &base)
+            .map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
+    }
+
+    /// Like [`Config::from_toml`], with schema paths resolved against `base` (the config's folder).
+    pub fn from_toml_in(text: &str, sources: &dyn Sources, base: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::from_toml(text, sources)?;
+        for source in &mut config.schema_sources {
+            source.path = base.join(&source.path);
+        }
+        Ok(config)
     }
 
     /// Parses TOML text plus env overrides into a validated config. Pure: no file or network.
@@ -98,6 +114,7 @@ impl Config {
     }
 
     fn validate(raw: file::RawConfig, sources: &dyn Sources) -> Result<Self, ConfigError> {
+        let schema_sources = schema_sources(&raw.endpoints)?;
         let endpoints = endpoints(raw.endpoints)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
@@ -115,6 +132,7 @@ impl Config {
             cors: access::cors(raw.cors)?,
             ownership: access::ownership(&raw.ownership)?,
             endpoints,
+            schema_sources,
         })
     }
 }
@@ -176,12 +194,39 @@ fn endpoints(raw: BTreeMap<String, file::RawEndpoint>) -> Result<BTreeMap<Endpoi
         .map(|(id, endpoint)| {
             let parsed = EndpointId::parse(&id)
                 .map_err(|_| ConfigError(format!("`endpoints.\"{id}\"` is not an endpoint id like owner/alias")))?;
+            if endpoint.max_body_bytes == Some(0) {
+                return Err(ConfigError(format!(
+                    "`endpoints.\"{id}\".max_body_bytes` must be greater than zero"
+                )));
+            }
             Ok((
                 parsed,
                 EndpointPolicy {
                     sync_run: endpoint.sync_run,
+                    max_body_bytes: endpoint.max_body_bytes,
                 },
             ))
+        })
+        .collect()
+}
+
+/// Every allowed endpoint must name its schema: an endpoint without one would forward
+/// unchecked input, so the config is refused instead (fail closed).
+fn schema_sources(raw: &BTreeMap<String, file::RawEndpoint>) -> Result<Vec<SchemaSource>, ConfigError> {
+    raw.iter()
+        .map(|(id, endpoint)| {
+            let path = endpoint.schema.as_ref().ok_or_else(|| {
+                ConfigError(format!(
+                    "`endpoints.\"{id}\".schema` is required: every allowed endpoint names its input schema"
+                ))
+            })?;
+            Ok(SchemaSource {
+                endpoint: id.clone(),
+                path: path.into(),
+                unknown_fields: endpoint.unknown_fields,
+                overlay: endpoint.overlay.clone(),
+                tier_overlays: endpoint.tiers.clone(),
+            })
         })
         .collect()
 }

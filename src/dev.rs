@@ -15,8 +15,12 @@ use crate::config::{Config, FalCredentials};
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::{app, telemetry};
 
-/// The default config, embedded so `falgate dev` works from any directory.
+/// The default config and its schemas, embedded so `falgate dev` works from any directory.
 const DEFAULT_CONFIG: &str = include_str!("../config/falgate.toml");
+const DEFAULT_SCHEMAS: [(&str, &str); 1] = [(
+    "schemas/video-prompt-generator.json",
+    include_str!("../config/schemas/video-prompt-generator.json"),
+)];
 /// The key the gate sends to the emulator; no real fal key is involved.
 const EMULATOR_KEY: &str = "falgate-dev-emulator-key";
 /// How long the printed token is valid.
@@ -28,11 +32,14 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let emulator_url = format!("http://{}", emulator_listener.local_addr()?);
     let secret = hex::encode(rand::rng().random::<[u8; 32]>());
     let overrides = dev_overrides(listen, &emulator_url, &secret);
-    let text = match config_path {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-        None => DEFAULT_CONFIG.to_owned(),
+    let (text, base) = match config_path {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (DEFAULT_CONFIG.to_owned(), unpack_default_schemas()?),
     };
-    let config = Config::from_toml(&text, &overrides)?;
+    let config = Config::from_toml_in(&text, &overrides, &base)?;
     telemetry::init(config.log_format);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
@@ -54,6 +61,17 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     drop(stopped);
     emulator_task.await??;
     Ok(())
+}
+
+/// Writes the embedded schemas to a private temp folder and returns it as the config's base.
+fn unpack_default_schemas() -> anyhow::Result<std::path::PathBuf> {
+    let base = std::env::temp_dir().join(format!("falgate-dev-{}", std::process::id()));
+    for (name, text) in DEFAULT_SCHEMAS {
+        let path = base.join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&base))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(base)
 }
 
 fn dev_overrides(listen: SocketAddr, emulator_url: &str, secret: &str) -> HashMap<String, String> {

@@ -45,6 +45,8 @@ pub enum GateError {
     NotJson,
     #[error("the request body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error("the input does not match the endpoint's schema")]
+    Invalid(Vec<crate::schema::FieldError>),
     #[error("fal could not be reached")]
     UpstreamUnreachable(#[source] reqwest::Error),
     #[error("fal did not answer in time")]
@@ -73,6 +75,7 @@ impl GateError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Malformed(_) | Self::BadTarget(_) | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::EndpointNotAllowed(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
@@ -110,6 +113,7 @@ impl GateError {
             Self::UpstreamCredentials(_) => "upstream_credentials_rejected",
             Self::NotJson => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
+            Self::Invalid(_) => "validation_failed",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBadResponse(_) => "upstream_bad_response",
@@ -180,7 +184,24 @@ impl IntoResponse for GateError {
 
 /// Writes the contract's JSON error body for `error`, stamped with falgate's request id.
 pub fn render(error: &GateError, request_id: &str) -> serde_json::Value {
-    json!({ "code": error.code(), "message": error.message(), "request_id": request_id })
+    let mut body = json!({ "code": error.code(), "message": error.message(), "request_id": request_id });
+    // fal's own 422 shape, so `@fal-ai/client` raises a ValidationError with field errors.
+    if let GateError::Invalid(detail) = error {
+        body["detail"] = json!(detail);
+    }
+    body
+}
+
+impl From<crate::schema::Rejection> for GateError {
+    fn from(rejection: crate::schema::Rejection) -> Self {
+        use crate::schema::Rejection;
+        match rejection {
+            Rejection::Malformed(why) => Self::InvalidJson(why),
+            Rejection::TooLarge(limit) => Self::BodyTooLarge(limit),
+            Rejection::NoSchema(endpoint) => Self::Internal(format!("endpoint {endpoint} has no compiled schema")),
+            Rejection::Invalid(detail) => Self::Invalid(detail),
+        }
+    }
 }
 
 #[cfg(test)]

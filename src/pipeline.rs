@@ -1,5 +1,5 @@
 //! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → (read and check input) → check ownership → forward → record ownership → relay.
+//! authorize → read and validate input → check ownership → forward → record ownership → relay.
 //! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
 //! Each step returns a proof value or a [`GateError`]; none writes a response.
 
@@ -14,6 +14,8 @@ use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
 use crate::input;
+use crate::policy::Grant;
+use crate::schema::{self, Limits, ValidInput};
 use crate::telemetry::metrics;
 use crate::upstream::{self, relay};
 
@@ -29,7 +31,7 @@ pub async fn handle(
     let mut forwarded = upstream::forwarded_headers(headers)?;
     grant.cap_priority(&mut forwarded);
     let input = match call.has_body() {
-        true => Some(input::read_json(headers, body, gate.config.max_body_bytes, gate.config.body_timeout).await?),
+        true => Some(read_input(gate, &caller, &grant, headers, body).await?),
         false => None,
     };
     if let Some(input) = &input {
@@ -56,4 +58,34 @@ pub async fn handle(
         }
     }
     Ok(answer.into_response())
+}
+
+/// Reads the body and validates it against the endpoint's schema (or, for storage uploads, as a
+/// strict JSON object). The bytes that passed are the bytes forwarded.
+async fn read_input(
+    gate: &Gate,
+    caller: &Caller,
+    grant: &Grant<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ValidInput, GateError> {
+    let cap = grant
+        .endpoint
+        .as_ref()
+        .and_then(|entry| gate.config.endpoints.get(entry)?.max_body_bytes)
+        .unwrap_or(gate.config.max_body_bytes);
+    let bytes = input::read_body(headers, body, cap, gate.config.body_timeout).await?;
+    let limits = Limits {
+        max_body_bytes: cap,
+        ..Limits::default()
+    };
+    match &grant.endpoint {
+        Some(entry) => Ok(gate
+            .schemas
+            .validate(entry.as_str(), Some(&caller.tier), &bytes, &limits)?),
+        None => Ok(ValidInput {
+            value: schema::parse_object(&bytes, &limits)?,
+            bytes,
+        }),
+    }
 }

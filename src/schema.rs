@@ -182,12 +182,8 @@ impl Schemas {
             .endpoints
             .get(endpoint)
             .ok_or_else(|| Rejection::NoSchema(endpoint.to_owned()))?;
-        let variant = tier
-            .and_then(|tier| compiled.tiers.get(tier))
-            .unwrap_or(&compiled.base);
-        let value = Value::Object(
-            strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?,
-        );
+        let variant = tier.and_then(|tier| compiled.tiers.get(tier)).unwrap_or(&compiled.base);
+        let value = Value::Object(strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?);
         let failures = variant.check(&value);
         if failures.is_empty() {
             Ok(ValidInput {
@@ -200,6 +196,17 @@ impl Schemas {
     }
 }
 
+/// Strict-parses a body that has no endpoint schema (storage initiate): one JSON object, no
+/// duplicate keys, within the limits.
+pub fn parse_object(body: &[u8], limits: &Limits) -> Result<Value, Rejection> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Rejection::TooLarge(limits.max_body_bytes));
+    }
+    strict::parse_object(body, limits.max_depth)
+        .map(Value::Object)
+        .map_err(Rejection::Malformed)
+}
+
 impl Endpoint {
     fn compile(source: &SchemaSource) -> Result<Self, CompileError> {
         let mut schema = source::load(&source.path, &source.endpoint)?;
@@ -209,10 +216,7 @@ impl Endpoint {
             reason,
         };
         let Value::Object(root) = &mut schema else {
-            return Err(fail((
-                String::new(),
-                "the input schema must be a JSON object".into(),
-            )));
+            return Err(fail((String::new(), "the input schema must be a JSON object".into())));
         };
         match source.unknown_fields {
             UnknownFields::Refuse => root.insert("additionalProperties".into(), Value::Bool(false)),
@@ -229,10 +233,7 @@ impl Endpoint {
             let (mut tier_schema, mut tier_urls) = (schema.clone(), urls.clone());
             overlay::apply(&mut tier_schema, &mut tier_urls, overlay)
                 .map_err(|(at, why)| fail((at, format!("tier `{tier}` overlay: {why}"))))?;
-            tiers.insert(
-                tier.clone(),
-                Variant::build(&tier_schema, tier_urls).map_err(fail)?,
-            );
+            tiers.insert(tier.clone(), Variant::build(&tier_schema, tier_urls).map_err(fail)?);
         }
         Ok(Self { base, tiers })
     }

@@ -253,6 +253,17 @@ pub(crate) struct RawEndpoint {
     /// Whether `fal.run` synchronous calls are allowed for this endpoint.
     #[serde(default)]
     pub(crate) sync_run: bool,
+    /// The input schema: a JSON Schema file or fal's OpenAPI document, relative to the config file.
+    pub(crate) schema: Option<String>,
+    #[serde(default)]
+    pub(crate) unknown_fields: crate::schema::UnknownFields,
+    /// Body cap for this endpoint, instead of `request.max_body_bytes`.
+    pub(crate) max_body_bytes: Option<usize>,
+    /// The operator's overlay on the schema, for every tier.
+    pub(crate) overlay: Option<crate::schema::Overlay>,
+    /// Further overlays per tier.
+    #[serde(default)]
+    pub(crate) tiers: BTreeMap<String, crate::schema::Overlay>,
 }
 
 /// An exclusive allow/deny choice.

@@ -82,3 +82,18 @@ fn missing_file_is_a_clear_error() {
     let err = Config::load(Some(Path::new("/nonexistent/falgate.toml")), &with_secret()).unwrap_err();
     assert!(err.0.contains("/nonexistent/falgate.toml"), "{err}");
 }
+
+#[test]
+fn shipped_default_config_schemas_compile_relative_to_the_config_folder() {
+    let text = include_str!("../../config/falgate.toml");
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let config = Config::from_toml_in(text, &with_secret(), &base).unwrap();
+    let schemas = crate::schema::Schemas::compile(config.schema_sources).unwrap();
+    assert!(schemas.has("fal-ai/video-prompt-generator"));
+}
+
+#[test]
+fn an_endpoint_without_a_schema_is_refused() {
+    let err = Config::from_toml("[endpoints.\"a/b\"]\nsync_run = true\n", &with_secret()).unwrap_err();
+    assert!(err.0.contains("endpoints.\"a/b\".schema"), "{err}");
+}

@@ -10,7 +10,9 @@ use crate::fal::{parse_queue_path, FalRequestId};
 const CONFIG: &str = r#"
 [endpoints."fal-ai/video-prompt-generator"]
 sync_run = true
+schema = "schemas/video-prompt-generator.json"
 [endpoints."fal-ai/flux"]
+schema = "flux.json"
 [webhooks]
 allowed_hosts = ["hooks.example.com"]
 [tiers.free]

@@ -9,11 +9,7 @@ use serde_json::{json, Value};
 use super::FieldError;
 
 /// The fal items for one `jsonschema` error on `root` (the whole input), appended to `out`.
-pub(super) fn push_field_errors(
-    root: &Value,
-    error: &ValidationError<'_>,
-    out: &mut Vec<FieldError>,
-) {
+pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: &mut Vec<FieldError>) {
     let loc = loc_of(root, error);
     let item = |loc: Vec<Value>, msg: String, kind: &str, ctx: Option<Value>| FieldError {
         loc,
@@ -26,12 +22,7 @@ pub(super) fn push_field_errors(
         ValidationErrorKind::Required { property } => {
             let mut loc = loc;
             loc.push(property.clone());
-            out.push(item(
-                loc,
-                "field required".into(),
-                "value_error.missing",
-                None,
-            ));
+            out.push(item(loc, "field required".into(), "value_error.missing", None));
         }
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
@@ -76,39 +67,19 @@ pub(super) fn push_field_errors(
         }
         ValidationErrorKind::MaxLength { limit: max } => {
             let msg = format!("ensure this value has at most {max} characters");
-            out.push(item(
-                loc,
-                msg,
-                "value_error.any_str.max_length",
-                limit(json!(max)),
-            ));
+            out.push(item(loc, msg, "value_error.any_str.max_length", limit(json!(max))));
         }
         ValidationErrorKind::MinLength { limit: min } => {
             let msg = format!("ensure this value has at least {min} characters");
-            out.push(item(
-                loc,
-                msg,
-                "value_error.any_str.min_length",
-                limit(json!(min)),
-            ));
+            out.push(item(loc, msg, "value_error.any_str.min_length", limit(json!(min))));
         }
         ValidationErrorKind::Maximum { limit: max } => {
             let msg = format!("ensure this value is less than or equal to {max}");
-            out.push(item(
-                loc,
-                msg,
-                "value_error.number.not_le",
-                limit(max.clone()),
-            ));
+            out.push(item(loc, msg, "value_error.number.not_le", limit(max.clone())));
         }
         ValidationErrorKind::Minimum { limit: min } => {
             let msg = format!("ensure this value is greater than or equal to {min}");
-            out.push(item(
-                loc,
-                msg,
-                "value_error.number.not_ge",
-                limit(min.clone()),
-            ));
+            out.push(item(loc, msg, "value_error.number.not_ge", limit(min.clone())));
         }
         ValidationErrorKind::ExclusiveMaximum { limit: max } => {
             out.push(item(
@@ -166,10 +137,7 @@ pub(super) fn push_field_errors(
 /// pydantic-v1's message and type for a value of the wrong JSON type.
 fn type_error(instance: &Value, expected: &TypeKind) -> (&'static str, &'static str) {
     if instance.is_null() {
-        return (
-            "none is not an allowed value",
-            "type_error.none.not_allowed",
-        );
+        return ("none is not an allowed value", "type_error.none.not_allowed");
     }
     let wanted = match expected {
         TypeKind::Single(kind) => Some(*kind),

@@ -63,10 +63,7 @@ pub(super) fn apply(
             )
         })?;
         tighten(field, rules).map_err(|(at, why)| (format!("{pointer}{at}"), why))?;
-        if rules.schemes.is_some()
-            || rules.data_uri_max_bytes.is_some()
-            || rules.data_uri_types.is_some()
-        {
+        if rules.schemes.is_some() || rules.data_uri_max_bytes.is_some() || rules.data_uri_types.is_some() {
             let rule = urls.entry(name.clone()).or_default();
             merge_url_rule(rule, rules).map_err(|why| (pointer.clone(), why))?;
         }
@@ -84,10 +81,7 @@ fn tighten(field: &mut Value, rules: &FieldOverlay) -> Result<(), OverlayError> 
         return Err((String::new(), "the field's schema is not an object".into()));
     };
     if let Some(limit) = rules.max_length {
-        let current = map
-            .get("maxLength")
-            .and_then(Value::as_u64)
-            .unwrap_or(u64::MAX);
+        let current = map.get("maxLength").and_then(Value::as_u64).unwrap_or(u64::MAX);
         map.insert("maxLength".into(), json!(limit.min(current)));
     }
     if let Some(allowed) = &rules.allowed {
@@ -147,31 +141,17 @@ fn merge_url_rule(rule: &mut UrlRule, rules: &FieldOverlay) -> Result<(), String
         rule.schemes = Some(narrow_list(rule.schemes.as_deref(), schemes, "scheme")?);
     }
     if let Some(limit) = rules.data_uri_max_bytes {
-        rule.data_uri_max_bytes = Some(
-            rule.data_uri_max_bytes
-                .map_or(limit, |current| current.min(limit)),
-        );
+        rule.data_uri_max_bytes = Some(rule.data_uri_max_bytes.map_or(limit, |current| current.min(limit)));
     }
     if let Some(types) = &rules.data_uri_types {
-        rule.data_uri_types = Some(narrow_list(
-            rule.data_uri_types.as_deref(),
-            types,
-            "data URI type",
-        )?);
+        rule.data_uri_types = Some(narrow_list(rule.data_uri_types.as_deref(), types, "data URI type")?);
     }
     Ok(())
 }
 
 /// `wanted` in lower case, provided each entry is matched by `current` (when there is one).
-fn narrow_list(
-    current: Option<&[String]>,
-    wanted: &[String],
-    what: &str,
-) -> Result<Vec<String>, String> {
-    let wanted: Vec<String> = wanted
-        .iter()
-        .map(|value| value.to_ascii_lowercase())
-        .collect();
+fn narrow_list(current: Option<&[String]>, wanted: &[String], what: &str) -> Result<Vec<String>, String> {
+    let wanted: Vec<String> = wanted.iter().map(|value| value.to_ascii_lowercase()).collect();
     if let Some(current) = current {
         if let Some(extra) = wanted
             .iter()

@@ -39,10 +39,7 @@ pub(super) fn load(path: &Path, endpoint: &str) -> Result<Value, CompileError> {
         let mut schema = inline(&doc, root, &pointer, 0).map_err(fail)?;
         upgrade_openapi_30(&mut schema);
         if let Value::Object(map) = &mut schema {
-            map.insert(
-                "$schema".into(),
-                "https://json-schema.org/draft/2020-12/schema".into(),
-            );
+            map.insert("$schema".into(), "https://json-schema.org/draft/2020-12/schema".into());
         }
         Ok(schema)
     } else {
@@ -63,12 +60,7 @@ fn request_body_pointer(endpoint: &str) -> String {
 }
 
 /// A copy of `node` (found at `pointer` in `doc`) with every local `$ref` replaced by its target.
-fn inline(
-    doc: &Value,
-    node: &Value,
-    pointer: &str,
-    depth: usize,
-) -> Result<Value, (String, String)> {
+fn inline(doc: &Value, node: &Value, pointer: &str, depth: usize) -> Result<Value, (String, String)> {
     match node {
         Value::Object(map) => match map.get("$ref") {
             Some(Value::String(reference)) => inline_ref(doc, map, reference, pointer, depth),
@@ -107,10 +99,7 @@ fn inline_ref(
         ));
     };
     if !(target_pointer.is_empty() || target_pointer.starts_with('/')) {
-        return Err((
-            here,
-            format!("`{reference}` is not a JSON pointer reference"),
-        ));
+        return Err((here, format!("`{reference}` is not a JSON pointer reference")));
     }
     if depth >= MAX_REF_DEPTH {
         return Err((
@@ -118,12 +107,9 @@ fn inline_ref(
             format!("`{reference}` is recursive; falgate needs a finite input schema"),
         ));
     }
-    let target = doc.pointer(target_pointer).ok_or_else(|| {
-        (
-            here.clone(),
-            format!("`{reference}` points at nothing in this file"),
-        )
-    })?;
+    let target = doc
+        .pointer(target_pointer)
+        .ok_or_else(|| (here.clone(), format!("`{reference}` points at nothing in this file")))?;
     let resolved = inline(doc, target, target_pointer, depth + 1)?;
     if map.len() == 1 {
         return Ok(resolved);
@@ -151,10 +137,7 @@ fn upgrade_openapi_30(node: &mut Value) {
                     values.push(Value::Null);
                 }
             }
-            for (exclusive, bound) in [
-                ("exclusiveMaximum", "maximum"),
-                ("exclusiveMinimum", "minimum"),
-            ] {
+            for (exclusive, bound) in [("exclusiveMaximum", "maximum"), ("exclusiveMinimum", "minimum")] {
                 if let Some(Value::Bool(flag)) = map.get(exclusive).cloned() {
                     map.remove(exclusive);
                     if let Some(limit) = map.get(bound).cloned().filter(|_| flag) {

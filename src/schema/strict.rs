@@ -21,12 +21,10 @@ pub(super) fn parse_object(body: &[u8], max_depth: usize) -> Result<Map<String, 
         return Err("the body is empty; send a JSON object".into());
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = StrictValue {
-        depth_left: max_depth,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|value| deserializer.end().map(|()| value))
-    .map_err(|err| err.to_string())?;
+    let value = StrictValue { depth_left: max_depth }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|err| err.to_string())?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err("the body must be a JSON object".into()),

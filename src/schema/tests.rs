@@ -11,9 +11,7 @@ pub(super) const VPG: &str = "fal-ai/video-prompt-generator";
 
 /// A shipped schema file, by name.
 pub(super) fn shipped(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("config/schemas")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas").join(name)
 }
 
 /// The seed endpoint's settings: the plain JSON Schema, unknown fields refused, no overlays.
@@ -32,11 +30,7 @@ pub(super) fn compile(source: SchemaSource) -> Schemas {
 }
 
 /// Validates `body` for the seed endpoint as `tier`.
-pub(super) fn check(
-    schemas: &Schemas,
-    tier: Option<&str>,
-    body: &Value,
-) -> Result<ValidInput, Rejection> {
+pub(super) fn check(schemas: &Schemas, tier: Option<&str>, body: &Value) -> Result<ValidInput, Rejection> {
     schemas.validate(VPG, tier, body.to_string().as_bytes(), &Limits::default())
 }
 
@@ -50,30 +44,20 @@ pub(super) fn field_errors(schemas: &Schemas, tier: Option<&str>, body: &Value) 
 
 /// A schema file written for one test; `name` keeps parallel tests apart.
 pub(super) fn temp_schema(name: &str, contents: &Value) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "falgate-schema-{name}-{}.json",
-        uuid::Uuid::new_v4()
-    ));
+    let path = std::env::temp_dir().join(format!("falgate-schema-{name}-{}.json", uuid::Uuid::new_v4()));
     std::fs::write(&path, contents.to_string()).expect("temp dir is writable");
     path
 }
 
 /// A source for `path` on the seed endpoint, with unknown fields refused.
 pub(super) fn source_at(path: PathBuf) -> SchemaSource {
-    SchemaSource {
-        path,
-        ..seed_source()
-    }
+    SchemaSource { path, ..seed_source() }
 }
 
 fn enum_fields() -> Vec<(String, Vec<Value>)> {
-    let text =
-        std::fs::read_to_string(shipped("video-prompt-generator.json")).expect("shipped schema");
+    let text = std::fs::read_to_string(shipped("video-prompt-generator.json")).expect("shipped schema");
     let schema: Value = serde_json::from_str(&text).expect("shipped schema is JSON");
-    let properties = schema["properties"]
-        .as_object()
-        .expect("properties")
-        .clone();
+    let properties = schema["properties"].as_object().expect("properties").clone();
     properties
         .into_iter()
         .filter_map(|(name, field)| Some((name, field.get("enum")?.as_array()?.clone())))
@@ -92,12 +76,7 @@ fn seed_example_input_is_valid_and_forwarded_byte_for_byte() {
 
 #[test]
 fn defaults_are_not_injected_into_the_forwarded_input() {
-    let input = check(
-        &compile(seed_source()),
-        None,
-        &json!({ "input_concept": "x" }),
-    )
-    .expect("valid");
+    let input = check(&compile(seed_source()), None, &json!({ "input_concept": "x" })).expect("valid");
     assert_eq!(input.value, json!({ "input_concept": "x" }));
     assert_eq!(&input.bytes[..], br#"{"input_concept":"x"}"#);
 }
@@ -117,14 +96,9 @@ fn shipped_schema_has_every_seed_enum_with_its_count_and_default() {
         ("special_effects", 21),
         ("style", 10),
     ];
-    assert_eq!(
-        counts,
-        expected.iter().map(|(n, c)| (n.to_string(), *c)).collect()
-    );
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(shipped("video-prompt-generator.json")).unwrap(),
-    )
-    .unwrap();
+    assert_eq!(counts, expected.iter().map(|(n, c)| (n.to_string(), *c)).collect());
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped("video-prompt-generator.json")).unwrap()).unwrap();
     let defaults = [
         "style",
         "camera_style",
@@ -157,17 +131,10 @@ fn shipped_schema_has_every_seed_enum_with_its_count_and_default() {
 fn every_enum_field_refuses_a_wrong_value_naming_the_permitted_values() {
     let schemas = compile(seed_source());
     for (field, values) in enum_fields() {
-        let errors = field_errors(
-            &schemas,
-            None,
-            &json!({ "input_concept": "x", field.clone(): "Nope" }),
-        );
+        let errors = field_errors(&schemas, None, &json!({ "input_concept": "x", field.clone(): "Nope" }));
         assert_eq!(errors.len(), 1, "{field}: {errors:?}");
         let error = &errors[0];
-        assert_eq!(
-            error.loc,
-            json!(["body", field]).as_array().unwrap().clone()
-        );
+        assert_eq!(error.loc, json!(["body", field]).as_array().unwrap().clone());
         assert_eq!(error.kind, "type_error.enum");
         assert_eq!(error.ctx, Some(json!({ "enum_values": values })));
         let first = values[0].as_str().unwrap();
@@ -202,21 +169,14 @@ fn every_failing_field_is_reported_in_schema_order() {
 
 #[test]
 fn detail_items_serialise_in_fals_422_shape() {
-    let errors = field_errors(
-        &compile(seed_source()),
-        None,
-        &json!({ "prompt_length": "Huge" }),
-    );
+    let errors = field_errors(&compile(seed_source()), None, &json!({ "prompt_length": "Huge" }));
     let detail = serde_json::to_value(&errors).unwrap();
     assert_eq!(
         detail[0],
         json!({ "loc": ["body", "input_concept"], "msg": "field required", "type": "value_error.missing" })
     );
     assert_eq!(detail[1]["loc"], json!(["body", "prompt_length"]));
-    assert_eq!(
-        detail[1]["ctx"]["enum_values"],
-        json!(["Short", "Medium", "Long"])
-    );
+    assert_eq!(detail[1]["ctx"]["enum_values"], json!(["Short", "Medium", "Long"]));
 }
 
 #[test]
@@ -233,11 +193,7 @@ fn openapi_document_and_json_schema_compile_to_equivalent_validators() {
     ];
     for input in inputs {
         let (a, b) = (check(&plain, None, &input), check(&openapi, None, &input));
-        assert_eq!(
-            a.as_ref().map(|v| &v.value),
-            b.as_ref().map(|v| &v.value),
-            "{input}"
-        );
+        assert_eq!(a.as_ref().map(|v| &v.value), b.as_ref().map(|v| &v.value), "{input}");
         assert!(
             a.is_ok() || a.as_ref().err() == b.as_ref().err(),
             "{input}: {a:?} vs {b:?}"
@@ -257,8 +213,7 @@ fn unknown_fields_pass_untouched_when_the_endpoint_allows_them() {
         unknown_fields: UnknownFields::Allow,
         ..seed_source()
     });
-    let input =
-        check(&schemas, None, &json!({ "input_concept": "x", "seed": 42 })).expect("allowed");
+    let input = check(&schemas, None, &json!({ "input_concept": "x", "seed": 42 })).expect("allowed");
     assert_eq!(input.value["seed"], 42);
     assert_eq!(&input.bytes[..], br#"{"input_concept":"x","seed":42}"#);
 }

@@ -20,10 +20,7 @@ fn compile_error_names_the_file_and_json_pointer_of_a_bad_keyword() {
 
 #[test]
 fn compile_error_names_the_file_line_and_column_of_broken_json() {
-    let path = std::env::temp_dir().join(format!(
-        "falgate-schema-broken-{}.json",
-        uuid::Uuid::new_v4()
-    ));
+    let path = std::env::temp_dir().join(format!("falgate-schema-broken-{}.json", uuid::Uuid::new_v4()));
     std::fs::write(&path, "{\n  \"type\": \"object\",\n}").unwrap();
     let shown = Schemas::compile(vec![source_at(path.clone())])
         .expect_err("broken")
@@ -36,8 +33,7 @@ fn compile_error_names_the_file_line_and_column_of_broken_json() {
 
 #[test]
 fn compile_refuses_a_missing_file_and_a_second_entry_for_one_endpoint() {
-    let missing =
-        Schemas::compile(vec![source_at("/nonexistent/schema.json".into())]).expect_err("missing");
+    let missing = Schemas::compile(vec![source_at("/nonexistent/schema.json".into())]).expect_err("missing");
     assert!(matches!(missing, CompileError::Read { .. }), "{missing}");
     let twice = Schemas::compile(vec![seed_source(), seed_source()]).expect_err("duplicate");
     assert!(
@@ -66,13 +62,8 @@ fn openapi_document_without_the_endpoint_is_a_compile_error_at_the_missing_point
         endpoint: "fal-ai/other".into(),
         ..source_at(shipped("video-prompt-generator.openapi.json"))
     };
-    let shown = Schemas::compile(vec![source])
-        .expect_err("no such path")
-        .to_string();
-    assert!(
-        shown.contains("#/paths/~1fal-ai~1other/post/requestBody"),
-        "{shown}"
-    );
+    let shown = Schemas::compile(vec![source]).expect_err("no such path").to_string();
+    assert!(shown.contains("#/paths/~1fal-ai~1other/post/requestBody"), "{shown}");
 }
 
 #[test]

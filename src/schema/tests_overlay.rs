@@ -13,10 +13,7 @@ fn field(rules: FieldOverlay, name: &str) -> Overlay {
 
 fn free_tier_models() -> SchemaSource {
     let narrow = FieldOverlay {
-        allowed: Some(vec![
-            "google/gemini-flash-1.5".into(),
-            "openai/gpt-4o-mini".into(),
-        ]),
+        allowed: Some(vec!["google/gemini-flash-1.5".into(), "openai/gpt-4o-mini".into()]),
         ..FieldOverlay::default()
     };
     SchemaSource {
@@ -31,7 +28,10 @@ fn free_tier_overlay_narrows_model_and_names_only_its_values() {
     let body = json!({ "input_concept": "x", "model": "openai/gpt-4o" });
     let errors = field_errors(&schemas, Some("free"), &body);
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].msg, "value is not a valid enumeration member; permitted: 'google/gemini-flash-1.5', 'openai/gpt-4o-mini'");
+    assert_eq!(
+        errors[0].msg,
+        "value is not a valid enumeration member; permitted: 'google/gemini-flash-1.5', 'openai/gpt-4o-mini'"
+    );
     assert!(check(&schemas, Some("pro"), &body).is_ok());
     assert!(check(&schemas, None, &body).is_ok());
     assert!(check(
@@ -44,7 +44,9 @@ fn free_tier_overlay_narrows_model_and_names_only_its_values() {
 
 #[test]
 fn overlay_parses_from_toml_and_refuses_unknown_keys() {
-    let overlay: Overlay = toml::from_str("[fields.model]\nallowed = [\"openai/gpt-4o-mini\"]\n[fields.input_concept]\nmax_length = 10\n").unwrap();
+    let overlay: Overlay =
+        toml::from_str("[fields.model]\nallowed = [\"openai/gpt-4o-mini\"]\n[fields.input_concept]\nmax_length = 10\n")
+            .unwrap();
     assert_eq!(overlay.fields["input_concept"].max_length, Some(10));
     assert!(toml::from_str::<Overlay>("[fields.model]\nallow = [\"x\"]\n").is_err());
     let unknown: UnknownFields = serde_json::from_value(json!("allow")).unwrap();
@@ -68,11 +70,7 @@ fn operator_overlay_caps_text_lengths() {
         None,
         &json!({ "input_concept": "abcdef", "custom_elements": "ééééé" }),
     );
-    assert_eq!(
-        errors.len(),
-        1,
-        "characters, not bytes, are counted: {errors:?}"
-    );
+    assert_eq!(errors.len(), 1, "characters, not bytes, are counted: {errors:?}");
     assert_eq!(errors[0].loc, [json!("body"), json!("input_concept")]);
     assert_eq!(errors[0].kind, "value_error.any_str.max_length");
     assert_eq!(errors[0].msg, "ensure this value has at most 5 characters");
@@ -108,12 +106,7 @@ fn tier_overlay_applies_on_top_of_the_operator_overlay() {
         Some(json!({ "limit_value": 3 }))
     );
     assert_eq!(
-        field_errors(
-            &schemas,
-            Some("free"),
-            &json!({ "input_concept": "x".repeat(101) })
-        )[0]
-        .ctx,
+        field_errors(&schemas, Some("free"), &json!({ "input_concept": "x".repeat(101) }))[0].ctx,
         Some(json!({ "limit_value": 3 }))
     );
 }
@@ -128,9 +121,7 @@ fn overlay_cannot_allow_a_value_the_schema_refuses() {
         tier_overlays: BTreeMap::from([("free".into(), field(widen, "model"))]),
         ..seed_source()
     };
-    let shown = Schemas::compile(vec![source])
-        .expect_err("widening")
-        .to_string();
+    let shown = Schemas::compile(vec![source]).expect_err("widening").to_string();
     assert!(
         shown.contains("video-prompt-generator.json#/properties/model/enum"),
         "{shown}"
@@ -171,9 +162,7 @@ fn overlay_naming_a_field_the_schema_lacks_is_a_compile_error() {
         overlay: Some(field(FieldOverlay::default(), "promt")),
         ..seed_source()
     };
-    let shown = Schemas::compile(vec![source])
-        .expect_err("typo")
-        .to_string();
+    let shown = Schemas::compile(vec![source]).expect_err("typo").to_string();
     assert!(
         shown.contains("#/properties/promt") && shown.contains("operator overlay"),
         "{shown}"
@@ -247,12 +236,7 @@ fn schemes_rule_refuses_plain_http_and_accepts_https() {
     )
     .is_ok());
     assert!(
-        check(
-            &schemas,
-            None,
-            &json!({ "input_concept": "x", "image_url": null })
-        )
-        .is_ok(),
+        check(&schemas, None, &json!({ "input_concept": "x", "image_url": null })).is_ok(),
         "null is the field's default"
     );
 }

@@ -13,19 +13,14 @@ static SCHEMAS: LazyLock<Schemas> = LazyLock::new(|| compile(seed_source()));
 
 /// Every field of the shipped schema with its enum values (empty for free text).
 static FIELDS: LazyLock<Vec<(String, Vec<String>)>> = LazyLock::new(|| {
-    let text =
-        std::fs::read_to_string(shipped("video-prompt-generator.json")).expect("shipped schema");
+    let text = std::fs::read_to_string(shipped("video-prompt-generator.json")).expect("shipped schema");
     let schema: Value = serde_json::from_str(&text).expect("JSON");
     let properties = schema["properties"].as_object().expect("properties");
     properties
         .iter()
         .map(|(name, field)| {
             let values = field["enum"].as_array().map_or_else(Vec::new, |values| {
-                values
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
+                values.iter().filter_map(Value::as_str).map(str::to_owned).collect()
             });
             (name.clone(), values)
         })
@@ -35,10 +30,7 @@ static FIELDS: LazyLock<Vec<(String, Vec<String>)>> = LazyLock::new(|| {
 /// One optional value per field: an enum member, free text, or (for `image_url`) null.
 fn field_value(name: &str, values: &[String]) -> BoxedStrategy<Option<Value>> {
     if !values.is_empty() {
-        return proptest::option::of(
-            proptest::sample::select(values.to_vec()).prop_map(Value::String),
-        )
-        .boxed();
+        return proptest::option::of(proptest::sample::select(values.to_vec()).prop_map(Value::String)).boxed();
     }
     let text = any::<String>().prop_map(Value::String);
     match name {
@@ -63,9 +55,7 @@ fn valid_input() -> impl Strategy<Value = Map<String, Value>> {
 
 /// Breaks `field` in `input` in way number `how` (0..3); every break is invalid for every field.
 fn corrupt(input: &mut Map<String, Value>, field: &str, how: usize) {
-    let is_enum = FIELDS
-        .iter()
-        .any(|(name, values)| name == field && !values.is_empty());
+    let is_enum = FIELDS.iter().any(|(name, values)| name == field && !values.is_empty());
     let broken = match (field, how) {
         ("input_concept", 0) => {
             input.remove(field);

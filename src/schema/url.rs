@@ -46,9 +46,7 @@ pub(super) fn check(rule: &UrlRule, value: &str, loc: &[Value]) -> Option<FieldE
 fn scheme_of(value: &str) -> Option<String> {
     let (scheme, _) = value.split_once(':')?;
     let mut chars = scheme.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic())
+    let valid = chars.next().is_some_and(|first| first.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     valid.then(|| scheme.to_ascii_lowercase())
 }
@@ -67,20 +65,12 @@ fn check_data_uri(
         ));
     };
     let mut params = header.split(';');
-    let media_type = match params
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-    {
+    let media_type = match params.next().unwrap_or_default().trim().to_ascii_lowercase() {
         empty if empty.is_empty() => "text/plain".to_owned(),
         media_type => media_type,
     };
     if let Some(types) = &rule.data_uri_types {
-        if !types
-            .iter()
-            .any(|allowed| media_matches(allowed, &media_type))
-        {
+        if !types.iter().any(|allowed| media_matches(allowed, &media_type)) {
             let permitted: Vec<String> = types.iter().map(|t| format!("'{t}'")).collect();
             let msg = format!(
                 "data URI media type '{media_type}' is not permitted; permitted: {}",
@@ -111,12 +101,7 @@ fn decoded_len(data: &str, base64: bool) -> usize {
         // Percent-escapes shrink when decoded, so the raw length is an upper bound.
         return data.len();
     }
-    let padding = data
-        .bytes()
-        .rev()
-        .take(2)
-        .take_while(|&b| b == b'=')
-        .count();
+    let padding = data.bytes().rev().take(2).take_while(|&b| b == b'=').count();
     (data.len() / 4 * 3 + (data.len() % 4).saturating_sub(1)).saturating_sub(padding)
 }
 

@@ -18,10 +18,7 @@ pub(super) struct Variant {
 }
 
 impl Variant {
-    pub(super) fn build(
-        schema: &Value,
-        urls: BTreeMap<String, UrlRule>,
-    ) -> Result<Self, (String, String)> {
+    pub(super) fn build(schema: &Value, urls: BTreeMap<String, UrlRule>) -> Result<Self, (String, String)> {
         let validator = jsonschema::options()
             .offline()
             // fal's pydantic does not enforce `format`, so neither do we: a `uri` format would
@@ -30,11 +27,7 @@ impl Variant {
             .build(schema)
             .map_err(|err| (err.instance_path().to_string(), err.to_string()))?;
         let order = field_order(schema);
-        Ok(Self {
-            validator,
-            order,
-            urls,
-        })
+        Ok(Self { validator, order, urls })
     }
 
     /// Every failure of `value`: the schema's, then the URL rules', sorted by field order.
@@ -102,13 +95,7 @@ fn field_order(schema: &Value) -> Vec<String> {
         schema
             .get(key)
             .and_then(Value::as_array)
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default()
     };
     let mut order = names("x-fal-order-properties");

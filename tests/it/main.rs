@@ -8,4 +8,5 @@ mod errors;
 mod identity;
 mod jwks;
 mod relay;
+mod schema;
 mod target;

@@ -28,8 +28,11 @@ max_body_bytes = 4096
 uploads = "allow"
 [endpoints."fal-ai/video-prompt-generator"]
 sync_run = true
+schema = "config/schemas/video-prompt-generator.json"
 [endpoints."fal-ai/echo"]
 sync_run = false
+schema = "tests/fixtures/schemas/any-object.json"
+unknown_fields = "allow"
 "#;
 
 pub(crate) struct TestGate {
