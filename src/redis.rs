@@ -62,6 +62,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("redis call failed: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("the redis connection must be set up inside a tokio runtime")]
+    NoRuntime,
     #[error("redis answered with an unexpected shape: {0}")]
     Protocol(String),
 }
@@ -76,8 +78,10 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Prepares the connection without waiting for Redis: falgate starts even while Redis is
-    /// down and connects on first use. Fails only on a malformed URL.
+    /// down and connects on first use. Fails on a malformed URL, or outside a tokio runtime.
     pub fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        // The connection manager spawns its driver task, which panics without a runtime.
+        tokio::runtime::Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
         let client = redis::Client::open(config.url.as_str()).map_err(StoreError::BadUrl)?;
         let timeout = Duration::from_millis(config.timeout_ms.max(1));
         let manager_config = ConnectionManagerConfig::new()

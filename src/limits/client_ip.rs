@@ -16,7 +16,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         return peer_ip;
     }
     let hops = match headers.contains_key("x-forwarded-for") {
-        true => list(headers, "x-forwarded-for", |item| Some(item)),
+        true => list(headers, "x-forwarded-for", Some),
         false => list(headers, "forwarded", forwarded_for),
     };
     let mut client = peer_ip;
@@ -32,7 +32,11 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 }
 
 /// Every comma-separated element of every `name` header, in order, mapped by `pick`.
-fn list<'a>(headers: &'a HeaderMap, name: &str, pick: fn(&'a str) -> Option<&'a str>) -> Vec<&'a str> {
+fn list<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+    pick: fn(&'a str) -> Option<&'a str>,
+) -> Vec<&'a str> {
     headers
         .get_all(name)
         .iter()
@@ -104,14 +108,20 @@ mod tests {
     #[test]
     fn d54_behind_the_trusted_balancer_prepended_hops_are_ignored() {
         let peer: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let map = headers(&[("x-forwarded-for", "6.6.6.6, 7.7.7.7"), ("x-forwarded-for", "198.51.100.7, 10.0.0.3")]);
+        let map = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 7.7.7.7"),
+            ("x-forwarded-for", "198.51.100.7, 10.0.0.3"),
+        ]);
         assert_eq!(client_ip(peer, &map, &lb()).to_string(), "198.51.100.7");
     }
 
     #[test]
     fn forwarded_for_is_read_with_ports_and_ipv6_brackets() {
         let peer: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let map = headers(&[("forwarded", r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#)]);
+        let map = headers(&[(
+            "forwarded",
+            r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#,
+        )]);
         assert_eq!(client_ip(peer, &map, &lb()).to_string(), "2001:db8::1");
     }
 

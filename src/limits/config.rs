@@ -140,7 +140,9 @@ impl LimitsConfig {
     pub fn validate(&self) -> Result<(), LimitsConfigError> {
         if !self.tiers.contains_key(&self.default_tier) {
             let tier = &self.default_tier;
-            return Err(LimitsConfigError(format!("default_tier `{tier}` is not in [limits.tiers]")));
+            return Err(LimitsConfigError(format!(
+                "default_tier `{tier}` is not in [limits.tiers]"
+            )));
         }
         let tier_rates = self.tiers.iter().flat_map(|(name, tier)| {
             [&tier.submit, &tier.poll, &tier.cancel, &tier.upload]
@@ -152,10 +154,16 @@ impl LimitsConfig {
             .endpoint_rates
             .iter()
             .map(|(name, rate)| (name.as_str(), rate))
-            .chain(self.unauthenticated_ip_rate.iter().map(|rate| ("unauthenticated_ip_rate", rate)));
+            .chain(
+                self.unauthenticated_ip_rate
+                    .iter()
+                    .map(|rate| ("unauthenticated_ip_rate", rate)),
+            );
         for (name, rate) in tier_rates.chain(other_rates) {
             if rate.burst == 0 || rate.per_minute == 0 {
-                return Err(LimitsConfigError(format!("`{name}`: burst and per_minute must be at least 1")));
+                return Err(LimitsConfigError(format!(
+                    "`{name}`: burst and per_minute must be at least 1"
+                )));
             }
         }
         Ok(())

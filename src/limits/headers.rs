@@ -31,12 +31,18 @@ impl PolicyState {
     fn policy_item(&self) -> String {
         match self.window_seconds {
             Some(window) => format!("\"{}\";q={};w={window}", self.name, self.quota),
-            None => format!("\"{}\";q={};qu=\"concurrent-requests\"", self.name, self.quota),
+            None => format!(
+                "\"{}\";q={};qu=\"concurrent-requests\"",
+                self.name, self.quota
+            ),
         }
     }
 
     fn state_item(&self) -> String {
-        format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_seconds)
+        format!(
+            "\"{}\";r={};t={}",
+            self.name, self.remaining, self.reset_seconds
+        )
     }
 }
 
@@ -74,11 +80,26 @@ mod tests {
     #[test]
     fn headers_use_the_structured_field_form() {
         let states = [
-            PolicyState { name: "submit", quota: 10, window_seconds: Some(60), remaining: 3, reset_seconds: 12 },
-            PolicyState { name: "inflight", quota: 2, window_seconds: None, remaining: 1, reset_seconds: 0 },
+            PolicyState {
+                name: "submit",
+                quota: 10,
+                window_seconds: Some(60),
+                remaining: 3,
+                reset_seconds: 12,
+            },
+            PolicyState {
+                name: "inflight",
+                quota: 2,
+                window_seconds: None,
+                remaining: 1,
+                reset_seconds: 0,
+            },
         ];
         let headers = ratelimit_headers(&states);
-        assert_eq!(headers[0].1, r#""submit";q=10;w=60, "inflight";q=2;qu="concurrent-requests""#);
+        assert_eq!(
+            headers[0].1,
+            r#""submit";q=10;w=60, "inflight";q=2;qu="concurrent-requests""#
+        );
         assert_eq!(headers[1].1, r#""submit";r=3;t=12, "inflight";r=1;t=0"#);
     }
 

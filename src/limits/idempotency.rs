@@ -67,10 +67,18 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[3])";
 
 impl Idempotency {
     /// Answers are kept for `ttl`; at most `capacity` keys in process.
-    pub fn new(ttl: Duration, capacity: u64, redis: Option<RedisStore>, on_store_error: OnStoreError) -> Self {
+    pub fn new(
+        ttl: Duration,
+        capacity: u64,
+        redis: Option<RedisStore>,
+        on_store_error: OnStoreError,
+    ) -> Self {
         Self {
             ttl,
-            memory: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            memory: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
             redis,
             on_store_error,
             errors: StoreErrorLog::default(),
@@ -85,12 +93,22 @@ impl Idempotency {
     }
 
     /// Claims `key` for `principal`, or tells what happened to its first use.
-    pub async fn begin(&self, principal: &str, key: &str, body_hash: &str) -> Result<IdemState, LimitError> {
+    pub async fn begin(
+        &self,
+        principal: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<IdemState, LimitError> {
         if let Some(store) = &self.redis {
             let mut connection = store.connection();
             let mut call = self.begin_script.prepare_invoke();
-            call.key(redis_key(store, principal, key)).arg(body_hash).arg(millis(PENDING_TTL.min(self.ttl)));
-            match store.timed(call.invoke_async::<(i64, u16, Vec<u8>)>(&mut connection)).await {
+            call.key(redis_key(store, principal, key))
+                .arg(body_hash)
+                .arg(millis(PENDING_TTL.min(self.ttl)));
+            match store
+                .timed(call.invoke_async::<(i64, u16, Vec<u8>)>(&mut connection))
+                .await
+            {
                 Ok((code, status, body)) => return Ok(state(code, status, body.into())),
                 Err(err) => self.errors.fallback(self.on_store_error, &err)?,
             }
@@ -109,26 +127,48 @@ impl Idempotency {
     }
 
     /// The in-process [`Self::begin`] at `now`.
-    pub fn begin_at(&self, principal: &str, key: &str, body_hash: &str, now: SystemTime) -> IdemState {
+    pub fn begin_at(
+        &self,
+        principal: &str,
+        key: &str,
+        body_hash: &str,
+        now: SystemTime,
+    ) -> IdemState {
         let now_us = micros(now);
         let fresh = || {
             let expires_us = now_us + micros_of(PENDING_TTL.min(self.ttl));
-            Arc::new(Mutex::new(Entry { body_hash: body_hash.to_owned(), answer: None, expires_us }))
+            Arc::new(Mutex::new(Entry {
+                body_hash: body_hash.to_owned(),
+                answer: None,
+                expires_us,
+            }))
         };
-        let entry = self.memory.entry(memory_key(principal, key)).or_insert_with(fresh);
+        let entry = self
+            .memory
+            .entry(memory_key(principal, key))
+            .or_insert_with(fresh);
         if entry.is_fresh() {
             return IdemState::New;
         }
         let slot = entry.into_value();
-        let mut current = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.expires_us <= now_us {
-            *current = Entry { body_hash: body_hash.to_owned(), answer: None, expires_us: now_us + micros_of(PENDING_TTL) };
+            *current = Entry {
+                body_hash: body_hash.to_owned(),
+                answer: None,
+                expires_us: now_us + micros_of(PENDING_TTL),
+            };
             return IdemState::New;
         }
         match (&current.answer, current.body_hash == body_hash) {
             (_, false) => IdemState::Mismatch,
             (None, true) => IdemState::InFlight,
-            (Some((status, body)), true) => IdemState::Replay { status: *status, body: body.clone() },
+            (Some((status, body)), true) => IdemState::Replay {
+                status: *status,
+                body: body.clone(),
+            },
         }
     }
 
@@ -154,7 +194,9 @@ impl Idempotency {
         match answer {
             Some((status, body)) => {
                 if let Some(entry) = self.memory.get(&key) {
-                    let mut entry = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut entry = entry
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     entry.answer = Some((status, Bytes::copy_from_slice(body)));
                     entry.expires_us = micros(SystemTime::now()) + micros_of(self.ttl);
                 }
@@ -186,7 +228,9 @@ fn memory_key(principal: &str, key: &str) -> String {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn micros_of(duration: Duration) -> u64 {

@@ -112,7 +112,13 @@ pub(crate) fn gcra(tat: u64, now: u64, rate: Rate) -> Result<(u64, Gauge), u64> 
         return Err(used - limit);
     }
     let remaining = (limit - used) / rate.emission_us;
-    Ok((new_tat, Gauge { remaining, reset_us: used }))
+    Ok((
+        new_tat,
+        Gauge {
+            remaining,
+            reset_us: used,
+        },
+    ))
 }
 
 /// The quota day containing `now` and the microseconds until it ends.
@@ -126,7 +132,10 @@ pub(crate) fn quota_day(now_us: u64, offset_us: i64) -> (i64, u64) {
 mod tests {
     use super::*;
 
-    const RATE: Rate = Rate { emission_us: 1_000_000, burst: 3 };
+    const RATE: Rate = Rate {
+        emission_us: 1_000_000,
+        burst: 3,
+    };
 
     #[test]
     fn gcra_admits_the_burst_at_once_then_one_per_emission_interval() {

@@ -78,11 +78,26 @@ mod tests {
         let prefix = format!("test-own-{}", uuid::Uuid::new_v4());
         let (replica_a, replica_b) = (ownership(&prefix), ownership(&prefix));
         let ttl = Duration::from_secs(60);
-        assert!(!replica_b.check("iss|alice", "fal-ai/flux", "r1").await.unwrap());
-        replica_a.record("iss|alice", "fal-ai/flux", "r1", ttl).await.unwrap();
-        assert!(replica_b.check("iss|alice", "fal-ai/flux", "r1").await.unwrap());
-        assert!(!replica_b.check("iss|bob", "fal-ai/flux", "r1").await.unwrap());
-        assert!(!replica_b.check("iss|alice", "fal-ai/other", "r1").await.unwrap());
+        assert!(!replica_b
+            .check("iss|alice", "fal-ai/flux", "r1")
+            .await
+            .unwrap());
+        replica_a
+            .record("iss|alice", "fal-ai/flux", "r1", ttl)
+            .await
+            .unwrap();
+        assert!(replica_b
+            .check("iss|alice", "fal-ai/flux", "r1")
+            .await
+            .unwrap());
+        assert!(!replica_b
+            .check("iss|bob", "fal-ai/flux", "r1")
+            .await
+            .unwrap());
+        assert!(!replica_b
+            .check("iss|alice", "fal-ai/other", "r1")
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
