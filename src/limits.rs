@@ -1,0 +1,375 @@
+//! Limits: per-caller rates (GCRA) per operation class and tier, a global rate per endpoint, a
+//! per-IP rate on failed authentication, daily quotas in requests and credits, a cap on jobs in
+//! flight, and idempotent submits. [`Limiter::admit`] checks every limit of a call and consumes
+//! only if all pass, in one atomic step: one Redis script (one round trip) when `[redis]` is set,
+//! else per-replica bounded memory. Config: `[limits]` ([`LimitsConfig`]).
+
+mod answer;
+mod client_ip;
+pub mod config;
+mod error;
+mod headers;
+mod idempotency;
+mod memory;
+mod plan;
+mod redis;
+#[cfg(test)]
+mod redis_tests;
+mod store_error;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue};
+
+pub use client_ip::client_ip;
+pub use config::{
+    CreditsConfig, EndpointCredits, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig,
+    TierLimits,
+};
+pub use error::LimitError;
+pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
+pub use idempotency::{IdemState, Idempotency, PENDING_TTL};
+
+use self::answer::{admitted_states, rate_state, refused};
+use self::memory::MemoryStore;
+use self::plan::{InflightPlan, Outcome, Plan, QuotaPlan, Rate};
+use self::redis::RedisLimits;
+pub(crate) use self::store_error::StoreErrorLog;
+use crate::redis::{tag_of, RedisStore};
+
+/// Which budget a call spends. Submits (queue and sync) and uploads are paid: they count
+/// against the day quota. Polls (status, stream, result) and cancels only have rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    Submit = 0,
+    Poll = 1,
+    Cancel = 2,
+    Upload = 3,
+}
+
+/// Who is calling: the stable principal (`iss|sub`, never the token) and their tier.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub principal: &'a str,
+    pub tier: &'a str,
+}
+
+/// The limits service, built once at startup.
+pub struct Limiter {
+    config: LimitsConfig,
+    memory: MemoryStore,
+    redis: Option<RedisLimits>,
+    idempotency: Idempotency,
+    errors: StoreErrorLog,
+}
+
+/// Proof that a call was admitted, with what is left of each limit for the `RateLimit` header.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    states: Vec<PolicyState>,
+    tag: String,
+    reservation: Option<String>,
+    refund: Option<(i64, u64)>,
+}
+
+/// Whether the limits store can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// In-process limits, or Redis answering.
+    Ready,
+    /// Redis is not answering and `on_store_error = "allow"`: limits are per replica for now.
+    Degraded,
+    /// Redis is not answering and `on_store_error = "deny"`: paid calls get 503.
+    Unavailable,
+}
+
+impl OpClass {
+    fn name(self) -> &'static str {
+        ["submit", "poll", "cancel", "upload"][self as usize]
+    }
+
+    fn rate_key(self) -> &'static str {
+        ["rate:submit", "rate:poll", "rate:cancel", "rate:upload"][self as usize]
+    }
+
+    fn is_paid(self) -> bool {
+        matches!(self, Self::Submit | Self::Upload)
+    }
+}
+
+impl Readiness {
+    /// False only when paid calls are being refused.
+    pub fn is_ready(self) -> bool {
+        self != Self::Unavailable
+    }
+}
+
+impl Admission {
+    /// `RateLimit-Policy` and `RateLimit` for the success response.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        headers::ratelimit_headers(&self.states)
+    }
+}
+
+impl Limiter {
+    /// A limiter over `config`, shared through `redis` when given.
+    pub fn new(config: LimitsConfig, redis: Option<RedisStore>) -> Result<Self, LimitsConfigError> {
+        config.validate()?;
+        let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
+        let idempotency = Idempotency::new(
+            ttl,
+            config.max_tracked_callers,
+            redis.clone(),
+            config.on_store_error,
+        );
+        Ok(Self {
+            memory: MemoryStore::new(config.max_tracked_callers),
+            redis: redis.map(RedisLimits::new),
+            idempotency,
+            errors: StoreErrorLog::default(),
+            config,
+        })
+    }
+
+    /// Rate + quota + concurrency check-and-consume for one call, atomically. `credits` is the
+    /// call's cost ([`Self::credits_for`]); only paid classes spend it.
+    pub async fn admit(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+    ) -> Result<Admission, LimitError> {
+        self.admit_at(who, class, endpoint, credits, SystemTime::now())
+            .await
+    }
+
+    /// [`Self::admit`] with the in-process clock at `now` (Redis always uses its own `TIME`).
+    pub async fn admit_at(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+        now: SystemTime,
+    ) -> Result<Admission, LimitError> {
+        let tier = self.tier(who.tier);
+        let tag = tag_of(who.principal);
+        let reservation = match (class, tier.max_inflight_jobs) {
+            (OpClass::Submit, Some(_)) => Some(format!("r:{}", uuid::Uuid::new_v4())),
+            _ => None,
+        };
+        let plan = self.plan(&tag, tier, class, endpoint, credits, reservation.as_deref());
+        let outcome = match &self.redis {
+            Some(redis) => match redis.admit(&plan).await {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    self.errors.fallback(self.config.on_store_error, &err)?;
+                    self.memory.admit(&plan, micros(now))
+                }
+            },
+            None => self.memory.admit(&plan, micros(now)),
+        };
+        let granted = match outcome {
+            Outcome::Admitted(granted) => granted,
+            Outcome::Refused(refusal) => return Err(refused(&plan, tier, refusal)),
+        };
+        let refund = granted
+            .quota
+            .map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
+        let states = admitted_states(&plan, tier, &granted);
+        Ok(Admission {
+            states,
+            tag,
+            reservation,
+            refund,
+        })
+    }
+
+    /// A submit fal accepted: its concurrency slot now belongs to `request_id`.
+    pub async fn job_started(&self, admission: &Admission, request_id: &str) {
+        if let Some(reservation) = &admission.reservation {
+            self.release(&admission.tag, reservation, Some(request_id), None)
+                .await;
+        }
+    }
+
+    /// A submit fal clearly did not take (it answered with an error): free its concurrency slot
+    /// and give back its request and credits. Never call it when the outcome is unknown.
+    pub async fn refund_inflight(&self, admission: &Admission) {
+        let reservation = admission.reservation.as_deref().unwrap_or("");
+        self.release(&admission.tag, reservation, None, admission.refund)
+            .await;
+    }
+
+    /// Completion, cancellation or an error of job `request_id` was seen: free its slot.
+    /// Idempotent, so every replica that sees the job end may call it.
+    pub async fn job_finished(&self, who: &Subject<'_>, request_id: &str) {
+        self.release(&tag_of(who.principal), request_id, None, None)
+            .await;
+    }
+
+    /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).
+    pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
+        self.admit_unauthenticated_at(ip, SystemTime::now()).await
+    }
+
+    /// [`Self::admit_unauthenticated`] with the in-process clock at `now`.
+    pub async fn admit_unauthenticated_at(
+        &self,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<(), LimitError> {
+        let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
+            return Ok(());
+        };
+        let ip = ip_key(ip);
+        let answer = match &self.redis {
+            Some(redis) => match redis.admit_ip(ip, rate).await {
+                Ok(answer) => answer,
+                Err(err) => {
+                    self.errors.fallback(self.config.on_store_error, &err)?;
+                    self.memory.admit_ip(ip, rate, micros(now))
+                }
+            },
+            None => self.memory.admit_ip(ip, rate, micros(now)),
+        };
+        answer
+            .map(drop)
+            .map_err(|retry_us| LimitError::RateLimited {
+                retry_after: Duration::from_micros(retry_us),
+                policy: rate_state("unauthenticated", rate, 0, retry_us),
+            })
+    }
+
+    /// The credit cost of a call to `endpoint` with `input`: the value of the configured field
+    /// if it has a cost, else the endpoint's cost, else `default_cost`.
+    pub fn credits_for(&self, endpoint: &str, input: &serde_json::Value) -> u64 {
+        let Some(costs) = self.config.credits.endpoints.get(endpoint) else {
+            return self.config.credits.default_cost;
+        };
+        let value = costs.field.as_deref().and_then(|field| input.get(field));
+        let cost = match value {
+            Some(serde_json::Value::String(text)) => costs.values.get(text),
+            Some(other) => costs.values.get(&other.to_string()),
+            None => None,
+        };
+        cost.copied().unwrap_or(costs.cost)
+    }
+
+    /// Whether the store answers now (a `PING` within the store timeout).
+    pub async fn ready(&self) -> Readiness {
+        let Some(redis) = &self.redis else {
+            return Readiness::Ready;
+        };
+        match (redis.store().ping().await, self.config.on_store_error) {
+            (Ok(()), _) => Readiness::Ready,
+            (Err(_), OnStoreError::Allow) => Readiness::Degraded,
+            (Err(_), OnStoreError::Deny) => Readiness::Unavailable,
+        }
+    }
+
+    /// The idempotency store for submits carrying `Idempotency-Key`.
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.idempotency
+    }
+
+    /// The configured trusted proxy networks, for [`client_ip`].
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.config.trusted_proxies
+    }
+
+    /// How many callers this replica tracks in memory.
+    pub fn tracked_callers(&self) -> u64 {
+        self.memory.tracked_callers()
+    }
+
+    fn tier(&self, name: &str) -> &TierLimits {
+        // `validate` proved the default tier exists; an unknown tier claim gets the default.
+        self.config
+            .tiers
+            .get(name)
+            .or_else(|| self.config.tiers.get(&self.config.default_tier))
+            .unwrap_or(&EMPTY_TIER)
+    }
+
+    fn plan<'a>(
+        &'a self,
+        tag: &'a str,
+        tier: &TierLimits,
+        class: OpClass,
+        endpoint: Option<&'a str>,
+        credits: u64,
+        reservation: Option<&'a str>,
+    ) -> Plan<'a> {
+        let rate =
+            [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
+        let endpoint = endpoint
+            .filter(|_| class == OpClass::Submit)
+            .and_then(|name| Some((name, Rate::from(*self.config.endpoint_rates.get(name)?))));
+        let quota = class.is_paid().then_some(QuotaPlan {
+            requests: tier.daily_requests,
+            credits: tier.daily_credits,
+            cost: credits,
+            day_offset_us: self
+                .config
+                .quota_day_offset_seconds
+                .saturating_mul(1_000_000),
+        });
+        let inflight = tier
+            .max_inflight_jobs
+            .zip(reservation)
+            .map(|(max, reservation)| InflightPlan {
+                max: u64::from(max),
+                ttl_us: self.config.inflight_ttl_seconds.saturating_mul(1_000_000),
+                reservation,
+            });
+        Plan {
+            tag,
+            class,
+            rate,
+            endpoint,
+            quota,
+            inflight,
+        }
+    }
+
+    async fn release(&self, tag: &str, from: &str, to: Option<&str>, refund: Option<(i64, u64)>) {
+        // Also release in memory: the call may have been admitted there while Redis was down.
+        self.memory.release(tag, from, to, refund);
+        if let Some(redis) = &self.redis {
+            if let Err(err) = redis.release(tag, from, to, refund).await {
+                self.errors.log(&err);
+            }
+        }
+    }
+}
+
+static EMPTY_TIER: TierLimits = TierLimits {
+    submit: None,
+    poll: None,
+    cancel: None,
+    upload: None,
+    max_inflight_jobs: None,
+    daily_requests: None,
+    daily_credits: None,
+};
+
+/// IPv6 clients are counted per /64: one host usually owns the whole prefix.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn micros(now: SystemTime) -> u64 {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,80 @@
+-- falgate admission: every limit of one call checked, then consumed only if all pass, in one
+-- atomic step timed by Redis itself (replica clocks do not matter). Mirrors limits/plan.rs.
+-- KEYS: 1 caller rate (GCRA TAT), 2 endpoint rate, 3 quota hash, 4 inflight zset.
+--       Unused keys repeat KEYS[1], so a call touches only the keys it declares.
+-- ARGV: 1 rate emission_us, 2 rate burst (0 = none), 3 endpoint emission_us, 4 endpoint burst
+--       (0 = none), 5 quota ('1' = counted), 6 max requests (-1 = none), 7 max credits (-1),
+--       8 cost, 9 day offset_us, 10 max inflight (-1 = none), 11 inflight ttl_us, 12 reservation
+-- Returns {0, rate_left, rate_reset_us, ep_left, ep_reset_us, day, requests, credits,
+--          day_reset_us, inflight} or {code, detail}: 1 rate, 2 endpoint (retry_us),
+--          3 requests, 4 credits (reset_us), 5 inflight (count).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local DAY = 86400000000
+
+local function fmt(n) return string.format('%.0f', n) end
+
+local function gcra(key, emission, burst)
+  local tat = tonumber(redis.call('GET', key)) or 0
+  if tat < now then tat = now end
+  local new = tat + emission
+  local limit = emission * burst
+  local used = new - now
+  if used > limit then return nil, used - limit end
+  return new, math.floor((limit - used) / emission), used
+end
+
+local day, requests, credits, day_reset = -1, -1, -1, -1
+if ARGV[5] == '1' then
+  local shifted = now - tonumber(ARGV[9])
+  day = math.floor(shifted / DAY)
+  day_reset = (day + 1) * DAY - shifted
+  local q = redis.call('HMGET', KEYS[3], 'day', 'requests', 'credits')
+  requests, credits = 1, tonumber(ARGV[8])
+  if tonumber(q[1]) == day then
+    requests = (tonumber(q[2]) or 0) + 1
+    credits = (tonumber(q[3]) or 0) + credits
+  end
+  local max_requests, max_credits = tonumber(ARGV[6]), tonumber(ARGV[7])
+  if max_requests >= 0 and requests > max_requests then return {3, day_reset} end
+  if max_credits >= 0 and credits > max_credits then return {4, day_reset} end
+end
+
+local inflight = -1
+local max_inflight = tonumber(ARGV[10])
+if max_inflight >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - tonumber(ARGV[11])))
+  inflight = redis.call('ZCARD', KEYS[4])
+  if inflight >= max_inflight then return {5, inflight} end
+  inflight = inflight + 1
+end
+
+local rate_tat, rate_left, rate_reset = nil, -1, -1
+local burst = tonumber(ARGV[2])
+if burst > 0 then
+  rate_tat, rate_left, rate_reset = gcra(KEYS[1], tonumber(ARGV[1]), burst)
+  if not rate_tat then return {1, rate_left} end
+end
+local ep_tat, ep_left, ep_reset = nil, -1, -1
+local ep_burst = tonumber(ARGV[4])
+if ep_burst > 0 then
+  ep_tat, ep_left, ep_reset = gcra(KEYS[2], tonumber(ARGV[3]), ep_burst)
+  if not ep_tat then return {2, ep_left} end
+end
+
+-- Every check passed: consume. Each key expires once it no longer matters.
+if rate_tat then
+  redis.call('SET', KEYS[1], fmt(rate_tat), 'PX', math.ceil((rate_tat - now) / 1000) + 1000)
+end
+if ep_tat then
+  redis.call('SET', KEYS[2], fmt(ep_tat), 'PX', math.ceil((ep_tat - now) / 1000) + 1000)
+end
+if day >= 0 then
+  redis.call('HSET', KEYS[3], 'day', fmt(day), 'requests', fmt(requests), 'credits', fmt(credits))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(day_reset / 1000) + 60000)
+end
+if inflight >= 0 then
+  redis.call('ZADD', KEYS[4], fmt(now), ARGV[12])
+  redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[11]) / 1000))
+end
+return {0, rate_left, rate_reset, ep_left, ep_reset, day, requests, credits, day_reset, inflight}

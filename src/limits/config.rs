@@ -1,0 +1,171 @@
+//! `[limits]`: the raw TOML shape of rates, quotas, concurrency and credit costs, with units
+//! in the key names. Unknown keys are refused.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// All limits. Every section is optional; an absent rate or quota is not enforced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Limits per tier, by tier name (the token's `tier` claim).
+    pub tiers: BTreeMap<String, TierLimits>,
+    /// The tier of callers whose token names no tier, or a tier not configured here.
+    pub default_tier: String,
+    /// A global rate on submits per endpoint (all callers together), by endpoint id.
+    #[serde(default)]
+    pub endpoint_rates: BTreeMap<String, RateConfig>,
+    /// The rate per client IP (IPv6: per /64) of requests that fail authentication.
+    #[serde(default)]
+    pub unauthenticated_ip_rate: Option<RateConfig>,
+    /// What one call costs against `daily_credits`.
+    #[serde(default)]
+    pub credits: CreditsConfig,
+    /// Shifts the quota day: it starts at 00:00 UTC plus this many seconds.
+    #[serde(default)]
+    pub quota_day_offset_seconds: i64,
+    /// Peers allowed to set `X-Forwarded-For` / `Forwarded` (load balancers), as CIDRs.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a submit's `Idempotency-Key` answer is remembered.
+    #[serde(default = "default_idempotency_ttl_seconds")]
+    pub idempotency_ttl_seconds: u64,
+    /// A job that never reports completion frees its concurrency slot after this long.
+    #[serde(default = "default_inflight_ttl_seconds")]
+    pub inflight_ttl_seconds: u64,
+    /// What to do when Redis cannot answer.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Most callers (and IPs) tracked in process; the least used are evicted past it.
+    #[serde(default = "default_max_tracked_callers")]
+    pub max_tracked_callers: u64,
+}
+
+/// The limits of one tier.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// Queue submits and sync runs.
+    pub submit: Option<RateConfig>,
+    /// Status, status stream and result reads.
+    pub poll: Option<RateConfig>,
+    /// Cancels.
+    pub cancel: Option<RateConfig>,
+    /// Storage upload initiations.
+    pub upload: Option<RateConfig>,
+    /// Jobs submitted and not yet completed, cancelled or expired.
+    pub max_inflight_jobs: Option<u32>,
+    /// Paid calls (submit, upload) per quota day.
+    pub daily_requests: Option<u64>,
+    /// Credits per quota day.
+    pub daily_credits: Option<u64>,
+}
+
+/// A GCRA rate: up to `burst` calls at once, refilled at `per_minute` calls a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+/// Credit costs: an endpoint's `cost`, or, when the input field `field` holds one of `values`,
+/// that value's cost instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsConfig {
+    /// The cost of an endpoint not listed.
+    #[serde(default = "default_cost")]
+    pub default_cost: u64,
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, EndpointCredits>,
+}
+
+/// The credit cost of one endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointCredits {
+    pub cost: u64,
+    /// An input field whose value picks the cost, e.g. `model`.
+    pub field: Option<String>,
+    /// Cost per value of `field`; a value not listed costs `cost`.
+    #[serde(default)]
+    pub values: BTreeMap<String, u64>,
+}
+
+/// Redis unreachable or slow: refuse paid calls (`deny`, 503) or fall back to this replica's
+/// in-process limits (`allow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        Self {
+            default_cost: default_cost(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_cost() -> u64 {
+    1
+}
+
+fn default_idempotency_ttl_seconds() -> u64 {
+    24 * 3600
+}
+
+fn default_inflight_ttl_seconds() -> u64 {
+    3600
+}
+
+fn default_max_tracked_callers() -> u64 {
+    100_000
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid [limits] config: {0}")]
+pub struct LimitsConfigError(pub String);
+
+impl LimitsConfig {
+    /// Checks what serde cannot: the default tier exists and every rate can refill.
+    pub fn validate(&self) -> Result<(), LimitsConfigError> {
+        if !self.tiers.contains_key(&self.default_tier) {
+            let tier = &self.default_tier;
+            return Err(LimitsConfigError(format!(
+                "default_tier `{tier}` is not in [limits.tiers]"
+            )));
+        }
+        let tier_rates = self.tiers.iter().flat_map(|(name, tier)| {
+            [&tier.submit, &tier.poll, &tier.cancel, &tier.upload]
+                .into_iter()
+                .flatten()
+                .map(move |rate| (name.as_str(), rate))
+        });
+        let other_rates = self
+            .endpoint_rates
+            .iter()
+            .map(|(name, rate)| (name.as_str(), rate))
+            .chain(
+                self.unauthenticated_ip_rate
+                    .iter()
+                    .map(|rate| ("unauthenticated_ip_rate", rate)),
+            );
+        for (name, rate) in tier_rates.chain(other_rates) {
+            if rate.burst == 0 || rate.per_minute == 0 {
+                return Err(LimitsConfigError(format!(
+                    "`{name}`: burst and per_minute must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! In-process backend tests, with the clock passed in.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::*;
+
+pub(super) const EXAMPLE: &str = r#"
+default_tier = "free"
+trusted_proxies = ["10.0.0.0/8"]
+idempotency_ttl_seconds = 86400
+on_store_error = "deny"
+
+[tiers.free]
+submit = { burst = 3, per_minute = 6 }
+poll = { burst = 30, per_minute = 120 }
+cancel = { burst = 5, per_minute = 20 }
+upload = { burst = 5, per_minute = 10 }
+max_inflight_jobs = 2
+daily_requests = 50
+daily_credits = 10
+
+[tiers.pro]
+submit = { burst = 20, per_minute = 60 }
+poll = { burst = 120, per_minute = 600 }
+cancel = { burst = 20, per_minute = 60 }
+upload = { burst = 20, per_minute = 60 }
+max_inflight_jobs = 10
+daily_requests = 2000
+daily_credits = 5000
+
+[endpoint_rates."fal-ai/flux/dev"]
+burst = 4
+per_minute = 60
+
+[unauthenticated_ip_rate]
+burst = 2
+per_minute = 6
+
+[credits]
+default_cost = 1
+
+[credits.endpoints."fal-ai/flux/dev"]
+cost = 2
+
+[credits.endpoints."fal-ai/video-prompt-generator"]
+cost = 1
+field = "model"
+values = { "anthropic/claude-3.5-sonnet" = 5, "google/gemini-flash-1.5" = 1 }
+"#;
+
+pub(super) fn config() -> LimitsConfig {
+    toml::from_str(EXAMPLE).unwrap()
+}
+
+fn limiter() -> Limiter {
+    Limiter::new(config(), None).unwrap()
+}
+
+/// 2025-01-01T00:00:00Z plus `seconds`.
+fn at(seconds: f64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_600) + Duration::from_secs_f64(seconds)
+}
+
+const ALICE: Subject<'static> = Subject {
+    principal: "iss|alice",
+    tier: "free",
+};
+const BOB: Subject<'static> = Subject {
+    principal: "iss|bob",
+    tier: "free",
+};
+
+async fn poll(
+    limiter: &Limiter,
+    who: &Subject<'_>,
+    now: SystemTime,
+) -> Result<Admission, LimitError> {
+    limiter.admit_at(who, OpClass::Poll, None, 0, now).await
+}
+
+#[tokio::test]
+async fn a_burst_is_admitted_then_429_with_retry_after_and_ratelimit_headers() {
+    let limiter = limiter();
+    for _ in 0..3 {
+        limiter
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+            .await
+            .unwrap();
+    }
+    let ok = limiter
+        .admit_at(&BOB, OpClass::Cancel, None, 0, at(0.0))
+        .await
+        .unwrap();
+    assert_eq!(ok.headers()[1].1, r#""cancel";r=4;t=3"#);
+    for _ in 3..5 {
+        limiter
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+            .await
+            .unwrap();
+    }
+    let refused = limiter
+        .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.status().as_u16(), refused.code()),
+        (429, "rate_limited")
+    );
+    let headers = refused.headers();
+    assert_eq!(
+        headers[0],
+        (http::header::RETRY_AFTER, HeaderValue::from(3u64))
+    );
+    assert_eq!(headers[1].1, r#""cancel";q=5;w=15"#);
+    assert_eq!(headers[2].1, r#""cancel";r=0;t=3"#);
+}
+
+#[tokio::test]
+async fn refused_calls_consume_nothing_so_retries_are_not_counted_twice() {
+    let limiter = limiter();
+    for _ in 0..5 {
+        limiter
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+            .await
+            .unwrap();
+    }
+    for _ in 0..100 {
+        assert!(limiter
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(1.0))
+            .await
+            .is_err());
+    }
+    limiter
+        .admit_at(&ALICE, OpClass::Cancel, None, 0, at(3.0))
+        .await
+        .unwrap();
+    assert!(limiter
+        .admit_at(&ALICE, OpClass::Cancel, None, 0, at(3.0))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn d60_window_edge_bursts_never_exceed_burst_plus_rate_in_any_minute() {
+    let limiter = limiter();
+    let mut admitted = Vec::new();
+    for tenth in 0..1200 {
+        let t = f64::from(tenth) / 10.0;
+        if poll(&limiter, &ALICE, at(59.9 + t / 20.0)).await.is_ok() {
+            admitted.push(t / 20.0);
+        }
+    }
+    // 120/min with burst 30: any 60 s window holds at most 30 + 120.
+    assert!(admitted.len() <= 150, "{}", admitted.len());
+}
+
+#[tokio::test]
+async fn d55_every_token_of_one_principal_shares_one_bucket() {
+    let limiter = limiter();
+    for _ in 0..3 {
+        let who = Subject {
+            principal: &String::from("iss|alice"),
+            tier: "free",
+        };
+        limiter
+            .admit_at(&who, OpClass::Submit, None, 1, at(0.0))
+            .await
+            .ok();
+    }
+    assert!(limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(0.0))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn the_credit_quota_is_403_until_the_utc_day_resets() {
+    let limiter = limiter();
+    let mut spent = 0;
+    let mut now = 0.0;
+    while let Ok(admission) = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 3, at(now))
+        .await
+    {
+        limiter.job_finished(&ALICE, "x").await;
+        limiter
+            .refund_inflight(&Admission {
+                refund: None,
+                ..admission
+            })
+            .await;
+        spent += 3;
+        now += 20.0;
+    }
+    assert_eq!(spent, 9);
+    let refused = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 3, at(now))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.status().as_u16(), refused.code()),
+        (403, "quota_exceeded")
+    );
+    let reset = 86_400 - now as u64;
+    assert_eq!(refused.headers()[0].1, HeaderValue::from(reset));
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(now))
+        .await
+        .unwrap();
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 3, at(86_400.0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn d62_polls_and_cancels_never_spend_the_paid_quota() {
+    let limiter = limiter();
+    for second in 0..60 {
+        poll(&limiter, &ALICE, at(f64::from(second))).await.unwrap();
+    }
+    let admission = limiter
+        .admit_at(&ALICE, OpClass::Upload, None, 10, at(60.0))
+        .await
+        .unwrap();
+    assert!(admission.headers()[1]
+        .1
+        .to_str()
+        .unwrap()
+        .contains(r#""daily-requests";r=49"#));
+}
+
+#[tokio::test]
+async fn jobs_in_flight_are_capped_and_freed_once_per_request_id() {
+    let limiter = limiter();
+    let first = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(0.0))
+        .await
+        .unwrap();
+    limiter.job_started(&first, "req-1").await;
+    let second = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(10.0))
+        .await
+        .unwrap();
+    let refused = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(20.0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.status().as_u16(), refused.code()),
+        (429, "concurrency_limited")
+    );
+    limiter.job_finished(&ALICE, "req-1").await;
+    limiter.job_finished(&ALICE, "req-1").await;
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(30.0))
+        .await
+        .unwrap();
+    assert!(limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(40.0))
+        .await
+        .is_err());
+    limiter.refund_inflight(&second).await;
+    let third = limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(50.0))
+        .await
+        .unwrap();
+    assert!(third.headers()[1]
+        .1
+        .to_str()
+        .unwrap()
+        .contains(r#""daily-credits";r=7"#));
+}
+
+#[tokio::test]
+async fn a_job_never_seen_finishing_frees_its_slot_after_the_inflight_ttl() {
+    let limiter = limiter();
+    for second in [0.0, 10.0] {
+        limiter
+            .admit_at(&ALICE, OpClass::Submit, None, 1, at(second))
+            .await
+            .unwrap();
+    }
+    assert!(limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(3599.0))
+        .await
+        .is_err());
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, None, 1, at(3601.0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_endpoint_rate_is_shared_by_all_callers() {
+    let limiter = limiter();
+    let flux = Some("fal-ai/flux/dev");
+    for who in [ALICE, ALICE, BOB, BOB] {
+        limiter.job_finished(&who, "none").await;
+        let admitted = limiter
+            .admit_at(&who, OpClass::Submit, flux, 2, at(0.0))
+            .await;
+        if let Ok(admission) = admitted {
+            limiter.refund_inflight(&admission).await;
+        }
+    }
+    let carol = Subject {
+        principal: "iss|carol",
+        tier: "pro",
+    };
+    let refused = limiter
+        .admit_at(&carol, OpClass::Submit, flux, 2, at(0.0))
+        .await
+        .unwrap_err();
+    assert!(refused.headers()[1]
+        .1
+        .to_str()
+        .unwrap()
+        .starts_with(r#""endpoint""#));
+    limiter
+        .admit_at(&carol, OpClass::Submit, Some("fal-ai/other"), 1, at(0.0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failed_authentication_is_rate_limited_per_ip_and_per_ipv6_64() {
+    let limiter = limiter();
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    limiter
+        .admit_unauthenticated_at(ip("2001:db8::1"), at(0.0))
+        .await
+        .unwrap();
+    limiter
+        .admit_unauthenticated_at(ip("2001:db8::ffff"), at(0.0))
+        .await
+        .unwrap();
+    let refused = limiter
+        .admit_unauthenticated_at(ip("2001:db8::42"), at(0.0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "rate_limited");
+    limiter
+        .admit_unauthenticated_at(ip("2001:db8:0:1::1"), at(0.0))
+        .await
+        .unwrap();
+    limiter
+        .admit_unauthenticated_at(ip("192.0.2.1"), at(0.0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn d56_a_flood_of_distinct_callers_stays_within_the_tracked_bound() {
+    let mut config = config();
+    config.max_tracked_callers = 1_000;
+    let limiter = Limiter::new(config, None).unwrap();
+    for n in 0..20_000 {
+        let principal = format!("iss|{n}");
+        let who = Subject {
+            principal: &principal,
+            tier: "free",
+        };
+        poll(&limiter, &who, at(0.0)).await.unwrap();
+    }
+    assert!(
+        limiter.tracked_callers() <= 1_100,
+        "{}",
+        limiter.tracked_callers()
+    );
+}
+
+#[test]
+fn credits_come_from_the_field_value_then_the_endpoint_then_the_default() {
+    let limiter = limiter();
+    let vpg = "fal-ai/video-prompt-generator";
+    assert_eq!(
+        limiter.credits_for(vpg, &json!({"model": "anthropic/claude-3.5-sonnet"})),
+        5
+    );
+    assert_eq!(limiter.credits_for(vpg, &json!({"model": "unknown"})), 1);
+    assert_eq!(limiter.credits_for(vpg, &json!({})), 1);
+    assert_eq!(
+        limiter.credits_for("fal-ai/flux/dev", &json!({"model": "x"})),
+        2
+    );
+    assert_eq!(limiter.credits_for("fal-ai/anything", &json!(null)), 1);
+}
+
+#[test]
+fn unknown_config_keys_and_a_missing_default_tier_are_refused() {
+    assert!(toml::from_str::<LimitsConfig>(&format!("{EXAMPLE}\nburst_per_hour = 3")).is_err());
+    let mut config = config();
+    config.default_tier = "gold".into();
+    assert!(Limiter::new(config, None).is_err());
+}
+
+#[test]
+fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
+    let idem = Idempotency::new(Duration::from_secs(600), 100, None, OnStoreError::Deny);
+    let now = at(0.0);
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::New);
+    assert_eq!(
+        idem.begin_at("iss|alice", "k1", "h1", now),
+        IdemState::InFlight
+    );
+    assert_eq!(
+        idem.begin_at("iss|alice", "k1", "h2", now),
+        IdemState::Mismatch
+    );
+    assert_eq!(idem.begin_at("iss|bob", "k1", "h2", now), IdemState::New);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(idem.complete("iss|alice", "k1", 200, b"{\"request_id\":\"r\"}"));
+    let replay = idem.begin_at("iss|alice", "k1", "h1", SystemTime::now());
+    assert_eq!(
+        replay,
+        IdemState::Replay {
+            status: 200,
+            body: bytes::Bytes::from_static(b"{\"request_id\":\"r\"}")
+        }
+    );
+    let later = SystemTime::now() + Duration::from_secs(601);
+    assert_eq!(
+        idem.begin_at("iss|alice", "k1", "h2", later),
+        IdemState::New
+    );
+}

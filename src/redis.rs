@@ -1,0 +1,141 @@
+//! The shared Redis connection used by `limits` and `ownership` when falgate runs as several
+//! replicas: one pooled, auto-reconnecting [`ConnectionManager`], a short per-call timeout, and
+//! a key prefix. Config keys: `[redis] url` (`FALGATE_REDIS__URL`), `timeout_ms`, `key_prefix`.
+//!
+//! Keys are `<prefix>:{<tag>}:<kind>…`. The `{…}` hash tag keeps one caller's keys in one Redis
+//! Cluster slot, so each caller's admission script touches a single slot.
+
+#[cfg(test)]
+pub(crate) mod chaos;
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+// The Redis-backed ownership store lives beside the in-process one; until `ownership.rs`
+// declares `pub mod redis;` it is compiled from here (`crate::redis::ownership`).
+#[path = "ownership/redis.rs"]
+pub mod ownership;
+
+/// `[redis]`: where the shared store is and how long to wait for it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS with rustls). May hold a password.
+    pub url: String,
+    /// Longest wait for one Redis call, connecting included; past it the call is a store error.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Prefix of every key falgate writes, so several deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_timeout_ms() -> u64 {
+    100
+}
+
+fn default_key_prefix() -> String {
+    "falgate".into()
+}
+
+impl std::fmt::Debug for RedisConfig {
+    // The URL may carry a password, so it never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// Why a Redis call did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the redis url is not valid: {0}")]
+    BadUrl(#[source] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis call failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the redis connection must be set up inside a tokio runtime")]
+    NoRuntime,
+    #[error("redis answered with an unexpected shape: {0}")]
+    Protocol(String),
+}
+
+/// A handle on the shared Redis: cheap to clone, reconnects by itself after an outage.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    timeout: Duration,
+    prefix: String,
+}
+
+impl RedisStore {
+    /// Prepares the connection without waiting for Redis: falgate starts even while Redis is
+    /// down and connects on first use. Fails on a malformed URL, or outside a tokio runtime.
+    pub fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        // The connection manager spawns its driver task, which panics without a runtime.
+        tokio::runtime::Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
+        let client = redis::Client::open(config.url.as_str()).map_err(StoreError::BadUrl)?;
+        let timeout = Duration::from_millis(config.timeout_ms.max(1));
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(StoreError::BadUrl)?;
+        Ok(Self {
+            connection,
+            timeout,
+            prefix: config.key_prefix.clone(),
+        })
+    }
+
+    /// A connection to run commands on (multiplexed: clones share one socket).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`.
+    pub async fn timed<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Passes when Redis answers `PING` in time.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        self.timed(redis::cmd("PING").query_async::<String>(&mut connection))
+            .await
+            .map(drop)
+    }
+
+    /// The full key `<prefix>:{<tag_of(id)>}:<rest>`; `id` is hashed so no caller-chosen text
+    /// can break out of the hash tag or collide with another caller's key.
+    pub fn key(&self, id: &str, rest: &str) -> String {
+        self.tagged(&tag_of(id), rest)
+    }
+
+    /// The full key `<prefix>:{<tag>}:<rest>` for a tag already made by [`tag_of`].
+    pub fn tagged(&self, tag: &str, rest: &str) -> String {
+        format!("{}:{{{tag}}}:{rest}", self.prefix)
+    }
+}
+
+/// The hash-tag form of a caller id (or any other id): 32 hex chars of its SHA-256.
+pub fn tag_of(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    hex::encode(&digest[..16])
+}
