@@ -29,9 +29,8 @@ fn admission(c: &mut Criterion) {
         tier: "free",
     };
     c.bench_function("admit_submit_in_process", |b| {
-        b.to_async(&runtime).iter(|| async {
-            black_box(memory.admit(&who, OpClass::Submit, None, 1).await.is_ok())
-        })
+        b.to_async(&runtime)
+            .iter(|| async { black_box(memory.admit(&who, OpClass::Submit, None, 1).await.is_ok()) })
     });
     let _runtime_context = runtime.enter();
     let store = RedisStore::connect(&RedisConfig {
@@ -42,9 +41,8 @@ fn admission(c: &mut Criterion) {
     .expect("redis url");
     let shared = limiter(Some(store));
     c.bench_function("admit_submit_redis_one_round_trip", |b| {
-        b.to_async(&runtime).iter(|| async {
-            black_box(shared.admit(&who, OpClass::Submit, None, 1).await.is_ok())
-        })
+        b.to_async(&runtime)
+            .iter(|| async { black_box(shared.admit(&who, OpClass::Submit, None, 1).await.is_ok()) })
     });
     memory_per_caller(&runtime);
 }

@@ -10,8 +10,11 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, FalCredentials};
+use crate::limits::{Limiter, LimitsConfigError};
+use crate::ownership::redis::RedisOwnership;
 use crate::ownership::Ownership;
 use crate::policy::Policy;
+use crate::redis::{RedisStore, StoreError};
 use crate::schema::{CompileError, Schemas};
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
@@ -25,6 +28,7 @@ pub struct Gate {
     pub upstream: Upstream,
     pub ownership: Ownership,
     pub schemas: Schemas,
+    pub limiter: Limiter,
 }
 
 /// The two routers falgate serves.
@@ -44,19 +48,26 @@ pub enum BuildError {
     Keys(#[from] KeyError),
     #[error("schema {0}")]
     Schema(#[from] CompileError),
+    #[error("[redis]: {0}")]
+    Redis(#[from] StoreError),
+    #[error("[limits]: {0}")]
+    Limits(#[from] LimitsConfigError),
 }
 
 /// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
 /// (JWKS refresh tasks start here).
 pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildError> {
     let auth = Arc::new(Authenticator::new(&config.auth)?);
+    let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
+    let on_store_error = config.limits.on_store_error;
     auth.start();
     let gate = Gate {
         auth,
         policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials)?,
-        ownership: Ownership::new(config.ownership),
+        ownership: Ownership::new(config.ownership, redis.clone().map(RedisOwnership::new), on_store_error),
         schemas: Schemas::compile(config.schema_sources.clone())?,
+        limiter: Limiter::new(config.limits.clone(), redis)?,
         config,
     };
     let cors = gate.config.cors.clone();
@@ -88,7 +99,9 @@ pub async fn serve(
             .await
     });
     let mut public_stopped = stopped;
-    let public_task = axum::serve(public, app.public).with_graceful_shutdown(async move {
+    // Connect info gives the limiter the peer address (client IP behind trusted proxies).
+    let public_service = app.public.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let public_task = axum::serve(public, public_service).with_graceful_shutdown(async move {
         public_stopped.changed().await.ok();
     });
     tokio::spawn(async move {

@@ -15,7 +15,9 @@ mod token;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use moka::sync::Cache;
@@ -206,8 +208,22 @@ impl FromRequestParts<Arc<Gate>> for Caller {
     type Rejection = GateError;
 
     async fn from_request_parts(parts: &mut Parts, gate: &Arc<Gate>) -> Result<Self, Self::Rejection> {
-        let token = gate.auth.token(parts)?;
-        Ok(gate.auth.authenticate(token).await?)
+        let verdict = match gate.auth.token(parts) {
+            Ok(token) => gate.auth.authenticate(token).await,
+            Err(err) => Err(err),
+        };
+        match verdict {
+            Ok(caller) => Ok(caller),
+            Err(AuthError::KeysUnavailable) => Err(AuthError::KeysUnavailable.into()),
+            Err(err) => {
+                // Failed attempts are rate-limited per client IP, to blunt token guessing.
+                if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+                    let ip = crate::limits::client_ip(*peer, &parts.headers, gate.limiter.trusted_proxies());
+                    gate.limiter.admit_unauthenticated(ip).await?;
+                }
+                Err(err.into())
+            }
+        }
     }
 }
 

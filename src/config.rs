@@ -21,6 +21,8 @@ pub use file::{LogFormat, Toggle};
 pub use secrets::FalCredentials;
 
 use crate::fal::EndpointId;
+use crate::limits::LimitsConfig;
+use crate::redis::RedisConfig;
 use crate::schema::SchemaSource;
 
 /// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
@@ -50,6 +52,10 @@ pub struct Config {
     pub ownership: OwnershipConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
+    /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).
+    pub limits: LimitsConfig,
+    /// Shared state across replicas; None = in process.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Where fal is and how long to wait for it.
@@ -115,6 +121,10 @@ impl Config {
 
     fn validate(raw: file::RawConfig, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let schema_sources = schema_sources(&raw.endpoints)?;
+        let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
+        limits
+            .validate()
+            .map_err(|err| ConfigError(format!("[limits]: {}", err.0)))?;
         let endpoints = endpoints(raw.endpoints)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
@@ -133,6 +143,8 @@ impl Config {
             ownership: access::ownership(&raw.ownership)?,
             endpoints,
             schema_sources,
+            limits,
+            redis: raw.redis,
         })
     }
 }

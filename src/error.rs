@@ -57,6 +57,8 @@ pub enum GateError {
     SubmitOutcomeUnknown(String),
     #[error("{0} is unavailable; try again shortly")]
     DependencyDown(&'static str),
+    #[error(transparent)]
+    Limited(#[from] crate::limits::LimitError),
     #[error("an internal error occurred")]
     Internal(String),
 }
@@ -92,6 +94,7 @@ impl GateError {
             // that fal may already have queued would make a second paid job (fal-protocol §4.5).
             Self::SubmitOutcomeUnknown(_) => StatusCode::FAILED_DEPENDENCY,
             Self::DependencyDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Limited(limit) => limit.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +122,7 @@ impl GateError {
             Self::UpstreamBadResponse(_) => "upstream_bad_response",
             Self::SubmitOutcomeUnknown(_) => "submit_outcome_unknown",
             Self::DependencyDown(_) => "dependency_unavailable",
+            Self::Limited(limit) => limit.code(),
             Self::Internal(_) => "internal",
         }
     }
@@ -173,6 +177,11 @@ impl IntoResponse for GateError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="falgate", error="invalid_token""#),
             );
+        }
+        if let Self::Limited(limit) = &self {
+            for (name, value) in limit.headers() {
+                headers.insert(name, value);
+            }
         }
         if let Self::MethodNotAllowed = self {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT"));

@@ -26,8 +26,7 @@ use http::{HeaderName, HeaderValue};
 
 pub use client_ip::client_ip;
 pub use config::{
-    CreditsConfig, EndpointCredits, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig,
-    TierLimits,
+    CreditsConfig, EndpointCredits, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierLimits,
 };
 pub use error::LimitError;
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
@@ -119,12 +118,7 @@ impl Limiter {
     pub fn new(config: LimitsConfig, redis: Option<RedisStore>) -> Result<Self, LimitsConfigError> {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
-        let idempotency = Idempotency::new(
-            ttl,
-            config.max_tracked_callers,
-            redis.clone(),
-            config.on_store_error,
-        );
+        let idempotency = Idempotency::new(ttl, config.max_tracked_callers, redis.clone(), config.on_store_error);
         Ok(Self {
             memory: MemoryStore::new(config.max_tracked_callers),
             redis: redis.map(RedisLimits::new),
@@ -143,8 +137,7 @@ impl Limiter {
         endpoint: Option<&str>,
         credits: u64,
     ) -> Result<Admission, LimitError> {
-        self.admit_at(who, class, endpoint, credits, SystemTime::now())
-            .await
+        self.admit_at(who, class, endpoint, credits, SystemTime::now()).await
     }
 
     /// [`Self::admit`] with the in-process clock at `now` (Redis always uses its own `TIME`).
@@ -177,9 +170,7 @@ impl Limiter {
             Outcome::Admitted(granted) => granted,
             Outcome::Refused(refusal) => return Err(refused(&plan, tier, refusal)),
         };
-        let refund = granted
-            .quota
-            .map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
+        let refund = granted.quota.map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
         let states = admitted_states(&plan, tier, &granted);
         Ok(Admission {
             states,
@@ -192,8 +183,7 @@ impl Limiter {
     /// A submit fal accepted: its concurrency slot now belongs to `request_id`.
     pub async fn job_started(&self, admission: &Admission, request_id: &str) {
         if let Some(reservation) = &admission.reservation {
-            self.release(&admission.tag, reservation, Some(request_id), None)
-                .await;
+            self.release(&admission.tag, reservation, Some(request_id), None).await;
         }
     }
 
@@ -201,15 +191,13 @@ impl Limiter {
     /// and give back its request and credits. Never call it when the outcome is unknown.
     pub async fn refund_inflight(&self, admission: &Admission) {
         let reservation = admission.reservation.as_deref().unwrap_or("");
-        self.release(&admission.tag, reservation, None, admission.refund)
-            .await;
+        self.release(&admission.tag, reservation, None, admission.refund).await;
     }
 
     /// Completion, cancellation or an error of job `request_id` was seen: free its slot.
     /// Idempotent, so every replica that sees the job end may call it.
     pub async fn job_finished(&self, who: &Subject<'_>, request_id: &str) {
-        self.release(&tag_of(who.principal), request_id, None, None)
-            .await;
+        self.release(&tag_of(who.principal), request_id, None, None).await;
     }
 
     /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).
@@ -218,11 +206,7 @@ impl Limiter {
     }
 
     /// [`Self::admit_unauthenticated`] with the in-process clock at `now`.
-    pub async fn admit_unauthenticated_at(
-        &self,
-        ip: IpAddr,
-        now: SystemTime,
-    ) -> Result<(), LimitError> {
+    pub async fn admit_unauthenticated_at(&self, ip: IpAddr, now: SystemTime) -> Result<(), LimitError> {
         let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
             return Ok(());
         };
@@ -237,12 +221,10 @@ impl Limiter {
             },
             None => self.memory.admit_ip(ip, rate, micros(now)),
         };
-        answer
-            .map(drop)
-            .map_err(|retry_us| LimitError::RateLimited {
-                retry_after: Duration::from_micros(retry_us),
-                policy: rate_state("unauthenticated", rate, 0, retry_us),
-            })
+        answer.map(drop).map_err(|retry_us| LimitError::RateLimited {
+            retry_after: Duration::from_micros(retry_us),
+            policy: rate_state("unauthenticated", rate, 0, retry_us),
+        })
     }
 
     /// The credit cost of a call to `endpoint` with `input`: the value of the configured field
@@ -305,8 +287,7 @@ impl Limiter {
         credits: u64,
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
-        let rate =
-            [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
+        let rate = [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
         let endpoint = endpoint
             .filter(|_| class == OpClass::Submit)
             .and_then(|name| Some((name, Rate::from(*self.config.endpoint_rates.get(name)?))));
@@ -314,10 +295,7 @@ impl Limiter {
             requests: tier.daily_requests,
             credits: tier.daily_credits,
             cost: credits,
-            day_offset_us: self
-                .config
-                .quota_day_offset_seconds
-                .saturating_mul(1_000_000),
+            day_offset_us: self.config.quota_day_offset_seconds.saturating_mul(1_000_000),
         });
         let inflight = tier
             .max_inflight_jobs
@@ -368,8 +346,6 @@ fn ip_key(ip: IpAddr) -> IpAddr {
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(now: SystemTime) -> u64 {
-    let since = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
 }

@@ -1,9 +1,13 @@
-//! Who owns which fal request: recorded when a submit succeeds, checked before status, stream,
-//! result and cancel, so only the submitter can read or cancel a request. An unknown id and
-//! another caller's id answer the same 404, so the answer is no oracle.
+//! Who owns which fal request: recorded when a submit succeeds (before its answer is sent),
+//! checked before status, stream, result and cancel, so only the submitter can read or cancel a
+//! request. An unknown id and another caller's id answer the same 404, so the answer is no oracle.
 //!
-//! This is the in-process store (bounded by `ownership.max_entries`, entries expire after
-//! `ownership.ttl_seconds`).
+//! Records live in process (bounded by `ownership.max_entries`, expiring after
+//! `ownership.ttl_seconds`) and, with `[redis]`, in Redis too, so every replica sees them. When
+//! Redis cannot answer, `limits.on_store_error` decides: `deny` → 503, `allow` → this replica's
+//! own records only.
+
+pub mod redis;
 
 use moka::sync::Cache;
 
@@ -11,47 +15,88 @@ use crate::auth::Caller;
 use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
+use crate::limits::OnStoreError;
+use redis::RedisOwnership;
 
 /// The ownership store.
 pub struct Ownership {
-    owners: Cache<(AppId, FalRequestId), String>,
+    local: Cache<(AppId, FalRequestId), String>,
+    shared: Option<RedisOwnership>,
+    on_error: OnStoreError,
+    config: OwnershipConfig,
 }
 
 impl Ownership {
-    /// An empty store with the configured bounds.
-    pub fn new(config: OwnershipConfig) -> Self {
+    /// A store with the configured bounds, shared through Redis when given.
+    pub fn new(config: OwnershipConfig, shared: Option<RedisOwnership>, on_error: OnStoreError) -> Self {
+        let local = Cache::builder()
+            .max_capacity(config.max_entries)
+            .time_to_live(config.ttl)
+            .build();
         Self {
-            owners: Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(config.ttl)
-                .build(),
+            local,
+            shared,
+            on_error,
+            config,
         }
     }
 
     /// Passes only when `caller` submitted request `id` on `app`.
-    pub fn check(&self, caller: &Caller, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
-        match self.owners.get(&(app.clone(), id.clone())) {
-            Some(owner) if owner == caller.principal() => Ok(()),
-            _ => Err(GateError::RequestNotFound),
+    pub async fn check(&self, caller: &Caller, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
+        let principal = caller.principal();
+        // This replica's own records are authoritative for it, even while Redis is away.
+        if self
+            .local
+            .get(&(app.clone(), id.clone()))
+            .is_some_and(|owner| owner == principal)
+        {
+            return Ok(());
+        }
+        let Some(shared) = &self.shared else {
+            return Err(GateError::RequestNotFound);
+        };
+        match shared.check(&principal, app.as_str(), id.as_str()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(GateError::RequestNotFound),
+            Err(err) => {
+                tracing::warn!(error = %err, "ownership store unavailable");
+                match self.on_error {
+                    OnStoreError::Deny => Err(GateError::DependencyDown("the shared state store")),
+                    OnStoreError::Allow => Err(GateError::RequestNotFound),
+                }
+            }
         }
     }
 
-    /// Records that `caller` submitted request `id` on `app`.
-    pub fn record(&self, caller: &Caller, app: AppId, id: FalRequestId) {
-        self.owners.insert((app, id), caller.principal());
+    /// Records that `caller` submitted request `id` on `app`. A Redis failure is logged, not
+    /// returned: fal has queued the job, and answering an error would invite a second submit.
+    pub async fn record(&self, caller: &Caller, app: AppId, id: FalRequestId) {
+        let principal = caller.principal();
+        if let Some(shared) = &self.shared {
+            if let Err(err) = shared
+                .record(&principal, app.as_str(), id.as_str(), self.config.ttl)
+                .await
+            {
+                tracing::error!(error = %err, request = %id, "ownership not shared: other replicas will answer 404 for this request");
+            }
+        }
+        self.local.insert((app, id), principal);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    #[test]
-    fn only_the_submitter_passes_the_check() {
-        let store = Ownership::new(OwnershipConfig {
-            ttl: std::time::Duration::from_secs(60),
+    #[tokio::test]
+    async fn only_the_submitter_passes_the_check() {
+        let config = OwnershipConfig {
+            ttl: Duration::from_secs(60),
             max_entries: 10,
-        });
+        };
+        let store = Ownership::new(config, None, OnStoreError::Deny);
         let app = AppId::from_segments(&["fal-ai", "flux"]).unwrap();
         let id = FalRequestId::parse("764cabcf-b745-4b3e-ae38-1200304cf45b").unwrap();
         let caller = |issuer: &str, subject: &str| Caller {
@@ -65,15 +110,18 @@ mod tests {
             caller("default", "bob"),
             caller("auth0", "alice"),
         );
-        assert!(store.check(&alice, &app, &id).is_err());
-        store.record(&alice, app.clone(), id.clone());
-        assert!(store.check(&alice, &app, &id).is_ok());
-        assert_eq!(store.check(&bob, &app, &id).unwrap_err().code(), "request_not_found");
+        assert!(store.check(&alice, &app, &id).await.is_err());
+        store.record(&alice, app.clone(), id.clone()).await;
+        assert!(store.check(&alice, &app, &id).await.is_ok());
+        assert_eq!(
+            store.check(&bob, &app, &id).await.unwrap_err().code(),
+            "request_not_found"
+        );
         assert!(
-            store.check(&alice_elsewhere, &app, &id).is_err(),
+            store.check(&alice_elsewhere, &app, &id).await.is_err(),
             "same sub, other issuer"
         );
         let other_app = AppId::from_segments(&["fal-ai", "other"]).unwrap();
-        assert!(store.check(&alice, &other_app, &id).is_err());
+        assert!(store.check(&alice, &other_app, &id).await.is_err());
     }
 }

@@ -1,23 +1,31 @@
 //! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → read and validate input → check ownership → forward → record ownership → relay.
+//! authorize → read and validate input → claim the idempotency key → admit (rates, quota,
+//! concurrency) → check ownership → forward → record ownership and the job → relay.
 //! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
 //! Each step returns a proof value or a [`GateError`]; none writes a response.
+//!
+//! Input is validated before admission because a call's credit cost depends on it (e.g. the
+//! `model` field); validation is microseconds and a refused input consumes nothing.
+
+mod idempotency;
 
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::app::Gate;
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
 use crate::input;
+use crate::limits::{Admission, OpClass, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
 use crate::telemetry::metrics;
 use crate::upstream::{self, relay};
+use idempotency::{Claim, Settle};
 
 /// Runs one call for `caller` and returns the response to relay.
 pub async fn handle(
@@ -37,27 +45,148 @@ pub async fn handle(
     if let Some(input) = &input {
         grant.check_options(&input.value)?;
     }
+    let principal = caller.principal();
+    let claim = match idempotency::claim(gate, &principal, &call, headers, input.as_ref()).await? {
+        Claim::Replay(response) => return Ok(response),
+        Claim::New(key) => key,
+    };
+    let outcome = admitted(gate, &caller, &principal, &call, &grant, forwarded, input).await;
+    if let Some(key) = claim {
+        let settlement = Settle::of(&outcome);
+        idempotency::settle(gate, &principal, &key, settlement).await;
+    }
+    outcome.map(Answer::into_response)
+}
+
+/// What fal answered, with the caller's `RateLimit` headers.
+pub(crate) enum Answer {
+    Buffered(relay::Buffered, Admission),
+    Streamed(Response, Admission),
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let (mut response, admission) = match self {
+            Self::Buffered(answer, admission) => (answer.into_response(), admission),
+            Self::Streamed(response, admission) => (response, admission),
+        };
+        response.headers_mut().extend(admission.headers());
+        response
+    }
+}
+
+/// Everything after input and idempotency: admission, ownership, forwarding, bookkeeping.
+async fn admitted(
+    gate: &Gate,
+    caller: &Caller,
+    principal: &str,
+    call: &Call,
+    grant: &Grant<'_>,
+    forwarded: HeaderMap,
+    input: Option<ValidInput>,
+) -> Result<Answer, GateError> {
+    let subject = Subject {
+        principal,
+        tier: &caller.tier,
+    };
+    let entry = grant.endpoint.as_ref().map(|e| e.as_str());
+    let credits = match (entry, &input) {
+        (Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
+        _ => 0,
+    };
+    let admission = gate.limiter.admit(&subject, class(call), entry, credits).await?;
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
-        gate.ownership.check(&caller, &app, id)?;
+        gate.ownership.check(caller, &app, id).await?;
     }
     let started = Instant::now();
     let sent = gate
         .upstream
-        .send(&call, forwarded, input.map(|input| input.bytes))
+        .send(call, forwarded, input.map(|input| input.bytes))
         .await;
     metrics::upstream_answered(call.op_name(), started.elapsed());
-    let response = sent?;
-    if !relay::is_buffered(&call) {
-        relay::refuse_credential_failure(response.status())?;
-        return Ok(relay::stream(&gate.upstream, response));
-    }
-    let answer = relay::buffer(&gate.upstream, &call, response).await?;
-    if let (Op::Submit { endpoint, .. }, true) = (&call.op, answer.status.is_success()) {
-        if let Some(id) = answer.submitted_id() {
-            gate.ownership.record(&caller, endpoint.app(), id);
+    let answer = match sent {
+        Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
+            .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response), admission.clone())),
+        Ok(response) => relay::buffer(&gate.upstream, call, response)
+            .await
+            .map(|b| Answer::Buffered(b, admission.clone())),
+        Err(err) => Err(err),
+    };
+    let bookkeeping = Bookkeeping::of(call, &answer);
+    account(gate, caller, &subject, &admission, bookkeeping).await;
+    answer
+}
+
+/// What fal's answer means for ownership and limits (decided before any await, since an answer
+/// holding a streaming body cannot be shared across threads).
+enum Bookkeeping {
+    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    Refund,
+    Finished(crate::fal::FalRequestId),
+    RunDone,
+    Nothing,
+}
+
+impl Bookkeeping {
+    fn of(call: &Call, answer: &Result<Answer, GateError>) -> Self {
+        let success = |a: &relay::Buffered| a.status.is_success();
+        match (&call.op, answer) {
+            (Op::Submit { endpoint, .. }, Ok(Answer::Buffered(buffered, _))) if success(buffered) => buffered
+                .submitted_id()
+                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+            // fal may have queued it: keep the slot and the spend rather than invite a second job.
+            (Op::Submit { .. } | Op::Run { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => Self::Nothing,
+            (Op::Submit { .. } | Op::StorageInitiate, Ok(Answer::Buffered(buffered, _))) if !success(buffered) => {
+                Self::Refund
+            }
+            (Op::Submit { .. } | Op::StorageInitiate, Err(_)) => Self::Refund,
+            // A sync run holds its slot only while it runs; it keeps its spend.
+            (Op::Run { .. }, Ok(Answer::Buffered(buffered, _))) if success(buffered) => Self::RunDone,
+            (Op::Run { .. }, _) => Self::Refund,
+            (
+                Op::Status { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. },
+                Ok(Answer::Buffered(buffered, _)),
+            ) if finished(call, buffered) => Self::Finished(id.clone()),
+            _ => Self::Nothing,
         }
     }
-    Ok(answer.into_response())
+}
+
+/// Bookkeeping after fal answered: ownership and the concurrency slot of a submit, the end of a
+/// job, or the refund of a paid call fal did not take.
+async fn account(gate: &Gate, caller: &Caller, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
+    match bookkeeping {
+        Bookkeeping::Submitted(app, id) => {
+            gate.ownership.record(caller, app, id.clone()).await;
+            gate.limiter.job_started(admission, id.as_str()).await;
+        }
+        Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
+        Bookkeeping::Finished(id) => gate.limiter.job_finished(subject, id.as_str()).await,
+        Bookkeeping::RunDone => {
+            let run = uuid::Uuid::new_v4().to_string();
+            gate.limiter.job_started(admission, &run).await;
+            gate.limiter.job_finished(subject, &run).await;
+        }
+        Bookkeeping::Nothing => {}
+    }
+}
+
+/// Whether fal's answer shows the job is over (completed, cancelled, or its result served).
+fn finished(call: &Call, answer: &relay::Buffered) -> bool {
+    match call.op {
+        Op::Result { .. } | Op::Cancel { .. } => answer.status.is_success(),
+        Op::Status { .. } => answer.status.is_success() && answer.json_field("status").as_deref() == Some("COMPLETED"),
+        _ => false,
+    }
+}
+
+fn class(call: &Call) -> OpClass {
+    match call.op {
+        Op::Submit { .. } | Op::Run { .. } => OpClass::Submit,
+        Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => OpClass::Poll,
+        Op::Cancel { .. } => OpClass::Cancel,
+        Op::StorageInitiate => OpClass::Upload,
+    }
 }
 
 /// Reads the body and validates it against the endpoint's schema (or, for storage uploads, as a

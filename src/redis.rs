@@ -15,11 +15,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-// The Redis-backed ownership store lives beside the in-process one; until `ownership.rs`
-// declares `pub mod redis;` it is compiled from here (`crate::redis::ownership`).
-#[path = "ownership/redis.rs"]
-pub mod ownership;
-
 /// `[redis]`: where the shared store is and how long to wait for it.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,8 +84,7 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(StoreError::BadUrl)?;
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(StoreError::BadUrl)?;
         Ok(Self {
             connection,
             timeout,

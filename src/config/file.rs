@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     pub(crate) cors: RawCors,
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
+    pub(crate) limits: Option<crate::limits::LimitsConfig>,
+    pub(crate) redis: Option<crate::redis::RedisConfig>,
 }
 
 /// `[upstream]`: where fal is and how long to wait for it.

@@ -9,27 +9,13 @@ use super::{headers, LimitError, PolicyState, TierLimits};
 /// A refused submit for too many jobs in flight suggests retrying after this long.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(5);
 
-pub(super) fn admitted_states(
-    plan: &Plan<'_>,
-    tier: &TierLimits,
-    granted: &Granted,
-) -> Vec<PolicyState> {
+pub(super) fn admitted_states(plan: &Plan<'_>, tier: &TierLimits, granted: &Granted) -> Vec<PolicyState> {
     let mut states = Vec::new();
     if let (Some(rate), Some(gauge)) = (plan.rate, granted.rate) {
-        states.push(rate_state(
-            plan.class.name(),
-            rate,
-            gauge.remaining,
-            gauge.reset_us,
-        ));
+        states.push(rate_state(plan.class.name(), rate, gauge.remaining, gauge.reset_us));
     }
     if let (Some((_, rate)), Some(gauge)) = (plan.endpoint, granted.endpoint) {
-        states.push(rate_state(
-            "endpoint",
-            rate,
-            gauge.remaining,
-            gauge.reset_us,
-        ));
+        states.push(rate_state("endpoint", rate, gauge.remaining, gauge.reset_us));
     }
     if let Some(used) = granted.quota {
         let reset_seconds = headers::ceil_seconds(used.reset_us);
@@ -76,9 +62,7 @@ pub(super) fn refused(plan: &Plan<'_>, tier: &TierLimits, refusal: Refusal) -> L
     };
     match refusal {
         Refusal::Rate { retry_us } => rated(plan.class.name(), plan.rate, retry_us),
-        Refusal::Endpoint { retry_us } => {
-            rated("endpoint", plan.endpoint.map(|(_, rate)| rate), retry_us)
-        }
+        Refusal::Endpoint { retry_us } => rated("endpoint", plan.endpoint.map(|(_, rate)| rate), retry_us),
         Refusal::Requests { reset_us } => day("daily-requests", tier.daily_requests, reset_us),
         Refusal::Credits { reset_us } => day("daily-credits", tier.daily_credits, reset_us),
         Refusal::Inflight { .. } => LimitError::ConcurrencyLimited {
@@ -88,12 +72,7 @@ pub(super) fn refused(plan: &Plan<'_>, tier: &TierLimits, refusal: Refusal) -> L
     }
 }
 
-pub(super) fn rate_state(
-    name: &'static str,
-    rate: Rate,
-    remaining: u64,
-    reset_us: u64,
-) -> PolicyState {
+pub(super) fn rate_state(name: &'static str, rate: Rate, remaining: u64, reset_us: u64) -> PolicyState {
     PolicyState {
         name,
         quota: rate.burst,

@@ -32,11 +32,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 }
 
 /// Every comma-separated element of every `name` header, in order, mapped by `pick`.
-fn list<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-    pick: fn(&'a str) -> Option<&'a str>,
-) -> Vec<&'a str> {
+fn list<'a>(headers: &'a HeaderMap, name: &str, pick: fn(&'a str) -> Option<&'a str>) -> Vec<&'a str> {
     headers
         .get_all(name)
         .iter()
@@ -118,10 +114,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_read_with_ports_and_ipv6_brackets() {
         let peer: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let map = headers(&[(
-            "forwarded",
-            r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#,
-        )]);
+        let map = headers(&[("forwarded", r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#)]);
         assert_eq!(client_ip(peer, &map, &lb()).to_string(), "2001:db8::1");
     }
 

@@ -136,6 +136,23 @@ fn default_max_tracked_callers() -> u64 {
 pub struct LimitsConfigError(pub String);
 
 impl LimitsConfig {
+    /// No rate, quota or concurrency limit (no `[limits]` section); idempotency still works.
+    pub fn unlimited() -> Self {
+        Self {
+            tiers: BTreeMap::from([("default".to_owned(), TierLimits::default())]),
+            default_tier: "default".to_owned(),
+            endpoint_rates: BTreeMap::new(),
+            unauthenticated_ip_rate: None,
+            credits: CreditsConfig::default(),
+            quota_day_offset_seconds: 0,
+            trusted_proxies: Vec::new(),
+            idempotency_ttl_seconds: default_idempotency_ttl_seconds(),
+            inflight_ttl_seconds: default_inflight_ttl_seconds(),
+            on_store_error: OnStoreError::default(),
+            max_tracked_callers: default_max_tracked_callers(),
+        }
+    }
+
     /// Checks what serde cannot: the default tier exists and every rate can refill.
     pub fn validate(&self) -> Result<(), LimitsConfigError> {
         if !self.tiers.contains_key(&self.default_tier) {

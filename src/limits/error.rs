@@ -12,20 +12,11 @@ use super::headers::{ratelimit_headers, retry_after, PolicyState};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LimitError {
     #[error("too many requests; retry after {} s", retry_after.as_secs().max(1))]
-    RateLimited {
-        retry_after: Duration,
-        policy: PolicyState,
-    },
+    RateLimited { retry_after: Duration, policy: PolicyState },
     #[error("too many jobs in flight; wait for one to finish")]
-    ConcurrencyLimited {
-        retry_after: Duration,
-        policy: PolicyState,
-    },
+    ConcurrencyLimited { retry_after: Duration, policy: PolicyState },
     #[error("the daily quota is used up; it resets in {} s", reset_after.as_secs())]
-    QuotaExceeded {
-        reset_after: Duration,
-        policy: PolicyState,
-    },
+    QuotaExceeded { reset_after: Duration, policy: PolicyState },
     #[error("the limits store is unavailable")]
     StoreDown,
     #[error("this Idempotency-Key was used with a different request body")]
@@ -39,9 +30,7 @@ impl LimitError {
     /// clients), 503 for a down store, 422 / 409 for idempotency conflicts.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             Self::StoreDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

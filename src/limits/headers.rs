@@ -31,18 +31,12 @@ impl PolicyState {
     fn policy_item(&self) -> String {
         match self.window_seconds {
             Some(window) => format!("\"{}\";q={};w={window}", self.name, self.quota),
-            None => format!(
-                "\"{}\";q={};qu=\"concurrent-requests\"",
-                self.name, self.quota
-            ),
+            None => format!("\"{}\";q={};qu=\"concurrent-requests\"", self.name, self.quota),
         }
     }
 
     fn state_item(&self) -> String {
-        format!(
-            "\"{}\";r={};t={}",
-            self.name, self.remaining, self.reset_seconds
-        )
+        format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_seconds)
     }
 }
 

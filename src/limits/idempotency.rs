@@ -67,18 +67,10 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[3])";
 
 impl Idempotency {
     /// Answers are kept for `ttl`; at most `capacity` keys in process.
-    pub fn new(
-        ttl: Duration,
-        capacity: u64,
-        redis: Option<RedisStore>,
-        on_store_error: OnStoreError,
-    ) -> Self {
+    pub fn new(ttl: Duration, capacity: u64, redis: Option<RedisStore>, on_store_error: OnStoreError) -> Self {
         Self {
             ttl,
-            memory: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
+            memory: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             redis,
             on_store_error,
             errors: StoreErrorLog::default(),
@@ -93,12 +85,7 @@ impl Idempotency {
     }
 
     /// Claims `key` for `principal`, or tells what happened to its first use.
-    pub async fn begin(
-        &self,
-        principal: &str,
-        key: &str,
-        body_hash: &str,
-    ) -> Result<IdemState, LimitError> {
+    pub async fn begin(&self, principal: &str, key: &str, body_hash: &str) -> Result<IdemState, LimitError> {
         if let Some(store) = &self.redis {
             let mut connection = store.connection();
             let mut call = self.begin_script.prepare_invoke();
@@ -127,13 +114,7 @@ impl Idempotency {
     }
 
     /// The in-process [`Self::begin`] at `now`.
-    pub fn begin_at(
-        &self,
-        principal: &str,
-        key: &str,
-        body_hash: &str,
-        now: SystemTime,
-    ) -> IdemState {
+    pub fn begin_at(&self, principal: &str, key: &str, body_hash: &str, now: SystemTime) -> IdemState {
         let now_us = micros(now);
         let fresh = || {
             let expires_us = now_us + micros_of(PENDING_TTL.min(self.ttl));
@@ -143,17 +124,12 @@ impl Idempotency {
                 expires_us,
             }))
         };
-        let entry = self
-            .memory
-            .entry(memory_key(principal, key))
-            .or_insert_with(fresh);
+        let entry = self.memory.entry(memory_key(principal, key)).or_insert_with(fresh);
         if entry.is_fresh() {
             return IdemState::New;
         }
         let slot = entry.into_value();
-        let mut current = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.expires_us <= now_us {
             *current = Entry {
                 body_hash: body_hash.to_owned(),
@@ -194,9 +170,7 @@ impl Idempotency {
         match answer {
             Some((status, body)) => {
                 if let Some(entry) = self.memory.get(&key) {
-                    let mut entry = entry
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut entry = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     entry.answer = Some((status, Bytes::copy_from_slice(body)));
                     entry.expires_us = micros(SystemTime::now()) + micros_of(self.ttl);
                 }
@@ -228,9 +202,7 @@ fn memory_key(principal: &str, key: &str) -> String {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn micros_of(duration: Duration) -> u64 {

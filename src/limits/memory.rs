@@ -40,10 +40,7 @@ impl MemoryStore {
                 .max_capacity(capacity)
                 .time_to_idle(CALLER_IDLE)
                 .build(),
-            rates: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(RATE_IDLE)
-                .build(),
+            rates: Cache::builder().max_capacity(capacity).time_to_idle(RATE_IDLE).build(),
         }
     }
 
@@ -51,12 +48,9 @@ impl MemoryStore {
     pub(crate) fn admit(&self, plan: &Plan<'_>, now_us: u64) -> Outcome {
         let caller = self.callers.get_with_by_ref(plan.tag, Default::default);
         let mut state = lock(&caller);
-        let endpoint = plan.endpoint.map(|(name, rate)| {
-            (
-                self.rates.get_with(format!("ep:{name}"), Default::default),
-                rate,
-            )
-        });
+        let endpoint = plan
+            .endpoint
+            .map(|(name, rate)| (self.rates.get_with(format!("ep:{name}"), Default::default), rate));
         // Lock order is always caller, then endpoint, so two admissions cannot deadlock.
         let mut endpoint_tat = endpoint.as_ref().map(|(tat, rate)| (lock(tat), *rate));
         match check(
@@ -81,13 +75,7 @@ impl MemoryStore {
 
     /// Replaces slot `from` by `to` (a submit's reservation by its request id), or frees it
     /// when `to` is `None`; refunds `cost` credits and one request of `day` if given.
-    pub(crate) fn release(
-        &self,
-        tag: &str,
-        from: &str,
-        to: Option<&str>,
-        refund: Option<(i64, u64)>,
-    ) {
+    pub(crate) fn release(&self, tag: &str, from: &str, to: Option<&str>, refund: Option<(i64, u64)>) {
         let Some(caller) = self.callers.get(tag) else {
             return;
         };
@@ -149,15 +137,11 @@ fn check(
     }
     let class = plan.class as usize;
     let rate_next = match plan.rate {
-        Some(rate) => Some(
-            gcra(state.tats[class], now, rate).map_err(|retry_us| Refusal::Rate { retry_us })?,
-        ),
+        Some(rate) => Some(gcra(state.tats[class], now, rate).map_err(|retry_us| Refusal::Rate { retry_us })?),
         None => None,
     };
     let endpoint_next = match &endpoint {
-        Some((tat, rate)) => {
-            Some(gcra(**tat, now, *rate).map_err(|retry_us| Refusal::Endpoint { retry_us })?)
-        }
+        Some((tat, rate)) => Some(gcra(**tat, now, *rate).map_err(|retry_us| Refusal::Endpoint { retry_us })?),
         None => None,
     };
     // Every check passed: consume.
@@ -182,7 +166,5 @@ fn check(
 /// A poisoned lock only means another admission panicked mid-update; the counters are still
 /// integers, so keep serving rather than panic every later call.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -32,9 +32,7 @@ impl RedisLimits {
     /// Checks and consumes every limit of `plan` in one atomic script.
     pub(crate) async fn admit(&self, plan: &Plan<'_>) -> Result<Outcome, StoreError> {
         let rate_key = self.store.tagged(plan.tag, plan.class.rate_key());
-        let endpoint_key = plan
-            .endpoint
-            .map(|(name, _)| self.store.key(name, "ep-rate"));
+        let endpoint_key = plan.endpoint.map(|(name, _)| self.store.key(name, "ep-rate"));
         let mut invocation = self.admit.prepare_invoke();
         invocation
             .key(&rate_key)
@@ -71,45 +69,21 @@ impl RedisLimits {
             None => invocation.arg(-1).arg(0).arg(""),
         };
         let mut connection = self.store.connection();
-        let reply: Vec<i64> = self
-            .store
-            .timed(invocation.invoke_async(&mut connection))
-            .await?;
+        let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
         parse_admit(&reply)
     }
 
     /// One GCRA step on an unauthenticated client's key, through the same script.
-    pub(crate) async fn admit_ip(
-        &self,
-        ip: IpAddr,
-        rate: Rate,
-    ) -> Result<Result<Gauge, u64>, StoreError> {
+    pub(crate) async fn admit_ip(&self, ip: IpAddr, rate: Rate) -> Result<Result<Gauge, u64>, StoreError> {
         let key = self.store.key(&ip.to_string(), "ip-rate");
         let mut invocation = self.admit.prepare_invoke();
         invocation.key(&key).key(&key).key(&key).key(&key);
-        invocation
-            .arg(rate.emission_us)
-            .arg(rate.burst)
-            .arg(0)
-            .arg(0);
-        invocation
-            .arg("0")
-            .arg(-1)
-            .arg(-1)
-            .arg(0)
-            .arg(0)
-            .arg(-1)
-            .arg(0)
-            .arg("");
+        invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
+        invocation.arg("0").arg(-1).arg(-1).arg(0).arg(0).arg(-1).arg(0).arg("");
         let mut connection = self.store.connection();
-        let reply: Vec<i64> = self
-            .store
-            .timed(invocation.invoke_async(&mut connection))
-            .await?;
+        let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
         match parse_admit(&reply)? {
-            Outcome::Admitted(Granted {
-                rate: Some(gauge), ..
-            }) => Ok(Ok(gauge)),
+            Outcome::Admitted(Granted { rate: Some(gauge), .. }) => Ok(Ok(gauge)),
             Outcome::Refused(Refusal::Rate { retry_us }) => Ok(Err(retry_us)),
             other => Err(StoreError::Protocol(format!("ip rate answered {other:?}"))),
         }
@@ -170,11 +144,7 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
         (Some(3), Some(reset_us)) => Outcome::Refused(Refusal::Requests { reset_us }),
         (Some(4), Some(reset_us)) => Outcome::Refused(Refusal::Credits { reset_us }),
         (Some(5), Some(count)) => Outcome::Refused(Refusal::Inflight { count }),
-        _ => {
-            return Err(StoreError::Protocol(format!(
-                "admit script answered {reply:?}"
-            )))
-        }
+        _ => return Err(StoreError::Protocol(format!("admit script answered {reply:?}"))),
     };
     Ok(outcome)
 }

@@ -61,15 +61,9 @@ async fn the_credit_quota_is_exact_under_a_concurrent_burst() {
         tokio::spawn(async move { replica.admit(&ALICE, OpClass::Submit, None, 3).await })
     });
     let results = futures_util::future::join_all(calls).await;
-    let admitted = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().is_ok())
-        .count();
+    let admitted = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
     assert_eq!(admitted, 33);
-    let refused = results
-        .iter()
-        .find_map(|r| r.as_ref().unwrap().as_ref().err())
-        .unwrap();
+    let refused = results.iter().find_map(|r| r.as_ref().unwrap().as_ref().err()).unwrap();
     assert_eq!(refused.code(), "quota_exceeded");
     // One credit is still left: a call costing 1 fits, and only on the shared store.
     b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
@@ -86,28 +80,19 @@ async fn d61_replica_clock_skew_does_not_change_the_shared_count() {
             0 => (&a, SystemTime::now() + skew),
             _ => (&b, SystemTime::now() - skew),
         };
-        admitted += usize::from(
-            replica
-                .admit_at(&ALICE, OpClass::Cancel, None, 0, now)
-                .await
-                .is_ok(),
-        );
+        admitted += usize::from(replica.admit_at(&ALICE, OpClass::Cancel, None, 0, now).await.is_ok());
     }
     assert_eq!(admitted, 20);
 }
 
 #[tokio::test]
 async fn concurrency_slots_are_shared_and_freed_by_whichever_replica_sees_the_end() {
-    let (a, b) =
-        replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(2));
+    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(2));
     let first = a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     a.job_started(&first, "req-1").await;
     let second = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     assert_eq!(
-        a.admit(&ALICE, OpClass::Submit, None, 1)
-            .await
-            .unwrap_err()
-            .code(),
+        a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err().code(),
         "concurrency_limited"
     );
     b.job_finished(&ALICE, "req-1").await;
@@ -122,16 +107,12 @@ async fn an_idempotency_key_is_honoured_across_replicas() {
     let (a, b) = replicas(|_| {});
     let hash = Idempotency::body_hash(b"{\"prompt\":\"cat\"}");
     let (ia, ib) = (a.idempotency(), b.idempotency());
-    assert_eq!(
-        ia.begin("iss|alice", "key-1", &hash).await.unwrap(),
-        IdemState::New
-    );
+    assert_eq!(ia.begin("iss|alice", "key-1", &hash).await.unwrap(), IdemState::New);
     assert_eq!(
         ib.begin("iss|alice", "key-1", &hash).await.unwrap(),
         IdemState::InFlight
     );
-    ia.complete("iss|alice", "key-1", 200, b"{\"request_id\":\"r1\"}")
-        .await;
+    ia.complete("iss|alice", "key-1", 200, b"{\"request_id\":\"r1\"}").await;
     let replay = ib.begin("iss|alice", "key-1", &hash).await.unwrap();
     assert_eq!(
         replay,
@@ -145,21 +126,13 @@ async fn an_idempotency_key_is_honoured_across_replicas() {
         ib.begin("iss|alice", "key-1", &other).await.unwrap(),
         IdemState::Mismatch
     );
-    assert_eq!(
-        ib.begin("iss|bob", "key-1", &other).await.unwrap(),
-        IdemState::New
-    );
+    assert_eq!(ib.begin("iss|bob", "key-1", &other).await.unwrap(), IdemState::New);
     ib.abandon("iss|bob", "key-1").await;
-    assert_eq!(
-        ia.begin("iss|bob", "key-1", &hash).await.unwrap(),
-        IdemState::New
-    );
+    assert_eq!(ia.begin("iss|bob", "key-1", &hash).await.unwrap(), IdemState::New);
 }
 
 async fn behind_proxy(mode: OnStoreError) -> (ChaosProxy, Limiter) {
-    let proxy = ChaosProxy::start(REDIS.parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
+    let proxy = ChaosProxy::start(REDIS.parse::<SocketAddr>().unwrap()).await.unwrap();
     let mut config = config();
     config.on_store_error = mode;
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
@@ -180,53 +153,32 @@ async fn until_ready(limiter: &Limiter) {
 #[tokio::test]
 async fn d59_redis_cut_with_deny_is_a_prompt_503_and_recovers_by_itself() {
     let (proxy, limiter) = behind_proxy(OnStoreError::Deny).await;
-    limiter
-        .admit(&ALICE, OpClass::Submit, None, 1)
-        .await
-        .unwrap();
+    limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     proxy.cut();
     let started = std::time::Instant::now();
     for _ in 0..5 {
-        let refused = limiter
-            .admit(&ALICE, OpClass::Submit, None, 1)
-            .await
-            .unwrap_err();
+        let refused = limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err();
         assert_eq!(
             (refused.status().as_u16(), refused.code()),
             (503, "dependency_unavailable")
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(limiter.ready().await, Readiness::Unavailable);
     proxy.restore();
     until_ready(&limiter).await;
-    limiter
-        .admit(&ALICE, OpClass::Submit, None, 1)
-        .await
-        .unwrap();
+    limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
 }
 
 #[tokio::test]
 async fn d59_redis_cut_with_allow_falls_back_to_bounded_local_limits_and_recovers() {
     let (proxy, limiter) = behind_proxy(OnStoreError::Allow).await;
-    limiter
-        .admit(&ALICE, OpClass::Cancel, None, 0)
-        .await
-        .unwrap();
+    limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
     proxy.cut();
     // The local limiter still limits: pro cancel burst is 20, never unlimited.
     let (started, mut admitted) = (std::time::Instant::now(), 0);
     for _ in 0..40 {
-        admitted += usize::from(
-            limiter
-                .admit(&ALICE, OpClass::Cancel, None, 0)
-                .await
-                .is_ok(),
-        );
+        admitted += usize::from(limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.is_ok());
     }
     // Each call may wait out the store timeout, and the rate refills one call a second meanwhile.
     let refilled = started.elapsed().as_secs() as usize + 1;
@@ -239,10 +191,7 @@ async fn d59_redis_cut_with_allow_falls_back_to_bounded_local_limits_and_recover
     proxy.restore();
     until_ready(&limiter).await;
     // Back on Redis, which saw one call before the cut.
-    let admission = limiter
-        .admit(&ALICE, OpClass::Cancel, None, 0)
-        .await
-        .unwrap();
+    let admission = limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
     assert!(admission.headers()[1]
         .1
         .to_str()

@@ -73,11 +73,7 @@ const BOB: Subject<'static> = Subject {
     tier: "free",
 };
 
-async fn poll(
-    limiter: &Limiter,
-    who: &Subject<'_>,
-    now: SystemTime,
-) -> Result<Admission, LimitError> {
+async fn poll(limiter: &Limiter, who: &Subject<'_>, now: SystemTime) -> Result<Admission, LimitError> {
     limiter.admit_at(who, OpClass::Poll, None, 0, now).await
 }
 
@@ -90,10 +86,7 @@ async fn a_burst_is_admitted_then_429_with_retry_after_and_ratelimit_headers() {
             .await
             .unwrap();
     }
-    let ok = limiter
-        .admit_at(&BOB, OpClass::Cancel, None, 0, at(0.0))
-        .await
-        .unwrap();
+    let ok = limiter.admit_at(&BOB, OpClass::Cancel, None, 0, at(0.0)).await.unwrap();
     assert_eq!(ok.headers()[1].1, r#""cancel";r=4;t=3"#);
     for _ in 3..5 {
         limiter
@@ -105,15 +98,9 @@ async fn a_burst_is_admitted_then_429_with_retry_after_and_ratelimit_headers() {
         .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
         .await
         .unwrap_err();
-    assert_eq!(
-        (refused.status().as_u16(), refused.code()),
-        (429, "rate_limited")
-    );
+    assert_eq!((refused.status().as_u16(), refused.code()), (429, "rate_limited"));
     let headers = refused.headers();
-    assert_eq!(
-        headers[0],
-        (http::header::RETRY_AFTER, HeaderValue::from(3u64))
-    );
+    assert_eq!(headers[0], (http::header::RETRY_AFTER, HeaderValue::from(3u64)));
     assert_eq!(headers[1].1, r#""cancel";q=5;w=15"#);
     assert_eq!(headers[2].1, r#""cancel";r=0;t=3"#);
 }
@@ -165,10 +152,7 @@ async fn d55_every_token_of_one_principal_shares_one_bucket() {
             principal: &String::from("iss|alice"),
             tier: "free",
         };
-        limiter
-            .admit_at(&who, OpClass::Submit, None, 1, at(0.0))
-            .await
-            .ok();
+        limiter.admit_at(&who, OpClass::Submit, None, 1, at(0.0)).await.ok();
     }
     assert!(limiter
         .admit_at(&ALICE, OpClass::Submit, None, 1, at(0.0))
@@ -181,10 +165,7 @@ async fn the_credit_quota_is_403_until_the_utc_day_resets() {
     let limiter = limiter();
     let mut spent = 0;
     let mut now = 0.0;
-    while let Ok(admission) = limiter
-        .admit_at(&ALICE, OpClass::Submit, None, 3, at(now))
-        .await
-    {
+    while let Ok(admission) = limiter.admit_at(&ALICE, OpClass::Submit, None, 3, at(now)).await {
         limiter.job_finished(&ALICE, "x").await;
         limiter
             .refund_inflight(&Admission {
@@ -200,10 +181,7 @@ async fn the_credit_quota_is_403_until_the_utc_day_resets() {
         .admit_at(&ALICE, OpClass::Submit, None, 3, at(now))
         .await
         .unwrap_err();
-    assert_eq!(
-        (refused.status().as_u16(), refused.code()),
-        (403, "quota_exceeded")
-    );
+    assert_eq!((refused.status().as_u16(), refused.code()), (403, "quota_exceeded"));
     let reset = 86_400 - now as u64;
     assert_eq!(refused.headers()[0].1, HeaderValue::from(reset));
     limiter
@@ -300,9 +278,7 @@ async fn the_endpoint_rate_is_shared_by_all_callers() {
     let flux = Some("fal-ai/flux/dev");
     for who in [ALICE, ALICE, BOB, BOB] {
         limiter.job_finished(&who, "none").await;
-        let admitted = limiter
-            .admit_at(&who, OpClass::Submit, flux, 2, at(0.0))
-            .await;
+        let admitted = limiter.admit_at(&who, OpClass::Submit, flux, 2, at(0.0)).await;
         if let Ok(admission) = admitted {
             limiter.refund_inflight(&admission).await;
         }
@@ -315,11 +291,7 @@ async fn the_endpoint_rate_is_shared_by_all_callers() {
         .admit_at(&carol, OpClass::Submit, flux, 2, at(0.0))
         .await
         .unwrap_err();
-    assert!(refused.headers()[1]
-        .1
-        .to_str()
-        .unwrap()
-        .starts_with(r#""endpoint""#));
+    assert!(refused.headers()[1].1.to_str().unwrap().starts_with(r#""endpoint""#));
     limiter
         .admit_at(&carol, OpClass::Submit, Some("fal-ai/other"), 1, at(0.0))
         .await
@@ -366,11 +338,7 @@ async fn d56_a_flood_of_distinct_callers_stays_within_the_tracked_bound() {
         };
         poll(&limiter, &who, at(0.0)).await.unwrap();
     }
-    assert!(
-        limiter.tracked_callers() <= 1_100,
-        "{}",
-        limiter.tracked_callers()
-    );
+    assert!(limiter.tracked_callers() <= 1_100, "{}", limiter.tracked_callers());
 }
 
 #[test]
@@ -383,10 +351,7 @@ fn credits_come_from_the_field_value_then_the_endpoint_then_the_default() {
     );
     assert_eq!(limiter.credits_for(vpg, &json!({"model": "unknown"})), 1);
     assert_eq!(limiter.credits_for(vpg, &json!({})), 1);
-    assert_eq!(
-        limiter.credits_for("fal-ai/flux/dev", &json!({"model": "x"})),
-        2
-    );
+    assert_eq!(limiter.credits_for("fal-ai/flux/dev", &json!({"model": "x"})), 2);
     assert_eq!(limiter.credits_for("fal-ai/anything", &json!(null)), 1);
 }
 
@@ -403,18 +368,10 @@ fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
     let idem = Idempotency::new(Duration::from_secs(600), 100, None, OnStoreError::Deny);
     let now = at(0.0);
     assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::New);
-    assert_eq!(
-        idem.begin_at("iss|alice", "k1", "h1", now),
-        IdemState::InFlight
-    );
-    assert_eq!(
-        idem.begin_at("iss|alice", "k1", "h2", now),
-        IdemState::Mismatch
-    );
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::InFlight);
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h2", now), IdemState::Mismatch);
     assert_eq!(idem.begin_at("iss|bob", "k1", "h2", now), IdemState::New);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(idem.complete("iss|alice", "k1", 200, b"{\"request_id\":\"r\"}"));
     let replay = idem.begin_at("iss|alice", "k1", "h1", SystemTime::now());
     assert_eq!(
@@ -425,8 +382,5 @@ fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
         }
     );
     let later = SystemTime::now() + Duration::from_secs(601);
-    assert_eq!(
-        idem.begin_at("iss|alice", "k1", "h2", later),
-        IdemState::New
-    );
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h2", later), IdemState::New);
 }

@@ -23,23 +23,13 @@ impl RedisOwnership {
         let mut connection = self.store.connection();
         let owner: Option<String> = self
             .store
-            .timed(
-                redis::cmd("GET")
-                    .arg(self.key(app, id))
-                    .query_async(&mut connection),
-            )
+            .timed(redis::cmd("GET").arg(self.key(app, id)).query_async(&mut connection))
             .await?;
         Ok(owner.as_deref() == Some(tag_of(principal).as_str()))
     }
 
     /// Records that `principal` submitted request `id` on `app`, for `ttl`.
-    pub async fn record(
-        &self,
-        principal: &str,
-        app: &str,
-        id: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    pub async fn record(&self, principal: &str, app: &str, id: &str, ttl: Duration) -> Result<(), StoreError> {
         let mut connection = self.store.connection();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.store
@@ -78,26 +68,11 @@ mod tests {
         let prefix = format!("test-own-{}", uuid::Uuid::new_v4());
         let (replica_a, replica_b) = (ownership(&prefix), ownership(&prefix));
         let ttl = Duration::from_secs(60);
-        assert!(!replica_b
-            .check("iss|alice", "fal-ai/flux", "r1")
-            .await
-            .unwrap());
-        replica_a
-            .record("iss|alice", "fal-ai/flux", "r1", ttl)
-            .await
-            .unwrap();
-        assert!(replica_b
-            .check("iss|alice", "fal-ai/flux", "r1")
-            .await
-            .unwrap());
-        assert!(!replica_b
-            .check("iss|bob", "fal-ai/flux", "r1")
-            .await
-            .unwrap());
-        assert!(!replica_b
-            .check("iss|alice", "fal-ai/other", "r1")
-            .await
-            .unwrap());
+        assert!(!replica_b.check("iss|alice", "fal-ai/flux", "r1").await.unwrap());
+        replica_a.record("iss|alice", "fal-ai/flux", "r1", ttl).await.unwrap();
+        assert!(replica_b.check("iss|alice", "fal-ai/flux", "r1").await.unwrap());
+        assert!(!replica_b.check("iss|bob", "fal-ai/flux", "r1").await.unwrap());
+        assert!(!replica_b.check("iss|alice", "fal-ai/other", "r1").await.unwrap());
     }
 
     #[tokio::test]

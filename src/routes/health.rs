@@ -9,18 +9,28 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::Gate;
+use crate::limits::Readiness;
 
 pub(super) async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 pub(super) async fn ready(State(gate): State<Arc<Gate>>) -> (StatusCode, Json<Value>) {
-    if gate.auth.ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting", "waiting_for": ["jwks"] })),
-        )
-    }
+    let store = gate.limiter.ready().await;
+    let store_name = match store {
+        Readiness::Ready => "ok",
+        Readiness::Degraded => "degraded",
+        Readiness::Unavailable => "unavailable",
+    };
+    let ready = gate.auth.ready() && store.is_ready();
+    let body =
+        json!({ "status": if ready { "ready" } else { "not_ready" }, "jwks": gate.auth.ready(), "store": store_name });
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }

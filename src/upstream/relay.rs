@@ -41,6 +41,12 @@ impl Buffered {
         FalRequestId::parse(value.get("request_id")?.as_str()?).ok()
     }
 
+    /// A top-level string field of a JSON answer (e.g. a status's `status`).
+    pub fn json_field(&self, name: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        Some(value.get(name)?.as_str()?.to_owned())
+    }
+
     /// Turns the answer into the client's response.
     pub fn into_response(self) -> Response {
         let mut response = Response::new(Body::from(self.body));

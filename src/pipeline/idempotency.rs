@@ -1,0 +1,108 @@
+//! `Idempotency-Key` on submits: the first answer is stored and replayed to a retry with the same
+//! key and body, so one click never makes two jobs; the same key with another body is a 422.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+
+use super::Answer;
+use crate::app::Gate;
+use crate::error::GateError;
+use crate::fal::{Call, Op};
+use crate::limits::{IdemState, Idempotency, LimitError};
+use crate::schema::ValidInput;
+
+/// The request header carrying the key.
+const KEY_HEADER: &str = "idempotency-key";
+/// Longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// What the key says about this submit.
+pub(super) enum Claim {
+    /// Go on; settle the key (when there is one) with the outcome.
+    New(Option<String>),
+    /// Answered before: send this again, submit nothing.
+    Replay(Response),
+}
+
+/// Claims the submit's key, if it carries one. Other operations ignore the header.
+pub(super) async fn claim(
+    gate: &Gate,
+    principal: &str,
+    call: &Call,
+    headers: &HeaderMap,
+    input: Option<&ValidInput>,
+) -> Result<Claim, GateError> {
+    let (Op::Submit { .. }, Some(input)) = (&call.op, input) else {
+        return Ok(Claim::New(None));
+    };
+    let Some(key) = key(headers)? else {
+        return Ok(Claim::New(None));
+    };
+    let hash = Idempotency::body_hash(&input.bytes);
+    match gate.limiter.idempotency().begin(principal, &key, &hash).await? {
+        IdemState::New => Ok(Claim::New(Some(key))),
+        IdemState::Replay { status, body } => Ok(Claim::Replay(replay(status, body))),
+        IdemState::InFlight => Err(LimitError::IdempotencyInFlight.into()),
+        IdemState::Mismatch => Err(LimitError::IdempotencyKeyReused.into()),
+    }
+}
+
+/// What to do with a claimed key once the submit is over.
+pub(super) enum Settle {
+    /// Store this answer for replay.
+    Complete(u16, bytes::Bytes),
+    /// fal may have queued the job: keep the key pending, so a retry does not submit again.
+    Keep,
+    /// fal did not take it: free the key, so a retry may run.
+    Abandon,
+}
+
+impl Settle {
+    pub(super) fn of(outcome: &Result<Answer, GateError>) -> Self {
+        match outcome {
+            Ok(Answer::Buffered(answer, _)) if answer.status.is_success() => {
+                Self::Complete(answer.status.as_u16(), answer.body.clone())
+            }
+            Err(GateError::SubmitOutcomeUnknown(_)) => Self::Keep,
+            _ => Self::Abandon,
+        }
+    }
+}
+
+/// Applies the settlement to the key.
+pub(super) async fn settle(gate: &Gate, principal: &str, key: &str, settlement: Settle) {
+    let store = gate.limiter.idempotency();
+    match settlement {
+        Settle::Complete(status, body) => store.complete(principal, key, status, &body).await,
+        Settle::Keep => {}
+        Settle::Abandon => store.abandon(principal, key).await,
+    }
+}
+
+fn key(headers: &HeaderMap) -> Result<Option<String>, GateError> {
+    let mut values = headers.get_all(KEY_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let valid = values.next().is_none()
+        && !value.is_empty()
+        && value.len() <= MAX_KEY_LEN
+        && value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    match value.to_str() {
+        Ok(key) if valid => Ok(Some(key.to_owned())),
+        _ => Err(GateError::Malformed(format!(
+            "{KEY_HEADER} must be one printable value of at most {MAX_KEY_LEN} bytes"
+        ))),
+    }
+}
+
+fn replay(status: u16, body: bytes::Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
