@@ -7,6 +7,7 @@ mod cli;
 mod errors;
 mod identity;
 mod jwks;
+mod limits;
 mod relay;
 mod schema;
 mod target;

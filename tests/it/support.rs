@@ -38,6 +38,8 @@ unknown_fields = "allow"
 pub(crate) struct TestGate {
     pub(crate) url: String,
     pub(crate) emulator: Emulator,
+    /// The emulator's base URL (fal's queue host).
+    pub(crate) fal_url: String,
     pub(crate) client: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -45,6 +47,8 @@ pub(crate) struct TestGate {
 #[derive(Default)]
 pub(crate) struct Builder {
     queue_url: Option<String>,
+    /// Another gate's fal: two gates on one emulator are two replicas of one deployment.
+    fal: Option<(Emulator, String)>,
     extra_config: String,
     env: Vec<(String, String)>,
 }
@@ -53,6 +57,12 @@ impl Builder {
     /// Points the queue host somewhere else (e.g. a closed port).
     pub(crate) fn queue_url(mut self, url: &str) -> Self {
         self.queue_url = Some(url.to_owned());
+        self
+    }
+
+    /// Uses `other`'s fal emulator instead of a new one.
+    pub(crate) fn share_fal(mut self, other: &TestGate) -> Self {
+        self.fal = Some((other.emulator.clone(), other.fal_url.clone()));
         self
     }
 
@@ -69,23 +79,25 @@ impl Builder {
     }
 
     pub(crate) async fn spawn(self) -> TestGate {
-        let emulator = Emulator::new(EmulatorConfig {
-            queue_ms: 150,
-            progress_ms: 300,
-            log_lines: 2,
-            stream_interval_ms: 50,
-        });
-        let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let emu = format!("http://{}", emulator_listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (emu_stop, emu_stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(falgate::emulator::serve(
-            emulator_listener,
-            emulator.clone(),
-            async move {
-                emu_stopped.await.ok();
-            },
-        ));
+        let (emulator, emu) = match self.fal {
+            Some(shared) => shared,
+            None => {
+                let emulator = Emulator::new(EmulatorConfig {
+                    queue_ms: 150,
+                    progress_ms: 300,
+                    log_lines: 2,
+                    stream_interval_ms: 50,
+                });
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(falgate::emulator::serve(listener, emulator.clone(), async move {
+                    emu_stopped.await.ok();
+                }));
+                (emulator, url)
+            }
+        };
         let vars: HashMap<String, String> = [
             ("FALGATE_AUTH__HS256_SECRET", SECRET.to_owned()),
             (
@@ -115,6 +127,7 @@ impl Builder {
         TestGate {
             url,
             emulator,
+            fal_url: emu,
             client,
             _stop: stop,
         }
