@@ -42,8 +42,8 @@ pub struct App {
 /// A startup failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot build the HTTP client for fal: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamBuildError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("schema {0}")]

@@ -30,25 +30,38 @@ const FORWARDED: [&str; 7] = [
 /// Longest forwarded header value.
 const MAX_HEADER_VALUE: usize = 2048;
 
+/// Why the client for fal could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("cannot build the HTTP client for fal: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("the fal key cannot be sent as a header value")]
+    Key,
+}
+
 /// The client for fal, built once at startup.
 pub struct Upstream {
     client: reqwest::Client,
-    credentials: FalCredentials,
+    /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
+    authorization: HeaderValue,
     config: config::Upstream,
 }
 
 impl Upstream {
     /// Builds the pooled client.
-    pub fn new(config: config::Upstream, credentials: FalCredentials) -> Result<Self, reqwest::Error> {
+    pub fn new(config: config::Upstream, credentials: FalCredentials) -> Result<Self, UpstreamBuildError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("falgate/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let mut authorization =
+            HeaderValue::from_str(&credentials.authorization()).map_err(|_| UpstreamBuildError::Key)?;
+        authorization.set_sensitive(true);
         Ok(Self {
             client,
-            credentials,
+            authorization,
             config,
         })
     }
@@ -87,7 +100,7 @@ impl Upstream {
             .client
             .request(call.method(), self.url(call))
             .headers(headers)
-            .header(reqwest::header::AUTHORIZATION, self.credentials.authorization());
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone());
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
