@@ -64,7 +64,7 @@ pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildEr
     let gate = Gate {
         auth,
         policy: Policy::new(&config),
-        upstream: Upstream::new(config.upstream.clone(), credentials)?,
+        upstream: Upstream::new(config.upstream.clone(), &credentials)?,
         ownership: Ownership::new(config.ownership, redis.clone().map(RedisOwnership::new), on_store_error),
         schemas: Schemas::compile(config.schema_sources.clone())?,
         limiter: Limiter::new(config.limits.clone(), redis)?,

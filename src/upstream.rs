@@ -49,7 +49,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the pooled client.
-    pub fn new(config: config::Upstream, credentials: FalCredentials) -> Result<Self, UpstreamBuildError> {
+    pub fn new(config: config::Upstream, credentials: &FalCredentials) -> Result<Self, UpstreamBuildError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)
