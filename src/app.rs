@@ -56,7 +56,7 @@ pub enum BuildError {
 
 /// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
 /// (JWKS refresh tasks start here).
-pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildError> {
+pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildError> {
     let auth = Arc::new(Authenticator::new(&config.auth)?);
     let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
     let on_store_error = config.limits.on_store_error;
@@ -64,7 +64,7 @@ pub fn build(config: Config, credentials: FalCredentials) -> Result<App, BuildEr
     let gate = Gate {
         auth,
         policy: Policy::new(&config),
-        upstream: Upstream::new(config.upstream.clone(), &credentials)?,
+        upstream: Upstream::new(config.upstream.clone(), credentials)?,
         ownership: Ownership::new(config.ownership, redis.clone().map(RedisOwnership::new), on_store_error),
         schemas: Schemas::compile(config.schema_sources.clone())?,
         limiter: Limiter::new(config.limits.clone(), redis)?,

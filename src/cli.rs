@@ -107,7 +107,7 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     telemetry::init(config.log_format);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
-    let app = app::build(config, credentials).map_err(|err| Failure::Config(err.to_string()))?;
+    let app = app::build(config, &credentials).map_err(|err| Failure::Config(err.to_string()))?;
     announce("falgate", &public, &admin)?;
     app::serve(public, admin, app, shutdown_signal())
         .await

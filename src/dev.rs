@@ -46,7 +46,7 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let token = crate::auth::mint_hs256(secret.as_bytes(), "dev-user", None, TOKEN_TTL)?;
     announce("falgate", &public, &admin)?;
     print_guide(&format!("http://{}", public.local_addr()?), &emulator_url, &token);
-    let app = app::build(config, FalCredentials::new(EMULATOR_KEY.to_owned()))?;
+    let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))?;
     let emulator = Emulator::new(EmulatorConfig::default());
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut emulator_stopped = stopped.clone();

@@ -115,7 +115,7 @@ impl Builder {
         let public = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
-        let app = falgate::app::build(config, FalCredentials::new(FAL_KEY.to_owned())).unwrap();
+        let app = falgate::app::build(config, &FalCredentials::new(FAL_KEY.to_owned())).unwrap();
         tokio::spawn(falgate::app::serve(public, admin, app, async move {
             stopped.await.ok();
             emu_stop.send(()).ok();
