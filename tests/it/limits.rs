@@ -7,7 +7,7 @@ mod chaos;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{wait_completed, TestGate, VPG};
+use crate::support::{wait_completed, wait_completed_as, TestGate, VPG};
 
 const LIMITS: &str = r#"
 [limits]
@@ -271,24 +271,4 @@ async fn with_redis_cut_deny_answers_503_allow_keeps_serving_and_both_recover() 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(recovered, "deny mode never recovered after Redis came back");
-}
-
-async fn wait_completed_as(gate: &TestGate, sub: &str, id: &str) {
-    for _ in 0..100 {
-        let status: serde_json::Value = gate
-            .client
-            .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", gate.url))
-            .bearer_auth(gate.token(sub))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] == "COMPLETED" {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("request {id} never completed");
 }

@@ -214,14 +214,18 @@ impl TestGate {
     }
 }
 
-/// Polls status until COMPLETED (bounded).
+/// Polls status as alice until COMPLETED (bounded).
 pub(crate) async fn wait_completed(gate: &TestGate, id: &str) {
+    wait_completed_as(gate, "alice", id).await;
+}
+
+/// Polls status as `sub` until COMPLETED (bounded).
+pub(crate) async fn wait_completed_as(gate: &TestGate, sub: &str, id: &str) {
     for _ in 0..100 {
         let status: serde_json::Value = gate
-            .as_alice(
-                reqwest::Method::GET,
-                &format!("/api/fal/queue/{VPG}/requests/{id}/status"),
-            )
+            .client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", gate.url))
+            .bearer_auth(gate.token(sub))
             .send()
             .await
             .unwrap()
