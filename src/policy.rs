@@ -55,7 +55,7 @@ impl Policy {
             .is_some_and(|ops| !ops.contains(&operation(&call.op)))
         {
             return Err(forbidden(
-                "operation_not_allowed",
+                "endpoint_not_allowed",
                 format!("your tier may not use {} here", call.op_name()),
             ));
         }

@@ -358,3 +358,15 @@ fn bearer_scheme_is_case_insensitive_and_strict_about_spacing() {
         assert_eq!(bearer(bad), Err(AuthError::Scheme), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn an_es256_signature_of_zeros_is_invalid() {
+    let toml = format!("[auth.issuers.ec]\nissuer = \"https://ec\"\nkey_files = [\"{KEYS}/ec1.jwk.json\"]\n");
+    let auth = authenticator(&toml, &[]);
+    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": "ec1"}).to_string());
+    let claims = URL_SAFE_NO_PAD.encode(json!({"sub": "u", "exp": now() + 60, "iss": "https://ec"}).to_string());
+    let psychic = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([0_u8; 64]));
+    assert_eq!(verdict(&auth, &psychic).await, Err(AuthError::Invalid));
+    let der_shaped = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([0x30_u8; 72]));
+    assert_eq!(verdict(&auth, &der_shaped).await, Err(AuthError::Invalid));
+}

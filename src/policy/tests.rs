@@ -76,7 +76,7 @@ fn a_tier_only_reaches_its_own_endpoints_and_operations() {
     };
     assert_eq!(
         policy.authorize(&caller("free"), &run).unwrap_err().code(),
-        "operation_not_allowed"
+        "endpoint_not_allowed"
     );
     assert!(policy.authorize(&caller("pro"), &run).is_ok());
     assert_eq!(

@@ -84,3 +84,27 @@ fn token_without_an_hs256_secret_exits_64() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
 }
+
+#[test]
+fn check_config_names_the_schema_file_and_pointer_of_a_bad_schema() {
+    let dir = std::env::temp_dir().join(format!("falgate-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"type": "object", "properties": {"a": {"type": "strnig"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("falgate.toml"), "[endpoints.\"a/b\"]\nschema = \"bad.json\"\n").unwrap();
+    let output = falgate()
+        .args(["check-config", "--config", dir.join("falgate.toml").to_str().unwrap()])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("/properties/a"),
+        "{stderr}"
+    );
+}

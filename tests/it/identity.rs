@@ -150,7 +150,7 @@ async fn tiers_limit_operations_cap_priority_and_refuse_unknown_tiers() {
         .send()
         .await
         .unwrap();
-    gate.assert_refused(run, 403, "operation_not_allowed").await;
+    gate.assert_refused(run, 403, "endpoint_not_allowed").await;
     let gold = gate
         .client
         .post(format!("{}/api/fal/queue/{VPG}", gate.url))

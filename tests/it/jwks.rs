@@ -314,3 +314,32 @@ async fn an_hs256_token_signed_with_the_jwks_public_key_is_refused() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_verifying_new_tokens_after_a_refresh() {
+    let (idp, url) = Idp::spawn(vec!["rsa1", "rsa2"]).await;
+    let gate = gate_for(&url, 0).await;
+    assert_eq!(
+        status_with(&gate, &sign("rsa1", Algorithm::RS256, &claims("a"), |_| {})).await,
+        200
+    );
+    idp.set(Mode::Keys(vec!["rsa2"]));
+    // An unknown kid forces the refresh that drops rsa1.
+    assert_eq!(
+        status_with(
+            &gate,
+            &sign("rsa2", Algorithm::RS256, &claims("a"), |h| h.kid = Some("new".into()))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        status_with(&gate, &sign("rsa1", Algorithm::RS256, &claims("b"), |_| {})).await,
+        401,
+        "a removed key still verifies"
+    );
+    assert_eq!(
+        status_with(&gate, &sign("rsa2", Algorithm::RS256, &claims("c"), |_| {})).await,
+        200
+    );
+}
