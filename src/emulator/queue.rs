@@ -53,6 +53,9 @@ pub(crate) enum CancelResult {
 }
 
 /// All jobs, keyed by `(app, request id)`.
+/// How long a request stays known after its submit.
+const RETENTION: Duration = Duration::from_secs(6 * 3600);
+
 pub(crate) struct Queue {
     queue: Duration,
     progress: Duration,
@@ -99,6 +102,10 @@ impl Queue {
             outcome,
         };
         state.jobs.insert((app.to_owned(), id.clone()), job);
+        // Like fal, forget old requests, so a long `falgate dev` session stays bounded in memory.
+        if seq % 1024 == 0 {
+            state.jobs.retain(|_, job| now.duration_since(job.submitted) < RETENTION);
+        }
         let position = self.position(&state, app, seq, now);
         (id, position)
     }
