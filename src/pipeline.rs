@@ -175,7 +175,7 @@ async fn account(gate: &Gate, caller: &Caller, subject: &Subject<'_>, admission:
 fn finished(call: &Call, answer: &relay::Buffered) -> bool {
     match call.op {
         Op::Result { .. } | Op::Cancel { .. } => answer.status.is_success(),
-        Op::Status { .. } => answer.status.is_success() && answer.json_field("status").as_deref() == Some("COMPLETED"),
+        Op::Status { .. } => answer.status.is_success() && answer.completed(),
         _ => false,
     }
 }

@@ -104,7 +104,9 @@ impl Queue {
         state.jobs.insert((app.to_owned(), id.clone()), job);
         // Like fal, forget old requests, so a long `falgate dev` session stays bounded in memory.
         if seq % 1024 == 0 {
-            state.jobs.retain(|_, job| now.duration_since(job.submitted) < RETENTION);
+            state
+                .jobs
+                .retain(|_, job| now.duration_since(job.submitted) < RETENTION);
         }
         let position = self.position(&state, app, seq, now);
         (id, position)
