@@ -40,7 +40,7 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
         None => (DEFAULT_CONFIG.to_owned(), unpack_default_schemas()?),
     };
     let config = Config::from_toml_in(&text, &overrides, &base)?;
-    telemetry::init(config.log_format);
+    let _log_guard = telemetry::init(config.log_format);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     let token = crate::auth::mint_hs256(secret.as_bytes(), "dev-user", None, TOKEN_TTL)?;

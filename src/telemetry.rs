@@ -4,18 +4,22 @@
 pub mod access_log;
 pub mod metrics;
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are no-ops (tests build many gates).
-pub fn init(format: LogFormat) {
+/// Lines go to stderr through a writer thread, so no request waits on a write syscall; keep the
+/// returned guard alive until exit, it flushes what is buffered when dropped.
+pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Not lossy: under a burst, requests wait for the writer rather than lose log lines.
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let _already_set = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
