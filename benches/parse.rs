@@ -1,6 +1,7 @@
 //! The cheap steps of a status poll: parsing the `x-fal-target-url` header and a REST queue
 //! path into a `Call`, and the in-process ownership lookup (hit, other caller, unknown id) in a
-//! store that already holds 100 000 requests. Run: `cargo bench --bench parse`.
+//! store that already holds 100 000 requests, and the memory one ownership record takes (RSS
+//! growth over those 100 000, printed once). Run: `cargo bench --bench parse`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,23 +58,36 @@ fn ownership(c: &mut Criterion) {
     let store = Ownership::new(config, None, OnStoreError::Deny);
     let app = AppId::from_segments(&["fal-ai", "video-prompt-generator"]).unwrap();
     let (owner, other) = (caller("owner"), caller("other"));
+    let before = rss_kb();
     runtime.block_on(async {
         for n in 0..STORED {
-            store.record(&owner, app.clone(), request_id(n)).await;
+            store.record(&owner.principal(), app.clone(), request_id(n)).await;
         }
     });
+    println!(
+        "ownership: {:.0} bytes of RSS per record ({STORED} records)",
+        (rss_kb() - before) as f64 * 1024.0 / f64::from(STORED)
+    );
     let (known, unknown) = (request_id(STORED / 2), request_id(STORED + 1));
     c.bench_function("ownership_check/owner", |b| {
         b.to_async(&runtime)
-            .iter(|| async { store.check(&owner, &app, black_box(&known)).await.unwrap() })
+            .iter(|| async { store.check(&owner.principal(), &app, black_box(&known)).await.unwrap() })
     });
     c.bench_function("ownership_check/other_caller", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { store.check(&other, &app, black_box(&known)).await.unwrap_err() })
+        b.to_async(&runtime).iter(|| async {
+            store
+                .check(&other.principal(), &app, black_box(&known))
+                .await
+                .unwrap_err()
+        })
     });
     c.bench_function("ownership_check/unknown_id", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { store.check(&owner, &app, black_box(&unknown)).await.unwrap_err() })
+        b.to_async(&runtime).iter(|| async {
+            store
+                .check(&owner.principal(), &app, black_box(&unknown))
+                .await
+                .unwrap_err()
+        })
     });
     let mut n = STORED * 2;
     c.bench_function("ownership_record/new_id", |b| {
@@ -81,9 +95,20 @@ fn ownership(c: &mut Criterion) {
             n += 1;
             let id = request_id(n);
             let (store, owner, app) = (&store, &owner, app.clone());
-            async move { store.record(owner, app, id).await }
+            async move { store.record(&owner.principal(), app, id).await }
         })
     });
+}
+
+/// This process's resident set in KiB (Linux), 0 elsewhere.
+fn rss_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 criterion_group!(benches, parsing, ownership);

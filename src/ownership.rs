@@ -11,7 +11,6 @@ pub mod redis;
 
 use moka::sync::Cache;
 
-use crate::auth::Caller;
 use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
@@ -41,9 +40,8 @@ impl Ownership {
         }
     }
 
-    /// Passes only when `caller` submitted request `id` on `app`.
-    pub async fn check(&self, caller: &Caller, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
-        let principal = caller.principal();
+    /// Passes only when `principal` (a caller's `issuer|sub`) submitted request `id` on `app`.
+    pub async fn check(&self, principal: &str, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
         // This replica's own records are authoritative for it, even while Redis is away.
         if self
             .local
@@ -55,7 +53,7 @@ impl Ownership {
         let Some(shared) = &self.shared else {
             return Err(GateError::RequestNotFound);
         };
-        match shared.check(&principal, app.as_str(), id.as_str()).await {
+        match shared.check(principal, app.as_str(), id.as_str()).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(GateError::RequestNotFound),
             Err(err) => {
@@ -68,19 +66,18 @@ impl Ownership {
         }
     }
 
-    /// Records that `caller` submitted request `id` on `app`. A Redis failure is logged, not
+    /// Records that `principal` submitted request `id` on `app`. A Redis failure is logged, not
     /// returned: fal has queued the job, and answering an error would invite a second submit.
-    pub async fn record(&self, caller: &Caller, app: AppId, id: FalRequestId) {
-        let principal = caller.principal();
+    pub async fn record(&self, principal: &str, app: AppId, id: FalRequestId) {
         if let Some(shared) = &self.shared {
             if let Err(err) = shared
-                .record(&principal, app.as_str(), id.as_str(), self.config.ttl)
+                .record(principal, app.as_str(), id.as_str(), self.config.ttl)
                 .await
             {
                 tracing::error!(error = %err, request = %id, "ownership not shared: other replicas will answer 404 for this request");
             }
         }
-        self.local.insert((app, id), principal);
+        self.local.insert((app, id), principal.to_owned());
     }
 }
 
@@ -89,6 +86,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::auth::Caller;
 
     #[tokio::test]
     async fn only_the_submitter_passes_the_check() {
@@ -110,18 +108,18 @@ mod tests {
             caller("default", "bob"),
             caller("auth0", "alice"),
         );
-        assert!(store.check(&alice, &app, &id).await.is_err());
-        store.record(&alice, app.clone(), id.clone()).await;
-        assert!(store.check(&alice, &app, &id).await.is_ok());
+        assert!(store.check(&alice.principal(), &app, &id).await.is_err());
+        store.record(&alice.principal(), app.clone(), id.clone()).await;
+        assert!(store.check(&alice.principal(), &app, &id).await.is_ok());
         assert_eq!(
-            store.check(&bob, &app, &id).await.unwrap_err().code(),
+            store.check(&bob.principal(), &app, &id).await.unwrap_err().code(),
             "request_not_found"
         );
         assert!(
-            store.check(&alice_elsewhere, &app, &id).await.is_err(),
+            store.check(&alice_elsewhere.principal(), &app, &id).await.is_err(),
             "same sub, other issuer"
         );
         let other_app = AppId::from_segments(&["fal-ai", "other"]).unwrap();
-        assert!(store.check(&alice, &other_app, &id).await.is_err());
+        assert!(store.check(&alice.principal(), &other_app, &id).await.is_err());
     }
 }

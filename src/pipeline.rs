@@ -96,7 +96,7 @@ async fn admitted(
     };
     let admission = gate.limiter.admit(&subject, class(call), entry, credits).await?;
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
-        gate.ownership.check(caller, &app, id).await?;
+        gate.ownership.check(principal, &app, id).await?;
     }
     let started = Instant::now();
     let sent = gate
@@ -113,7 +113,7 @@ async fn admitted(
         Err(err) => Err(err),
     };
     let bookkeeping = Bookkeeping::of(call, &answer);
-    account(gate, caller, &subject, &admission, bookkeeping).await;
+    account(gate, &subject, &admission, bookkeeping).await;
     answer
 }
 
@@ -154,10 +154,10 @@ impl Bookkeeping {
 
 /// Bookkeeping after fal answered: ownership and the concurrency slot of a submit, the end of a
 /// job, or the refund of a paid call fal did not take.
-async fn account(gate: &Gate, caller: &Caller, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
+async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
     match bookkeeping {
         Bookkeeping::Submitted(app, id) => {
-            gate.ownership.record(caller, app, id.clone()).await;
+            gate.ownership.record(subject.principal, app, id.clone()).await;
             gate.limiter.job_started(admission, id.as_str()).await;
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,

@@ -19,6 +19,8 @@ const PRIORITY_HEADER: &str = "x-fal-queue-priority";
 /// The allow rules, built once from config.
 pub struct Policy {
     endpoints: BTreeMap<EndpointId, EndpointPolicy>,
+    /// Each entry's app, computed once: status, result and cancel are matched on it.
+    apps: Vec<(AppId, EndpointId)>,
     tiers: BTreeMap<String, Tier>,
     /// Used when no tiers are configured: everything `endpoints` allows.
     open_tier: Tier,
@@ -39,6 +41,11 @@ impl Policy {
     pub fn new(config: &Config) -> Self {
         Self {
             endpoints: config.endpoints.clone(),
+            apps: config
+                .endpoints
+                .keys()
+                .map(|entry| (entry.app(), entry.clone()))
+                .collect(),
             tiers: config.tiers.clone(),
             open_tier: Tier::default(),
             webhook_hosts: config.webhook_hosts.clone(),
@@ -115,10 +122,10 @@ impl Policy {
 
     /// An entry whose app is `app`: status, result and cancel name only the app.
     fn app(&self, tier: &Tier, app: &AppId) -> Result<EndpointId, GateError> {
-        self.endpoints
-            .keys()
-            .find(|entry| &entry.app() == app && tier_allows(tier, entry))
-            .cloned()
+        self.apps
+            .iter()
+            .find(|(entry_app, entry)| entry_app == app && tier_allows(tier, entry))
+            .map(|(_, entry)| entry.clone())
             .ok_or_else(|| GateError::EndpointNotAllowed(app.as_str().to_owned()))
     }
 
