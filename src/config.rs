@@ -96,11 +96,17 @@ impl Config {
             .map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
     }
 
-    /// Like [`Config::from_toml`], with schema paths resolved against `base` (the config's folder).
+    /// Like [`Config::from_toml`], with schema and key-file paths resolved against `base` (the
+    /// config's folder).
     pub fn from_toml_in(text: &str, sources: &dyn Sources, base: &Path) -> Result<Self, ConfigError> {
         let mut config = Self::from_toml(text, sources)?;
         for source in &mut config.schema_sources {
             source.path = base.join(&source.path);
+        }
+        for issuer in &mut config.auth.issuers {
+            for file in &mut issuer.key_files {
+                *file = base.join(&*file);
+            }
         }
         Ok(config)
     }

@@ -97,3 +97,18 @@ fn an_endpoint_without_a_schema_is_refused() {
     let err = Config::from_toml("[endpoints.\"a/b\"]\nsync_run = true\n", &with_secret()).unwrap_err();
     assert!(err.0.contains("endpoints.\"a/b\".schema"), "{err}");
 }
+
+#[test]
+fn a_rate_faster_than_one_call_per_microsecond_is_refused() {
+    let text = "[limits]\ndefault_tier = \"d\"\n[limits.tiers.d]\npoll = { burst = 1, per_minute = 60000001 }\n";
+    let err = Config::from_toml(text, &with_secret()).unwrap_err();
+    assert!(err.0.contains("per_minute"), "{err}");
+}
+
+#[test]
+fn key_files_are_relative_to_the_config_folder() {
+    let text = "[auth.issuers.x]\nissuer = \"https://x\"\nkey_files = [\"keys/x.json\"]\n";
+    let config = Config::from_toml_in(text, &with_secret(), Path::new("/etc/falgate")).unwrap();
+    let issuer = config.auth.issuers.iter().find(|i| i.name == "x").unwrap();
+    assert_eq!(issuer.key_files, [Path::new("/etc/falgate/keys/x.json")]);
+}

@@ -63,6 +63,9 @@ pub struct TierLimits {
     pub daily_credits: Option<u64>,
 }
 
+/// Fastest rate accepted: one call per microsecond.
+pub const MAX_PER_MINUTE: u32 = 60_000_000;
+
 /// A GCRA rate: up to `burst` calls at once, refilled at `per_minute` calls a minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +183,12 @@ impl LimitsConfig {
             if rate.burst == 0 || rate.per_minute == 0 {
                 return Err(LimitsConfigError(format!(
                     "`{name}`: burst and per_minute must be at least 1"
+                )));
+            }
+            // GCRA counts in microseconds: a faster rate would have a zero emission interval.
+            if rate.per_minute > MAX_PER_MINUTE {
+                return Err(LimitsConfigError(format!(
+                    "`{name}`: per_minute must be at most {MAX_PER_MINUTE}"
                 )));
             }
         }
