@@ -226,11 +226,8 @@ async fn fal_rejecting_the_server_key_is_502_never_401_to_the_browser() {
             },
         );
         let response = gate
-            .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
-            .json(&json!({"input_concept": "x"}))
-            .send()
-            .await
-            .unwrap();
+            .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+            .await;
         let body = gate
             .assert_refused(response, 502, "upstream_credentials_rejected")
             .await;

@@ -106,10 +106,8 @@ async fn unknown_and_foreign_ids_answer_the_same_404_and_uppercase_ids_are_the_s
     );
     for odd in [format!("{{{id}}}"), format!("urn:uuid:{id}"), format!("{id}%20")] {
         let response = gate
-            .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{odd}/status"))
-            .send()
-            .await
-            .unwrap();
+            .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{odd}/status"))
+            .await;
         gate.assert_refused(response, 400, "malformed_request").await;
     }
 }

@@ -169,10 +169,8 @@ async fn two_replicas_on_one_redis_share_ownership_limits_and_idempotency() {
     .await;
     let id = a.submit("alice", json!({"input_concept": "x"})).await;
     let status = b
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}/status"))
-        .send()
-        .await
-        .unwrap();
+        .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status"))
+        .await;
     assert_eq!(status.status(), 200, "submitted on A, polled on B");
     let bob = b
         .client

@@ -27,11 +27,7 @@ async fn submit_status_result_round_trip_with_server_key_and_no_caller_credentia
     let submitted: serde_json::Value = response.json().await.unwrap();
     let id = submitted["request_id"].as_str().unwrap();
     wait_completed(&gate, id).await;
-    let result = gate
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let result = gate.get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}")).await;
     assert_eq!(result.status(), 200);
     assert_eq!(result.headers()["x-fal-request-id"], id);
     let output: serde_json::Value = result.json().await.unwrap();
@@ -117,11 +113,8 @@ async fn a_stream_fal_drops_midway_ends_in_an_error_not_a_clean_end() {
 async fn sync_run_cancel_and_storage_initiate_reach_their_hosts() {
     let gate = TestGate::spawn().await;
     let run = gate
-        .as_alice(Method::POST, &format!("/api/fal/run/{VPG}"))
-        .json(&json!({"input_concept": "fog"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_alice(&format!("/api/fal/run/{VPG}"), &json!({"input_concept": "fog"}))
+        .await;
     assert_eq!(run.status(), 200);
     assert!(run.headers().contains_key("x-fal-request-id"));
     let id = gate.submit("alice", json!({"input_concept": "fog"})).await;
@@ -175,11 +168,7 @@ async fn fal_errors_pass_through_verbatim_without_cookies_or_cors_headers() {
             headers,
         },
     );
-    let response = gate
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let response = gate.get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}")).await;
     assert_eq!(response.status(), 500);
     assert!(!response.headers().contains_key("x-falgate-error"));
     assert!(!response.headers().contains_key("set-cookie"));
@@ -198,11 +187,8 @@ async fn unreachable_fal_is_502() {
     drop(closed);
     let gate = TestGate::builder().queue_url(&format!("http://{addr}")).spawn().await;
     let response = gate
-        .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
-        .json(&json!({"input_concept": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+        .await;
     gate.assert_refused(response, 502, "upstream_unreachable").await;
 }
 
@@ -217,17 +203,13 @@ async fn slow_status_is_504_and_garbage_status_is_502() {
         times: Some(1),
     });
     let response = gate
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}/status"))
-        .send()
-        .await
-        .unwrap();
+        .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status"))
+        .await;
     gate.assert_refused(response, 504, "upstream_timeout").await;
     gate.fault(Op::Status, FaultAction::Garbage);
     let response = gate
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}/status"))
-        .send()
-        .await
-        .unwrap();
+        .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status"))
+        .await;
     gate.assert_refused(response, 502, "upstream_bad_response").await;
 }
 
@@ -242,11 +224,8 @@ async fn a_submit_whose_outcome_is_unknown_is_never_answered_with_a_retryable_st
         gate.emulator.clear_faults();
         gate.fault(Op::Submit, action);
         let response = gate
-            .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
-            .json(&json!({"input_concept": "x"}))
-            .send()
-            .await
-            .unwrap();
+            .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+            .await;
         assert!(![429, 502, 503, 504].contains(&response.status().as_u16()));
         gate.assert_refused(response, 424, "submit_outcome_unknown").await;
     }
@@ -259,18 +238,11 @@ async fn garbage_result_is_502_and_a_broken_sync_run_is_424() {
     let id = gate.submit("alice", json!({"input_concept": "x"})).await;
     wait_completed(&gate, &id).await;
     gate.fault(Op::Result, FaultAction::Garbage);
-    let response = gate
-        .as_alice(Method::GET, &format!("/api/fal/queue/{VPG}/requests/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let response = gate.get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}")).await;
     gate.assert_refused(response, 502, "upstream_bad_response").await;
     gate.fault(Op::Run, FaultAction::Drop);
     let response = gate
-        .as_alice(Method::POST, &format!("/api/fal/run/{VPG}"))
-        .json(&json!({"input_concept": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_alice(&format!("/api/fal/run/{VPG}"), &json!({"input_concept": "x"}))
+        .await;
     gate.assert_refused(response, 424, "submit_outcome_unknown").await;
 }

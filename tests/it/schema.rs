@@ -140,11 +140,11 @@ async fn overlays_cap_lengths_and_refuse_non_image_data_uris() {
 async fn input_in_the_query_string_of_a_submit_is_refused() {
     let gate = TestGate::spawn().await;
     let response = gate
-        .as_alice(Method::POST, &format!("/api/fal/queue/{VPG}?input_concept=x"))
-        .json(&json!({"input_concept": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_alice(
+            &format!("/api/fal/queue/{VPG}?input_concept=x"),
+            &json!({"input_concept": "x"}),
+        )
+        .await;
     gate.assert_refused(response, 400, "malformed_request").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }

@@ -159,6 +159,20 @@ impl TestGate {
             .bearer_auth(self.token("alice"))
     }
 
+    /// GET `path` as alice.
+    pub(crate) async fn get_as_alice(&self, path: &str) -> reqwest::Response {
+        self.as_alice(reqwest::Method::GET, path).send().await.unwrap()
+    }
+
+    /// POST `body` as JSON to `path` as alice.
+    pub(crate) async fn post_as_alice(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.as_alice(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Submits `input` to the video prompt generator through the REST route, returning the id.
     pub(crate) async fn submit(&self, sub: &str, input: serde_json::Value) -> String {
         let response = self
