@@ -9,5 +9,6 @@ mod identity;
 mod jwks;
 mod limits;
 mod relay;
+mod replicas;
 mod schema;
 mod target;
