@@ -206,14 +206,6 @@ impl Call {
         self.method() == http::Method::POST
     }
 
-    /// The endpoint this call is about, when it names one.
-    pub fn endpoint(&self) -> Option<&EndpointId> {
-        match &self.op {
-            Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint),
-            _ => None,
-        }
-    }
-
     /// The app the call is addressed to (None for storage).
     pub fn app(&self) -> Option<AppId> {
         match &self.op {

@@ -194,6 +194,14 @@ impl Limiter {
         self.release(&admission.tag, reservation, None, admission.refund).await;
     }
 
+    /// A call that held its slot only while it ran (a sync run fal answered): free the slot and
+    /// keep the spend.
+    pub async fn run_finished(&self, admission: &Admission) {
+        if let Some(reservation) = &admission.reservation {
+            self.release(&admission.tag, reservation, None, None).await;
+        }
+    }
+
     /// Completion, cancellation or an error of job `request_id` was seen: free its slot.
     /// Idempotent, so every replica that sees the job end may call it.
     pub async fn job_finished(&self, who: &Subject<'_>, request_id: &str) {

@@ -162,11 +162,7 @@ async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, book
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(id) => gate.limiter.job_finished(subject, id.as_str()).await,
-        Bookkeeping::RunDone => {
-            let run = uuid::Uuid::new_v4().to_string();
-            gate.limiter.job_started(admission, &run).await;
-            gate.limiter.job_finished(subject, &run).await;
-        }
+        Bookkeeping::RunDone => gate.limiter.run_finished(admission).await,
         Bookkeeping::Nothing => {}
     }
 }

@@ -270,3 +270,15 @@ async fn with_redis_cut_deny_answers_503_allow_keeps_serving_and_both_recover() 
     }
     assert!(recovered, "deny mode never recovered after Redis came back");
 }
+
+#[tokio::test]
+async fn a_finished_sync_run_frees_its_concurrency_slot() {
+    let one_slot = "[limits]\ndefault_tier = \"default\"\n[limits.tiers.default]\nmax_inflight_jobs = 1\n";
+    let gate = TestGate::builder().config(one_slot).spawn().await;
+    for _ in 0..3 {
+        let run = gate
+            .post_as_alice(&format!("/api/fal/run/{VPG}"), &json!({"input_concept": "x"}))
+            .await;
+        assert_eq!(run.status(), 200, "a finished run still holds the only slot");
+    }
+}
