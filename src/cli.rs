@@ -118,10 +118,10 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
 async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
     let _log_guard = telemetry::init(crate::config::LogFormat::Text);
     let listener = bind(listen).await?;
-    println!(
+    say(&format!(
         "falgate emulator listening on http://{}",
         listener.local_addr().context("local address")?
-    );
+    ));
     let emulator = emulator::Emulator::new(emulator::EmulatorConfig::default());
     emulator::serve(listener, emulator, shutdown_signal())
         .await
@@ -138,9 +138,16 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Prints the bound addresses on stdout (tests and scripts read them when binding port 0).
 pub(crate) fn announce(name: &str, public: &TcpListener, admin: &TcpListener) -> anyhow::Result<()> {
-    println!("{name} listening on http://{}", public.local_addr()?);
-    println!("{name} admin listening on http://{}", admin.local_addr()?);
+    say(&format!("{name} listening on http://{}", public.local_addr()?));
+    say(&format!("{name} admin listening on http://{}", admin.local_addr()?));
     Ok(())
+}
+
+/// Writes one line to stdout, ignoring a closed stdout: a supervisor that stopped reading must not
+/// take the server down (`println!` panics on a broken pipe).
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

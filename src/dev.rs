@@ -90,7 +90,7 @@ fn dev_overrides(listen: SocketAddr, emulator_url: &str, secret: &str) -> HashMa
 }
 
 fn print_guide(gate: &str, emulator: &str, token: &str) {
-    println!(
+    crate::cli::say(&format!(
         r#"
 falgate dev is ready: fal is emulated at {emulator} (no FAL_KEY, no internet needed).
 Token for sub "dev-user", valid 24 h:
@@ -113,5 +113,5 @@ Synchronous run:
   const {{ data }} = await fal.subscribe("fal-ai/video-prompt-generator", {{ input: {{ input_concept: "a lighthouse in a storm" }}, logs: true }});
   console.log(data.prompt);
 "#
-    );
+    ));
 }

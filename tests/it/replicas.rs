@@ -35,6 +35,8 @@ async fn replica(fal: &str, prefix: &str) -> Replica {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
         if let Some(url) = line.strip_prefix("falgate listening on ") {
+            // Keep reading, so the process never writes into a closed pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
             return Replica {
                 url: url.to_owned(),
                 _child: child,
