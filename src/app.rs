@@ -1,5 +1,6 @@
 //! The gate's shared state ([`Gate`]), built once from config, and [`serve`], which runs the
-//! public and admin listeners (already bound by the caller) until shutdown.
+//! public listener (on the worker threads of [`crate::server`]) and the admin listener (on the
+//! calling runtime), both already bound by the caller, until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct App {
     pub public: Router,
     /// `/metrics`.
     pub admin: Router,
+    /// Threads serving `public` (see [`crate::server`]).
+    pub workers: usize,
 }
 
 /// A startup failure.
@@ -64,12 +67,13 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let gate = Gate {
         auth,
         policy: Policy::new(&config),
-        upstream: Upstream::new(config.upstream.clone(), credentials)?,
+        upstream: Upstream::new(config.upstream.clone(), credentials, config.workers)?,
         ownership: Ownership::new(config.ownership, redis.clone().map(RedisOwnership::new), on_store_error),
         schemas: Schemas::compile(config.schema_sources.clone())?,
         limiter: Limiter::new(config.limits.clone(), redis)?,
         config,
     };
+    let workers = gate.config.workers;
     let cors = gate.config.cors.clone();
     let caps = layers::HeaderCaps {
         per_header: gate.config.max_header_bytes,
@@ -78,7 +82,7 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
-    Ok(App { public, admin })
+    Ok(App { public, admin, workers })
 }
 
 /// Serves both routers until `shutdown` resolves; in-flight requests finish first.
@@ -99,9 +103,7 @@ pub async fn serve(
             .await
     });
     let mut public_stopped = stopped;
-    // Connect info gives the limiter the peer address (client IP behind trusted proxies).
-    let public_service = app.public.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let public_task = axum::serve(public, public_service).with_graceful_shutdown(async move {
+    let public_task = crate::server::serve(public, app.public, app.workers, async move {
         public_stopped.changed().await.ok();
     });
     tokio::spawn(async move {

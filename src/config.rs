@@ -33,6 +33,9 @@ pub const DEFAULT_PATH: &str = "config/falgate.toml";
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Server threads (each a single-threaded runtime with its own listener socket and fal
+    /// connection pool); resolved at load, so never 0.
+    pub workers: usize,
     pub upstream: Upstream,
     pub auth: Auth,
     pub max_body_bytes: usize,
@@ -135,6 +138,7 @@ impl Config {
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
+            workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream)?,
             auth: auth::auth(raw.auth, sources)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
@@ -164,6 +168,16 @@ fn resolve_path(path: Option<&Path>, sources: &dyn Sources) -> PathBuf {
 fn socket(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
     raw.parse()
         .map_err(|_| ConfigError(format!("`{key}` must be an address like 0.0.0.0:8080, got {raw:?}")))
+}
+
+/// `workers = 0` means one per core (what the machine or its cgroup lets this process use).
+fn workers(raw: usize) -> Result<usize, ConfigError> {
+    const MAX: usize = 256;
+    match raw {
+        0 => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        n if n > MAX => Err(ConfigError(format!("`workers` must be at most {MAX}, got {n}"))),
+        n => Ok(n),
+    }
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {

@@ -3,7 +3,8 @@
 //! A request on `/api/fal/*` is authenticated (`auth`), parsed into a typed call (`routes`,
 //! `fal`), then runs the one pipeline (`pipeline`): authorize (`policy`), read and check input
 //! (`input`), check ownership (`ownership`), forward with the server-held key and relay
-//! (`upstream`). `emulator` is an offline fal for `falgate dev` and tests. See ARCHITECTURE.md.
+//! (`upstream`). `server` runs the public listener thread per core. `emulator` is an offline fal
+//! for `falgate dev` and tests. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod auth;
@@ -23,5 +24,6 @@ pub mod policy;
 pub mod redis;
 pub mod routes;
 pub mod schema;
+pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -41,26 +41,36 @@ pub enum UpstreamBuildError {
 
 /// The client for fal, built once at startup.
 pub struct Upstream {
-    client: reqwest::Client,
+    /// One pooled client per server worker ([`crate::server`]): a connection to fal is driven
+    /// by the thread that uses it, so relaying never wakes another thread.
+    clients: Vec<reqwest::Client>,
     /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
     authorization: HeaderValue,
     config: config::Upstream,
 }
 
 impl Upstream {
-    /// Builds the pooled client.
-    pub fn new(config: config::Upstream, credentials: &FalCredentials) -> Result<Self, UpstreamBuildError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("falgate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    /// Builds one pooled client per worker.
+    pub fn new(
+        config: config::Upstream,
+        credentials: &FalCredentials,
+        workers: usize,
+    ) -> Result<Self, UpstreamBuildError> {
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                reqwest::Client::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .pool_idle_timeout(config.pool_idle_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("falgate/", env!("CARGO_PKG_VERSION")))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut authorization =
             HeaderValue::from_str(&credentials.authorization()).map_err(|_| UpstreamBuildError::Key)?;
         authorization.set_sensitive(true);
         Ok(Self {
-            client,
+            clients,
             authorization,
             config,
         })
@@ -96,8 +106,8 @@ impl Upstream {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<reqwest::Response, GateError> {
-        let mut request = self
-            .client
+        let client = &self.clients[crate::server::worker_index() % self.clients.len()];
+        let mut request = client
             .request(call.method(), self.url(call))
             .headers(headers)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone());

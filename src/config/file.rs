@@ -13,6 +13,9 @@ pub(crate) struct RawConfig {
     pub(crate) listen: String,
     #[serde(default = "default_admin_listen")]
     pub(crate) admin_listen: String,
+    /// Server threads, each with its own runtime, listener and fal connections; 0 = one per core.
+    #[serde(default)]
+    pub(crate) workers: usize,
     #[serde(default)]
     pub(crate) upstream: RawUpstream,
     #[serde(default)]
