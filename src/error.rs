@@ -48,7 +48,7 @@ pub enum GateError {
     #[error("the input does not match the endpoint's schema")]
     Invalid(Vec<crate::schema::FieldError>),
     #[error("fal could not be reached")]
-    UpstreamUnreachable(#[source] reqwest::Error),
+    UpstreamUnreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("fal did not answer in time")]
     UpstreamTimeout,
     #[error("fal answered with something that is not a valid response")]
@@ -146,15 +146,15 @@ impl GateError {
             Self::UpstreamCredentials(status) => Some(format!(
                 "fal answered {status}: FAL_KEY is missing, revoked or lacks access"
             )),
-            Self::UpstreamUnreachable(err) => Some(without_url(err)),
+            Self::UpstreamUnreachable(err) => Some(without_url(err.as_ref())),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             _ => None,
         }
     }
 }
 
-/// reqwest errors print the URL; ours carry no secret, but keep logs to the cause alone.
-fn without_url(err: &reqwest::Error) -> String {
+/// The error and its causes on one line (fal's URLs carry no secret; no URL is printed anyway).
+fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(err);
     while let Some(current) = source {

@@ -1,15 +1,25 @@
-//! The only code that talks to fal: one pooled `reqwest` client, the server-held credentials,
-//! the host → base URL map and the connect / first-byte timeouts.
+//! The only code that talks to fal: pooled HTTP clients (one per server worker), the
+//! server-held credentials, the host → base URL map and the connect / first-byte timeouts.
+//!
+//! The client is hyper-util's pooled client with rustls (HTTP/1.1 keep-alive, HTTP/2 where fal
+//! offers it by ALPN), used directly rather than through reqwest: the request URI is built once
+//! as an `http::Uri` from typed parts (reqwest re-parses a `Url` per request) and no redirect,
+//! cookie or decompression layer sits on a path that needs none of them.
 //!
 //! Only this module sets an outbound `Authorization` header. What is forwarded from the caller
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
 
 pub mod relay;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{self, FalCredentials};
 use crate::error::GateError;
@@ -33,8 +43,8 @@ const MAX_HEADER_VALUE: usize = 2048;
 /// Why the client for fal could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBuildError {
-    #[error("cannot build the HTTP client for fal: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("cannot set up TLS for fal: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("the fal key cannot be sent as a header value")]
     Key,
 }
@@ -43,7 +53,9 @@ pub enum UpstreamBuildError {
 pub struct Upstream {
     /// One pooled client per server worker ([`crate::server`]): a connection to fal is driven
     /// by the thread that uses it, so relaying never wakes another thread.
-    clients: Vec<reqwest::Client>,
+    clients: Vec<FalClient>,
+    /// `falgate/<version>`.
+    user_agent: HeaderValue,
     /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
     authorization: HeaderValue,
     config: config::Upstream,
@@ -56,21 +68,14 @@ impl Upstream {
         credentials: &FalCredentials,
         workers: usize,
     ) -> Result<Self, UpstreamBuildError> {
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .connect_timeout(config.connect_timeout)
-                    .pool_idle_timeout(config.pool_idle_timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .user_agent(concat!("falgate/", env!("CARGO_PKG_VERSION")))
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let tls = tls_config()?;
+        let clients = (0..workers.max(1)).map(|_| client(&config, tls.clone())).collect();
         let mut authorization =
             HeaderValue::from_str(&credentials.authorization()).map_err(|_| UpstreamBuildError::Key)?;
         authorization.set_sensitive(true);
         Ok(Self {
             clients,
+            user_agent: HeaderValue::from_static(concat!("falgate/", env!("CARGO_PKG_VERSION"))),
             authorization,
             config,
         })
@@ -99,24 +104,30 @@ impl Upstream {
         format!("{}{}", base.as_str().trim_end_matches('/'), call.path_and_query())
     }
 
+    /// The worker's pooled client (worker 0's off the worker threads).
+    fn client(&self) -> &FalClient {
+        &self.clients[crate::server::worker_index() % self.clients.len()]
+    }
+
     /// Sends a call to fal and waits for its response headers (bounded by the first-byte timeout).
-    pub async fn send(
-        &self,
-        call: &Call,
-        headers: HeaderMap,
-        body: Option<Bytes>,
-    ) -> Result<reqwest::Response, GateError> {
-        let client = &self.clients[crate::server::worker_index() % self.clients.len()];
-        let mut request = client
-            .request(call.method(), self.url(call))
-            .headers(headers)
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone());
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+    pub async fn send(&self, call: &Call, headers: HeaderMap, body: Option<Bytes>) -> Result<FalResponse, GateError> {
+        // The URL is built from validated, canonical parts: it always parses.
+        let uri: Uri = self
+            .url(call)
+            .parse()
+            .map_err(|err| GateError::Internal(format!("upstream URL: {err}")))?;
+        let has_body = body.is_some();
+        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = call.method();
+        *request.uri_mut() = uri;
+        let mut headers = headers;
+        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(header::USER_AGENT, self.user_agent.clone());
+        if has_body {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        match tokio::time::timeout(self.config.first_byte_timeout, request.send()).await {
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.config.first_byte_timeout, self.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(send_error(call, err)),
             Err(_elapsed) => Err(after_sent(call, GateError::UpstreamTimeout)),
@@ -124,16 +135,69 @@ impl Upstream {
     }
 }
 
+/// The pooled client type.
+type FalClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// fal's answer: status, headers and a body still arriving.
+pub type FalResponse = axum::http::Response<hyper::body::Incoming>;
+
+/// rustls with the ring provider and the Mozilla roots compiled in (the container has no CA
+/// bundle to trust or to go stale).
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn client(config: &config::Upstream, tls: Arc<rustls::ClientConfig>) -> FalClient {
+    let mut http = HttpConnector::new();
+    // https for fal, plain http for the emulator and tests (the URLs are the operator's).
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
 /// Maps a transport failure: before the request left (connect) it is safe to retry; after,
 /// a paid call's outcome is unknown.
-fn send_error(call: &Call, err: reqwest::Error) -> GateError {
-    if err.is_connect() && err.is_timeout() {
+fn send_error(call: &Call, err: hyper_util::client::legacy::Error) -> GateError {
+    if err.is_connect() && is_timeout(&err) {
         GateError::UpstreamTimeout
     } else if err.is_connect() {
-        GateError::UpstreamUnreachable(err)
+        GateError::UpstreamUnreachable(Box::new(err))
     } else {
-        after_sent(call, GateError::UpstreamUnreachable(err))
+        after_sent(call, GateError::UpstreamUnreachable(Box::new(err)))
     }
+}
+
+/// Whether a connect error was the connect timeout (an `io::Error` of kind `TimedOut` in its chain).
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// The error for a failure after the request was sent: paid calls (submit, sync run) whose

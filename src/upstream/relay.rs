@@ -11,10 +11,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use http_body_util::BodyDataStream;
 
 use crate::error::GateError;
 use crate::fal::{Call, FalRequestId, Op};
-use crate::upstream::{after_sent, Upstream};
+use crate::upstream::{after_sent, FalResponse, Upstream};
 
 /// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.
 const RELAYED: [&str; 7] = [
@@ -70,13 +71,16 @@ pub fn is_buffered(call: &Call) -> bool {
 
 /// Reads an answer whole (bounded by size and idle time) and checks a 2xx is JSON where it must
 /// be: always for control answers, and for model output that says it is JSON.
-pub async fn buffer(upstream: &Upstream, call: &Call, response: reqwest::Response) -> Result<Buffered, GateError> {
+pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> Result<Buffered, GateError> {
     let status = response.status();
     refuse_credential_failure(status)?;
     let headers = relayed_headers(response.headers());
     let limit = upstream.max_answer_bytes(call);
     let mut body = BytesMut::new();
-    let mut chunks = std::pin::pin!(idle_limited(response.bytes_stream(), upstream.idle_timeout()));
+    let mut chunks = std::pin::pin!(idle_limited(
+        BodyDataStream::new(response.into_body()),
+        upstream.idle_timeout()
+    ));
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
         if body.len() + chunk.len() > limit {
@@ -120,7 +124,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: reqwest::Respons
 }
 
 /// Streams fal's answer to the client as it arrives.
-pub fn stream(upstream: &Upstream, response: reqwest::Response) -> Response {
+pub fn stream(upstream: &Upstream, response: FalResponse) -> Response {
     let status = response.status();
     let mut headers = relayed_headers(response.headers());
     let is_event_stream = headers
@@ -132,7 +136,7 @@ pub fn stream(upstream: &Upstream, response: reqwest::Response) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    let body = idle_limited(response.bytes_stream(), upstream.idle_timeout());
+    let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -166,7 +170,7 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
 
 /// Ends the stream with an error when no chunk arrives within `idle`.
 fn idle_limited(
-    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    body: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
     idle: Duration,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     futures_util::stream::unfold(Some(Box::pin(body)), move |state| async move {
