@@ -87,7 +87,7 @@ pub async fn serve(
 
 /// A worker's queue of new connections and its count of open ones.
 struct Worker {
-    tx: mpsc::UnboundedSender<TcpStream>,
+    tx: mpsc::UnboundedSender<std::net::TcpStream>,
     load: Arc<AtomicUsize>,
 }
 
@@ -113,6 +113,9 @@ async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
             Ok((stream, _peer)) => {
                 // Small writes (event-stream chunks) go out at once.
                 stream.set_nodelay(true).ok();
+                // Out of this runtime's reactor: the worker registers it in its own, so the
+                // connection's readiness never wakes this thread.
+                let Ok(stream) = stream.into_std() else { continue };
                 let Some(worker) = workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else {
                     return;
                 };
@@ -133,7 +136,7 @@ async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
 
 /// The worker side: connections handed over by the acceptor.
 struct Incoming {
-    rx: mpsc::UnboundedReceiver<TcpStream>,
+    rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     load: Arc<AtomicUsize>,
     local_addr: SocketAddr,
 }
@@ -148,14 +151,14 @@ impl Listener for Incoming {
                 // The acceptor stopped: no more connections; graceful shutdown ends the server.
                 return std::future::pending().await;
             };
-            let counted = Counted {
-                stream,
-                load: self.load.clone(),
+            let load = LoadGuard(self.load.clone());
+            // Into this worker's reactor. A stream it refuses, or whose peer already left, is
+            // closed (and counted out) here.
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                continue;
             };
-            // A connection the peer already closed is dropped (and uncounted) here.
-            if let Ok(peer) = counted.stream.peer_addr() {
-                return (counted, peer);
-            }
+            let Ok(peer) = stream.peer_addr() else { continue };
+            return (Counted { stream, _load: load }, peer);
         }
     }
 
@@ -164,15 +167,18 @@ impl Listener for Incoming {
     }
 }
 
-/// A connection that counts itself out of its worker's load when closed.
+/// A worker's connection, counted in its load while open.
 pub struct Counted {
     stream: TcpStream,
-    load: Arc<AtomicUsize>,
+    _load: LoadGuard,
 }
 
-impl Drop for Counted {
+/// Counts a connection out of its worker's load when dropped.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
