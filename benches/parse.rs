@@ -61,7 +61,7 @@ fn ownership(c: &mut Criterion) {
     let before = rss_kb();
     runtime.block_on(async {
         for n in 0..STORED {
-            store.record(&owner.principal(), app.clone(), request_id(n)).await;
+            store.record(&owner.principal(), &app, &request_id(n)).await;
         }
     });
     println!(
@@ -94,8 +94,8 @@ fn ownership(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             n += 1;
             let id = request_id(n);
-            let (store, owner, app) = (&store, &owner, app.clone());
-            async move { store.record(&owner.principal(), app, id).await }
+            let (store, owner, app) = (&store, &owner, &app);
+            async move { store.record(&owner.principal(), app, &id).await }
         })
     });
 }

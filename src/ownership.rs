@@ -7,19 +7,19 @@
 //! Redis cannot answer, `limits.on_store_error` decides: `deny` → 503, `allow` → this replica's
 //! own records only.
 
+mod local;
 pub mod redis;
-
-use moka::sync::Cache;
 
 use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
 use crate::limits::OnStoreError;
+use local::LocalRecords;
 use redis::RedisOwnership;
 
 /// The ownership store.
 pub struct Ownership {
-    local: Cache<(AppId, FalRequestId), String>,
+    local: LocalRecords,
     shared: Option<RedisOwnership>,
     on_error: OnStoreError,
     config: OwnershipConfig,
@@ -28,10 +28,7 @@ pub struct Ownership {
 impl Ownership {
     /// A store with the configured bounds, shared through Redis when given.
     pub fn new(config: OwnershipConfig, shared: Option<RedisOwnership>, on_error: OnStoreError) -> Self {
-        let local = Cache::builder()
-            .max_capacity(config.max_entries)
-            .time_to_live(config.ttl)
-            .build();
+        let local = LocalRecords::new(config.max_entries, config.ttl);
         Self {
             local,
             shared,
@@ -43,11 +40,7 @@ impl Ownership {
     /// Passes only when `principal` (a caller's `issuer|sub`) submitted request `id` on `app`.
     pub async fn check(&self, principal: &str, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
         // This replica's own records are authoritative for it, even while Redis is away.
-        if self
-            .local
-            .get(&(app.clone(), id.clone()))
-            .is_some_and(|owner| owner == principal)
-        {
+        if self.local.owned_by(principal, app, id) {
             return Ok(());
         }
         let Some(shared) = &self.shared else {
@@ -68,7 +61,7 @@ impl Ownership {
 
     /// Records that `principal` submitted request `id` on `app`. A Redis failure is logged, not
     /// returned: fal has queued the job, and answering an error would invite a second submit.
-    pub async fn record(&self, principal: &str, app: AppId, id: FalRequestId) {
+    pub async fn record(&self, principal: &str, app: &AppId, id: &FalRequestId) {
         if let Some(shared) = &self.shared {
             if let Err(err) = shared
                 .record(principal, app.as_str(), id.as_str(), self.config.ttl)
@@ -77,7 +70,7 @@ impl Ownership {
                 tracing::error!(error = %err, request = %id, "ownership not shared: other replicas will answer 404 for this request");
             }
         }
-        self.local.insert((app, id), principal.to_owned());
+        self.local.insert(principal, app, id);
     }
 }
 
@@ -109,7 +102,7 @@ mod tests {
             caller("auth0", "alice"),
         );
         assert!(store.check(&alice.principal(), &app, &id).await.is_err());
-        store.record(&alice.principal(), app.clone(), id.clone()).await;
+        store.record(&alice.principal(), &app, &id).await;
         assert!(store.check(&alice.principal(), &app, &id).await.is_ok());
         assert_eq!(
             store.check(&bob.principal(), &app, &id).await.unwrap_err().code(),

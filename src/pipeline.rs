@@ -157,7 +157,7 @@ impl Bookkeeping {
 async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
     match bookkeeping {
         Bookkeeping::Submitted(app, id) => {
-            gate.ownership.record(subject.principal, app, id.clone()).await;
+            gate.ownership.record(subject.principal, &app, &id).await;
             gate.limiter.job_started(admission, id.as_str()).await;
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
