@@ -27,14 +27,15 @@ use crate::fal::{Call, Host, Op};
 
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
 /// `x-fal-target-url`, unknown `x-fal-*`) stays behind.
-const FORWARDED: [&str; 7] = [
-    "accept",
-    "x-fal-queue-priority",
-    "x-fal-runner-hint",
-    "x-fal-request-timeout",
-    "x-fal-object-lifecycle-preference",
-    "x-fal-object-lifecycle",
-    "x-fal-no-retry",
+/// (`HeaderName`s, not strings: a string key is parsed into a name on every lookup.)
+const FORWARDED: [HeaderName; 7] = [
+    header::ACCEPT,
+    HeaderName::from_static("x-fal-queue-priority"),
+    HeaderName::from_static("x-fal-runner-hint"),
+    HeaderName::from_static("x-fal-request-timeout"),
+    HeaderName::from_static("x-fal-object-lifecycle-preference"),
+    HeaderName::from_static("x-fal-object-lifecycle"),
+    HeaderName::from_static("x-fal-no-retry"),
 ];
 
 /// Longest forwarded header value.
@@ -214,14 +215,14 @@ pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
 /// Picks the caller headers that fal may see, refusing malformed values.
 pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
     let mut out = HeaderMap::new();
-    for name in FORWARDED {
+    for name in &FORWARDED {
         let mut values = inbound.get_all(name).iter();
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
             return Err(GateError::Malformed(format!("header {name} may be sent only once")));
         }
-        check_value(name, value)?;
-        out.insert(HeaderName::from_static(name), value.clone());
+        check_value(name.as_str(), value)?;
+        out.insert(name.clone(), value.clone());
     }
     Ok(out)
 }

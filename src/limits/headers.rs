@@ -2,6 +2,7 @@
 //! `RateLimit-Policy: "submit";q=10;w=60` names each limit, `RateLimit: "submit";r=3;t=12`
 //! says what is left of it (`r`) and the seconds until it is full again (`t`).
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -28,15 +29,16 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
-    fn policy_item(&self) -> String {
-        match self.window_seconds {
-            Some(window) => format!("\"{}\";q={};w={window}", self.name, self.quota),
-            None => format!("\"{}\";q={};qu=\"concurrent-requests\"", self.name, self.quota),
-        }
+    fn policy_item(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match self.window_seconds {
+            Some(window) => write!(out, "\"{}\";q={};w={window}", self.name, self.quota),
+            None => write!(out, "\"{}\";q={};qu=\"concurrent-requests\"", self.name, self.quota),
+        };
     }
 
-    fn state_item(&self) -> String {
-        format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_seconds)
+    fn state_item(&self, out: &mut String) {
+        let _ = write!(out, "\"{}\";r={};t={}", self.name, self.remaining, self.reset_seconds);
     }
 }
 
@@ -56,10 +58,17 @@ pub(crate) fn ratelimit_headers(states: &[PolicyState]) -> Vec<(HeaderName, Head
     if states.is_empty() {
         return Vec::new();
     }
-    let join = |item: fn(&PolicyState) -> String| {
-        let list = states.iter().map(item).collect::<Vec<_>>().join(", ");
+    // One buffer per header, handed to the header value without a copy.
+    let join = |item: fn(&PolicyState, &mut String)| {
+        let mut list = String::with_capacity(40 * states.len());
+        for (i, state) in states.iter().enumerate() {
+            if i > 0 {
+                list.push_str(", ");
+            }
+            item(state, &mut list);
+        }
         // Names are static and numbers are digits, so the value is always visible ASCII.
-        HeaderValue::from_str(&list).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).unwrap_or_else(|_| HeaderValue::from_static(""))
     };
     vec![
         (RATELIMIT_POLICY, join(PolicyState::policy_item)),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -18,14 +18,15 @@ use crate::fal::{Call, FalRequestId, Op};
 use crate::upstream::{after_sent, FalResponse, Upstream};
 
 /// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.
-const RELAYED: [&str; 7] = [
-    "content-type",
-    "x-fal-request-id",
-    "retry-after",
-    "x-fal-request-timeout-type",
-    "x-fal-error-type",
-    "x-fal-retryable",
-    "x-fal-needs-retry",
+/// (`HeaderName`s, not strings: a string key is parsed into a name on every lookup.)
+const RELAYED: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    HeaderName::from_static("x-fal-request-id"),
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-fal-request-timeout-type"),
+    HeaderName::from_static("x-fal-error-type"),
+    HeaderName::from_static("x-fal-retryable"),
+    HeaderName::from_static("x-fal-needs-retry"),
 ];
 
 /// An answer read whole.
@@ -160,9 +161,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
-    for name in RELAYED {
+    for name in &RELAYED {
         if let Some(value) = upstream.get(name) {
-            out.insert(name, value.clone());
+            out.insert(name.clone(), value.clone());
         }
     }
     out
