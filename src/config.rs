@@ -33,8 +33,8 @@ pub const DEFAULT_PATH: &str = "config/falgate.toml";
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// Server threads (each a single-threaded runtime with its own listener socket and fal
-    /// connection pool); resolved at load, so never 0.
+    /// Server threads (each a single-threaded runtime owning its connections and its own fal
+    /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
     pub upstream: Upstream,
     pub auth: Auth,

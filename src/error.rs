@@ -146,7 +146,7 @@ impl GateError {
             Self::UpstreamCredentials(status) => Some(format!(
                 "fal answered {status}: FAL_KEY is missing, revoked or lacks access"
             )),
-            Self::UpstreamUnreachable(err) => Some(without_url(err.as_ref())),
+            Self::UpstreamUnreachable(err) => Some(cause_chain(err.as_ref())),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             _ => None,
         }
@@ -154,7 +154,7 @@ impl GateError {
 }
 
 /// The error and its causes on one line (fal's URLs carry no secret; no URL is printed anyway).
-fn without_url(err: &(dyn std::error::Error + 'static)) -> String {
+fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(err);
     while let Some(current) = source {

@@ -11,7 +11,9 @@ use falgate::cli::{self, Cli, Failure};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// The main runtime is single-threaded: it runs the acceptor, the admin listener and background
+/// tasks; requests are served on `workers` threads of their own (`falgate::server`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     match cli::run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -85,6 +85,15 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(StoreError::BadUrl)?;
+        // Connect now, from this (the main) runtime: the connection's driver task is spawned by
+        // whoever first drives the connection, and it must live here, not on the server worker
+        // that happens to touch Redis first (worker runtimes end one by one at shutdown).
+        // Reconnects are spawned on the runtime the manager was created on: this one too.
+        let mut first = connection.clone();
+        tokio::spawn(async move {
+            // Redis may be down at start: the manager connects again on next use.
+            let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut first).await;
+        });
         Ok(Self {
             connection,
             timeout,

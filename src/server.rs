@@ -14,8 +14,9 @@
 //! half the traffic. Written by hand because axum and hyper serve one listener on one runtime;
 //! the worker side is still `axum::serve`, over a [`Listener`] fed by the acceptor.
 //!
-//! The admin listener, the acceptor and background tasks (JWKS refresh, the Redis connection
-//! driver) stay on the main runtime.
+//! The admin listener, the acceptor and background tasks (JWKS refresh, and the Redis
+//! connection driver, which `redis::RedisStore::connect` opens from the main runtime) stay on the
+//! main runtime.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -55,6 +56,9 @@ pub async fn serve(
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers.max(1) {
+        // Built here, so a worker that cannot start fails startup instead of leaving a dead
+        // queue that the acceptor would keep choosing (it has the fewest connections).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
         queues.push(Worker { tx, load: load.clone() });
@@ -63,7 +67,12 @@ pub async fn serve(
         let stopped = stopped.clone();
         let thread = std::thread::Builder::new()
             .name(format!("falgate-worker-{index}"))
-            .spawn(move || run_worker(index, incoming, router, stopped))?;
+            .spawn(move || {
+                let served = run_worker(index, &runtime, incoming, router, stopped);
+                // Blocking work left behind (a DNS lookup to fal) may not hold the exit long.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+                served
+            })?;
         threads.push(thread);
     }
     drop(stopped);
@@ -91,12 +100,19 @@ struct Worker {
     load: Arc<AtomicUsize>,
 }
 
-fn run_worker(index: usize, incoming: Incoming, router: Router, mut stopped: watch::Receiver<bool>) -> io::Result<()> {
+fn run_worker(
+    index: usize,
+    runtime: &tokio::runtime::Runtime,
+    incoming: Incoming,
+    router: Router,
+    mut stopped: watch::Receiver<bool>,
+) -> io::Result<()> {
     WORKER.with(|cell| cell.set(index));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         // Connect info gives the limiter the peer address (client IP behind trusted proxies).
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // `tap_io` changes nothing on the stream; axum implements `ConnectInfo<SocketAddr>` for
+        // tapped listeners of any kind, but for a bare listener only for its own `TcpListener`.
         axum::serve(incoming.tap_io(|_| {}), service)
             .with_graceful_shutdown(async move {
                 stopped.wait_for(|stop| *stop).await.ok();
@@ -105,33 +121,54 @@ fn run_worker(index: usize, incoming: Incoming, router: Router, mut stopped: wat
     })
 }
 
-/// Accepts until the listener fails for good; transient errors (out of descriptors, a reset
-/// before accept) wait a moment and go on, as `axum::serve` does.
+/// Load given to a worker whose queue is closed, so it is never chosen again.
+const GONE: usize = usize::MAX / 2;
+
+/// Accepts until every worker is gone. A connection the peer reset before accept is skipped;
+/// other errors (out of descriptors) are logged and retried after a pause, so a full process
+/// does not spin.
 async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
     loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                // Small writes (event-stream chunks) go out at once.
-                stream.set_nodelay(true).ok();
-                // Out of this runtime's reactor: the worker registers it in its own, so the
-                // connection's readiness never wakes this thread.
-                let Ok(stream) = stream.into_std() else { continue };
-                let Some(worker) = workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else {
-                    return;
-                };
-                worker.load.fetch_add(1, Ordering::Relaxed);
-                if let Err(mpsc::error::SendError(stream)) = worker.tx.send(stream) {
-                    // The worker is gone (shutting down): the connection closes here.
-                    worker.load.fetch_sub(1, Ordering::Relaxed);
-                    drop(stream);
-                }
-            }
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(err) if is_connection_error(&err) => continue,
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Small writes (event-stream chunks) go out at once.
+        stream.set_nodelay(true).ok();
+        // Out of this runtime's reactor: the worker registers it in its own, so the
+        // connection's readiness never wakes this thread.
+        let Ok(mut stream) = stream.into_std() else { continue };
+        loop {
+            let Some(worker) = workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else {
+                return;
+            };
+            if worker.load.load(Ordering::Relaxed) >= GONE {
+                // Every worker has stopped: nothing can serve connections any more.
+                return;
+            }
+            worker.load.fetch_add(1, Ordering::Relaxed);
+            match worker.tx.send(stream) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(returned)) => {
+                    // That worker's thread ended: never choose it again, try the next one.
+                    worker.load.store(GONE, Ordering::Relaxed);
+                    stream = returned;
+                }
             }
         }
     }
+}
+
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// The worker side: connections handed over by the acceptor.

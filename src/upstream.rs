@@ -2,9 +2,11 @@
 //! server-held credentials, the host → base URL map and the connect / first-byte timeouts.
 //!
 //! The client is hyper-util's pooled client with rustls (HTTP/1.1 keep-alive, HTTP/2 where fal
-//! offers it by ALPN), used directly rather than through reqwest: the request URI is built once
-//! as an `http::Uri` from typed parts (reqwest re-parses a `Url` per request) and no redirect,
-//! cookie or decompression layer sits on a path that needs none of them.
+//! offers it by ALPN), used directly rather than through reqwest: the request URI is formatted
+//! from the call's typed parts into an `http::Uri` (no `Url` parse per request) and no redirect,
+//! cookie, proxy or decompression layer sits on a path that needs none of them. What reqwest did
+//! that this path needs is here: one timeout over the whole connect (DNS, TCP, TLS), TCP
+//! keep-alive, and one retry of a request an HTTP/2 server refused unprocessed.
 //!
 //! Only this module sets an outbound `Authorization` header. What is forwarded from the caller
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
@@ -112,7 +114,7 @@ impl Upstream {
 
     /// Sends a call to fal and waits for its response headers (bounded by the first-byte timeout).
     pub async fn send(&self, call: &Call, headers: HeaderMap, body: Option<Bytes>) -> Result<FalResponse, GateError> {
-        // The URL is built from validated, canonical parts: it always parses.
+        // Formatted from validated, canonical parts and the configured base URL: it parses.
         let uri: Uri = self
             .url(call)
             .parse()
@@ -128,16 +130,88 @@ impl Upstream {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.config.first_byte_timeout, self.client().request(request)).await {
+        match tokio::time::timeout(self.config.first_byte_timeout, self.send_once_or_twice(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(send_error(call, err)),
             Err(_elapsed) => Err(after_sent(call, GateError::UpstreamTimeout)),
         }
     }
+
+    /// Sends the request, and once more when an HTTP/2 server refused it without processing it
+    /// (REFUSED_STREAM, or a graceful GOAWAY before it was read): safe even for a paid submit, by
+    /// the protocol's guarantee (RFC 9113 §8.1.4), and what reqwest did before this client.
+    async fn send_once_or_twice(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<FalResponse, hyper_util::client::legacy::Error> {
+        let again = clone_request(&request);
+        match self.client().request(request).await {
+            Err(err) if refused_unprocessed(&err) => self.client().request(again).await,
+            answered => answered,
+        }
+    }
+}
+
+fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether an HTTP/2 server said it did not process the request (what reqwest retried too).
+fn refused_unprocessed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// The pooled client type.
-type FalClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type FalClient = Client<ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
+
+/// Bounds the whole connect — DNS, TCP and the TLS handshake — by `upstream.connect_timeout_ms`:
+/// hyper-util's own connect timeout covers the TCP connect alone, and a stalled handshake would
+/// otherwise run into the first-byte timeout and make a submit that never left look sent (424).
+/// Written by hand: a dozen lines, and the crate that offers it wraps reads and writes too.
+#[derive(Clone)]
+struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower::Service<Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to fal timed out").into()),
+            }
+        })
+    }
+}
 
 /// fal's answer: status, headers and a body still arriving.
 pub type FalResponse = axum::http::Response<hyper::body::Incoming>;
@@ -161,17 +235,23 @@ fn client(config: &config::Upstream, tls: Arc<rustls::ClientConfig>) -> FalClien
     http.enforce_http(false);
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_nodelay(true);
+    // Notice a silently dead connection to fal (NAT timeouts) on long event streams.
+    http.set_keepalive(Some(Duration::from_secs(15)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(Arc::unwrap_or_clone(tls))
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    let connector = ConnectTimeout {
+        inner: https,
+        timeout: config.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https)
+        .build(connector)
 }
 
 /// Maps a transport failure: before the request left (connect) it is safe to retry; after,

@@ -13,7 +13,7 @@ pub(crate) struct RawConfig {
     pub(crate) listen: String,
     #[serde(default = "default_admin_listen")]
     pub(crate) admin_listen: String,
-    /// Server threads, each with its own runtime, listener and fal connections; 0 = one per core.
+    /// Server threads, each with its own runtime, connections and fal pool; 0 = one per core.
     #[serde(default)]
     pub(crate) workers: usize,
     #[serde(default)]

@@ -5,8 +5,9 @@
 //! under load it writes what gathered every [`GATHER`], so a log line costs a memcpy under an
 //! uncontended lock instead of a cross-thread wake-up per line (the channel of
 //! `tracing_appender::non_blocking` woke its thread for almost every line: a futex and a
-//! context switch per request in `bench/run`). Not lossy: past [`MAX_PENDING`] bytes a request
-//! waits for the writer rather than drop lines. Dropping the [`LogGuard`] flushes everything.
+//! context switch per request in `bench/run`). Not lossy: past [`MAX_PENDING`] bytes (8 MiB, a
+//! stderr that stopped draining) the logging thread waits for the writer rather than drop lines,
+//! which stalls that server worker too. Dropping the [`LogGuard`] flushes everything.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -142,6 +143,11 @@ impl Write for &BatchWriter {
                 .room
                 .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if state.closed {
+            // Shut down while this line waited for room: the writer thread may be gone.
+            drop(state);
+            return std::io::stderr().write(line);
         }
         state.pending.extend_from_slice(line);
         let wake = if state.idle {

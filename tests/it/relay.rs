@@ -192,6 +192,31 @@ async fn unreachable_fal_is_502() {
     gate.assert_refused(response, 502, "upstream_unreachable").await;
 }
 
+/// The connect timeout covers the TLS handshake too: a fal that accepts TCP and then says nothing
+/// is a connect failure (504, the submit never left), not a sent submit of unknown outcome (424).
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_timeout_not_an_unknown_outcome() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let gate = TestGate::builder()
+        .queue_url(&format!("https://{addr}"))
+        .env("FALGATE_UPSTREAM__CONNECT_TIMEOUT_MS", "200")
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "3000")
+        .spawn()
+        .await;
+    let response = gate
+        .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+        .await;
+    gate.assert_refused(response, 504, "upstream_timeout").await;
+    held.abort();
+}
+
 #[tokio::test]
 async fn slow_status_is_504_and_garbage_status_is_502() {
     let gate = TestGate::spawn().await;
