@@ -1,11 +1,12 @@
-//! This replica's own ownership records: bounded, expiring, in insertion order.
+//! This replica's own ownership records: bounded, expiring, second-chance (CLOCK) eviction.
 //!
 //! Written by hand instead of a general cache (moka, used before): an ownership record is
-//! written once per submit and expires `ttl` after it, so records expire in the order they were
-//! written and the oldest is the right one to drop when the store is full. A FIFO queue per
-//! shard does all of that in O(1); moka's admission and frequency bookkeeping cost 3–9 µs per
-//! insert (`cargo bench --bench parse`, ownership_record) and about 530 bytes per record, for
-//! an eviction policy this store has no use for.
+//! written once per submit and expires `ttl` after it, so a queue in write order per shard finds
+//! the expired ones in O(1). When the store is full the oldest record goes, unless it was read
+//! since it last reached the front of the queue: a request its owner is still polling (a long
+//! job) gets a second chance and goes to the back, so a flood of new submits cannot evict it.
+//! moka's admission and frequency bookkeeping cost 3–9 µs per insert (`cargo bench --bench
+//! parse`, ownership_record) and about 530 bytes per record, for the same outcome here.
 //!
 //! Keys are compact: the request id's 128 bits (fal ids are UUIDs) and a keyed hash of the app,
 //! so a lookup allocates nothing. The owner is kept exactly (the principal string), not hashed.
@@ -29,6 +30,8 @@ struct Key {
 struct Record {
     owner: Box<str>,
     expires: Instant,
+    /// Read by its owner since it last reached the front of the queue.
+    referenced: bool,
 }
 
 #[derive(Default)]
@@ -61,10 +64,13 @@ impl LocalRecords {
     pub(super) fn owned_by(&self, principal: &str, app: &AppId, id: &FalRequestId) -> bool {
         let key = self.key(app, id);
         let now = Instant::now();
-        self.shard(key)
-            .records
-            .get(&key)
-            .is_some_and(|record| record.expires > now && &*record.owner == principal)
+        let mut shard = self.shard(key);
+        let Some(record) = shard.records.get_mut(&key) else {
+            return false;
+        };
+        let owned = record.expires > now && &*record.owner == principal;
+        record.referenced |= owned;
+        owned
     }
 
     /// Records `principal` as the owner; drops expired records, then the oldest past the bound.
@@ -78,16 +84,25 @@ impl LocalRecords {
             Record {
                 owner: principal.into(),
                 expires,
+                referenced: false,
             },
         );
         shard.order.push_back((key, expires));
+        // Each pass either drops an entry or clears a record's mark, so this ends within two
+        // rounds of the queue at worst, and in one step almost always.
         while let Some(&(oldest, written_expiry)) = shard.order.front() {
             if written_expiry > now && shard.order.len() <= self.per_shard {
                 break;
             }
             shard.order.pop_front();
-            // A key written again later has a newer record: leave that one.
-            if shard.records.get(&oldest).is_some_and(|r| r.expires == written_expiry) {
+            // A key written again later has a newer record (and queue entry): leave that one.
+            let Some(record) = shard.records.get_mut(&oldest).filter(|r| r.expires == written_expiry) else {
+                continue;
+            };
+            if record.referenced && record.expires > now {
+                record.referenced = false;
+                shard.order.push_back((oldest, written_expiry));
+            } else {
                 shard.records.remove(&oldest);
             }
         }
@@ -178,6 +193,25 @@ mod tests {
         assert!(store.len() <= 160, "{} records for a bound of 160", store.len());
         assert!(store.owned_by("default|alice", &app("flux"), &id(9_999)), "newest kept");
         assert!(!store.owned_by("default|alice", &app("flux"), &id(0)), "oldest dropped");
+    }
+
+    #[test]
+    fn a_record_its_owner_keeps_polling_survives_a_flood_of_new_submits() {
+        let store = LocalRecords::new(160, Duration::from_secs(60));
+        store.insert("default|alice", &app("flux"), &id(0));
+        for n in 1..10_000 {
+            // Alice polls her long job now and then while others submit.
+            if n % 50 == 0 {
+                assert!(store.owned_by("default|alice", &app("flux"), &id(0)), "evicted at {n}");
+            }
+            store.insert("default|bob", &app("flux"), &id(n));
+        }
+        assert!(store.owned_by("default|alice", &app("flux"), &id(0)));
+        assert!(store.len() <= 160, "{} records for a bound of 160", store.len());
+        assert!(
+            !store.owned_by("default|bob", &app("flux"), &id(1)),
+            "unread old records go"
+        );
     }
 
     #[test]
