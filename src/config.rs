@@ -172,7 +172,7 @@ fn socket(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
 
 /// `workers = 0` means one per core (what the machine or its cgroup lets this process use).
 fn workers(raw: usize) -> Result<usize, ConfigError> {
-    const MAX: usize = 256;
+    const MAX: usize = crate::server::MAX_WORKERS;
     match raw {
         0 => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
         n if n > MAX => Err(ConfigError(format!("`workers` must be at most {MAX}, got {n}"))),

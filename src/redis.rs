@@ -1,6 +1,6 @@
-//! The shared Redis connection used by `limits` and `ownership` when falgate runs as several
-//! replicas: one pooled, auto-reconnecting [`ConnectionManager`], a short per-call timeout, and
-//! a key prefix. Config keys: `[redis] url` (`FALGATE_REDIS__URL`), `timeout_ms`, `key_prefix`.
+//! The shared Redis used by `limits` and `ownership` when falgate runs as several replicas:
+//! auto-reconnecting multiplexed connections ([`ConnectionManager`]), one per server worker,
+//! a short per-call timeout, and a key prefix. Config keys: `[redis] url` (`FALGATE_REDIS__URL`), `timeout_ms`, `key_prefix`.
 //!
 //! Keys are `<prefix>:{<tag>}:<kind>…`. The `{…}` hash tag keeps one caller's keys in one Redis
 //! Cluster slot, so each caller's admission script touches a single slot.
@@ -9,6 +9,7 @@
 pub(crate) mod chaos;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -66,7 +67,15 @@ pub enum StoreError {
 /// A handle on the shared Redis: cheap to clone, reconnects by itself after an outage.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    /// Opened at start from the main runtime; used off the server workers (and if a worker's
+    /// own connection cannot be made).
+    main: ConnectionManager,
+    /// One connection per server worker, opened on its first use from that worker's runtime:
+    /// a connection's driver task runs where it was opened, so a worker's Redis calls never
+    /// cross threads (one shared connection made every call wake another thread twice).
+    per_worker: Arc<[OnceLock<ConnectionManager>]>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
     timeout: Duration,
     prefix: String,
 }
@@ -84,26 +93,38 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(StoreError::BadUrl)?;
-        // Connect now, from this (the main) runtime: the connection's driver task is spawned by
-        // whoever first drives the connection, and it must live here, not on the server worker
-        // that happens to touch Redis first (worker runtimes end one by one at shutdown).
-        // Reconnects are spawned on the runtime the manager was created on: this one too.
-        let mut first = connection.clone();
+        let main = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+            .map_err(StoreError::BadUrl)?;
+        // Connect now, from this (the main) runtime: a connection's driver task is spawned by
+        // whoever first drives it, and the main connection's must live here. Reconnects are
+        // spawned on the runtime the manager was created on: this one too.
+        let mut first = main.clone();
         tokio::spawn(async move {
             // Redis may be down at start: the manager connects again on next use.
             let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut first).await;
         });
         Ok(Self {
-            connection,
+            main,
+            per_worker: (0..crate::server::MAX_WORKERS).map(|_| OnceLock::new()).collect(),
+            client,
+            manager_config,
             timeout,
             prefix: config.key_prefix.clone(),
         })
     }
 
-    /// A connection to run commands on (multiplexed: clones share one socket).
+    /// A connection to run commands on (multiplexed: clones share one socket): this worker's
+    /// own, or the main one off the worker threads.
     pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+        let Some(slot) = crate::server::current_worker().and_then(|index| self.per_worker.get(index)) else {
+            return self.main.clone();
+        };
+        slot.get_or_init(|| {
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config.clone())
+                // Cannot fail: the same client and config made `main`.
+                .unwrap_or_else(|_| self.main.clone())
+        })
+        .clone()
     }
 
     /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`.

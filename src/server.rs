@@ -14,9 +14,8 @@
 //! half the traffic. Written by hand because axum and hyper serve one listener on one runtime;
 //! the worker side is still `axum::serve`, over a [`Listener`] fed by the acceptor.
 //!
-//! The admin listener, the acceptor and background tasks (JWKS refresh, and the Redis
-//! connection driver, which `redis::RedisStore::connect` opens from the main runtime) stay on the
-//! main runtime.
+//! The admin listener, the acceptor and background tasks (JWKS refresh) stay on the main
+//! runtime. Each worker opens its own Redis connection (`redis::RedisStore::connection`).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -33,13 +32,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+/// Most worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The index of the worker thread running this code; 0 on any other thread (the main runtime,
 /// tests), which then shares worker 0's pools.
 pub fn worker_index() -> usize {
+    current_worker().unwrap_or(0)
+}
+
+/// The index of the worker thread running this code, if it is one.
+pub fn current_worker() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
@@ -55,7 +62,7 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
-    for index in 0..workers.max(1) {
+    for index in 0..workers.clamp(1, MAX_WORKERS) {
         // Built here, so a worker that cannot start fails startup instead of leaving a dead
         // queue that the acceptor would keep choosing (it has the fewest connections).
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -107,7 +114,7 @@ fn run_worker(
     router: Router,
     mut stopped: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    WORKER.with(|cell| cell.set(index));
+    WORKER.with(|cell| cell.set(Some(index)));
     runtime.block_on(async move {
         // Connect info gives the limiter the peer address (client IP behind trusted proxies).
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
