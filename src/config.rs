@@ -73,6 +73,26 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     pub max_response_bytes: usize,
     pub max_result_bytes: usize,
+    /// The egress proxy for https connections to fal, from `HTTPS_PROXY` / `ALL_PROXY`, with the
+    /// hosts in `NO_PROXY` going direct (the conventions curl and reqwest follow).
+    pub egress_proxy: Option<EgressProxy>,
+}
+
+/// An egress proxy (`http://[user:pass@]host:port`); its URL may hold a password, so it is
+/// never printed.
+#[derive(Clone)]
+pub struct EgressProxy {
+    pub url: String,
+    pub no_proxy: String,
+}
+
+impl std::fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("url", &"<redacted>")
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 /// What is allowed for one configured endpoint.
@@ -139,7 +159,7 @@ impl Config {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
             workers: workers(raw.workers)?,
-            upstream: upstream(&raw.upstream)?,
+            upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
             body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
@@ -207,8 +227,9 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn upstream(raw: &file::RawUpstream) -> Result<Upstream, ConfigError> {
+fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {
     Ok(Upstream {
+        egress_proxy: egress_proxy(sources)?,
         queue_url: base_url("upstream.queue_url", &raw.queue_url)?,
         run_url: base_url("upstream.run_url", &raw.run_url)?,
         storage_url: base_url("upstream.storage_url", &raw.storage_url)?,
@@ -219,6 +240,30 @@ fn upstream(raw: &file::RawUpstream) -> Result<Upstream, ConfigError> {
         max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
         max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
     })
+}
+
+/// The first of `HTTPS_PROXY`, `https_proxy`, `ALL_PROXY`, `all_proxy` that is set and not
+/// empty; only `http://` proxies (CONNECT tunnels) are supported.
+fn egress_proxy(sources: &dyn Sources) -> Result<Option<EgressProxy>, ConfigError> {
+    let first = |names: &[&'static str]| -> Option<(&'static str, String)> {
+        names
+            .iter()
+            .find_map(|&name| sources.var(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+    };
+    let Some((name, url)) = first(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]) else {
+        return Ok(None);
+    };
+    let parsed = Url::parse(&url)
+        .ok()
+        .filter(|u| u.scheme() == "http" && u.host_str().is_some());
+    if parsed.is_none() {
+        // The value may hold a password: name the variable, never echo it.
+        return Err(ConfigError(format!(
+            "`{name}` must be an http:// proxy URL like http://proxy.internal:3128"
+        )));
+    }
+    let no_proxy = first(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v).unwrap_or_default();
+    Ok(Some(EgressProxy { url, no_proxy }))
 }
 
 fn endpoints(raw: BTreeMap<String, file::RawEndpoint>) -> Result<BTreeMap<EndpointId, EndpointPolicy>, ConfigError> {

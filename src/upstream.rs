@@ -6,7 +6,8 @@
 //! from the call's typed parts into an `http::Uri` (no `Url` parse per request) and no redirect,
 //! cookie, proxy or decompression layer sits on a path that needs none of them. What reqwest did
 //! that this path needs is here: one timeout over the whole connect (DNS, TCP, TLS), TCP
-//! keep-alive, and one retry of a request an HTTP/2 server refused unprocessed.
+//! keep-alive, the egress proxy from `HTTPS_PROXY` / `NO_PROXY` (a CONNECT tunnel, so the proxy
+//! never sees the key), and one retry of a request an HTTP/2 server refused unprocessed.
 //!
 //! Only this module sets an outbound `Authorization` header. What is forwarded from the caller
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
@@ -175,7 +176,47 @@ fn refused_unprocessed(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The pooled client type.
-type FalClient = Client<ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
+type FalClient = Client<ConnectTimeout<hyper_rustls::HttpsConnector<Egress>>, Full<Bytes>>;
+
+/// The TCP leg of a connection to fal: through the egress proxy's CONNECT tunnel when one is
+/// configured and the destination is https and not in `NO_PROXY`, else direct. TLS to fal runs
+/// inside the tunnel, so the proxy sees the host name and nothing else.
+#[derive(Clone)]
+struct Egress {
+    direct: HttpConnector,
+    proxy: Option<Arc<hyper_util::client::proxy::matcher::Matcher>>,
+}
+
+impl tower::Service<Uri> for Egress {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Each call clones a connector that is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let intercept = self
+            .proxy
+            .as_ref()
+            .filter(|_| uri.scheme() == Some(&http::uri::Scheme::HTTPS))
+            .and_then(|matcher| matcher.intercept(&uri));
+        let mut direct = self.direct.clone();
+        match intercept {
+            Some(intercept) => {
+                let mut tunnel =
+                    hyper_util::client::legacy::connect::proxy::Tunnel::new(intercept.uri().clone(), direct);
+                if let Some(auth) = intercept.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move { tunnel.call(uri).await.map_err(Into::into) })
+            }
+            None => Box::pin(async move { direct.call(uri).await.map_err(Into::into) }),
+        }
+    }
+}
 
 /// Bounds the whole connect — DNS, TCP and the TLS handshake — by `upstream.connect_timeout_ms`:
 /// hyper-util's own connect timeout covers the TCP connect alone, and a stalled handshake would
@@ -237,12 +278,23 @@ fn client(config: &config::Upstream, tls: Arc<rustls::ClientConfig>) -> FalClien
     http.set_nodelay(true);
     // Notice a silently dead connection to fal (NAT timeouts) on long event streams.
     http.set_keepalive(Some(Duration::from_secs(15)));
+    let egress = Egress {
+        direct: http,
+        proxy: config.egress_proxy.as_ref().map(|proxy| {
+            Arc::new(
+                hyper_util::client::proxy::matcher::Matcher::builder()
+                    .https(proxy.url.clone())
+                    .no(proxy.no_proxy.clone())
+                    .build(),
+            )
+        }),
+    };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(Arc::unwrap_or_clone(tls))
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(egress);
     let connector = ConnectTimeout {
         inner: https,
         timeout: config.connect_timeout,

@@ -217,6 +217,82 @@ async fn a_stalled_tls_handshake_is_a_connect_timeout_not_an_unknown_outcome() {
     held.abort();
 }
 
+/// With `HTTPS_PROXY` set, fal is reached through the proxy's CONNECT tunnel (with the proxy's
+/// credentials from the URL), and the proxy sees the host name only: never the fal key.
+#[tokio::test]
+async fn fal_is_reached_through_the_egress_proxy_tunnel_and_the_proxy_never_sees_the_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut stream, _) = proxy.accept().await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the tunnel request ended early");
+            received.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .unwrap();
+        // Whatever comes next is TLS to fal; keep it, then close (the handshake fails).
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            received.extend_from_slice(&buf[..n]);
+        }
+        received
+    });
+    let gate = TestGate::builder()
+        .queue_url("https://queue.fal.run")
+        .env("HTTPS_PROXY", &format!("http://gate:proxy-pw@{proxy_addr}"))
+        .spawn()
+        .await;
+    let response = gate
+        .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+        .await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("upstream_unreachable") && !body.contains("proxy-pw"),
+        "{body}"
+    );
+    let tunnel = tokio::time::timeout(Duration::from_secs(10), seen)
+        .await
+        .expect("the gate never opened a tunnel through the proxy");
+    let received = String::from_utf8_lossy(&tunnel.unwrap()).into_owned();
+    assert!(
+        received.starts_with("CONNECT queue.fal.run:443 HTTP/1.1\r\n"),
+        "{received}"
+    );
+    // base64("gate:proxy-pw")
+    assert!(
+        received
+            .to_ascii_lowercase()
+            .contains("proxy-authorization: basic z2f0ztpwcm94es1wdw=="),
+        "{received}"
+    );
+    assert!(
+        !received.contains(FAL_KEY) && !received.contains("Bearer"),
+        "{received}"
+    );
+}
+
+/// A malformed `HTTPS_PROXY` is a configuration error naming the variable, never its value.
+#[test]
+fn a_malformed_egress_proxy_is_refused_without_echoing_it() {
+    let vars: std::collections::HashMap<String, String> = [
+        ("FALGATE_AUTH__HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("HTTPS_PROXY", "socks5://user:secret-pw@proxy:1080"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let err = falgate::config::Config::from_toml("", &vars).unwrap_err().to_string();
+    assert!(err.contains("HTTPS_PROXY") && !err.contains("secret-pw"), "{err}");
+}
+
 #[tokio::test]
 async fn slow_status_is_504_and_garbage_status_is_502() {
     let gate = TestGate::spawn().await;
