@@ -153,18 +153,16 @@ impl GateError {
     }
 }
 
+/// An error followed by its causes (`source()` after `source()`).
+pub(crate) fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |current| current.source())
+}
+
 /// The error and its causes on one line (fal's URLs carry no secret; no URL is printed anyway).
 fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(err);
-    while let Some(current) = source {
-        if !cause.is_empty() {
-            cause.push_str(": ");
-        }
-        cause.push_str(&current.to_string());
-        source = current.source();
-    }
-    cause
+    causes(err).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 impl IntoResponse for GateError {

@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{self, FalCredentials};
-use crate::error::GateError;
+use crate::error::{causes, GateError};
 use crate::fal::{Call, Host, Op};
 
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
@@ -163,16 +163,13 @@ fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
 
 /// Whether an HTTP/2 server said it did not process the request (what reqwest retried too).
 fn refused_unprocessed(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(current) = source {
-        if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
+    causes(err)
+        .find_map(|cause| cause.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_remote()
                 && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        source = current.source();
-    }
-    false
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
 }
 
 /// The pooled client type.
@@ -320,17 +317,11 @@ fn send_error(call: &Call, err: hyper_util::client::legacy::Error) -> GateError 
 
 /// Whether a connect error was the connect timeout (an `io::Error` of kind `TimedOut` in its chain).
 fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(current) = source {
-        if current
+    causes(err).any(|cause| {
+        cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
+    })
 }
 
 /// The error for a failure after the request was sent: paid calls (submit, sync run) whose
