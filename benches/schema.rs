@@ -62,6 +62,7 @@ fn validation(c: &mut Criterion) {
     let limits = Limits {
         max_depth: 32,
         max_body_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
     };
     let big = data_uri_input();
     assert!(schemas

@@ -3,7 +3,9 @@
 //! calling runtime), both already bound by the caller, until shutdown.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
@@ -30,6 +32,8 @@ pub struct Gate {
     pub ownership: Ownership,
     pub schemas: Schemas,
     pub limiter: Limiter,
+    /// Set once shutdown began: `/readyz` answers 503 so the balancer stops sending calls.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The two routers falgate serves.
@@ -38,8 +42,12 @@ pub struct App {
     pub public: Router,
     /// `/metrics`.
     pub admin: Router,
-    /// Threads serving `public` (see [`crate::server`]).
-    pub workers: usize,
+    /// How the public listener serves connections (see [`crate::server`]).
+    pub server: crate::server::Settings,
+    /// How long calls are still served after shutdown began (with `/readyz` at 503).
+    pub drain_delay: Duration,
+    /// The gate's draining flag.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// A startup failure.
@@ -64,7 +72,9 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
     let on_store_error = config.limits.on_store_error;
     auth.start();
+    let draining = Arc::new(AtomicBool::new(false));
     let gate = Gate {
+        draining: draining.clone(),
         auth,
         policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials, config.workers)?,
@@ -73,7 +83,8 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
         limiter: Limiter::new(config.limits.clone(), redis)?,
         config,
     };
-    let workers = gate.config.workers;
+    let server = crate::server::Settings::of(&gate.config);
+    let drain_delay = gate.config.drain.delay;
     let cors = gate.config.cors.clone();
     let caps = layers::HeaderCaps {
         per_header: gate.config.max_header_bytes,
@@ -82,10 +93,18 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
-    Ok(App { public, admin, workers })
+    Ok(App {
+        public,
+        admin,
+        server,
+        drain_delay,
+        draining,
+    })
 }
 
-/// Serves both routers until `shutdown` resolves; in-flight requests finish first.
+/// Serves both routers until `shutdown` resolves, then drains: `/readyz` answers 503 at once,
+/// calls are still served for `drain_delay` (the balancer notices the 503 meanwhile), then the
+/// listeners close and calls in flight get up to the drain timeout to finish.
 pub async fn serve(
     public: TcpListener,
     admin: TcpListener,
@@ -103,11 +122,18 @@ pub async fn serve(
             .await
     });
     let mut public_stopped = stopped;
-    let public_task = crate::server::serve(public, app.public, app.workers, async move {
+    let public_task = crate::server::serve(public, app.public, app.server, async move {
         public_stopped.changed().await.ok();
     });
+    let (draining, delay) = (app.draining, app.drain_delay);
     tokio::spawn(async move {
         shutdown.await;
+        draining.store(true, Ordering::Release);
+        tracing::info!(
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "draining: /readyz answers 503; new calls are served until the delay ends"
+        );
+        tokio::time::sleep(delay).await;
         stop.send(()).ok();
     });
     public_task.await?;

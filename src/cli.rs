@@ -109,10 +109,22 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     let admin = bind(config.admin_listen).await?;
     let app = app::build(config, &credentials).map_err(|err| Failure::Config(err.to_string()))?;
     announce("falgate", &public, &admin)?;
-    app::serve(public, admin, app, shutdown_signal())
+    app::serve(public, admin, app, drain_signal())
         .await
         .context("server failed")?;
     Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT (the drain begins); a second one ends the process at
+/// once, with status 130.
+pub(crate) async fn drain_signal() {
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; a second signal exits at once");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting without finishing calls in flight");
+        std::process::exit(130);
+    });
 }
 
 async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {

@@ -44,6 +44,12 @@ pub struct Config {
     /// Largest single request header value, and all request headers together.
     pub max_header_bytes: usize,
     pub max_headers_total_bytes: usize,
+    /// Bounds on a JSON body beyond its size (keys per object, values, string length).
+    pub json: JsonLimits,
+    /// Timeouts and caps of client connections on the public listener.
+    pub connections: Connections,
+    /// What SIGTERM / SIGINT do before exit.
+    pub drain: Drain,
     pub storage_uploads: Toggle,
     pub log_format: LogFormat,
     pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
@@ -92,6 +98,72 @@ impl std::fmt::Debug for EgressProxy {
             .field("url", &"<redacted>")
             .field("no_proxy", &self.no_proxy)
             .finish()
+    }
+}
+
+/// Bounds on one JSON body, checked while it is parsed (so a refusal costs no more than the
+/// bound): a body within `max_body_bytes` can still hold 800,000 keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    pub max_object_keys: usize,
+    pub max_values: usize,
+    pub max_string_bytes: usize,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        Self {
+            max_object_keys: 1024,
+            max_values: 100_000,
+            max_string_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Client connections on the public listener (see `server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// Open connections at most; at the cap new ones wait in the kernel's accept backlog.
+    pub max_open: usize,
+    /// Time a connection may take to send a complete request head once it has started one
+    /// (and a new connection to start sending).
+    pub header_read_timeout: Duration,
+    /// Time a connection with no request in flight may stay open, silent.
+    pub keep_alive_timeout: Duration,
+    /// Time a write to a client may stay blocked (a client that stops reading), streams included.
+    pub write_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    /// Interval of HTTP/2 pings to a client (a dead peer is dropped after one unanswered).
+    pub http2_keep_alive_interval: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max_open: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            http2_max_concurrent_streams: 64,
+            http2_keep_alive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Graceful shutdown: `/readyz` answers 503 at once and new calls are still served for `delay`
+/// (so the balancer notices), then the listener closes and calls in flight get up to `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(25),
+        }
     }
 }
 
@@ -165,6 +237,16 @@ impl Config {
             body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
             max_header_bytes: positive("request.max_header_bytes", raw.request.max_header_bytes)?,
             max_headers_total_bytes: positive("request.max_headers_total_bytes", raw.request.max_headers_total_bytes)?,
+            json: JsonLimits {
+                max_object_keys: positive("request.max_json_object_keys", raw.request.max_json_object_keys)?,
+                max_values: positive("request.max_json_values", raw.request.max_json_values)?,
+                max_string_bytes: positive("request.max_json_string_bytes", raw.request.max_json_string_bytes)?,
+            },
+            connections: connections(&raw.connections)?,
+            drain: Drain {
+                delay: Duration::from_millis(raw.drain.delay_ms),
+                timeout: Duration::from_millis(raw.drain.timeout_ms),
+            },
             storage_uploads: raw.storage.uploads,
             log_format: raw.log.format,
             tiers: access::tiers(raw.tiers, &endpoints)?,
@@ -198,6 +280,26 @@ fn workers(raw: usize) -> Result<usize, ConfigError> {
         n if n > MAX => Err(ConfigError(format!("`workers` must be at most {MAX}, got {n}"))),
         n => Ok(n),
     }
+}
+
+fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
+    let streams = raw.http2_max_concurrent_streams;
+    if streams == 0 {
+        return Err(ConfigError(
+            "`connections.http2_max_concurrent_streams` must be greater than zero".into(),
+        ));
+    }
+    Ok(Connections {
+        max_open: positive("connections.max_open", raw.max_open)?,
+        header_read_timeout: millis("connections.header_read_timeout_ms", raw.header_read_timeout_ms)?,
+        keep_alive_timeout: millis("connections.keep_alive_timeout_ms", raw.keep_alive_timeout_ms)?,
+        write_timeout: millis("connections.write_timeout_ms", raw.write_timeout_ms)?,
+        http2_max_concurrent_streams: streams,
+        http2_keep_alive_interval: millis(
+            "connections.http2_keep_alive_interval_ms",
+            raw.http2_keep_alive_interval_ms,
+        )?,
+    })
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {

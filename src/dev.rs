@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::Rng;
 
-use crate::cli::{announce, bind, shutdown_signal};
+use crate::cli::{announce, bind, drain_signal};
 use crate::config::{Config, FalCredentials};
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::{app, telemetry};
@@ -39,7 +39,9 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
         ),
         None => (DEFAULT_CONFIG.to_owned(), unpack_default_schemas()?),
     };
-    let config = Config::from_toml_in(&text, &overrides, &base)?;
+    let mut config = Config::from_toml_in(&text, &overrides, &base)?;
+    // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
+    config.drain.delay = Duration::ZERO;
     let _log_guard = telemetry::init(config.log_format);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
@@ -53,11 +55,9 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let emulator_task = tokio::spawn(emulator::serve(emulator_listener, emulator, async move {
         emulator_stopped.changed().await.ok();
     }));
-    app::serve(public, admin, app, async move {
-        shutdown_signal().await;
-        stop.send(()).ok();
-    })
-    .await?;
+    app::serve(public, admin, app, drain_signal()).await?;
+    // The emulator stops after the gate drained, so calls in flight can still reach it.
+    stop.send(()).ok();
     drop(stopped);
     emulator_task.await??;
     Ok(())

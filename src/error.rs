@@ -45,6 +45,8 @@ pub enum GateError {
     NotJson,
     #[error("the request body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error("the request body is too complex: {0}")]
+    JsonTooLarge(String),
     #[error("the input does not match the endpoint's schema")]
     Invalid(Vec<crate::schema::FieldError>),
     #[error("fal could not be reached")]
@@ -82,7 +84,7 @@ impl GateError {
             Self::EndpointNotAllowed(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge(_) | Self::JsonTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             // Never relayed as 401/403: a browser would take it as its own session failing.
@@ -116,6 +118,7 @@ impl GateError {
             Self::UpstreamCredentials(_) => "upstream_credentials_rejected",
             Self::NotJson => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
+            Self::JsonTooLarge(_) => "json_too_large",
             Self::Invalid(_) => "validation_failed",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -205,6 +208,7 @@ impl From<crate::schema::Rejection> for GateError {
         match rejection {
             Rejection::Malformed(why) => Self::InvalidJson(why),
             Rejection::TooLarge(limit) => Self::BodyTooLarge(limit),
+            Rejection::TooComplex(why) => Self::JsonTooLarge(why),
             Rejection::NoSchema(endpoint) => Self::Internal(format!("endpoint {endpoint} has no compiled schema")),
             Rejection::Invalid(detail) => Self::Invalid(detail),
         }

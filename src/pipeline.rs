@@ -202,6 +202,7 @@ async fn read_input(
     let bytes = input::read_body(headers, body, cap, gate.config.body_timeout).await?;
     let limits = Limits {
         max_body_bytes: cap,
+        json: gate.config.json,
         ..Limits::default()
     };
     match &grant.endpoint {

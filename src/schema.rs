@@ -51,6 +51,19 @@ pub struct Limits {
     pub max_depth: usize,
     /// Largest body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Most keys in one object, values in all, and bytes in one string (`[request]`).
+    pub json: crate::config::JsonLimits,
+}
+
+impl Limits {
+    fn shape(&self) -> strict::Shape {
+        strict::Shape {
+            max_depth: self.max_depth,
+            max_object_keys: self.json.max_object_keys,
+            max_values: self.json.max_values,
+            max_string_bytes: self.json.max_string_bytes,
+        }
+    }
 }
 
 /// Every configured endpoint's compiled validators. Built once; `Send + Sync`.
@@ -75,6 +88,10 @@ pub enum Rejection {
     /// an object): the gate answers 400 `invalid_json`.
     #[error("the request body is not a strict JSON object: {0}")]
     Malformed(String),
+    /// Strict JSON over a shape bound (keys per object, values, string bytes): 413
+    /// `json_too_large`.
+    #[error("the request body is too complex: {0}")]
+    TooComplex(String),
     /// Larger than `Limits::max_body_bytes`: 413 `body_too_large`.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -143,6 +160,7 @@ impl Default for Limits {
         Self {
             max_depth: 32,
             max_body_bytes: 10 * 1024 * 1024,
+            json: crate::config::JsonLimits::default(),
         }
     }
 }
@@ -183,7 +201,7 @@ impl Schemas {
             .get(endpoint)
             .ok_or_else(|| Rejection::NoSchema(endpoint.to_owned()))?;
         let variant = tier.and_then(|tier| compiled.tiers.get(tier)).unwrap_or(&compiled.base);
-        let value = Value::Object(strict::parse_object(body, limits.max_depth).map_err(Rejection::Malformed)?);
+        let value = Value::Object(strict::parse_object(body, &limits.shape())?);
         let failures = variant.check(&value);
         if failures.is_empty() {
             Ok(ValidInput {
@@ -202,9 +220,16 @@ pub fn parse_object(body: &[u8], limits: &Limits) -> Result<Value, Rejection> {
     if body.len() > limits.max_body_bytes {
         return Err(Rejection::TooLarge(limits.max_body_bytes));
     }
-    strict::parse_object(body, limits.max_depth)
-        .map(Value::Object)
-        .map_err(Rejection::Malformed)
+    Ok(Value::Object(strict::parse_object(body, &limits.shape())?))
+}
+
+impl From<strict::Refusal> for Rejection {
+    fn from(refusal: strict::Refusal) -> Self {
+        match refusal {
+            strict::Refusal::Malformed(why) => Self::Malformed(why),
+            strict::Refusal::TooComplex(why) => Self::TooComplex(why),
+        }
+    }
 }
 
 impl Endpoint {

@@ -16,6 +16,23 @@
 //!
 //! The admin listener, the acceptor and background tasks (JWKS refresh) stay on the main
 //! runtime. Each worker opens its own Redis connection (`redis::RedisStore::connection`).
+//!
+//! What a connection may hold is bounded here (`[connections]`), since no layer above the
+//! connection can see it:
+//! - the acceptor takes a permit of `max_open` before each accept, so at the cap new
+//!   connections wait in the kernel's backlog and the loop never spins;
+//! - [`Conn`], the connection's I/O, enforces the time limits hyper has no knob for: a new
+//!   connection must start a request within `header_read_timeout`, a request head must be
+//!   complete within `header_read_timeout` of its first byte, a connection with no request in
+//!   flight is closed after `keep_alive_timeout`, and a write blocked for `write_timeout` (a
+//!   client that stopped reading, event streams included) ends the connection. hyper's own
+//!   `header_read_timeout` restarts between kept-alive requests, so one knob would tie the idle
+//!   limit to the header limit; requests in flight are counted by a guard in each response body;
+//! - hyper bounds the buffered request head (`max_buf_size`) and HTTP/2 streams and pings.
+//!
+//! Drain: when `shutdown` resolves the listener closes, every connection is told to finish
+//! (HTTP/1 `Connection: close` after its current response, HTTP/2 GOAWAY), and connections still
+//! open after `drain_timeout` are cut. `app::serve` turns `/readyz` to 503 before that.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -25,12 +42,23 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::serve::{Listener, ListenerExt};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::task::AtomicWaker;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+use crate::config::Connections;
 
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -50,98 +78,180 @@ pub fn current_worker() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
-/// Serves `router` on `listener` with `workers` single-threaded runtimes until `shutdown`
-/// resolves; each worker then finishes its in-flight requests before its thread ends.
+/// How the public listener treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub workers: usize,
+    pub connections: Connections,
+    /// Largest request head hyper buffers (all headers together, plus the request line).
+    pub max_head_bytes: usize,
+    /// How long connections may take to finish once shutdown began.
+    pub drain_timeout: Duration,
+}
+
+impl Settings {
+    /// The settings `config` asks for.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            workers: config.workers,
+            connections: config.connections,
+            // The request line and a little slack on top of the headers' own cap (431 beyond).
+            max_head_bytes: config.max_headers_total_bytes.saturating_add(8 * 1024),
+            drain_timeout: config.drain.timeout,
+        }
+    }
+}
+
+/// Serves `router` on `listener` with `settings.workers` single-threaded runtimes until
+/// `shutdown` resolves; then the listener closes and each worker drains its connections (up
+/// to `drain_timeout`) before its thread ends.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    workers: usize,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let local_addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    let workers = settings.workers.clamp(1, MAX_WORKERS);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
-    for index in 0..workers.clamp(1, MAX_WORKERS) {
+    for index in 0..workers {
         // Built here, so a worker that cannot start fails startup instead of leaving a dead
         // queue that the acceptor would keep choosing (it has the fewest connections).
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
         queues.push(Worker { tx, load: load.clone() });
-        let incoming = Incoming { rx, load, local_addr };
+        let incoming = Incoming { rx, load };
         let router = router.clone();
         let stopped = stopped.clone();
         let thread = std::thread::Builder::new()
             .name(format!("falgate-worker-{index}"))
             .spawn(move || {
-                let served = run_worker(index, &runtime, incoming, router, stopped);
-                // Blocking work left behind (a DNS lookup to fal) may not hold the exit long.
-                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-                served
+                WORKER.with(|cell| cell.set(Some(index)));
+                runtime.block_on(run_worker(incoming, router, settings, stopped));
+                // Connections still open past the drain timeout end here, and blocking work
+                // left behind (a DNS lookup to fal) may not hold the exit long.
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
         threads.push(thread);
     }
     drop(stopped);
+    let permits = Arc::new(Semaphore::new(settings.connections.max_open));
     tokio::select! {
-        () = accept_loop(&listener, &queues) => {}
+        () = accept_loop(&listener, &queues, &permits) => {}
         () = shutdown => {}
     }
     // Stop accepting (the listener closes here) and let every worker drain.
     drop(listener);
     stop.send(true).ok();
     drop(queues);
-    let joined = tokio::task::spawn_blocking(move || threads.into_iter().map(std::thread::JoinHandle::join).collect())
-        .await
-        .map_err(io::Error::other)?;
-    let results: Vec<std::thread::Result<io::Result<()>>> = joined;
-    for result in results {
-        result.map_err(|_| io::Error::other("a worker thread panicked"))??;
+    let joined: Vec<std::thread::Result<()>> =
+        tokio::task::spawn_blocking(move || threads.into_iter().map(std::thread::JoinHandle::join).collect())
+            .await
+            .map_err(io::Error::other)?;
+    if joined.iter().any(Result::is_err) {
+        return Err(io::Error::other("a worker thread panicked"));
     }
     Ok(())
 }
 
 /// A worker's queue of new connections and its count of open ones.
 struct Worker {
-    tx: mpsc::UnboundedSender<std::net::TcpStream>,
+    tx: mpsc::UnboundedSender<Accepted>,
     load: Arc<AtomicUsize>,
 }
 
-fn run_worker(
-    index: usize,
-    runtime: &tokio::runtime::Runtime,
-    incoming: Incoming,
-    router: Router,
-    mut stopped: watch::Receiver<bool>,
-) -> io::Result<()> {
-    WORKER.with(|cell| cell.set(Some(index)));
-    runtime.block_on(async move {
-        // Connect info gives the limiter the peer address (client IP behind trusted proxies).
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        // `tap_io` changes nothing on the stream; axum implements `ConnectInfo<SocketAddr>` for
-        // tapped listeners of any kind, but for a bare listener only for its own `TcpListener`.
-        axum::serve(incoming.tap_io(|_| {}), service)
-            .with_graceful_shutdown(async move {
-                stopped.wait_for(|stop| *stop).await.ok();
-            })
-            .await
-    })
+/// A connection on its way to a worker, holding its place under `max_open`.
+struct Accepted {
+    stream: std::net::TcpStream,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Serves the connections handed to this worker until `stopped`, then drains them.
+async fn run_worker(mut incoming: Incoming, router: Router, settings: Settings, mut stopped: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Replaced by `Conn`'s own head and idle timers (see the module docs).
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_head_bytes.max(8 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.connections.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(settings.connections.http2_keep_alive_interval)
+        .keep_alive_timeout(settings.connections.http2_keep_alive_interval);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => None,
+        };
+        let Some((stream, permit, peer)) = accepted else { break };
+        let io = Conn::new(stream, permit, LoadGuard(incoming.load.clone()), settings.connections);
+        let requests = io.requests.clone();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let in_flight = InFlight::begin(&requests);
+            let response = router.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                // The guard lives as long as the response body: a stream counts until it ends
+                // or the client goes away.
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "client connection ended with an error");
+            }
+        });
+    }
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(open, "draining client connections");
+    }
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = u64::try_from(settings.drain_timeout.as_millis()).unwrap_or(u64::MAX),
+            "drain timeout reached: closing the connections still open"
+        );
+    }
 }
 
 /// Load given to a worker whose queue is closed, so it is never chosen again.
 const GONE: usize = usize::MAX / 2;
 
-/// Accepts until every worker is gone. A connection the peer reset before accept is skipped;
-/// other errors (out of descriptors) are logged and retried after a pause, so a full process
-/// does not spin.
-async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
+/// Accepts until every worker is gone, each accept holding one of `permits` (`max_open`): at
+/// the cap the loop waits for a connection to close. A connection the peer reset before accept
+/// is skipped; other errors (out of descriptors) are logged and retried after a pause, so a full
+/// process does not spin.
+async fn accept_loop(listener: &TcpListener, workers: &[Worker], permits: &Arc<Semaphore>) {
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
             Err(err) if is_connection_error(&err) => continue,
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -149,7 +259,8 @@ async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
         stream.set_nodelay(true).ok();
         // Out of this runtime's reactor: the worker registers it in its own, so the
         // connection's readiness never wakes this thread.
-        let Ok(mut stream) = stream.into_std() else { continue };
+        let Ok(stream) = stream.into_std() else { continue };
+        let mut accepted = Accepted { stream, permit };
         loop {
             let Some(worker) = workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else {
                 return;
@@ -159,12 +270,12 @@ async fn accept_loop(listener: &TcpListener, workers: &[Worker]) {
                 return;
             }
             worker.load.fetch_add(1, Ordering::Relaxed);
-            match worker.tx.send(stream) {
+            match worker.tx.send(accepted) {
                 Ok(()) => break,
                 Err(mpsc::error::SendError(returned)) => {
                     // That worker's thread ended: never choose it again, try the next one.
                     worker.load.store(GONE, Ordering::Relaxed);
-                    stream = returned;
+                    accepted = returned;
                 }
             }
         }
@@ -180,41 +291,28 @@ fn is_connection_error(err: &io::Error) -> bool {
 
 /// The worker side: connections handed over by the acceptor.
 struct Incoming {
-    rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    rx: mpsc::UnboundedReceiver<Accepted>,
     load: Arc<AtomicUsize>,
-    local_addr: SocketAddr,
 }
 
-impl Listener for Incoming {
-    type Io = Counted;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl Incoming {
+    /// The next connection, registered in this worker's reactor; None once the acceptor stopped.
+    async fn next(&mut self) -> Option<(TcpStream, OwnedSemaphorePermit, SocketAddr)> {
         loop {
-            let Some(stream) = self.rx.recv().await else {
-                // The acceptor stopped: no more connections; graceful shutdown ends the server.
-                return std::future::pending().await;
-            };
-            let load = LoadGuard(self.load.clone());
-            // Into this worker's reactor. A stream it refuses, or whose peer already left, is
-            // closed (and counted out) here.
+            let Accepted { stream, permit } = self.rx.recv().await?;
+            // A stream the reactor refuses, or whose peer already left, is closed (and counted
+            // out of the load) here.
             let Ok(stream) = TcpStream::from_std(stream) else {
+                self.load.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
-            let Ok(peer) = stream.peer_addr() else { continue };
-            return (Counted { stream, _load: load }, peer);
+            let Ok(peer) = stream.peer_addr() else {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            };
+            return Some((stream, permit, peer));
         }
     }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
-}
-
-/// A worker's connection, counted in its load while open.
-pub struct Counted {
-    stream: TcpStream,
-    _load: LoadGuard,
 }
 
 /// Counts a connection out of its worker's load when dropped.
@@ -226,15 +324,189 @@ impl Drop for LoadGuard {
     }
 }
 
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+/// Requests in flight on one connection, and the connection's reader to wake when the count
+/// drops to zero (its idle timer starts then).
+#[derive(Default)]
+struct Requests {
+    in_flight: AtomicUsize,
+    reader: AtomicWaker,
+}
+
+/// One request in flight, counted until its response body is dropped.
+struct InFlight(Arc<Requests>);
+
+impl InFlight {
+    fn begin(requests: &Arc<Requests>) -> Self {
+        requests.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(requests.clone())
     }
 }
 
-impl AsyncWrite for Counted {
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// What the read side of a connection is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadPhase {
+    /// Accepted, nothing read yet.
+    Fresh,
+    /// A request head has started arriving (at this instant).
+    Head(Instant),
+    /// No request in flight since this instant.
+    Idle(Instant),
+    /// A request is in flight: no read deadline here (the body has its own timeout, and a
+    /// stream's client sends nothing while it listens).
+    Busy,
+}
+
+/// A client connection: the socket, its place under `max_open` and in its worker's load, and
+/// the head, idle and write timers (see the module docs).
+pub struct Conn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    _load: LoadGuard,
+    requests: Arc<Requests>,
+    limits: Connections,
+    accepted: Instant,
+    phase: ReadPhase,
+    /// HTTP/2 (seen from the preface): frames such as pings arrive between requests, so bytes
+    /// read while idle do not start a request head.
+    http2: bool,
+    read_timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, load: LoadGuard, limits: Connections) -> Self {
+        Self {
+            stream,
+            _permit: permit,
+            _load: load,
+            requests: Arc::default(),
+            limits,
+            accepted: Instant::now(),
+            phase: ReadPhase::Fresh,
+            http2: false,
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    /// Moves the read phase on from what the request count says now.
+    fn update_phase(&mut self) {
+        let busy = self.requests.in_flight.load(Ordering::Acquire) > 0;
+        self.phase = match (self.phase, busy) {
+            (_, true) => ReadPhase::Busy,
+            (ReadPhase::Busy, false) => ReadPhase::Idle(Instant::now()),
+            (phase, false) => phase,
+        };
+    }
+
+    /// When the read side gives up, in the current phase.
+    fn read_deadline(&self) -> Option<Instant> {
+        let limits = &self.limits;
+        match self.phase {
+            ReadPhase::Fresh => Some(self.accepted + limits.header_read_timeout),
+            ReadPhase::Head(started) => Some(started + limits.header_read_timeout),
+            ReadPhase::Idle(since) => Some(since + limits.keep_alive_timeout),
+            ReadPhase::Busy => None,
+        }
+    }
+
+    /// Bytes arrived: a head starts if none was in flight (HTTP/1 only).
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, ReadPhase::Fresh) && bytes.starts_with(b"PRI * HTTP/2") {
+            self.http2 = true;
+        }
+        if self.http2 {
+            if self.phase == ReadPhase::Fresh {
+                self.phase = ReadPhase::Idle(Instant::now());
+            }
+            return;
+        }
+        if matches!(self.phase, ReadPhase::Fresh | ReadPhase::Idle(_)) {
+            self.phase = ReadPhase::Head(Instant::now());
+        }
+    }
+
+    /// Polls the write timer after a write that could not proceed.
+    fn poll_write_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limit = self.limits.write_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading (write timeout)",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The outcome of a write: progress resets the write timer; a blocked write runs it.
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => match self.poll_write_timer(cx) {
+                Poll::Ready(err) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.requests.reader.register(cx.waker());
+        this.update_phase();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.on_bytes(read);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                let Some(deadline) = this.read_deadline() else {
+                    this.read_timer = None;
+                    return Poll::Pending;
+                };
+                let timer = match &mut this.read_timer {
+                    Some((at, timer)) if *at == deadline => timer,
+                    slot => &mut slot.insert((deadline, Box::pin(tokio::time::sleep_until(deadline)))).1,
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        match this.phase {
+                            ReadPhase::Idle(_) => "idle connection (keep-alive timeout)",
+                            _ => "the request head did not arrive in time",
+                        },
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.on_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -242,7 +514,8 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.on_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -250,11 +523,13 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.on_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.on_write(cx, polled)
     }
 }
 
@@ -262,6 +537,15 @@ impl AsyncWrite for Counted {
 mod tests {
     use super::*;
     use axum::routing::get;
+
+    fn test_settings() -> Settings {
+        Settings {
+            workers: 1,
+            connections: Connections::default(),
+            max_head_bytes: 40 * 1024,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
 
     /// Every worker gets connections, each request runs on a worker thread, and shutdown lets
     /// every thread end.
@@ -274,7 +558,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, 3, async move {
+        let settings = Settings {
+            workers: 3,
+            ..test_settings()
+        };
+        let server = tokio::spawn(serve(listener, router, settings, async move {
             stopped.await.ok();
         }));
         // Connections held open at once: least-loaded placement gives each worker one.
@@ -299,6 +587,269 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), server)
             .await
             .expect("workers end after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A server on `127.0.0.1:0` with `connections`, serving `/` (ok), `/slow` (answers after
+    /// the `release` notify), `/flood` (an endless body; `dropped` is set when hyper drops it)
+    /// and `/ticks` (ten chunks, 100 ms apart).
+    struct TestServer {
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        server: tokio::task::JoinHandle<io::Result<()>>,
+        release: Arc<tokio::sync::Notify>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn test_server(connections: Connections) -> TestServer {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (slow_release, flood_dropped) = (release.clone(), dropped.clone());
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(move || {
+                    let release = slow_release.clone();
+                    async move {
+                        release.notified().await;
+                        "finished"
+                    }
+                }),
+            )
+            .route(
+                "/flood",
+                get(move || {
+                    let guard = SetOnDrop(flood_dropped.clone());
+                    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                    let stream = futures_util::stream::repeat_with(move || {
+                        let _ = &guard;
+                        Ok::<_, std::convert::Infallible>(chunk.clone())
+                    });
+                    async move { Body::from_stream(stream) }
+                }),
+            )
+            .route(
+                "/ticks",
+                get(|| async {
+                    let ticks = futures_util::stream::unfold(0, |n| async move {
+                        if n == 10 {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from("tick\n")), n + 1))
+                    });
+                    Body::from_stream(ticks)
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = Settings {
+            connections,
+            ..test_settings()
+        };
+        let server = tokio::spawn(serve(listener, router, settings, async move {
+            stopped.await.ok();
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            server,
+            release,
+            dropped,
+        }
+    }
+
+    fn quick(millis: u64) -> Connections {
+        Connections {
+            header_read_timeout: Duration::from_millis(millis),
+            keep_alive_timeout: Duration::from_millis(millis),
+            write_timeout: Duration::from_millis(millis),
+            ..Connections::default()
+        }
+    }
+
+    /// Reads until the server closes the connection (EOF or reset), with a deadline far above
+    /// any timeout under test; returns what was read.
+    async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server kept the connection open");
+        seen
+    }
+
+    async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+        let server = test_server(quick(300)).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert!(read_until_closed(&mut stream).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickled_request_head_is_cut_off_at_the_header_read_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let server = test_server(quick(400)).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        // One header line every 100 ms: each byte is progress, yet the head never completes.
+        let trickle = tokio::spawn(async move {
+            for n in 0..100 {
+                if writer.write_all(format!("x-{n}: y\r\n").as_bytes()).await.is_err() {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            100
+        });
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a trickling client held the connection");
+        assert!(
+            trickle.await.unwrap() < 100,
+            "the server closed before the trickle ended"
+        );
+    }
+
+    /// The idle limit between kept-alive requests is its own: longer than the head limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_alive_connection_idles_up_to_the_keep_alive_timeout_then_closes() {
+        let server = test_server(Connections {
+            header_read_timeout: Duration::from_millis(200),
+            keep_alive_timeout: Duration::from_millis(1500),
+            ..Connections::default()
+        })
+        .await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
+        // Idle for longer than the head limit: still open for the next request.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
+        assert!(read_until_closed(&mut stream).await.is_empty());
+    }
+
+    /// A response still being written is a request in flight: no head or idle limit cuts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_stream_outlives_the_idle_and_head_limits() {
+        let server = test_server(quick(250)).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let first = get_on(&mut stream, "/ticks").await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let rest = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+        let ticks = format!("{first}{rest}").matches("tick").count();
+        assert_eq!(ticks, 10, "the stream was cut: {first}{rest}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let server = test_server(quick(300)).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /flood HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read: the socket buffers fill, the server's writes block, the timer ends it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !server.dropped.load(Ordering::SeqCst) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the blocked stream was never dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(stream);
+    }
+
+    /// At `max_open` a new connection waits (it is not refused) and is served once one closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_connection_cap_new_connections_wait_for_a_free_place() {
+        let server = test_server(Connections {
+            max_open: 2,
+            ..Connections::default()
+        })
+        .await;
+        let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert!(get_on(&mut first, "/").await.starts_with("HTTP/1.1 200"));
+        assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
+        let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let waiting = tokio::spawn(async move { get_on(&mut third, "/").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a third connection was served over the cap");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    /// Shutdown closes the listener but lets a call in flight finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_a_call_in_flight_finish_and_refuses_new_connections() {
+        let mut server = test_server(Connections::default()).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let slow = tokio::spawn(async move { get_on(&mut stream, "/slow").await });
+        // The call is in flight once the handler waits on `release`.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.stop.take().unwrap().send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "the listener stayed open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.release.notify_one();
+        let answer = tokio::time::timeout(Duration::from_secs(10), slow)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.contains("finished"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(10), server.server)
+            .await
+            .expect("the server ends once drained")
             .unwrap()
             .unwrap();
     }

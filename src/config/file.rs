@@ -36,6 +36,10 @@ pub(crate) struct RawConfig {
     pub(crate) cors: RawCors,
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
+    #[serde(default)]
+    pub(crate) connections: RawConnections,
+    #[serde(default)]
+    pub(crate) drain: RawDrain,
     pub(crate) limits: Option<crate::limits::LimitsConfig>,
     pub(crate) redis: Option<crate::redis::RedisConfig>,
 }
@@ -210,6 +214,9 @@ pub(crate) struct RawRequest {
     pub(crate) body_timeout_ms: u64,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers_total_bytes: usize,
+    pub(crate) max_json_object_keys: usize,
+    pub(crate) max_json_values: usize,
+    pub(crate) max_json_string_bytes: usize,
 }
 
 impl Default for RawRequest {
@@ -219,6 +226,51 @@ impl Default for RawRequest {
             body_timeout_ms: 30_000,
             max_header_bytes: 8 * 1024,
             max_headers_total_bytes: 32 * 1024,
+            max_json_object_keys: 1024,
+            max_json_values: 100_000,
+            max_json_string_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[connections]`: what one client connection may hold on the public listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawConnections {
+    pub(crate) max_open: usize,
+    pub(crate) header_read_timeout_ms: u64,
+    pub(crate) keep_alive_timeout_ms: u64,
+    pub(crate) write_timeout_ms: u64,
+    pub(crate) http2_max_concurrent_streams: u32,
+    pub(crate) http2_keep_alive_interval_ms: u64,
+}
+
+impl Default for RawConnections {
+    fn default() -> Self {
+        Self {
+            max_open: 10_000,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+            http2_max_concurrent_streams: 64,
+            http2_keep_alive_interval_ms: 30_000,
+        }
+    }
+}
+
+/// `[drain]`: what SIGTERM / SIGINT do before the process exits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawDrain {
+    pub(crate) delay_ms: u64,
+    pub(crate) timeout_ms: u64,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        Self {
+            delay_ms: 5_000,
+            timeout_ms: 25_000,
         }
     }
 }

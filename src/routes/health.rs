@@ -1,5 +1,5 @@
 //! `/healthz` (the process serves) and `/readyz` (config loaded, every issuer's keys loaded;
-//! shared state reachable when configured). The only public routes without a caller.
+//! shared state reachable when configured; 503 `draining` once shutdown began). The only public routes without a caller.
 
 use std::sync::Arc;
 
@@ -16,6 +16,9 @@ pub(super) async fn live() -> Json<Value> {
 }
 
 pub(super) async fn ready(State(gate): State<Arc<Gate>>) -> (StatusCode, Json<Value>) {
+    if gate.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
+    }
     let store = gate.limiter.ready().await;
     let store_name = match store {
         Readiness::Ready => "ok",

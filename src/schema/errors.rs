@@ -1,15 +1,52 @@
 //! Turns `jsonschema` errors into fal's own 422 items: pydantic-v1 `loc`, `msg` and `type`
-//! (`value_error.missing`, `type_error.enum` with `ctx.enum_values`, ...), one per failing field.
+//! (`value_error.missing`, `type_error.enum` with `ctx.enum_values`, ...), one per failing field,
+//! at most [`MAX_ITEMS`] of them: an input with a million bad fields gets 50 items and a count.
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::LocationSegment;
 use jsonschema::{JsonType, ValidationError};
 use serde_json::{json, Value};
 
+use super::strict::{shown, shown_key};
 use super::FieldError;
 
+/// Most field errors one 422 lists; the rest are counted in one last item.
+pub(crate) const MAX_ITEMS: usize = 50;
+
+/// The items kept for a 422, and how many were found in all.
+#[derive(Default)]
+pub(super) struct Items {
+    kept: Vec<FieldError>,
+    found: usize,
+}
+
+impl Items {
+    pub(super) fn push(&mut self, item: FieldError) {
+        self.found += 1;
+        if self.kept.len() < MAX_ITEMS {
+            self.kept.push(item);
+        }
+    }
+
+    /// The kept items and how many more were found.
+    pub(super) fn finish(self) -> (Vec<FieldError>, usize) {
+        let more = self.found - self.kept.len();
+        (self.kept, more)
+    }
+}
+
+/// The last item of a 422 whose errors did not all fit.
+pub(super) fn more_item(more: usize) -> Option<FieldError> {
+    (more > 0).then(|| FieldError {
+        loc: vec![Value::from("body")],
+        msg: format!("{more} more errors not shown (at most {MAX_ITEMS} are listed)"),
+        kind: "too_many_errors".into(),
+        ctx: Some(json!({ "more": more })),
+    })
+}
+
 /// The fal items for one `jsonschema` error on `root` (the whole input), appended to `out`.
-pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: &mut Vec<FieldError>) {
+pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: &mut Items) {
     let loc = loc_of(root, error);
     let item = |loc: Vec<Value>, msg: String, kind: &str, ctx: Option<Value>| FieldError {
         loc,
@@ -28,7 +65,7 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
             for name in unexpected {
                 let mut loc = loc.clone();
-                loc.push(Value::String(name.clone()));
+                loc.push(Value::String(shown_key(name)));
                 out.push(item(
                     loc,
                     "extra fields not permitted".into(),
@@ -130,7 +167,8 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
                 None,
             ));
         }
-        _ => out.push(item(loc, error.to_string(), "value_error", None)),
+        // jsonschema's own text may quote the caller's value: cut it.
+        _ => out.push(item(loc, shown(&error.to_string(), 200), "value_error", None)),
     }
 }
 
@@ -154,7 +192,7 @@ fn type_error(instance: &Value, expected: &TypeKind) -> (&'static str, &'static 
     }
 }
 
-/// `["body", ...]` for the instance location of `error`, with keys as strings and indices as
+/// `["body", ...]` for the instance location (keys shown escaped and truncated) of `error`, with keys as strings and indices as
 /// numbers (decided by walking `root`, so a key spelled `"0"` stays a string).
 fn loc_of(root: &Value, error: &ValidationError<'_>) -> Vec<Value> {
     let mut loc = vec![Value::from("body")];
@@ -172,11 +210,11 @@ fn loc_of(root: &Value, error: &ValidationError<'_>) -> Vec<Value> {
             }
             Some(Value::Object(map)) => {
                 node = map.get(&key);
-                loc.push(Value::String(key));
+                loc.push(Value::String(shown_key(&key)));
             }
             _ => {
                 node = None;
-                loc.push(Value::String(key));
+                loc.push(Value::String(shown_key(&key)));
             }
         }
     }

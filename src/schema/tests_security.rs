@@ -212,6 +212,10 @@ fn e77_url_fields_accept_only_https_public_hosts_and_small_image_data_uris() {
     });
     let limits = Limits {
         max_body_bytes: 64 * 1024 * 1024,
+        json: crate::config::JsonLimits {
+            max_string_bytes: 64 * 1024 * 1024,
+            ..crate::config::JsonLimits::default()
+        },
         ..Limits::default()
     };
     let kind = |url: &str| match schemas.validate(
@@ -278,4 +282,58 @@ fn e86_a_100kb_string_against_a_backtracking_prone_pattern_is_refused_by_its_fie
         other => panic!("{other:?}"),
     };
     assert_eq!(errors[0].kind, "value_error.str.regex");
+}
+
+/// A flood of unknown keys (issue 10: 800,000 keys answered with a 70 MB 422) gets the first
+/// `MAX_ITEMS` field errors and one item counting the rest; the answer does not grow with it.
+#[test]
+fn a_key_flood_gets_fifty_items_and_a_count_not_one_item_per_key() {
+    let schemas = compile(seed_source());
+    let mut input = serde_json::Map::new();
+    input.insert("input_concept".into(), json!("x"));
+    for n in 0..5_000 {
+        input.insert(format!("k{n}"), json!(1));
+    }
+    let limits = Limits {
+        json: crate::config::JsonLimits {
+            max_object_keys: 10_000,
+            ..crate::config::JsonLimits::default()
+        },
+        ..Limits::default()
+    };
+    let body = Value::Object(input).to_string();
+    let Err(Rejection::Invalid(errors)) = schemas.validate(VPG, None, body.as_bytes(), &limits) else {
+        panic!("unknown keys are a 422")
+    };
+    assert_eq!(errors.len(), errors::MAX_ITEMS + 1);
+    let last = errors.last().expect("the count item");
+    assert_eq!(last.kind, "too_many_errors");
+    assert_eq!(last.ctx, Some(json!({ "more": 5_000 - errors::MAX_ITEMS })));
+    assert!(errors[..errors::MAX_ITEMS]
+        .iter()
+        .all(|e| e.kind == "value_error.extra"));
+    assert!(serde_json::to_vec(&errors).expect("serialises").len() < 16 * 1024);
+}
+
+#[test]
+fn a_few_errors_get_no_count_item() {
+    let errors = field_errors(
+        &compile(seed_source()),
+        None,
+        &json!({ "input_concept": "x", "extra": 1 }),
+    );
+    assert_eq!(errors.len(), 1);
+    assert!(errors.iter().all(|e| e.kind != "too_many_errors"));
+}
+
+/// An unknown key is echoed in `loc`, escaped and cut: neither the 422 nor a log line grows with
+/// it or carries a caller's newline.
+#[test]
+fn echoed_unknown_keys_are_escaped_and_cut() {
+    let key = format!("evil\nkey{}", "x".repeat(10_000));
+    let errors = field_errors(&compile(seed_source()), None, &json!({ "input_concept": "x", key: 1 }));
+    let shown = errors[0].loc[1].as_str().expect("a key");
+    assert!(!shown.contains('\n'));
+    assert!(shown.starts_with("evil\\nkey"));
+    assert!(shown.chars().count() <= 70, "{}", shown.len());
 }

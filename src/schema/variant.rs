@@ -30,20 +30,25 @@ impl Variant {
         Ok(Self { validator, order, urls })
     }
 
-    /// Every failure of `value`: the schema's, then the URL rules', sorted by field order.
+    /// The failures of `value` (the schema's, then the URL rules'), sorted by field order: the
+    /// first [`errors::MAX_ITEMS`] found, then one item counting the rest, so the answer never
+    /// grows with the input.
     pub(super) fn check(&self, value: &Value) -> Vec<FieldError> {
-        let mut failures = Vec::new();
+        let mut items = errors::Items::default();
         if !self.validator.is_valid(value) {
             for error in self.validator.iter_errors(value) {
-                errors::push_field_errors(value, &error, &mut failures);
+                errors::push_field_errors(value, &error, &mut items);
             }
         }
         for (field, rule) in &self.urls {
             if let Some(Value::String(text)) = value.get(field) {
                 let loc = [Value::from("body"), Value::from(field.as_str())];
-                failures.extend(url::check(rule, text, &loc));
+                if let Some(failure) = url::check(rule, text, &loc) {
+                    items.push(failure);
+                }
             }
         }
+        let (mut failures, more) = items.finish();
         let rank = |error: &FieldError| {
             let field = error.loc.get(1).and_then(Value::as_str);
             field
@@ -52,6 +57,7 @@ impl Variant {
         };
         failures.sort_by_key(rank);
         keep_one_type_error_per_field(&mut failures);
+        failures.extend(errors::more_item(more));
         failures
     }
 }
