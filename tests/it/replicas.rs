@@ -1,49 +1,19 @@
 //! Two real `falgate serve` processes on one Redis and one fal: what a load balancer in front of
 //! several replicas relies on.
 
-use std::process::Stdio;
-
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::support::{FAL_KEY, SECRET, VPG};
+use crate::support::{Process, SECRET, VPG};
 
-/// A `falgate serve` child process; killed when dropped.
-struct Replica {
-    url: String,
-    _child: Child,
-}
-
-async fn replica(fal: &str, prefix: &str) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_falgate"))
-        .args(["serve", "--config", "config/falgate.toml"])
-        .env_clear()
-        .env("FALGATE_LISTEN", "127.0.0.1:0")
-        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("FALGATE_UPSTREAM__QUEUE_URL", fal)
-        .env("FALGATE_UPSTREAM__RUN_URL", format!("{fal}/fal.run"))
-        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
-        .env("FALGATE_REDIS__KEY_PREFIX", prefix)
-        .env("FAL_KEY", FAL_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(url) = line.strip_prefix("falgate listening on ") {
-            // Keep reading, so the process never writes into a closed pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Replica {
-                url: url.to_owned(),
-                _child: child,
-            };
-        }
-    }
-    panic!("falgate exited before listening");
+async fn replica(fal: &str, prefix: &str) -> Process {
+    Process::serve(
+        fal,
+        &[
+            ("FALGATE_REDIS__URL", "redis://127.0.0.1:6379"),
+            ("FALGATE_REDIS__KEY_PREFIX", prefix),
+        ],
+    )
+    .await
 }
 
 fn token(sub: &str) -> String {
@@ -59,7 +29,7 @@ async fn a_request_submitted_through_one_process_is_polled_through_another_by_it
         replica(&gate.fal_url, &prefix).await,
     );
     let client = reqwest::Client::new();
-    let submit = |replica: &Replica, key: &str| {
+    let submit = |replica: &Process, key: &str| {
         client
             .post(format!("{}/api/fal/queue/{VPG}", replica.url))
             .bearer_auth(token("alice"))
@@ -69,7 +39,7 @@ async fn a_request_submitted_through_one_process_is_polled_through_another_by_it
     };
     let first: serde_json::Value = submit(&a, "one-click").await.unwrap().json().await.unwrap();
     let id = first["request_id"].as_str().unwrap();
-    let status = |replica: &Replica, sub: &str| {
+    let status = |replica: &Process, sub: &str| {
         client
             .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", replica.url))
             .bearer_auth(token(sub))

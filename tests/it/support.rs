@@ -228,6 +228,65 @@ impl TestGate {
     }
 }
 
+/// A real `falgate serve` child process on the shipped config and `fal`; killed when dropped.
+pub(crate) struct Process {
+    pub(crate) url: String,
+    pub(crate) child: tokio::process::Child,
+}
+
+impl Process {
+    /// Starts `falgate serve` with the shipped config, `fal` as every fal host, and `env`.
+    pub(crate) async fn serve(fal: &str, env: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
+            .args(["serve", "--config", "config/falgate.toml"])
+            .env_clear()
+            .env("FALGATE_LISTEN", "127.0.0.1:0")
+            .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("FALGATE_UPSTREAM__QUEUE_URL", fal)
+            .env("FALGATE_UPSTREAM__RUN_URL", format!("{fal}/fal.run"))
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FAL_KEY", FAL_KEY)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("falgate listening on ") {
+                // Keep reading, so the process never writes into a closed pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Self {
+                    url: url.to_owned(),
+                    child,
+                };
+            }
+        }
+        panic!("falgate exited before listening");
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `HUP`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process runs").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code.
+    pub(crate) async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the process exits")
+            .unwrap()
+            .code()
+    }
+}
+
 /// Polls status as alice until COMPLETED (bounded).
 pub(crate) async fn wait_completed(gate: &TestGate, id: &str) {
     wait_completed_as(gate, "alice", id).await;
