@@ -79,6 +79,8 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     pub max_response_bytes: usize,
     pub max_result_bytes: usize,
+    /// Bytes of answers read whole at once (all calls together); past it model output streams.
+    pub buffer_budget_bytes: usize,
     /// The egress proxy for https connections to fal, from `HTTPS_PROXY` / `ALL_PROXY`, with the
     /// hosts in `NO_PROXY` going direct (the conventions curl and reqwest follow).
     pub egress_proxy: Option<EgressProxy>,
@@ -341,7 +343,19 @@ fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, 
         pool_idle_timeout: millis("upstream.pool_idle_timeout_ms", raw.pool_idle_timeout_ms)?,
         max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
         max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
+        buffer_budget_bytes: budget(raw)?,
     })
+}
+
+/// The buffer budget must hold at least one control answer, which cannot be streamed instead.
+fn budget(raw: &file::RawUpstream) -> Result<usize, ConfigError> {
+    if raw.buffer_budget_bytes < raw.max_response_bytes {
+        return Err(ConfigError(format!(
+            "`upstream.buffer_budget_bytes` ({}) must be at least `upstream.max_response_bytes` ({})",
+            raw.buffer_budget_bytes, raw.max_response_bytes
+        )));
+    }
+    Ok(raw.buffer_budget_bytes)
 }
 
 /// The first of `HTTPS_PROXY`, `https_proxy`, `ALL_PROXY`, `all_proxy` that is set and not

@@ -48,7 +48,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use futures_util::task::AtomicWaker;
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -203,12 +202,7 @@ async fn run_worker(mut incoming: Incoming, router: Router, settings: Settings, 
                 let response = response.await?;
                 // The guard lives as long as the response body: a stream counts until it ends
                 // or the client goes away.
-                Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    Body::new(body.map_frame(move |frame| {
-                        let _ = &in_flight;
-                        frame
-                    }))
-                }))
+                Ok::<_, std::convert::Infallible>(response.map(|body| crate::body::held(body, in_flight)))
             }
         });
         let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();

@@ -12,6 +12,7 @@
 //! Only this module sets an outbound `Authorization` header. What is forwarded from the caller
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
 
+pub mod budget;
 pub mod relay;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct Upstream {
     /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
     authorization: HeaderValue,
     config: config::Upstream,
+    /// Bytes of answers read whole at once, all workers together.
+    budget: budget::Budget,
 }
 
 impl Upstream {
@@ -81,6 +84,7 @@ impl Upstream {
             clients,
             user_agent: HeaderValue::from_static(concat!("falgate/", env!("CARGO_PKG_VERSION"))),
             authorization,
+            budget: budget::Budget::new(config.buffer_budget_bytes),
             config,
         })
     }
@@ -88,6 +92,11 @@ impl Upstream {
     /// The longest silence allowed between two body chunks.
     pub fn idle_timeout(&self) -> Duration {
         self.config.idle_timeout
+    }
+
+    /// The budget of answers read whole.
+    pub fn budget(&self) -> &budget::Budget {
+        &self.budget
     }
 
     /// The largest answer read whole for this call: model output may be larger than control answers.

@@ -57,6 +57,7 @@ pub(crate) struct RawUpstream {
     pub(crate) pool_idle_timeout_ms: u64,
     pub(crate) max_response_bytes: usize,
     pub(crate) max_result_bytes: usize,
+    pub(crate) buffer_budget_bytes: usize,
 }
 
 impl Default for RawUpstream {
@@ -71,6 +72,7 @@ impl Default for RawUpstream {
             pool_idle_timeout_ms: 90_000,
             max_response_bytes: 1_048_576,
             max_result_bytes: 33_554_432,
+            buffer_budget_bytes: 67_108_864,
         }
     }
 }

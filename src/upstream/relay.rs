@@ -3,6 +3,12 @@
 //! that breaks off, aborts the client's response (an error, not a clean end). Every other answer
 //! is small JSON: it is read whole (bounded) and checked, so garbage becomes a 502 instead of a
 //! 200 the client cannot parse.
+//!
+//! Every byte read whole is charged to one budget per process (`upstream.buffer_budget_bytes`)
+//! until the client's response body is dropped, so many large results at once cannot outgrow
+//! the memory limit: when the budget is spent, model output (result, sync run) is streamed
+//! through from where it is (unchecked, like any stream), and a control answer waits for room
+//! (up to the idle timeout).
 
 use std::time::Duration;
 
@@ -15,6 +21,7 @@ use http_body_util::BodyDataStream;
 
 use crate::error::GateError;
 use crate::fal::{Call, FalRequestId, Op};
+use crate::upstream::budget::Charge;
 use crate::upstream::{after_sent, FalResponse, Upstream};
 
 /// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.
@@ -36,6 +43,10 @@ pub struct Buffered {
     pub body: Bytes,
     /// The two fields the gate reads from fal's JSON, taken in the one parse that checks it.
     fields: Fields,
+    /// What `body` costs the buffer budget, given back when the client's response is dropped.
+    charge: Charge,
+    /// The rest of a model output that did not fit the budget: streamed after `body`.
+    rest: Option<Body>,
 }
 
 /// The top-level fields of a fal answer the gate acts on; all others are skipped unparsed.
@@ -56,9 +67,21 @@ impl Buffered {
         self.fields.status.as_deref() == Some("COMPLETED")
     }
 
-    /// Turns the answer into the client's response.
+    /// Turns the answer into the client's response; the budget charge lives as long as its body.
     pub fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body));
+        let charge = self.charge;
+        let body = match self.rest {
+            None => Body::from(self.body),
+            Some(rest) => {
+                let head = futures_util::stream::once(std::future::ready(Ok::<_, axum::Error>(self.body)));
+                Body::from_stream(head.chain(rest.into_data_stream()))
+            }
+        };
+        let body = match charge.is_empty() {
+            true => body,
+            false => crate::body::held(body, charge),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
         response
@@ -78,17 +101,39 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     let headers = relayed_headers(response.headers());
     let limit = upstream.max_answer_bytes(call);
     let mut body = BytesMut::new();
-    let mut chunks = std::pin::pin!(idle_limited(
+    let mut charge = Charge::default();
+    let mut chunks = Box::pin(idle_limited(
         BodyDataStream::new(response.into_body()),
-        upstream.idle_timeout()
+        upstream.idle_timeout(),
     ));
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
-        if body.len() + chunk.len() > limit {
+        let size = body.len() + chunk.len();
+        if size > limit {
             return Err(after_sent(
                 call,
                 GateError::UpstreamBadResponse(format!("answer larger than {limit} bytes")),
             ));
+        }
+        if !upstream.budget().try_grow(&mut charge, size) {
+            if status.is_success() && matches!(call.op, Op::Result { .. } | Op::Run { .. }) {
+                // Out of budget: relay the model output as it comes instead of holding it.
+                body.extend_from_slice(&chunk);
+                let rest = Body::from_stream(chunks);
+                return Ok(Buffered {
+                    status,
+                    headers,
+                    body: body.freeze(),
+                    fields: Fields::default(),
+                    charge,
+                    rest: Some(rest),
+                });
+            }
+            upstream
+                .budget()
+                .grow(&mut charge, size, upstream.idle_timeout())
+                .await
+                .map_err(|()| after_sent(call, GateError::UpstreamTimeout))?;
         }
         body.extend_from_slice(&chunk);
     }
@@ -114,6 +159,8 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         headers,
         body,
         fields,
+        charge,
+        rest: None,
     };
     if status.is_success() && matches!(call.op, Op::Submit { .. }) && buffered.submitted_id().is_none() {
         return Err(after_sent(

@@ -347,3 +347,44 @@ async fn garbage_result_is_502_and_a_broken_sync_run_is_424() {
         .await;
     gate.assert_refused(response, 424, "submit_outcome_unknown").await;
 }
+
+/// A result that fits `upstream.buffer_budget_bytes` is read whole (a `content-length`); one
+/// that does not is streamed through as it comes (no length), complete either way.
+#[tokio::test]
+async fn model_output_over_the_buffer_budget_is_streamed_instead_of_held() {
+    let gate = TestGate::builder()
+        .env("FALGATE_UPSTREAM__MAX_RESPONSE_BYTES", "16384")
+        .env("FALGATE_UPSTREAM__BUFFER_BUDGET_BYTES", "65536")
+        .spawn()
+        .await;
+    let id = gate.submit("alice", json!({"input_concept": "x"})).await;
+    crate::support::wait_completed(&gate, &id).await;
+    let path = format!("/api/fal/queue/{VPG}/requests/{id}");
+    let result = |size: usize| {
+        gate.emulator.add_fault(falgate::emulator::Fault {
+            op: Some(Op::Result),
+            path_contains: None,
+            action: FaultAction::Status {
+                status: 200,
+                body: json!({ "prompt": "p".repeat(size) }),
+                headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            },
+            times: Some(1),
+        });
+        gate.get_as_alice(&path)
+    };
+    let small = result(10_000).await;
+    assert_eq!(small.status(), 200);
+    assert!(
+        small.headers().contains_key("content-length"),
+        "a small result is read whole"
+    );
+    let large = result(200_000).await;
+    assert_eq!(large.status(), 200);
+    assert!(
+        !large.headers().contains_key("content-length"),
+        "a result over the budget was held whole"
+    );
+    let body: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(body["prompt"].as_str().map(str::len), Some(200_000));
+}
