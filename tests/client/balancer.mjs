@@ -51,8 +51,11 @@ export function freePort() {
  *   idempotent and retried even after they were sent.
  * - `max_fails=1 fail_timeout=2s`: one refused connect takes the stopping replica out of the
  *   rotation, and it is tried again 2 s later (nginx's 10 s default would only slow the test).
- * - `keepalive` as deploy/nginx.conf; nginx drops a cached connection as soon as the replica
- *   closes it.
+ * - `keepalive` as deploy/nginx.conf, with `keepalive_timeout 20s`: below falgate's idle timeout
+ *   (`connections.keep_alive_timeout_ms`, 30 s), so an idle connection is closed by nginx, never
+ *   by the replica in the instant nginx reuses it (a POST written into such a connection fails
+ *   after it was sent and cannot be passed on). A replica that closes its idle connections
+ *   while draining is noticed at once: nginx drops a cached connection when its peer closes it.
  * `add_header x-test-upstream $upstream_addr` is test-only: it tells the test which replica
  * answered ("a, b" when nginx passed the call on), which deploy/nginx.conf must not leak.
  */
@@ -75,6 +78,7 @@ http {
   upstream falgate {
 ${servers}
     keepalive 16;
+    keepalive_timeout 20s;
   }
   server {
     listen 127.0.0.1:${port};
