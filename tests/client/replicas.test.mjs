@@ -277,10 +277,14 @@ describe("three replicas on one Redis behind nginx", () => {
         const addr = cluster.constructor.answeredBy(r);
         if (addr in perReplica) perReplica[addr]++;
       }
-      const passedOn = cluster.balancer.accessLog().split("\n").filter((l) => /"[^"]*,[^"]*"/.test(l)).length;
+      // Access log lines of calls nginx passed on to another replica ("a, b" upstreams), by method.
+      const passedOn = {};
+      for (const line of cluster.balancer.accessLog().split("\n").filter((l) => /"[^"]*,[^"]*"/.test(l))) {
+        passedOn[line.split(" ")[0]] = (passedOn[line.split(" ")[0]] ?? 0) + 1;
+      }
       t.diagnostic(`${calls} client calls, ${posts} POSTs; responses per replica ${JSON.stringify(perReplica)}`);
       t.diagnostic(`drain to exit ${drainMs} ms; restarted replica back in rotation after ${backMs} ms; `
-        + `${heldOnVictim} held calls finished on it; nginx passed ${passedOn} calls on to another replica`);
+        + `${heldOnVictim} held calls finished on it; calls nginx passed on to another replica: ${JSON.stringify(passedOn)}`);
     } finally {
       running = false;
       await load;
