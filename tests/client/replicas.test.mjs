@@ -291,6 +291,34 @@ describe("three replicas on one Redis behind nginx", () => {
     }
   });
 
+  test("a submit refused at connect by a stopped replica is passed on by nginx and reaches fal once", T, async () => {
+    // No load now: round robin visits the stopped replica within REPLICAS calls, and nothing
+    // else takes the refusal that marks it down.
+    const victim = cluster.replicas[VICTIM];
+    const exit = await cluster.terminate(VICTIM);
+    assert.deepEqual(exit, { code: 0, signal: null });
+    const mark = await cluster.mark();
+    const logged = cluster.balancer.accessLog().length;
+    const dave = cluster.client({ sub: `dave-${run}` });
+    const inputs = Array.from({ length: REPLICAS }, unique);
+    for (const input of inputs) await dave.queue.submit(VPG, { input });
+    assert.deepEqual(dave.responses.map((r) => r.status), inputs.map(() => 200));
+    const passedOn = cluster.balancer.accessLog().slice(logged).split("\n").filter((l) => l.includes(`"${victim.addr}, `));
+    assert.equal(passedOn.length, 1, `one submit met the stopped replica: ${passedOn}`);
+    assert.match(passedOn[0], /^POST .* 200 "[^"]+" "502, 200"$/, "refused, then answered by another replica");
+    const bodies = viaGate(await cluster.upstreamSince(mark)).filter((r) => r.method === "POST").map((r) => r.body).sort();
+    assert.deepEqual(bodies, inputs.map((i) => JSON.stringify(i)).sort(), "fal saw each submit once");
+
+    const restartedAt = Date.now();
+    await cluster.restart(VICTIM);
+    await until("the restarted replica serves calls through nginx", 10_000, async () => {
+      const res = await fetch(`${cluster.gateUrl}/healthz`);
+      await res.arrayBuffer();
+      return res.headers.get(UPSTREAM_HEADER) === victim.addr;
+    });
+    assert.ok(Date.now() - restartedAt < 10_000);
+  });
+
   test("after the restart the owner still polls through every replica, the stranger still gets 404", T, async () => {
     assert.ok(aliceRequest, "the first test submitted alice's request");
     await assertOwnedOnEveryReplica(alice, bob, aliceRequest.requestId);
