@@ -10,12 +10,15 @@
 //   through, whichever replicas take them; the next ones are 403 `quota_exceeded` on every
 //   replica (the restarted one included), and fal sees N submits.
 // - No call fails while a replica restarts under load, and the calls in flight on it finish.
+// - A submit whose connect a stopped replica refuses is passed on by nginx and reaches fal once.
 //
-// What "no call fails" rests on (each piece is needed; the test fails if one is missing):
-// 1. Drain (falgate): on SIGTERM the replica answers /readyz 503 at once and keeps serving new
-//    calls for `drain.delay_ms` (the cue Kubernetes uses; nginx OSS has no active health check,
-//    so it keeps sending calls in that window and they are served), then closes its listener
-//    and lets calls and streams in flight finish (up to `drain.timeout_ms`) before exiting 0.
+// What "no call fails" rests on (the test fails when one is missing):
+// 1. Drain (falgate): on SIGTERM the replica answers /readyz 503 at once (asserted: before the
+//    drain, /readyz refused connections) and keeps serving new calls for `drain.delay_ms`, the
+//    time Kubernetes needs to take it out of a Service; nginx OSS has no active health check, so
+//    it keeps sending calls in that window and they are served. Then the listener closes and
+//    calls and streams in flight finish (up to `drain.timeout_ms`; asserted with sync runs and
+//    status streams that fal holds across the close) before it exits 0.
 // 2. Failover (nginx, balancer.mjs): once the listener is closed a connect is refused, nothing
 //    was sent, and `proxy_next_upstream error timeout` passes the call to the next replica, POST
 //    included; `max_fails=1 fail_timeout=2s` keeps the replica out until it is back. A POST that
