@@ -4,15 +4,20 @@
 // the emulator through the environment, and hands out `@fal-ai/client` instances that talk to the
 // gate through the official proxy protocol (`x-fal-target-url`). Nothing here uses a fixed port or
 // a fixed sleep: startup waits for the "listening on" lines, shutdown waits for the exit event.
+// `startCluster` does the same for several gates on one Redis behind nginx (balancer.mjs), whose
+// replicas can be stopped and started again on their ports.
 
 import { spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { connect } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 
 import { createFalClient } from "@fal-ai/client";
+
+import { UPSTREAM_HEADER, startNginx } from "./balancer.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO_ROOT = resolve(HERE, "..", "..");
@@ -120,39 +125,52 @@ export function mintJwt(secret, { sub = "e2e-user", exp, iat, ...extra } = {}) {
 
 const random = (n = 12) => randomBytes(n).toString("hex");
 
-/**
- * Starts an emulator and a gate in front of it. Returns the stack handle; call `stop()` when done.
- */
-export async function startStack({ configPath = CONFIG_PATH, env = {} } = {}) {
-  const emulator = await spawnAndWaitForUrl(
+/** Starts a `falgate emulator` on an ephemeral port. */
+function startEmulator() {
+  return spawnAndWaitForUrl(
     "falgate emulator",
     ["emulator", "--listen", "127.0.0.1:0"],
     { ...baseEnv(), RUST_LOG: "info" },
     /^falgate emulator listening on (http:\/\/\S+)$/,
   );
-  const E = emulator.url;
-  const secret = `hs-${random(24)}`;
-  const falKey = `fk-canary-${random(16)}`;
-  const cookie = `falgate_e2e_session=ck-${random(16)}`;
+}
+
+/** Starts `falgate serve` in front of the emulator at `E`, listening on `listen`. */
+function startGate({ configPath, E, secret, falKey, listen = "127.0.0.1:0", env = {}, name = "falgate serve" }) {
+  return spawnAndWaitForUrl(
+    name,
+    ["serve", "--config", configPath],
+    {
+      ...baseEnv(),
+      FALGATE_LISTEN: listen,
+      FALGATE_ADMIN_LISTEN: "127.0.0.1:0",
+      FALGATE_UPSTREAM__QUEUE_URL: E,
+      FALGATE_UPSTREAM__RUN_URL: `${E}/fal.run`,
+      FALGATE_UPSTREAM__STORAGE_URL: `${E}/rest.fal.ai`,
+      FALGATE_AUTH__HS256_SECRET: secret,
+      FAL_KEY: falKey,
+      RUST_LOG: "info",
+      ...env,
+    },
+    /^falgate listening on (http:\/\/\S+)$/,
+  );
+}
+
+const freshSecrets = () => ({
+  secret: `hs-${random(24)}`,
+  falKey: `fk-canary-${random(16)}`,
+  cookie: `falgate_e2e_session=ck-${random(16)}`,
+});
+
+/**
+ * Starts an emulator and a gate in front of it. Returns the stack handle; call `stop()` when done.
+ */
+export async function startStack({ configPath = CONFIG_PATH, env = {} } = {}) {
+  const emulator = await startEmulator();
+  const { secret, falKey, cookie } = freshSecrets();
   let gate;
   try {
-    gate = await spawnAndWaitForUrl(
-      "falgate serve",
-      ["serve", "--config", configPath],
-      {
-        ...baseEnv(),
-        FALGATE_LISTEN: "127.0.0.1:0",
-        FALGATE_ADMIN_LISTEN: "127.0.0.1:0",
-        FALGATE_UPSTREAM__QUEUE_URL: E,
-        FALGATE_UPSTREAM__RUN_URL: `${E}/fal.run`,
-        FALGATE_UPSTREAM__STORAGE_URL: `${E}/rest.fal.ai`,
-        FALGATE_AUTH__HS256_SECRET: secret,
-        FAL_KEY: falKey,
-        RUST_LOG: "info",
-        ...env,
-      },
-      /^falgate listening on (http:\/\/\S+)$/,
-    );
+    gate = await startGate({ configPath, E: emulator.url, secret, falKey, env });
   } catch (err) {
     await stopChild(emulator);
     throw err;
@@ -184,13 +202,16 @@ class Stack {
   /**
    * An `@fal-ai/client` that reaches fal only through the gate's proxy route.
    * `token`: a JWT string, `null` for no Authorization header, or omitted for a fresh valid token.
-   * Every response the gate sends is appended to `client.responses` ({url, target, status, headers}).
+   * Every response the gate sends is appended to `client.responses` ({url, toGate, target, method,
+   * status, headers, at}); every fetch that threw (a transport error the client may retry silently) to
+   * `client.transportErrors` ({url, target, error, at}).
    */
   client({ token, sub = "e2e-user", tier, sessionCookie } = {}) {
     const bearer = sessionCookie ? null : token === undefined ? this.token(tier ? { sub, tier } : { sub }) : token;
     if (sessionCookie) this.tokens.add(sessionCookie.split("=").slice(1).join("="));
     if (bearer) this.tokens.add(bearer);
     const responses = [];
+    const transportErrors = [];
     const gateUrl = this.gateUrl;
     const cookie = this.cookie;
     const fetchThroughGate = async (input, init = {}) => {
@@ -202,8 +223,16 @@ class Stack {
         // A browser would send its cookies to the gate; they must never reach fal.
         headers.set("cookie", sessionCookie ? `${cookie}; ${sessionCookie}` : cookie);
       }
-      const res = await fetch(input, { ...init, headers });
-      responses.push({ url, toGate, target: headers.get("x-fal-target-url"), status: res.status, headers: res.headers });
+      const target = headers.get("x-fal-target-url");
+      let res;
+      try {
+        res = await fetch(input, { ...init, headers });
+      } catch (error) {
+        transportErrors.push({ url, toGate, target, error, at: Date.now() });
+        throw error;
+      }
+      const method = (init.method ?? "GET").toUpperCase();
+      responses.push({ url, toGate, target, method, status: res.status, headers: res.headers, at: Date.now() });
       return res;
     };
     const fal = createFalClient({
@@ -213,6 +242,7 @@ class Stack {
       fetch: fetchThroughGate,
     });
     fal.responses = responses;
+    fal.transportErrors = transportErrors;
     return fal;
   }
 
@@ -282,6 +312,105 @@ class Stack {
 
   async stop() {
     await stopChild(this.gateProc);
+    await stopChild(this.emulatorProc);
+  }
+}
+
+/** The Redis the replica test shares between its gates ($FALGATE_TEST_REDIS_URL to override). */
+export const REDIS_URL = process.env.FALGATE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+
+/** Fails clearly when nothing answers PING at `url` (scripts/test starts one on 127.0.0.1:6379). */
+async function assertRedisUp(url) {
+  const { hostname, port } = new URL(url);
+  const answer = await new Promise((res) => {
+    const socket = connect({ host: hostname, port: Number(port || 6379) });
+    const timer = setTimeout(() => { socket.destroy(); res("no answer within 1 s"); }, 1_000);
+    socket.once("error", (err) => { clearTimeout(timer); res(err.message); });
+    socket.once("connect", () => socket.write("PING\r\n"));
+    socket.once("data", (d) => { clearTimeout(timer); socket.end(); res(d.toString()); });
+  });
+  assert.match(answer, /^\+PONG/, `Redis at ${url} does not answer PING (${answer}); scripts/test starts one`);
+}
+
+/**
+ * `replicas` gates on one Redis (a fresh key prefix per run) in front of one emulator, behind
+ * nginx (balancer.mjs). The handle is a Stack whose `gateUrl` is the balancer, so `client()`,
+ * `proxyFetch()` and the shared assertions go through nginx; `replicas[i]` can be stopped and
+ * started again on its port.
+ */
+export async function startCluster({ replicas = 3, configPath = CONFIG_PATH, env = {} } = {}) {
+  await assertRedisUp(REDIS_URL);
+  const emulator = await startEmulator();
+  const secrets = freshSecrets();
+  const keyPrefix = `falgate-e2e-${random(8)}`;
+  const gateEnv = { FALGATE_REDIS__URL: REDIS_URL, FALGATE_REDIS__KEY_PREFIX: keyPrefix, ...env };
+  const common = { configPath, E: emulator.url, secret: secrets.secret, falKey: secrets.falKey, env: gateEnv };
+  const started = await Promise.allSettled(
+    Array.from({ length: replicas }, (_, i) => startGate({ ...common, name: `falgate replica ${i}` })),
+  );
+  const procs = started.filter((s) => s.status === "fulfilled").map((s) => s.value);
+  let balancer;
+  try {
+    const failed = started.find((s) => s.status === "rejected");
+    if (failed) throw failed.reason;
+    balancer = await startNginx(procs.map((p) => new URL(p.url).host));
+  } catch (err) {
+    await Promise.all([...procs, emulator].map(stopChild));
+    throw err;
+  }
+  return new Cluster({ emulator, balancer, procs, common, keyPrefix, ...secrets });
+}
+
+class Cluster extends Stack {
+  constructor({ emulator, balancer, procs, common, keyPrefix, secret, falKey, cookie }) {
+    super({ emulator, gate: { url: balancer.url, output: [] }, secret, falKey, cookie });
+    this.balancer = balancer;
+    this.common = common;
+    this.keyPrefix = keyPrefix;
+    /** One entry per replica: its address ("127.0.0.1:PORT"), current process and all past ones. */
+    this.replicas = procs.map((proc, index) => ({
+      index,
+      url: proc.url,
+      addr: new URL(proc.url).host,
+      proc,
+      incarnations: [proc],
+    }));
+  }
+
+  /** The replica that answered a response recorded by `client()` (the last one nginx tried). */
+  static answeredBy(response) {
+    return response.headers.get(UPSTREAM_HEADER)?.split(",").at(-1).trim();
+  }
+
+  /** Sends SIGTERM to replica `i`; resolves with its {code, signal} when it has exited. */
+  terminate(i) {
+    const { proc } = this.replicas[i];
+    proc.child.kill("SIGTERM");
+    return proc.exited;
+  }
+
+  /** Starts replica `i` again on its former address (after `terminate(i)` resolved). */
+  async restart(i) {
+    const replica = this.replicas[i];
+    const proc = await startGate({ ...this.common, listen: replica.addr, name: `falgate replica ${i} (restarted)` });
+    assert.equal(proc.url, replica.url, "the restarted replica listens where it did");
+    replica.proc = proc;
+    replica.incarnations.push(proc);
+    return proc;
+  }
+
+  /** Everything every replica process, past and present, wrote to stdout and stderr. */
+  gateLogs() {
+    return this.replicas.flatMap((r) => r.incarnations).map((p) => p.output.join("")).join("");
+  }
+
+  async stopGate() {
+    await Promise.all(this.replicas.map((r) => stopChild(r.proc)));
+  }
+
+  async stop() {
+    await this.stopGate();
+    await this.balancer?.stop();
     await stopChild(this.emulatorProc);
   }
 }
