@@ -3,7 +3,6 @@
 //! calling runtime), both already bound by the caller, until shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, FalCredentials};
+use crate::lifecycle::Lifecycle;
 use crate::limits::{Limiter, LimitsConfigError};
 use crate::ownership::redis::RedisOwnership;
 use crate::ownership::Ownership;
@@ -32,8 +32,8 @@ pub struct Gate {
     pub ownership: Ownership,
     pub schemas: Schemas,
     pub limiter: Limiter,
-    /// Set once shutdown began: `/readyz` answers 503 so the balancer stops sending calls.
-    pub draining: Arc<AtomicBool>,
+    /// Serving or draining (process-lived: carried over to every new gate).
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// The two routers falgate serves.
@@ -46,8 +46,15 @@ pub struct App {
     pub server: crate::server::Settings,
     /// How long calls are still served after shutdown began (with `/readyz` at 503).
     pub drain_delay: Duration,
-    /// The gate's draining flag.
-    pub draining: Arc<AtomicBool>,
+    /// The gate's drain state, driven by [`serve`].
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// How long before the drain timeout calls still waiting for fal are answered.
+const ABANDON_BEFORE_CUT: Duration = Duration::from_secs(2);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A startup failure.
@@ -72,9 +79,9 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
     let on_store_error = config.limits.on_store_error;
     auth.start();
-    let draining = Arc::new(AtomicBool::new(false));
+    let lifecycle = Arc::new(Lifecycle::default());
     let gate = Gate {
-        draining: draining.clone(),
+        lifecycle: lifecycle.clone(),
         auth,
         policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials, config.workers)?,
@@ -98,7 +105,7 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
         admin,
         server,
         drain_delay,
-        draining,
+        lifecycle,
     })
 }
 
@@ -122,19 +129,25 @@ pub async fn serve(
             .await
     });
     let mut public_stopped = stopped;
-    let public_task = crate::server::serve(public, app.public, app.server, async move {
+    let lifecycle = app.lifecycle;
+    let public_task = crate::server::serve(public, app.public, app.server, lifecycle.clone(), async move {
         public_stopped.changed().await.ok();
     });
-    let (draining, delay) = (app.draining, app.drain_delay);
+    let (delay, timeout) = (app.drain_delay, app.server.drain_timeout);
     tokio::spawn(async move {
         shutdown.await;
-        draining.store(true, Ordering::Release);
+        lifecycle.begin_drain();
         tracing::info!(
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            delay_ms = millis(delay),
             "draining: /readyz answers 503; new calls are served until the delay ends"
         );
         tokio::time::sleep(delay).await;
         stop.send(()).ok();
+        // Calls still waiting for fal when the timeout nears answer before their connection is
+        // cut: a submit cut silently would be retried by the client (or the balancer) as a
+        // second paid job; answered 424 it is not.
+        tokio::time::sleep(timeout.saturating_sub(ABANDON_BEFORE_CUT.min(timeout / 4))).await;
+        lifecycle.abandon();
     });
     public_task.await?;
     admin_task.await.map_err(std::io::Error::other)?

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fal;
 pub mod input;
 pub mod layers;
+pub mod lifecycle;
 pub mod limits;
 pub mod ownership;
 pub mod pipeline;

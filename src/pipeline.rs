@@ -98,19 +98,32 @@ async fn admitted(
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
         gate.ownership.check(principal, &app, id).await?;
     }
-    let started = Instant::now();
-    let sent = gate
-        .upstream
-        .send(call, forwarded, input.map(|input| input.bytes))
-        .await;
-    metrics::upstream_answered(call.op_name(), started.elapsed());
-    let answer = match sent {
-        Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
-            .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response), admission.clone())),
-        Ok(response) => relay::buffer(&gate.upstream, call, response)
-            .await
-            .map(|b| Answer::Buffered(b, admission.clone())),
-        Err(err) => Err(err),
+    let forward = async {
+        let started = Instant::now();
+        let sent = gate
+            .upstream
+            .send(call, forwarded, input.map(|input| input.bytes))
+            .await;
+        metrics::upstream_answered(call.op_name(), started.elapsed());
+        match sent {
+            Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
+                .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response), admission.clone())),
+            Ok(response) => relay::buffer(&gate.upstream, call, response)
+                .await
+                .map(|b| Answer::Buffered(b, admission.clone())),
+            Err(err) => Err(err),
+        }
+    };
+    let answer = match call.op {
+        // A paid call still waiting for fal when the drain timeout nears is answered 424 (its
+        // outcome is unknown) before its connection is cut: a cut would be retried as a second job.
+        Op::Submit { .. } | Op::Run { .. } => tokio::select! {
+            answer = forward => answer,
+            () = gate.lifecycle.abandoned() => Err(GateError::SubmitOutcomeUnknown(
+                "the drain timeout ended the wait for fal's answer".into(),
+            )),
+        },
+        _ => forward.await,
     };
     let bookkeeping = Bookkeeping::of(call, &answer);
     account(gate, &subject, &admission, bookkeeping).await;

@@ -58,6 +58,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::config::Connections;
+use crate::lifecycle::Lifecycle;
 
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -108,6 +109,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: Settings,
+    lifecycle: Arc<Lifecycle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -124,11 +126,12 @@ pub async fn serve(
         let incoming = Incoming { rx, load };
         let router = router.clone();
         let stopped = stopped.clone();
+        let lifecycle = lifecycle.clone();
         let thread = std::thread::Builder::new()
             .name(format!("falgate-worker-{index}"))
             .spawn(move || {
                 WORKER.with(|cell| cell.set(Some(index)));
-                runtime.block_on(run_worker(incoming, router, settings, stopped));
+                runtime.block_on(run_worker(incoming, router, settings, lifecycle, stopped));
                 // Connections still open past the drain timeout end here, and blocking work
                 // left behind (a DNS lookup to fal) may not hold the exit long.
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -168,7 +171,13 @@ struct Accepted {
 }
 
 /// Serves the connections handed to this worker until `stopped`, then drains them.
-async fn run_worker(mut incoming: Incoming, router: Router, settings: Settings, mut stopped: watch::Receiver<bool>) {
+async fn run_worker(
+    mut incoming: Incoming,
+    router: Router,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -193,13 +202,23 @@ async fn run_worker(mut incoming: Incoming, router: Router, settings: Settings, 
         let io = Conn::new(stream, permit, LoadGuard(incoming.load.clone()), settings.connections);
         let requests = io.requests.clone();
         let router = router.clone();
+        let lifecycle = lifecycle.clone();
         let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::begin(&requests);
             let response = router.clone().oneshot(request);
+            let draining = lifecycle.clone();
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                if draining.is_draining() {
+                    // HTTP/1: the balancer drops this connection after the answer instead of
+                    // sending the next call on it as the listener closes (hyper leaves the
+                    // header out of HTTP/2, where graceful shutdown sends GOAWAY).
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
                 // The guard lives as long as the response body: a stream counts until it ends
                 // or the client goes away.
                 Ok::<_, std::convert::Infallible>(response.map(|body| crate::body::held(body, in_flight)))
@@ -556,7 +575,7 @@ mod tests {
             workers: 3,
             ..test_settings()
         };
-        let server = tokio::spawn(serve(listener, router, settings, async move {
+        let server = tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
             stopped.await.ok();
         }));
         // Connections held open at once: least-loaded placement gives each worker one.
@@ -652,7 +671,7 @@ mod tests {
             connections,
             ..test_settings()
         };
-        let server = tokio::spawn(serve(listener, router, settings, async move {
+        let server = tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
             stopped.await.ok();
         }));
         TestServer {

@@ -16,7 +16,7 @@ pub(super) async fn live() -> Json<Value> {
 }
 
 pub(super) async fn ready(State(gate): State<Arc<Gate>>) -> (StatusCode, Json<Value>) {
-    if gate.draining.load(std::sync::atomic::Ordering::Acquire) {
+    if gate.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
     }
     let store = gate.limiter.ready().await;

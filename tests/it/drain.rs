@@ -61,6 +61,8 @@ async fn sigterm_drains_readyz_turns_503_calls_in_flight_finish_and_the_process_
     // Still within the delay: a new call is served, not refused.
     let health = client.get(format!("{}/healthz", process.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // The balancer is asked to drop its kept-alive connection after this answer.
+    assert_eq!(health.headers()["connection"], "close");
 
     let answer = in_flight.await.unwrap().expect("the call in flight was answered");
     assert_eq!(answer.status(), 200, "the call in flight did not finish");
@@ -92,4 +94,38 @@ async fn a_second_signal_exits_at_once_without_waiting_for_calls_in_flight() {
     wait_for_status(&client, &format!("{}/readyz", process.url), 503).await;
     process.signal("INT");
     assert_eq!(process.exit_code().await, Some(130));
+}
+
+/// A submit still waiting for fal when the drain timeout nears is answered 424
+/// `submit_outcome_unknown` (the client does not retry it) instead of having its connection cut
+/// (which the client or the balancer would retry: a second paid job).
+#[tokio::test]
+async fn a_submit_still_waiting_at_the_drain_timeout_is_answered_424_not_cut() {
+    let gate = TestGate::spawn().await;
+    gate.fault(Op::Submit, FaultAction::Stall { ms: 60_000 });
+    let mut process = Process::serve(
+        &gate.fal_url,
+        &[
+            ("FALGATE_DRAIN__DELAY_MS", "100"),
+            ("FALGATE_DRAIN__TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let submit = client
+        .post(format!("{}/api/fal/queue/{VPG}", process.url))
+        .bearer_auth(gate.token("alice"))
+        .json(&json!({ "input_concept": "a lighthouse" }))
+        .send();
+    let in_flight = tokio::spawn(submit);
+    wait_for_submits(&gate, 1).await;
+    process.signal("TERM");
+    let answer = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("answered")
+        .unwrap()
+        .expect("answered, not cut");
+    assert_eq!(answer.status(), 424);
+    assert_eq!(answer.headers()["x-falgate-error"], "submit_outcome_unknown");
+    assert_eq!(process.exit_code().await, Some(0));
 }
