@@ -271,9 +271,7 @@ impl Config {
     fn validate(raw: file::RawConfig, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let schema_sources = schema_sources(&raw.endpoints)?;
         let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
-        limits
-            .validate()
-            .map_err(|err| ConfigError(err.0))?;
+        limits.validate().map_err(|err| ConfigError(err.0))?;
         let endpoints = endpoints(raw.endpoints)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,

@@ -106,17 +106,18 @@ impl Overrides {
 
 /// Applies every `FALGATE_A__B=value` onto `table` as `a.b = value`; `top_level` lists the
 /// keys a single-underscore name may set.
-pub(crate) fn apply_overrides(table: &mut Table, sources: &dyn Sources, top_level: &[&str]) -> Result<Overrides, String> {
+pub(crate) fn apply_overrides(
+    table: &mut Table,
+    sources: &dyn Sources,
+    top_level: &[&str],
+) -> Result<Overrides, String> {
     let mut overrides = Overrides::default();
     let mut keyed = Vec::new();
     for (name, raw) in sources.vars_with_prefix(PREFIX) {
         if name == CONFIG_VAR {
             continue;
         }
-        let key: Vec<String> = name[PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
+        let key: Vec<String> = name[PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
         let known = top_level.contains(&key[0].as_str());
         if !name.contains("__") && !known {
             overrides.ignored.push(name);
@@ -229,7 +230,10 @@ mod tests {
         expected.sort();
         assert_eq!(overrides.ignored, expected);
         let warning = overrides.warning().unwrap();
-        assert!(!warning.contains("10.0.0.1") && !warning.contains("FALGATE_CONFIG"), "{warning}");
+        assert!(
+            !warning.contains("10.0.0.1") && !warning.contains("FALGATE_CONFIG"),
+            "{warning}"
+        );
         assert!(warning.contains("FALGATE_PORT_80_TCP_ADDR"), "{warning}");
         assert!(apply(&[("FALGATE_LISTEN", "x")]).unwrap().1.warning().is_none());
     }
@@ -251,7 +255,10 @@ mod tests {
     fn lists_and_tables_are_toml_inline_values() {
         let (table, _) = apply(&[
             ("FALGATE_LIMITS__TRUSTED_PROXIES", r#"["10.0.0.0/8", "fd00::/8"]"#),
-            ("FALGATE_ENDPOINTS", r#"{ "a/b" = { schema = "s.json", sync_run = true } }"#),
+            (
+                "FALGATE_ENDPOINTS",
+                r#"{ "a/b" = { schema = "s.json", sync_run = true } }"#,
+            ),
         ])
         .unwrap();
         let proxies = table["limits"]["trusted_proxies"].as_array().unwrap();
@@ -263,7 +270,10 @@ mod tests {
     fn a_table_is_set_before_the_keys_inside_it() {
         let (table, _) = apply(&[
             ("FALGATE_LIMITS__DEFAULT_TIER", "gold"),
-            ("FALGATE_LIMITS", r#"{ default_tier = "free", max_tracked_callers = 5 }"#),
+            (
+                "FALGATE_LIMITS",
+                r#"{ default_tier = "free", max_tracked_callers = 5 }"#,
+            ),
         ])
         .unwrap();
         assert_eq!(table["limits"]["default_tier"].as_str(), Some("gold"));
@@ -272,13 +282,20 @@ mod tests {
 
     #[test]
     fn a_double_underscore_name_outside_the_config_is_refused_with_the_variable_named() {
-        for name in ["FALGATE_UPSTREAM____X", "FALGATE_LIMITZ__DEFAULT_TIER", "FALGATE__LISTEN"] {
+        for name in [
+            "FALGATE_UPSTREAM____X",
+            "FALGATE_LIMITZ__DEFAULT_TIER",
+            "FALGATE__LISTEN",
+        ] {
             let err = apply(&[(name, "1")]).unwrap_err();
             assert!(err.contains(name), "{err}");
         }
         let mut table: Table = "listen = \"x\"".parse().unwrap();
         let err = apply_overrides(&mut table, &env(&[("FALGATE_LISTEN__X", "1")]), &TOP).unwrap_err();
-        assert!(err.contains("FALGATE_LISTEN__X") && err.contains("not a section"), "{err}");
+        assert!(
+            err.contains("FALGATE_LISTEN__X") && err.contains("not a section"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -291,7 +308,10 @@ mod tests {
         let overrides = apply_overrides(&mut table, &vars, &TOP).unwrap();
         let path = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let blame = |parts: &[&str]| overrides.blame(&path(parts));
-        assert_eq!(blame(&["limits", "trusted_proxies", "0"]), Some("FALGATE_LIMITS__TRUSTED_PROXIES"));
+        assert_eq!(
+            blame(&["limits", "trusted_proxies", "0"]),
+            Some("FALGATE_LIMITS__TRUSTED_PROXIES")
+        );
         // `[limits]` came from the file: a missing field there is the file's.
         assert_eq!(blame(&["limits"]), None);
         // `[upstream]` was created by the variable.

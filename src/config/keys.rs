@@ -201,14 +201,20 @@ mod tests {
 
     #[test]
     fn a_message_names_its_key_path() {
-        assert_eq!(mentioned("`upstream.queue_url` is not a URL"), path(&["upstream", "queue_url"]));
+        assert_eq!(
+            mentioned("`upstream.queue_url` is not a URL"),
+            path(&["upstream", "queue_url"])
+        );
         assert_eq!(
             mentioned("`endpoints.\"a/b\".schema` is required"),
             path(&["endpoints", "a/b", "schema"])
         );
         assert!(mentioned("`HTTPS_PROXY` must be an http:// proxy URL").is_empty());
         assert!(mentioned("no key here").is_empty());
-        assert_eq!(dotted(&path(&["endpoints", "a/b", "schema"])), "endpoints.\"a/b\".schema");
+        assert_eq!(
+            dotted(&path(&["endpoints", "a/b", "schema"])),
+            "endpoints.\"a/b\".schema"
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ fn unlimited_tiers(config: &Config) -> impl Iterator<Item = String> + '_ {
             return None;
         }
         let quotas = tier.max_inflight_jobs.is_some() || tier.daily_requests.is_some() || tier.daily_credits.is_some();
-        let what = if quotas { "no rate" } else { "no rate, quota or concurrency limit" };
+        let what = if quotas {
+            "no rate"
+        } else {
+            "no rate, quota or concurrency limit"
+        };
         Some(format!(
             "`limits.tiers.{name}` sets {what} (submit, poll, cancel, upload): its callers are not rate limited"
         ))

@@ -148,7 +148,10 @@ fn a_double_underscore_variable_naming_no_key_exits_64_naming_the_variable() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
-        assert!(stderr.contains("environment variable FALGATE_UPSTREAM__QUEUE_URI"), "{stderr}");
+        assert!(
+            stderr.contains("environment variable FALGATE_UPSTREAM__QUEUE_URI"),
+            "{stderr}"
+        );
         // Not blamed on the file.
         assert!(!stderr.contains("falgate.toml"), "{stderr}");
     }
@@ -194,7 +197,11 @@ async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = loop {
-        let line = stdout.next_line().await.unwrap().expect("falgate exited before listening");
+        let line = stdout
+            .next_line()
+            .await
+            .unwrap()
+            .expect("falgate exited before listening");
         if let Some(url) = line.strip_prefix("falgate listening on ") {
             break url.to_owned();
         }
@@ -204,7 +211,11 @@ async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let warning = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let line = stderr.next_line().await.unwrap().expect("stderr closed before the warning");
+            let line = stderr
+                .next_line()
+                .await
+                .unwrap()
+                .expect("stderr closed before the warning");
             if line.contains("FALGATE_") {
                 break line;
             }
@@ -212,11 +223,17 @@ async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_
     })
     .await
     .expect("no warning about the ignored variables");
-    assert!(warning.contains("WARN") && warning.contains("ignored environment variables"), "{warning}");
+    assert!(
+        warning.contains("WARN") && warning.contains("ignored environment variables"),
+        "{warning}"
+    );
     for (name, value) in KUBELET {
         assert!(warning.contains(name), "{name} not in {warning}");
         // Values are never logged (the ports also appear inside the names, so check the others).
-        assert!(value.len() < 5 || !warning.contains(value), "the value of {name} is in {warning}");
+        assert!(
+            value.len() < 5 || !warning.contains(value),
+            "the value of {name} is in {warning}"
+        );
     }
     child.kill().await.unwrap();
     // That one line named them all: nothing else on stderr mentions them.
@@ -295,7 +312,10 @@ fn token_refuses_a_lifetime_the_config_would_refuse() {
     let refused = token("61m");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("auth.max_lifetime_seconds") && stderr.contains("3600"), "{stderr}");
+    assert!(
+        stderr.contains("auth.max_lifetime_seconds") && stderr.contains("3600"),
+        "{stderr}"
+    );
     assert!(refused.stdout.is_empty());
     assert!(token("1h").status.success());
     assert_eq!(token("0s").status.code(), Some(64));
