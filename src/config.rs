@@ -262,7 +262,13 @@ impl Config {
             blame(&path, msg)
         })?;
         let limits_set = raw.limits.is_some();
-        let mut config = Self::validate(raw, sources).map_err(|ConfigError(msg)| blame(&keys::mentioned(&msg), msg))?;
+        let mut config = Self::validate(raw, sources).map_err(|ConfigError(msg)| {
+            // A message that names a variable first (`HTTPS_PROXY`, an issuer's secret) is about it.
+            match keys::variable(&msg).filter(|name| sources.var(name).is_some()) {
+                Some(_) => (Source::Env, ConfigError(msg)),
+                None => blame(&keys::mentioned(&msg), msg),
+            }
+        })?;
         config.warnings = overrides.warning().into_iter().collect();
         config.warnings.extend(warnings::surprises(&config, limits_set));
         Ok(config)

@@ -100,7 +100,7 @@ pub(crate) fn serde_error(err: serde_path_to_error::Error<toml::de::Error>) -> (
 /// The key a validation message names: its first back-quoted word, when that is a key path
 /// (`upstream.queue_url`, `endpoints."a/b".schema`); empty when it names none.
 pub(crate) fn mentioned(message: &str) -> Vec<String> {
-    let Some(quoted) = message.split('`').nth(1) else {
+    let Some(quoted) = first_quoted(message) else {
         return Vec::new();
     };
     let mut path = Vec::new();
@@ -125,6 +125,23 @@ pub(crate) fn mentioned(message: &str) -> Vec<String> {
     } else {
         Vec::new()
     }
+}
+
+/// The first back-quoted word of a message.
+fn first_quoted(message: &str) -> Option<&str> {
+    let mut parts = message.split('`');
+    parts.next();
+    parts.next().filter(|_| parts.next().is_some())
+}
+
+/// The environment variable a validation message names first (`HTTPS_PROXY`), when it is one.
+pub(crate) fn variable(message: &str) -> Option<&str> {
+    first_quoted(message).filter(|word| {
+        !word.is_empty()
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// serde's "invalid type/value" messages quote the value (`integer `123``); from the
@@ -210,6 +227,11 @@ mod tests {
             path(&["endpoints", "a/b", "schema"])
         );
         assert!(mentioned("`HTTPS_PROXY` must be an http:// proxy URL").is_empty());
+        assert_eq!(
+            variable("`HTTPS_PROXY` must be an http:// proxy URL"),
+            Some("HTTPS_PROXY")
+        );
+        assert_eq!(variable("`listen` must be an address"), None);
         assert!(mentioned("no key here").is_empty());
         assert_eq!(
             dotted(&path(&["endpoints", "a/b", "schema"])),

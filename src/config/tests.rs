@@ -142,6 +142,22 @@ fn a_bad_environment_variable_is_reported_by_its_name_not_blamed_on_the_file() {
             "{message}"
         );
     }
+    // Variables that are not keys but are read by the config name themselves.
+    let (source, message) = parse_err("", &[("HTTPS_PROXY", "ftp://proxy")]);
+    assert!(
+        matches!(source, Source::Env) && message.starts_with("`HTTPS_PROXY`"),
+        "{message}"
+    );
+    let issuer = "[auth.issuers.b]\nissuer = \"https://b\"\nhs_secret_env = \"B_SECRET\"\nalgorithms = [\"HS256\"]\n";
+    let (source, message) = parse_err(issuer, &[("B_SECRET", "short")]);
+    assert!(
+        matches!(source, Source::Env) && message.starts_with("`B_SECRET`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("auth.issuers.b.hs_secret_env") && !message.contains("short"),
+        "{message}"
+    );
     let (source, message) = parse_err(
         "[upstream]\nidle_timeout_ms = 0\n",
         &[("FALGATE_UPSTREAM__QUEUE_URL", "http://x")],
