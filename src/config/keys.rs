@@ -35,6 +35,8 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "webhooks" => fields_of::<super::file::RawWebhooks>(),
         "cors" => fields_of::<super::file::RawCors>(),
         "ownership" => fields_of::<super::file::RawOwnership>(),
+        "connections" => fields_of::<super::file::RawConnections>(),
+        "drain" => fields_of::<super::file::RawDrain>(),
         "limits" => fields_of::<crate::limits::LimitsConfig>(),
         "redis" => fields_of::<crate::redis::RedisConfig>(),
         _ => return None,
@@ -201,7 +203,11 @@ mod tests {
             assert!(top.contains(&key), "{key} missing from {top:?}");
         }
         assert!(section("limits").unwrap().contains(&"trusted_proxies"));
-        assert!(section("endpoints").is_none());
+        // Every section is checked for unknown keys, except the scalars and the operator-keyed.
+        let free = ["listen", "admin_listen", "workers", "endpoints", "tiers"];
+        for key in top {
+            assert_eq!(section(key).is_none(), free.contains(key), "{key}");
+        }
     }
 
     #[test]
