@@ -82,19 +82,47 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let secret = config.auth.default_hs_secret().ok_or_else(|| {
                 Failure::Config("`falgate token` needs auth.hs256_secret (FALGATE_AUTH__HS256_SECRET)".into())
             })?;
+            token_lifetime(ttl, config.auth.max_lifetime)?;
             let token = crate::auth::mint_hs256(secret.expose_secret().as_bytes(), &sub, tier.as_deref(), ttl)
                 .context("cannot sign the token")?;
             println!("{token}");
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let config = load(config.as_deref())?;
-            crate::schema::Schemas::compile(config.schema_sources)
-                .map_err(|err| Failure::Config(format!("invalid schema: {err}")))?;
-            println!("configuration is valid");
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(config.as_deref()),
     }
+}
+
+/// Everything `serve` would refuse before listening, without listening: the config, its
+/// schemas and key files, and the fal credentials. What starts but may surprise is printed as
+/// warnings on stderr and does not fail the check.
+fn check_config(path: Option<&Path>) -> Result<(), Failure> {
+    let config = load(path)?;
+    crate::schema::Schemas::compile(config.schema_sources.clone())
+        .map_err(|err| Failure::Config(format!("invalid schema: {err}")))?;
+    crate::auth::Authenticator::new(&config.auth).map_err(|err| Failure::Config(err.to_string()))?;
+    FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
+    for warning in &config.warnings {
+        eprintln!("falgate: warning: {warning}");
+    }
+    println!("configuration is valid");
+    Ok(())
+}
+
+/// The gate refuses a token whose lifetime (`exp` minus `iat`) exceeds
+/// `auth.max_lifetime_seconds`; minting one would only hand out a token that never works.
+fn token_lifetime(ttl: Duration, max: Duration) -> Result<(), Failure> {
+    if ttl.as_secs() == 0 {
+        return Err(Failure::Config("`--ttl` must be at least 1s".into()));
+    }
+    if ttl.as_secs() > max.as_secs() {
+        return Err(Failure::Config(format!(
+            "`--ttl` {} is longer than auth.max_lifetime_seconds ({} s, {}): the gate would refuse the token",
+            humantime::format_duration(Duration::from_secs(ttl.as_secs())),
+            max.as_secs(),
+            humantime::format_duration(max),
+        )));
+    }
+    Ok(())
 }
 
 fn load(path: Option<&Path>) -> Result<Config, Failure> {
@@ -105,6 +133,9 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     let config = load(path.as_deref())?;
     let credentials = FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
     let _log_guard = telemetry::init(config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     let app = app::build(config, &credentials).map_err(|err| Failure::Config(err.to_string()))?;

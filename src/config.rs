@@ -1,11 +1,15 @@
-//! Configuration: a TOML file plus `FALGATE_<SECTION>__<KEY>` overrides, parsed and validated
-//! once at start into typed values (durations, URLs, enums). The request path only reads it.
+//! Configuration: a TOML file plus `FALGATE_<SECTION>__<KEY>` overrides (`env`), parsed and
+//! validated once at start into typed values (durations, URLs, enums). The request path only
+//! reads it. An error names its key and its source: the file (by path) or the environment
+//! variable that set the key; what starts but may surprise comes back as `warnings`.
 
 mod access;
 mod auth;
 mod env;
 mod file;
+mod keys;
 mod secrets;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,6 +69,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Shared state across replicas; None = in process.
     pub redis: Option<RedisConfig>,
+    /// What starts but may surprise (ignored environment variables, a tier without rates, a
+    /// tier list without the default tier): printed by `check-config`, logged by `serve`.
+    pub warnings: Vec<String>,
 }
 
 /// Where fal is and how long to wait for it.
@@ -182,6 +189,14 @@ pub struct EndpointPolicy {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// Where a configuration error comes from: the file (`load` prefixes its path) or an
+/// environment variable (the message already names it).
+#[derive(Debug)]
+enum Source {
+    File,
+    Env,
+}
+
 impl Config {
     /// Reads the file named by `--config`, `FALGATE_CONFIG` or the default, then applies env.
     pub fn load(path: Option<&Path>, sources: &dyn Sources) -> Result<Self, ConfigError> {
@@ -189,45 +204,80 @@ impl Config {
         let text = std::fs::read_to_string(&path)
             .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_toml_in(&text, sources, &base)
-            .map_err(|ConfigError(msg)| ConfigError(format!("{}: {msg}", path.display())))
+        Self::parse(&text, sources)
+            .map(|config| config.rebased(&base))
+            .map_err(|(source, ConfigError(msg))| match source {
+                Source::File => ConfigError(format!("{}: {msg}", path.display())),
+                Source::Env => ConfigError(msg),
+            })
     }
 
     /// Like [`Config::from_toml`], with schema and key-file paths resolved against `base` (the
     /// config's folder).
     pub fn from_toml_in(text: &str, sources: &dyn Sources, base: &Path) -> Result<Self, ConfigError> {
-        let mut config = Self::from_toml(text, sources)?;
-        for source in &mut config.schema_sources {
-            source.path = base.join(&source.path);
-        }
-        for issuer in &mut config.auth.issuers {
-            for file in &mut issuer.key_files {
-                *file = base.join(&*file);
-            }
-        }
-        Ok(config)
+        Ok(Self::from_toml(text, sources)?.rebased(base))
     }
 
     /// Parses TOML text plus env overrides into a validated config. Pure: no file or network.
     pub fn from_toml(text: &str, sources: &dyn Sources) -> Result<Self, ConfigError> {
+        Self::parse(text, sources).map_err(|(_, err)| err)
+    }
+
+    fn rebased(mut self, base: &Path) -> Self {
+        for source in &mut self.schema_sources {
+            source.path = base.join(&source.path);
+        }
+        for issuer in &mut self.auth.issuers {
+            for file in &mut issuer.key_files {
+                *file = base.join(&*file);
+            }
+        }
+        self
+    }
+
+    /// File, then environment, then unknown keys (before serde, so a misspelt section is named
+    /// before the missing fields it causes), then serde, then validation; each error is blamed
+    /// on the variable that set its key, else on the file.
+    fn parse(text: &str, sources: &dyn Sources) -> Result<Self, (Source, ConfigError)> {
+        let file_error = |msg: String| (Source::File, ConfigError(msg));
         let mut table: toml::Table = text
             .parse()
-            .map_err(|err: toml::de::Error| ConfigError(err.message().to_owned()))?;
-        env::apply_overrides(&mut table, sources).map_err(ConfigError)?;
-        // The path names the key in the message; serde's own text (never the value) follows.
+            .map_err(|err: toml::de::Error| file_error(err.message().to_owned()))?;
+        let overrides = env::apply_overrides(&mut table, sources, keys::top_level())
+            .map_err(|msg| (Source::Env, ConfigError(msg)))?;
+        let blame = |path: &[String], msg: String| match overrides.blame(path) {
+            // A value from the environment may be a secret: its kind is said, never its text.
+            Some(var) => (
+                Source::Env,
+                ConfigError(format!("environment variable {var}: {}", keys::without_value(&msg))),
+            ),
+            None => file_error(msg),
+        };
+        if let Some((path, msg)) = keys::find_unknown(&table) {
+            return Err(blame(&path, msg));
+        }
+        // The path names the key in the message; serde's own text follows.
         let raw: file::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
-            let path = err.path().to_string();
-            ConfigError(format!("`{path}`: {}", err.into_inner().message()))
+            let (path, msg) = keys::serde_error(err);
+            blame(&path, msg)
         })?;
-        Self::validate(raw, sources)
+        let limits_set = raw.limits.is_some();
+        let mut config = Self::validate(raw, sources).map_err(|ConfigError(msg)| {
+            // A message that names a variable first (`HTTPS_PROXY`, an issuer's secret) is about it.
+            match keys::variable(&msg).filter(|name| sources.var(name).is_some()) {
+                Some(_) => (Source::Env, ConfigError(msg)),
+                None => blame(&keys::mentioned(&msg), msg),
+            }
+        })?;
+        config.warnings = overrides.warning().into_iter().collect();
+        config.warnings.extend(warnings::surprises(&config, limits_set));
+        Ok(config)
     }
 
     fn validate(raw: file::RawConfig, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let schema_sources = schema_sources(&raw.endpoints)?;
         let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
-        limits
-            .validate()
-            .map_err(|err| ConfigError(format!("[limits]: {}", err.0)))?;
+        limits.validate().map_err(|err| ConfigError(err.0))?;
         let endpoints = endpoints(raw.endpoints)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
@@ -259,6 +309,7 @@ impl Config {
             schema_sources,
             limits,
             redis: raw.redis,
+            warnings: Vec::new(),
         })
     }
 }

@@ -160,12 +160,15 @@ fn named_issuer(
         )));
     }
     let hs_secret = match &raw.hs_secret_env {
-        Some(var) => Some(hs_secret(
-            &key("hs_secret_env"),
-            &sources
+        Some(var) => {
+            let secret = sources
                 .var(var)
-                .ok_or_else(|| ConfigError(format!("`{}` names {var}, which is not set", key("hs_secret_env"))))?,
-        )?),
+                .ok_or_else(|| ConfigError(format!("`{}` names {var}, which is not set", key("hs_secret_env"))))?;
+            // Named by the variable (the error's source), then by the key that names it.
+            let secret = hs_secret(var, &secret)
+                .map_err(|ConfigError(msg)| ConfigError(format!("{msg} (named by `{}`)", key("hs_secret_env"))))?;
+            Some(secret)
+        }
         None => None,
     };
     if hs_secret.is_none() && raw.jwks_url.is_none() && raw.key_files.is_empty() {

@@ -112,3 +112,170 @@ fn key_files_are_relative_to_the_config_folder() {
     let issuer = config.auth.issuers.iter().find(|i| i.name == "x").unwrap();
     assert_eq!(issuer.key_files, [Path::new("/etc/falgate/keys/x.json")]);
 }
+
+/// The error and where it was blamed: the file or the environment.
+fn parse_err(text: &str, vars: &[(&str, &str)]) -> (Source, String) {
+    let mut all = with_secret();
+    all.extend(env(vars));
+    let (source, ConfigError(message)) = Config::parse(text, &all).unwrap_err();
+    (source, message)
+}
+
+#[test]
+fn a_bad_environment_variable_is_reported_by_its_name_not_blamed_on_the_file() {
+    let cases = [
+        ("FALGATE_UPSTREAM__NOPE", "1"),
+        ("FALGATE_UPSTREAM__IDLE_TIMEOUT_MS", "soon"),
+        ("FALGATE_UPSTREAM__QUEUE_URL", "ftp://x"),
+        ("FALGATE_LISTEN", "nope"),
+        ("FALGATE_LIMITS__TRUSTED_PROXIES", r#"["not-a-cidr"]"#),
+        ("FALGATE_LIMITS__DEFAULT_TIER", "gold"),
+        ("FALGATE_ENDPOINTS", r#"{ "a/b" = { sync_run = true } }"#),
+        ("FALGATE_REDIS__TIMEOUT_MS", "50"),
+    ];
+    let file = "[limits]\ndefault_tier = \"d\"\n[limits.tiers.d]\n";
+    for (name, value) in cases {
+        let (source, message) = parse_err(file, &[(name, value)]);
+        assert!(matches!(source, Source::Env), "{name}: {message}");
+        assert!(
+            message.starts_with(&format!("environment variable {name}: ")),
+            "{message}"
+        );
+    }
+    // Variables that are not keys but are read by the config name themselves.
+    let (source, message) = parse_err("", &[("HTTPS_PROXY", "ftp://proxy")]);
+    assert!(
+        matches!(source, Source::Env) && message.starts_with("`HTTPS_PROXY`"),
+        "{message}"
+    );
+    let issuer = "[auth.issuers.b]\nissuer = \"https://b\"\nhs_secret_env = \"B_SECRET\"\nalgorithms = [\"HS256\"]\n";
+    let (source, message) = parse_err(issuer, &[("B_SECRET", "short")]);
+    assert!(
+        matches!(source, Source::Env) && message.starts_with("`B_SECRET`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("auth.issuers.b.hs_secret_env") && !message.contains("short"),
+        "{message}"
+    );
+    let (source, message) = parse_err(
+        "[upstream]\nidle_timeout_ms = 0\n",
+        &[("FALGATE_UPSTREAM__QUEUE_URL", "http://x")],
+    );
+    assert!(matches!(source, Source::File), "{message}");
+    assert!(message.contains("upstream.idle_timeout_ms"), "{message}");
+}
+
+#[test]
+fn a_value_from_the_environment_is_never_echoed_in_an_error() {
+    let (_, message) = parse_err("", &[("FALGATE_AUTH__AUDIENCE", "31337")]);
+    assert!(
+        message.contains("FALGATE_AUTH__AUDIENCE") && message.contains("integer"),
+        "{message}"
+    );
+    assert!(!message.contains("31337"), "{message}");
+}
+
+#[test]
+fn a_misspelt_table_is_named_before_the_missing_fields_it_causes() {
+    let file = "[limitz]\ndefault_tier = \"d\"\n[limitz.tiers.d]\n[limits.unauthenticated_ip_rate]\nburst = 1\nper_minute = 1\n";
+    let (source, message) = parse_err(file, &[]);
+    assert!(matches!(source, Source::File), "{message}");
+    assert!(message.contains("`limitz`: unknown key"), "{message}");
+    // The same when the environment is what creates the half-empty `[limits]`.
+    let (_, message) = parse_err(
+        "[limitz]\ndefault_tier = \"d\"\n",
+        &[("FALGATE_LIMITS__TRUSTED_PROXIES", "[]")],
+    );
+    assert!(message.contains("`limitz`: unknown key"), "{message}");
+    let (_, message) = parse_err("[limits]\ndefault_tier = \"d\"\ntierz = {}\n", &[]);
+    assert!(message.contains("`limits.tierz`: unknown key"), "{message}");
+}
+
+#[test]
+fn lists_and_tables_are_set_from_the_environment_as_toml_inline_values() {
+    let vars = env(&[
+        ("FALGATE_AUTH__HS256_SECRET", SECRET),
+        ("FALGATE_LIMITS__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#),
+        ("FALGATE_CORS__ALLOWED_ORIGINS", r#"["https://a.example"]"#),
+        ("FALGATE_WEBHOOKS__ALLOWED_HOSTS", r#"["hooks.example.com"]"#),
+        (
+            "FALGATE_ENDPOINTS",
+            r#"{ "a/b" = { schema = "b.json", sync_run = true } }"#,
+        ),
+        (
+            "FALGATE_TIERS",
+            r#"{ default = { operations = ["submit", "status"] } }"#,
+        ),
+        (
+            "FALGATE_LIMITS__TIERS__DEFAULT__SUBMIT",
+            "{ burst = 3, per_minute = 7 }",
+        ),
+    ]);
+    let config = Config::from_toml_in(include_str!("../../config/falgate.toml"), &vars, Path::new("/cfg")).unwrap();
+    assert_eq!(
+        config.limits.trusted_proxies,
+        ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(config.webhook_hosts.iter().collect::<Vec<_>>(), ["hooks.example.com"]);
+    assert_eq!(
+        config.cors.allowed_origins.iter().collect::<Vec<_>>(),
+        ["https://a.example"]
+    );
+    // A table replaces the file's whole table: only a/b is allowed now.
+    let allowed: Vec<_> = config.endpoints.keys().map(EndpointId::as_str).collect();
+    assert_eq!(allowed, ["a/b"]);
+    assert_eq!(config.schema_sources[0].path, Path::new("/cfg/b.json"));
+    assert!(config.tiers.contains_key("default"));
+    let submit = config.limits.tiers["default"].submit.unwrap();
+    assert_eq!((submit.burst, submit.per_minute), (3, 7));
+}
+
+#[test]
+fn the_kubelets_service_links_start_with_one_warning_naming_them() {
+    let mut vars = with_secret();
+    vars.extend(env(&[
+        ("FALGATE_SERVICE_HOST", "10.0.0.1"),
+        ("FALGATE_SERVICE_PORT", "80"),
+        ("FALGATE_SERVICE_PORT_HTTP", "80"),
+        ("FALGATE_PORT", "tcp://10.0.0.1:80"),
+        ("FALGATE_PORT_80_TCP", "tcp://10.0.0.1:80"),
+        ("FALGATE_PORT_80_TCP_PROTO", "tcp"),
+        ("FALGATE_PORT_80_TCP_PORT", "80"),
+        ("FALGATE_PORT_80_TCP_ADDR", "10.0.0.1"),
+        ("FALGATE_BIN", "/usr/bin/falgate"),
+    ]));
+    let config = Config::from_toml(include_str!("../../config/falgate.toml"), &vars).unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("FALGATE_PORT_80_TCP_ADDR, FALGATE_PORT_80_TCP_PORT"));
+    assert!(!config.warnings[0].contains("10.0.0.1"));
+    assert!(
+        Config::from_toml(include_str!("../../config/falgate.toml"), &with_secret())
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_config_that_starts_but_surprises_is_warned_about() {
+    let text = "[limits]\ndefault_tier = \"free\"\n[limits.tiers.free]\nsubmit = { burst = 1, per_minute = 1 }\n\
+                [limits.tiers.pro]\ndaily_requests = 5\n[limits.tiers.staff]\n\
+                [endpoints.\"a/b\"]\nschema = \"b.json\"\n[tiers.pro]\n";
+    let warnings = Config::from_toml(text, &with_secret()).unwrap().warnings;
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(
+        warnings[0].contains("`limits.tiers.pro` sets no rate ("),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("`limits.tiers.staff` sets no rate, quota"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].contains("does not list `default`") && warnings[2].contains("403"),
+        "{warnings:?}"
+    );
+    let listed = "[endpoints.\"a/b\"]\nschema = \"b.json\"\n[tiers.default]\n";
+    assert!(Config::from_toml(listed, &with_secret()).unwrap().warnings.is_empty());
+}

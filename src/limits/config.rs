@@ -161,34 +161,39 @@ impl LimitsConfig {
         if !self.tiers.contains_key(&self.default_tier) {
             let tier = &self.default_tier;
             return Err(LimitsConfigError(format!(
-                "default_tier `{tier}` is not in [limits.tiers]"
+                "`limits.default_tier`: `{tier}` is not in [limits.tiers]"
             )));
         }
+        // Each rate with its key path, so the message names the key.
         let tier_rates = self.tiers.iter().flat_map(|(name, tier)| {
-            [&tier.submit, &tier.poll, &tier.cancel, &tier.upload]
-                .into_iter()
-                .flatten()
-                .map(move |rate| (name.as_str(), rate))
+            [
+                ("submit", &tier.submit),
+                ("poll", &tier.poll),
+                ("cancel", &tier.cancel),
+                ("upload", &tier.upload),
+            ]
+            .into_iter()
+            .filter_map(move |(op, rate)| rate.as_ref().map(|rate| (format!("limits.tiers.{name}.{op}"), rate)))
         });
         let other_rates = self
             .endpoint_rates
             .iter()
-            .map(|(name, rate)| (name.as_str(), rate))
+            .map(|(name, rate)| (format!("limits.endpoint_rates.\"{name}\""), rate))
             .chain(
                 self.unauthenticated_ip_rate
                     .iter()
-                    .map(|rate| ("unauthenticated_ip_rate", rate)),
+                    .map(|rate| ("limits.unauthenticated_ip_rate".to_owned(), rate)),
             );
-        for (name, rate) in tier_rates.chain(other_rates) {
+        for (key, rate) in tier_rates.chain(other_rates) {
             if rate.burst == 0 || rate.per_minute == 0 {
                 return Err(LimitsConfigError(format!(
-                    "`{name}`: burst and per_minute must be at least 1"
+                    "`{key}`: burst and per_minute must be at least 1"
                 )));
             }
             // GCRA counts in microseconds: a faster rate would have a zero emission interval.
             if rate.per_minute > MAX_PER_MINUTE {
                 return Err(LimitsConfigError(format!(
-                    "`{name}`: per_minute must be at most {MAX_PER_MINUTE}"
+                    "`{key}`: per_minute must be at most {MAX_PER_MINUTE}"
                 )));
             }
         }

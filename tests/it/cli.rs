@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::SECRET;
+use crate::support::{FAL_KEY, SECRET};
 
 fn falgate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_falgate"));
@@ -17,9 +17,12 @@ fn check_config_accepts_the_shipped_default_with_a_secret() {
     let output = falgate()
         .args(["check-config", "--config", "config/falgate.toml"])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 #[test]
@@ -107,4 +110,213 @@ fn check_config_names_the_schema_file_and_pointer_of_a_bad_schema() {
         stderr.contains("bad.json") && stderr.contains("/properties/a"),
         "{stderr}"
     );
+}
+
+/// A temp folder holding `falgate.toml` with `text`; removed when dropped.
+struct TempConfig(std::path::PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("falgate-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("falgate.toml"), text).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> String {
+        self.0.join("falgate.toml").to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_double_underscore_variable_naming_no_key_exits_64_naming_the_variable() {
+    for command in ["check-config", "serve"] {
+        let output = falgate()
+            .args([command, "--config", "config/falgate.toml"])
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FAL_KEY", FAL_KEY)
+            .env("FALGATE_LISTEN", "127.0.0.1:0")
+            .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("FALGATE_UPSTREAM__QUEUE_URI", "http://127.0.0.1:1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+        assert!(
+            stderr.contains("environment variable FALGATE_UPSTREAM__QUEUE_URI"),
+            "{stderr}"
+        );
+        // Not blamed on the file.
+        assert!(!stderr.contains("falgate.toml"), "{stderr}");
+    }
+}
+
+/// What the kubelet injects into every pod of the namespace for the Service `falgate` of
+/// `deploy/kubernetes` (port `http` 80) and a Service `falgate-redis`, and a script's own.
+const KUBELET: [(&str, &str); 17] = [
+    ("FALGATE_SERVICE_HOST", "10.96.0.17"),
+    ("FALGATE_SERVICE_PORT", "80"),
+    ("FALGATE_SERVICE_PORT_HTTP", "80"),
+    ("FALGATE_PORT", "tcp://10.96.0.17:80"),
+    ("FALGATE_PORT_80_TCP", "tcp://10.96.0.17:80"),
+    ("FALGATE_PORT_80_TCP_PROTO", "tcp"),
+    ("FALGATE_PORT_80_TCP_PORT", "80"),
+    ("FALGATE_PORT_80_TCP_ADDR", "10.96.0.17"),
+    ("FALGATE_REDIS_SERVICE_HOST", "10.96.0.18"),
+    ("FALGATE_REDIS_SERVICE_PORT", "6379"),
+    ("FALGATE_REDIS_SERVICE_PORT_REDIS", "6379"),
+    ("FALGATE_REDIS_PORT", "tcp://10.96.0.18:6379"),
+    ("FALGATE_REDIS_PORT_6379_TCP", "tcp://10.96.0.18:6379"),
+    ("FALGATE_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+    ("FALGATE_REDIS_PORT_6379_TCP_PORT", "6379"),
+    ("FALGATE_REDIS_PORT_6379_TCP_ADDR", "10.96.0.18"),
+    ("FALGATE_BIN", "/usr/local/bin/falgate"),
+];
+
+#[tokio::test]
+async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_starts() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
+        .args(["serve", "--config", "config/falgate.toml"])
+        .env_clear()
+        .envs(KUBELET)
+        .env("FALGATE_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = stdout
+            .next_line()
+            .await
+            .unwrap()
+            .expect("falgate exited before listening");
+        if let Some(url) = line.strip_prefix("falgate listening on ") {
+            break url.to_owned();
+        }
+    };
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let line = stderr
+                .next_line()
+                .await
+                .unwrap()
+                .expect("stderr closed before the warning");
+            if line.contains("FALGATE_") {
+                break line;
+            }
+        }
+    })
+    .await
+    .expect("no warning about the ignored variables");
+    assert!(
+        warning.contains("WARN") && warning.contains("ignored environment variables"),
+        "{warning}"
+    );
+    for (name, value) in KUBELET {
+        assert!(warning.contains(name), "{name} not in {warning}");
+        // Values are never logged (the ports also appear inside the names, so check the others).
+        assert!(
+            value.len() < 5 || !warning.contains(value),
+            "the value of {name} is in {warning}"
+        );
+    }
+    child.kill().await.unwrap();
+    // That one line named them all: nothing else on stderr mentions them.
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(std::time::Duration::from_secs(5), stderr.next_line()).await {
+        assert!(!line.contains("FALGATE_"), "{line}");
+    }
+}
+
+#[test]
+fn check_config_refuses_what_serve_would_refuse_fal_credentials_and_key_files() {
+    let no_credentials = falgate()
+        .args(["check-config", "--config", "config/falgate.toml"])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(no_credentials.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&no_credentials.stderr).contains("no fal credentials"));
+    let two = falgate()
+        .args(["check-config", "--config", "config/falgate.toml"])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .env("FAL_KEY_FILE", "/nonexistent/fal.key")
+        .output()
+        .unwrap();
+    assert_eq!(two.status.code(), Some(64));
+    let unreadable = falgate()
+        .args(["check-config", "--config", "config/falgate.toml"])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY_FILE", "/nonexistent/fal.key")
+        .output()
+        .unwrap();
+    assert_eq!(unreadable.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unreadable.stderr).contains("/nonexistent/fal.key"));
+    let config = TempConfig::new("[auth]\nkey_files = [\"keys/idp.pem\"]\nalgorithms = [\"RS256\"]\n");
+    let missing_key = falgate()
+        .args(["check-config", "--config", &config.path()])
+        .env("FAL_KEY", FAL_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing_key.stderr);
+    assert_eq!(missing_key.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("keys/idp.pem"), "{stderr}");
+}
+
+#[test]
+fn check_config_warns_about_a_config_that_starts_but_surprises() {
+    let config = TempConfig::new(
+        "[limits]\ndefault_tier = \"free\"\n[limits.tiers.free]\n\
+         [endpoints.\"fal-ai/video-prompt-generator\"]\nschema = \"vpg.json\"\n[tiers.free]\n",
+    );
+    std::fs::copy("config/schemas/video-prompt-generator.json", config.0.join("vpg.json")).unwrap();
+    let output = falgate()
+        .args(["check-config", "--config", &config.path()])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warnings: Vec<_> = stderr.lines().filter(|l| l.starts_with("falgate: warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(warnings[0].contains("`limits.tiers.free`"), "{stderr}");
+    assert!(warnings[1].contains("does not list `default`"), "{stderr}");
+}
+
+#[test]
+fn token_refuses_a_lifetime_the_config_would_refuse() {
+    let token = |ttl: &str| {
+        falgate()
+            .args(["token", "--sub", "u", "--ttl", ttl, "--config", "config/falgate.toml"])
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FALGATE_AUTH__MAX_LIFETIME_SECONDS", "3600")
+            .output()
+            .unwrap()
+    };
+    let refused = token("61m");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("auth.max_lifetime_seconds") && stderr.contains("3600"),
+        "{stderr}"
+    );
+    assert!(refused.stdout.is_empty());
+    assert!(token("1h").status.success());
+    assert_eq!(token("0s").status.code(), Some(64));
 }
