@@ -103,7 +103,7 @@ impl Queue {
         };
         state.jobs.insert((app.to_owned(), id.clone()), job);
         // Like fal, forget old requests, so a long `falgate dev` session stays bounded in memory.
-        if seq % 1024 == 0 {
+        if seq.is_multiple_of(1024) {
             state
                 .jobs
                 .retain(|_, job| now.duration_since(job.submitted) < RETENTION);
