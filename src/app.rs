@@ -20,6 +20,7 @@ use crate::policy::Policy;
 use crate::redis::{RedisStore, StoreError};
 use crate::schema::{CompileError, Schemas};
 use crate::telemetry::metrics;
+use crate::upstream::budget::Budget;
 use crate::upstream::Upstream;
 use crate::{layers, routes};
 
@@ -34,6 +35,8 @@ pub struct Gate {
     pub limiter: Limiter,
     /// Serving or draining (process-lived: carried over to every new gate).
     pub lifecycle: Arc<Lifecycle>,
+    /// Bytes of request bodies held at once (process-lived).
+    pub body_budget: Budget,
 }
 
 /// The two routers falgate serves.
@@ -82,6 +85,7 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let lifecycle = Arc::new(Lifecycle::default());
     let gate = Gate {
         lifecycle: lifecycle.clone(),
+        body_budget: Budget::new(config.body_budget_bytes),
         auth,
         policy: Policy::new(&config),
         upstream: Upstream::new(config.upstream.clone(), credentials, config.workers)?,

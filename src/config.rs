@@ -43,6 +43,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub auth: Auth,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, all calls together.
+    pub body_budget_bytes: usize,
     /// Longest time to receive a request body.
     pub body_timeout: Duration,
     /// Largest single request header value, and all request headers together.
@@ -286,6 +288,7 @@ impl Config {
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
+            body_budget_bytes: body_budget(&raw.request)?,
             body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
             max_header_bytes: positive("request.max_header_bytes", raw.request.max_header_bytes)?,
             max_headers_total_bytes: positive("request.max_headers_total_bytes", raw.request.max_headers_total_bytes)?,
@@ -396,6 +399,17 @@ fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, 
         max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
         buffer_budget_bytes: budget(raw)?,
     })
+}
+
+/// The body budget must hold at least one body of the largest size.
+fn body_budget(raw: &file::RawRequest) -> Result<usize, ConfigError> {
+    if raw.body_budget_bytes < raw.max_body_bytes {
+        return Err(ConfigError(format!(
+            "`request.body_budget_bytes` ({}) must be at least `request.max_body_bytes` ({})",
+            raw.body_budget_bytes, raw.max_body_bytes
+        )));
+    }
+    Ok(raw.body_budget_bytes)
 }
 
 /// The buffer budget must hold at least one control answer, which cannot be streamed instead.

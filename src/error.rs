@@ -59,6 +59,8 @@ pub enum GateError {
     SubmitOutcomeUnknown(String),
     #[error("{0} is unavailable; try again shortly")]
     DependencyDown(&'static str),
+    #[error("falgate is holding as many request bodies as its memory allows; try again shortly")]
+    Overloaded,
     #[error(transparent)]
     Limited(#[from] crate::limits::LimitError),
     #[error("an internal error occurred")]
@@ -95,7 +97,7 @@ impl GateError {
             // 424, not 502/504: `@fal-ai/client` retries those on submit, and a retry of a submit
             // that fal may already have queued would make a second paid job (fal-protocol §4.5).
             Self::SubmitOutcomeUnknown(_) => StatusCode::FAILED_DEPENDENCY,
-            Self::DependencyDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DependencyDown(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Limited(limit) => limit.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +127,7 @@ impl GateError {
             Self::UpstreamBadResponse(_) => "upstream_bad_response",
             Self::SubmitOutcomeUnknown(_) => "submit_outcome_unknown",
             Self::DependencyDown(_) => "dependency_unavailable",
+            Self::Overloaded => "overloaded",
             Self::Limited(limit) => limit.code(),
             Self::Internal(_) => "internal",
         }
@@ -183,6 +186,9 @@ impl IntoResponse for GateError {
             for (name, value) in limit.headers() {
                 headers.insert(name, value);
             }
+        }
+        if let Self::Overloaded = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::MethodNotAllowed = self {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT"));

@@ -1,20 +1,26 @@
 //! The request body of a call that carries one: declared JSON, uncompressed, bounded in size and
-//! time. Whether it *is* valid JSON for the endpoint is `schema`'s step, on the bytes read here.
+//! time, and charged to the process's body budget (`request.body_budget_bytes`) while it is held,
+//! so many large bodies at once cannot outgrow the memory limit (past it: 503 `overloaded`,
+//! nothing sent to fal). Whether it *is* valid JSON for the endpoint is `schema`'s step, on the
+//! bytes read here.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
 
 use crate::error::GateError;
+use crate::upstream::budget::{Budget, Charge};
 
-/// Reads the body: 415 unless declared JSON, 413 past `max_bytes`, 408 past `timeout`.
+/// Reads the body: 415 unless declared JSON, 413 past `max_bytes`, 408 past `timeout`, 503 when
+/// `budget` has no room for it within `timeout`. The charge is held as long as the bytes are.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     max_bytes: usize,
     timeout: std::time::Duration,
-) -> Result<Bytes, GateError> {
+    budget: &Budget,
+) -> Result<(Bytes, Charge), GateError> {
     if !is_json(headers) {
         return Err(GateError::NotJson);
     }
@@ -24,15 +30,45 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > max_bytes as u64) {
         return Err(GateError::BodyTooLarge(max_bytes));
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, max_bytes).collect())
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut charge = Charge::default();
+    if let Some(len) = declared {
+        reserve(budget, &mut charge, usize::try_from(len).unwrap_or(max_bytes), deadline).await?;
+    }
+    let mut bytes = BytesMut::new();
+    let mut body = body.into_data_stream();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut body)).await {
+            Err(_) => return Err(GateError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(GateError::Malformed("the request body could not be read".into())),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        let size = bytes.len() + chunk.len();
+        if size > max_bytes {
+            return Err(GateError::BodyTooLarge(max_bytes));
+        }
+        reserve(budget, &mut charge, size, deadline).await?;
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes.freeze(), charge))
+}
+
+/// Grows `charge` to `size` bytes, waiting for room until `deadline`.
+async fn reserve(
+    budget: &Budget,
+    charge: &mut Charge,
+    size: usize,
+    deadline: tokio::time::Instant,
+) -> Result<(), GateError> {
+    if budget.try_grow(charge, size) {
+        return Ok(());
+    }
+    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+    budget
+        .grow(charge, size, wait)
         .await
-        .map_err(|_| GateError::BodyTimeout)?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<LengthLimitError>() => return Err(GateError::BodyTooLarge(max_bytes)),
-        Err(_) => return Err(GateError::Malformed("the request body could not be read".into())),
-    };
-    Ok(bytes)
+        .map_err(|()| GateError::Overloaded)
 }
 
 /// `application/json` (parameters allowed), not compressed.
@@ -55,6 +91,12 @@ mod tests {
 
     const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
+    async fn read(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<Bytes, GateError> {
+        read_body(headers, body, max_bytes, SECOND, &Budget::new(1 << 20))
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
     fn json_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -66,9 +108,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_within_the_limit_is_kept_byte_for_byte() {
-        let input = read_body(&json_headers(), Body::from(r#"{"a": 1}"#), 64, SECOND)
-            .await
-            .unwrap();
+        let input = read(&json_headers(), Body::from(r#"{"a": 1}"#), 64).await.unwrap();
         assert_eq!(&input[..], br#"{"a": 1}"#);
     }
 
@@ -76,28 +116,42 @@ mod tests {
     async fn each_bad_body_gets_its_own_error() {
         let text = HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))]);
         assert_eq!(
-            read_body(&text, Body::from("{}"), 64, SECOND).await.unwrap_err().code(),
+            read(&text, Body::from("{}"), 64).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(
-            read_body(&HeaderMap::new(), Body::from("{}"), 64, SECOND)
-                .await
-                .unwrap_err()
-                .code(),
+            read(&HeaderMap::new(), Body::from("{}"), 64).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         let mut gzip = json_headers();
         gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         assert_eq!(
-            read_body(&gzip, Body::from("{}"), 64, SECOND).await.unwrap_err().code(),
+            read(&gzip, Body::from("{}"), 64).await.unwrap_err().code(),
             "unsupported_media_type"
         );
         assert_eq!(
-            read_body(&json_headers(), Body::from("x".repeat(65)), 64, SECOND)
+            read(&json_headers(), Body::from("x".repeat(65)), 64)
                 .await
                 .unwrap_err()
                 .code(),
             "body_too_large"
         );
+    }
+
+    /// Bodies held at once are bounded by the budget: one that cannot get room in time is 503
+    /// `overloaded`; the room comes back when the first body's charge is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn bodies_past_the_budget_wait_then_are_refused_and_room_returns_when_released() {
+        let budget = Budget::new(4 * 1024);
+        let body = || Body::from(format!("\"{}\"", "x".repeat(3000)));
+        let (_, held) = read_body(&json_headers(), body(), 1 << 20, SECOND, &budget)
+            .await
+            .unwrap();
+        let refused = read_body(&json_headers(), body(), 1 << 20, SECOND, &budget).await;
+        assert_eq!(refused.unwrap_err().code(), "overloaded");
+        drop(held);
+        assert!(read_body(&json_headers(), body(), 1 << 20, SECOND, &budget)
+            .await
+            .is_ok());
     }
 }

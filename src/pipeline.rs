@@ -24,6 +24,7 @@ use crate::limits::{Admission, OpClass, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
 use crate::telemetry::metrics;
+use crate::upstream::budget::Charge;
 use crate::upstream::{self, relay};
 use idempotency::{Claim, Settle};
 
@@ -38,9 +39,13 @@ pub async fn handle(
     let grant = gate.policy.authorize(&caller, &call)?;
     let mut forwarded = upstream::forwarded_headers(headers)?;
     grant.cap_priority(&mut forwarded);
-    let input = match call.has_body() {
-        true => Some(read_input(gate, &caller, &grant, headers, body).await?),
-        false => None,
+    // The body's budget charge is held until the answer is made (the bytes are forwarded).
+    let (input, _charge) = match call.has_body() {
+        true => {
+            let (input, charge) = read_input(gate, &caller, &grant, headers, body).await?;
+            (Some(input), Some(charge))
+        }
+        false => (None, None),
     };
     if let Some(input) = &input {
         grant.check_options(&input.value)?;
@@ -206,25 +211,26 @@ async fn read_input(
     grant: &Grant<'_>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ValidInput, GateError> {
+) -> Result<(ValidInput, Charge), GateError> {
     let cap = grant
         .endpoint
         .as_ref()
         .and_then(|entry| gate.config.endpoints.get(entry)?.max_body_bytes)
         .unwrap_or(gate.config.max_body_bytes);
-    let bytes = input::read_body(headers, body, cap, gate.config.body_timeout).await?;
+    let (bytes, charge) = input::read_body(headers, body, cap, gate.config.body_timeout, &gate.body_budget).await?;
     let limits = Limits {
         max_body_bytes: cap,
         json: gate.config.json,
         ..Limits::default()
     };
-    match &grant.endpoint {
-        Some(entry) => Ok(gate
+    let input = match &grant.endpoint {
+        Some(entry) => gate
             .schemas
-            .validate(entry.as_str(), Some(&caller.tier), &bytes, &limits)?),
-        None => Ok(ValidInput {
+            .validate(entry.as_str(), Some(&caller.tier), &bytes, &limits)?,
+        None => ValidInput {
             value: schema::parse_object(&bytes, &limits)?,
             bytes,
-        }),
-    }
+        },
+    };
+    Ok((input, charge))
 }

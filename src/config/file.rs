@@ -213,6 +213,7 @@ impl Default for RawOwnership {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRequest {
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_budget_bytes: usize,
     pub(crate) body_timeout_ms: u64,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers_total_bytes: usize,
@@ -225,6 +226,7 @@ impl Default for RawRequest {
     fn default() -> Self {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
+            body_budget_bytes: 64 * 1024 * 1024,
             body_timeout_ms: 30_000,
             max_header_bytes: 8 * 1024,
             max_headers_total_bytes: 32 * 1024,
