@@ -61,7 +61,7 @@ pub(super) enum Settle {
 impl Settle {
     pub(super) fn of(outcome: &Result<Answer, GateError>) -> Self {
         match outcome {
-            Ok(Answer::Buffered(answer, _)) if answer.status.is_success() => {
+            Ok(Answer::Buffered(answer, ..)) if answer.status.is_success() => {
                 Self::Complete(answer.status.as_u16(), answer.body.clone())
             }
             Err(GateError::SubmitOutcomeUnknown(_)) => Self::Keep,
