@@ -51,7 +51,12 @@ pub async fn handle(
                 tier: &caller.tier,
             };
             let endpoint = grant.endpoint.as_ref().map(|e| e.as_str());
-            gate.limiter.precheck(&subject, class(&call), endpoint).await?;
+            if let Err(refused) = gate.limiter.precheck(&subject, class(&call), endpoint).await {
+                // Unless it is the retry of a submit already answered: that one is replayed.
+                if !idempotency::answered(gate, &principal, &call, headers).await? {
+                    return Err(refused.into());
+                }
+            }
             Some(read_input(gate, &caller, &grant, headers, body).await?)
         }
         false => None,

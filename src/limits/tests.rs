@@ -520,3 +520,17 @@ fn a_limits_section_with_only_slot_caps_is_valid_and_zero_caps_are_refused() {
     tier_zero.tiers.get_mut("free").unwrap().relays_per_caller = Some(0);
     assert!(Limiter::new(tier_zero, None).is_err());
 }
+
+#[test]
+fn only_an_answered_idempotency_key_counts_as_answered() {
+    let idem = Idempotency::new(Duration::from_secs(600), 100, None, OnStoreError::Deny);
+    let now = at(0.0);
+    assert!(!idem.answered_at("iss|alice", "k1", now));
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::New);
+    assert!(!idem.answered_at("iss|alice", "k1", now), "pending is not answered");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(idem.complete("iss|alice", "k1", 200, b"{}"));
+    assert!(idem.answered_at("iss|alice", "k1", SystemTime::now()));
+    assert!(!idem.answered_at("iss|bob", "k1", SystemTime::now()));
+    assert!(!idem.answered_at("iss|alice", "k1", SystemTime::now() + Duration::from_secs(601)));
+}

@@ -438,3 +438,31 @@ mod redis {
         b.assert_nothing_reached_fal_and_still_serving().await;
     }
 }
+
+#[tokio::test]
+async fn a_retry_of_an_answered_idempotent_submit_is_replayed_though_the_caller_is_over_its_limit() {
+    let gate = TestGate::builder()
+        .config("[limits]\n[limits.tiers.default]\nsubmit = { burst = 1, per_minute = 1 }\ndaily_requests = 1\n")
+        .spawn()
+        .await;
+    let send = |key: &'static str, body: &'static str| {
+        gate.as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = send("click-1", r#"{"input_concept": "x"}"#).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = send("click-1", r#"{"input_concept": "x"}"#).await.unwrap();
+    assert_eq!(again.status(), 200, "the paid job's retry lost its answer");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap()["request_id"], first["request_id"]);
+    let other = send("click-1", r#"{"input_concept": "y"}"#).await.unwrap();
+    gate.assert_refused(other, 422, "idempotency_key_reused").await;
+    // An unknown key buys no body read.
+    let fresh = send("click-2", r#"{"no_such_field": 1}"#).await.unwrap();
+    gate.assert_refused(fresh, 403, "quota_exceeded").await;
+    assert_eq!(gate.fal_saw().len(), 1);
+}
