@@ -225,7 +225,11 @@ impl FromRequestParts<Arc<Gate>> for Caller {
     async fn from_request_parts(parts: &mut Parts, gate: &Arc<Gate>) -> Result<Self, Self::Rejection> {
         let client_ip = || {
             let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
-            Some(crate::limits::client_ip(*peer, &parts.headers, gate.limiter.trusted_proxies()))
+            Some(crate::limits::client_ip(
+                *peer,
+                &parts.headers,
+                gate.limiter.trusted_proxies(),
+            ))
         };
         let verdict = match gate.auth.token(parts) {
             Ok(token) => match gate.auth.cached(token) {

@@ -221,10 +221,7 @@ async fn a_precheck_on_redis_consumes_nothing_and_sees_the_other_replicas_spend(
     // burst 2, shared.
     a.admit_unauthenticated(ip).await.unwrap();
     b.admit_unauthenticated(ip).await.unwrap();
-    assert_eq!(
-        b.precheck_unauthenticated(ip).await.unwrap_err().code(),
-        "rate_limited"
-    );
+    assert_eq!(b.precheck_unauthenticated(ip).await.unwrap_err().code(), "rate_limited");
 }
 
 #[tokio::test]
@@ -276,11 +273,26 @@ async fn a_dead_replicas_slots_lapse_after_the_slot_ttl() {
     let ttl = slots::ttl_ms();
     let t0 = micros(SystemTime::now()) / 1000;
     for id in ["s1", "s2"] {
-        assert!(redis.run(&key, id, SlotOp::Open { max: 2 }, ttl, Some(t0)).await.unwrap());
+        assert!(redis
+            .run(&key, id, SlotOp::Open { max: 2 }, ttl, Some(t0))
+            .await
+            .unwrap());
     }
-    assert!(!redis.run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl - 1)).await.unwrap());
+    assert!(!redis
+        .run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl - 1))
+        .await
+        .unwrap());
     // s2 is refreshed by its (live) replica; s1's replica died.
-    redis.run(&key, "s2", SlotOp::Refresh, ttl, Some(t0 + ttl - 1)).await.unwrap();
-    assert!(redis.run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl)).await.unwrap());
-    assert!(!redis.run(&key, "s4", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl)).await.unwrap());
+    redis
+        .run(&key, "s2", SlotOp::Refresh, ttl, Some(t0 + ttl - 1))
+        .await
+        .unwrap();
+    assert!(redis
+        .run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl))
+        .await
+        .unwrap());
+    assert!(!redis
+        .run(&key, "s4", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl))
+        .await
+        .unwrap());
 }

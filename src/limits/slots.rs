@@ -42,7 +42,9 @@ impl SlotKind {
     pub(crate) fn caller_message(self, cap: u32) -> String {
         match self {
             Self::Stream => format!("at most {cap} status streams may be open per caller; close one first"),
-            Self::Relay => format!("at most {cap} results may be relayed to one caller at once; wait for one to finish"),
+            Self::Relay => {
+                format!("at most {cap} results may be relayed to one caller at once; wait for one to finish")
+            }
         }
     }
 

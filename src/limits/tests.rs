@@ -483,7 +483,10 @@ async fn stream_and_relay_slots_are_capped_per_caller_per_tier_and_per_replica()
         held.push(limiter.open_slot(&ALICE, SlotKind::Stream).await.unwrap());
     }
     let refused = limiter.open_slot(&ALICE, SlotKind::Stream).await.unwrap_err();
-    assert_eq!((refused.status().as_u16(), refused.code()), (429, "concurrency_limited"));
+    assert_eq!(
+        (refused.status().as_u16(), refused.code()),
+        (429, "concurrency_limited")
+    );
     assert!(refused.to_string().contains("2 status streams"), "{refused}");
     let headers = refused.headers();
     assert_eq!(headers[0].0, http::header::RETRY_AFTER);
@@ -495,7 +498,10 @@ async fn stream_and_relay_slots_are_capped_per_caller_per_tier_and_per_replica()
     for _ in 0..4 {
         held.push(limiter.open_slot(&pro, SlotKind::Stream).await.unwrap());
     }
-    assert!(limiter.open_slot(&pro, SlotKind::Stream).await.is_err(), "pro's cap is 4");
+    assert!(
+        limiter.open_slot(&pro, SlotKind::Stream).await.is_err(),
+        "pro's cap is 4"
+    );
     for who in [ALICE, BOB, pro] {
         held.push(limiter.open_slot(&who, SlotKind::Relay).await.unwrap());
     }

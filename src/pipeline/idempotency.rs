@@ -52,7 +52,12 @@ pub(super) async fn claim(
 /// replayed even when the caller is over a limit now (the precheck would otherwise refuse it and
 /// the caller would lose the answer of a job it paid for). A key with no stored answer, or a
 /// store error, is a no.
-pub(super) async fn answered(gate: &Gate, principal: &str, call: &Call, headers: &HeaderMap) -> Result<bool, GateError> {
+pub(super) async fn answered(
+    gate: &Gate,
+    principal: &str,
+    call: &Call,
+    headers: &HeaderMap,
+) -> Result<bool, GateError> {
     if !matches!(call.op, Op::Submit { .. }) {
         return Ok(false);
     }

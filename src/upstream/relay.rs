@@ -269,7 +269,11 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].is_ok());
         assert_eq!(started.elapsed(), Duration::from_secs(3600));
-        assert_eq!(released.try_recv(), Err(TryRecvError::Closed), "the guard outlived its stream");
+        assert_eq!(
+            released.try_recv(),
+            Err(TryRecvError::Closed),
+            "the guard outlived its stream"
+        );
     }
 
     #[tokio::test(start_paused = true)]

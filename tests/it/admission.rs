@@ -44,7 +44,12 @@ async fn open_stream(gate: &TestGate, sub: &str, id: &str, proxy: bool) -> reqwe
 /// An open stream that has delivered its first event (so fal's side is open too).
 async fn opened(gate: &TestGate, sub: &str, id: &str, proxy: bool) -> reqwest::Response {
     let mut response = open_stream(gate, sub, id, proxy).await;
-    assert_eq!(response.status(), 200, "stream {} for {sub}", if proxy { "(proxy)" } else { "" });
+    assert_eq!(
+        response.status(),
+        200,
+        "stream {} for {sub}",
+        if proxy { "(proxy)" } else { "" }
+    );
     let first = response.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "), "{first:?}");
     response
@@ -123,7 +128,10 @@ async fn a_stream_that_ends_frees_its_slot_and_one_at_its_lifetime_ends_cleanly(
         while let Some(chunk) = stream.chunk().await.expect("the stream ended with an error") {
             events.push_str(std::str::from_utf8(&chunk).unwrap());
         }
-        assert!(events.starts_with("data: ") && !events.contains("COMPLETED"), "{events}");
+        assert!(
+            events.starts_with("data: ") && !events.contains("COMPLETED"),
+            "{events}"
+        );
     }
     until_admitted(&gate, "alice", &id, false).await;
 }
@@ -244,7 +252,13 @@ async fn a_rate_limited_caller_is_refused_before_its_body_is_read_or_validated()
     let head = head_only_submit(&gate, &format!("/api/fal/queue/{VPG}"), "", 9_000_000).await;
     assert!(head.starts_with("http/1.1 429"), "{head}");
     assert!(head.contains("x-falgate-error: rate_limited"), "{head}");
-    let proxied = head_only_submit(&gate, "/api/fal/proxy", &format!("x-fal-target-url: {}\r\n", target("")), 9_000_000).await;
+    let proxied = head_only_submit(
+        &gate,
+        "/api/fal/proxy",
+        &format!("x-fal-target-url: {}\r\n", target("")),
+        9_000_000,
+    )
+    .await;
     assert!(proxied.starts_with("http/1.1 429"), "{proxied}");
     for body in ["{\"input_concept\": ", "{\"no_such_field\": 1}"] {
         for refused in submits(&gate, body).await {
@@ -292,7 +306,9 @@ values = { "openai/gpt-4o" = 5 }
         .job_ms(LONG_JOB_MS.0, LONG_JOB_MS.1)
         .spawn()
         .await;
-    gate_b.submit("alice", json!({"input_concept": "x", "model": "openai/gpt-4o"})).await;
+    gate_b
+        .submit("alice", json!({"input_concept": "x", "model": "openai/gpt-4o"}))
+        .await;
     gate_b.emulator.clear_requests();
     for refused in submits(&gate_b, "{\"no_such_field\": 1}").await {
         gate_b.assert_refused(refused, 403, "quota_exceeded").await;
@@ -319,10 +335,14 @@ values = { "openai/gpt-4o" = 5 }
             gate.assert_refused(refused, 422, "validation_failed").await;
         }
     }
-    gate.submit("alice", json!({"input_concept": "x", "model": "openai/gpt-4o"})).await;
+    gate.submit("alice", json!({"input_concept": "x", "model": "openai/gpt-4o"}))
+        .await;
     // 1 credit left: a premium call passes the precheck (cheapest price 1) and admission refuses it.
     let premium = gate
-        .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x", "model": "openai/gpt-4o"}))
+        .post_as_alice(
+            &format!("/api/fal/queue/{VPG}"),
+            &json!({"input_concept": "x", "model": "openai/gpt-4o"}),
+        )
         .await;
     gate.assert_refused(premium, 403, "quota_exceeded").await;
     gate.submit("alice", json!({"input_concept": "x"})).await;
@@ -335,7 +355,11 @@ fn unauthenticated(builder: Builder) -> Builder {
 
 async fn status_with_token(gate: &TestGate, token: &str) -> u16 {
     gate.client
-        .get(format!("{}/api/fal/queue/{VPG}/requests/{}", gate.url, uuid::Uuid::new_v4()))
+        .get(format!(
+            "{}/api/fal/queue/{VPG}/requests/{}",
+            gate.url,
+            uuid::Uuid::new_v4()
+        ))
         .bearer_auth(token)
         .send()
         .await
@@ -364,7 +388,11 @@ async fn a_client_over_the_failed_auth_rate_is_refused_before_its_token_is_verif
     // ...but a token never seen is not verified at all while the IP is over its rate.
     let refused = gate
         .client
-        .get(format!("{}/api/fal/queue/{VPG}/requests/{}", gate.url, uuid::Uuid::new_v4()))
+        .get(format!(
+            "{}/api/fal/queue/{VPG}/requests/{}",
+            gate.url,
+            uuid::Uuid::new_v4()
+        ))
         .bearer_auth(gate.token("someone-new"))
         .send()
         .await
@@ -429,7 +457,11 @@ mod redis {
         let fresh = b.token("never-seen");
         let refused = b
             .client
-            .get(format!("{}/api/fal/queue/{VPG}/requests/{}", b.url, uuid::Uuid::new_v4()))
+            .get(format!(
+                "{}/api/fal/queue/{VPG}/requests/{}",
+                b.url,
+                uuid::Uuid::new_v4()
+            ))
             .bearer_auth(fresh)
             .send()
             .await
@@ -458,7 +490,10 @@ async fn a_retry_of_an_answered_idempotent_submit_is_replayed_though_the_caller_
     let again = send("click-1", r#"{"input_concept": "x"}"#).await.unwrap();
     assert_eq!(again.status(), 200, "the paid job's retry lost its answer");
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(again.json::<serde_json::Value>().await.unwrap()["request_id"], first["request_id"]);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["request_id"],
+        first["request_id"]
+    );
     let other = send("click-1", r#"{"input_concept": "y"}"#).await.unwrap();
     gate.assert_refused(other, 422, "idempotency_key_reused").await;
     // An unknown key buys no body read.
