@@ -124,6 +124,25 @@ impl Authenticator {
 
     /// Verifies one token and returns its caller.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        match self.cached(token) {
+            Some(verdict) => verdict,
+            None => self.verify_and_cache(token).await,
+        }
+    }
+
+    /// The verdict on a token verified before (still cached), without verifying anything.
+    pub fn cached(&self, token: &str) -> Option<Result<Caller, AuthError>> {
+        let cache = self.cache.as_ref()?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = cache.get(&digest)?;
+        Some(match now() <= cached.exp + self.leeway {
+            true => Ok(cached.caller),
+            false => Err(AuthError::Expired),
+        })
+    }
+
+    /// Verifies a token (signature, claims) and caches the caller.
+    pub async fn verify_and_cache(&self, token: &str) -> Result<Caller, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::Invalid);
         }
@@ -131,13 +150,6 @@ impl Authenticator {
             return self.verify(token).await.map(|(caller, _)| caller);
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = cache.get(&digest) {
-            return if now() <= cached.exp + self.leeway {
-                Ok(cached.caller)
-            } else {
-                Err(AuthError::Expired)
-            };
-        }
         let (caller, exp) = self.verify(token).await?;
         cache.insert(
             digest,
@@ -207,18 +219,35 @@ fn now() -> u64 {
 impl FromRequestParts<Arc<Gate>> for Caller {
     type Rejection = GateError;
 
+    /// Failed attempts are rate-limited per client IP, to blunt token guessing: a client over
+    /// the rate is refused before its token is verified (a cached verdict costs nothing and is
+    /// used as is), and only a failure consumes the rate.
     async fn from_request_parts(parts: &mut Parts, gate: &Arc<Gate>) -> Result<Self, Self::Rejection> {
+        let client_ip = || {
+            let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+            Some(crate::limits::client_ip(
+                *peer,
+                &parts.headers,
+                gate.limiter.trusted_proxies(),
+            ))
+        };
         let verdict = match gate.auth.token(parts) {
-            Ok(token) => gate.auth.authenticate(token).await,
+            Ok(token) => match gate.auth.cached(token) {
+                Some(verdict) => verdict,
+                None => {
+                    if let Some(ip) = client_ip() {
+                        gate.limiter.precheck_unauthenticated(ip).await?;
+                    }
+                    gate.auth.verify_and_cache(token).await
+                }
+            },
             Err(err) => Err(err),
         };
         match verdict {
             Ok(caller) => Ok(caller),
             Err(AuthError::KeysUnavailable) => Err(AuthError::KeysUnavailable.into()),
             Err(err) => {
-                // Failed attempts are rate-limited per client IP, to blunt token guessing.
-                if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-                    let ip = crate::limits::client_ip(*peer, &parts.headers, gate.limiter.trusted_proxies());
+                if let Some(ip) = client_ip() {
                     gate.limiter.admit_unauthenticated(ip).await?;
                 }
                 Err(err.into())

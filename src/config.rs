@@ -90,6 +90,9 @@ pub struct Upstream {
     pub max_result_bytes: usize,
     /// Bytes of answers read whole at once (all calls together); past it model output streams.
     pub buffer_budget_bytes: usize,
+    /// A relayed event stream is ended cleanly once it has been open this long (the client
+    /// re-polls), so no stream holds its slot forever.
+    pub max_stream_lifetime: Duration,
     /// The egress proxy for https connections to fal, from `HTTPS_PROXY` / `ALL_PROXY`, with the
     /// hosts in `NO_PROXY` going direct (the conventions curl and reqwest follow).
     pub egress_proxy: Option<EgressProxy>,
@@ -398,6 +401,7 @@ fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, 
         max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
         max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
         buffer_budget_bytes: budget(raw)?,
+        max_stream_lifetime: millis("upstream.max_stream_lifetime_ms", raw.max_stream_lifetime_ms)?,
     })
 }
 

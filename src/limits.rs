@@ -1,8 +1,11 @@
 //! Limits: per-caller rates (GCRA) per operation class and tier, a global rate per endpoint, a
 //! per-IP rate on failed authentication, daily quotas in requests and credits, a cap on jobs in
-//! flight, and idempotent submits. [`Limiter::admit`] checks every limit of a call and consumes
-//! only if all pass, in one atomic step: one Redis script (one round trip) when `[redis]` is set,
-//! else per-replica bounded memory. Config: `[limits]` ([`LimitsConfig`]).
+//! flight, caps on open streams and buffered relays ([`Slot`]), and idempotent submits.
+//! [`Limiter::admit`] checks every limit of a call and consumes only if all pass, in one atomic
+//! step: one Redis script (one round trip) when `[redis]` is set, else per-replica bounded memory.
+//! [`Limiter::precheck`] runs the same checks without consuming, before a body is read, so a
+//! caller already over a limit costs no body read or validation. Config: `[limits]`
+//! ([`LimitsConfig`]).
 
 mod answer;
 mod client_ip;
@@ -15,11 +18,13 @@ mod plan;
 mod redis;
 #[cfg(test)]
 mod redis_tests;
+mod slots;
 mod store_error;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
@@ -31,11 +36,13 @@ pub use config::{
 pub use error::LimitError;
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
 pub use idempotency::{IdemState, Idempotency, PENDING_TTL};
+pub use slots::{Slot, SlotKind};
 
 use self::answer::{admitted_states, rate_state, refused};
 use self::memory::MemoryStore;
 use self::plan::{InflightPlan, Outcome, Plan, QuotaPlan, Rate};
-use self::redis::RedisLimits;
+use self::redis::{Mode, RedisLimits, SlotOp};
+use self::slots::SlotBook;
 pub(crate) use self::store_error::StoreErrorLog;
 use crate::redis::{tag_of, RedisStore};
 
@@ -63,6 +70,7 @@ pub struct Limiter {
     redis: Option<RedisLimits>,
     idempotency: Idempotency,
     errors: StoreErrorLog,
+    slots: Arc<SlotBook>,
 }
 
 /// Proof that a call was admitted, with what is left of each limit for the `RateLimit` header.
@@ -124,6 +132,7 @@ impl Limiter {
             redis: redis.map(RedisLimits::new),
             idempotency,
             errors: StoreErrorLog::default(),
+            slots: Arc::default(),
             config,
         })
     }
@@ -156,20 +165,7 @@ impl Limiter {
             _ => None,
         };
         let plan = self.plan(&tag, tier, class, endpoint, credits, reservation.as_deref());
-        let outcome = match &self.redis {
-            Some(redis) => match redis.admit(&plan).await {
-                Ok(outcome) => outcome,
-                Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    self.memory.admit(&plan, micros(now))
-                }
-            },
-            None => self.memory.admit(&plan, micros(now)),
-        };
-        let granted = match outcome {
-            Outcome::Admitted(granted) => granted,
-            Outcome::Refused(refusal) => return Err(refused(&plan, tier, refusal)),
-        };
+        let granted = self.evaluate(&plan, tier, Mode::Consume, now).await?;
         let refund = granted.quota.map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
         let states = admitted_states(&plan, tier, &granted);
         Ok(Admission {
@@ -178,6 +174,115 @@ impl Limiter {
             reservation,
             refund,
         })
+    }
+
+    /// The checks of [`Self::admit`] without consuming anything, for a call whose body is not
+    /// read yet: rates, the day quota at the endpoint's cheapest price ([`Self::min_credits`])
+    /// and the jobs in flight. An early refusal, not a reservation: `admit` still decides.
+    pub async fn precheck(&self, who: &Subject<'_>, class: OpClass, endpoint: Option<&str>) -> Result<(), LimitError> {
+        self.precheck_at(who, class, endpoint, SystemTime::now()).await
+    }
+
+    /// [`Self::precheck`] with the in-process clock at `now`.
+    pub async fn precheck_at(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        now: SystemTime,
+    ) -> Result<(), LimitError> {
+        let tier = self.tier(who.tier);
+        let tag = tag_of(who.principal);
+        // An empty reservation: the check counts the slots in use and adds none.
+        let reservation = (class == OpClass::Submit && tier.max_inflight_jobs.is_some()).then_some("");
+        let credits = self.min_credits(endpoint);
+        let plan = self.plan(&tag, tier, class, endpoint, credits, reservation);
+        self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
+    }
+
+    /// Runs `plan` on the store (Redis, or memory when there is none or it is down and
+    /// `on_store_error = "allow"`), consuming only in `Mode::Consume`.
+    async fn evaluate(
+        &self,
+        plan: &Plan<'_>,
+        tier: &TierLimits,
+        mode: Mode,
+        now: SystemTime,
+    ) -> Result<plan::Granted, LimitError> {
+        let in_memory = || match mode {
+            Mode::Consume => self.memory.admit(plan, micros(now)),
+            Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
+        };
+        let outcome = match &self.redis {
+            Some(redis) => match redis.admit(plan, mode).await {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    self.errors.fallback(self.config.on_store_error, &err)?;
+                    in_memory()
+                }
+            },
+            None => in_memory(),
+        };
+        match outcome {
+            Outcome::Admitted(granted) => Ok(granted),
+            Outcome::Refused(refusal) => Err(refused(plan, tier, refusal)),
+        }
+    }
+
+    /// Opens a slot of `kind` for `who`: one of the replica's (`max_streams` / `max_relays`)
+    /// and one of the caller's (`streams_per_caller` / `relays_per_caller`, or the tier's), the
+    /// caller's shared through Redis when it is configured. Refused with 429
+    /// `concurrency_limited`; nothing is held then. The slot is freed when it is dropped.
+    pub async fn open_slot(&self, who: &Subject<'_>, kind: SlotKind) -> Result<Slot, LimitError> {
+        let tier = self.tier(who.tier);
+        let (per_caller, replica) = match kind {
+            SlotKind::Stream => (
+                tier.streams_per_caller.unwrap_or(self.config.streams_per_caller),
+                self.config.max_streams,
+            ),
+            SlotKind::Relay => (
+                tier.relays_per_caller.unwrap_or(self.config.relays_per_caller),
+                self.config.max_relays,
+            ),
+        };
+        let mut slot = self.slots.take(kind, replica).ok_or_else(|| LimitError::SlotsTaken {
+            message: kind.replica_message(replica),
+            retry_after: Duration::from_secs(1),
+            policy: None,
+        })?;
+        let full = || LimitError::SlotsTaken {
+            message: kind.caller_message(per_caller),
+            retry_after: SLOT_RETRY,
+            policy: Some(PolicyState {
+                name: kind.name(),
+                quota: u64::from(per_caller),
+                window_seconds: None,
+                remaining: 0,
+                reset_seconds: 0,
+            }),
+        };
+        let tag = tag_of(who.principal);
+        if let Some(redis) = &self.redis {
+            let shared = redis.slots();
+            let key = shared.key(&tag, kind.name());
+            let id = uuid::Uuid::new_v4().to_string();
+            let open = shared
+                .run(&key, &id, SlotOp::Open { max: per_caller }, slots::ttl_ms(), None)
+                .await;
+            match open {
+                Ok(true) => {
+                    slot.share(shared.clone(), key, id);
+                    return Ok(slot);
+                }
+                Ok(false) => return Err(full()),
+                // Fall back to this replica's own count (`allow`), or refuse (`deny`).
+                Err(err) => self.errors.fallback(self.config.on_store_error, &err)?,
+            }
+        }
+        match self.slots.enter(&mut slot, &tag, per_caller) {
+            true => Ok(slot),
+            false => Err(full()),
+        }
     }
 
     /// A submit fal accepted: its concurrency slot now belongs to `request_id`.
@@ -218,16 +323,35 @@ impl Limiter {
         let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
             return Ok(());
         };
+        self.unauthenticated(ip, rate, Mode::Consume, now).await
+    }
+
+    /// Whether one more failed authentication from `ip` would pass its rate, consuming nothing:
+    /// checked before a token is verified, so a refused client costs no signature check.
+    pub async fn precheck_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
+        self.precheck_unauthenticated_at(ip, SystemTime::now()).await
+    }
+
+    /// [`Self::precheck_unauthenticated`] with the in-process clock at `now`.
+    pub async fn precheck_unauthenticated_at(&self, ip: IpAddr, now: SystemTime) -> Result<(), LimitError> {
+        let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
+            return Ok(());
+        };
+        self.unauthenticated(ip, rate, Mode::CheckOnly, now).await
+    }
+
+    async fn unauthenticated(&self, ip: IpAddr, rate: Rate, mode: Mode, now: SystemTime) -> Result<(), LimitError> {
         let ip = ip_key(ip);
+        let in_memory = || self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume);
         let answer = match &self.redis {
-            Some(redis) => match redis.admit_ip(ip, rate).await {
+            Some(redis) => match redis.admit_ip(ip, rate, mode).await {
                 Ok(answer) => answer,
                 Err(err) => {
                     self.errors.fallback(self.config.on_store_error, &err)?;
-                    self.memory.admit_ip(ip, rate, micros(now))
+                    in_memory()
                 }
             },
-            None => self.memory.admit_ip(ip, rate, micros(now)),
+            None => in_memory(),
         };
         answer.map(drop).map_err(|retry_us| LimitError::RateLimited {
             retry_after: Duration::from_micros(retry_us),
@@ -248,6 +372,29 @@ impl Limiter {
             None => None,
         };
         cost.copied().unwrap_or(costs.cost)
+    }
+
+    /// The cheapest a call to `endpoint` can cost (the price the precheck assumes before the
+    /// input is read): the lowest of the endpoint's cost and its field values' costs, else
+    /// `default_cost`; 0 for a call to no endpoint (an upload initiation, as `admit` charges it).
+    pub fn min_credits(&self, endpoint: Option<&str>) -> u64 {
+        let Some(endpoint) = endpoint else { return 0 };
+        let Some(costs) = self.config.credits.endpoints.get(endpoint) else {
+            return self.config.credits.default_cost;
+        };
+        match costs.field {
+            Some(_) => costs.values.values().copied().fold(costs.cost, u64::min),
+            None => costs.cost,
+        }
+    }
+
+    /// Status streams and buffered relays open on this replica, and callers holding one here.
+    pub fn open_slots(&self) -> (u32, u32, usize) {
+        (
+            self.slots.open(SlotKind::Stream),
+            self.slots.open(SlotKind::Relay),
+            self.slots.tracked(),
+        )
     }
 
     /// Whether the store answers now (a `PING` within the store timeout).
@@ -342,7 +489,12 @@ static EMPTY_TIER: TierLimits = TierLimits {
     max_inflight_jobs: None,
     daily_requests: None,
     daily_credits: None,
+    streams_per_caller: None,
+    relays_per_caller: None,
 };
+
+/// A caller refused a stream or relay slot is told to retry after this long.
+const SLOT_RETRY: Duration = Duration::from_secs(5);
 
 /// IPv6 clients are counted per /64: one host usually owns the whole prefix.
 fn ip_key(ip: IpAddr) -> IpAddr {

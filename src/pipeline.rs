@@ -1,11 +1,15 @@
 //! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → read and validate input → claim the idempotency key → admit (rates, quota,
-//! concurrency) → check ownership → forward → record ownership and the job → relay.
+//! authorize → precheck limits (calls with a body) → read and validate input → claim the
+//! idempotency key → open a stream / relay slot → admit (rates, quota, concurrency) → check
+//! ownership → forward → record ownership and the job → relay.
 //! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
 //! Each step returns a proof value or a [`GateError`]; none writes a response.
 //!
 //! Input is validated before admission because a call's credit cost depends on it (e.g. the
-//! `model` field); validation is microseconds and a refused input consumes nothing.
+//! `model` field); a refused input consumes nothing. Reading and validating a body (up to
+//! `max_body_bytes`) is the expensive part, so the precheck first refuses a caller already over
+//! a rate, quota (at the endpoint's cheapest price) or concurrency limit, consuming nothing;
+//! `admit` then charges the real price atomically.
 
 mod idempotency;
 
@@ -20,7 +24,7 @@ use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
 use crate::input;
-use crate::limits::{Admission, OpClass, Subject};
+use crate::limits::{Admission, OpClass, Slot, SlotKind, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
 use crate::telemetry::metrics;
@@ -39,9 +43,22 @@ pub async fn handle(
     let grant = gate.policy.authorize(&caller, &call)?;
     let mut forwarded = upstream::forwarded_headers(headers)?;
     grant.cap_priority(&mut forwarded);
+    let principal = caller.principal();
     // The body's budget charge is held until the answer is made (the bytes are forwarded).
     let (input, _charge) = match call.has_body() {
         true => {
+            // Refuse before spending: a caller over a limit costs no body read or validation.
+            let subject = Subject {
+                principal: &principal,
+                tier: &caller.tier,
+            };
+            let endpoint = grant.endpoint.as_ref().map(|e| e.as_str());
+            if let Err(refused) = gate.limiter.precheck(&subject, class(&call), endpoint).await {
+                // Unless it is the retry of a submit already answered: that one is replayed.
+                if !idempotency::answered(gate, &principal, &call, headers).await? {
+                    return Err(refused.into());
+                }
+            }
             let (input, charge) = read_input(gate, &caller, &grant, headers, body).await?;
             (Some(input), Some(charge))
         }
@@ -50,7 +67,6 @@ pub async fn handle(
     if let Some(input) = &input {
         grant.check_options(&input.value)?;
     }
-    let principal = caller.principal();
     let claim = match idempotency::claim(gate, &principal, &call, headers, input.as_ref()).await? {
         Claim::Replay(response) => return Ok(response),
         Claim::New(key) => key,
@@ -63,16 +79,21 @@ pub async fn handle(
     outcome.map(Answer::into_response)
 }
 
-/// What fal answered, with the caller's `RateLimit` headers.
+/// What fal answered, with the caller's `RateLimit` headers (and, for a result or sync run,
+/// the relay slot its body holds until it is sent).
 pub(crate) enum Answer {
-    Buffered(relay::Buffered, Admission),
+    Buffered(relay::Buffered, Admission, Option<Slot>),
     Streamed(Response, Admission),
 }
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let (mut response, admission) = match self {
-            Self::Buffered(answer, admission) => (answer.into_response(), admission),
+            Self::Buffered(answer, admission, None) => (answer.into_response(), admission),
+            Self::Buffered(answer, admission, Some(slot)) => {
+                let response = answer.into_response();
+                (response.map(|body| crate::body::held(body, slot)), admission)
+            }
             Self::Streamed(response, admission) => (response, admission),
         };
         response.headers_mut().extend(admission.headers());
@@ -99,6 +120,11 @@ async fn admitted(
         (Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
         _ => 0,
     };
+    // Before admission, so a call refused for want of a slot consumes nothing; freed on drop.
+    let slot = match slot_kind(call) {
+        Some(kind) => Some(gate.limiter.open_slot(&subject, kind).await?),
+        None => None,
+    };
     let admission = gate.limiter.admit(&subject, class(call), entry, credits).await?;
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
         gate.ownership.check(principal, &app, id).await?;
@@ -112,10 +138,10 @@ async fn admitted(
         metrics::upstream_answered(call.op_name(), started.elapsed());
         match sent {
             Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
-                .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response), admission.clone())),
+                .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response, slot), admission.clone())),
             Ok(response) => relay::buffer(&gate.upstream, call, response)
                 .await
-                .map(|b| Answer::Buffered(b, admission.clone())),
+                .map(|b| Answer::Buffered(b, admission.clone(), slot)),
             Err(err) => Err(err),
         }
     };
@@ -149,21 +175,21 @@ impl Bookkeeping {
     fn of(call: &Call, answer: &Result<Answer, GateError>) -> Self {
         let success = |a: &relay::Buffered| a.status.is_success();
         match (&call.op, answer) {
-            (Op::Submit { endpoint, .. }, Ok(Answer::Buffered(buffered, _))) if success(buffered) => buffered
+            (Op::Submit { endpoint, .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => buffered
                 .submitted_id()
                 .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
             // fal may have queued it: keep the slot and the spend rather than invite a second job.
             (Op::Submit { .. } | Op::Run { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => Self::Nothing,
-            (Op::Submit { .. } | Op::StorageInitiate, Ok(Answer::Buffered(buffered, _))) if !success(buffered) => {
+            (Op::Submit { .. } | Op::StorageInitiate, Ok(Answer::Buffered(buffered, ..))) if !success(buffered) => {
                 Self::Refund
             }
             (Op::Submit { .. } | Op::StorageInitiate, Err(_)) => Self::Refund,
             // A sync run holds its slot only while it runs; it keeps its spend.
-            (Op::Run { .. }, Ok(Answer::Buffered(buffered, _))) if success(buffered) => Self::RunDone,
+            (Op::Run { .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => Self::RunDone,
             (Op::Run { .. }, _) => Self::Refund,
             (
                 Op::Status { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. },
-                Ok(Answer::Buffered(buffered, _)),
+                Ok(Answer::Buffered(buffered, ..)),
             ) if finished(call, buffered) => Self::Finished(id.clone()),
             _ => Self::Nothing,
         }
@@ -191,6 +217,16 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         Op::Result { .. } | Op::Cancel { .. } => answer.status.is_success(),
         Op::Status { .. } => answer.status.is_success() && answer.completed(),
         _ => false,
+    }
+}
+
+/// The slot a call holds while its answer is relayed: an open event stream, or a large answer
+/// (model output) read whole before it is sent. Control answers are small and quick.
+fn slot_kind(call: &Call) -> Option<SlotKind> {
+    match call.op {
+        Op::StatusStream { .. } => Some(SlotKind::Stream),
+        Op::Result { .. } | Op::Run { .. } => Some(SlotKind::Relay),
+        _ => None,
     }
 }
 

@@ -99,6 +99,11 @@ impl Upstream {
         &self.budget
     }
 
+    /// The longest a relayed stream stays open.
+    pub fn max_stream_lifetime(&self) -> Duration {
+        self.config.max_stream_lifetime
+    }
+
     /// The largest answer read whole for this call: model output may be larger than control answers.
     pub fn max_answer_bytes(&self, call: &Call) -> usize {
         match call.op {

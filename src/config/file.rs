@@ -58,6 +58,7 @@ pub(crate) struct RawUpstream {
     pub(crate) max_response_bytes: usize,
     pub(crate) max_result_bytes: usize,
     pub(crate) buffer_budget_bytes: usize,
+    pub(crate) max_stream_lifetime_ms: u64,
 }
 
 impl Default for RawUpstream {
@@ -73,6 +74,7 @@ impl Default for RawUpstream {
             max_response_bytes: 1_048_576,
             max_result_bytes: 33_554_432,
             buffer_budget_bytes: 67_108_864,
+            max_stream_lifetime_ms: 3_600_000,
         }
     }
 }

@@ -4,13 +4,15 @@
 --       Unused keys repeat KEYS[1], so a call touches only the keys it declares.
 -- ARGV: 1 rate emission_us, 2 rate burst (0 = none), 3 endpoint emission_us, 4 endpoint burst
 --       (0 = none), 5 quota ('1' = counted), 6 max requests (-1 = none), 7 max credits (-1),
---       8 cost, 9 day offset_us, 10 max inflight (-1 = none), 11 inflight ttl_us, 12 reservation
+--       8 cost, 9 day offset_us, 10 max inflight (-1 = none), 11 inflight ttl_us, 12 reservation,
+--       13 '1' = check only (the precheck before a body is read): same answer, nothing written.
 -- Returns {0, rate_left, rate_reset_us, ep_left, ep_reset_us, day, requests, credits,
 --          day_reset_us, inflight} or {code, detail}: 1 rate, 2 endpoint (retry_us),
 --          3 requests, 4 credits (reset_us), 5 inflight (count).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local DAY = 86400000000
+local check_only = ARGV[13] == '1'
 
 local function fmt(n) return string.format('%.0f', n) end
 
@@ -43,8 +45,13 @@ end
 local inflight = -1
 local max_inflight = tonumber(ARGV[10])
 if max_inflight >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - tonumber(ARGV[11])))
-  inflight = redis.call('ZCARD', KEYS[4])
+  local oldest = now - tonumber(ARGV[11])
+  if check_only then
+    inflight = redis.call('ZCOUNT', KEYS[4], '(' .. fmt(oldest), '+inf')
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(oldest))
+    inflight = redis.call('ZCARD', KEYS[4])
+  end
   if inflight >= max_inflight then return {5, inflight} end
   inflight = inflight + 1
 end
@@ -60,6 +67,10 @@ local ep_burst = tonumber(ARGV[4])
 if ep_burst > 0 then
   ep_tat, ep_left, ep_reset = gcra(KEYS[2], tonumber(ARGV[3]), ep_burst)
   if not ep_tat then return {2, ep_left} end
+end
+
+if check_only then
+  return {0, rate_left, rate_reset, ep_left, ep_reset, day, requests, credits, day_reset, inflight}
 end
 
 -- Every check passed: consume. Each key expires once it no longer matters.

@@ -10,9 +10,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Limits per tier, by tier name (the token's `tier` claim).
+    /// Limits per tier, by tier name (the token's `tier` claim). Default: one empty `default`.
+    #[serde(default = "default_tiers")]
     pub tiers: BTreeMap<String, TierLimits>,
     /// The tier of callers whose token names no tier, or a tier not configured here.
+    #[serde(default = "default_tier_name")]
     pub default_tier: String,
     /// A global rate on submits per endpoint (all callers together), by endpoint id.
     #[serde(default)]
@@ -41,6 +43,18 @@ pub struct LimitsConfig {
     /// Most callers (and IPs) tracked in process; the least used are evicted past it.
     #[serde(default = "default_max_tracked_callers")]
     pub max_tracked_callers: u64,
+    /// Status streams one caller may hold open at once (a tier may override it).
+    #[serde(default = "default_per_caller")]
+    pub streams_per_caller: u32,
+    /// Buffered answers (result, sync run) relayed to one caller at once (a tier may override it).
+    #[serde(default = "default_per_caller")]
+    pub relays_per_caller: u32,
+    /// Status streams open on this replica at once, all callers together.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Buffered answers relayed by this replica at once, all callers together.
+    #[serde(default = "default_max_relays")]
+    pub max_relays: u32,
 }
 
 /// The limits of one tier.
@@ -61,6 +75,10 @@ pub struct TierLimits {
     pub daily_requests: Option<u64>,
     /// Credits per quota day.
     pub daily_credits: Option<u64>,
+    /// Overrides `[limits] streams_per_caller` for this tier.
+    pub streams_per_caller: Option<u32>,
+    /// Overrides `[limits] relays_per_caller` for this tier.
+    pub relays_per_caller: Option<u32>,
 }
 
 /// Fastest rate accepted: one call per microsecond.
@@ -133,6 +151,26 @@ fn default_max_tracked_callers() -> u64 {
     100_000
 }
 
+fn default_tiers() -> BTreeMap<String, TierLimits> {
+    BTreeMap::from([(default_tier_name(), TierLimits::default())])
+}
+
+fn default_tier_name() -> String {
+    "default".to_owned()
+}
+
+fn default_per_caller() -> u32 {
+    8
+}
+
+fn default_max_streams() -> u32 {
+    2048
+}
+
+fn default_max_relays() -> u32 {
+    256
+}
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid [limits] config: {0}")]
@@ -142,8 +180,8 @@ impl LimitsConfig {
     /// No rate, quota or concurrency limit (no `[limits]` section); idempotency still works.
     pub fn unlimited() -> Self {
         Self {
-            tiers: BTreeMap::from([("default".to_owned(), TierLimits::default())]),
-            default_tier: "default".to_owned(),
+            tiers: default_tiers(),
+            default_tier: default_tier_name(),
             endpoint_rates: BTreeMap::new(),
             unauthenticated_ip_rate: None,
             credits: CreditsConfig::default(),
@@ -153,6 +191,10 @@ impl LimitsConfig {
             inflight_ttl_seconds: default_inflight_ttl_seconds(),
             on_store_error: OnStoreError::default(),
             max_tracked_callers: default_max_tracked_callers(),
+            streams_per_caller: default_per_caller(),
+            relays_per_caller: default_per_caller(),
+            max_streams: default_max_streams(),
+            max_relays: default_max_relays(),
         }
     }
 
@@ -184,6 +226,25 @@ impl LimitsConfig {
                     .iter()
                     .map(|rate| ("limits.unauthenticated_ip_rate".to_owned(), rate)),
             );
+        let caps = [
+            ("limits.streams_per_caller", Some(self.streams_per_caller)),
+            ("limits.relays_per_caller", Some(self.relays_per_caller)),
+            ("limits.max_streams", Some(self.max_streams)),
+            ("limits.max_relays", Some(self.max_relays)),
+        ]
+        .into_iter()
+        .chain(self.tiers.values().flat_map(|tier| {
+            [
+                ("limits.tiers.*.streams_per_caller", tier.streams_per_caller),
+                ("limits.tiers.*.relays_per_caller", tier.relays_per_caller),
+            ]
+        }));
+        for (name, cap) in caps {
+            // 0 would refuse every stream: disallow the operation in [tiers] instead.
+            if cap == Some(0) {
+                return Err(LimitsConfigError(format!("`{name}` must be at least 1")));
+            }
+        }
         for (key, rate) in tier_rates.chain(other_rates) {
             if rate.burst == 0 || rate.per_minute == 0 {
                 return Err(LimitsConfigError(format!(

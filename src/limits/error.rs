@@ -15,6 +15,13 @@ pub enum LimitError {
     RateLimited { retry_after: Duration, policy: PolicyState },
     #[error("too many jobs in flight; wait for one to finish")]
     ConcurrencyLimited { retry_after: Duration, policy: PolicyState },
+    /// A stream or relay cap (the caller's, or this replica's when `policy` is None).
+    #[error("{message}")]
+    SlotsTaken {
+        message: String,
+        retry_after: Duration,
+        policy: Option<PolicyState>,
+    },
     #[error("the daily quota is used up; it resets in {} s", reset_after.as_secs())]
     QuotaExceeded { reset_after: Duration, policy: PolicyState },
     #[error("the limits store is unavailable")]
@@ -30,7 +37,9 @@ impl LimitError {
     /// clients), 503 for a down store, 422 / 409 for idempotency conflicts.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } | Self::SlotsTaken { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             Self::StoreDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -42,7 +51,7 @@ impl LimitError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::RateLimited { .. } => "rate_limited",
-            Self::ConcurrencyLimited { .. } => "concurrency_limited",
+            Self::ConcurrencyLimited { .. } | Self::SlotsTaken { .. } => "concurrency_limited",
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::StoreDown => "dependency_unavailable",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -67,6 +76,15 @@ impl LimitError {
             } => {
                 let mut headers = vec![retry_after(*wait)];
                 headers.extend(ratelimit_headers(std::slice::from_ref(policy)));
+                headers
+            }
+            Self::SlotsTaken {
+                retry_after: wait,
+                policy,
+                ..
+            } => {
+                let mut headers = vec![retry_after(*wait)];
+                headers.extend(ratelimit_headers(policy.as_slice()));
                 headers
             }
             Self::StoreDown | Self::IdempotencyInFlight => {

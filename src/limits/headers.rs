@@ -16,7 +16,7 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyState {
     /// The policy's name: `submit`, `poll`, `cancel`, `upload`, `endpoint`, `daily-requests`,
-    /// `daily-credits`, `inflight` or `unauthenticated`.
+    /// `daily-credits`, `inflight`, `streams`, `relays` or `unauthenticated`.
     pub name: &'static str,
     /// The quota units of the policy (`q`): the burst, day total or concurrency cap.
     pub quota: u64,

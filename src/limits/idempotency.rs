@@ -103,6 +103,32 @@ impl Idempotency {
         Ok(self.begin_at(principal, key, body_hash, SystemTime::now()))
     }
 
+    /// Whether `key`'s first use was answered (a retry will be replayed). A store error is a no.
+    pub async fn answered(&self, principal: &str, key: &str) -> bool {
+        if let Some(store) = &self.redis {
+            let mut connection = store.connection();
+            let mut exists = redis::cmd("HEXISTS");
+            exists.arg(redis_key(store, principal, key)).arg("status");
+            match store.timed(exists.query_async::<bool>(&mut connection)).await {
+                Ok(answered) => return answered,
+                Err(err) => {
+                    if self.errors.fallback(self.on_store_error, &err).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.answered_at(principal, key, SystemTime::now())
+    }
+
+    /// The in-process [`Self::answered`] at `now`.
+    pub fn answered_at(&self, principal: &str, key: &str, now: SystemTime) -> bool {
+        self.memory.get(&memory_key(principal, key)).is_some_and(|entry| {
+            let entry = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            entry.answer.is_some() && entry.expires_us > micros(now)
+        })
+    }
+
     /// Stores the answer to replay for `key` (only after [`IdemState::New`]).
     pub async fn complete(&self, principal: &str, key: &str, status: u16, body: &[u8]) {
         self.finish(principal, key, Some((status, body))).await;

@@ -53,20 +53,43 @@ impl MemoryStore {
             .map(|(name, rate)| (self.rates.get_with(format!("ep:{name}"), Default::default), rate));
         // Lock order is always caller, then endpoint, so two admissions cannot deadlock.
         let mut endpoint_tat = endpoint.as_ref().map(|(tat, rate)| (lock(tat), *rate));
-        match check(
+        outcome(check(
             &mut state,
             endpoint_tat.as_mut().map(|(tat, rate)| (&mut **tat, *rate)),
             plan,
             now_us,
-        ) {
-            Ok(granted) => Outcome::Admitted(granted),
-            Err(refusal) => Outcome::Refused(refusal),
-        }
+            true,
+        ))
     }
 
-    /// One GCRA step on an unauthenticated client's key (an IP or IPv6 /64).
-    pub(crate) fn admit_ip(&self, ip: IpAddr, rate: Rate, now_us: u64) -> Result<Gauge, u64> {
-        let tat = self.rates.get_with(format!("ip:{ip}"), Default::default);
+    /// Checks every limit of `plan` at `now_us` and consumes nothing. A caller or endpoint not
+    /// tracked yet is checked against a fresh state and is not added: a precheck never grows
+    /// the caches.
+    pub(crate) fn precheck(&self, plan: &Plan<'_>, now_us: u64) -> Outcome {
+        let caller = self.callers.get(plan.tag);
+        let mut fresh = CallerState::default();
+        let mut held = caller.as_deref().map(lock);
+        let state = held.as_deref_mut().unwrap_or(&mut fresh);
+        let endpoint = plan
+            .endpoint
+            .map(|(name, rate)| (self.rates.get(&format!("ep:{name}")), rate));
+        let mut fresh_tat = 0;
+        let mut endpoint_tat = endpoint.as_ref().map(|(tat, rate)| (tat.as_deref().map(lock), *rate));
+        let endpoint_tat = endpoint_tat
+            .as_mut()
+            .map(|(tat, rate)| (tat.as_deref_mut().unwrap_or(&mut fresh_tat), *rate));
+        outcome(check(state, endpoint_tat, plan, now_us, false))
+    }
+
+    /// One GCRA step on an unauthenticated client's key (an IP or IPv6 /64), taken only when
+    /// `consume` (a check alone never adds the key).
+    pub(crate) fn admit_ip(&self, ip: IpAddr, rate: Rate, now_us: u64, consume: bool) -> Result<Gauge, u64> {
+        let key = format!("ip:{ip}");
+        if !consume {
+            let tat = self.rates.get(&key).map_or(0, |tat| *lock(&tat));
+            return gcra(tat, now_us, rate).map(|(_, gauge)| gauge);
+        }
+        let tat = self.rates.get_with(key, Default::default);
         let mut tat = lock(&tat);
         let (next, gauge) = gcra(*tat, now_us, rate)?;
         *tat = next;
@@ -99,11 +122,20 @@ impl MemoryStore {
     }
 }
 
+fn outcome(checked: Result<Granted, Refusal>) -> Outcome {
+    match checked {
+        Ok(granted) => Outcome::Admitted(granted),
+        Err(refusal) => Outcome::Refused(refusal),
+    }
+}
+
+/// Checks every limit of `plan`; consumes them all when `consume` and all pass.
 fn check(
     state: &mut CallerState,
     endpoint: Option<(&mut u64, Rate)>,
     plan: &Plan<'_>,
     now: u64,
+    consume: bool,
 ) -> Result<Granted, Refusal> {
     let mut granted = Granted::default();
     let mut quota_next = None;
@@ -144,6 +176,9 @@ fn check(
         Some((tat, rate)) => Some(gcra(**tat, now, *rate).map_err(|retry_us| Refusal::Endpoint { retry_us })?),
         None => None,
     };
+    if !consume {
+        return Ok(granted);
+    }
     // Every check passed: consume.
     if let Some((tat, gauge)) = rate_next {
         state.tats[class] = tat;

@@ -1,5 +1,6 @@
 //! The Redis backend: each admission is one `EVALSHA` of `admit.lua` (one round trip), timed by
-//! Redis `TIME`. Keys: `<prefix>:{<caller>}:rate:<class>`, `…:quota`, `…:inflight` share the
+//! Redis `TIME`; the precheck runs the same script in check-only mode. Keys:
+//! `<prefix>:{<caller>}:rate:<class>`, `…:quota`, `…:inflight`, `…:streams`, `…:relays` share the
 //! caller's hash tag; `<prefix>:{<endpoint>}:ep-rate` and `<prefix>:{<ip>}:ip-rate` have their own.
 
 use std::net::IpAddr;
@@ -14,23 +15,55 @@ pub(crate) struct RedisLimits {
     store: RedisStore,
     admit: Script,
     release: Script,
+    slots: RedisSlots,
+}
+
+/// Whether the admission script consumes or only checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Consume,
+    CheckOnly,
+}
+
+/// The slot script on one Redis; cloned into the task that keeps a slot alive.
+#[derive(Clone)]
+pub(crate) struct RedisSlots {
+    store: RedisStore,
+    script: Script,
+}
+
+/// What the slot script is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotOp {
+    Open { max: u32 },
+    Refresh,
+    Close,
 }
 
 impl RedisLimits {
     pub(crate) fn new(store: RedisStore) -> Self {
         Self {
+            slots: RedisSlots {
+                store: store.clone(),
+                script: Script::new(include_str!("slots.lua")),
+            },
             store,
             admit: Script::new(include_str!("admit.lua")),
             release: Script::new(include_str!("release.lua")),
         }
     }
 
+    pub(crate) fn slots(&self) -> &RedisSlots {
+        &self.slots
+    }
+
     pub(crate) fn store(&self) -> &RedisStore {
         &self.store
     }
 
-    /// Checks and consumes every limit of `plan` in one atomic script.
-    pub(crate) async fn admit(&self, plan: &Plan<'_>) -> Result<Outcome, StoreError> {
+    /// Checks every limit of `plan` in one atomic script, and consumes them all if all pass
+    /// (`Mode::Consume`) or nothing (`Mode::CheckOnly`).
+    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Outcome, StoreError> {
         let rate_key = self.store.tagged(plan.tag, plan.class.rate_key());
         let endpoint_key = plan.endpoint.map(|(name, _)| self.store.key(name, "ep-rate"));
         let mut invocation = self.admit.prepare_invoke();
@@ -68,18 +101,20 @@ impl RedisLimits {
                 .arg(inflight.reservation),
             None => invocation.arg(-1).arg(0).arg(""),
         };
+        invocation.arg(check_only(mode));
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
         parse_admit(&reply)
     }
 
     /// One GCRA step on an unauthenticated client's key, through the same script.
-    pub(crate) async fn admit_ip(&self, ip: IpAddr, rate: Rate) -> Result<Result<Gauge, u64>, StoreError> {
+    pub(crate) async fn admit_ip(&self, ip: IpAddr, rate: Rate, mode: Mode) -> Result<Result<Gauge, u64>, StoreError> {
         let key = self.store.key(&ip.to_string(), "ip-rate");
         let mut invocation = self.admit.prepare_invoke();
         invocation.key(&key).key(&key).key(&key).key(&key);
         invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
         invocation.arg("0").arg(-1).arg(-1).arg(0).arg(0).arg(-1).arg(0).arg("");
+        invocation.arg(check_only(mode));
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
         match parse_admit(&reply)? {
@@ -112,6 +147,46 @@ impl RedisLimits {
             .timed(invocation.invoke_async::<i64>(&mut connection))
             .await
             .map(drop)
+    }
+}
+
+impl RedisSlots {
+    /// Runs one slot operation on `key` (`now_ms` = None: Redis `TIME`). `Ok(false)`: full.
+    pub(crate) async fn run(
+        &self,
+        key: &str,
+        id: &str,
+        op: SlotOp,
+        ttl_ms: u64,
+        now_ms: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let (name, max) = match op {
+            SlotOp::Open { max } => ("open", max),
+            SlotOp::Refresh => ("refresh", 0),
+            SlotOp::Close => ("close", 0),
+        };
+        let mut invocation = self.script.prepare_invoke();
+        invocation.key(key).arg(name).arg(id).arg(max).arg(ttl_ms);
+        invocation.arg(now_ms.map(|ms| ms.to_string()).unwrap_or_default());
+        let mut connection = self.store.connection();
+        let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
+        match reply.first() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(StoreError::Protocol(format!("slot script answered {reply:?}"))),
+        }
+    }
+
+    /// The key of one caller's slots of `kind`.
+    pub(crate) fn key(&self, tag: &str, kind: &str) -> String {
+        self.store.tagged(tag, kind)
+    }
+}
+
+fn check_only(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Consume => "0",
+        Mode::CheckOnly => "1",
     }
 }
 

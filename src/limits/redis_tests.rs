@@ -198,3 +198,101 @@ async fn d59_redis_cut_with_allow_falls_back_to_bounded_local_limits_and_recover
         .unwrap()
         .starts_with(r#""cancel";r=1"#));
 }
+
+#[tokio::test]
+async fn a_precheck_on_redis_consumes_nothing_and_sees_the_other_replicas_spend() {
+    let (a, b) = replicas(|_| {});
+    for _ in 0..50 {
+        a.precheck(&ALICE, OpClass::Cancel, None).await.unwrap();
+    }
+    // pro cancel: burst 20, shared.
+    for n in 0..20 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        replica.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
+    }
+    assert_eq!(
+        b.precheck(&ALICE, OpClass::Cancel, None).await.unwrap_err().code(),
+        "rate_limited"
+    );
+    let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    for _ in 0..10 {
+        a.precheck_unauthenticated(ip).await.unwrap();
+    }
+    // burst 2, shared.
+    a.admit_unauthenticated(ip).await.unwrap();
+    b.admit_unauthenticated(ip).await.unwrap();
+    assert_eq!(b.precheck_unauthenticated(ip).await.unwrap_err().code(), "rate_limited");
+}
+
+#[tokio::test]
+async fn a_precheck_on_redis_counts_jobs_in_flight_without_reserving() {
+    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(1));
+    a.precheck(&ALICE, OpClass::Submit, None).await.unwrap();
+    a.precheck(&ALICE, OpClass::Submit, None).await.unwrap();
+    let first = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
+    assert_eq!(
+        a.precheck(&ALICE, OpClass::Submit, None).await.unwrap_err().code(),
+        "concurrency_limited"
+    );
+    b.refund_inflight(&first).await;
+    a.precheck(&ALICE, OpClass::Submit, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_slots_are_shared_by_replicas_and_freed_when_dropped() {
+    let (a, b) = replicas(|config| config.streams_per_caller = 2);
+    let on_a = a.open_slot(&ALICE, SlotKind::Stream).await.unwrap();
+    let _on_b = b.open_slot(&ALICE, SlotKind::Stream).await.unwrap();
+    let refused = a.open_slot(&ALICE, SlotKind::Stream).await.unwrap_err();
+    assert_eq!(refused.code(), "concurrency_limited");
+    // Another caller, and the other kind, are counted apart.
+    let bob = Subject {
+        principal: "iss|bob",
+        tier: "pro",
+    };
+    let _bobs = b.open_slot(&bob, SlotKind::Stream).await.unwrap();
+    let _relay = a.open_slot(&ALICE, SlotKind::Relay).await.unwrap();
+    drop(on_a);
+    // The keeper task closes the slot on Redis; poll for it with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let _again = loop {
+        match b.open_slot(&ALICE, SlotKind::Stream).await {
+            Ok(slot) => break slot,
+            Err(_) if std::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(err) => panic!("the dropped slot was never closed: {err}"),
+        }
+    };
+    assert_eq!(a.open_slots().2, 0, "with Redis, callers are not counted in process");
+}
+
+#[tokio::test]
+async fn a_dead_replicas_slots_lapse_after_the_slot_ttl() {
+    let (a, _) = replicas(|_| {});
+    let redis = a.redis.as_ref().unwrap().slots();
+    let key = redis.key("test-caller", "streams");
+    let ttl = slots::ttl_ms();
+    let t0 = micros(SystemTime::now()) / 1000;
+    for id in ["s1", "s2"] {
+        assert!(redis
+            .run(&key, id, SlotOp::Open { max: 2 }, ttl, Some(t0))
+            .await
+            .unwrap());
+    }
+    assert!(!redis
+        .run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl - 1))
+        .await
+        .unwrap());
+    // s2 is refreshed by its (live) replica; s1's replica died.
+    redis
+        .run(&key, "s2", SlotOp::Refresh, ttl, Some(t0 + ttl - 1))
+        .await
+        .unwrap();
+    assert!(redis
+        .run(&key, "s3", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl))
+        .await
+        .unwrap());
+    assert!(!redis
+        .run(&key, "s4", SlotOp::Open { max: 2 }, ttl, Some(t0 + ttl))
+        .await
+        .unwrap());
+}

@@ -384,3 +384,159 @@ fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
     let later = SystemTime::now() + Duration::from_secs(601);
     assert_eq!(idem.begin_at("iss|alice", "k1", "h2", later), IdemState::New);
 }
+
+#[tokio::test]
+async fn a_precheck_consumes_nothing_and_refuses_what_admit_would() {
+    let limiter = limiter();
+    limiter.precheck_at(&BOB, OpClass::Cancel, None, at(0.0)).await.unwrap();
+    assert_eq!(limiter.tracked_callers(), 0, "a precheck grew the caller cache");
+    limiter
+        .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        limiter
+            .precheck_at(&ALICE, OpClass::Cancel, None, at(0.0))
+            .await
+            .unwrap();
+    }
+    for _ in 1..5 {
+        limiter
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+            .await
+            .unwrap();
+    }
+    let refused = limiter
+        .precheck_at(&ALICE, OpClass::Cancel, None, at(0.0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "rate_limited");
+    assert_eq!(refused.headers()[0].1, HeaderValue::from(3u64));
+    limiter.precheck_at(&BOB, OpClass::Cancel, None, at(0.0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_precheck_assumes_the_cheapest_price_and_counts_jobs_in_flight() {
+    let limiter = limiter();
+    let vpg = Some("fal-ai/video-prompt-generator");
+    assert_eq!(limiter.min_credits(vpg), 1);
+    assert_eq!(limiter.min_credits(Some("fal-ai/flux/dev")), 2);
+    assert_eq!(limiter.min_credits(Some("fal-ai/unlisted")), 1);
+    assert_eq!(limiter.min_credits(None), 0);
+    // free: 10 credits, 2 jobs in flight.
+    let first = limiter
+        .admit_at(&ALICE, OpClass::Submit, vpg, 5, at(0.0))
+        .await
+        .unwrap();
+    limiter.job_started(&first, "req-1").await;
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, vpg, 4, at(10.0))
+        .await
+        .unwrap();
+    let full = limiter
+        .precheck_at(&ALICE, OpClass::Submit, vpg, at(20.0))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), "concurrency_limited");
+    limiter.job_finished(&ALICE, "req-1").await;
+    // 9 of 10 credits spent: the cheapest call (1) fits, flux (2) does not.
+    limiter
+        .precheck_at(&ALICE, OpClass::Submit, vpg, at(20.0))
+        .await
+        .unwrap();
+    let poor = limiter
+        .precheck_at(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), at(20.0))
+        .await
+        .unwrap_err();
+    assert_eq!(poor.code(), "quota_exceeded");
+    // The precheck reserved nothing: the one free slot and the last credit are still there.
+    limiter
+        .admit_at(&ALICE, OpClass::Submit, vpg, 1, at(30.0))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_failed_authentication_precheck_consumes_nothing() {
+    let limiter = limiter();
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    for _ in 0..50 {
+        limiter.precheck_unauthenticated_at(ip, at(0.0)).await.unwrap();
+    }
+    limiter.admit_unauthenticated_at(ip, at(0.0)).await.unwrap();
+    limiter.admit_unauthenticated_at(ip, at(0.0)).await.unwrap();
+    let refused = limiter.precheck_unauthenticated_at(ip, at(0.0)).await.unwrap_err();
+    assert_eq!(refused.code(), "rate_limited");
+    // One call refills every 10 s.
+    limiter.precheck_unauthenticated_at(ip, at(10.0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_and_relay_slots_are_capped_per_caller_per_tier_and_per_replica() {
+    let mut config = config();
+    config.streams_per_caller = 2;
+    config.max_relays = 3;
+    config.tiers.get_mut("pro").unwrap().streams_per_caller = Some(4);
+    let limiter = Limiter::new(config, None).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(limiter.open_slot(&ALICE, SlotKind::Stream).await.unwrap());
+    }
+    let refused = limiter.open_slot(&ALICE, SlotKind::Stream).await.unwrap_err();
+    assert_eq!(
+        (refused.status().as_u16(), refused.code()),
+        (429, "concurrency_limited")
+    );
+    assert!(refused.to_string().contains("2 status streams"), "{refused}");
+    let headers = refused.headers();
+    assert_eq!(headers[0].0, http::header::RETRY_AFTER);
+    assert_eq!(headers[1].1, r#""streams";q=2;qu="concurrent-requests""#);
+    let pro = Subject {
+        principal: "iss|pat",
+        tier: "pro",
+    };
+    for _ in 0..4 {
+        held.push(limiter.open_slot(&pro, SlotKind::Stream).await.unwrap());
+    }
+    assert!(
+        limiter.open_slot(&pro, SlotKind::Stream).await.is_err(),
+        "pro's cap is 4"
+    );
+    for who in [ALICE, BOB, pro] {
+        held.push(limiter.open_slot(&who, SlotKind::Relay).await.unwrap());
+    }
+    let replica = limiter.open_slot(&BOB, SlotKind::Relay).await.unwrap_err();
+    assert_eq!(replica.code(), "concurrency_limited");
+    assert!(replica.to_string().contains("maximum of 3 results"), "{replica}");
+    held.remove(0);
+    limiter.open_slot(&ALICE, SlotKind::Stream).await.unwrap();
+    drop(held);
+    assert_eq!(limiter.open_slots(), (0, 0, 0));
+}
+
+#[test]
+fn a_limits_section_with_only_slot_caps_is_valid_and_zero_caps_are_refused() {
+    let caps: LimitsConfig = toml::from_str("streams_per_caller = 3").unwrap();
+    assert_eq!((caps.streams_per_caller, caps.relays_per_caller), (3, 8));
+    assert_eq!((caps.max_streams, caps.max_relays), (2048, 256));
+    Limiter::new(caps, None).unwrap();
+    let zero: LimitsConfig = toml::from_str("max_relays = 0").unwrap();
+    assert!(Limiter::new(zero, None).is_err());
+    let mut tier_zero = config();
+    tier_zero.tiers.get_mut("free").unwrap().relays_per_caller = Some(0);
+    assert!(Limiter::new(tier_zero, None).is_err());
+}
+
+#[test]
+fn only_an_answered_idempotency_key_counts_as_answered() {
+    let idem = Idempotency::new(Duration::from_secs(600), 100, None, OnStoreError::Deny);
+    let now = at(0.0);
+    assert!(!idem.answered_at("iss|alice", "k1", now));
+    assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::New);
+    assert!(!idem.answered_at("iss|alice", "k1", now), "pending is not answered");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(idem.complete("iss|alice", "k1", 200, b"{}"));
+    assert!(idem.answered_at("iss|alice", "k1", SystemTime::now()));
+    assert!(!idem.answered_at("iss|bob", "k1", SystemTime::now()));
+    assert!(!idem.answered_at("iss|alice", "k1", SystemTime::now() + Duration::from_secs(601)));
+}

@@ -48,6 +48,25 @@ pub(super) async fn claim(
     }
 }
 
+/// Whether this submit carries an `Idempotency-Key` whose first use was answered: its retry is
+/// replayed even when the caller is over a limit now (the precheck would otherwise refuse it and
+/// the caller would lose the answer of a job it paid for). A key with no stored answer, or a
+/// store error, is a no.
+pub(super) async fn answered(
+    gate: &Gate,
+    principal: &str,
+    call: &Call,
+    headers: &HeaderMap,
+) -> Result<bool, GateError> {
+    if !matches!(call.op, Op::Submit { .. }) {
+        return Ok(false);
+    }
+    match key(headers)? {
+        Some(key) => Ok(gate.limiter.idempotency().answered(principal, &key).await),
+        None => Ok(false),
+    }
+}
+
 /// What to do with a claimed key once the submit is over.
 pub(super) enum Settle {
     /// Store this answer for replay.
@@ -61,7 +80,7 @@ pub(super) enum Settle {
 impl Settle {
     pub(super) fn of(outcome: &Result<Answer, GateError>) -> Self {
         match outcome {
-            Ok(Answer::Buffered(answer, _)) if answer.status.is_success() => {
+            Ok(Answer::Buffered(answer, ..)) if answer.status.is_success() => {
                 Self::Complete(answer.status.as_u16(), answer.body.clone())
             }
             Err(GateError::SubmitOutcomeUnknown(_)) => Self::Keep,

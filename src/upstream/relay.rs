@@ -1,8 +1,10 @@
 //! Relaying fal's answer: status, body and a safe subset of headers. Event streams are relayed
 //! chunk by chunk, never buffered; an idle gap longer than the configured timeout, or an upstream
-//! that breaks off, aborts the client's response (an error, not a clean end). Every other answer
-//! is small JSON: it is read whole (bounded) and checked, so garbage becomes a 502 instead of a
-//! 200 the client cannot parse.
+//! that breaks off, aborts the client's response (an error, not a clean end), and a stream open
+//! for `upstream.max_stream_lifetime_ms` is ended cleanly (the fal client then polls again).
+//! Every other answer is small JSON: it is read whole (bounded) and checked, so garbage becomes a
+//! 502 instead of a 200 the client cannot parse. A guard (a limits slot) can ride in the body, so
+//! it is dropped when the body ends or the client goes away ([`stream`], `crate::body::held`).
 //!
 //! Every byte read whole is charged to one budget per process (`upstream.buffer_budget_bytes`)
 //! until the client's response body is dropped, so many large results at once cannot outgrow
@@ -171,8 +173,10 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     Ok(buffered)
 }
 
-/// Streams fal's answer to the client as it arrives.
-pub fn stream(upstream: &Upstream, response: FalResponse) -> Response {
+/// Streams fal's answer to the client as it arrives, for at most the configured stream
+/// lifetime; `hold` lives as long as the client's body (dropped at its end or when the client
+/// goes away).
+pub fn stream<G: Send + 'static>(upstream: &Upstream, response: FalResponse, hold: G) -> Response {
     let status = response.status();
     let mut headers = relayed_headers(response.headers());
     let is_event_stream = headers
@@ -185,6 +189,10 @@ pub fn stream(upstream: &Upstream, response: FalResponse) -> Response {
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
+    let body = lifetime_limited(body, upstream.max_stream_lifetime()).map(move |chunk| {
+        let _held = &hold;
+        chunk
+    });
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -216,6 +224,12 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Ends the stream cleanly once it has been open for `lifetime` (an SSE client then reconnects;
+/// an event cut short at that moment is discarded by it, as at any end).
+fn lifetime_limited<S: Stream + Send + 'static>(body: S, lifetime: Duration) -> impl Stream<Item = S::Item> + Send {
+    body.take_until(tokio::time::sleep(lifetime))
+}
+
 /// Ends the stream with an error when no chunk arrives within `idle`.
 fn idle_limited(
     body: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
@@ -233,4 +247,40 @@ fn idle_limited(
             )),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_ended_cleanly_at_its_lifetime_and_drops_what_it_holds() {
+        let (guard, mut released) = tokio::sync::oneshot::channel::<()>();
+        let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: {}\n\n"))])
+            .chain(futures_util::stream::pending());
+        let started = tokio::time::Instant::now();
+        let stream = lifetime_limited(events, Duration::from_secs(3600)).map(move |chunk| {
+            let _held = &guard;
+            chunk
+        });
+        let chunks: Vec<_> = stream.collect().await;
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].is_ok());
+        assert_eq!(started.elapsed(), Duration::from_secs(3600));
+        assert_eq!(
+            released.try_recv(),
+            Err(TryRecvError::Closed),
+            "the guard outlived its stream"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_ends_first_is_not_held_to_its_lifetime() {
+        let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: {}\n\n"))]);
+        let started = tokio::time::Instant::now();
+        let chunks: Vec<_> = lifetime_limited(events, Duration::from_secs(3600)).collect().await;
+        assert_eq!((chunks.len(), started.elapsed()), (1, Duration::ZERO));
+    }
 }

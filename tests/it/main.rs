@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admission;
 mod auth;
 mod cli;
 mod drain;

@@ -51,6 +51,8 @@ pub(crate) struct Builder {
     fal: Option<(Emulator, String)>,
     extra_config: String,
     env: Vec<(String, String)>,
+    /// The emulator's (queue_ms, progress_ms) when not the quick default.
+    job_ms: Option<(u64, u64)>,
 }
 
 impl Builder {
@@ -72,6 +74,12 @@ impl Builder {
         self
     }
 
+    /// Jobs stay queued `queue_ms`, then run `progress_ms` (status streams stay open as long).
+    pub(crate) fn job_ms(mut self, queue_ms: u64, progress_ms: u64) -> Self {
+        self.job_ms = Some((queue_ms, progress_ms));
+        self
+    }
+
     /// Adds an environment override.
     pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
@@ -84,9 +92,10 @@ impl Builder {
         let (emulator, emu) = match self.fal {
             Some(shared) => shared,
             None => {
+                let (queue_ms, progress_ms) = self.job_ms.unwrap_or((150, 300));
                 let emulator = Emulator::new(EmulatorConfig {
-                    queue_ms: 150,
-                    progress_ms: 300,
+                    queue_ms,
+                    progress_ms,
                     log_lines: 2,
                     stream_interval_ms: 50,
                 });
