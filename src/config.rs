@@ -6,6 +6,7 @@ mod auth;
 mod env;
 mod file;
 mod secrets;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};
 pub use secrets::FalCredentials;
+pub use telemetry::Telemetry;
 
 use crate::fal::EndpointId;
 use crate::limits::LimitsConfig;
@@ -65,6 +67,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Shared state across replicas; None = in process.
     pub redis: Option<RedisConfig>,
+    /// OpenTelemetry trace export (off unless an OTLP endpoint is configured).
+    pub telemetry: Telemetry,
 }
 
 /// Where fal is and how long to wait for it.
@@ -259,6 +263,7 @@ impl Config {
             schema_sources,
             limits,
             redis: raw.redis,
+            telemetry: telemetry::telemetry(raw.telemetry, sources)?,
         })
     }
 }

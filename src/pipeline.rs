@@ -9,8 +9,6 @@
 
 mod idempotency;
 
-use std::time::Instant;
-
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +21,6 @@ use crate::input;
 use crate::limits::{Admission, OpClass, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
-use crate::telemetry::metrics;
 use crate::upstream::{self, relay};
 use idempotency::{Claim, Settle};
 
@@ -99,12 +96,10 @@ async fn admitted(
         gate.ownership.check(principal, &app, id).await?;
     }
     let forward = async {
-        let started = Instant::now();
         let sent = gate
             .upstream
             .send(call, forwarded, input.map(|input| input.bytes))
             .await;
-        metrics::upstream_answered(call.op_name(), started.elapsed());
         match sent {
             Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
                 .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response), admission.clone())),

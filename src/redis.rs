@@ -127,21 +127,34 @@ impl RedisStore {
         .clone()
     }
 
-    /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`.
+    /// Runs a script invocation (`EVALSHA`, the limits' calls) with the store's timeout; see
+    /// [`RedisStore::timed_as`].
     pub async fn timed<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
+        self.timed_as("eval", call).await
+    }
+
+    /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`, and
+    /// records its latency and failure as `falgate_redis_*{op}`.
+    pub async fn timed_as<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        };
+        crate::telemetry::metrics::redis_call(op, started.elapsed(), result.is_ok());
+        result
     }
 
     /// Passes when Redis answers `PING` in time.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection();
-        self.timed(redis::cmd("PING").query_async::<String>(&mut connection))
+        self.timed_as("ping", redis::cmd("PING").query_async::<String>(&mut connection))
             .await
             .map(drop)
     }

@@ -21,6 +21,7 @@ use http_body_util::BodyDataStream;
 
 use crate::error::GateError;
 use crate::fal::{Call, FalRequestId, Op};
+use crate::telemetry::metrics;
 use crate::upstream::budget::Charge;
 use crate::upstream::{after_sent, FalResponse, Upstream};
 
@@ -184,7 +185,11 @@ pub fn stream(upstream: &Upstream, response: FalResponse) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
+    // Counted in `falgate_open_streams` for as long as the body lives.
+    let open = metrics::StreamGuard::open();
+    let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout()).inspect(move |_| {
+        let _held = &open;
+    });
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;

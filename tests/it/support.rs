@@ -37,6 +37,8 @@ unknown_fields = "allow"
 
 pub(crate) struct TestGate {
     pub(crate) url: String,
+    /// The admin listener (`/metrics`).
+    pub(crate) admin_url: String,
     pub(crate) emulator: Emulator,
     /// The emulator's base URL (fal's queue host).
     pub(crate) fal_url: String,
@@ -115,6 +117,7 @@ impl Builder {
         let public = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let app = falgate::app::build(config, &FalCredentials::new(FAL_KEY.to_owned())).unwrap();
         tokio::spawn(falgate::app::serve(public, admin, app, async move {
             stopped.await.ok();
@@ -126,6 +129,7 @@ impl Builder {
             .unwrap();
         TestGate {
             url,
+            admin_url,
             emulator,
             fal_url: emu,
             client,
