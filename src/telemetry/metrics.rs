@@ -129,12 +129,14 @@ fn gauges() -> &'static Gauges {
     })
 }
 
+/// A thread's cached handles, by label values.
+type Handles<K, H> = RefCell<HashMap<K, H>>;
+
 thread_local! {
-    static CALLS: RefCell<HashMap<(&'static str, &'static str, &'static str), Histogram>> =
-        RefCell::new(HashMap::new());
-    static UPSTREAM: RefCell<HashMap<(&'static str, u16), (Histogram, Counter)>> = RefCell::new(HashMap::new());
-    static REFUSALS: RefCell<HashMap<&'static str, Counter>> = RefCell::new(HashMap::new());
-    static REDIS: RefCell<HashMap<&'static str, (Histogram, Counter)>> = RefCell::new(HashMap::new());
+    static CALLS: Handles<(&'static str, &'static str, &'static str), Histogram> = RefCell::new(HashMap::new());
+    static UPSTREAM: Handles<(&'static str, u16), (Histogram, Counter)> = RefCell::new(HashMap::new());
+    static REFUSALS: Handles<&'static str, Counter> = RefCell::new(HashMap::new());
+    static REDIS: Handles<&'static str, (Histogram, Counter)> = RefCell::new(HashMap::new());
 }
 
 /// `2xx`, `4xx`, …
