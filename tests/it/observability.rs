@@ -44,28 +44,38 @@ fn parts(traceparent: &str) -> (String, String) {
     (fields[1].to_owned(), fields[2].to_owned())
 }
 
+async fn scrape(gate: &TestGate) -> String {
+    let metrics = gate.client.get(format!("{}/metrics", gate.admin_url)).send();
+    metrics.await.unwrap().text().await.unwrap()
+}
+
+/// The value of an unlabelled series in a scrape.
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
 #[tokio::test]
 async fn metrics_show_histogram_buckets_and_gauges_after_calls() {
     let gate = TestGate::spawn().await;
     let id = gate.submit("alice", json!({"input_concept": "a cat"})).await;
-    let stream = gate
+    let mut stream = gate
         .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status/stream"))
         .await;
     assert_eq!(stream.status(), 200);
-    stream.bytes().await.unwrap();
+    assert!(stream.chunk().await.unwrap().is_some());
+    // While this stream is open, it counts (other tests may hold streams too: at least one).
+    let during = scrape(&gate).await;
+    for gauge in ["falgate_open_streams", "falgate_calls_in_flight"] {
+        assert!(value(&during, gauge) >= 1.0, "{gauge} in\n{during}");
+    }
+    while stream.chunk().await.unwrap().is_some() {}
     let refused = gate
         .client
         .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", gate.url));
     assert_eq!(refused.send().await.unwrap().status(), 401);
-    let text = gate
-        .client
-        .get(format!("{}/metrics", gate.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&gate).await;
     for series in [
         r#"falgate_http_request_duration_seconds_bucket{route_family="/api/fal/queue/",operation="submit",status_class="2xx",le="0.005"}"#,
         r#"falgate_http_request_duration_seconds_bucket{route_family="/api/fal/queue/",operation="status_stream",status_class="2xx",le="300"}"#,
