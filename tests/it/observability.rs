@@ -11,9 +11,9 @@ use prost::Message;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::ChildStderr;
 
-use crate::support::{TestGate, FAL_KEY, SECRET, VPG};
+use crate::support::{Process, TestGate, FAL_KEY, SECRET, VPG};
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -172,51 +172,28 @@ async fn a_request_id_is_taken_only_from_a_trusted_proxy_and_reaches_fal() {
     }
 }
 
-/// A `falgate serve` child with JSON logs on stderr, in front of `gate`'s emulator.
-struct Process {
-    url: String,
+/// A `falgate serve` child with JSON logs on stderr, in front of `fal`.
+struct WithLogs {
+    process: Process,
     stderr: Lines<BufReader<ChildStderr>>,
-    _child: Child,
 }
 
-async fn process(fal: &str, env: &[(&str, &str)]) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_falgate"));
-    command
-        .args(["serve", "--config", "config/falgate.toml"])
-        .env_clear()
-        .env("FALGATE_LISTEN", "127.0.0.1:0")
-        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("FALGATE_LOG__FORMAT", "json")
-        .env("FALGATE_UPSTREAM__QUEUE_URL", fal)
-        .env("FALGATE_UPSTREAM__RUN_URL", format!("{fal}/fal.run"))
-        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .env("FAL_KEY", FAL_KEY)
-        .env("RUST_LOG", "info");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = stdout.next_line().await.unwrap() {
-        if let Some(url) = line.strip_prefix("falgate listening on ") {
-            tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-            return Process {
-                url: url.to_owned(),
-                stderr,
-                _child: child,
-            };
-        }
-    }
-    panic!("falgate exited before listening");
+async fn process(fal: &str, env: &[(&str, &str)]) -> WithLogs {
+    let env: Vec<(&str, &str)> = [("FALGATE_LOG__FORMAT", "json"), ("RUST_LOG", "info")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    let mut process = Process::serve_with_stderr(fal, &env, Stdio::piped()).await;
+    let stderr = BufReader::new(process.child.stderr.take().unwrap()).lines();
+    WithLogs { process, stderr }
 }
 
-impl Process {
+impl WithLogs {
+    /// The public URL.
+    fn url(&self) -> &str {
+        &self.process.url
+    }
+
     /// Reads stderr (JSON lines) until `wanted` holds for one, returning it and everything read.
     async fn line_where(&mut self, wanted: impl Fn(&Value) -> bool, seen: &mut String) -> Value {
         let read = async {
@@ -248,7 +225,7 @@ async fn the_json_access_line_names_the_call_and_never_the_token() {
     let client = reqwest::Client::new();
     let alice = token("alice@example.com", Duration::from_secs(600));
     let submit = client
-        .post(format!("{}/api/fal/queue/{VPG}", falgate.url))
+        .post(format!("{}/api/fal/queue/{VPG}", falgate.url()))
         .bearer_auth(&alice)
         .json(&json!({"input_concept": "a cat"}))
         .send()
@@ -283,7 +260,7 @@ async fn the_json_access_line_names_the_call_and_never_the_token() {
     let stream = client
         .get(format!(
             "{}/api/fal/queue/{VPG}/requests/{fal_request_id}/status/stream",
-            falgate.url
+            falgate.url()
         ))
         .bearer_auth(&alice)
         .send()
@@ -314,7 +291,7 @@ async fn the_json_access_line_names_the_call_and_never_the_token() {
     let refused = client
         .get(format!(
             "{}/api/fal/queue/{VPG}/requests/{fal_request_id}/status",
-            falgate.url
+            falgate.url()
         ))
         .bearer_auth(&expired)
         .send()
@@ -387,7 +364,7 @@ async fn spans_are_exported_over_otlp_and_fal_gets_the_same_trace() {
     let alice = token("alice", Duration::from_secs(600));
     for traceparent in [Some(CALLER_PARENT), None] {
         let mut call = client
-            .post(format!("{}/api/fal/queue/{VPG}", falgate.url))
+            .post(format!("{}/api/fal/queue/{VPG}", falgate.url()))
             .bearer_auth(&alice)
             .json(&json!({"input_concept": "a cat"}));
         if let Some(value) = traceparent {

@@ -241,6 +241,12 @@ pub(crate) struct Process {
 impl Process {
     /// Starts `falgate serve` with the shipped config, `fal` as every fal host, and `env`.
     pub(crate) async fn serve(fal: &str, env: &[(&str, &str)]) -> Self {
+        Self::serve_with_stderr(fal, env, std::process::Stdio::null()).await
+    }
+
+    /// [`Process::serve`], with the log lines (stderr) going to `stderr` (`Stdio::piped()` to
+    /// read them from `child.stderr`).
+    pub(crate) async fn serve_with_stderr(fal: &str, env: &[(&str, &str)], stderr: std::process::Stdio) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
             .args(["serve", "--config", "config/falgate.toml"])
@@ -253,7 +259,7 @@ impl Process {
             .env("FAL_KEY", FAL_KEY)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
