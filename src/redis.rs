@@ -176,3 +176,34 @@ pub fn tag_of(id: &str) -> String {
     let digest = Sha256::digest(id.as_bytes());
     hex::encode(&digest[..16])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics;
+
+    /// The value of `series` in a scrape (0 when absent).
+    fn sample(series: &str) -> f64 {
+        metrics::render(&metrics::handle())
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn a_failed_redis_call_is_timed_and_counted_by_operation() {
+        let store = RedisStore::connect(&RedisConfig {
+            // Nothing listens on port 1: the call fails (refused or timed out).
+            url: "redis://127.0.0.1:1".into(),
+            timeout_ms: 50,
+            key_prefix: "t".into(),
+        })
+        .unwrap();
+        let errors = r#"falgate_redis_errors_total{op="ping"}"#;
+        let calls = r#"falgate_redis_duration_seconds_count{op="ping"}"#;
+        let (errors_before, calls_before) = (sample(errors), sample(calls));
+        assert!(store.ping().await.is_err());
+        assert!(sample(errors) >= errors_before + 1.0);
+        assert!(sample(calls) >= calls_before + 1.0);
+    }
+}

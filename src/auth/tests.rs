@@ -430,3 +430,31 @@ async fn a_refused_token_says_why() {
 fn read_key(name: &str) -> Vec<u8> {
     std::fs::read(format!("{KEYS}/{name}")).unwrap()
 }
+
+#[tokio::test]
+async fn a_failed_jwks_download_is_counted_for_its_issuer() {
+    let auth = authenticator(
+        "[auth.issuers.jwks_probe]\nissuer = \"https://probe\"\njwks_url = \"http://127.0.0.1:1/jwks.json\"\n",
+        &[],
+    );
+    let series = r#"falgate_jwks_refresh_total{issuer="jwks_probe",result="error"}"#;
+    let count = || {
+        let text = crate::telemetry::metrics::render(&crate::telemetry::metrics::handle());
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = count();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"sub": "u", "exp": now() + 60, "iss": "https://probe"});
+    let token = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(&read_key("rsa1.pem")).unwrap(),
+    )
+    .unwrap();
+    // The unknown `kid` makes the issuer fetch its JWKS, which cannot be reached.
+    assert_eq!(verdict(&auth, &token).await, Err(AuthError::KeysUnavailable));
+    assert!(count() >= before + 1.0, "{series}");
+}
