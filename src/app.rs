@@ -19,7 +19,7 @@ use crate::ownership::Ownership;
 use crate::policy::Policy;
 use crate::redis::{RedisStore, StoreError};
 use crate::schema::{CompileError, Schemas};
-use crate::telemetry::metrics;
+use crate::telemetry::{access_log, metrics};
 use crate::upstream::budget::Budget;
 use crate::upstream::Upstream;
 use crate::{layers, routes};
@@ -101,7 +101,10 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
         per_header: gate.config.max_header_bytes,
         total: gate.config.max_headers_total_bytes,
     };
-    let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps);
+    let observer = access_log::Observer {
+        trusted_proxies: Arc::from(gate.config.limits.trusted_proxies.as_slice()),
+    };
+    let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps, observer);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
     Ok(App {

@@ -64,11 +64,84 @@ pub enum AuthError {
     Scheme,
     #[error("the bearer token has expired")]
     Expired,
+    /// Refused for the reason given; the caller sees only that the token is not valid, the
+    /// access line says why.
     #[error("the bearer token is not valid")]
-    Invalid,
+    Invalid(Why),
     /// The issuer's keys could not be loaded yet (JWKS never fetched): not the caller's fault.
     #[error("the token's signing keys are not available yet")]
     KeysUnavailable,
+}
+
+/// Why a token was refused, for the log (never the token, its claims or its subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Not three base64url segments of JSON, `alg: none`, a `crit` header, …
+    Malformed,
+    /// Longer than `auth.max_token_bytes`.
+    TooLarge,
+    /// No configured issuer has the token's `iss` (or, without one, none accepts tokens without).
+    UnknownIssuer,
+    /// The algorithm is not one the issuer allows.
+    Algorithm,
+    /// The `typ` header is not the issuer's required token type.
+    TokenType,
+    /// No key of the issuer matches the token's `kid` and algorithm.
+    UnknownKey,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    /// `nbf` in the future.
+    NotYetValid,
+    /// A required claim (`exp`, `sub`, `iss`, `aud`) is missing.
+    MissingClaim,
+    /// `sub` empty, too long, not a string or with control characters.
+    BadSubject,
+    /// `iat` in the future.
+    IssuedInFuture,
+    /// `exp` further from `iat` (or now) than `auth.max_lifetime`.
+    LifetimeTooLong,
+    /// The tier claim is not a short string.
+    BadTier,
+    /// Another claim has the wrong type (`exp`, `iat` not numbers, …).
+    BadClaim,
+}
+
+impl Why {
+    /// A short phrase for the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed token",
+            Self::TooLarge => "token too large",
+            Self::UnknownIssuer => "unknown issuer",
+            Self::Algorithm => "algorithm not allowed",
+            Self::TokenType => "wrong token type",
+            Self::UnknownKey => "unknown signing key",
+            Self::BadSignature => "bad signature",
+            Self::WrongIssuer => "wrong issuer",
+            Self::WrongAudience => "wrong audience",
+            Self::NotYetValid => "not yet valid (nbf)",
+            Self::MissingClaim => "required claim missing",
+            Self::BadSubject => "invalid subject",
+            Self::IssuedInFuture => "issued in the future (iat)",
+            Self::LifetimeTooLong => "lifetime longer than auth.max_lifetime",
+            Self::BadTier => "invalid tier claim",
+            Self::BadClaim => "invalid claim",
+        }
+    }
+}
+
+impl AuthError {
+    /// Why the token was refused, for the log line.
+    pub fn log_reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "no token",
+            Self::Scheme => "not a bearer token",
+            Self::Expired => "expired",
+            Self::Invalid(why) => why.as_str(),
+            Self::KeysUnavailable => "signing keys not loaded",
+        }
+    }
 }
 
 /// Checks tokens against every configured issuer. Built once at startup.
@@ -144,7 +217,7 @@ impl Authenticator {
     /// Verifies a token (signature, claims) and caches the caller.
     pub async fn verify_and_cache(&self, token: &str) -> Result<Caller, AuthError> {
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::Invalid);
+            return Err(AuthError::Invalid(Why::TooLarge));
         }
         let Some(cache) = &self.cache else {
             return self.verify(token).await.map(|(caller, _)| caller);
@@ -163,7 +236,9 @@ impl Authenticator {
 
     async fn verify(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let peek = token::peek(token)?;
-        let issuer = self.issuer_for(peek.iss.as_deref()).ok_or(AuthError::Invalid)?;
+        let issuer = self
+            .issuer_for(peek.iss.as_deref())
+            .ok_or(AuthError::Invalid(Why::UnknownIssuer))?;
         issuer.verify(token, &peek).await
     }
 

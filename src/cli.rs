@@ -132,7 +132,7 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
 async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     let config = load(path.as_deref())?;
     let credentials = FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
-    let _log_guard = telemetry::init(config.log_format);
+    let _log_guard = telemetry::init(config.log_format, &config.telemetry);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -159,7 +159,7 @@ pub(crate) async fn drain_signal() {
 }
 
 async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
-    let _log_guard = telemetry::init(crate::config::LogFormat::Text);
+    let _log_guard = telemetry::init(crate::config::LogFormat::Text, &crate::config::Telemetry::default());
     let listener = bind(listen).await?;
     say(&format!(
         "falgate emulator listening on http://{}",

@@ -10,6 +10,7 @@ mod file;
 mod keys;
 mod secrets;
 mod warnings;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};
 pub use secrets::FalCredentials;
+pub use telemetry::Telemetry;
 
 use crate::fal::EndpointId;
 use crate::limits::LimitsConfig;
@@ -74,6 +76,8 @@ pub struct Config {
     /// What starts but may surprise (ignored environment variables, a tier without rates, a
     /// tier list without the default tier): printed by `check-config`, logged by `serve`.
     pub warnings: Vec<String>,
+    /// OpenTelemetry trace export (off unless an OTLP endpoint is configured).
+    pub telemetry: Telemetry,
 }
 
 /// Where fal is and how long to wait for it.
@@ -316,6 +320,7 @@ impl Config {
             limits,
             redis: raw.redis,
             warnings: Vec::new(),
+            telemetry: telemetry::telemetry(raw.telemetry, sources)?,
         })
     }
 }

@@ -42,7 +42,7 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     let mut config = Config::from_toml_in(&text, &overrides, &base)?;
     // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
     config.drain.delay = Duration::ZERO;
-    let _log_guard = telemetry::init(config.log_format);
+    let _log_guard = telemetry::init(config.log_format, &config.telemetry);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     let token = crate::auth::mint_hs256(secret.as_bytes(), "dev-user", None, TOKEN_TTL)?;

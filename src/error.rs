@@ -154,6 +154,8 @@ impl GateError {
             )),
             Self::UpstreamUnreachable(err) => Some(cause_chain(err.as_ref())),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
+            // Why the token was refused (expired, wrong audience, …): never the token itself.
+            Self::Unauthenticated(err) => Some(err.log_reason().to_owned()),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
@@ -18,11 +18,12 @@ use crate::error::GateError;
 use crate::telemetry::access_log;
 
 /// Wraps the public router in the cross-cutting layers.
-pub fn wrap(router: Router, cors_config: Cors, header_caps: HeaderCaps) -> Router {
+pub fn wrap(router: Router, cors_config: Cors, header_caps: HeaderCaps, observer: access_log::Observer) -> Router {
     router.layer(
         ServiceBuilder::new()
-            // Request id, span, one access-log line, metrics, and the JSON body of every refusal.
-            .layer(from_fn(access_log::observe))
+            // Request id, trace context, spans, one access-log line, metrics, and the JSON body of
+            // every refusal.
+            .layer(from_fn_with_state(Arc::new(observer), access_log::observe))
             // 431 for oversized headers: hyper caps their count, not their size.
             .layer(from_fn_with_state(header_caps, check_header_sizes))
             // CORS: preflights answered here (before auth); allowed origins on every response.

@@ -13,8 +13,6 @@
 
 mod idempotency;
 
-use std::time::Instant;
-
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -27,7 +25,6 @@ use crate::input;
 use crate::limits::{Admission, OpClass, Slot, SlotKind, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
-use crate::telemetry::metrics;
 use crate::upstream::budget::Charge;
 use crate::upstream::{self, relay};
 use idempotency::{Claim, Settle};
@@ -130,12 +127,10 @@ async fn admitted(
         gate.ownership.check(principal, &app, id).await?;
     }
     let forward = async {
-        let started = Instant::now();
         let sent = gate
             .upstream
             .send(call, forwarded, input.map(|input| input.bytes))
             .await;
-        metrics::upstream_answered(call.op_name(), started.elapsed());
         match sent {
             Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
                 .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response, slot), admission.clone())),

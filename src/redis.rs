@@ -127,21 +127,34 @@ impl RedisStore {
         .clone()
     }
 
-    /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`.
+    /// Runs a script invocation (`EVALSHA`, the limits' calls) with the store's timeout; see
+    /// [`RedisStore::timed_as`].
     pub async fn timed<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
+        self.timed_as("eval", call).await
+    }
+
+    /// Runs `call` with the store's timeout, so a slow Redis costs at most `timeout_ms`, and
+    /// records its latency and failure as `falgate_redis_*{op}`.
+    pub async fn timed_as<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        };
+        crate::telemetry::metrics::redis_call(op, started.elapsed(), result.is_ok());
+        result
     }
 
     /// Passes when Redis answers `PING` in time.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection();
-        self.timed(redis::cmd("PING").query_async::<String>(&mut connection))
+        self.timed_as("ping", redis::cmd("PING").query_async::<String>(&mut connection))
             .await
             .map(drop)
     }
@@ -162,4 +175,35 @@ impl RedisStore {
 pub fn tag_of(id: &str) -> String {
     let digest = Sha256::digest(id.as_bytes());
     hex::encode(&digest[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics;
+
+    /// The value of `series` in a scrape (0 when absent).
+    fn sample(series: &str) -> f64 {
+        metrics::render(&metrics::handle())
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn a_failed_redis_call_is_timed_and_counted_by_operation() {
+        let store = RedisStore::connect(&RedisConfig {
+            // Nothing listens on port 1: the call fails (refused or timed out).
+            url: "redis://127.0.0.1:1".into(),
+            timeout_ms: 50,
+            key_prefix: "t".into(),
+        })
+        .unwrap();
+        let errors = r#"falgate_redis_errors_total{op="ping"}"#;
+        let calls = r#"falgate_redis_duration_seconds_count{op="ping"}"#;
+        let (errors_before, calls_before) = (sample(errors), sample(calls));
+        assert!(store.ping().await.is_err());
+        assert!(sample(errors) >= errors_before + 1.0);
+        assert!(sample(calls) >= calls_before + 1.0);
+    }
 }

@@ -11,7 +11,12 @@ use axum::routing::{any, get};
 use axum::Router;
 
 use crate::app::Gate;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::Caller;
 use crate::error::GateError;
+use crate::fal::{Call, Op};
+use crate::telemetry::access_log::{CallFacts, PrincipalHash};
 
 /// The public router (without the outer layers).
 pub fn router(gate: Arc<Gate>) -> Router {
@@ -32,6 +37,30 @@ async fn route_not_found() -> GateError {
 
 async fn method_not_allowed() -> GateError {
     GateError::MethodNotAllowed
+}
+
+/// What the access line reports about a call by `caller` (before anything is parsed).
+fn facts(caller: &Caller) -> CallFacts {
+    CallFacts {
+        principal: Some(PrincipalHash::of(&caller.issuer, &caller.subject)),
+        ..CallFacts::default()
+    }
+}
+
+/// Adds the parsed call's operation and endpoint (or app) to `facts`.
+fn learn(facts: &mut CallFacts, call: &Call) {
+    facts.operation = Some(call.op_name());
+    facts.endpoint = match &call.op {
+        Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.as_str().to_owned()),
+        _ => call.app().map(|app| app.as_str().to_owned()),
+    };
+}
+
+/// The route's answer, stamped with `facts` for the access line (`telemetry::access_log`).
+fn answer(answer: Result<Response, GateError>, facts: CallFacts) -> Response {
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(facts);
+    response
 }
 
 /// Refuses a call made with another method than fal expects for it.

@@ -383,6 +383,8 @@ pub struct Conn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     _load: LoadGuard,
+    /// Counted in `falgate_open_connections` while open.
+    _gauge: crate::telemetry::metrics::ConnectionGuard,
     requests: Arc<Requests>,
     limits: Connections,
     accepted: Instant,
@@ -400,6 +402,7 @@ impl Conn {
             stream,
             _permit: permit,
             _load: load,
+            _gauge: crate::telemetry::metrics::ConnectionGuard::open(),
             requests: Arc::default(),
             limits,
             accepted: Instant::now(),

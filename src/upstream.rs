@@ -11,6 +11,9 @@
 //!
 //! Only this module sets an outbound `Authorization` header. What is forwarded from the caller
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
+//! Every call to fal carries a W3C `traceparent` (the caller's or falgate's span when valid,
+//! else a fresh one) and the falgate request id as `x-request-id` (fal documents no meaning for
+//! that header and ignores headers it does not know; see `shared/fal-protocol.md` §2.3).
 
 pub mod budget;
 pub mod relay;
@@ -28,6 +31,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{self, FalCredentials};
 use crate::error::{causes, GateError};
 use crate::fal::{Call, Host, Op};
+use crate::telemetry::access_log;
+use crate::telemetry::metrics::{self, UpstreamOutcome};
+use crate::telemetry::trace_context::{self, TraceParent};
 
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
 /// `x-fal-target-url`, unknown `x-fal-*`) stays behind.
@@ -41,6 +47,10 @@ const FORWARDED: [HeaderName; 7] = [
     HeaderName::from_static("x-fal-object-lifecycle"),
     HeaderName::from_static("x-fal-no-retry"),
 ];
+
+/// W3C Trace Context: checked and passed on, or replaced (see [`trace_headers`]).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Longest forwarded header value.
 const MAX_HEADER_VALUE: usize = 2048;
@@ -145,11 +155,27 @@ impl Upstream {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.config.first_byte_timeout, self.send_once_or_twice(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(send_error(call, err)),
-            Err(_elapsed) => Err(after_sent(call, GateError::UpstreamTimeout)),
-        }
+        let started = std::time::Instant::now();
+        let (answer, outcome) =
+            match tokio::time::timeout(self.config.first_byte_timeout, self.send_once_or_twice(request)).await {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    (Ok(response), UpstreamOutcome::Status(status))
+                }
+                Ok(Err(err)) => {
+                    let outcome = match err.is_connect() && is_timeout(&err) {
+                        true => UpstreamOutcome::Timeout,
+                        false => UpstreamOutcome::Error,
+                    };
+                    (Err(send_error(call, err)), outcome)
+                }
+                Err(_elapsed) => (
+                    Err(after_sent(call, GateError::UpstreamTimeout)),
+                    UpstreamOutcome::Timeout,
+                ),
+            };
+        metrics::upstream_answered(call.op_name(), outcome, started.elapsed());
+        answer
     }
 
     /// Sends the request, and once more when an HTTP/2 server refused it without processing it
@@ -349,7 +375,8 @@ pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
     }
 }
 
-/// Picks the caller headers that fal may see, refusing malformed values.
+/// Picks the caller headers that fal may see, refusing malformed values, and adds the trace
+/// context and request id every call to fal carries.
 pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
     let mut out = HeaderMap::new();
     for name in &FORWARDED {
@@ -361,7 +388,32 @@ pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
         check_value(name.as_str(), value)?;
         out.insert(name.clone(), value.clone());
     }
+    trace_headers(inbound, &mut out);
     Ok(out)
+}
+
+/// `traceparent` exactly as W3C writes it (else a fresh one: a malformed or repeated trace
+/// header is not worth refusing a call over), its `tracestate` when bounded and printable, and
+/// the request id `telemetry::access_log` put in `x-request-id` when it is a plain id.
+fn trace_headers(inbound: &HeaderMap, out: &mut HeaderMap) {
+    let single = |name: &HeaderName| {
+        let mut values = inbound.get_all(name).iter();
+        values.next().filter(|_| values.next().is_none())
+    };
+    match single(&TRACEPARENT).filter(|v| TraceParent::parse(v.as_bytes()).is_some()) {
+        Some(parent) => {
+            out.insert(TRACEPARENT, parent.clone());
+            if let Some(state) = single(&TRACESTATE).filter(|v| trace_context::valid_tracestate(v)) {
+                out.insert(TRACESTATE, state.clone());
+            }
+        }
+        None => {
+            out.insert(TRACEPARENT, TraceParent::fresh().to_header());
+        }
+    }
+    if let Some(id) = single(&access_log::X_REQUEST_ID).filter(|v| trace_context::valid_request_id(v.as_bytes())) {
+        out.insert(access_log::X_REQUEST_ID, id.clone());
+    }
 }
 
 fn check_value(name: &str, value: &HeaderValue) -> Result<(), GateError> {
@@ -403,7 +455,7 @@ mod tests {
         let out = forwarded_headers(&inbound).unwrap();
         let mut names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["accept", "x-fal-queue-priority"]);
+        assert_eq!(names, ["accept", "traceparent", "x-fal-queue-priority"]);
     }
 
     #[test]
@@ -417,5 +469,41 @@ mod tests {
             inbound.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
             assert!(forwarded_headers(&inbound).is_err(), "{k}: {v}");
         }
+    }
+
+    #[test]
+    fn a_valid_traceparent_and_its_state_pass_and_anything_else_gets_a_fresh_one() {
+        const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut inbound = HeaderMap::new();
+            for (k, v) in pairs {
+                inbound.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            forwarded_headers(&inbound).unwrap()
+        };
+        let kept = with(&[("traceparent", CALLER), ("tracestate", "vendor=abc")]);
+        assert_eq!(kept["traceparent"], CALLER);
+        assert_eq!(kept["tracestate"], "vendor=abc");
+        for bad in [
+            &[][..],
+            &[("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")],
+            &[("traceparent", CALLER), ("traceparent", CALLER)],
+            &[("traceparent", "garbage"), ("tracestate", "vendor=abc")],
+        ] {
+            let out = with(bad);
+            let sent = out["traceparent"].to_str().unwrap();
+            assert!(TraceParent::parse(sent.as_bytes()).is_some(), "{sent}");
+            assert_ne!(sent, CALLER);
+            assert!(!out.contains_key("tracestate"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_request_id_is_forwarded_only_when_plain() {
+        let mut inbound = HeaderMap::new();
+        inbound.insert("x-request-id", HeaderValue::from_static("3f2c9a1e-0b7d"));
+        assert_eq!(forwarded_headers(&inbound).unwrap()["x-request-id"], "3f2c9a1e-0b7d");
+        inbound.insert("x-request-id", HeaderValue::from_static("a b"));
+        assert!(!forwarded_headers(&inbound).unwrap().contains_key("x-request-id"));
     }
 }

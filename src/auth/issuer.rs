@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::jwks::Jwks;
 use super::keys::{self, Key, KeyError};
 use super::token::Peek;
-use super::{now, AuthError, Caller};
+use super::{now, AuthError, Caller, Why};
 use crate::config::{self, IssuerConfig};
 
 /// Longest `sub` accepted.
@@ -35,12 +35,18 @@ impl Issuer {
         for path in &config.key_files {
             fixed.extend(keys::from_file(path, &config.algorithms)?);
         }
-        let jwks = config
-            .jwks_url
-            .clone()
-            .map(|url| Arc::new(Jwks::new(url, client.clone(), config.algorithms.clone(), auth)));
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let jwks = config.jwks_url.clone().map(|url| {
+            Arc::new(Jwks::new(
+                name.clone(),
+                url,
+                client.clone(),
+                config.algorithms.clone(),
+                auth,
+            ))
+        });
         Ok(Self {
-            name: Arc::from(config.name.as_str()),
+            name,
             config: config.clone(),
             fixed,
             jwks,
@@ -66,30 +72,34 @@ impl Issuer {
     /// Verifies `token` and maps its claims; returns the caller and the token's `exp`.
     pub(super) async fn verify(&self, token: &str, peek: &Peek) -> Result<(Caller, u64), AuthError> {
         if !self.config.algorithms.is_empty() && !self.config.algorithms.contains(&peek.alg) {
-            return Err(AuthError::Invalid);
+            return Err(AuthError::Invalid(Why::Algorithm));
         }
         if let Some(expected) = &self.config.token_type {
             let typ = peek.typ.as_deref().map(|t| t.trim_start_matches("application/"));
             if !typ.is_some_and(|t| t.eq_ignore_ascii_case(expected)) {
-                return Err(AuthError::Invalid);
+                return Err(AuthError::Invalid(Why::TokenType));
             }
         }
         let candidates = self.candidates(peek).await?;
         let validation = self.validation(peek.alg);
-        let mut last = AuthError::Invalid;
+        // A key whose signature checks out says more than one that does not.
+        let mut why = None;
         for key in candidates
             .iter()
             .filter(|key| key.alg == peek.alg && (peek.kid.is_none() || key.kid == peek.kid))
         {
             match decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => return self.caller(&data.claims),
-                Err(err) if matches!(err.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                    return Err(AuthError::Expired)
-                }
-                Err(_) => last = AuthError::Invalid,
+                Err(err) => match refusal(&err) {
+                    AuthError::Invalid(Why::BadSignature) => {
+                        why.get_or_insert(Why::BadSignature);
+                    }
+                    AuthError::Invalid(reason) => why = Some(reason),
+                    other => return Err(other),
+                },
             }
         }
-        Err(last)
+        Err(AuthError::Invalid(why.unwrap_or(Why::UnknownKey)))
     }
 
     /// Keys that may have signed the token; an unknown `kid` triggers one (rate-limited) refresh.
@@ -138,7 +148,8 @@ impl Issuer {
             {
                 sub.clone()
             }
-            _ => return Err(AuthError::Invalid),
+            None => return Err(AuthError::Invalid(Why::MissingClaim)),
+            _ => return Err(AuthError::Invalid(Why::BadSubject)),
         };
         let number = |key: &str| {
             claims
@@ -146,23 +157,23 @@ impl Issuer {
                 .map(|v| {
                     v.as_f64()
                         .filter(|n| n.is_finite() && *n >= 0.0)
-                        .ok_or(AuthError::Invalid)
+                        .ok_or(AuthError::Invalid(Why::BadClaim))
                 })
                 .transpose()
         };
-        let exp = number("exp")?.ok_or(AuthError::Invalid)?;
+        let exp = number("exp")?.ok_or(AuthError::Invalid(Why::MissingClaim))?;
         let now = now() as f64;
         let iat = number("iat")?;
         if iat.is_some_and(|iat| iat > now + self.leeway as f64) {
-            return Err(AuthError::Invalid);
+            return Err(AuthError::Invalid(Why::IssuedInFuture));
         }
         if exp - iat.unwrap_or(now).min(now) > self.max_lifetime.as_secs_f64() {
-            return Err(AuthError::Invalid);
+            return Err(AuthError::Invalid(Why::LifetimeTooLong));
         }
         let tier = match claims.get(&self.config.tier_claim) {
             None | Some(Value::Null) => self.config.default_tier.clone(),
             Some(Value::String(tier)) if !tier.is_empty() && tier.len() <= 64 => tier.clone(),
-            Some(_) => return Err(AuthError::Invalid),
+            Some(_) => return Err(AuthError::Invalid(Why::BadTier)),
         };
         let scopes = match claims.get(&self.config.scopes_claim) {
             Some(Value::String(scopes)) => scopes.split_whitespace().map(str::to_owned).collect(),
@@ -178,5 +189,22 @@ impl Issuer {
             },
             exp as u64,
         ))
+    }
+}
+
+/// What jsonwebtoken's refusal means for the caller and the log.
+fn refusal(err: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    match err.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => AuthError::Invalid(Why::BadSignature),
+        ErrorKind::InvalidIssuer => AuthError::Invalid(Why::WrongIssuer),
+        ErrorKind::InvalidAudience => AuthError::Invalid(Why::WrongAudience),
+        ErrorKind::ImmatureSignature => AuthError::Invalid(Why::NotYetValid),
+        ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid(Why::MissingClaim),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Invalid(Why::Algorithm),
+        ErrorKind::InvalidSubject => AuthError::Invalid(Why::BadSubject),
+        ErrorKind::InvalidClaimFormat(_) => AuthError::Invalid(Why::BadClaim),
+        _ => AuthError::Invalid(Why::Malformed),
     }
 }

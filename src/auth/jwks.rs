@@ -13,6 +13,7 @@ use url::Url;
 
 use super::keys::{self, Key, KeyError};
 use crate::config;
+use crate::telemetry::metrics;
 
 /// The HTTP client for JWKS fetches (no redirects, capped time).
 pub(super) fn client(config: &config::Auth) -> Result<reqwest::Client, KeyError> {
@@ -25,6 +26,8 @@ pub(super) fn client(config: &config::Auth) -> Result<reqwest::Client, KeyError>
 
 /// The cached key set of one JWKS URL.
 pub(super) struct Jwks {
+    /// The configured issuer's name (the `issuer` label of `falgate_jwks_refresh_total`).
+    issuer: Arc<str>,
     url: Url,
     client: reqwest::Client,
     algorithms: Vec<Algorithm>,
@@ -36,8 +39,15 @@ pub(super) struct Jwks {
 }
 
 impl Jwks {
-    pub(super) fn new(url: Url, client: reqwest::Client, algorithms: Vec<Algorithm>, config: &config::Auth) -> Self {
+    pub(super) fn new(
+        issuer: Arc<str>,
+        url: Url,
+        client: reqwest::Client,
+        algorithms: Vec<Algorithm>,
+        config: &config::Auth,
+    ) -> Self {
         Self {
+            issuer,
             url,
             client,
             algorithms,
@@ -94,12 +104,16 @@ impl Jwks {
             .and_then(|doc| keys::from_jwks(&doc, &self.algorithms))
         {
             Ok((keys, skipped)) => {
+                metrics::jwks_refreshed(&self.issuer, true);
                 if !skipped.is_empty() {
                     tracing::warn!(jwks = %self.url, ?skipped, "JWKS keys skipped");
                 }
                 *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(keys));
             }
-            Err(why) => tracing::warn!(jwks = %self.url, error = %why, "JWKS fetch failed; keeping the last keys"),
+            Err(why) => {
+                metrics::jwks_refreshed(&self.issuer, false);
+                tracing::warn!(jwks = %self.url, error = %why, "JWKS fetch failed; keeping the last keys");
+            }
         }
     }
 

@@ -110,9 +110,8 @@ async fn missing_or_odd_claims_are_invalid() {
         json!({"sub": "u", "exp": now() + 60, "tier": 5}),
         json!({"sub": "u", "exp": now() + 60, "iss": ["https://evil", "https://idp.example"]}),
     ] {
-        assert_eq!(
-            verdict(&auth, &sign(&claims)).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(verdict(&auth, &sign(&claims)).await, Err(AuthError::Invalid(_))),
             "{claims}"
         );
     }
@@ -130,14 +129,18 @@ async fn alg_none_crit_and_wrong_secret_are_invalid() {
     let claims = URL_SAFE_NO_PAD.encode(valid_claims().to_string());
     for alg in ["none", "None", "NONE", ""] {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
-        assert_eq!(
-            verdict(&auth, &format!("{header}.{claims}.")).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(
+                verdict(&auth, &format!("{header}.{claims}.")).await,
+                Err(AuthError::Invalid(_))
+            ),
             "{alg}"
         );
-        assert_eq!(
-            verdict(&auth, &format!("{header}.{claims}.c2ln")).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(
+                verdict(&auth, &format!("{header}.{claims}.c2ln")).await,
+                Err(AuthError::Invalid(_))
+            ),
             "{alg}"
         );
     }
@@ -145,14 +148,16 @@ async fn alg_none_crit_and_wrong_secret_are_invalid() {
         json!({"alg": "HS256", "crit": ["b64"], "b64": false}),
         json!({"alg": "HS256", "crit": ["x-unknown"]}),
     ] {
-        assert_eq!(
-            verdict(&auth, &forge(&header, &valid_claims(), SECRET.as_bytes())).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(
+                verdict(&auth, &forge(&header, &valid_claims(), SECRET.as_bytes())).await,
+                Err(AuthError::Invalid(_))
+            ),
             "{header}"
         );
     }
     let wrong = encode(&Header::default(), &valid_claims(), &EncodingKey::from_secret(&[7; 32])).unwrap();
-    assert_eq!(verdict(&auth, &wrong).await, Err(AuthError::Invalid));
+    assert!(matches!(verdict(&auth, &wrong).await, Err(AuthError::Invalid(_))));
 }
 
 #[tokio::test]
@@ -181,9 +186,8 @@ async fn malformed_encodings_and_huge_tokens_are_invalid() {
         .iter()
         .chain(std::iter::once(&std_alphabet).filter(|t| **t != good))
     {
-        assert_eq!(
-            verdict(&auth, token).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(verdict(&auth, token).await, Err(AuthError::Invalid(_))),
             "{}",
             &token[..token.len().min(80)]
         );
@@ -222,9 +226,8 @@ async fn issuer_and_audience_are_required_and_exact_when_configured() {
         json!({"iss": "https://idp.example"}),
         json!({"aud": "falgate"}),
     ] {
-        assert_eq!(
-            verdict(&auth, &with(bad.clone())).await,
-            Err(AuthError::Invalid),
+        assert!(
+            matches!(verdict(&auth, &with(bad.clone())).await, Err(AuthError::Invalid(_))),
             "{bad}"
         );
     }
@@ -267,9 +270,8 @@ async fn rs256_es256_and_eddsa_keys_from_files_verify_their_own_tokens_only() {
         &EncodingKey::from_rsa_pem(&read("rsa2.pem")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        verdict(&auth, &other).await,
-        Err(AuthError::Invalid),
+    assert!(
+        matches!(verdict(&auth, &other).await, Err(AuthError::Invalid(_))),
         "a key not in the set"
     );
 }
@@ -287,10 +289,10 @@ async fn hs256_signed_with_the_rsa_public_key_is_invalid() {
     let jwk = std::fs::read(format!("{KEYS}/rsa1.jwk.json")).unwrap();
     for key in [pem, der, jwk, Vec::new()] {
         let header = json!({"alg": "HS256", "typ": "JWT", "kid": "rsa1"});
-        assert_eq!(
+        assert!(matches!(
             verdict(&auth, &forge(&header, &claims, &key)).await,
-            Err(AuthError::Invalid)
-        );
+            Err(AuthError::Invalid(_))
+        ));
     }
 }
 
@@ -315,9 +317,8 @@ async fn the_same_subject_from_two_issuers_is_two_principals() {
         &EncodingKey::from_secret(partner_secret.as_bytes()),
     )
     .unwrap();
-    assert_eq!(
-        verdict(&auth, &downgraded).await,
-        Err(AuthError::Invalid),
+    assert!(
+        matches!(verdict(&auth, &downgraded).await, Err(AuthError::Invalid(_))),
         "HS256 is not in the partner's algorithms"
     );
 }
@@ -326,14 +327,14 @@ async fn the_same_subject_from_two_issuers_is_two_principals() {
 async fn required_token_type_is_enforced() {
     let auth = authenticator("[auth]\ntoken_type = \"at+jwt\"\n", &[]);
     let mut header = Header::default();
-    assert_eq!(
+    assert!(matches!(
         verdict(
             &auth,
             &encode(&header, &valid_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
         )
         .await,
-        Err(AuthError::Invalid)
-    );
+        Err(AuthError::Invalid(_))
+    ));
     header.typ = Some("at+jwt".into());
     assert!(verdict(
         &auth,
@@ -366,7 +367,94 @@ async fn an_es256_signature_of_zeros_is_invalid() {
     let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": "ec1"}).to_string());
     let claims = URL_SAFE_NO_PAD.encode(json!({"sub": "u", "exp": now() + 60, "iss": "https://ec"}).to_string());
     let psychic = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([0_u8; 64]));
-    assert_eq!(verdict(&auth, &psychic).await, Err(AuthError::Invalid));
+    assert!(matches!(verdict(&auth, &psychic).await, Err(AuthError::Invalid(_))));
     let der_shaped = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([0x30_u8; 72]));
-    assert_eq!(verdict(&auth, &der_shaped).await, Err(AuthError::Invalid));
+    assert!(matches!(verdict(&auth, &der_shaped).await, Err(AuthError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn a_refused_token_says_why() {
+    let auth = authenticator(
+        &format!(
+            "[auth]\nissuer = \"https://idp\"\naudience = \"falgate\"\n\
+             [auth.issuers.rsa]\nissuer = \"https://rsa\"\nkey_files = [\"{KEYS}/rsa1.jwk.json\"]\n"
+        ),
+        &[],
+    );
+    let ours = |claims: Value| sign(&claims);
+    let aud = |extra: Value| {
+        let mut claims = json!({"sub": "u", "exp": now() + 60, "iat": now(), "aud": "falgate", "iss": "https://idp"});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let rsa = |kid: Option<&str>, pem: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_owned);
+        let claims = json!({"sub": "u", "exp": now() + 60, "iss": "https://rsa", "aud": "falgate"});
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(&read_key(pem)).unwrap()).unwrap()
+    };
+    let cases = [
+        (ours(aud(json!({"aud": "other"}))), Why::WrongAudience),
+        (
+            ours(aud(json!({"exp": now() + 10 * 365 * 86_400}))),
+            Why::LifetimeTooLong,
+        ),
+        (ours(aud(json!({"iat": now() + 86_400}))), Why::IssuedInFuture),
+        (ours(aud(json!({"nbf": now() + 3600}))), Why::NotYetValid),
+        (ours(aud(json!({"tier": 5}))), Why::BadTier),
+        (
+            ours(json!({"exp": now() + 60, "iss": "https://idp", "aud": "falgate"})),
+            Why::MissingClaim,
+        ),
+        (ours(aud(json!({"iss": "https://unknown"}))), Why::UnknownIssuer),
+        (rsa(Some("not-a-kid"), "rsa1.pem"), Why::UnknownKey),
+        (rsa(None, "rsa2.pem"), Why::BadSignature),
+        ("a.b".to_owned(), Why::Malformed),
+    ];
+    for (token, why) in cases {
+        let verdict = verdict(&auth, &token).await;
+        assert_eq!(verdict, Err(AuthError::Invalid(why)), "{why:?}");
+        // The log line gets the reason, never the token.
+        let detail = GateError::from(verdict.unwrap_err()).log_detail().unwrap();
+        assert_eq!(detail, why.as_str());
+        assert!(!detail.contains(&token[..token.len().min(20)]));
+    }
+    let expired = ours(aud(json!({"exp": now() - 60, "iat": now() - 120})));
+    let verdict = verdict(&auth, &expired).await.unwrap_err();
+    assert_eq!(GateError::from(verdict).log_detail().as_deref(), Some("expired"));
+}
+
+fn read_key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{KEYS}/{name}")).unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_jwks_download_is_counted_for_its_issuer() {
+    let auth = authenticator(
+        "[auth.issuers.jwks_probe]\nissuer = \"https://probe\"\njwks_url = \"http://127.0.0.1:1/jwks.json\"\n",
+        &[],
+    );
+    let series = r#"falgate_jwks_refresh_total{issuer="jwks_probe",result="error"}"#;
+    let count = || {
+        let text = crate::telemetry::metrics::render(&crate::telemetry::metrics::handle());
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = count();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"sub": "u", "exp": now() + 60, "iss": "https://probe"});
+    let token = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(&read_key("rsa1.pem")).unwrap(),
+    )
+    .unwrap();
+    // The unknown `kid` makes the issuer fetch its JWKS, which cannot be reached.
+    assert_eq!(verdict(&auth, &token).await, Err(AuthError::KeysUnavailable));
+    assert!(count() >= before + 1.0, "{series}");
 }

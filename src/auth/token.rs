@@ -7,7 +7,7 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::AuthError;
+use super::{AuthError, Why};
 
 /// What the unverified token says about itself.
 pub(super) struct Peek {
@@ -20,41 +20,43 @@ pub(super) struct Peek {
 pub(super) fn peek(token: &str) -> Result<Peek, AuthError> {
     let segments: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = segments[..] else {
-        return Err(AuthError::Invalid);
+        return Err(AuthError::Invalid(Why::Malformed));
     };
     let base64url = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !(base64url(header) && base64url(payload) && base64url(signature)) {
-        return Err(AuthError::Invalid);
+        return Err(AuthError::Invalid(Why::Malformed));
     }
     let header = object(header)?;
     if header.contains_key("crit") {
-        return Err(AuthError::Invalid);
+        return Err(AuthError::Invalid(Why::Malformed));
     }
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
         .and_then(|alg| alg.parse().ok())
-        .ok_or(AuthError::Invalid)?;
+        .ok_or(AuthError::Invalid(Why::Malformed))?;
     let text = |key: &str| -> Result<Option<String>, AuthError> {
         match header.get(key) {
             None => Ok(None),
             Some(Value::String(s)) if s.len() <= 256 => Ok(Some(s.clone())),
-            Some(_) => Err(AuthError::Invalid),
+            Some(_) => Err(AuthError::Invalid(Why::Malformed)),
         }
     };
     let (kid, typ) = (text("kid")?, text("typ")?);
     let iss = match object(payload)?.get("iss") {
         None => None,
         Some(Value::String(iss)) => Some(iss.clone()),
-        Some(_) => return Err(AuthError::Invalid),
+        Some(_) => return Err(AuthError::Invalid(Why::Malformed)),
     };
     Ok(Peek { alg, kid, typ, iss })
 }
 
 fn object(segment: &str) -> Result<Map<String, Value>, AuthError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| AuthError::Invalid)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Invalid(Why::Malformed))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AuthError::Invalid),
+        _ => Err(AuthError::Invalid(Why::Malformed)),
     }
 }

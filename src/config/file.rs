@@ -42,6 +42,8 @@ pub(crate) struct RawConfig {
     pub(crate) drain: RawDrain,
     pub(crate) limits: Option<crate::limits::LimitsConfig>,
     pub(crate) redis: Option<crate::redis::RedisConfig>,
+    #[serde(default)]
+    pub(crate) telemetry: super::telemetry::RawTelemetry,
 }
 
 /// `[upstream]`: where fal is and how long to wait for it.

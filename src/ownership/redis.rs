@@ -23,7 +23,10 @@ impl RedisOwnership {
         let mut connection = self.store.connection();
         let owner: Option<String> = self
             .store
-            .timed(redis::cmd("GET").arg(self.key(app, id)).query_async(&mut connection))
+            .timed_as(
+                "get",
+                redis::cmd("GET").arg(self.key(app, id)).query_async(&mut connection),
+            )
             .await?;
         Ok(owner.as_deref() == Some(tag_of(principal).as_str()))
     }
@@ -33,7 +36,8 @@ impl RedisOwnership {
         let mut connection = self.store.connection();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.store
-            .timed(
+            .timed_as(
+                "set",
                 redis::cmd("SET")
                     .arg(self.key(app, id))
                     .arg(tag_of(principal))

@@ -15,21 +15,23 @@ use crate::pipeline;
 /// The header that carries the real fal URL.
 const TARGET_HEADER: &str = "x-fal-target-url";
 
-pub(super) async fn handle(
-    State(gate): State<Arc<Gate>>,
-    caller: Caller,
-    request: Request,
-) -> Result<Response, GateError> {
-    let mut targets = request.headers().get_all(TARGET_HEADER).iter();
-    let target = targets.next().ok_or(TargetError::Missing)?;
-    if targets.next().is_some() {
-        return Err(GateError::Malformed(format!(
-            "header {TARGET_HEADER} may be sent only once"
-        )));
+pub(super) async fn handle(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+    let mut facts = super::facts(&caller);
+    let answer = async {
+        let mut targets = request.headers().get_all(TARGET_HEADER).iter();
+        let target = targets.next().ok_or(TargetError::Missing)?;
+        if targets.next().is_some() {
+            return Err(GateError::Malformed(format!(
+                "header {TARGET_HEADER} may be sent only once"
+            )));
+        }
+        let target = target.to_str().map_err(|_| TargetError::NotCanonical)?;
+        let call = parse_target(target)?;
+        super::learn(&mut facts, &call);
+        super::check_method(&request, &call)?;
+        let (parts, body) = request.into_parts();
+        pipeline::handle(&gate, caller, call, &parts.headers, body).await
     }
-    let target = target.to_str().map_err(|_| TargetError::NotCanonical)?;
-    let call = parse_target(target)?;
-    super::check_method(&request, &call)?;
-    let (parts, body) = request.into_parts();
-    pipeline::handle(&gate, caller, call, &parts.headers, body).await
+    .await;
+    super::answer(answer, facts)
 }

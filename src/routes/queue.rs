@@ -12,33 +12,41 @@ use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{parse_queue_path, Call, Op};
 use crate::pipeline;
+use crate::telemetry::access_log::CallFacts;
 
-pub(super) async fn queue(
-    State(gate): State<Arc<Gate>>,
-    caller: Caller,
-    request: Request,
-) -> Result<Response, GateError> {
-    let op = parse("/api/fal/queue", &request)?;
-    forward(&gate, caller, Call { op }, request).await
+pub(super) async fn queue(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+    let mut facts = super::facts(&caller);
+    let answer = match parse("/api/fal/queue", &request) {
+        Ok(op) => forward(&gate, caller, Call { op }, request, &mut facts).await,
+        Err(err) => Err(err),
+    };
+    super::answer(answer, facts)
 }
 
-pub(super) async fn run(
-    State(gate): State<Arc<Gate>>,
-    caller: Caller,
-    request: Request,
-) -> Result<Response, GateError> {
-    let op = match parse("/api/fal/run", &request)? {
-        Op::Submit {
+pub(super) async fn run(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+    let mut facts = super::facts(&caller);
+    let answer = match parse("/api/fal/run", &request) {
+        Ok(Op::Submit {
             endpoint,
             webhook: None,
-        } => Op::Run { endpoint },
-        _ => {
-            return Err(GateError::Malformed(
-                "a run path names an endpoint and takes no query".into(),
-            ))
+        }) => {
+            forward(
+                &gate,
+                caller,
+                Call {
+                    op: Op::Run { endpoint },
+                },
+                request,
+                &mut facts,
+            )
+            .await
         }
+        Ok(_) => Err(GateError::Malformed(
+            "a run path names an endpoint and takes no query".into(),
+        )),
+        Err(err) => Err(err),
     };
-    forward(&gate, caller, Call { op }, request).await
+    super::answer(answer, facts)
 }
 
 fn parse(prefix: &str, request: &Request) -> Result<Op, GateError> {
@@ -47,7 +55,14 @@ fn parse(prefix: &str, request: &Request) -> Result<Op, GateError> {
         .map_err(|err| GateError::Malformed(format!("invalid queue path: {err}")))
 }
 
-async fn forward(gate: &Gate, caller: Caller, call: Call, request: Request) -> Result<Response, GateError> {
+async fn forward(
+    gate: &Gate,
+    caller: Caller,
+    call: Call,
+    request: Request,
+    facts: &mut CallFacts,
+) -> Result<Response, GateError> {
+    super::learn(facts, &call);
     super::check_method(&request, &call)?;
     let (parts, body) = request.into_parts();
     pipeline::handle(gate, caller, call, &parts.headers, body).await

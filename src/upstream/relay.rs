@@ -23,6 +23,7 @@ use http_body_util::BodyDataStream;
 
 use crate::error::GateError;
 use crate::fal::{Call, FalRequestId, Op};
+use crate::telemetry::metrics;
 use crate::upstream::budget::Charge;
 use crate::upstream::{after_sent, FalResponse, Upstream};
 
@@ -188,9 +189,11 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, response: FalResponse, hol
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
+    // Counted in `falgate_open_streams` for as long as the body lives.
+    let open = metrics::StreamGuard::open();
     let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
     let body = lifetime_limited(body, upstream.max_stream_lifetime()).map(move |chunk| {
-        let _held = &hold;
+        let _held = (&hold, &open);
         chunk
     });
     let mut out = Response::new(Body::from_stream(body));

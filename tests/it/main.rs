@@ -10,6 +10,7 @@ mod errors;
 mod identity;
 mod jwks;
 mod limits;
+mod observability;
 mod relay;
 mod replicas;
 mod schema;

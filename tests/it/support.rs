@@ -37,6 +37,8 @@ unknown_fields = "allow"
 
 pub(crate) struct TestGate {
     pub(crate) url: String,
+    /// The admin listener (`/metrics`).
+    pub(crate) admin_url: String,
     pub(crate) emulator: Emulator,
     /// The emulator's base URL (fal's queue host).
     pub(crate) fal_url: String,
@@ -124,6 +126,7 @@ impl Builder {
         let public = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let app = falgate::app::build(config, &FalCredentials::new(FAL_KEY.to_owned())).unwrap();
         tokio::spawn(falgate::app::serve(public, admin, app, async move {
             stopped.await.ok();
@@ -135,6 +138,7 @@ impl Builder {
             .unwrap();
         TestGate {
             url,
+            admin_url,
             emulator,
             fal_url: emu,
             client,
@@ -246,6 +250,12 @@ pub(crate) struct Process {
 impl Process {
     /// Starts `falgate serve` with the shipped config, `fal` as every fal host, and `env`.
     pub(crate) async fn serve(fal: &str, env: &[(&str, &str)]) -> Self {
+        Self::serve_with_stderr(fal, env, std::process::Stdio::null()).await
+    }
+
+    /// [`Process::serve`], with the log lines (stderr) going to `stderr` (`Stdio::piped()` to
+    /// read them from `child.stderr`).
+    pub(crate) async fn serve_with_stderr(fal: &str, env: &[(&str, &str)], stderr: std::process::Stdio) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
             .args(["serve", "--config", "config/falgate.toml"])
@@ -258,7 +268,7 @@ impl Process {
             .env("FAL_KEY", FAL_KEY)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
