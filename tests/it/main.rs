@@ -2,6 +2,7 @@
 
 mod support;
 
+mod attack;
 mod auth;
 mod cli;
 mod drain;
