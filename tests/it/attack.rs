@@ -201,6 +201,11 @@ impl Gate {
         loop {
             let now = self.memory();
             if now.rss_kb < SETTLED_MB * 1024 {
+                eprintln!(
+                    "{what}: peak {} MB, settled at {} MB",
+                    memory.peak_kb / 1024,
+                    now.rss_kb / 1024
+                );
                 return now;
             }
             assert!(

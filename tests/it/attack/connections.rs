@@ -1,11 +1,45 @@
 //! Connections that hold a slot without making a request: silent, trickling, idle after one
 //! request, and a flood up to the global cap.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use falgate::config::Config;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{connect, read_until_closed, read_until_closed_or_answered, request_head, slow_fal, Gate, DEADLINE};
+
+/// The figure: silent and trickling connections are closed within 30 s by default, in
+/// the built-in defaults and in the shipped `config/falgate.toml` alike (the timers themselves
+/// are exercised below with 1 s settings).
+#[test]
+fn connections_are_closed_within_30_s_by_default() {
+    let env: HashMap<String, String> = HashMap::from([(
+        "FALGATE_AUTH__HS256_SECRET".to_owned(),
+        crate::support::SECRET.to_owned(),
+    )]);
+    let builtin = Config::from_toml("", &env).unwrap();
+    let shipped = Config::load(Some(std::path::Path::new("config/falgate.toml")), &env).unwrap();
+    for (name, config) in [("built-in defaults", builtin), ("config/falgate.toml", shipped)] {
+        let connections = config.connections;
+        assert!(
+            connections.header_read_timeout <= Duration::from_secs(30),
+            "{name}: header_read_timeout {:?}",
+            connections.header_read_timeout
+        );
+        assert!(
+            connections.keep_alive_timeout <= Duration::from_secs(30),
+            "{name}: keep_alive_timeout {:?}",
+            connections.keep_alive_timeout
+        );
+        assert!(
+            connections.write_timeout <= Duration::from_secs(30),
+            "{name}: write_timeout {:?}",
+            connections.write_timeout
+        );
+    }
+}
 
 /// Twenty connections that never send a byte are closed once the header-read timeout passes,
 /// and another caller is served while they are open.
