@@ -123,9 +123,6 @@ impl Gate {
             .env("FALGATE_UPSTREAM__QUEUE_URL", &fal_url)
             .env("FALGATE_UPSTREAM__RUN_URL", format!("{fal_url}/fal.run"))
             .env("FALGATE_UPSTREAM__STORAGE_URL", format!("{fal_url}/rest.fal.ai"))
-            // Through the environment, so a test may still write its own [upstream] section.
-            .env("FALGATE_UPSTREAM__CONNECT_TIMEOUT_MS", "1000")
-            .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "5000")
             .env("FALGATE_AUTH__HS256_SECRET", SECRET)
             .env("FAL_KEY", FAL_KEY)
             .stdout(Stdio::piped())

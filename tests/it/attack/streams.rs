@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use falgate::emulator::{EmulatorConfig, Fault, FaultAction, Op};
+use falgate::emulator::{Fault, FaultAction, Op};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -111,25 +111,32 @@ async fn stream_lifetime_is_capped() {
 }
 
 /// A client that opens a status stream and stops reading is disconnected after the write
-/// timeout, and its stream slot is released (the caller may hold only one).
+/// timeout, and its stream slot is released (the caller may hold only one). fal's stream here
+/// is one 8 MB answer, so the kernel's send buffer (autotuned to ~3 MB on loopback) fills at
+/// once; a stream of small events takes tens of seconds to fill it before any write blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_stream_is_disconnected() {
-    let fast_events = EmulatorConfig {
-        stream_interval_ms: 1,
-        log_lines: 50,
-        ..slow_fal()
-    };
     let gate = Gate::start(
         &format!(
             "{}[connections]\nwrite_timeout_ms = 1000\n",
             limits("streams_per_caller = 1")
         ),
-        fast_events,
+        slow_fal(),
     )
     .await;
+    gate.emulator.add_fault(Fault {
+        op: Some(Op::StatusStream),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: json!({ "logs": "l".repeat(8 * 1024 * 1024) }),
+            headers: Vec::new(),
+        },
+        times: Some(1),
+    });
     let job = gate.submit("alice").await;
     let mut stuck = connect(gate.addr, Some(4096)).await;
-    let path = format!("/api/fal/queue/{VPG}/requests/{job}/status/stream?logs=1");
+    let path = format!("/api/fal/queue/{VPG}/requests/{job}/status/stream");
     let head = request_head("GET", &path, Some(&gate.token("alice")), "");
     stuck.write_all(head.as_bytes()).await.unwrap();
     let client = stuck.local_addr().unwrap();
@@ -141,7 +148,7 @@ async fn a_client_that_stops_reading_a_stream_is_disconnected() {
     drop(stuck);
 }
 
-/// A client that stops reading a 16 MB result is disconnected after the write timeout; while it
+/// A client that stops reading an 8 MB result is disconnected after the write timeout; while it
 /// holds the caller's one relay slot, a second result for that caller is refused with 429;
 /// afterwards the slot is free and memory settles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +161,7 @@ async fn a_client_that_stops_reading_a_large_result_is_disconnected() {
         slow_fal(),
     )
     .await;
-    let big = "v".repeat(16 * 1024 * 1024);
+    let big = "v".repeat(8 * 1024 * 1024);
     gate.emulator.add_fault(Fault {
         op: Some(Op::Result),
         path_contains: None,
@@ -195,7 +202,7 @@ async fn a_client_that_stops_reading_a_large_result_is_disconnected() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(answer.len() > 16 * 1024 * 1024, "{} bytes", answer.len());
+    assert!(answer.len() > 8 * 1024 * 1024, "{} bytes", answer.len());
     drop(answer);
     gate.assert_memory_bounded("a result nobody reads").await;
     drop(stuck);
