@@ -207,3 +207,53 @@ async fn a_client_that_stops_reading_a_large_result_is_disconnected() {
     gate.assert_memory_bounded("a result nobody reads").await;
     drop(stuck);
 }
+
+/// Eight callers whose clients each stop reading an 8 MB result: the answers held for them
+/// stay within `upstream.buffer_budget_bytes` (16 MiB here), past it they are streamed through,
+/// and every connection is dropped after the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_nobody_reads_stay_within_the_buffer_budget() {
+    const CLIENTS: usize = 8;
+    let gate = Gate::start(
+        // A write timeout long enough that all eight are held at once.
+        "[upstream]\nbuffer_budget_bytes = 16777216\n[connections]\nwrite_timeout_ms = 8000\n",
+        slow_fal(),
+    )
+    .await;
+    gate.emulator.add_fault(Fault {
+        op: Some(Op::Result),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: json!({ "prompt": "v".repeat(8 * 1024 * 1024) }),
+            headers: Vec::new(),
+        },
+        times: None,
+    });
+    let before = gate.memory();
+    let mut stuck = Vec::new();
+    for i in 0..CLIENTS {
+        let caller = format!("reader-{i}");
+        let job = gate.submit(&caller).await;
+        let mut stream = connect(gate.addr, Some(4096)).await;
+        let path = format!("/api/fal/queue/{VPG}/requests/{job}");
+        let head = request_head("GET", &path, Some(&gate.token(&caller)), "");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stuck.push(stream);
+    }
+    for stream in &stuck {
+        gate.wait_blocked_on(stream.local_addr().unwrap(), "a result nobody reads")
+            .await;
+    }
+    let grown_mb = gate.memory().peak_kb.saturating_sub(before.rss_kb) / 1024;
+    assert!(
+        grown_mb < 16 + 24,
+        "{CLIENTS} unread 8 MB results grew the gate by {grown_mb} MB over a 16 MiB buffer budget"
+    );
+    gate.submit("bob").await;
+    for stream in &stuck {
+        gate.wait_released(stream.local_addr().unwrap(), "a result nobody reads")
+            .await;
+    }
+    gate.assert_memory_bounded("results nobody reads").await;
+}
