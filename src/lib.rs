@@ -29,3 +29,6 @@ pub mod schema;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+
+#[cfg(test)]
+mod fuzz_tests;

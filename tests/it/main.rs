@@ -3,6 +3,7 @@
 mod support;
 
 mod admission;
+mod attack;
 mod auth;
 mod cli;
 mod drain;
