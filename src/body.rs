@@ -4,6 +4,10 @@
 //!
 //! Written by hand because `http_body_util::BodyExt::map_frame` can carry a guard but drops the
 //! size hint, which would turn every `content-length` response into a chunked one.
+//!
+//! [`in_frames`]: a whole answer handed to hyper 64 KiB at a time, so a guard on it is given
+//! back when the client has taken (nearly) all of it, not when hyper took one 32 MB frame into
+//! its write queue; a client that stops reading keeps its slot until the write timeout.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -41,6 +45,40 @@ impl<G: Send + 'static> http_body::Body for Held<G> {
 // `Held` is Unpin whatever `G` is: the guard is never pinned.
 impl<G> Unpin for Held<G> {}
 
+/// Frames handed to hyper at most this large.
+const FRAME: usize = 64 * 1024;
+
+/// `bytes` as a body of frames of at most 64 KiB, with its exact length.
+pub fn in_frames(bytes: Bytes) -> Body {
+    if bytes.len() <= FRAME {
+        return Body::from(bytes);
+    }
+    Body::new(Frames(bytes))
+}
+
+struct Frames(Bytes);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.0.is_empty() {
+            return Poll::Ready(None);
+        }
+        let take = self.0.len().min(FRAME);
+        Poll::Ready(Some(Ok(Frame::data(self.0.split_to(take)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +94,19 @@ mod tests {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_handed_over_in_frames_of_64_kib_with_its_length() {
+        use http_body_util::BodyExt;
+        let body = in_frames(Bytes::from(vec![7u8; 3 * FRAME + 5]));
+        assert_eq!(body.size_hint().exact(), Some(3 * FRAME as u64 + 5));
+        let mut body = std::pin::pin!(body);
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [FRAME, FRAME, FRAME, 5]);
     }
 
     #[test]

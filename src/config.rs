@@ -9,8 +9,8 @@ mod env;
 mod file;
 mod keys;
 mod secrets;
-mod warnings;
 mod telemetry;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -150,6 +150,10 @@ pub struct Connections {
     pub keep_alive_timeout: Duration,
     /// Time a write to a client may stay blocked (a client that stops reading), streams included.
     pub write_timeout: Duration,
+    /// The kernel's send buffer per client connection (`SO_SNDBUF`); 0 leaves it to the
+    /// kernel, which grows it to megabytes, so a client that stops reading is noticed only
+    /// once that much is queued.
+    pub send_buffer_bytes: usize,
     pub http2_max_concurrent_streams: u32,
     /// Interval of HTTP/2 pings to a client (a dead peer is dropped after one unanswered).
     pub http2_keep_alive_interval: Duration,
@@ -162,6 +166,7 @@ impl Default for Connections {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            send_buffer_bytes: 262_144,
             http2_max_concurrent_streams: 64,
             http2_keep_alive_interval: Duration::from_secs(30),
         }
@@ -358,6 +363,7 @@ fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
         header_read_timeout: millis("connections.header_read_timeout_ms", raw.header_read_timeout_ms)?,
         keep_alive_timeout: millis("connections.keep_alive_timeout_ms", raw.keep_alive_timeout_ms)?,
         write_timeout: millis("connections.write_timeout_ms", raw.write_timeout_ms)?,
+        send_buffer_bytes: raw.send_buffer_bytes,
         http2_max_concurrent_streams: streams,
         http2_keep_alive_interval: millis(
             "connections.http2_keep_alive_interval_ms",

@@ -141,7 +141,7 @@ pub async fn serve(
     drop(stopped);
     let permits = Arc::new(Semaphore::new(settings.connections.max_open));
     tokio::select! {
-        () = accept_loop(&listener, &queues, &permits) => {}
+        () = accept_loop(&listener, &queues, &permits, settings.connections.send_buffer_bytes) => {}
         () = shutdown => {}
     }
     // Stop accepting (the listener closes here) and let every worker drain.
@@ -254,7 +254,7 @@ const GONE: usize = usize::MAX / 2;
 /// the cap the loop waits for a connection to close. A connection the peer reset before accept
 /// is skipped; other errors (out of descriptors) are logged and retried after a pause, so a full
 /// process does not spin.
-async fn accept_loop(listener: &TcpListener, workers: &[Worker], permits: &Arc<Semaphore>) {
+async fn accept_loop(listener: &TcpListener, workers: &[Worker], permits: &Arc<Semaphore>, send_buffer: usize) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -270,6 +270,11 @@ async fn accept_loop(listener: &TcpListener, workers: &[Worker], permits: &Arc<S
         };
         // Small writes (event-stream chunks) go out at once.
         stream.set_nodelay(true).ok();
+        if send_buffer > 0 {
+            // A bounded send buffer, so a client that stops reading blocks our writes (and meets
+            // the write timeout) after a few hundred KiB, not after the kernel's megabytes.
+            socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer).ok();
+        }
         // Out of this runtime's reactor: the worker registers it in its own, so the
         // connection's readiness never wakes this thread.
         let Ok(stream) = stream.into_std() else { continue };

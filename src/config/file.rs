@@ -249,6 +249,7 @@ pub(crate) struct RawConnections {
     pub(crate) header_read_timeout_ms: u64,
     pub(crate) keep_alive_timeout_ms: u64,
     pub(crate) write_timeout_ms: u64,
+    pub(crate) send_buffer_bytes: usize,
     pub(crate) http2_max_concurrent_streams: u32,
     pub(crate) http2_keep_alive_interval_ms: u64,
 }
@@ -260,6 +261,7 @@ impl Default for RawConnections {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
+            send_buffer_bytes: 262_144,
             http2_max_concurrent_streams: 64,
             http2_keep_alive_interval_ms: 30_000,
         }

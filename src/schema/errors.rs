@@ -28,6 +28,15 @@ impl Items {
         }
     }
 
+    pub(super) fn is_full(&self) -> bool {
+        self.kept.len() == MAX_ITEMS
+    }
+
+    /// Counts `n` more items without keeping them.
+    pub(super) fn count_more(&mut self, n: usize) {
+        self.found += n;
+    }
+
     /// The kept items and how many more were found.
     pub(super) fn finish(self) -> (Vec<FieldError>, usize) {
         let more = self.found - self.kept.len();
@@ -64,6 +73,11 @@ pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: 
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
             for name in unexpected {
+                if out.is_full() {
+                    // Counted, not built: a flood of keys costs no item per key.
+                    out.count_more(1);
+                    continue;
+                }
                 let mut loc = loc.clone();
                 loc.push(Value::String(shown_key(name)));
                 out.push(item(

@@ -74,7 +74,7 @@ impl Buffered {
     pub fn into_response(self) -> Response {
         let charge = self.charge;
         let body = match self.rest {
-            None => Body::from(self.body),
+            None => crate::body::in_frames(self.body),
             Some(rest) => {
                 let head = futures_util::stream::once(std::future::ready(Ok::<_, axum::Error>(self.body)));
                 Body::from_stream(head.chain(rest.into_data_stream()))
