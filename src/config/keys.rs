@@ -37,6 +37,7 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "ownership" => fields_of::<super::file::RawOwnership>(),
         "connections" => fields_of::<super::file::RawConnections>(),
         "drain" => fields_of::<super::file::RawDrain>(),
+        "telemetry" => fields_of::<super::telemetry::RawTelemetry>(),
         "limits" => fields_of::<crate::limits::LimitsConfig>(),
         "redis" => fields_of::<crate::redis::RedisConfig>(),
         _ => return None,
