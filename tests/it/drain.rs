@@ -32,6 +32,22 @@ async fn wait_for_submits(gate: &TestGate, count: usize) {
     }
 }
 
+/// Starts alice's submit through `process` and waits until fal holds it (stalled by a fault).
+async fn submit_in_flight(
+    gate: &TestGate,
+    process: &Process,
+    client: &reqwest::Client,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let submit = client
+        .post(format!("{}/api/fal/queue/{VPG}", process.url))
+        .bearer_auth(gate.token("alice"))
+        .json(&json!({ "input_concept": "a lighthouse" }))
+        .send();
+    let in_flight = tokio::spawn(submit);
+    wait_for_submits(gate, 1).await;
+    in_flight
+}
+
 #[tokio::test]
 async fn sigterm_drains_readyz_turns_503_calls_in_flight_finish_and_the_process_exits_0() {
     let gate = TestGate::spawn().await;
@@ -47,13 +63,7 @@ async fn sigterm_drains_readyz_turns_503_calls_in_flight_finish_and_the_process_
     .await;
     let client = reqwest::Client::new();
     wait_for_status(&client, &format!("{}/readyz", process.url), 200).await;
-    let submit = client
-        .post(format!("{}/api/fal/queue/{VPG}", process.url))
-        .bearer_auth(gate.token("alice"))
-        .json(&json!({ "input_concept": "a lighthouse" }))
-        .send();
-    let in_flight = tokio::spawn(submit);
-    wait_for_submits(&gate, 1).await;
+    let in_flight = submit_in_flight(&gate, &process, &client).await;
 
     process.signal("TERM");
     let ready = wait_for_status(&client, &format!("{}/readyz", process.url), 503).await;
@@ -83,13 +93,7 @@ async fn a_second_signal_exits_at_once_without_waiting_for_calls_in_flight() {
     )
     .await;
     let client = reqwest::Client::new();
-    let submit = client
-        .post(format!("{}/api/fal/queue/{VPG}", process.url))
-        .bearer_auth(gate.token("alice"))
-        .json(&json!({ "input_concept": "a lighthouse" }))
-        .send();
-    let _in_flight = tokio::spawn(submit);
-    wait_for_submits(&gate, 1).await;
+    let _in_flight = submit_in_flight(&gate, &process, &client).await;
     process.signal("INT");
     wait_for_status(&client, &format!("{}/readyz", process.url), 503).await;
     process.signal("INT");
@@ -112,13 +116,7 @@ async fn a_submit_still_waiting_at_the_drain_timeout_is_answered_424_not_cut() {
     )
     .await;
     let client = reqwest::Client::new();
-    let submit = client
-        .post(format!("{}/api/fal/queue/{VPG}", process.url))
-        .bearer_auth(gate.token("alice"))
-        .json(&json!({ "input_concept": "a lighthouse" }))
-        .send();
-    let in_flight = tokio::spawn(submit);
-    wait_for_submits(&gate, 1).await;
+    let in_flight = submit_in_flight(&gate, &process, &client).await;
     process.signal("TERM");
     let answer = tokio::time::timeout(Duration::from_secs(20), in_flight)
         .await
