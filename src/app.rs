@@ -1,6 +1,7 @@
-//! The gate's shared state ([`Gate`]), built once from config, and [`serve`], which runs the
-//! public listener (on the worker threads of [`crate::server`]) and the admin listener (on the
-//! calling runtime), both already bound by the caller, until shutdown.
+//! Building and serving: [`build`] makes the first snapshot of the gate ([`crate::state`]) and
+//! the two routers over it; [`serve`] runs the public listener (on the worker threads of
+//! [`crate::server`]) and the admin listener (on the calling runtime), both already bound by the
+//! caller, until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,36 +11,14 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, FalCredentials};
 use crate::lifecycle::Lifecycle;
-use crate::limits::{Limiter, LimitsConfigError};
-use crate::ownership::redis::RedisOwnership;
-use crate::ownership::Ownership;
-use crate::policy::Policy;
-use crate::redis::{RedisStore, StoreError};
-use crate::schema::{CompileError, Schemas};
+pub use crate::state::BuildError;
+use crate::state::{Current, Gate};
 use crate::telemetry::{access_log, metrics};
-use crate::upstream::budget::Budget;
-use crate::upstream::Upstream;
 use crate::{layers, routes};
 
-/// Everything a request needs, built at startup and shared read-only.
-pub struct Gate {
-    pub config: Config,
-    pub auth: Arc<Authenticator>,
-    pub policy: Policy,
-    pub upstream: Upstream,
-    pub ownership: Ownership,
-    pub schemas: Schemas,
-    pub limiter: Limiter,
-    /// Serving or draining (process-lived: carried over to every new gate).
-    pub lifecycle: Arc<Lifecycle>,
-    /// Bytes of request bodies held at once (process-lived).
-    pub body_budget: Budget,
-}
-
-/// The two routers falgate serves.
+/// The two routers falgate serves, and the state they serve from.
 pub struct App {
     /// `/api/fal/*`, `/healthz`, `/readyz`.
     pub public: Router,
@@ -51,6 +30,8 @@ pub struct App {
     pub drain_delay: Duration,
     /// The gate's drain state, driven by [`serve`].
     pub lifecycle: Arc<Lifecycle>,
+    /// The snapshot in force; [`Current::reload`] replaces it.
+    pub state: Arc<Current>,
 }
 
 /// How long before the drain timeout calls still waiting for fal are answered.
@@ -60,51 +41,21 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A startup failure.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamBuildError),
-    #[error(transparent)]
-    Keys(#[from] KeyError),
-    #[error("schema {0}")]
-    Schema(#[from] CompileError),
-    #[error("[redis]: {0}")]
-    Redis(#[from] StoreError),
-    #[error("[limits]: {0}")]
-    Limits(#[from] LimitsConfigError),
-}
-
 /// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
 /// (JWKS refresh tasks start here).
 pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildError> {
-    let auth = Arc::new(Authenticator::new(&config.auth)?);
-    let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
-    let on_store_error = config.limits.on_store_error;
-    auth.start();
-    let lifecycle = Arc::new(Lifecycle::default());
-    let gate = Gate {
-        lifecycle: lifecycle.clone(),
-        body_budget: Budget::new(config.body_budget_bytes),
-        auth,
-        policy: Policy::new(&config),
-        upstream: Upstream::new(config.upstream.clone(), credentials, config.workers)?,
-        ownership: Ownership::new(config.ownership, redis.clone().map(RedisOwnership::new), on_store_error),
-        schemas: Schemas::compile(config.schema_sources.clone())?,
-        limiter: Limiter::new(config.limits.clone(), redis)?,
-        config,
-    };
+    let gate = Gate::new(config, credentials)?;
+    gate.start();
     let server = crate::server::Settings::of(&gate.config);
     let drain_delay = gate.config.drain.delay;
-    let cors = gate.config.cors.clone();
-    let caps = layers::HeaderCaps {
-        per_header: gate.config.max_header_bytes,
-        total: gate.config.max_headers_total_bytes,
-    };
+    let lifecycle = gate.lifecycle.clone();
+    let gate_config_trusted = gate.config.limits.trusted_proxies.clone();
+    let state = Arc::new(Current::new(gate));
+    // Request ids are accepted from the proxies trusted at start.
     let observer = access_log::Observer {
-        trusted_proxies: Arc::from(gate.config.limits.trusted_proxies.as_slice()),
+        trusted_proxies: Arc::from(gate_config_trusted.as_slice()),
     };
-    let public = layers::wrap(routes::router(Arc::new(gate)), cors, caps, observer);
+    let public = layers::wrap(routes::router(state.clone()), state.clone(), observer);
     let handle = metrics::handle();
     let admin = Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&handle))));
     Ok(App {
@@ -113,6 +64,7 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
         server,
         drain_delay,
         lifecycle,
+        state,
     })
 }
 

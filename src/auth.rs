@@ -1,10 +1,13 @@
-//! Who is calling: the [`Caller`] extractor, the only code that reads the inbound
-//! `Authorization` header (or the configured token cookie). A request reaches the pipeline only
-//! with a verified `Caller`.
+//! Who is calling: [`Authenticator`] turns the inbound `Authorization` header (or the configured
+//! token cookie) into a verified [`Caller`]; it is the only code that reads them. The extractor
+//! that runs it for every proxied route is `routes::caller`, so a request reaches the pipeline
+//! only with a verified `Caller`.
 //!
 //! Tokens are JWTs from one of the configured issuers: HS256/384/512 secrets, or RS/PS/ES/EdDSA
 //! public keys from a JWKS URL or local files. The algorithm is pinned by the key, never taken
-//! from the token. Verified tokens are cached (bounded, never past `exp`).
+//! from the token. Verified tokens are cached (bounded, never past `exp`). A reload builds a new
+//! `Authenticator` ([`Authenticator::next`]): key files are read again and the token cache
+//! starts empty, while a JWKS whose URL and settings are unchanged is taken over, keys and all.
 
 mod issuer;
 mod jwks;
@@ -15,9 +18,6 @@ mod token;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use moka::sync::Cache;
@@ -26,9 +26,7 @@ use sha2::{Digest, Sha256};
 pub use keys::KeyError;
 pub use mint::mint_hs256;
 
-use crate::app::Gate;
 use crate::config;
-use crate::error::GateError;
 use issuer::Issuer;
 
 /// Longest a verified token stays cached, whatever its `exp` (bounds the effect of key removal).
@@ -163,11 +161,23 @@ struct Cached {
 impl Authenticator {
     /// Builds the issuers (loading key files; JWKS are fetched by [`Authenticator::start`]).
     pub fn new(config: &config::Auth) -> Result<Self, KeyError> {
+        Self::build(config, &[])
+    }
+
+    /// The authenticator of a reloaded config: key files read again, a fresh token cache (a
+    /// cached caller may carry a tier or issuer the new config maps differently), and every
+    /// JWKS whose URL and settings did not change taken over from `self` with its keys and
+    /// refresh task. New JWKS are fetched by [`Self::load_new_keys`].
+    pub fn next(&self, config: &config::Auth) -> Result<Self, KeyError> {
+        Self::build(config, &self.issuers)
+    }
+
+    fn build(config: &config::Auth, previous: &[Issuer]) -> Result<Self, KeyError> {
         let client = jwks::client(config)?;
         let issuers = config
             .issuers
             .iter()
-            .map(|issuer| Issuer::new(issuer, config, &client))
+            .map(|issuer| Issuer::new(issuer, config, &client, previous))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             issuers,
@@ -183,11 +193,24 @@ impl Authenticator {
         })
     }
 
-    /// Fetches every JWKS once and keeps them fresh in the background.
-    pub fn start(self: &Arc<Self>) {
+    /// Fetches every JWKS once and keeps them fresh in the background (a JWKS taken over by
+    /// [`Self::next`] keeps its one refresh task).
+    pub fn start(&self) {
         for issuer in &self.issuers {
             issuer.start_refresh();
         }
+    }
+
+    /// Fetches, once, the JWKS of each issuer that no refresh task keeps yet (a reload's new
+    /// issuers), so the new config serves with every key loaded. Errs naming the first issuer
+    /// whose keys could not be loaded.
+    pub async fn load_new_keys(&self) -> Result<(), KeyError> {
+        for issuer in &self.issuers {
+            if let Err(why) = issuer.load_keys().await {
+                return Err(KeyError::Unavailable(issuer.name().to_owned(), why));
+            }
+        }
+        Ok(())
     }
 
     /// Whether every issuer's keys are loaded (readiness).
@@ -249,7 +272,7 @@ impl Authenticator {
     }
 
     /// The token from `Authorization: Bearer`, else from the configured cookie.
-    fn token<'a>(&self, parts: &'a Parts) -> Result<&'a str, AuthError> {
+    pub fn token<'a>(&self, parts: &'a Parts) -> Result<&'a str, AuthError> {
         let mut values = parts.headers.get_all(AUTHORIZATION).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
@@ -289,46 +312,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
-}
-
-impl FromRequestParts<Arc<Gate>> for Caller {
-    type Rejection = GateError;
-
-    /// Failed attempts are rate-limited per client IP, to blunt token guessing: a client over
-    /// the rate is refused before its token is verified (a cached verdict costs nothing and is
-    /// used as is), and only a failure consumes the rate.
-    async fn from_request_parts(parts: &mut Parts, gate: &Arc<Gate>) -> Result<Self, Self::Rejection> {
-        let client_ip = || {
-            let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
-            Some(crate::limits::client_ip(
-                *peer,
-                &parts.headers,
-                gate.limiter.trusted_proxies(),
-            ))
-        };
-        let verdict = match gate.auth.token(parts) {
-            Ok(token) => match gate.auth.cached(token) {
-                Some(verdict) => verdict,
-                None => {
-                    if let Some(ip) = client_ip() {
-                        gate.limiter.precheck_unauthenticated(ip).await?;
-                    }
-                    gate.auth.verify_and_cache(token).await
-                }
-            },
-            Err(err) => Err(err),
-        };
-        match verdict {
-            Ok(caller) => Ok(caller),
-            Err(AuthError::KeysUnavailable) => Err(AuthError::KeysUnavailable.into()),
-            Err(err) => {
-                if let Some(ip) = client_ip() {
-                    gate.limiter.admit_unauthenticated(ip).await?;
-                }
-                Err(err.into())
-            }
-        }
-    }
 }
 
 #[cfg(test)]

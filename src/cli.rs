@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
 
 use crate::config::{Config, FalCredentials, ProcessEnv};
+use crate::process::{announce, bind, reload_on_hangup, say};
 use crate::{app, dev, emulator, telemetry};
 
 /// falgate: the proxy in front of fal.ai.
@@ -75,7 +75,9 @@ pub enum Failure {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
-        Command::Dev { listen, config } => dev::run(listen, config.as_deref()).await.map_err(Failure::Other),
+        Command::Dev { listen, config } => dev::run(listen, config.as_deref(), drain_signal())
+            .await
+            .map_err(Failure::Other),
         Command::Emulator { listen } => run_emulator(listen).await,
         Command::Token { sub, tier, ttl, config } => {
             let config = load(config.as_deref())?;
@@ -139,6 +141,9 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     let app = app::build(config, &credentials).map_err(|err| Failure::Config(err.to_string()))?;
+    reload_on_hangup(app.state.clone(), move || {
+        Config::load(path.as_deref(), &ProcessEnv).map_err(|err| err.to_string())
+    })?;
     announce("falgate", &public, &admin)?;
     app::serve(public, admin, app, drain_signal())
         .await
@@ -170,27 +175,6 @@ async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
         .await
         .context("emulator failed")?;
     Ok(())
-}
-
-/// Binds a listener, naming the address on failure.
-pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Prints the bound addresses on stdout (tests and scripts read them when binding port 0).
-pub(crate) fn announce(name: &str, public: &TcpListener, admin: &TcpListener) -> anyhow::Result<()> {
-    say(&format!("{name} listening on http://{}", public.local_addr()?));
-    say(&format!("{name} admin listening on http://{}", admin.local_addr()?));
-    Ok(())
-}
-
-/// Writes one line to stdout, ignoring a closed stdout: a supervisor that stopped reading must not
-/// take the server down (`println!` panics on a broken pipe).
-pub(crate) fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -81,7 +81,7 @@ pub struct Config {
 }
 
 /// Where fal is and how long to wait for it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub queue_url: Url,
     pub run_url: Url,
@@ -104,7 +104,7 @@ pub struct Upstream {
 
 /// An egress proxy (`http://[user:pass@]host:port`); its URL may hold a password, so it is
 /// never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EgressProxy {
     pub url: String,
     pub no_proxy: String,

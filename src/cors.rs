@@ -5,10 +5,8 @@
 //! preflights are answered 204 before authentication (they never reach fal or count against
 //! anything), and `Vary: Origin` is on every response, falgate's own refusals included.
 
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -25,20 +23,20 @@ const ALLOWED_METHODS: &str = "GET, POST, PUT";
 const EXPOSED_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, retry-after, \
 ratelimit, ratelimit-policy, x-falgate-error, x-falgate-request-id";
 
-/// The middleware function; state is the `[cors]` config.
-pub async fn cors(State(config): State<Arc<Cors>>, request: Request, next: Next) -> Response {
-    let origin = allowed_origin(&config, request.headers());
+/// The middleware, with the request's `[cors]` config.
+pub async fn cors(config: &Cors, request: Request, next: Next) -> Response {
+    let origin = allowed_origin(config, request.headers());
     let preflight = request.method() == Method::OPTIONS
         && request.headers().contains_key(header::ORIGIN)
         && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
-        return preflight_response(&config, origin);
+        return preflight_response(config, origin);
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.append(header::VARY, HeaderValue::from_static("origin"));
     if let Some(origin) = origin {
-        allow(&config, headers, origin);
+        allow(config, headers, origin);
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED_HEADERS),

@@ -1,18 +1,20 @@
 //! `falgate dev`: the gate and the built-in fal emulator in one process, on the embedded default
 //! config (or `--config`), with a random HS256 secret and a ready token. Needs no `FAL_KEY` and
-//! no internet: fal's three hosts point at the emulator.
+//! no internet: fal's three hosts point at the emulator. SIGHUP reloads `--config` (same
+//! overrides, same secret, so the printed token stays valid).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use rand::Rng;
 
-use crate::cli::{announce, bind, drain_signal};
 use crate::config::{Config, FalCredentials};
 use crate::emulator::{self, Emulator, EmulatorConfig};
+use crate::process::{announce, bind, reload_on_hangup, say};
 use crate::{app, telemetry};
 
 /// The default config and its schemas, embedded so `falgate dev` works from any directory.
@@ -26,22 +28,21 @@ const EMULATOR_KEY: &str = "falgate-dev-emulator-key";
 /// How long the printed token is valid.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Runs the dev stack until Ctrl-C.
-pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the dev stack until `shutdown` resolves (Ctrl-C).
+pub async fn run(
+    listen: SocketAddr,
+    config_path: Option<&Path>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let emulator_url = format!("http://{}", emulator_listener.local_addr()?);
     let secret = hex::encode(rand::rng().random::<[u8; 32]>());
     let overrides = dev_overrides(listen, &emulator_url, &secret);
-    let (text, base) = match config_path {
-        Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-            path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ),
-        None => (DEFAULT_CONFIG.to_owned(), unpack_default_schemas()?),
+    let source = match config_path {
+        Some(path) => Source::File(path.to_path_buf()),
+        None => Source::Embedded(unpack_default_schemas()?),
     };
-    let mut config = Config::from_toml_in(&text, &overrides, &base)?;
-    // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
-    config.drain.delay = Duration::ZERO;
+    let config = source.load(&overrides)?;
     let _log_guard = telemetry::init(config.log_format, &config.telemetry);
     let public = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
@@ -49,18 +50,45 @@ pub async fn run(listen: SocketAddr, config_path: Option<&Path>) -> anyhow::Resu
     announce("falgate", &public, &admin)?;
     print_guide(&format!("http://{}", public.local_addr()?), &emulator_url, &token);
     let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))?;
+    reload_on_hangup(app.state.clone(), move || {
+        source.load(&overrides).map_err(|err| format!("{err:#}"))
+    })?;
     let emulator = Emulator::new(EmulatorConfig::default());
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut emulator_stopped = stopped.clone();
     let emulator_task = tokio::spawn(emulator::serve(emulator_listener, emulator, async move {
         emulator_stopped.changed().await.ok();
     }));
-    app::serve(public, admin, app, drain_signal()).await?;
+    app::serve(public, admin, app, shutdown).await?;
     // The emulator stops after the gate drained, so calls in flight can still reach it.
     stop.send(()).ok();
     drop(stopped);
     emulator_task.await??;
     Ok(())
+}
+
+/// Where the dev config comes from, read again on reload.
+enum Source {
+    /// `--config`: the file, its folder as the base of schema paths.
+    File(PathBuf),
+    /// The embedded default, its schemas unpacked into this folder.
+    Embedded(PathBuf),
+}
+
+impl Source {
+    fn load(&self, overrides: &HashMap<String, String>) -> anyhow::Result<Config> {
+        let (text, base) = match self {
+            Self::File(path) => (
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            Self::Embedded(base) => (DEFAULT_CONFIG.to_owned(), base.clone()),
+        };
+        let mut config = Config::from_toml_in(&text, overrides, &base)?;
+        // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
+        config.drain.delay = Duration::ZERO;
+        Ok(config)
+    }
 }
 
 /// Writes the embedded schemas to a private temp folder and returns it as the config's base.
@@ -90,7 +118,7 @@ fn dev_overrides(listen: SocketAddr, emulator_url: &str, secret: &str) -> HashMa
 }
 
 fn print_guide(gate: &str, emulator: &str, token: &str) {
-    crate::cli::say(&format!(
+    say(&format!(
         r#"
 falgate dev is ready: fal is emulated at {emulator} (no FAL_KEY, no internet needed).
 Token for sub "dev-user", valid 24 h:

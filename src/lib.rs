@@ -3,7 +3,8 @@
 //! A request on `/api/fal/*` is authenticated (`auth`), parsed into a typed call (`routes`,
 //! `fal`), then runs the one pipeline (`pipeline`): authorize (`policy`), read and check input
 //! (`input`), check ownership (`ownership`), forward with the server-held key and relay
-//! (`upstream`). `server` runs the public listener thread per core. `emulator` is an offline fal
+//! (`upstream`). `state` holds the gate's snapshot (what reloads) over what lives for the process;
+//! `app` builds and serves it. `server` runs the public listener thread per core. `emulator` is an offline fal
 //! for `falgate dev` and tests. See ARCHITECTURE.md.
 
 pub mod app;
@@ -23,10 +24,12 @@ pub mod limits;
 pub mod ownership;
 pub mod pipeline;
 pub mod policy;
+pub mod process;
 pub mod redis;
 pub mod routes;
 pub mod schema;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;
 

@@ -63,13 +63,15 @@ pub struct Subject<'a> {
     pub tier: &'a str,
 }
 
-/// The limits service, built once at startup.
+/// The limits service: its settings (`config`, replaced on reload) over stores that live for the
+/// process (rate buckets, quotas, jobs in flight, idempotency records), shared by every
+/// [`Limiter`] built from them, so a reload changes rates without wiping what was spent.
 pub struct Limiter {
     config: LimitsConfig,
-    memory: MemoryStore,
-    redis: Option<RedisLimits>,
-    idempotency: Idempotency,
-    errors: StoreErrorLog,
+    memory: Arc<MemoryStore>,
+    redis: Option<Arc<RedisLimits>>,
+    idempotency: Arc<Idempotency>,
+    errors: Arc<StoreErrorLog>,
     slots: Arc<SlotBook>,
 }
 
@@ -128,11 +130,26 @@ impl Limiter {
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
         let idempotency = Idempotency::new(ttl, config.max_tracked_callers, redis.clone(), config.on_store_error);
         Ok(Self {
-            memory: MemoryStore::new(config.max_tracked_callers),
-            redis: redis.map(RedisLimits::new),
-            idempotency,
-            errors: StoreErrorLog::default(),
+            memory: Arc::new(MemoryStore::new(config.max_tracked_callers)),
+            redis: redis.map(|redis| Arc::new(RedisLimits::new(redis))),
+            idempotency: Arc::new(idempotency),
+            errors: Arc::default(),
             slots: Arc::default(),
+            config,
+        })
+    }
+
+    /// A limiter with new settings over this one's stores: what was spent still counts. The
+    /// stores' own sizes (`max_tracked_callers`, `idempotency_ttl_seconds`, `on_store_error`)
+    /// were fixed when they were built; the caller keeps those settings at their running value.
+    pub fn reconfigured(&self, config: LimitsConfig) -> Result<Self, LimitsConfigError> {
+        config.validate()?;
+        Ok(Self {
+            memory: self.memory.clone(),
+            redis: self.redis.clone(),
+            idempotency: self.idempotency.clone(),
+            errors: self.errors.clone(),
+            slots: self.slots.clone(),
             config,
         })
     }

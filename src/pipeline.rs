@@ -17,7 +17,6 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::Gate;
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
@@ -25,6 +24,7 @@ use crate::input;
 use crate::limits::{Admission, OpClass, Slot, SlotKind, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
+use crate::state::Gate;
 use crate::upstream::budget::Charge;
 use crate::upstream::{self, relay};
 use idempotency::{Claim, Settle};

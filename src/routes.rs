@@ -1,6 +1,8 @@
 //! Every public route in one table. Routes only parse: each turns its path, query and headers
-//! into a [`crate::fal::Call`] and hands it to [`crate::pipeline::handle`].
+//! into a [`crate::fal::Call`] and hands it to [`crate::pipeline::handle`], with the request's
+//! [`crate::state::Snapshot`] of the gate and its [`Caller`] (extracted in `caller`).
 
+mod caller;
 mod health;
 mod proxy;
 mod queue;
@@ -10,16 +12,16 @@ use std::sync::Arc;
 use axum::routing::{any, get};
 use axum::Router;
 
-use crate::app::Gate;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
+use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
 
-/// The public router (without the outer layers).
-pub fn router(gate: Arc<Gate>) -> Router {
+/// The public router (without the outer layers), on the snapshot in force.
+pub fn router(current: Arc<Current>) -> Router {
     Router::new()
         .route("/api/fal/proxy", any(proxy::handle))
         .route("/api/fal/queue/{*path}", any(queue::queue))
@@ -28,7 +30,7 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(gate)
+        .with_state(current)
 }
 
 async fn route_not_found() -> GateError {

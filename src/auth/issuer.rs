@@ -27,7 +27,14 @@ pub(super) struct Issuer {
 }
 
 impl Issuer {
-    pub(super) fn new(config: &IssuerConfig, auth: &config::Auth, client: &reqwest::Client) -> Result<Self, KeyError> {
+    /// Builds an issuer, reading its key files; its JWKS is taken over from `previous` issuers
+    /// (a reload) when one fetches the same URL with the same settings.
+    pub(super) fn new(
+        config: &IssuerConfig,
+        auth: &config::Auth,
+        client: &reqwest::Client,
+        previous: &[Self],
+    ) -> Result<Self, KeyError> {
         let mut fixed = Vec::new();
         if let Some(secret) = &config.hs_secret {
             fixed.extend(keys::from_secret(secret.expose_secret().as_bytes(), &config.algorithms));
@@ -37,13 +44,20 @@ impl Issuer {
         }
         let name: Arc<str> = Arc::from(config.name.as_str());
         let jwks = config.jwks_url.clone().map(|url| {
-            Arc::new(Jwks::new(
-                name.clone(),
-                url,
-                client.clone(),
-                config.algorithms.clone(),
-                auth,
-            ))
+            previous
+                .iter()
+                .filter_map(|issuer| issuer.jwks.as_ref())
+                .find(|jwks| jwks.serves(&name, &url, &config.algorithms, auth))
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Jwks::new(
+                        name.clone(),
+                        url,
+                        client.clone(),
+                        config.algorithms.clone(),
+                        auth,
+                    ))
+                })
         });
         Ok(Self {
             name,
@@ -63,6 +77,23 @@ impl Issuer {
         if let Some(jwks) = &self.jwks {
             jwks.spawn_refresh();
         }
+    }
+
+    /// Loads this issuer's JWKS once if nothing keeps it yet; says why when it could not.
+    pub(super) async fn load_keys(&self) -> Result<(), String> {
+        match &self.jwks {
+            Some(jwks) => jwks.load_once().await,
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[cfg(test)]
+    pub(super) fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
     }
 
     pub(super) fn ready(&self) -> bool {

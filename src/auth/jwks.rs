@@ -1,8 +1,12 @@
 //! One issuer's JWKS: fetched at start, refreshed on an interval and on an unknown `kid` (at
 //! most once per cooldown, single-flight), size- and time-capped, and kept when a refresh
 //! fails. Never fetched from anything a token says (`jku`, `x5u` are ignored).
+//!
+//! A reload hands a [`Jwks`] whose URL and settings did not change to the new issuers, keys and
+//! refresh task included ([`Jwks::serves`]); the refresh task of one no issuer uses any more is
+//! aborted when it is dropped.
 
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -34,8 +38,20 @@ pub(super) struct Jwks {
     max_bytes: usize,
     cooldown: Duration,
     refresh: Duration,
+    /// The client's whole-fetch timeout (kept to tell whether a reload changed it).
+    timeout: Duration,
     keys: RwLock<Option<Arc<Vec<Key>>>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// The background refresh, once started; aborted on drop.
+    refresh_task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Jwks {
+    fn drop(&mut self) {
+        if let Some(task) = self.refresh_task.get() {
+            task.abort();
+        }
+    }
 }
 
 impl Jwks {
@@ -54,9 +70,34 @@ impl Jwks {
             max_bytes: config.jwks_max_bytes,
             cooldown: config.jwks_cooldown,
             refresh: config.jwks_refresh,
+            timeout: config.jwks_timeout,
             keys: RwLock::new(None),
             last_fetch: Mutex::new(None),
+            refresh_task: OnceLock::new(),
         }
+    }
+
+    /// Whether this key set is the one an issuer configured with `url`, `algorithms` and
+    /// `config` would fetch, so a reload may keep it (and its keys) instead of starting over.
+    pub(super) fn serves(&self, issuer: &str, url: &Url, algorithms: &[Algorithm], config: &config::Auth) -> bool {
+        *self.issuer == *issuer
+            && self.url == *url
+            && self.algorithms == algorithms
+            && self.max_bytes == config.jwks_max_bytes
+            && self.cooldown == config.jwks_cooldown
+            && self.refresh == config.jwks_refresh
+            && self.timeout == config.jwks_timeout
+    }
+
+    /// For a set no refresh task keeps yet (a new issuer's, on reload): fetches it once now and
+    /// says why not when no keys could be loaded. A set already kept is the running config's
+    /// business: `Ok`.
+    pub(super) async fn load_once(&self) -> Result<(), String> {
+        if self.refresh_task.get().is_some() || self.keys().is_some() {
+            return Ok(());
+        }
+        *self.last_fetch.lock().await = Some(Instant::now());
+        self.fetch().await
     }
 
     /// The current keys, if any were ever loaded.
@@ -74,30 +115,44 @@ impl Jwks {
             return;
         }
         *last = Some(Instant::now());
-        self.fetch().await;
+        let _logged = self.fetch().await;
     }
 
-    /// Keeps the keys fresh while the owner lives.
+    /// Keeps the keys fresh while the owner lives (once: a set handed to a reloaded issuer keeps
+    /// its one task). Keys loaded already ([`Self::load_once`]) wait one interval first.
     pub(super) fn spawn_refresh(self: &Arc<Self>) {
+        if self.refresh_task.get().is_some() {
+            return;
+        }
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.refresh;
-        tokio::spawn(async move {
+        let mut wait = if self.keys().is_some() { interval } else { Duration::ZERO };
+        let task = tokio::spawn(async move {
             loop {
+                tokio::time::sleep(wait).await;
                 let Some(jwks) = weak.upgrade() else { return };
                 *jwks.last_fetch.lock().await = Some(Instant::now());
-                jwks.fetch().await;
-                let wait = if jwks.keys().is_some() {
+                let _logged = jwks.fetch().await;
+                wait = if jwks.keys().is_some() {
                     interval
                 } else {
                     jwks.cooldown.max(Duration::from_secs(1))
                 };
-                drop(jwks);
-                tokio::time::sleep(wait).await;
             }
         });
+        if let Err(duplicate) = self.refresh_task.set(task.abort_handle()) {
+            // Two callers raced to start it: keep the first task.
+            duplicate.abort();
+        }
     }
 
-    async fn fetch(&self) {
+    /// The refresh task, for tests that check it ends.
+    #[cfg(test)]
+    pub(super) fn refresh_task(&self) -> Option<tokio::task::AbortHandle> {
+        self.refresh_task.get().cloned()
+    }
+
+    async fn fetch(&self) -> Result<(), String> {
         match self
             .download()
             .await
@@ -109,10 +164,12 @@ impl Jwks {
                     tracing::warn!(jwks = %self.url, ?skipped, "JWKS keys skipped");
                 }
                 *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(keys));
+                Ok(())
             }
             Err(why) => {
                 metrics::jwks_refreshed(&self.issuer, false);
                 tracing::warn!(jwks = %self.url, error = %why, "JWKS fetch failed; keeping the last keys");
+                Err(format!("{}: {why}", self.url))
             }
         }
     }

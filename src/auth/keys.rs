@@ -21,6 +21,8 @@ pub enum KeyError {
     File(String, String),
     #[error("cannot build the JWKS client: {0}")]
     Client(String),
+    #[error("issuer `{0}`: its JWKS could not be loaded: {1}")]
+    Unavailable(String, String),
 }
 
 const RSA_ALGS: [Algorithm; 6] = [

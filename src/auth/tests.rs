@@ -7,6 +7,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::error::GateError;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
@@ -457,4 +458,59 @@ async fn a_failed_jwks_download_is_counted_for_its_issuer() {
     // The unknown `kid` makes the issuer fetch its JWKS, which cannot be reached.
     assert_eq!(verdict(&auth, &token).await, Err(AuthError::KeysUnavailable));
     assert!(count() >= before + 1.0, "{series}");
+}
+
+/// Two JWKS issuers on closed local ports (their fetches fail at once; nothing is served).
+fn two_jwks_issuers(second: bool) -> String {
+    let mut toml = "[auth]\njwks_refresh_seconds = 3600\n\
+                    [auth.issuers.a]\nissuer = \"https://a\"\njwks_url = \"http://127.0.0.1:9/a\"\nalgorithms = [\"RS256\"]\n"
+        .to_owned();
+    if second {
+        toml.push_str("[auth.issuers.b]\nissuer = \"https://b\"\njwks_url = \"http://127.0.0.1:9/b\"\nalgorithms = [\"RS256\"]\n");
+    }
+    toml
+}
+
+fn auth_config(toml: &str) -> config::Auth {
+    let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())]);
+    config::Config::from_toml(toml, &env).unwrap().auth
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_jwks_and_stops_the_refresh_of_a_removed_one() {
+    let running = Authenticator::new(&auth_config(&two_jwks_issuers(true))).unwrap();
+    running.start();
+    let jwks = |auth: &Authenticator, name: &str| {
+        auth.issuers
+            .iter()
+            .find(|issuer| issuer.name() == name)
+            .and_then(|issuer| issuer.jwks().cloned())
+            .unwrap()
+    };
+    let (kept, removed) = (jwks(&running, "a"), jwks(&running, "b"));
+    let (kept_task, removed_task) = (kept.refresh_task().unwrap(), removed.refresh_task().unwrap());
+    drop((kept, removed));
+
+    let next = Authenticator::next(&running, &auth_config(&two_jwks_issuers(false))).unwrap();
+    next.start();
+    assert!(Arc::ptr_eq(&jwks(&next, "a"), &jwks(&running, "a")), "a's JWKS is taken over");
+    next.load_new_keys().await.expect("a kept JWKS is not fetched again");
+    drop(running);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !removed_task.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "the removed issuer's refresh task still runs");
+        tokio::task::yield_now().await;
+    }
+    assert!(!kept_task.is_finished(), "the kept issuer's refresh task runs on");
+    assert_eq!(jwks(&next, "a").refresh_task().unwrap().id(), kept_task.id());
+}
+
+#[tokio::test]
+async fn a_new_issuers_jwks_must_load_before_the_reload_serves() {
+    let running = Authenticator::new(&auth_config(&two_jwks_issuers(false))).unwrap();
+    running.start();
+    let next = running.next(&auth_config(&two_jwks_issuers(true))).unwrap();
+    let err = next.load_new_keys().await.unwrap_err().to_string();
+    assert!(err.contains("issuer `b`") && err.contains("127.0.0.1:9/b"), "{err}");
 }

@@ -51,7 +51,7 @@ pub struct Cors {
 }
 
 /// Ownership memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnershipConfig {
     pub ttl: Duration,
     pub max_entries: u64,

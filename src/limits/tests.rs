@@ -540,3 +540,37 @@ fn only_an_answered_idempotency_key_counts_as_answered() {
     assert!(!idem.answered_at("iss|bob", "k1", SystemTime::now()));
     assert!(!idem.answered_at("iss|alice", "k1", SystemTime::now() + Duration::from_secs(601)));
 }
+
+/// A reload builds a limiter with new settings over the same stores: what was spent before
+/// still counts, and the new rates and quotas apply at once.
+#[tokio::test]
+async fn a_reconfigured_limiter_keeps_what_was_spent_under_the_new_settings() {
+    let before = limiter();
+    // free: cancel burst 5.
+    for _ in 0..4 {
+        before.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await.unwrap();
+    }
+    let mut changed_elsewhere = config();
+    changed_elsewhere.tiers.get_mut("pro").unwrap().cancel = Some(RateConfig {
+        burst: 1,
+        per_minute: 1,
+    });
+    let after = before.reconfigured(changed_elsewhere).unwrap();
+    after.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await.unwrap();
+    let refused = after.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await;
+    assert_eq!(refused.unwrap_err().code(), "rate_limited");
+
+    // A lower daily quota counts the requests already made today.
+    before.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await.unwrap();
+    before.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await.unwrap();
+    let mut lower = config();
+    lower.tiers.get_mut("free").unwrap().daily_requests = Some(2);
+    let after = before.reconfigured(lower).unwrap();
+    let refused = after.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await;
+    assert_eq!(refused.unwrap_err().code(), "quota_exceeded");
+
+    // An unusable config is refused, as at startup.
+    let mut broken = config();
+    broken.default_tier = "gold".into();
+    assert!(before.reconfigured(broken).is_err());
+}

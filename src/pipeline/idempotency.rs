@@ -6,11 +6,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::Answer;
-use crate::app::Gate;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
 use crate::limits::{IdemState, Idempotency, LimitError};
 use crate::schema::ValidInput;
+use crate::state::Gate;
 
 /// The request header carrying the key.
 const KEY_HEADER: &str = "idempotency-key";

@@ -1,21 +1,18 @@
 //! `/healthz` (the process serves) and `/readyz` (config loaded, every issuer's keys loaded;
 //! shared state reachable when configured; 503 `draining` once shutdown began). The only public routes without a caller.
 
-use std::sync::Arc;
-
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::app::Gate;
 use crate::limits::Readiness;
+use crate::state::Snapshot;
 
 pub(super) async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub(super) async fn ready(State(gate): State<Arc<Gate>>) -> (StatusCode, Json<Value>) {
+pub(super) async fn ready(Snapshot(gate): Snapshot) -> (StatusCode, Json<Value>) {
     if gate.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
     }

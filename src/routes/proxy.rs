@@ -1,21 +1,19 @@
 //! `ANY /api/fal/proxy`: the `@fal-ai/client` proxy protocol. The real fal URL arrives in
 //! `x-fal-target-url`; it is parsed strictly (see `fal::target`) and only the parsed call is used.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 
-use crate::app::Gate;
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{parse_target, TargetError};
 use crate::pipeline;
+use crate::state::Snapshot;
 
 /// The header that carries the real fal URL.
 const TARGET_HEADER: &str = "x-fal-target-url";
 
-pub(super) async fn handle(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+pub(super) async fn handle(Snapshot(gate): Snapshot, caller: Caller, request: Request) -> Response {
     let mut facts = super::facts(&caller);
     let answer = async {
         let mut targets = request.headers().get_all(TARGET_HEADER).iter();

@@ -2,19 +2,17 @@
 //! `POST /api/fal/run/{endpoint}`. The raw, still-encoded path is parsed, so an encoded `/` or
 //! `..` is refused rather than decoded.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 
-use crate::app::Gate;
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{parse_queue_path, Call, Op};
 use crate::pipeline;
+use crate::state::{Gate, Snapshot};
 use crate::telemetry::access_log::CallFacts;
 
-pub(super) async fn queue(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+pub(super) async fn queue(Snapshot(gate): Snapshot, caller: Caller, request: Request) -> Response {
     let mut facts = super::facts(&caller);
     let answer = match parse("/api/fal/queue", &request) {
         Ok(op) => forward(&gate, caller, Call { op }, request, &mut facts).await,
@@ -23,7 +21,7 @@ pub(super) async fn queue(State(gate): State<Arc<Gate>>, caller: Caller, request
     super::answer(answer, facts)
 }
 
-pub(super) async fn run(State(gate): State<Arc<Gate>>, caller: Caller, request: Request) -> Response {
+pub(super) async fn run(Snapshot(gate): Snapshot, caller: Caller, request: Request) -> Response {
     let mut facts = super::facts(&caller);
     let answer = match parse("/api/fal/run", &request) {
         Ok(Op::Submit {
