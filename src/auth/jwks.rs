@@ -152,6 +152,12 @@ impl Jwks {
         self.refresh_task.get().cloned()
     }
 
+    /// Whether a fetch was started, for tests that need the refresh task past its first one.
+    #[cfg(test)]
+    pub(super) async fn fetch_started(&self) -> bool {
+        self.last_fetch.lock().await.is_some()
+    }
+
     async fn fetch(&self) -> Result<(), String> {
         match self
             .download()

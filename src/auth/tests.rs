@@ -462,7 +462,8 @@ async fn a_failed_jwks_download_is_counted_for_its_issuer() {
 
 /// Two JWKS issuers on closed local ports (their fetches fail at once; nothing is served).
 fn two_jwks_issuers(second: bool) -> String {
-    let mut toml = "[auth]\njwks_refresh_seconds = 3600\n\
+    // A failed fetch is retried after the cooldown: long, so only an abort ends the task soon.
+    let mut toml = "[auth]\njwks_refresh_seconds = 3600\njwks_cooldown_seconds = 3600\n\
                     [auth.issuers.a]\nissuer = \"https://a\"\njwks_url = \"http://127.0.0.1:9/a\"\nalgorithms = [\"RS256\"]\n"
         .to_owned();
     if second {
@@ -489,6 +490,12 @@ async fn a_reload_keeps_an_unchanged_jwks_and_stops_the_refresh_of_a_removed_one
     };
     let (kept, removed) = (jwks(&running, "a"), jwks(&running, "b"));
     let (kept_task, removed_task) = (kept.refresh_task().unwrap(), removed.refresh_task().unwrap());
+    // Both tasks past their first fetch: from now on each waits out its interval.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(kept.fetch_started().await && removed.fetch_started().await) {
+        assert!(tokio::time::Instant::now() < deadline, "the refresh tasks never fetched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop((kept, removed));
 
     let next = Authenticator::next(&running, &auth_config(&two_jwks_issuers(false))).unwrap();
@@ -500,7 +507,7 @@ async fn a_reload_keeps_an_unchanged_jwks_and_stops_the_refresh_of_a_removed_one
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !removed_task.is_finished() {
         assert!(tokio::time::Instant::now() < deadline, "the removed issuer's refresh task still runs");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!kept_task.is_finished(), "the kept issuer's refresh task runs on");
     assert_eq!(jwks(&next, "a").refresh_task().unwrap().id(), kept_task.id());

@@ -13,6 +13,7 @@ mod jwks;
 mod limits;
 mod observability;
 mod relay;
+mod reload;
 mod replicas;
 mod schema;
 mod target;
