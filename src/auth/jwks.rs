@@ -126,7 +126,11 @@ impl Jwks {
         }
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.refresh;
-        let mut wait = if self.keys().is_some() { interval } else { Duration::ZERO };
+        let mut wait = if self.keys().is_some() {
+            interval
+        } else {
+            Duration::ZERO
+        };
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(wait).await;

@@ -467,7 +467,9 @@ fn two_jwks_issuers(second: bool) -> String {
                     [auth.issuers.a]\nissuer = \"https://a\"\njwks_url = \"http://127.0.0.1:9/a\"\nalgorithms = [\"RS256\"]\n"
         .to_owned();
     if second {
-        toml.push_str("[auth.issuers.b]\nissuer = \"https://b\"\njwks_url = \"http://127.0.0.1:9/b\"\nalgorithms = [\"RS256\"]\n");
+        toml.push_str(
+            "[auth.issuers.b]\nissuer = \"https://b\"\njwks_url = \"http://127.0.0.1:9/b\"\nalgorithms = [\"RS256\"]\n",
+        );
     }
     toml
 }
@@ -493,20 +495,29 @@ async fn a_reload_keeps_an_unchanged_jwks_and_stops_the_refresh_of_a_removed_one
     // Both tasks past their first fetch: from now on each waits out its interval.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !(kept.fetch_started().await && removed.fetch_started().await) {
-        assert!(tokio::time::Instant::now() < deadline, "the refresh tasks never fetched");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh tasks never fetched"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop((kept, removed));
 
     let next = Authenticator::next(&running, &auth_config(&two_jwks_issuers(false))).unwrap();
     next.start();
-    assert!(Arc::ptr_eq(&jwks(&next, "a"), &jwks(&running, "a")), "a's JWKS is taken over");
+    assert!(
+        Arc::ptr_eq(&jwks(&next, "a"), &jwks(&running, "a")),
+        "a's JWKS is taken over"
+    );
     next.load_new_keys().await.expect("a kept JWKS is not fetched again");
     drop(running);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !removed_task.is_finished() {
-        assert!(tokio::time::Instant::now() < deadline, "the removed issuer's refresh task still runs");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed issuer's refresh task still runs"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!kept_task.is_finished(), "the kept issuer's refresh task runs on");

@@ -548,7 +548,10 @@ async fn a_reconfigured_limiter_keeps_what_was_spent_under_the_new_settings() {
     let before = limiter();
     // free: cancel burst 5.
     for _ in 0..4 {
-        before.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await.unwrap();
+        before
+            .admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0))
+            .await
+            .unwrap();
     }
     let mut changed_elsewhere = config();
     changed_elsewhere.tiers.get_mut("pro").unwrap().cancel = Some(RateConfig {

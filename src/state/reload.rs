@@ -110,7 +110,10 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<&'static str> {
             "limits.idempotency_ttl_seconds",
             restore(&old.idempotency_ttl_seconds, &mut new.idempotency_ttl_seconds),
         ),
-        ("limits.on_store_error", restore(&old.on_store_error, &mut new.on_store_error)),
+        (
+            "limits.on_store_error",
+            restore(&old.on_store_error, &mut new.on_store_error),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, differed)| differed.then_some(name))

@@ -83,7 +83,11 @@ impl Served {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut url, mut admin) = (None, None);
         while url.is_none() || admin.is_none() {
-            let line = lines.next_line().await.unwrap().expect("falgate exited before listening");
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("falgate exited before listening");
             if let Some(rest) = line.strip_prefix("falgate listening on ") {
                 url = Some(rest.to_owned());
             } else if let Some(rest) = line.strip_prefix("falgate admin listening on ") {
@@ -99,7 +103,10 @@ impl Served {
             file,
             child,
             log,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
             token,
         }
     }
@@ -110,7 +117,10 @@ impl Served {
         std::fs::write(&self.file, text).unwrap();
         let seen = self.log.lock().unwrap().len();
         let pid = self.child.id().expect("falgate is running").to_string();
-        let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -HUP failed");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -192,7 +202,10 @@ async fn sighup_adds_an_endpoint_while_spent_rate_ownership_and_open_streams_sur
         .unwrap()
         .to_owned();
     assert_eq!(gate.submit(VPG).await.status(), 200);
-    assert_eq!(code(gate.submit(ECHO).await).await, (403, "endpoint_not_allowed".into()));
+    assert_eq!(
+        code(gate.submit(ECHO).await).await,
+        (403, "endpoint_not_allowed".into())
+    );
     let stream = gate
         .client
         .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status/stream", gate.url))
@@ -232,7 +245,12 @@ async fn sighup_adds_an_endpoint_while_spent_rate_ownership_and_open_streams_sur
         rest.push_str(&String::from_utf8_lossy(&chunk.expect("the stream broke off")));
     }
     assert!(rest.contains("COMPLETED"), "{rest}");
-    assert_eq!(gate.metric("falgate_config_reloads_total{result=\"ok\"}").await.as_deref(), Some("1"));
+    assert_eq!(
+        gate.metric("falgate_config_reloads_total{result=\"ok\"}")
+            .await
+            .as_deref(),
+        Some("1")
+    );
 }
 
 #[tokio::test]
@@ -263,13 +281,21 @@ async fn a_broken_config_keeps_the_running_one_and_logs_why() {
     ];
     for (text, named) in &broken {
         let line = gate.reload(text).await;
-        assert!(line.contains("config reload failed") && line.contains(named), "{named}: {line}");
+        assert!(
+            line.contains("config reload failed") && line.contains(named),
+            "{named}: {line}"
+        );
         assert_eq!(gate.submit(VPG).await.status(), 200, "the running config still serves");
     }
     // The endpoint of the refused config was never added.
-    assert_eq!(code(gate.submit(ECHO).await).await, (403, "endpoint_not_allowed".into()));
     assert_eq!(
-        gate.metric("falgate_config_reloads_total{result=\"error\"}").await.as_deref(),
+        code(gate.submit(ECHO).await).await,
+        (403, "endpoint_not_allowed".into())
+    );
+    assert_eq!(
+        gate.metric("falgate_config_reloads_total{result=\"error\"}")
+            .await
+            .as_deref(),
         Some("3")
     );
 }
@@ -286,7 +312,9 @@ async fn a_restart_only_change_is_warned_about_and_keeps_its_running_value() {
     assert_eq!(gate.submit(VPG).await.status(), 200);
     // The admin listener did not move: it still answers where it was.
     assert_eq!(
-        gate.metric("falgate_config_reloads_total{result=\"ok\"}").await.as_deref(),
+        gate.metric("falgate_config_reloads_total{result=\"ok\"}")
+            .await
+            .as_deref(),
         Some("1")
     );
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::state::Gate;
 use crate::config::FalCredentials;
 use crate::limits::{OpClass, Subject};
+use crate::state::Gate;
 
 const BASE: &str = r#"
 listen = "127.0.0.1:0"
@@ -58,7 +58,11 @@ async fn a_reload_swaps_the_config_keeps_the_process_parts_and_spares_calls_in_f
     let next = current.load();
     assert!(!Arc::ptr_eq(&next, &in_flight));
     assert_eq!(next.config.endpoints.len(), 2);
-    assert_eq!(in_flight.config.endpoints.len(), 1, "a call in flight keeps its snapshot");
+    assert_eq!(
+        in_flight.config.endpoints.len(),
+        1,
+        "a call in flight keeps its snapshot"
+    );
     assert!(Arc::ptr_eq(&next.upstream, &in_flight.upstream));
     assert!(Arc::ptr_eq(&next.ownership, &in_flight.ownership));
     // Burst 3, two spent before the reload: one more, then refused.
@@ -104,7 +108,10 @@ async fn restart_only_settings_are_named_and_keep_their_running_value() {
     assert_eq!(gate.config.listen, running.listen);
     assert_eq!(gate.config.workers, 1);
     assert_eq!(gate.config.log_format, running.log_format);
-    assert_eq!(gate.config.limits.max_tracked_callers, running.limits.max_tracked_callers);
+    assert_eq!(
+        gate.config.limits.max_tracked_callers,
+        running.limits.max_tracked_callers
+    );
     // What may reload did: the cancel rate is gone.
     assert!(gate.config.limits.tiers["free"].cancel.is_none());
 }
