@@ -318,3 +318,67 @@ async fn a_restart_only_change_is_warned_about_and_keeps_its_running_value() {
         Some("1")
     );
 }
+
+/// A JWKS endpoint serving the `rsa1` fixture key.
+async fn jwks_server() -> String {
+    let jwk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/rsa1.jwk.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let body = json!({ "keys": [jwk] });
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || std::future::ready(axum::Json(body.clone()))),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_new_issuers_jwks_is_loaded_before_it_serves_and_an_unreachable_one_is_refused() {
+    let gate = Served::start(&config("")).await;
+    // An issuer whose JWKS cannot be fetched: the reload fails, naming it.
+    let unreachable =
+        "[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"http://127.0.0.1:9/jwks.json\"\n";
+    let line = gate.reload(&config(unreachable)).await;
+    assert!(
+        line.contains("config reload failed") && line.contains("issuer `idp`"),
+        "{line}"
+    );
+
+    let jwks = jwks_server().await;
+    let issuer = format!("[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"{jwks}\"\n");
+    let line = gate.reload(&config(&issuer)).await;
+    assert!(line.contains("config reloaded"), "{line}");
+    // The first call after the reload already verifies against the new issuer's keys.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa1".into());
+    let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/rsa1.pem")).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "bob", "iss": "https://idp.test", "exp": now + 300, "iat": now}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let response = gate
+        .client
+        .post(format!("{}/api/fal/queue/{VPG}", gate.url))
+        .bearer_auth(token)
+        .json(&json!({"input_concept": "a lighthouse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let ready = gate.client.get(format!("{}/readyz", gate.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
