@@ -55,7 +55,13 @@ impl Current {
 /// the new config is in force.
 pub async fn reload_and_report(current: &Arc<Current>, loaded: Result<Config, String>) -> bool {
     let outcome = match loaded {
-        Ok(config) => current.reload(config).await,
+        Ok(config) => {
+            // What start logs about a config that starts but surprises, the reload logs too.
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            current.reload(config).await
+        }
         Err(message) => Err(ReloadError::Config(message)),
     };
     metrics::config_reloaded(outcome.is_ok());
