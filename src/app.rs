@@ -51,6 +51,8 @@ pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildE
     let lifecycle = gate.lifecycle.clone();
     let gate_config_trusted = gate.config.limits.trusted_proxies.clone();
     let state = Arc::new(Current::new(gate));
+    // Frees the slots of jobs that ended unobserved; lives as long as the gate, until the drain.
+    crate::limits::reconcile::spawn(Arc::downgrade(&state), lifecycle.clone());
     // Request ids are accepted from the proxies trusted at start.
     let observer = access_log::Observer {
         trusted_proxies: Arc::from(gate_config_trusted.as_slice()),

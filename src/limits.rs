@@ -15,6 +15,7 @@ mod headers;
 mod idempotency;
 mod memory;
 mod plan;
+pub mod reconcile;
 mod redis;
 #[cfg(test)]
 mod redis_tests;
@@ -73,6 +74,8 @@ pub struct Limiter {
     idempotency: Arc<Idempotency>,
     errors: Arc<StoreErrorLog>,
     slots: Arc<SlotBook>,
+    /// Jobs in flight, for the reconciler ([`reconcile`]).
+    jobs: Arc<reconcile::Jobs>,
 }
 
 /// Proof that a call was admitted, with what is left of each limit for the `RateLimit` header.
@@ -129,12 +132,14 @@ impl Limiter {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
         let idempotency = Idempotency::new(ttl, config.max_tracked_callers, redis.clone(), config.on_store_error);
+        let jobs = Arc::new(reconcile::Jobs::new(redis.clone()));
         Ok(Self {
             memory: Arc::new(MemoryStore::new(config.max_tracked_callers)),
             redis: redis.map(|redis| Arc::new(RedisLimits::new(redis))),
             idempotency: Arc::new(idempotency),
             errors: Arc::default(),
             slots: Arc::default(),
+            jobs,
             config,
         })
     }
@@ -150,6 +155,7 @@ impl Limiter {
             idempotency: self.idempotency.clone(),
             errors: self.errors.clone(),
             slots: self.slots.clone(),
+            jobs: self.jobs.clone(),
             config,
         })
     }
@@ -302,13 +308,6 @@ impl Limiter {
         }
     }
 
-    /// A submit fal accepted: its concurrency slot now belongs to `request_id`.
-    pub async fn job_started(&self, admission: &Admission, request_id: &str) {
-        if let Some(reservation) = &admission.reservation {
-            self.release(&admission.tag, reservation, Some(request_id), None).await;
-        }
-    }
-
     /// A submit fal clearly did not take (it answered with an error): free its concurrency slot
     /// and give back its request and credits. Never call it when the outcome is unknown.
     pub async fn refund_inflight(&self, admission: &Admission) {
@@ -322,12 +321,6 @@ impl Limiter {
         if let Some(reservation) = &admission.reservation {
             self.release(&admission.tag, reservation, None, None).await;
         }
-    }
-
-    /// Completion, cancellation or an error of job `request_id` was seen: free its slot.
-    /// Idempotent, so every replica that sees the job end may call it.
-    pub async fn job_finished(&self, who: &Subject<'_>, request_id: &str) {
-        self.release(&tag_of(who.principal), request_id, None, None).await;
     }
 
     /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).

@@ -161,7 +161,7 @@ async fn admitted(
 enum Bookkeeping {
     Submitted(crate::fal::AppId, crate::fal::FalRequestId),
     Refund,
-    Finished(crate::fal::FalRequestId),
+    Finished(crate::fal::AppId, crate::fal::FalRequestId),
     RunDone,
     Nothing,
 }
@@ -183,9 +183,9 @@ impl Bookkeeping {
             (Op::Run { .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => Self::RunDone,
             (Op::Run { .. }, _) => Self::Refund,
             (
-                Op::Status { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. },
+                Op::Status { app, id, .. } | Op::Result { app, id } | Op::Cancel { app, id },
                 Ok(Answer::Buffered(buffered, ..)),
-            ) if finished(call, buffered) => Self::Finished(id.clone()),
+            ) if finished(call, buffered) => Self::Finished(app.clone(), id.clone()),
             _ => Self::Nothing,
         }
     }
@@ -197,19 +197,22 @@ async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, book
     match bookkeeping {
         Bookkeeping::Submitted(app, id) => {
             gate.ownership.record(subject.principal, &app, &id).await;
-            gate.limiter.job_started(admission, id.as_str()).await;
+            gate.limiter.job_started(admission, &app, &id).await;
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
-        Bookkeeping::Finished(id) => gate.limiter.job_finished(subject, id.as_str()).await,
+        Bookkeeping::Finished(app, id) => gate.limiter.job_finished(subject, &app, &id).await,
         Bookkeeping::RunDone => gate.limiter.run_finished(admission).await,
         Bookkeeping::Nothing => {}
     }
 }
 
-/// Whether fal's answer shows the job is over (completed, cancelled, or its result served).
+/// Whether fal's answer shows the job is over: its status is `COMPLETED` (done, failed or
+/// cancelled), its result was served, or a cancel found it `ALREADY_COMPLETED`. A cancel fal
+/// accepted is not an end: a running job may go on for a while (`reconcile.rs` frees it later).
 fn finished(call: &Call, answer: &relay::Buffered) -> bool {
     match call.op {
-        Op::Result { .. } | Op::Cancel { .. } => answer.status.is_success(),
+        Op::Result { .. } => answer.status.is_success(),
+        Op::Cancel { .. } => answer.already_completed(),
         Op::Status { .. } => answer.status.is_success() && answer.completed(),
         _ => false,
     }

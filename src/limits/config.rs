@@ -37,6 +37,16 @@ pub struct LimitsConfig {
     /// A job that never reports completion frees its concurrency slot after this long.
     #[serde(default = "default_inflight_ttl_seconds")]
     pub inflight_ttl_seconds: u64,
+    /// How often the reconciler asks fal about jobs in flight (0 = never; slots then free only
+    /// when a poll sees the end, or after `inflight_ttl_seconds`). See `limits/reconcile.rs`.
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
+    /// A job in flight is asked about once nobody learned its state for this long.
+    #[serde(default = "default_reconcile_idle_ms")]
+    pub reconcile_idle_ms: u64,
+    /// Most jobs asked about in one pass.
+    #[serde(default = "default_reconcile_batch")]
+    pub reconcile_batch: u32,
     /// What to do when Redis cannot answer.
     #[serde(default)]
     pub on_store_error: OnStoreError,
@@ -147,6 +157,18 @@ fn default_inflight_ttl_seconds() -> u64 {
     3600
 }
 
+fn default_reconcile_interval_ms() -> u64 {
+    15_000
+}
+
+fn default_reconcile_idle_ms() -> u64 {
+    30_000
+}
+
+fn default_reconcile_batch() -> u32 {
+    100
+}
+
 fn default_max_tracked_callers() -> u64 {
     100_000
 }
@@ -189,6 +211,9 @@ impl LimitsConfig {
             trusted_proxies: Vec::new(),
             idempotency_ttl_seconds: default_idempotency_ttl_seconds(),
             inflight_ttl_seconds: default_inflight_ttl_seconds(),
+            reconcile_interval_ms: default_reconcile_interval_ms(),
+            reconcile_idle_ms: default_reconcile_idle_ms(),
+            reconcile_batch: default_reconcile_batch(),
             on_store_error: OnStoreError::default(),
             max_tracked_callers: default_max_tracked_callers(),
             streams_per_caller: default_per_caller(),
@@ -231,6 +256,7 @@ impl LimitsConfig {
             ("limits.relays_per_caller", Some(self.relays_per_caller)),
             ("limits.max_streams", Some(self.max_streams)),
             ("limits.max_relays", Some(self.max_relays)),
+            ("limits.reconcile_batch", Some(self.reconcile_batch)),
         ]
         .into_iter()
         .chain(self.tiers.values().flat_map(|tier| {

@@ -115,6 +115,17 @@ impl MemoryStore {
         }
     }
 
+    /// When `tag`'s slot `id` started (µs), if it is still held.
+    pub(crate) fn slot_start(&self, tag: &str, id: &str) -> Option<u64> {
+        let caller = self.callers.get(tag)?;
+        let state = lock(&caller);
+        state
+            .inflight
+            .iter()
+            .find(|(slot, _)| slot == id)
+            .map(|(_, started)| *started)
+    }
+
     /// How many callers are tracked (after pending evictions run).
     pub(crate) fn tracked_callers(&self) -> u64 {
         self.callers.run_pending_tasks();

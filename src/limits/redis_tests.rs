@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::tests::config;
+use super::tests::{app, config, req};
 use super::*;
 use crate::redis::chaos::ChaosProxy;
 use crate::redis::RedisConfig;
@@ -89,14 +89,14 @@ async fn d61_replica_clock_skew_does_not_change_the_shared_count() {
 async fn concurrency_slots_are_shared_and_freed_by_whichever_replica_sees_the_end() {
     let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(2));
     let first = a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
-    a.job_started(&first, "req-1").await;
+    a.job_started(&first, &app(), &req(1)).await;
     let second = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     assert_eq!(
         a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err().code(),
         "concurrency_limited"
     );
-    b.job_finished(&ALICE, "req-1").await;
-    a.job_finished(&ALICE, "req-1").await;
+    b.job_finished(&ALICE, &app(), &req(1)).await;
+    a.job_finished(&ALICE, &app(), &req(1)).await;
     a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     b.refund_inflight(&second).await;
     b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();

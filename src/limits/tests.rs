@@ -7,6 +7,16 @@ use serde_json::json;
 
 use super::*;
 
+/// The app of the test jobs.
+pub(super) fn app() -> crate::fal::AppId {
+    crate::fal::AppId::from_segments(&["fal-ai", "flux"]).unwrap()
+}
+
+/// Test job `n`'s request id.
+pub(super) fn req(n: u8) -> crate::fal::FalRequestId {
+    crate::fal::FalRequestId::parse(&format!("00000000-0000-4000-8000-{n:012}")).unwrap()
+}
+
 pub(super) const EXAMPLE: &str = r#"
 default_tier = "free"
 trusted_proxies = ["10.0.0.0/8"]
@@ -166,7 +176,7 @@ async fn the_credit_quota_is_403_until_the_utc_day_resets() {
     let mut spent = 0;
     let mut now = 0.0;
     while let Ok(admission) = limiter.admit_at(&ALICE, OpClass::Submit, None, 3, at(now)).await {
-        limiter.job_finished(&ALICE, "x").await;
+        limiter.job_finished(&ALICE, &app(), &req(9)).await;
         limiter
             .refund_inflight(&Admission {
                 refund: None,
@@ -218,7 +228,7 @@ async fn jobs_in_flight_are_capped_and_freed_once_per_request_id() {
         .admit_at(&ALICE, OpClass::Submit, None, 1, at(0.0))
         .await
         .unwrap();
-    limiter.job_started(&first, "req-1").await;
+    limiter.job_started(&first, &app(), &req(1)).await;
     let second = limiter
         .admit_at(&ALICE, OpClass::Submit, None, 1, at(10.0))
         .await
@@ -231,8 +241,8 @@ async fn jobs_in_flight_are_capped_and_freed_once_per_request_id() {
         (refused.status().as_u16(), refused.code()),
         (429, "concurrency_limited")
     );
-    limiter.job_finished(&ALICE, "req-1").await;
-    limiter.job_finished(&ALICE, "req-1").await;
+    limiter.job_finished(&ALICE, &app(), &req(1)).await;
+    limiter.job_finished(&ALICE, &app(), &req(1)).await;
     limiter
         .admit_at(&ALICE, OpClass::Submit, None, 1, at(30.0))
         .await
@@ -277,7 +287,7 @@ async fn the_endpoint_rate_is_shared_by_all_callers() {
     let limiter = limiter();
     let flux = Some("fal-ai/flux/dev");
     for who in [ALICE, ALICE, BOB, BOB] {
-        limiter.job_finished(&who, "none").await;
+        limiter.job_finished(&who, &app(), &req(8)).await;
         let admitted = limiter.admit_at(&who, OpClass::Submit, flux, 2, at(0.0)).await;
         if let Ok(admission) = admitted {
             limiter.refund_inflight(&admission).await;
@@ -428,7 +438,7 @@ async fn a_precheck_assumes_the_cheapest_price_and_counts_jobs_in_flight() {
         .admit_at(&ALICE, OpClass::Submit, vpg, 5, at(0.0))
         .await
         .unwrap();
-    limiter.job_started(&first, "req-1").await;
+    limiter.job_started(&first, &app(), &req(1)).await;
     limiter
         .admit_at(&ALICE, OpClass::Submit, vpg, 4, at(10.0))
         .await
@@ -438,7 +448,7 @@ async fn a_precheck_assumes_the_cheapest_price_and_counts_jobs_in_flight() {
         .await
         .unwrap_err();
     assert_eq!(full.code(), "concurrency_limited");
-    limiter.job_finished(&ALICE, "req-1").await;
+    limiter.job_finished(&ALICE, &app(), &req(1)).await;
     // 9 of 10 credits spent: the cheapest call (1) fits, flux (2) does not.
     limiter
         .precheck_at(&ALICE, OpClass::Submit, vpg, at(20.0))

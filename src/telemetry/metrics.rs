@@ -39,6 +39,8 @@ pub const REDIS_ERRORS_TOTAL: &str = "falgate_redis_errors_total";
 pub const JWKS_REFRESH_TOTAL: &str = "falgate_jwks_refresh_total";
 /// Configuration reloads: `result` (`ok` / `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "falgate_config_reloads_total";
+/// Concurrency slots of jobs in flight freed by the reconciler (fal said the job ended).
+pub const INFLIGHT_RECONCILED_TOTAL: &str = "falgate_inflight_reconciled_total";
 /// Always 1; the labels say which build runs: `version`, `rustc`.
 pub const BUILD_INFO: &str = "falgate_build_info";
 
@@ -101,6 +103,10 @@ fn describe() {
     describe_counter!(REDIS_ERRORS_TOTAL, "Redis calls that failed or timed out.");
     describe_counter!(JWKS_REFRESH_TOTAL, "JWKS downloads by issuer and result.");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads by result.");
+    describe_counter!(
+        INFLIGHT_RECONCILED_TOTAL,
+        "Job slots freed by the reconciler after fal said the job ended."
+    );
     describe_gauge!(BUILD_INFO, "The running build (always 1).");
 }
 
@@ -239,6 +245,12 @@ pub fn jwks_refreshed(issuer: &str, ok: bool) {
     handle();
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(JWKS_REFRESH_TOTAL, "issuer" => issuer.to_owned(), "result" => result).increment(1);
+}
+
+/// Records `freed` job slots freed by one pass of the reconciler.
+pub fn inflight_reconciled(freed: usize) {
+    handle();
+    metrics::counter!(INFLIGHT_RECONCILED_TOTAL).increment(freed as u64);
 }
 
 /// Records one configuration reload (SIGHUP): `ok` when the new config was swapped in.

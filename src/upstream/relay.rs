@@ -70,6 +70,11 @@ impl Buffered {
         self.fields.status.as_deref() == Some("COMPLETED")
     }
 
+    /// Whether a cancel answer says the job had already ended (fal's `ALREADY_COMPLETED`).
+    pub fn already_completed(&self) -> bool {
+        self.fields.status.as_deref() == Some("ALREADY_COMPLETED")
+    }
+
     /// Turns the answer into the client's response; the budget charge lives as long as its body.
     pub fn into_response(self) -> Response {
         let charge = self.charge;
@@ -149,6 +154,8 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         )
     };
     let fields = match (status.is_success() && must_be_json, &call.op) {
+        // A refused cancel may say the job already ended (`ALREADY_COMPLETED`); read, never required.
+        (false, Op::Cancel { .. }) => serde_json::from_slice::<Fields>(&body).unwrap_or_default(),
         (false, _) => Fields::default(),
         // Model output is only checked to be JSON: its fields are the model's, not fal's.
         (true, Op::Result { .. } | Op::Run { .. }) => {

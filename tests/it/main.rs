@@ -9,6 +9,7 @@ mod cli;
 mod drain;
 mod errors;
 mod identity;
+mod inflight;
 mod jwks;
 mod limits;
 mod observability;
