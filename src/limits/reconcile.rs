@@ -583,7 +583,7 @@ mod tests {
     #[tokio::test]
     async fn in_process_a_job_that_ended_unobserved_frees_its_slot_in_one_pass() {
         let limiter = Limiter::new(config(), None).unwrap();
-        ended_jobs_free_their_slots(&limiter, at(0), |s| at(s)).await;
+        ended_jobs_free_their_slots(&limiter, at(0), at).await;
     }
 
     #[tokio::test]
