@@ -382,3 +382,28 @@ async fn a_new_issuers_jwks_is_loaded_before_it_serves_and_an_unreachable_one_is
     let ready = gate.client.get(format!("{}/readyz", gate.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn the_reconciler_runs_on_after_a_reload_and_frees_a_job_that_ended_unpolled() {
+    let text = |extra: &str| {
+        config(&format!("max_inflight_jobs = 1\n{extra}")).replace(
+            "[limits]\n",
+            "[limits]\nreconcile_interval_ms = 20\nreconcile_idle_ms = 0\n",
+        )
+    };
+    let gate = Served::start(&text("")).await;
+    assert_eq!(gate.submit(VPG).await.status(), 200);
+    let line = gate.reload(&text("daily_requests = 100\n")).await;
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_eq!(code(gate.submit(VPG).await).await, (429, "concurrency_limited".into()));
+    // The job ends in fal about 2.6 s after its submit; nobody polls it.
+    for _ in 0..300 {
+        let response = gate.submit(VPG).await;
+        if response.status() == 200 {
+            return;
+        }
+        assert_eq!(code(response).await, (429, "concurrency_limited".into()));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the job's slot was never freed after the reload");
+}
