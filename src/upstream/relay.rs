@@ -101,8 +101,12 @@ pub fn is_streamed(call: &Call, status: StatusCode) -> bool {
     match call.op {
         Op::StatusStream { .. } => true,
         Op::RunStream { .. } => status.is_success(),
-        Op::Submit { .. } | Op::Status { .. } | Op::Result { .. } | Op::Cancel { .. } | Op::Run { .. } => false,
-        Op::StorageInitiate => false,
+        Op::Submit { .. }
+        | Op::Status { .. }
+        | Op::Result { .. }
+        | Op::Cancel { .. }
+        | Op::Run { .. }
+        | Op::StorageInitiate => false,
     }
 }
 
