@@ -113,7 +113,7 @@ pub(super) async fn rewrite(response: Response, call: &Call, base: &Base) -> Res
 
 /// The last comma-separated element of the last `name` header, trimmed.
 fn last_element<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let value: &HeaderValue = headers.get_all(name).iter().last()?;
+    let value: &HeaderValue = headers.get_all(name).iter().next_back()?;
     value.to_str().ok()?.rsplit(',').next().map(str::trim)
 }
 
