@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-pub use client_ip::client_ip;
+pub use client_ip::{client_ip, is_trusted_peer};
 pub use config::{
     CreditsConfig, EndpointCredits, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierLimits,
 };

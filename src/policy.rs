@@ -74,7 +74,8 @@ impl Policy {
                 }
                 Some(entry)
             }
-            Op::Run { endpoint } => {
+            // A streaming run is a sync run whose answer is an event stream: the same rule.
+            Op::Run { endpoint } | Op::RunStream { endpoint } => {
                 let (entry, rules) = self.endpoint(tier, endpoint)?;
                 if !rules.sync_run {
                     return Err(forbidden(
@@ -196,7 +197,7 @@ fn operation(op: &Op) -> Operation {
         Op::StatusStream { .. } => Operation::Stream,
         Op::Result { .. } => Operation::Result,
         Op::Cancel { .. } => Operation::Cancel,
-        Op::Run { .. } => Operation::Run,
+        Op::Run { .. } | Op::RunStream { .. } => Operation::Run,
         Op::StorageInitiate => Operation::Upload,
     }
 }

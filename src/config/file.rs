@@ -13,6 +13,9 @@ pub(crate) struct RawConfig {
     pub(crate) listen: String,
     #[serde(default = "default_admin_listen")]
     pub(crate) admin_listen: String,
+    /// The URL callers reach falgate at (`https://gate.example.com`), for the links in answers.
+    #[serde(default)]
+    pub(crate) public_url: Option<String>,
     /// Server threads, each with its own runtime, connections and fal pool; 0 = one per core.
     #[serde(default)]
     pub(crate) workers: usize,
