@@ -12,6 +12,7 @@ mod identity;
 mod jwks;
 mod limits;
 mod observability;
+mod policy;
 mod relay;
 mod reload;
 mod replicas;
