@@ -296,6 +296,12 @@ impl Config {
         let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
         limits.validate().map_err(|err| ConfigError(err.0))?;
         let endpoints = endpoints(raw.endpoints)?;
+        limits
+            .check_endpoint_keys(|key| {
+                EndpointId::parse(key).is_ok()
+                    && endpoints.keys().any(|entry| crate::policy::covers(entry.as_str(), key))
+            })
+            .map_err(|err| ConfigError(err.0))?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,

@@ -49,7 +49,7 @@ pub async fn handle(
                 principal: &principal,
                 tier: &caller.tier,
             };
-            let endpoint = grant.endpoint.as_ref().map(|e| e.as_str());
+            let endpoint = grant.called.as_ref().map(|e| e.as_str());
             if let Err(refused) = gate.limiter.precheck(&subject, class(&call), endpoint).await {
                 // Unless it is the retry of a submit already answered: that one is replayed.
                 if !idempotency::answered(gate, &principal, &call, headers).await? {
@@ -112,7 +112,7 @@ async fn admitted(
         principal,
         tier: &caller.tier,
     };
-    let entry = grant.endpoint.as_ref().map(|e| e.as_str());
+    let entry = grant.called.as_ref().map(|e| e.as_str());
     let credits = match (entry, &input) {
         (Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
         _ => 0,

@@ -13,6 +13,7 @@ mod jwks;
 mod limits;
 mod links;
 mod observability;
+mod policy;
 mod relay;
 mod reload;
 mod replicas;
