@@ -39,6 +39,9 @@ pub const DEFAULT_PATH: &str = "config/falgate.toml";
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where callers reach falgate (scheme, host, optional path prefix): the base of the REST
+    /// links falgate writes into fal's answers (`routes::links`). None = derived per request.
+    pub public_url: Option<Url>,
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
@@ -293,9 +296,20 @@ impl Config {
         let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
         limits.validate().map_err(|err| ConfigError(err.0))?;
         let endpoints = endpoints(raw.endpoints)?;
+        limits
+            .check_endpoint_keys(|key| {
+                EndpointId::parse(key).is_ok()
+                    && endpoints.keys().any(|entry| crate::policy::covers(entry.as_str(), key))
+            })
+            .map_err(|err| ConfigError(err.0))?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
+            public_url: raw
+                .public_url
+                .as_deref()
+                .map(|raw| base_url("public_url", raw))
+                .transpose()?,
             workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,

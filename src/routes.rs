@@ -4,6 +4,7 @@
 
 mod caller;
 mod health;
+mod links;
 mod proxy;
 mod queue;
 
@@ -53,7 +54,9 @@ fn facts(caller: &Caller) -> CallFacts {
 fn learn(facts: &mut CallFacts, call: &Call) {
     facts.operation = Some(call.op_name());
     facts.endpoint = match &call.op {
-        Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.as_str().to_owned()),
+        Op::Submit { endpoint, .. } | Op::Run { endpoint } | Op::RunStream { endpoint } => {
+            Some(endpoint.as_str().to_owned())
+        }
         _ => call.app().map(|app| app.as_str().to_owned()),
     };
 }

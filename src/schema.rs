@@ -84,8 +84,9 @@ pub struct ValidInput {
 /// Why a body was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Rejection {
-    /// Not one strict JSON object (bad UTF-8, BOM, duplicate key, too deep, trailing data, not
-    /// an object): the gate answers 400 `invalid_json`.
+    /// Not strict JSON (bad UTF-8, BOM, duplicate key, too deep, trailing data, empty): the
+    /// gate answers 400 `invalid_json`. (Strict JSON that is not an object is [`Self::Invalid`],
+    /// as fal answers it.)
     #[error("the request body is not a strict JSON object: {0}")]
     Malformed(String),
     /// Strict JSON over a shape bound (keys per object, values, string bytes): 413
@@ -228,6 +229,9 @@ impl From<strict::Refusal> for Rejection {
         match refusal {
             strict::Refusal::Malformed(why) => Self::Malformed(why),
             strict::Refusal::TooComplex(why) => Self::TooComplex(why),
+            // fal (pydantic) answers 422 with one item on `["body"]`; `@fal-ai/client` turns it
+            // into a `ValidationError`, so the gate answers the same.
+            strict::Refusal::NotObject => Self::Invalid(vec![errors::not_an_object()]),
         }
     }
 }

@@ -205,7 +205,7 @@ mod tests {
         }
         assert!(section("limits").unwrap().contains(&"trusted_proxies"));
         // Every section is checked for unknown keys, except the scalars and the operator-keyed.
-        let free = ["listen", "admin_listen", "workers", "endpoints", "tiers"];
+        let free = ["listen", "admin_listen", "public_url", "workers", "endpoints", "tiers"];
         for key in top {
             assert_eq!(section(key).is_none(), free.contains(key), "{key}");
         }
