@@ -660,6 +660,14 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_zero_is_refused() {
+        let mut config = config();
+        config.reconcile_batch = 0;
+        let err = Limiter::new(config, None).err().unwrap();
+        assert!(err.to_string().contains("limits.reconcile_batch"), "{err}");
+    }
+
+    #[test]
     fn index_members_round_trip_and_foreign_members_are_refused() {
         let job = Job {
             tag: "0123abcd".into(),
