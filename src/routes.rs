@@ -28,6 +28,7 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/run/{*path}", any(queue::run))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .merge(crate::playground::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)
