@@ -159,3 +159,43 @@ describe("playground cancel", () => {
     });
   });
 });
+
+describe("playground usage", () => {
+  test("the limits panel shows what GET /api/fal/usage answers", async (t) => {
+    const usage = await fetch(`${dev.url}/api/fal/usage`, { headers: { authorization: `Bearer ${dev.token2}` } });
+    if (usage.status === 404) {
+      t.skip("this falgate has no /api/fal/usage: the panel stays hidden");
+      return;
+    }
+    assert.equal(usage.status, 200);
+    const body = await usage.json();
+    await withPage(browser, "usage", async (page) => {
+      await page.goto(playground(dev, {}, dev.token2));
+      await page.waitForSelector("#usage:not([hidden])", { timeout: WAIT_MS });
+      const rows = await page.$$eval("#usage-rows tr", (trs) =>
+        trs.map((tr) => [tr.dataset.limit, tr.children[1].textContent, tr.children[2].textContent]),
+      );
+      assert.deepEqual(
+        rows.map(([name]) => name),
+        body.limits.map((l) => l.name),
+      );
+      for (const [name, , limit] of rows) {
+        assert.equal(limit, String(body.limits.find((l) => l.name === name).limit ?? ""), name);
+      }
+    });
+  });
+
+  test("without /api/fal/usage the panel stays hidden", async (t) => {
+    const usage = await fetch(`${dev.url}/api/fal/usage`, { headers: { authorization: `Bearer ${dev.token}` } });
+    if (usage.status !== 404) {
+      t.skip("this falgate has /api/fal/usage");
+      return;
+    }
+    await withPage(browser, "usage-absent", async (page) => {
+      await page.goto(playground(dev, {}));
+      await waitForText(page, "status", /^ready$/);
+      await page.waitForLoadState("networkidle");
+      assert.equal(await page.$eval("#usage", (e) => e.hidden), true);
+    });
+  });
+});
