@@ -84,6 +84,33 @@ test("the web example runs the model as its logged-in user, through falgate on a
   });
 });
 
+test("a file in the input is uploaded to the emulator's CDN and accepted as the image_url", async () => {
+  await withPage(browser, "example-web-upload", async (page) => {
+    await page.goto(`${origin}/login?user=bob`);
+    await waitForText(page, "who", /Logged in/);
+    await page.fill("#concept", "with a reference");
+    // A 1x1 PNG.
+    const png = Buffer.from(
+      "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==",
+      "base64",
+    );
+    await page.setInputFiles("#image", { name: "ref.png", mimeType: "image/png", buffer: png });
+    await page.click("#run");
+    const status = await waitForText(page, "status", /^COMPLETED \S|answered|Error|:/);
+    assert.match(status, /^COMPLETED /);
+    const submit = (await emulatorRequests(dev)).find(
+      (r) => r.method === "POST" && r.path === "/fal-ai/video-prompt-generator" && r.body.includes("with a reference"),
+    );
+    const url = JSON.parse(submit.body).image_url;
+    assert.ok(url.startsWith(`${dev.emulator}/_storage/files/`), url);
+    // The URL serves the uploaded bytes.
+    const stored = Buffer.from(await (await fetch(url)).arrayBuffer());
+    assert.deepEqual(stored, png);
+    const seen = (await emulatorRequests(dev)).map((r) => `${r.method} ${r.path}`);
+    assert.ok(seen.includes("POST /rest.fal.ai/storage/upload/initiate"), seen.join("\n"));
+  });
+});
+
 test("without a login the example says so and calls nothing", async () => {
   await browser.context.clearCookies();
   await withPage(browser, "example-web-logged-out", async (page, log) => {

@@ -1,6 +1,7 @@
 // Calls falgate from the browser with the official client. The only falgate-specific parts are
 // `proxyUrl` (falgate's proxy route) and `requestMiddleware` (the user's falgate token).
 import { fal, ApiError, ValidationError } from "@fal-ai/client";
+import type { VideoPromptGeneratorInput } from "@fal-ai/client/endpoints";
 
 /** What the backend answers (examples/token-server: GET /api/falgate-token). */
 interface FalgateToken {
@@ -41,15 +42,20 @@ async function main(): Promise<void> {
     event.preventDefault();
     $("result").textContent = "";
     try {
+      const input: VideoPromptGeneratorInput = { input_concept: ($("concept") as HTMLInputElement).value };
+      // A File (or Blob) in the input is uploaded to fal's storage by the client first (through
+      // falgate, which must allow uploads: `[storage] uploads = "allow"`), then sent as its URL.
+      const image = ($("image") as HTMLInputElement).files?.[0];
+      if (image) input.image_url = image;
       const { data, requestId } = await fal.subscribe("fal-ai/video-prompt-generator", {
-        input: { input_concept: ($("concept") as HTMLInputElement).value },
+        input,
         logs: true,
         onQueueUpdate: (update) => {
           $("status").textContent = update.status;
         },
       });
       $("status").textContent = `COMPLETED ${requestId}`;
-      $("result").textContent = (data as { prompt: string }).prompt;
+      $("result").textContent = data.prompt;
     } catch (error) {
       if (error instanceof ValidationError) {
         $("status").textContent = error.fieldErrors.map((e) => `${e.loc.join(".")}: ${e.msg}`).join("; ");
