@@ -17,15 +17,13 @@
 use axum::extract::Path;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
-use crate::state::{Current, Snapshot};
+use crate::state::Snapshot;
 
 /// The policy sent with every playground answer. The page and its scripts come from this
 /// origin only; `connect-src 'self'` keeps the client's calls on falgate.
@@ -58,15 +56,6 @@ const ASSETS: [(&str, &str, &str); 4] = [
 ];
 const PAGE: &str = include_str!("playground/assets/index.html");
 
-/// The playground's routes, merged into the public router.
-pub fn routes() -> Router<Arc<Current>> {
-    Router::new()
-        .route("/", get(page))
-        .route("/playground/", get(page))
-        .route("/playground/api/endpoints", get(endpoints))
-        .route("/playground/{asset}", get(asset))
-}
-
 fn enabled(gate: &crate::state::Gate) -> Result<(), GateError> {
     if gate.config.playground_enabled {
         Ok(())
@@ -89,12 +78,14 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-async fn page(Snapshot(gate): Snapshot) -> Result<Response, GateError> {
+/// `GET /`: the page.
+pub(crate) async fn page(Snapshot(gate): Snapshot) -> Result<Response, GateError> {
     enabled(&gate)?;
     Ok(file("text/html; charset=utf-8", PAGE))
 }
 
-async fn asset(Snapshot(gate): Snapshot, Path(name): Path<String>) -> Result<Response, GateError> {
+/// `GET /playground/{asset}`: its script, style, client bundle and the bundle's licenses.
+pub(crate) async fn asset(Snapshot(gate): Snapshot, Path(name): Path<String>) -> Result<Response, GateError> {
     enabled(&gate)?;
     let (_, content_type, body) = ASSETS
         .iter()
@@ -106,7 +97,7 @@ async fn asset(Snapshot(gate): Snapshot, Path(name): Path<String>) -> Result<Res
 /// `GET /playground/api/endpoints`: the endpoints this caller may submit to, each with the input
 /// schema it is validated against (its tier's overlays applied) and whether it may run them
 /// synchronously.
-async fn endpoints(Snapshot(gate): Snapshot, caller: Caller) -> Result<Json<Value>, GateError> {
+pub(crate) async fn endpoints(Snapshot(gate): Snapshot, caller: Caller) -> Result<Json<Value>, GateError> {
     enabled(&gate)?;
     let mut list = Vec::new();
     for (id, rules) in &gate.config.endpoints {

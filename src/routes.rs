@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
+use crate::playground;
 use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
 
@@ -28,7 +29,11 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/run/{*path}", any(queue::run))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
-        .merge(crate::playground::routes())
+        // The playground (404 unless `falgate dev` or `[playground] enabled`).
+        .route("/", get(playground::page))
+        .route("/playground/", get(playground::page))
+        .route("/playground/api/endpoints", get(playground::endpoints))
+        .route("/playground/{asset}", get(playground::asset))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)
