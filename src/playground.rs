@@ -78,6 +78,15 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
+/// Any method but GET on a playground route: 405, or 404 while it is off (as if the route did
+/// not exist).
+pub(crate) async fn other_method(Snapshot(gate): Snapshot) -> GateError {
+    match enabled(&gate) {
+        Ok(()) => GateError::MethodNotAllowed,
+        Err(not_found) => not_found,
+    }
+}
+
 /// `GET /`: the page.
 pub(crate) async fn page(Snapshot(gate): Snapshot) -> Result<Response, GateError> {
     enabled(&gate)?;

@@ -30,10 +30,16 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         // The playground (404 unless `falgate dev` or `[playground] enabled`).
-        .route("/", get(playground::page))
-        .route("/playground/", get(playground::page))
-        .route("/playground/api/endpoints", get(playground::endpoints))
-        .route("/playground/{asset}", get(playground::asset))
+        .route("/", get(playground::page).fallback(playground::other_method))
+        .route("/playground/", get(playground::page).fallback(playground::other_method))
+        .route(
+            "/playground/api/endpoints",
+            get(playground::endpoints).fallback(playground::other_method),
+        )
+        .route(
+            "/playground/{asset}",
+            get(playground::asset).fallback(playground::other_method),
+        )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)

@@ -21,6 +21,8 @@ async fn the_playground_is_off_by_default() {
         assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["code"], "route_not_found", "{path}");
+        let post = gate.post_as_alice(path, &serde_json::json!({})).await;
+        assert_eq!(post.status(), StatusCode::NOT_FOUND, "POST {path}");
     }
 }
 
@@ -48,6 +50,8 @@ async fn an_enabled_playground_serves_its_page_under_a_strict_csp_and_lists_sche
     assert!(client.text().await.unwrap().contains("x-fal-target-url"));
     let missing = reqwest::get(format!("{}/playground/nope.js", gate.url)).await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let post = gate.post_as_alice("/", &serde_json::json!({})).await;
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     let anonymous = reqwest::get(format!("{}/playground/api/endpoints", gate.url))
         .await
