@@ -115,7 +115,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         .map_err(|err| Failure::Config(err.to_string()))?;
     let public = bind(listen).await?;
     let admin = bind(admin_listen).await?;
-    let _log_guard = telemetry::init(app.state.load().config.log_format, &app.state.load().config.telemetry);
+    let loaded = app.state.load();
+    let _log_guard = telemetry::init(loaded.config.log_format, &loaded.config.telemetry);
+    // What starts but may surprise, logged as `serve` logs it (e.g. ignored variables).
+    for warning in &loaded.config.warnings {
+        tracing::warn!("{warning}");
+    }
+    drop(loaded);
     let token = mint(&settings.secret, USER)?;
     let second_token = mint(&settings.secret, SECOND_USER)?;
     let overrides = settings.overrides.clone();

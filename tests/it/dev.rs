@@ -307,3 +307,27 @@ async fn a_file_uploaded_in_dev_works_as_an_input_under_the_shipped_rules() {
         assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     }
 }
+
+#[tokio::test]
+async fn dev_logs_what_serve_would_warn_about() {
+    let mut child = dev_command(&["--listen", "127.0.0.1:0"], &[("FALGATE_SERVICE_HOST", "10.0.0.1")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("FALGATE_SERVICE_HOST") {
+                return line;
+            }
+        }
+        panic!("stderr closed without the warning");
+    })
+    .await
+    .expect("the ignored variable is named");
+    assert!(
+        warning.contains("WARN") && warning.contains("ignored environment variables"),
+        "{warning}"
+    );
+    child.kill().await.unwrap();
+}
