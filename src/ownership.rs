@@ -10,6 +10,7 @@
 mod local;
 pub mod redis;
 
+use crate::clock::Clock;
 use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
@@ -28,7 +29,18 @@ pub struct Ownership {
 impl Ownership {
     /// A store with the configured bounds, shared through Redis when given.
     pub fn new(config: OwnershipConfig, shared: Option<RedisOwnership>, on_error: OnStoreError) -> Self {
-        let local = LocalRecords::new(config.max_entries, config.ttl);
+        Self::with_clock(config, shared, on_error, Clock::system())
+    }
+
+    /// [`Self::new`] with this replica's records expiring on `clock` (Redis keys expire on
+    /// Redis's own clock).
+    pub fn with_clock(
+        config: OwnershipConfig,
+        shared: Option<RedisOwnership>,
+        on_error: OnStoreError,
+        clock: Clock,
+    ) -> Self {
+        let local = LocalRecords::new(config.max_entries, config.ttl, clock);
         Self {
             local,
             shared,
