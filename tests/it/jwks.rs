@@ -245,6 +245,11 @@ async fn oct_keys_in_a_jwks_are_refused() {
     let (idp, url) = Idp::spawn(vec!["rsa1", "oct1"]).await;
     let toml = format!("[auth.issuers.idp]\nissuer = \"{ISS}\"\naudience = \"falgate\"\njwks_url = \"{url}\"\n");
     let gate = TestGate::builder().config(&toml).spawn().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gate.client.get(format!("{}/readyz", gate.url)).send().await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the JWKS never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("oct1".into());
     let token = encode(&header, &claims("a"), &EncodingKey::from_secret(OCT_SECRET)).unwrap();
