@@ -246,7 +246,15 @@ async fn oct_keys_in_a_jwks_are_refused() {
     let toml = format!("[auth.issuers.idp]\nissuer = \"{ISS}\"\naudience = \"falgate\"\njwks_url = \"{url}\"\n");
     let gate = TestGate::builder().config(&toml).spawn().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while gate.client.get(format!("{}/readyz", gate.url)).send().await.unwrap().status() != 200 {
+    while gate
+        .client
+        .get(format!("{}/readyz", gate.url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
         assert!(tokio::time::Instant::now() < deadline, "the JWKS never loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
