@@ -246,3 +246,31 @@ poll = { burst = 2, per_minute = 1 }
     gate.assert_refused(response, 429, "rate_limited").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
+
+/// `NO_PROXY` sends a listed host direct: the egress proxy gets no connection, while a host not
+/// listed goes through it (the positive control).
+#[tokio::test]
+async fn no_proxy_hosts_bypass_the_egress_proxy() {
+    use futures_util::FutureExt;
+    // Direct, port 1 refuses at once (502); the silent proxy lets the tunnel time out (504).
+    let cases = [
+        ("localhost", false, 502, "upstream_unreachable"),
+        ("other.example", true, 504, "upstream_timeout"),
+    ];
+    for (no_proxy, through_proxy, status, code) in cases {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate = TestGate::builder()
+            .queue_url("https://localhost:1")
+            .env("HTTPS_PROXY", &format!("http://{}", proxy.local_addr().unwrap()))
+            .env("NO_PROXY", no_proxy)
+            .spawn()
+            .await;
+        let response = gate
+            .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "x"}))
+            .await;
+        gate.assert_refused(response, status, code).await;
+        // A connection the gate made is queued at the listener by now.
+        let connected = proxy.accept().now_or_never().is_some();
+        assert_eq!(connected, through_proxy, "NO_PROXY={no_proxy}");
+    }
+}
