@@ -274,3 +274,38 @@ async fn no_proxy_hosts_bypass_the_egress_proxy() {
         assert_eq!(connected, through_proxy, "NO_PROXY={no_proxy}");
     }
 }
+
+/// The gate's stores run on the clock it was built with: an ownership record expires after
+/// `ownership.ttl_seconds` and a spent rate refills, both by advancing a `ManualClock`.
+#[tokio::test]
+async fn the_gate_runs_its_expiring_stores_on_the_injected_clock() {
+    let manual = falgate::clock::ManualClock::new();
+    let limits = r#"
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+submit = { burst = 1, per_minute = 1 }
+poll = { burst = 100, per_minute = 6000 }
+"#;
+    let gate = TestGate::builder()
+        .clock(&manual)
+        .config(limits)
+        .env("FALGATE_OWNERSHIP__TTL_SECONDS", "300")
+        .spawn()
+        .await;
+    let id = gate.submit("alice", json!({"input_concept": "x"})).await;
+    let status = format!("/api/fal/queue/{VPG}/requests/{id}/status");
+    assert_eq!(gate.get_as_alice(&status).await.status(), 200);
+    let again = submit(&gate, None).await;
+    gate.assert_refused(again, 429, "rate_limited").await;
+    manual.advance(Duration::from_secs(60));
+    assert_eq!(
+        submit(&gate, None).await.status(),
+        200,
+        "the rate refilled on the clock"
+    );
+    assert_eq!(gate.get_as_alice(&status).await.status(), 200, "owned until the ttl");
+    manual.advance(Duration::from_secs(240));
+    let expired = gate.get_as_alice(&status).await;
+    gate.assert_refused(expired, 404, "request_not_found").await;
+}
