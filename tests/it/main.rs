@@ -5,6 +5,7 @@ mod support;
 mod admission;
 mod attack;
 mod auth;
+mod claims;
 mod cli;
 mod dev;
 mod drain;
