@@ -44,7 +44,16 @@ fn millis(duration: Duration) -> u64 {
 /// Builds the gate and its routers from a validated config. Must run inside a Tokio runtime
 /// (JWKS refresh tasks start here).
 pub fn build(config: Config, credentials: &FalCredentials) -> Result<App, BuildError> {
-    let gate = Gate::new(config, credentials)?;
+    build_with_clock(config, credentials, crate::clock::Clock::system())
+}
+
+/// [`build`] with the expiring stores reading `clock` (tests: a `ManualClock`'s).
+pub fn build_with_clock(
+    config: Config,
+    credentials: &FalCredentials,
+    clock: crate::clock::Clock,
+) -> Result<App, BuildError> {
+    let gate = Gate::with_clock(config, credentials, clock)?;
     gate.start();
     let server = crate::server::Settings::of(&gate.config);
     let drain_delay = gate.config.drain.delay;

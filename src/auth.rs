@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 pub use keys::KeyError;
 pub use mint::mint_hs256;
 
+use crate::clock::Clock;
 use crate::config;
 use issuer::Issuer;
 
@@ -150,6 +151,8 @@ pub struct Authenticator {
     leeway: u64,
     max_token_bytes: usize,
     cookie: Option<String>,
+    /// Reads `now` for cached verdicts (a cached token is never used past its `exp`).
+    clock: Clock,
 }
 
 #[derive(Clone)]
@@ -161,7 +164,13 @@ struct Cached {
 impl Authenticator {
     /// Builds the issuers (loading key files; JWKS are fetched by [`Authenticator::start`]).
     pub fn new(config: &config::Auth) -> Result<Self, KeyError> {
-        Self::build(config, &[])
+        Self::with_clock(config, Clock::system())
+    }
+
+    /// [`Self::new`] with cached verdicts judged at `clock`'s time. Signature and claim checks
+    /// of an uncached token use the machine's time (the JWT library reads it).
+    pub fn with_clock(config: &config::Auth, clock: Clock) -> Result<Self, KeyError> {
+        Self::build(config, &[], clock)
     }
 
     /// The authenticator of a reloaded config: key files read again, a fresh token cache (a
@@ -169,10 +178,10 @@ impl Authenticator {
     /// JWKS whose URL and settings did not change taken over from `self` with its keys and
     /// refresh task. New JWKS are fetched by [`Self::load_new_keys`].
     pub fn next(&self, config: &config::Auth) -> Result<Self, KeyError> {
-        Self::build(config, &self.issuers)
+        Self::build(config, &self.issuers, self.clock.clone())
     }
 
-    fn build(config: &config::Auth, previous: &[Issuer]) -> Result<Self, KeyError> {
+    fn build(config: &config::Auth, previous: &[Issuer], clock: Clock) -> Result<Self, KeyError> {
         let client = jwks::client(config)?;
         let issuers = config
             .issuers
@@ -190,6 +199,7 @@ impl Authenticator {
             leeway: config.leeway.as_secs(),
             max_token_bytes: config.max_token_bytes,
             cookie: config.cookie.clone(),
+            clock,
         })
     }
 
@@ -231,7 +241,7 @@ impl Authenticator {
         let cache = self.cache.as_ref()?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = cache.get(&digest)?;
-        Some(match now() <= cached.exp + self.leeway {
+        Some(match self.clock.unix_seconds() <= cached.exp + self.leeway {
             true => Ok(cached.caller),
             false => Err(AuthError::Expired),
         })

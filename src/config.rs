@@ -81,6 +81,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// OpenTelemetry trace export (off unless an OTLP endpoint is configured).
     pub telemetry: Telemetry,
+    /// `[playground] enabled`: serve the playground page at `/` (its API needs a caller's token).
+    pub playground_enabled: bool,
 }
 
 /// Where fal is and how long to wait for it.
@@ -340,6 +342,7 @@ impl Config {
             redis: raw.redis,
             warnings: Vec::new(),
             telemetry: telemetry::telemetry(raw.telemetry, sources)?,
+            playground_enabled: raw.playground.enabled,
         })
     }
 }
@@ -513,6 +516,7 @@ fn schema_sources(raw: &BTreeMap<String, file::RawEndpoint>) -> Result<Vec<Schem
                 unknown_fields: endpoint.unknown_fields,
                 overlay: endpoint.overlay.clone(),
                 tier_overlays: endpoint.tiers.clone(),
+                trusted_url_prefixes: Vec::new(),
             })
         })
         .collect()

@@ -46,6 +46,7 @@ use self::plan::{InflightPlan, Outcome, Plan, QuotaPlan, Rate};
 use self::redis::{Mode, RedisLimits, SlotOp};
 use self::slots::SlotBook;
 pub(crate) use self::store_error::StoreErrorLog;
+use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
 /// Which budget a call spends. Submits (queue and sync) and uploads are paid: they count
@@ -80,6 +81,8 @@ pub struct Limiter {
     slots: Arc<SlotBook>,
     /// Jobs in flight, for the reconciler ([`reconcile`]).
     jobs: Arc<reconcile::Jobs>,
+    /// The in-process stores' time (Redis always uses its own `TIME`).
+    clock: Clock,
 }
 
 /// Proof that a call was admitted, with what is left of each limit for the `RateLimit` header.
@@ -133,9 +136,24 @@ impl Admission {
 impl Limiter {
     /// A limiter over `config`, shared through `redis` when given.
     pub fn new(config: LimitsConfig, redis: Option<RedisStore>) -> Result<Self, LimitsConfigError> {
+        Self::with_clock(config, redis, Clock::system())
+    }
+
+    /// [`Self::new`] with the in-process stores (and idempotency records) reading `clock`.
+    pub fn with_clock(
+        config: LimitsConfig,
+        redis: Option<RedisStore>,
+        clock: Clock,
+    ) -> Result<Self, LimitsConfigError> {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
-        let idempotency = Idempotency::new(ttl, config.max_tracked_callers, redis.clone(), config.on_store_error);
+        let idempotency = Idempotency::with_clock(
+            ttl,
+            config.max_tracked_callers,
+            redis.clone(),
+            config.on_store_error,
+            clock.clone(),
+        );
         let jobs = Arc::new(reconcile::Jobs::new(redis.clone()));
         let (tiers, default_caps) = config.caps();
         Ok(Self {
@@ -148,6 +166,7 @@ impl Limiter {
             slots: Arc::default(),
             jobs,
             config,
+            clock,
         })
     }
 
@@ -167,6 +186,7 @@ impl Limiter {
             slots: self.slots.clone(),
             jobs: self.jobs.clone(),
             config,
+            clock: self.clock.clone(),
         })
     }
 
@@ -179,7 +199,7 @@ impl Limiter {
         endpoint: Option<&str>,
         credits: u64,
     ) -> Result<Admission, LimitError> {
-        self.admit_at(who, class, endpoint, credits, SystemTime::now()).await
+        self.admit_at(who, class, endpoint, credits, self.clock.now()).await
     }
 
     /// [`Self::admit`] with the in-process clock at `now` (Redis always uses its own `TIME`).
@@ -213,7 +233,7 @@ impl Limiter {
     /// read yet: rates, the day quota at the endpoint's cheapest price ([`Self::min_credits`])
     /// and the jobs in flight. An early refusal, not a reservation: `admit` still decides.
     pub async fn precheck(&self, who: &Subject<'_>, class: OpClass, endpoint: Option<&str>) -> Result<(), LimitError> {
-        self.precheck_at(who, class, endpoint, SystemTime::now()).await
+        self.precheck_at(who, class, endpoint, self.clock.now()).await
     }
 
     /// [`Self::precheck`] with the in-process clock at `now`.
@@ -335,7 +355,7 @@ impl Limiter {
 
     /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).
     pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
-        self.admit_unauthenticated_at(ip, SystemTime::now()).await
+        self.admit_unauthenticated_at(ip, self.clock.now()).await
     }
 
     /// [`Self::admit_unauthenticated`] with the in-process clock at `now`.
@@ -349,7 +369,7 @@ impl Limiter {
     /// Whether one more failed authentication from `ip` would pass its rate, consuming nothing:
     /// checked before a token is verified, so a refused client costs no signature check.
     pub async fn precheck_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
-        self.precheck_unauthenticated_at(ip, SystemTime::now()).await
+        self.precheck_unauthenticated_at(ip, self.clock.now()).await
     }
 
     /// [`Self::precheck_unauthenticated`] with the in-process clock at `now`.

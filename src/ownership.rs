@@ -10,6 +10,7 @@
 mod local;
 pub mod redis;
 
+use crate::clock::Clock;
 use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
@@ -28,7 +29,18 @@ pub struct Ownership {
 impl Ownership {
     /// A store with the configured bounds, shared through Redis when given.
     pub fn new(config: OwnershipConfig, shared: Option<RedisOwnership>, on_error: OnStoreError) -> Self {
-        let local = LocalRecords::new(config.max_entries, config.ttl);
+        Self::with_clock(config, shared, on_error, Clock::system())
+    }
+
+    /// [`Self::new`] with this replica's records expiring on `clock` (Redis keys expire on
+    /// Redis's own clock).
+    pub fn with_clock(
+        config: OwnershipConfig,
+        shared: Option<RedisOwnership>,
+        on_error: OnStoreError,
+        clock: Clock,
+    ) -> Self {
+        let local = LocalRecords::new(config.max_entries, config.ttl, clock);
         Self {
             local,
             shared,
@@ -114,5 +126,41 @@ mod tests {
         );
         let other_app = AppId::from_segments(&["fal-ai", "other"]).unwrap();
         assert!(store.check(&alice.principal(), &other_app, &id).await.is_err());
+    }
+
+    /// With Redis down, this replica's own records still answer in both modes; an id it does
+    /// not hold is 503 under `deny` (Redis might know it) and 404 under `allow`.
+    #[tokio::test]
+    async fn with_redis_down_local_records_answer_and_the_mode_decides_the_rest() {
+        use crate::redis::chaos::ChaosProxy;
+        use crate::redis::{RedisConfig, RedisStore};
+        let proxy = ChaosProxy::start("127.0.0.1:6379".parse().unwrap()).await.unwrap();
+        let app = AppId::from_segments(&["fal-ai", "flux"]).unwrap();
+        let mine = FalRequestId::parse("764cabcf-b745-4b3e-ae38-1200304cf45b").unwrap();
+        let unknown = FalRequestId::parse("00000000-0000-4000-8000-000000000001").unwrap();
+        let config = OwnershipConfig {
+            ttl: Duration::from_secs(60),
+            max_entries: 10,
+        };
+        let redis = RedisConfig {
+            url: format!("redis://{}", proxy.addr),
+            timeout_ms: 200,
+            key_prefix: format!("test-own-{}", uuid::Uuid::new_v4()),
+        };
+        for (mode, unknown_code) in [
+            (OnStoreError::Deny, "dependency_unavailable"),
+            (OnStoreError::Allow, "request_not_found"),
+        ] {
+            let shared = RedisOwnership::new(RedisStore::connect(&redis).unwrap());
+            let store = Ownership::new(config, Some(shared), mode);
+            store.record("default|alice", &app, &mine).await;
+            proxy.cut();
+            assert!(store.check("default|alice", &app, &mine).await.is_ok(), "{mode:?}");
+            let refused = store.check("default|alice", &app, &unknown).await.unwrap_err();
+            assert_eq!(refused.code(), unknown_code, "{mode:?}");
+            let other = store.check("default|bob", &app, &mine).await.unwrap_err();
+            assert_eq!(other.code(), unknown_code, "{mode:?}: another caller's id");
+            proxy.restore();
+        }
     }
 }

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
+use crate::playground;
 use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
 
@@ -29,6 +30,17 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/run/{*path}", any(queue::run))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        // The playground (404 unless `falgate dev` or `[playground] enabled`).
+        .route("/", get(playground::page).fallback(playground::other_method))
+        .route("/playground/", get(playground::page).fallback(playground::other_method))
+        .route(
+            "/playground/api/endpoints",
+            get(playground::endpoints).fallback(playground::other_method),
+        )
+        .route(
+            "/playground/{asset}",
+            get(playground::asset).fallback(playground::other_method),
+        )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)

@@ -21,6 +21,7 @@ use axum::http::request::Parts;
 use axum::http::Extensions;
 
 use crate::auth::{Authenticator, KeyError};
+use crate::clock::Clock;
 use crate::config::{Config, FalCredentials};
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Limiter, LimitsConfigError};
@@ -70,20 +71,27 @@ impl Gate {
     /// The first snapshot: builds the process-lived parts too (fal pools, Redis, stores). Must
     /// run inside a Tokio runtime; call [`Gate::start`] once it is in place.
     pub fn new(config: Config, credentials: &FalCredentials) -> Result<Self, BuildError> {
-        let auth = Authenticator::new(&config.auth)?;
+        Self::with_clock(config, credentials, Clock::system())
+    }
+
+    /// [`Self::new`] with the expiring stores (token cache, ownership records, in-process limits
+    /// and idempotency records) reading `clock`; tests pass a `ManualClock`'s.
+    pub fn with_clock(config: Config, credentials: &FalCredentials, clock: Clock) -> Result<Self, BuildError> {
+        let auth = Authenticator::with_clock(&config.auth, clock.clone())?;
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
         Ok(Self {
             auth,
             policy: Policy::new(&config),
             upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
-            ownership: Arc::new(Ownership::new(
+            ownership: Arc::new(Ownership::with_clock(
                 config.ownership,
                 redis.clone().map(RedisOwnership::new),
                 on_store_error,
+                clock.clone(),
             )),
             schemas: Schemas::compile(config.schema_sources.clone())?,
-            limiter: Limiter::new(config.limits.clone(), redis)?,
+            limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
             body_budget: Budget::new(config.body_budget_bytes),
             config,

@@ -185,11 +185,22 @@ impl Upstream {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<FalResponse, hyper_util::client::legacy::Error> {
-        let again = clone_request(&request);
-        match self.client().request(request).await {
-            Err(err) if refused_unprocessed(&err) => self.client().request(again).await,
-            answered => answered,
-        }
+        send_retrying_refused(self.client(), request).await
+    }
+}
+
+/// [`Upstream::send_once_or_twice`] on any client (tests give it an HTTP/2-only one).
+async fn send_retrying_refused<C>(
+    client: &Client<C, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<FalResponse, hyper_util::client::legacy::Error>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let again = clone_request(&request);
+    match client.request(request).await {
+        Err(err) if refused_unprocessed(&err) => client.request(again).await,
+        answered => answered,
     }
 }
 
@@ -437,6 +448,71 @@ fn check_value(name: &str, value: &HeaderValue) -> Result<(), GateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP/2 (cleartext) server that answers stream `n` (from 0) with `reset(n)`'s reason,
+    /// or 200 when that is `None`; returns its address and the count of streams it saw.
+    async fn h2_server(
+        reset: fn(usize) -> Option<h2::Reason>,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(socket).await.unwrap();
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        match reset(counter.fetch_add(1, Ordering::SeqCst)) {
+                            Some(reason) => respond.send_reset(reason),
+                            None => {
+                                let answer = http::Response::builder().status(200).body(()).unwrap();
+                                respond.send_response(answer, true).unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    }
+
+    fn post(addr: std::net::SocketAddr) -> Request<Full<Bytes>> {
+        Request::post(format!("http://{addr}/fal-ai/flux/dev"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    /// A request an HTTP/2 server refused unprocessed (REFUSED_STREAM) is sent once more, and
+    /// only once; any other reset is not retried (fal may have acted on it).
+    #[tokio::test]
+    async fn a_request_refused_unprocessed_over_http2_is_retried_exactly_once() {
+        use std::sync::atomic::Ordering;
+        let (addr, seen) = h2_server(|n| (n == 0).then_some(h2::Reason::REFUSED_STREAM)).await;
+        let answer = send_retrying_refused(&h2_client(), post(addr)).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "one retry");
+
+        let (addr, seen) = h2_server(|_| Some(h2::Reason::REFUSED_STREAM)).await;
+        let err = send_retrying_refused(&h2_client(), post(addr)).await.unwrap_err();
+        assert!(refused_unprocessed(&err));
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "refused twice: no third try");
+
+        let (addr, seen) = h2_server(|n| (n == 0).then_some(h2::Reason::INTERNAL_ERROR)).await;
+        let err = send_retrying_refused(&h2_client(), post(addr)).await.unwrap_err();
+        assert!(!refused_unprocessed(&err));
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "a reset after processing is never retried"
+        );
+    }
 
     #[test]
     fn only_allowlisted_headers_are_forwarded() {

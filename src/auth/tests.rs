@@ -7,6 +7,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::clock::ManualClock;
 use crate::error::GateError;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -18,6 +19,12 @@ fn authenticator(toml: &str, extra_env: &[(&str, &str)]) -> Authenticator {
     env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let config = config::Config::from_toml(toml, &env).unwrap();
     Authenticator::new(&config.auth).unwrap()
+}
+
+fn authenticator_at(toml: &str, clock: crate::clock::Clock) -> Authenticator {
+    let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())]);
+    let config = config::Config::from_toml(toml, &env).unwrap();
+    Authenticator::with_clock(&config.auth, clock).unwrap()
 }
 
 fn hs() -> Authenticator {
@@ -88,6 +95,37 @@ async fn expired_token_past_the_configured_leeway_is_expired_even_when_cached() 
             .is_ok(),
         "within the 5 s leeway"
     );
+    // Cached while valid, then judged again from the cache as time passes.
+    let manual = ManualClock::new();
+    let auth = authenticator_at("[auth]\nleeway_seconds = 5\n", manual.clock());
+    let exp = manual.clock().unix_seconds() + 60;
+    let token = sign(&json!({"sub": "u", "exp": exp}));
+    assert!(verdict(&auth, &token).await.is_ok());
+    assert!(matches!(auth.cached(&token), Some(Ok(_))), "the verdict is cached");
+    manual.advance(Duration::from_secs(65));
+    assert!(
+        matches!(auth.cached(&token), Some(Ok(_))),
+        "at exp + leeway, still valid"
+    );
+    manual.advance(Duration::from_secs(1));
+    assert_eq!(auth.cached(&token), Some(Err(AuthError::Expired)), "the cache answers");
+    assert_eq!(verdict(&auth, &token).await, Err(AuthError::Expired));
+}
+
+/// README: verified tokens are cached, never past `exp`. With no leeway, a cached token is
+/// refused the second after its `exp`, though its signature still checks out.
+#[tokio::test]
+async fn a_cached_token_is_never_used_past_its_exp() {
+    let manual = ManualClock::new();
+    let auth = authenticator_at("[auth]\nleeway_seconds = 0\n", manual.clock());
+    let exp = manual.clock().unix_seconds() + 30;
+    let token = sign(&json!({"sub": "u", "exp": exp}));
+    assert!(verdict(&auth, &token).await.is_ok());
+    manual.advance(Duration::from_secs(30));
+    assert!(verdict(&auth, &token).await.is_ok(), "valid up to its exp");
+    manual.advance(Duration::from_secs(1));
+    assert_eq!(verdict(&auth, &token).await, Err(AuthError::Expired));
+    assert_eq!(auth.cached(&token), Some(Err(AuthError::Expired)));
 }
 
 #[tokio::test]

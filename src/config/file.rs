@@ -47,6 +47,15 @@ pub(crate) struct RawConfig {
     pub(crate) redis: Option<crate::redis::RedisConfig>,
     #[serde(default)]
     pub(crate) telemetry: super::telemetry::RawTelemetry,
+    #[serde(default)]
+    pub(crate) playground: RawPlayground,
+}
+
+/// `[playground]`: the browser page at `/` (always on in `falgate dev`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawPlayground {
+    pub(crate) enabled: bool,
 }
 
 /// `[upstream]`: where fal is and how long to wait for it.

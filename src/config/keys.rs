@@ -40,6 +40,7 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "telemetry" => fields_of::<super::telemetry::RawTelemetry>(),
         "limits" => fields_of::<crate::limits::LimitsConfig>(),
         "redis" => fields_of::<crate::redis::RedisConfig>(),
+        "playground" => fields_of::<super::file::RawPlayground>(),
         _ => return None,
     })
 }

@@ -164,6 +164,58 @@ mod tests {
         assert!(parse_target(&huge).is_err());
     }
 
+    /// Host look-alikes with a path that is valid on the real host, so the host rule (not the
+    /// path parser) is what refuses them: a suffix or prefix match, or no allowlist at all,
+    /// fails here.
+    #[test]
+    fn host_look_alikes_with_valid_paths_are_refused_by_the_host_rule() {
+        let queue = "/fal-ai/flux/dev";
+        let storage = "/storage/upload/initiate?storage_type=fal-cdn-v3";
+        for host in [
+            "evilfal.run",
+            "notfal.run",
+            "xfal.run",
+            "evilqueue.fal.run",
+            "api.fal.run",
+            "www.fal.run",
+            "queue.fal.run.evil.com",
+            "fal.run.evil.com",
+            "queue-fal.run",
+            "fal.run.fal.run.evil",
+            "fal.ai",
+            "queue.fal.ai",
+            "evil.com",
+            "169.254.169.254",
+            "127.0.0.1",
+            "[::1]",
+        ] {
+            let raw = format!("https://{host}{queue}");
+            assert_eq!(parse_target(&raw).map(|c| c.op), Err(TargetError::Host), "{raw}");
+        }
+        for host in [
+            "evilrest.fal.ai",
+            "rest.fal.ai.evil.com",
+            "rest.beta.fal.ai",
+            "alpha.fal.ai",
+            "rest.fal.run",
+            "evil.rest.alpha.fal.ai",
+        ] {
+            let raw = format!("https://{host}{storage}");
+            assert_eq!(parse_target(&raw).map(|c| c.op), Err(TargetError::Host), "{raw}");
+        }
+        // The positive controls: the same paths on the real hosts pass.
+        for raw in [
+            "https://queue.fal.run/fal-ai/flux/dev",
+            "https://fal.run/fal-ai/flux/dev",
+        ] {
+            assert!(parse_target(raw).is_ok(), "{raw}");
+        }
+        assert_eq!(
+            parse_target(&format!("https://rest.fal.ai{storage}")).map(|c| c.op),
+            Ok(Op::StorageInitiate)
+        );
+    }
+
     proptest::proptest! {
         /// SECURITY-CASES invariant I1: whatever is accepted names an allowed host, and what is
         /// forwarded is rebuilt from parsed parts with no dot segments, encodings or authority tricks.
@@ -182,6 +234,27 @@ mod tests {
                 let path = forwarded.split('?').next().unwrap();
                 proptest::prop_assert!(!path.contains("..") && !path.contains('%') && !path.contains('\\') && !path.contains("//"));
                 proptest::prop_assert!(!forwarded.contains('#') && !forwarded.contains('@'));
+            }
+        }
+
+        /// Look-alike hosts (a fal host with labels or letters added before or after it) with a
+        /// path that is valid on the real hosts: accepted exactly when the host is allowed.
+        #[test]
+        fn look_alike_hosts_with_valid_paths_are_refused(
+            before in proptest::sample::select(vec!["", "evil", "x.", "evil.", "queue.", "api.", "a-", "rest."]),
+            host in proptest::sample::select(vec!["fal.run", "queue.fal.run", "rest.fal.ai", "rest.alpha.fal.ai", "fal.ai"]),
+            after in proptest::sample::select(vec!["", ".evil.com", ".com", "x", ".fal.run", "-x.io"]),
+            path in proptest::sample::select(vec!["/fal-ai/flux/dev", "/fal-ai/flux/requests/764cabcf-b745-4b3e-ae38-1200304cf45b",
+                "/storage/upload/initiate?storage_type=fal-cdn-v3"]),
+        ) {
+            let name = format!("{before}{host}{after}");
+            let raw = format!("https://{name}{path}");
+            let allowed = matches!(name.as_str(), "queue.fal.run" | "fal.run" | "rest.fal.ai" | "rest.alpha.fal.ai");
+            match parse_target(&raw) {
+                Ok(_) => proptest::prop_assert!(allowed, "accepted {}", raw),
+                Err(TargetError::Host) => proptest::prop_assert!(!allowed, "host refused: {}", raw),
+                // An allowed host with a path it does not serve (a queue path on rest, ...).
+                Err(_) => proptest::prop_assert!(allowed, "{} refused before the host rule", raw),
             }
         }
     }

@@ -13,6 +13,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::{micros, LimitError, OnStoreError, StoreErrorLog};
+use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
 /// A started submit that never completes (a replica died mid-call) frees its key after this.
@@ -40,6 +41,8 @@ pub struct Idempotency {
     errors: StoreErrorLog,
     begin_script: Script,
     complete_script: Script,
+    /// The in-process records' time (Redis keys expire on Redis's clock).
+    clock: Clock,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,17 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[3])";
 impl Idempotency {
     /// Answers are kept for `ttl`; at most `capacity` keys in process.
     pub fn new(ttl: Duration, capacity: u64, redis: Option<RedisStore>, on_store_error: OnStoreError) -> Self {
+        Self::with_clock(ttl, capacity, redis, on_store_error, Clock::system())
+    }
+
+    /// [`Self::new`] with the in-process records expiring on `clock`.
+    pub fn with_clock(
+        ttl: Duration,
+        capacity: u64,
+        redis: Option<RedisStore>,
+        on_store_error: OnStoreError,
+        clock: Clock,
+    ) -> Self {
         Self {
             ttl,
             memory: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
@@ -77,6 +91,7 @@ impl Idempotency {
             errors: StoreErrorLog::default(),
             begin_script: Script::new(BEGIN),
             complete_script: Script::new(COMPLETE),
+            clock,
         }
     }
 
@@ -101,7 +116,7 @@ impl Idempotency {
                 Err(err) => self.errors.fallback(self.on_store_error, &err)?,
             }
         }
-        Ok(self.begin_at(principal, key, body_hash, SystemTime::now()))
+        Ok(self.begin_at(principal, key, body_hash, self.clock.now()))
     }
 
     /// Whether `key`'s first use was answered (a retry will be replayed). A store error is a no.
@@ -119,7 +134,7 @@ impl Idempotency {
                 }
             }
         }
-        self.answered_at(principal, key, SystemTime::now())
+        self.answered_at(principal, key, self.clock.now())
     }
 
     /// The in-process [`Self::answered`] at `now`.
@@ -199,7 +214,7 @@ impl Idempotency {
                 if let Some(entry) = self.memory.get(&key) {
                     let mut entry = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     entry.answer = Some((status, Bytes::copy_from_slice(body)));
-                    entry.expires_us = micros(SystemTime::now()) + micros_of(self.ttl);
+                    entry.expires_us = micros(self.clock.now()) + micros_of(self.ttl);
                 }
             }
             None => self.memory.invalidate(&key),

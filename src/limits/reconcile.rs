@@ -229,7 +229,7 @@ impl Limiter {
     /// A submit fal accepted: its concurrency slot (if its tier has one) now belongs to
     /// `request_id`, and the job is indexed for the reconciler under `app`.
     pub async fn job_started(&self, admission: &Admission, app: &AppId, request_id: &FalRequestId) {
-        self.job_started_at(admission, app, request_id, SystemTime::now()).await;
+        self.job_started_at(admission, app, request_id, self.clock.now()).await;
     }
 
     /// [`Self::job_started`] at `now` (when the job is first due is counted from it).
@@ -285,7 +285,7 @@ impl Limiter {
 
     /// One pass of the reconciler now, asking `fal`.
     pub async fn reconcile_once(&self, fal: &impl JobStatus) -> Pass {
-        self.reconcile_once_at(fal, SystemTime::now()).await
+        self.reconcile_once_at(fal, self.clock.now()).await
     }
 
     /// One pass at `now` (the replica's clock; with Redis, slots' start times are Redis's).

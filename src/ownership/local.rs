@@ -16,6 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
 use crate::fal::{AppId, FalRequestId};
 
 /// Shards: little lock contention across worker threads, small per-shard queues.
@@ -47,23 +48,25 @@ pub(super) struct LocalRecords {
     ttl: Duration,
     /// Keys the app hash with a per-process secret, so app names cannot be chosen to collide.
     apps: RandomState,
+    clock: Clock,
 }
 
 impl LocalRecords {
-    pub(super) fn new(max_entries: u64, ttl: Duration) -> Self {
+    pub(super) fn new(max_entries: u64, ttl: Duration, clock: Clock) -> Self {
         let max = usize::try_from(max_entries).unwrap_or(usize::MAX);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: max.div_ceil(SHARDS).max(1),
             ttl,
             apps: RandomState::new(),
+            clock,
         }
     }
 
     /// Whether `principal` owns request `id` on `app` (a live record).
     pub(super) fn owned_by(&self, principal: &str, app: &AppId, id: &FalRequestId) -> bool {
         let key = self.key(app, id);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut shard = self.shard(key);
         let Some(record) = shard.records.get_mut(&key) else {
             return false;
@@ -76,7 +79,7 @@ impl LocalRecords {
     /// Records `principal` as the owner; drops expired records, then the oldest past the bound.
     pub(super) fn insert(&self, principal: &str, app: &AppId, id: &FalRequestId) {
         let key = self.key(app, id);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let expires = now + self.ttl;
         let mut shard = self.shard(key);
         shard.records.insert(
@@ -144,6 +147,7 @@ fn uuid_bits(id: &str) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn app(name: &str) -> AppId {
         AppId::from_segments(&["fal-ai", name]).unwrap()
@@ -163,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_record_answers_for_its_owner_app_and_id_only() {
-        let store = LocalRecords::new(100, Duration::from_secs(60));
+        let store = LocalRecords::new(100, Duration::from_secs(60), Clock::system());
         store.insert("default|alice", &app("flux"), &id(1));
         assert!(store.owned_by("default|alice", &app("flux"), &id(1)));
         assert!(!store.owned_by("default|bob", &app("flux"), &id(1)));
@@ -173,20 +177,30 @@ mod tests {
 
     #[test]
     fn records_expire_after_the_ttl() {
-        let store = LocalRecords::new(100, Duration::from_millis(30));
+        let manual = ManualClock::new();
+        let store = LocalRecords::new(100, Duration::from_secs(30), manual.clock());
         store.insert("default|alice", &app("flux"), &id(1));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!store.owned_by("default|alice", &app("flux"), &id(1)));
+        manual.advance(Duration::from_secs(30) - Duration::from_micros(1));
+        assert!(
+            store.owned_by("default|alice", &app("flux"), &id(1)),
+            "live until its ttl"
+        );
+        manual.advance(Duration::from_micros(1));
+        assert!(
+            !store.owned_by("default|alice", &app("flux"), &id(1)),
+            "expired at its ttl"
+        );
         // Expired records are dropped by later writes to their shard: memory does not keep them.
-        for n in 2..2_000 {
+        // Fill every shard below its bound (100 / 16 → 7 each), so only expiry can drop it.
+        for n in 2..40 {
             store.insert("default|alice", &app("flux"), &id(n));
         }
-        assert!(store.len() < 2_000, "expired record kept: {}", store.len());
+        assert_eq!(store.len(), 38, "the expired record is still held");
     }
 
     #[test]
     fn the_store_is_bounded_and_drops_the_oldest_first() {
-        let store = LocalRecords::new(160, Duration::from_secs(60));
+        let store = LocalRecords::new(160, Duration::from_secs(60), Clock::system());
         for n in 0..10_000 {
             store.insert("default|alice", &app("flux"), &id(n));
         }
@@ -197,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_record_its_owner_keeps_polling_survives_a_flood_of_new_submits() {
-        let store = LocalRecords::new(160, Duration::from_secs(60));
+        let store = LocalRecords::new(160, Duration::from_secs(60), Clock::system());
         store.insert("default|alice", &app("flux"), &id(0));
         for n in 1..10_000 {
             // Alice polls her long job now and then while others submit.
@@ -216,16 +230,22 @@ mod tests {
 
     #[test]
     fn writing_a_key_again_keeps_the_newer_record() {
-        let store = LocalRecords::new(100_000, Duration::from_millis(1_000));
+        let manual = ManualClock::new();
+        let store = LocalRecords::new(100_000, Duration::from_secs(10), manual.clock());
         store.insert("default|alice", &app("flux"), &id(1));
-        std::thread::sleep(Duration::from_millis(600));
+        manual.advance(Duration::from_secs(6));
         store.insert("default|alice", &app("flux"), &id(1));
-        std::thread::sleep(Duration::from_millis(600));
+        manual.advance(Duration::from_secs(6));
         // The first write has expired (its queue entry goes with the next writes to its shard);
-        // the second, 400 ms from expiry, must stay.
+        // the second, 4 s from expiry, must stay.
         for n in 2..2_000 {
             store.insert("default|alice", &app("flux"), &id(n));
         }
         assert!(store.owned_by("default|alice", &app("flux"), &id(1)));
+        manual.advance(Duration::from_secs(4));
+        assert!(
+            !store.owned_by("default|alice", &app("flux"), &id(1)),
+            "the second write expires too"
+        );
     }
 }

@@ -80,6 +80,7 @@ describe("proxy protocol edges", () => {
       const err = await rejectionOf(call());
       assert.ok(err instanceof ApiError, `${err}`);
       assert.equal(err.status, 404, `body ${JSON.stringify(err.body)}`);
+      assert.equal(err.body?.code, "request_not_found", "falgate's own 404, not fal's");
     }
     const stream = await bob.queue.streamStatus(VPG, { requestId });
     const streamErr = await rejectionOf(stream.done());
@@ -92,9 +93,15 @@ describe("proxy protocol edges", () => {
 
   test("an unknown request id is 404 for its caller", T, async () => {
     const fal = stack.client();
+    const mark = await stack.mark();
     const err = await rejectionOf(fal.queue.status(VPG, { requestId: "00000000-0000-4000-8000-000000000000" }));
     assert.ok(err instanceof ApiError);
     assert.equal(err.status, 404);
+    // The emulator answers an unknown id with a 404 too: only falgate's code and fal's silence
+    // show the gate's ownership check refused it.
+    assert.equal(err.body?.code, "request_not_found", `body ${JSON.stringify(err.body)}`);
+    assert.equal(fal.responses.at(-1).headers.get("x-falgate-error"), "request_not_found");
+    assert.deepEqual(await stack.upstreamSince(mark), [], "the unknown id was asked of fal");
   });
 
   test("every request fal saw carried exactly the server key and nothing of the caller", T, async () => {

@@ -118,7 +118,14 @@ describe("queue through the proxy route", () => {
 
   test("queue.cancel of a queued request is accepted", T, async () => {
     const { request_id: requestId } = await fal.queue.submit(VPG, { input: INPUT });
+    const mark = await stack.mark();
     await fal.queue.cancel(VPG, { requestId });
+    assert.equal(fal.responses.at(-1).status, 202, "fal's answer to the cancel is relayed");
+    const seen = viaGate(await stack.upstreamSince(mark));
+    assert.deepEqual(seen.map((r) => `${r.method} ${r.path}`), [`PUT /${VPG}/requests/${requestId}/cancel`]);
+    // The job really was cancelled: a second cancel finds it completed (fal's 400).
+    const again = await rejectionOf(fal.queue.cancel(VPG, { requestId }));
+    assert.equal(again.status, 400);
   });
 
   test("queue.cancel after completion is refused with fal's 400 relayed as an ApiError", T, async () => {

@@ -24,6 +24,18 @@ function assertGateRefusal(fal, err, status) {
   assert.equal(res.headers.get("x-falgate-error"), err.body.code, "x-falgate-error header names the code");
 }
 
+/**
+ * Asserts a ValidationError the gate made itself (`validation_failed`, fal's 422 shape), not one
+ * relayed from fal (the emulator answers the same 422): fal saw nothing since `mark`.
+ */
+async function assertGateValidation(stack, fal, err, mark) {
+  assert.ok(err instanceof ValidationError, `expected ValidationError, got ${err?.name}: ${JSON.stringify(err?.body)}`);
+  assert.equal(err.status, 422);
+  assert.equal(err.body?.code, "validation_failed", `falgate's code in ${JSON.stringify(err.body)}`);
+  assert.equal(fal.responses.at(-1).headers.get("x-falgate-error"), "validation_failed");
+  assert.deepEqual(await stack.upstreamSince(mark), [], "the invalid input reached fal");
+}
+
 describe("fal.run and policy through the proxy route", () => {
   let stack;
   let fal;
@@ -71,30 +83,31 @@ describe("fal.run and policy through the proxy route", () => {
   });
 
   test("fal.run without input_concept fails with a ValidationError naming input_concept", T, async () => {
+    const mark = await stack.mark();
     const err = await rejectionOf(fal.run(VPG, { input: { style: "Simple" } }));
-    assert.ok(err instanceof ValidationError, `expected ValidationError, got ${err?.name}: ${JSON.stringify(err?.body)}`);
-    assert.equal(err.status, 422);
+    await assertGateValidation(stack, fal, err, mark);
     assert.ok(err.getFieldErrors("input_concept").length > 0, `fieldErrors: ${JSON.stringify(err.fieldErrors)}`);
   });
 
   test("fal.run with a style outside the enum fails with a ValidationError naming style", T, async () => {
+    const mark = await stack.mark();
     const err = await rejectionOf(fal.run(VPG, { input: { input_concept: "a fox", style: "Baroque" } }));
-    assert.ok(err instanceof ValidationError, `expected ValidationError, got ${err?.name}: ${JSON.stringify(err?.body)}`);
-    assert.equal(err.status, 422);
+    await assertGateValidation(stack, fal, err, mark);
     assert.ok(err.getFieldErrors("style").length > 0, `fieldErrors: ${JSON.stringify(err.fieldErrors)}`);
     assert.equal(err.getFieldErrors("input_concept").length, 0, "only the bad field is reported");
   });
 
   test("subscribe without input_concept fails with a ValidationError naming input_concept", T, async () => {
+    const mark = await stack.mark();
     const err = await rejectionOf(fal.subscribe(VPG, { input: { prompt_length: "Long" } }));
-    assert.ok(err instanceof ValidationError, `expected ValidationError, got ${err?.name}: ${JSON.stringify(err?.body)}`);
-    assert.equal(err.status, 422);
+    await assertGateValidation(stack, fal, err, mark);
     assert.ok(err.getFieldErrors("input_concept").length > 0, `fieldErrors: ${JSON.stringify(err.fieldErrors)}`);
   });
 
   test("subscribe with a camera_direction outside the enum fails with a ValidationError naming camera_direction", T, async () => {
+    const mark = await stack.mark();
     const err = await rejectionOf(fal.subscribe(VPG, { input: { input_concept: "a fox", camera_direction: "Sideways" } }));
-    assert.ok(err instanceof ValidationError, `expected ValidationError, got ${err?.name}: ${JSON.stringify(err?.body)}`);
+    await assertGateValidation(stack, fal, err, mark);
     assert.ok(err.getFieldErrors("camera_direction").length > 0, `fieldErrors: ${JSON.stringify(err.fieldErrors)}`);
   });
 

@@ -35,3 +35,28 @@ describe("secret hygiene at RUST_LOG=trace", () => {
     await assertLogsHoldNoSecrets(stack);
   });
 });
+
+describe("secret hygiene with JSON log lines", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack({ env: { FALGATE_LOG__FORMAT: "json" } });
+  }, HOOK);
+  after(async () => stack?.stop());
+
+  test("calls and refusals are logged as JSON lines carrying their request ids", T, async () => {
+    const fal = stack.client();
+    const { data } = await fal.subscribe(VPG, { input: { input_concept: "a canary in a coal mine" } });
+    assert.ok(data.prompt);
+    await rejectionOf(fal.run(VPG, { input: { style: "Noir" } }));
+    await rejectionOf(stack.client({ token: null }).run(VPG, { input: { input_concept: "x" } }));
+  });
+
+  test("no log line holds FAL_KEY, a token or a cookie", T, async () => {
+    await assertLogsHoldNoSecrets(stack);
+    // The request ids were found in JSON log lines (the listening announcements are plain text).
+    const json = stack.gateLogs().split("\n").flatMap((l) => { try { return [JSON.parse(l)]; } catch { return []; } });
+    for (const id of stack.requestIds) {
+      assert.ok(json.some((line) => JSON.stringify(line).includes(id)), `no JSON line carries request id ${id}`);
+    }
+  });
+});

@@ -190,6 +190,14 @@ class Stack {
     this.cookie = cookie;
     /** Every bearer token handed to the gate, valid or not: none may ever show up in its logs. */
     this.tokens = new Set();
+    /** Every `x-falgate-request-id` the gate answered a client with: each must be in its logs. */
+    this.requestIds = new Set();
+  }
+
+  /** Remembers the gate's request id of `res` (a response from the gate or its balancer). */
+  noteRequestId(res) {
+    const id = res.headers.get("x-falgate-request-id");
+    if (id) this.requestIds.add(id);
   }
 
   /** A token signed with the gate's secret (or `secret`), remembered for the secrets check. */
@@ -203,7 +211,7 @@ class Stack {
    * An `@fal-ai/client` that reaches fal only through the gate's proxy route.
    * `token`: a JWT string, `null` for no Authorization header, or omitted for a fresh valid token.
    * Every response the gate sends is appended to `client.responses` ({url, toGate, target, method,
-   * status, headers, at}); every fetch that threw (a transport error the client may retry silently) to
+   * status, headers, requestHeaders (as sent), at}); every fetch that threw (a transport error the client may retry silently) to
    * `client.transportErrors` ({url, target, error, at}).
    */
   client({ token, sub = "e2e-user", tier, sessionCookie } = {}) {
@@ -214,6 +222,7 @@ class Stack {
     const transportErrors = [];
     const gateUrl = this.gateUrl;
     const cookie = this.cookie;
+    const stack = this;
     const fetchThroughGate = async (input, init = {}) => {
       const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
       const headers = new Headers(init.headers);
@@ -232,7 +241,8 @@ class Stack {
         throw error;
       }
       const method = (init.method ?? "GET").toUpperCase();
-      responses.push({ url, toGate, target, method, status: res.status, headers: res.headers, at: Date.now() });
+      if (toGate) stack.noteRequestId(res);
+      responses.push({ url, toGate, target, method, status: res.status, headers: res.headers, requestHeaders: headers, at: Date.now() });
       return res;
     };
     const fal = createFalClient({
@@ -254,7 +264,9 @@ class Stack {
     if (bearer) h.set("authorization", `Bearer ${bearer}`);
     h.set("cookie", this.cookie);
     const payload = body === undefined || typeof body === "string" ? body : JSON.stringify(body);
-    return fetch(this.proxyUrl, { method, headers: h, body: payload });
+    const res = await fetch(this.proxyUrl, { method, headers: h, body: payload });
+    this.noteRequestId(res);
+    return res;
   }
 
   // ---- emulator control API ----
@@ -453,13 +465,17 @@ export async function assertUpstreamHygiene(stack) {
 }
 
 /**
- * Stops the gate (so every log line is flushed), then checks that its output never contains the
- * fal key, a caller token (or its signature) or the caller's cookie.
+ * Stops the gate (so every log line is flushed), proves the logs hold the calls (every
+ * `x-falgate-request-id` a client received appears in them: startup lines alone would make the
+ * sweep vacuous), then checks that its output never contains the fal key, a caller token (or its
+ * signature) or the caller's cookie.
  */
 export async function assertLogsHoldNoSecrets(stack) {
   await stack.stopGate();
   const logs = stack.gateLogs();
-  assert.ok(logs.length > 0, "falgate wrote no logs at RUST_LOG=info; the check would be vacuous");
+  assert.ok(stack.requestIds.size > 0, "no client received a falgate request id; the sweep would be vacuous");
+  const missing = [...stack.requestIds].filter((id) => !logs.includes(id));
+  assert.deepEqual(missing, [], `${missing.length} of ${stack.requestIds.size} request ids are not in the logs`);
   assert.ok(!logs.includes(stack.falKey), "falgate logs contain FAL_KEY");
   assert.ok(!logs.includes(stack.falKey.slice("fk-canary-".length)), "falgate logs contain part of FAL_KEY");
   assert.ok(!logs.includes(stack.secret), "falgate logs contain the HS256 secret");

@@ -19,6 +19,8 @@ use crate::support::{TestGate, VPG};
 
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
 const ISS: &str = "https://idp.test";
+/// The secret of `oct1.jwk.json` (base64url `k`).
+const OCT_SECRET: &[u8] = b"an-oct-key-that-must-never-verify";
 
 /// What the JWKS server answers.
 #[derive(Clone)]
@@ -211,17 +213,111 @@ async fn a_rotated_key_triggers_one_refetch_and_passes() {
 async fn during_an_outage_known_keys_keep_working_and_unknown_kids_fail_closed() {
     let (idp, url) = Idp::spawn(vec!["rsa1"]).await;
     let gate = gate_for(&url, 0).await;
-    for mode in [Mode::Error, Mode::Garbage, Mode::Huge] {
+    for (i, mode) in [Mode::Error, Mode::Garbage, Mode::Huge].into_iter().enumerate() {
         idp.set(mode);
+        let before = idp.hits();
+        // The unknown kid makes the gate refetch, and the refetch fails...
         assert_eq!(
-            status_with(&gate, &sign("rsa1", Algorithm::RS256, &claims("a"), |_| {})).await,
-            200
-        );
-        assert_eq!(
-            status_with(&gate, &sign("rsa2", Algorithm::RS256, &claims("a"), |_| {})).await,
+            status_with(
+                &gate,
+                &sign("rsa2", Algorithm::RS256, &claims(&format!("u{i}")), |_| {})
+            )
+            .await,
             401
         );
+        assert_eq!(idp.hits(), before + 1, "the failed refresh was tried");
+        // ...then a token never seen before (so not a token-cache hit) is verified with the
+        // known key kept from before the failed refresh.
+        assert_eq!(
+            status_with(
+                &gate,
+                &sign("rsa1", Algorithm::RS256, &claims(&format!("k{i}")), |_| {})
+            )
+            .await,
+            200
+        );
     }
+}
+
+/// `oct` (shared-secret) keys in a JWKS are never used: a token HMAC-signed with one is refused.
+#[tokio::test]
+async fn oct_keys_in_a_jwks_are_refused() {
+    let (idp, url) = Idp::spawn(vec!["rsa1", "oct1"]).await;
+    let toml = format!("[auth.issuers.idp]\nissuer = \"{ISS}\"\naudience = \"falgate\"\njwks_url = \"{url}\"\n");
+    let gate = TestGate::builder().config(&toml).spawn().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gate
+        .client
+        .get(format!("{}/readyz", gate.url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the JWKS never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("oct1".into());
+    let token = encode(&header, &claims("a"), &EncodingKey::from_secret(OCT_SECRET)).unwrap();
+    let response = gate
+        .client
+        .post(format!("{}/api/fal/queue/{VPG}", gate.url))
+        .bearer_auth(&token)
+        .json(&json!({"input_concept": "x"}))
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(response, 401, "unauthenticated").await;
+    // The positive control: the set loaded, and its RSA key verifies.
+    assert_eq!(
+        status_with(&gate, &sign("rsa1", Algorithm::RS256, &claims("b"), |_| {})).await,
+        200
+    );
+    assert!(idp.hits() >= 1);
+    assert_eq!(gate.fal_saw().len(), 1, "only the RSA-signed call reached fal");
+}
+
+/// The JWKS is refetched every `jwks_refresh_seconds` with no token asking for it: a key
+/// added at the IdP verifies without an unknown-kid refetch (the cooldown forbids one here).
+#[tokio::test]
+async fn the_jwks_is_refreshed_periodically() {
+    let (idp, url) = Idp::spawn(vec!["rsa1"]).await;
+    let toml = format!(
+        "[auth.issuers.idp]\nissuer = \"{ISS}\"\naudience = \"falgate\"\njwks_url = \"{url}\"\nalgorithms = [\"RS256\"]\n"
+    );
+    let gate = TestGate::builder()
+        .config(&toml)
+        .env("FALGATE_AUTH__JWKS_COOLDOWN_SECONDS", "3600")
+        .env("FALGATE_AUTH__JWKS_REFRESH_SECONDS", "1")
+        .spawn()
+        .await;
+    let rsa2 = |sub: &str| sign("rsa2", Algorithm::RS256, &claims(sub), |_| {});
+    // Wait for the first load, then rotate. The first fetch starts the cooldown, so no token's
+    // unknown kid can cause a fetch: every later one is the periodic refresh.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while idp.hits() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never fetched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    idp.set(Mode::Keys(vec!["rsa1", "rsa2"]));
+    let fetched = idp.hits();
+    // The periodic refresh (one second) loads rsa2; polled, not slept on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while idp.hits() == fetched {
+        assert!(tokio::time::Instant::now() < deadline, "no periodic refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut verified = false;
+    for i in 0..50 {
+        if status_with(&gate, &rsa2(&format!("after{i}"))).await == 200 {
+            verified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(verified, "the refreshed key never verified");
 }
 
 #[tokio::test]

@@ -55,6 +55,8 @@ pub(crate) struct Builder {
     env: Vec<(String, String)>,
     /// The emulator's (queue_ms, progress_ms) when not the quick default.
     job_ms: Option<(u64, u64)>,
+    /// The clock of the gate's expiring stores, when a test moves time itself.
+    clock: Option<falgate::clock::Clock>,
 }
 
 impl Builder {
@@ -79,6 +81,13 @@ impl Builder {
     /// Jobs stay queued `queue_ms`, then run `progress_ms` (status streams stay open as long).
     pub(crate) fn job_ms(mut self, queue_ms: u64, progress_ms: u64) -> Self {
         self.job_ms = Some((queue_ms, progress_ms));
+        self
+    }
+
+    /// Runs the gate's expiring stores (token cache, ownership, limits, idempotency) on
+    /// `manual`, so a test advances time instead of sleeping.
+    pub(crate) fn clock(mut self, manual: &falgate::clock::ManualClock) -> Self {
+        self.clock = Some(manual.clock());
         self
     }
 
@@ -127,7 +136,8 @@ impl Builder {
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
-        let app = falgate::app::build(config, &FalCredentials::new(FAL_KEY.to_owned())).unwrap();
+        let credentials = FalCredentials::new(FAL_KEY.to_owned());
+        let app = falgate::app::build_with_clock(config, &credentials, self.clock.unwrap_or_default()).unwrap();
         tokio::spawn(falgate::app::serve(public, admin, app, async move {
             stopped.await.ok();
             emu_stop.send(()).ok();

@@ -90,6 +90,48 @@ async fn target_url_tricks_are_400_and_never_reach_fal() {
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
 
+/// Host look-alikes carrying a path the real host serves, so the gate's host rule (not the path
+/// parser) is what refuses: with a suffix match or no host allowlist, these reach fal.
+#[tokio::test]
+async fn look_alike_hosts_with_valid_paths_are_400_and_never_reach_fal() {
+    let gate = TestGate::spawn().await;
+    let path = "/fal-ai/video-prompt-generator";
+    for host in [
+        "evilfal.run",
+        "notfal.run",
+        "evilqueue.fal.run",
+        "api.fal.run",
+        "queue.fal.run.evil.com",
+        "fal.run.evil.com",
+        "fal.ai",
+        "evil.com",
+        "169.254.169.254",
+        "127.0.0.1",
+        "[::1]",
+    ] {
+        let response = gate
+            .as_alice(Method::POST, "/api/fal/proxy")
+            .header("x-fal-target-url", format!("https://{host}{path}"))
+            .json(&json!({"input_concept": "x"}))
+            .send()
+            .await
+            .unwrap();
+        gate.assert_refused(response, 400, "invalid_target").await;
+    }
+    let storage = "/storage/upload/initiate?storage_type=fal-cdn-v3";
+    for host in ["evilrest.fal.ai", "rest.fal.ai.evil.com", "rest.beta.fal.ai"] {
+        let response = gate
+            .as_alice(Method::POST, "/api/fal/proxy")
+            .header("x-fal-target-url", format!("https://{host}{storage}"))
+            .json(&json!({"content_type": "image/png", "file_name": "a.png"}))
+            .send()
+            .await
+            .unwrap();
+        gate.assert_refused(response, 400, "invalid_target").await;
+    }
+    gate.assert_nothing_reached_fal_and_still_serving().await;
+}
+
 #[tokio::test]
 async fn unicode_and_control_bytes_in_the_target_are_400() {
     let gate = TestGate::spawn().await;
