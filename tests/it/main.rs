@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod drain;
 mod errors;
+mod forwarding;
 mod identity;
 mod jwks;
 mod limits;
