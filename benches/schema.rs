@@ -34,6 +34,7 @@ fn schemas() -> Schemas {
             fields: BTreeMap::from([("image_url".to_owned(), image_url)]),
         }),
         tier_overlays: BTreeMap::new(),
+        trusted_url_prefixes: Vec::new(),
     };
     Schemas::compile(vec![source]).expect("the shipped schema compiles")
 }

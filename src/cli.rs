@@ -27,14 +27,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the proxy and the built-in fal emulator together, with a random secret and a token.
+    /// Run the proxy, the built-in fal emulator and the playground together, for frontend work:
+    /// prints the playground's URL, two users' tokens and the secret.
     Dev {
-        /// Public listener for the proxy.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// A config file to start from instead of the embedded default.
+        /// Public listener for the proxy [default: FALGATE_LISTEN, else 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// A config file to start from instead of the embedded default [default: FALGATE_CONFIG].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The HS256 secret tokens are signed with [default: FALGATE_AUTH__HS256_SECRET, else random].
+        #[arg(long)]
+        secret: Option<String>,
+        /// A browser origin allowed to call falgate (repeatable) [default:
+        /// FALGATE_CORS__ALLOWED_ORIGINS, else localhost and 127.0.0.1 on ports 5173, 4173, 3000, 4200].
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
+        /// How long an emulated job runs (IN_PROGRESS), in milliseconds [default: 700].
+        #[arg(long, value_name = "MS")]
+        emulator_job_ms: Option<u64>,
     },
     /// Run the fal queue emulator alone.
     Emulator {
@@ -75,9 +86,27 @@ pub enum Failure {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
-        Command::Dev { listen, config } => dev::run(listen, config.as_deref(), drain_signal())
-            .await
-            .map_err(Failure::Other),
+        Command::Dev {
+            listen,
+            config,
+            secret,
+            cors_origins,
+            emulator_job_ms,
+        } => {
+            let options = dev::Options {
+                listen,
+                config,
+                secret,
+                cors_origins,
+                emulator_job_ms,
+            };
+            dev::run(options, drain_signal())
+                .await
+                .map_err(|failure| match failure {
+                    dev::Failure::Config(message) => Failure::Config(message),
+                    dev::Failure::Other(err) => Failure::Other(err),
+                })
+        }
         Command::Emulator { listen } => run_emulator(listen).await,
         Command::Token { sub, tier, ttl, config } => {
             let config = load(config.as_deref())?;

@@ -39,6 +39,9 @@ pub const DEFAULT_PATH: &str = "config/falgate.toml";
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where callers reach falgate (scheme, host, optional path prefix): the base of the REST
+    /// links falgate writes into fal's answers (`routes::links`). None = derived per request.
+    pub public_url: Option<Url>,
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
@@ -78,6 +81,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// OpenTelemetry trace export (off unless an OTLP endpoint is configured).
     pub telemetry: Telemetry,
+    /// `[playground] enabled`: serve the playground page at `/` (its API needs a caller's token).
+    pub playground_enabled: bool,
 }
 
 /// Where fal is and how long to wait for it.
@@ -293,9 +298,20 @@ impl Config {
         let limits = raw.limits.unwrap_or_else(LimitsConfig::unlimited);
         limits.validate().map_err(|err| ConfigError(err.0))?;
         let endpoints = endpoints(raw.endpoints)?;
+        limits
+            .check_endpoint_keys(|key| {
+                EndpointId::parse(key).is_ok()
+                    && endpoints.keys().any(|entry| crate::policy::covers(entry.as_str(), key))
+            })
+            .map_err(|err| ConfigError(err.0))?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
+            public_url: raw
+                .public_url
+                .as_deref()
+                .map(|raw| base_url("public_url", raw))
+                .transpose()?,
             workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,
@@ -326,6 +342,7 @@ impl Config {
             redis: raw.redis,
             warnings: Vec::new(),
             telemetry: telemetry::telemetry(raw.telemetry, sources)?,
+            playground_enabled: raw.playground.enabled,
         })
     }
 }
@@ -499,6 +516,7 @@ fn schema_sources(raw: &BTreeMap<String, file::RawEndpoint>) -> Result<Vec<Schem
                 unknown_fields: endpoint.unknown_fields,
                 overlay: endpoint.overlay.clone(),
                 tier_overlays: endpoint.tiers.clone(),
+                trusted_url_prefixes: Vec::new(),
             })
         })
         .collect()

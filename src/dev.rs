@@ -1,7 +1,20 @@
 //! `falgate dev`: the gate and the built-in fal emulator in one process, on the embedded default
-//! config (or `--config`), with a random HS256 secret and a ready token. Needs no `FAL_KEY` and
-//! no internet: fal's three hosts point at the emulator. SIGHUP reloads `--config` (same
-//! overrides, same secret, so the printed token stays valid).
+//! config (or `--config` / `FALGATE_CONFIG`), for frontend work. Needs no `FAL_KEY` and no
+//! internet: fal's three hosts point at the emulator.
+//!
+//! The environment's `FALGATE_*` variables apply as in `serve`; on top of them dev sets what it
+//! must (fal's hosts → the emulator, uploads allowed, the playground on) and what its flags
+//! say: the listener, the HS256 secret (`--secret`, else `FALGATE_AUTH__HS256_SECRET`, else
+//! random) and the browser origins (`--cors-origin`, else `FALGATE_CORS__ALLOWED_ORIGINS`, else
+//! the usual local dev servers). The emulator's CDN is trusted by every URL rule, so files
+//! uploaded in dev work as inputs.
+//!
+//! Order: everything that can refuse to start (config, schemas, keys, the listeners) is done
+//! before the first line is printed, so a bad config prints its cause once and nothing else
+//! (exit 64). Then the listeners are announced, one request is submitted through the gate so
+//! the printed examples name a real request id, and the guide is printed. The embedded
+//! schemas are unpacked into `falgate-dev-<pid>` in the temp folder, removed on exit. SIGHUP
+//! reloads the config (same overrides, same secret, so the printed tokens stay valid).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::Rng;
 
-use crate::config::{Config, FalCredentials};
+use crate::config::{Config, FalCredentials, ProcessEnv, Sources};
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::process::{announce, bind, reload_on_hangup, say};
 use crate::{app, telemetry};
@@ -25,46 +38,209 @@ const DEFAULT_SCHEMAS: [(&str, &str); 1] = [(
 )];
 /// The key the gate sends to the emulator; no real fal key is involved.
 const EMULATOR_KEY: &str = "falgate-dev-emulator-key";
-/// How long the printed token is valid.
+/// How long the printed tokens are valid.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The subjects of the two printed tokens.
+const USER: &str = "dev-user";
+const SECOND_USER: &str = "dev-user-2";
+/// Browser origins allowed when neither `--cors-origin` nor the environment names any: the
+/// default ports of Vite (5173, preview 4173), Next.js / CRA (3000) and Angular (4200).
+pub const DEFAULT_DEV_ORIGINS: [&str; 8] = [
+    "http://localhost:5173",
+    "http://127.0.0.1:5173",
+    "http://localhost:4173",
+    "http://127.0.0.1:4173",
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:4200",
+    "http://127.0.0.1:4200",
+];
+/// The endpoint the guide's examples use.
+const EXAMPLE_ENDPOINT: &str = "fal-ai/video-prompt-generator";
+const EXAMPLE_INPUT: &str = r#"{"input_concept":"a lighthouse in a storm"}"#;
+
+/// Why `falgate dev` stopped; `cli` maps it to the exit code (64 for `Config`).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The config (file, variables, flags, schemas, keys) cannot start.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// `falgate dev`'s command-line options.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// `--listen`; else `FALGATE_LISTEN`; else 127.0.0.1:8080.
+    pub listen: Option<SocketAddr>,
+    /// `--config`; else `FALGATE_CONFIG`; else the embedded default.
+    pub config: Option<PathBuf>,
+    /// `--secret`; else `FALGATE_AUTH__HS256_SECRET`; else random.
+    pub secret: Option<String>,
+    /// `--cors-origin` (repeatable); else `FALGATE_CORS__ALLOWED_ORIGINS`; else [`DEFAULT_DEV_ORIGINS`].
+    pub cors_origins: Vec<String>,
+    /// `--emulator-job-ms`: how long an emulated job runs.
+    pub emulator_job_ms: Option<u64>,
+}
 
 /// Runs the dev stack until `shutdown` resolves (Ctrl-C).
-pub async fn run(
-    listen: SocketAddr,
-    config_path: Option<&Path>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Failure> {
+    let env = process_env();
     let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let emulator_url = format!("http://{}", emulator_listener.local_addr()?);
-    let secret = hex::encode(rand::rng().random::<[u8; 32]>());
-    let overrides = dev_overrides(listen, &emulator_url, &secret);
-    let source = match config_path {
-        Some(path) => Source::File(path.to_path_buf()),
-        None => Source::Embedded(unpack_default_schemas()?),
+    let emulator_url = format!("http://{}", emulator_listener.local_addr().context("emulator address")?);
+    let settings = Settings::resolve(&options, &env, &emulator_url)?;
+    // Dropped on every way out of this function, so the folder never outlives the process.
+    let mut _unpacked = None;
+    let source = match options
+        .config
+        .clone()
+        .or_else(|| env.get("FALGATE_CONFIG").map(PathBuf::from))
+    {
+        Some(path) => Source::File(path),
+        None => {
+            let dir = TempDir::unpack_default_schemas()?;
+            let source = Source::Embedded(dir.0.clone());
+            _unpacked = Some(dir);
+            source
+        }
     };
-    let config = source.load(&overrides)?;
-    let _log_guard = telemetry::init(config.log_format, &config.telemetry);
-    let public = bind(config.listen).await?;
-    let admin = bind(config.admin_listen).await?;
-    let token = crate::auth::mint_hs256(secret.as_bytes(), "dev-user", None, TOKEN_TTL)?;
-    announce("falgate", &public, &admin)?;
-    print_guide(&format!("http://{}", public.local_addr()?), &emulator_url, &token);
-    let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))?;
+    let trusted = format!("{emulator_url}/_storage/files/");
+    let config = source
+        .load(&settings.overrides, &trusted)
+        .map_err(|err| Failure::Config(format!("{err:#}")))?;
+    let listen = config.listen;
+    let admin_listen = config.admin_listen;
+    let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))
+        .map_err(|err| Failure::Config(err.to_string()))?;
+    let public = bind(listen).await?;
+    let admin = bind(admin_listen).await?;
+    let loaded = app.state.load();
+    let _log_guard = telemetry::init(loaded.config.log_format, &loaded.config.telemetry);
+    // What starts but may surprise, logged as `serve` logs it (e.g. ignored variables).
+    for warning in &loaded.config.warnings {
+        tracing::warn!("{warning}");
+    }
+    drop(loaded);
+    let token = mint(&settings.secret, USER)?;
+    let second_token = mint(&settings.secret, SECOND_USER)?;
+    let overrides = settings.overrides.clone();
     reload_on_hangup(app.state.clone(), move || {
-        source.load(&overrides).map_err(|err| format!("{err:#}"))
+        source.load(&overrides, &trusted).map_err(|err| format!("{err:#}"))
     })?;
-    let emulator = Emulator::new(EmulatorConfig::default());
+    let mut emulator_config = EmulatorConfig::default();
+    if let Some(ms) = options.emulator_job_ms {
+        emulator_config.progress_ms = ms;
+    }
+    let emulator = Emulator::new(emulator_config);
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut emulator_stopped = stopped.clone();
     let emulator_task = tokio::spawn(emulator::serve(emulator_listener, emulator, async move {
         emulator_stopped.changed().await.ok();
     }));
-    app::serve(public, admin, app, shutdown).await?;
+    announce("falgate", &public, &admin)?;
+    let gate = format!("http://{}", public.local_addr().context("local address")?);
+    let guide = Guide {
+        gate,
+        emulator: emulator_url,
+        token,
+        second_token,
+        secret: settings.secret,
+        secret_source: settings.secret_source,
+        origins: settings.origins,
+    };
+    tokio::spawn(async move {
+        let request_id = guide.submit_example().await;
+        say(&guide.render(request_id.as_deref()));
+    });
+    app::serve(public, admin, app, shutdown)
+        .await
+        .context("server failed")?;
     // The emulator stops after the gate drained, so calls in flight can still reach it.
     stop.send(()).ok();
     drop(stopped);
-    emulator_task.await??;
+    emulator_task
+        .await
+        .context("emulator task")?
+        .context("emulator failed")?;
     Ok(())
+}
+
+/// The process's `FALGATE_*` variables (the only ones the config reads, besides `FALGATE_CONFIG`).
+fn process_env() -> HashMap<String, String> {
+    ProcessEnv.vars_with_prefix("FALGATE_").into_iter().collect()
+}
+
+fn mint(secret: &str, sub: &str) -> Result<String, Failure> {
+    crate::auth::mint_hs256(secret.as_bytes(), sub, None, TOKEN_TTL)
+        .map_err(|err| Failure::Config(format!("cannot sign the dev token: {err}")))
+}
+
+/// What dev decided on top of the environment.
+struct Settings {
+    /// The environment's variables with dev's own over them.
+    overrides: HashMap<String, String>,
+    secret: String,
+    secret_source: &'static str,
+    origins: Vec<String>,
+}
+
+impl Settings {
+    fn resolve(options: &Options, env: &HashMap<String, String>, emulator_url: &str) -> Result<Self, Failure> {
+        let mut overrides = env.clone();
+        let (secret, secret_source) = match (&options.secret, env.get("FALGATE_AUTH__HS256_SECRET")) {
+            (Some(secret), _) => (secret.clone(), "--secret"),
+            (None, Some(secret)) => (secret.clone(), "FALGATE_AUTH__HS256_SECRET"),
+            (None, None) => (hex::encode(rand::rng().random::<[u8; 32]>()), "random"),
+        };
+        let origins = if !options.cors_origins.is_empty() {
+            options.cors_origins.clone()
+        } else if let Some(list) = env.get("FALGATE_CORS__ALLOWED_ORIGINS") {
+            let value: toml::Value = format!("v = {list}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut table| table.remove("v"))
+                .ok_or_else(|| {
+                    Failure::Config("environment variable FALGATE_CORS__ALLOWED_ORIGINS: expected a TOML array".into())
+                })?;
+            value
+                .as_array()
+                .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        } else {
+            DEFAULT_DEV_ORIGINS.iter().map(|&o| o.to_owned()).collect()
+        };
+        let listen = match (options.listen, env.get("FALGATE_LISTEN")) {
+            (Some(listen), _) => listen.to_string(),
+            (None, Some(listen)) => listen.clone(),
+            (None, None) => "127.0.0.1:8080".to_owned(),
+        };
+        let origins_toml = toml::Value::Array(origins.iter().map(|o| toml::Value::String(o.clone())).collect());
+        for (key, value) in [
+            ("FALGATE_LISTEN", listen),
+            (
+                "FALGATE_ADMIN_LISTEN",
+                env.get("FALGATE_ADMIN_LISTEN")
+                    .cloned()
+                    .unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+            ),
+            ("FALGATE_UPSTREAM__QUEUE_URL", emulator_url.to_owned()),
+            ("FALGATE_UPSTREAM__RUN_URL", format!("{emulator_url}/fal.run")),
+            ("FALGATE_UPSTREAM__STORAGE_URL", format!("{emulator_url}/rest.fal.ai")),
+            ("FALGATE_AUTH__HS256_SECRET", secret.clone()),
+            ("FALGATE_STORAGE__UPLOADS", "allow".to_owned()),
+            ("FALGATE_CORS__ALLOWED_ORIGINS", origins_toml.to_string()),
+            ("FALGATE_PLAYGROUND__ENABLED", "true".to_owned()),
+        ] {
+            overrides.insert(key.to_owned(), value);
+        }
+        Ok(Self {
+            overrides,
+            secret,
+            secret_source,
+            origins,
+        })
+    }
 }
 
 /// Where the dev config comes from, read again on reload.
@@ -76,7 +252,7 @@ enum Source {
 }
 
 impl Source {
-    fn load(&self, overrides: &HashMap<String, String>) -> anyhow::Result<Config> {
+    fn load(&self, overrides: &HashMap<String, String>, trusted_url_prefix: &str) -> anyhow::Result<Config> {
         let (text, base) = match self {
             Self::File(path) => (
                 std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -84,62 +260,128 @@ impl Source {
             ),
             Self::Embedded(base) => (DEFAULT_CONFIG.to_owned(), base.clone()),
         };
-        let mut config = Config::from_toml_in(&text, overrides, &base)?;
+        let mut config = Config::from_toml_in(&text, overrides, &base).map_err(|err| match self {
+            Self::File(path) => anyhow::anyhow!("{}: {err}", path.display()),
+            Self::Embedded(_) => anyhow::anyhow!("{err}"),
+        })?;
         // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
         config.drain.delay = Duration::ZERO;
+        for source in &mut config.schema_sources {
+            source.trusted_url_prefixes = vec![trusted_url_prefix.to_owned()];
+        }
         Ok(config)
     }
 }
 
-/// Writes the embedded schemas to a private temp folder and returns it as the config's base.
-fn unpack_default_schemas() -> anyhow::Result<std::path::PathBuf> {
-    let base = std::env::temp_dir().join(format!("falgate-dev-{}", std::process::id()));
-    for (name, text) in DEFAULT_SCHEMAS {
-        let path = base.join(name);
-        std::fs::create_dir_all(path.parent().unwrap_or(&base))?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+/// The folder the embedded schemas are unpacked into; removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn unpack_default_schemas() -> Result<Self, Failure> {
+        let dir = Self(std::env::temp_dir().join(format!("falgate-dev-{}", std::process::id())));
+        for (name, text) in DEFAULT_SCHEMAS {
+            let path = dir.0.join(name);
+            std::fs::create_dir_all(path.parent().unwrap_or(&dir.0))
+                .and_then(|()| std::fs::write(&path, text))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(dir)
     }
-    Ok(base)
 }
 
-fn dev_overrides(listen: SocketAddr, emulator_url: &str, secret: &str) -> HashMap<String, String> {
-    [
-        ("FALGATE_LISTEN", listen.to_string()),
-        ("FALGATE_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("FALGATE_UPSTREAM__QUEUE_URL", emulator_url.to_owned()),
-        ("FALGATE_UPSTREAM__RUN_URL", format!("{emulator_url}/fal.run")),
-        ("FALGATE_UPSTREAM__STORAGE_URL", format!("{emulator_url}/rest.fal.ai")),
-        ("FALGATE_AUTH__HS256_SECRET", secret.to_owned()),
-        ("FALGATE_STORAGE__UPLOADS", "allow".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-fn print_guide(gate: &str, emulator: &str, token: &str) {
-    say(&format!(
-        r#"
+/// What the guide prints.
+struct Guide {
+    gate: String,
+    emulator: String,
+    token: String,
+    second_token: String,
+    secret: String,
+    secret_source: &'static str,
+    origins: Vec<String>,
+}
+
+impl Guide {
+    /// Submits the example input as `dev-user`, so the guide's polling examples name a real
+    /// request; `None` (and a placeholder in the guide) when that did not work, e.g. with a
+    /// `--config` that does not allow the example endpoint.
+    async fn submit_example(&self) -> Option<String> {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/api/fal/queue/{EXAMPLE_ENDPOINT}", self.gate))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(EXAMPLE_INPUT)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = answer.json().await.ok()?;
+        body.get("request_id")?.as_str().map(str::to_owned)
+    }
+
+    fn render(&self, request_id: Option<&str>) -> String {
+        let Self {
+            gate,
+            emulator,
+            token,
+            second_token,
+            secret,
+            secret_source,
+            origins,
+        } = self;
+        let queue = format!("{gate}/api/fal/queue/{EXAMPLE_ENDPOINT}");
+        let (id, id_note) = match request_id {
+            Some(id) => (id.to_owned(), "the request submitted at startup:"),
+            None => (
+                "REQUEST_ID".to_owned(),
+                "put the request_id the submit answered in place of REQUEST_ID:",
+            ),
+        };
+        let origins = origins.join(", ");
+        format!(
+            r#"
 falgate dev is ready: fal is emulated at {emulator} (no FAL_KEY, no internet needed).
-Token for sub "dev-user", valid 24 h:
 
+Playground (open in a browser; the token rides in the URL fragment, which is never sent):
+  {gate}/#token={token}
+  as the second user: {gate}/#token={second_token}
+
+Tokens, valid 24 h (HS256 secret from {secret_source}; pass --secret to keep it across restarts):
 export TOKEN={token}
+export TOKEN2={second_token}
+export FALGATE_AUTH__HS256_SECRET={secret}
+  more users: falgate token --sub alice --tier default   (with the secret above exported)
 
-Submit, poll, read the result:
-  curl -s -X POST {gate}/api/fal/queue/fal-ai/video-prompt-generator -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{{"input_concept":"a lighthouse in a storm"}}'
-  curl -s {gate}/api/fal/queue/fal-ai/video-prompt-generator/requests/REQUEST_ID/status?logs=1 -H "authorization: Bearer $TOKEN"
-  curl -s {gate}/api/fal/queue/fal-ai/video-prompt-generator/requests/REQUEST_ID -H "authorization: Bearer $TOKEN"
+Browser origins allowed (CORS; --cors-origin ORIGIN to name others): {origins}
+
+Submit, then poll and read {id_note}
+  curl -s -X POST '{queue}' -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{EXAMPLE_INPUT}'
+  curl -s '{queue}/requests/{id}/status?logs=1' -H "authorization: Bearer $TOKEN"
+  curl -s '{queue}/requests/{id}' -H "authorization: Bearer $TOKEN"
+The second user gets 404 for the same request:
+  curl -s '{queue}/requests/{id}' -H "authorization: Bearer $TOKEN2"
 Synchronous run:
-  curl -s -X POST {gate}/api/fal/run/fal-ai/video-prompt-generator -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{{"input_concept":"a lighthouse in a storm"}}'
+  curl -s -X POST '{gate}/api/fal/run/{EXAMPLE_ENDPOINT}' -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{EXAMPLE_INPUT}'
 
-@fal-ai/client (browser or Node):
+@fal-ai/client: save as falgate-example.mjs (an ES module: top-level await and import need .mjs,
+or "type": "module" in package.json), then `npm install @fal-ai/client` and `node falgate-example.mjs`.
+In a browser app, get the token from your backend instead (README: "Where a frontend's token comes from").
   import {{ fal }} from "@fal-ai/client";
   fal.config({{
     proxyUrl: {{ url: "{gate}/api/fal/proxy", when: "always" }},
     requestMiddleware: async (req) => ({{ ...req, headers: {{ ...req.headers, authorization: "Bearer {token}" }} }}),
   }});
-  const {{ data }} = await fal.subscribe("fal-ai/video-prompt-generator", {{ input: {{ input_concept: "a lighthouse in a storm" }}, logs: true }});
-  console.log(data.prompt);
+  const {{ data, requestId }} = await fal.subscribe("{EXAMPLE_ENDPOINT}", {{ input: {{ input_concept: "a lighthouse in a storm" }}, logs: true }});
+  console.log(requestId, data.prompt);
 "#
-    ));
+        )
+    }
 }

@@ -74,6 +74,7 @@ struct Inner {
     faults: faults::FaultList,
     queue: queue::Queue,
     storage: storage::Store,
+    holds: stream::Holds,
 }
 
 impl Emulator {
@@ -85,6 +86,7 @@ impl Emulator {
             requests: Mutex::new(Vec::new()),
             faults: faults::FaultList::default(),
             storage: storage::Store::default(),
+            holds: stream::Holds::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -116,6 +118,11 @@ impl Emulator {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.inner.faults.clear();
+    }
+
+    /// Releases the streams a `Hold` fault holds under `key` (and any that reach it later).
+    pub fn release(&self, key: &str) {
+        self.inner.holds.release(key.to_owned());
     }
 
     fn config(&self) -> &EmulatorConfig {

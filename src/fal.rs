@@ -168,8 +168,26 @@ pub enum Op {
     Cancel { app: AppId, id: FalRequestId },
     /// `POST fal.run/{endpoint}`, synchronous.
     Run { endpoint: EndpointId },
+    /// `POST fal.run/{endpoint}/stream`: a synchronous run answered as an event stream of
+    /// partial outputs (`fal.stream`). `endpoint` is the endpoint streamed, without `/stream`.
+    RunStream { endpoint: EndpointId },
     /// `POST rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3`.
     StorageInitiate,
+}
+
+impl Op {
+    /// The run of `endpoint` on `fal.run`: a streaming run when its path ends in a `stream`
+    /// segment after the app (`fal.stream("owner/alias")` posts to `owner/alias/stream`), else a
+    /// plain sync run. An app named `stream` (`owner/stream`) is a plain run.
+    pub fn run_of(endpoint: EndpointId) -> Self {
+        match endpoint.as_str().rsplit_once('/') {
+            Some((streamed, "stream")) => match EndpointId::parse(streamed) {
+                Ok(streamed) => Self::RunStream { endpoint: streamed },
+                Err(_) => Self::Run { endpoint },
+            },
+            _ => Self::Run { endpoint },
+        }
+    }
 }
 
 /// Which fal host a call goes to; each maps to one configured base URL.
@@ -190,7 +208,7 @@ impl Call {
     /// The HTTP method fal expects for this operation.
     pub fn method(&self) -> http::Method {
         match self.op {
-            Op::Submit { .. } | Op::Run { .. } | Op::StorageInitiate => http::Method::POST,
+            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate => http::Method::POST,
             Op::Cancel { .. } => http::Method::PUT,
             Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => http::Method::GET,
         }
@@ -199,7 +217,7 @@ impl Call {
     /// The host this call belongs to.
     pub fn host(&self) -> Host {
         match self.op {
-            Op::Run { .. } => Host::Run,
+            Op::Run { .. } | Op::RunStream { .. } => Host::Run,
             Op::StorageInitiate => Host::Storage,
             _ => Host::Queue,
         }
@@ -213,7 +231,7 @@ impl Call {
     /// The app the call is addressed to (None for storage).
     pub fn app(&self) -> Option<AppId> {
         match &self.op {
-            Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.app()),
+            Op::Submit { endpoint, .. } | Op::Run { endpoint } | Op::RunStream { endpoint } => Some(endpoint.app()),
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(app.clone())
             }
@@ -256,6 +274,7 @@ impl Call {
             Op::Result { app, id } => format!("/{app}/requests/{id}"),
             Op::Cancel { app, id } => format!("/{app}/requests/{id}/cancel"),
             Op::Run { endpoint } => format!("/{endpoint}"),
+            Op::RunStream { endpoint } => format!("/{endpoint}/stream"),
             Op::StorageInitiate => "/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
         }
     }
@@ -269,6 +288,7 @@ impl Call {
             Op::Result { .. } => "result",
             Op::Cancel { .. } => "cancel",
             Op::Run { .. } => "run",
+            Op::RunStream { .. } => "run_stream",
             Op::StorageInitiate => "storage_initiate",
         }
     }
@@ -319,6 +339,27 @@ mod tests {
             "../../../../etc/passwd-aaaaaaaaaaaa",
         ] {
             assert!(FalRequestId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_path_ending_in_stream_is_a_streaming_run_of_the_endpoint_before_it() {
+        let run = |raw: &str| Op::run_of(EndpointId::parse(raw).unwrap());
+        for (raw, streamed) in [
+            ("fal-ai/x/stream", "fal-ai/x"),
+            ("fal-ai/flux/dev/stream", "fal-ai/flux/dev"),
+        ] {
+            let op = run(raw);
+            assert_eq!(
+                op,
+                Op::RunStream {
+                    endpoint: EndpointId::parse(streamed).unwrap()
+                }
+            );
+            assert_eq!(Call { op }.path_and_query(), format!("/{raw}"));
+        }
+        for plain in ["owner/stream", "fal-ai/x", "fal-ai/x/streams", "workflows/me/stream"] {
+            assert!(matches!(run(plain), Op::Run { .. }), "{plain}");
         }
     }
 

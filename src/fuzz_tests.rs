@@ -340,6 +340,7 @@ static SCHEMAS: LazyLock<Schemas> = LazyLock::new(|| {
         unknown_fields: UnknownFields::Refuse,
         overlay: None,
         tier_overlays: Default::default(),
+        trusted_url_prefixes: Vec::new(),
     }])
     .unwrap()
 });

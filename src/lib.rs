@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod ownership;
 pub mod pipeline;
+pub mod playground;
 pub mod policy;
 pub mod process;
 pub mod redis;

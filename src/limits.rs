@@ -29,9 +29,10 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-pub use client_ip::client_ip;
+pub use client_ip::{client_ip, is_trusted_peer};
 pub use config::{
-    CreditsConfig, EndpointCredits, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierLimits,
+    CreditsConfig, EndpointCredits, Limit, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierCaps,
+    TierLimits, UNLIMITED,
 };
 pub use error::LimitError;
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
@@ -68,6 +69,9 @@ pub struct Subject<'a> {
 /// [`Limiter`] built from them, so a reload changes rates without wiping what was spent.
 pub struct Limiter {
     config: LimitsConfig,
+    /// Each tier's caps (the default tier's inherited), and the default tier's.
+    tiers: std::collections::BTreeMap<String, TierCaps>,
+    default_caps: TierCaps,
     memory: Arc<MemoryStore>,
     redis: Option<Arc<RedisLimits>>,
     idempotency: Arc<Idempotency>,
@@ -129,7 +133,10 @@ impl Limiter {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
         let idempotency = Idempotency::new(ttl, config.max_tracked_callers, redis.clone(), config.on_store_error);
+        let (tiers, default_caps) = config.caps();
         Ok(Self {
+            tiers,
+            default_caps,
             memory: Arc::new(MemoryStore::new(config.max_tracked_callers)),
             redis: redis.map(|redis| Arc::new(RedisLimits::new(redis))),
             idempotency: Arc::new(idempotency),
@@ -144,7 +151,10 @@ impl Limiter {
     /// were fixed when they were built; the caller keeps those settings at their running value.
     pub fn reconfigured(&self, config: LimitsConfig) -> Result<Self, LimitsConfigError> {
         config.validate()?;
+        let (tiers, default_caps) = config.caps();
         Ok(Self {
+            tiers,
+            default_caps,
             memory: self.memory.clone(),
             redis: self.redis.clone(),
             idempotency: self.idempotency.clone(),
@@ -222,7 +232,7 @@ impl Limiter {
     async fn evaluate(
         &self,
         plan: &Plan<'_>,
-        tier: &TierLimits,
+        tier: &TierCaps,
         mode: Mode,
         now: SystemTime,
     ) -> Result<plan::Granted, LimitError> {
@@ -376,10 +386,11 @@ impl Limiter {
         })
     }
 
-    /// The credit cost of a call to `endpoint` with `input`: the value of the configured field
-    /// if it has a cost, else the endpoint's cost, else `default_cost`.
+    /// The credit cost of a call to `endpoint` (the path called, not its policy entry) with
+    /// `input`, by the longest `credits.endpoints` key covering it: the value of the configured
+    /// field if it has a cost, else that key's cost, else `default_cost`.
     pub fn credits_for(&self, endpoint: &str, input: &serde_json::Value) -> u64 {
-        let Some(costs) = self.config.credits.endpoints.get(endpoint) else {
+        let Some((_, costs)) = config::longest(&self.config.credits.endpoints, endpoint) else {
             return self.config.credits.default_cost;
         };
         let value = costs.field.as_deref().and_then(|field| input.get(field));
@@ -396,7 +407,7 @@ impl Limiter {
     /// `default_cost`; 0 for a call to no endpoint (an upload initiation, as `admit` charges it).
     pub fn min_credits(&self, endpoint: Option<&str>) -> u64 {
         let Some(endpoint) = endpoint else { return 0 };
-        let Some(costs) = self.config.credits.endpoints.get(endpoint) else {
+        let Some((_, costs)) = config::longest(&self.config.credits.endpoints, endpoint) else {
             return self.config.credits.default_cost;
         };
         match costs.field {
@@ -441,28 +452,26 @@ impl Limiter {
         self.memory.tracked_callers()
     }
 
-    fn tier(&self, name: &str) -> &TierLimits {
-        // `validate` proved the default tier exists; an unknown tier claim gets the default.
-        self.config
-            .tiers
-            .get(name)
-            .or_else(|| self.config.tiers.get(&self.config.default_tier))
-            .unwrap_or(&EMPTY_TIER)
+    fn tier(&self, name: &str) -> &TierCaps {
+        // An unknown tier claim gets the default tier.
+        self.tiers.get(name).unwrap_or(&self.default_caps)
     }
 
     fn plan<'a>(
         &'a self,
         tag: &'a str,
-        tier: &TierLimits,
+        tier: &TierCaps,
         class: OpClass,
         endpoint: Option<&'a str>,
         credits: u64,
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
         let rate = [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
+        // The bucket is the longest configured key: every sub path under it shares it.
         let endpoint = endpoint
             .filter(|_| class == OpClass::Submit)
-            .and_then(|name| Some((name, Rate::from(*self.config.endpoint_rates.get(name)?))));
+            .and_then(|name| config::longest(&self.config.endpoint_rates, name))
+            .map(|(key, rate)| (key, Rate::from(*rate)));
         let quota = class.is_paid().then_some(QuotaPlan {
             requests: tier.daily_requests,
             credits: tier.daily_credits,
@@ -497,18 +506,6 @@ impl Limiter {
         }
     }
 }
-
-static EMPTY_TIER: TierLimits = TierLimits {
-    submit: None,
-    poll: None,
-    cancel: None,
-    upload: None,
-    max_inflight_jobs: None,
-    daily_requests: None,
-    daily_credits: None,
-    streams_per_caller: None,
-    relays_per_caller: None,
-};
 
 /// A caller refused a stream or relay slot is told to retry after this long.
 const SLOT_RETRY: Duration = Duration::from_secs(5);

@@ -49,7 +49,7 @@ pub async fn handle(
                 principal: &principal,
                 tier: &caller.tier,
             };
-            let endpoint = grant.endpoint.as_ref().map(|e| e.as_str());
+            let endpoint = grant.called.as_ref().map(|e| e.as_str());
             if let Err(refused) = gate.limiter.precheck(&subject, class(&call), endpoint).await {
                 // Unless it is the retry of a submit already answered: that one is replayed.
                 if !idempotency::answered(gate, &principal, &call, headers).await? {
@@ -112,7 +112,7 @@ async fn admitted(
         principal,
         tier: &caller.tier,
     };
-    let entry = grant.endpoint.as_ref().map(|e| e.as_str());
+    let entry = grant.called.as_ref().map(|e| e.as_str());
     let credits = match (entry, &input) {
         (Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
         _ => 0,
@@ -132,8 +132,10 @@ async fn admitted(
             .send(call, forwarded, input.map(|input| input.bytes))
             .await;
         match sent {
-            Ok(response) if !relay::is_buffered(call) => relay::refuse_credential_failure(response.status())
-                .map(|()| Answer::Streamed(relay::stream(&gate.upstream, response, slot), admission.clone())),
+            Ok(response) if relay::is_streamed(call, response.status()) => {
+                relay::refuse_credential_failure(response.status())
+                    .map(|()| Answer::Streamed(relay::stream(&gate.upstream, call, response, slot), admission.clone()))
+            }
             Ok(response) => relay::buffer(&gate.upstream, call, response)
                 .await
                 .map(|b| Answer::Buffered(b, admission.clone(), slot)),
@@ -143,7 +145,7 @@ async fn admitted(
     let answer = match call.op {
         // A paid call still waiting for fal when the drain timeout nears is answered 424 (its
         // outcome is unknown) before its connection is cut: a cut would be retried as a second job.
-        Op::Submit { .. } | Op::Run { .. } => tokio::select! {
+        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => tokio::select! {
             answer = forward => answer,
             () = gate.lifecycle.abandoned() => Err(GateError::SubmitOutcomeUnknown(
                 "the drain timeout ended the wait for fal's answer".into(),
@@ -174,7 +176,9 @@ impl Bookkeeping {
                 .submitted_id()
                 .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
             // fal may have queued it: keep the slot and the spend rather than invite a second job.
-            (Op::Submit { .. } | Op::Run { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => Self::Nothing,
+            (Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => {
+                Self::Nothing
+            }
             (Op::Submit { .. } | Op::StorageInitiate, Ok(Answer::Buffered(buffered, ..))) if !success(buffered) => {
                 Self::Refund
             }
@@ -182,6 +186,12 @@ impl Bookkeeping {
             // A sync run holds its slot only while it runs; it keeps its spend.
             (Op::Run { .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => Self::RunDone,
             (Op::Run { .. }, _) => Self::Refund,
+            // A streaming run fal took holds the caller's in-flight slot until fal answered (like a
+            // sync run); its open stream is then held by its stream slot, and it keeps its spend.
+            (Op::RunStream { .. }, Ok(Answer::Streamed(response, _))) if response.status().is_success() => {
+                Self::RunDone
+            }
+            (Op::RunStream { .. }, _) => Self::Refund,
             (
                 Op::Status { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. },
                 Ok(Answer::Buffered(buffered, ..)),
@@ -219,7 +229,7 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
 /// (model output) read whole before it is sent. Control answers are small and quick.
 fn slot_kind(call: &Call) -> Option<SlotKind> {
     match call.op {
-        Op::StatusStream { .. } => Some(SlotKind::Stream),
+        Op::StatusStream { .. } | Op::RunStream { .. } => Some(SlotKind::Stream),
         Op::Result { .. } | Op::Run { .. } => Some(SlotKind::Relay),
         _ => None,
     }
@@ -227,7 +237,7 @@ fn slot_kind(call: &Call) -> Option<SlotKind> {
 
 fn class(call: &Call) -> OpClass {
     match call.op {
-        Op::Submit { .. } | Op::Run { .. } => OpClass::Submit,
+        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => OpClass::Submit,
         Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => OpClass::Poll,
         Op::Cancel { .. } => OpClass::Cancel,
         Op::StorageInitiate => OpClass::Upload,

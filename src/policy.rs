@@ -32,6 +32,9 @@ pub struct Policy {
 pub struct Grant<'a> {
     /// The configured endpoint entry that allowed it (None for storage uploads).
     pub endpoint: Option<EndpointId>,
+    /// The endpoint a submit or sync run calls (the entry or a sub path of it): what its credit
+    /// price and global rate are looked up by (the longest `[limits]` key covering it).
+    pub called: Option<EndpointId>,
     tier: &'a Tier,
 }
 
@@ -65,6 +68,10 @@ impl Policy {
                 format!("your tier may not use {} here", call.op_name()),
             ));
         }
+        let called = match &call.op {
+            Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.clone()),
+            _ => None,
+        };
         let endpoint = match &call.op {
             Op::Submit { endpoint, webhook } => {
                 let (entry, _) = self.endpoint(tier, endpoint)?;
@@ -73,7 +80,8 @@ impl Policy {
                 }
                 Some(entry)
             }
-            Op::Run { endpoint } => {
+            // A streaming run is a sync run whose answer is an event stream: the same rule.
+            Op::Run { endpoint } | Op::RunStream { endpoint } => {
                 let (entry, rules) = self.endpoint(tier, endpoint)?;
                 if !rules.sync_run {
                     return Err(forbidden(
@@ -89,7 +97,7 @@ impl Policy {
             Op::StorageInitiate if self.uploads == Toggle::Allow => None,
             Op::StorageInitiate => return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into())),
         };
-        Ok(Grant { endpoint, tier })
+        Ok(Grant { endpoint, called, tier })
     }
 
     fn tier(&self, caller: &Caller) -> Result<&Tier, GateError> {
@@ -101,20 +109,17 @@ impl Policy {
             .ok_or_else(|| forbidden("tier_not_allowed", "your tier is not configured on this gateway".into()))
     }
 
-    /// The configured entry equal to `endpoint` or a parent of it (`fal-ai/flux` allows
-    /// `fal-ai/flux/dev`), if the tier may use it.
+    /// The most specific configured entry equal to `endpoint` or a parent of it (`fal-ai/flux`
+    /// covers `fal-ai/flux/dev`), if the tier may use that entry. The entry is chosen first and
+    /// the tier checked on it: a tier allowed `acme/echo` never reaches a configured
+    /// `acme/echo/pro` through its parent (whose schema, price and `sync_run` would apply).
     fn endpoint(&self, tier: &Tier, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), GateError> {
         let id = endpoint.as_str();
         self.endpoints
             .iter()
-            .filter(|(entry, _)| {
-                id == entry.as_str()
-                    || id
-                        .strip_prefix(entry.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-            .filter(|(entry, _)| tier_allows(tier, entry))
+            .filter(|(entry, _)| covers(entry.as_str(), id))
             .max_by_key(|(entry, _)| entry.as_str().len())
+            .filter(|(entry, _)| tier_allows(tier, entry))
             .map(|(entry, rules)| (entry.clone(), *rules))
             .ok_or_else(|| GateError::EndpointNotAllowed(id.to_owned()))
     }
@@ -189,6 +194,12 @@ impl Grant<'_> {
     }
 }
 
+/// Whether the configured `entry` (or key) names `id` or a parent path of it.
+pub(crate) fn covers(entry: &str, id: &str) -> bool {
+    id.strip_prefix(entry)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {
     tier.endpoints.as_ref().is_none_or(|allowed| allowed.contains(entry))
 }
@@ -200,7 +211,7 @@ fn operation(op: &Op) -> Operation {
         Op::StatusStream { .. } => Operation::Stream,
         Op::Result { .. } => Operation::Result,
         Op::Cancel { .. } => Operation::Cancel,
-        Op::Run { .. } => Operation::Run,
+        Op::Run { .. } | Op::RunStream { .. } => Operation::Run,
         Op::StorageInitiate => Operation::Upload,
     }
 }

@@ -4,6 +4,7 @@
 
 mod caller;
 mod health;
+mod links;
 mod proxy;
 mod queue;
 
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{Call, Op};
+use crate::playground;
 use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
 
@@ -28,6 +30,17 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/run/{*path}", any(queue::run))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        // The playground (404 unless `falgate dev` or `[playground] enabled`).
+        .route("/", get(playground::page).fallback(playground::other_method))
+        .route("/playground/", get(playground::page).fallback(playground::other_method))
+        .route(
+            "/playground/api/endpoints",
+            get(playground::endpoints).fallback(playground::other_method),
+        )
+        .route(
+            "/playground/{asset}",
+            get(playground::asset).fallback(playground::other_method),
+        )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)
@@ -53,7 +66,9 @@ fn facts(caller: &Caller) -> CallFacts {
 fn learn(facts: &mut CallFacts, call: &Call) {
     facts.operation = Some(call.op_name());
     facts.endpoint = match &call.op {
-        Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.as_str().to_owned()),
+        Op::Submit { endpoint, .. } | Op::Run { endpoint } | Op::RunStream { endpoint } => {
+            Some(endpoint.as_str().to_owned())
+        }
         _ => call.app().map(|app| app.as_str().to_owned()),
     };
 }

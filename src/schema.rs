@@ -31,6 +31,10 @@ pub struct SchemaSource {
     pub overlay: Option<Overlay>,
     /// Further overlays per tier, applied after the operator's.
     pub tier_overlays: BTreeMap<String, Overlay>,
+    /// URL prefixes that pass every URL rule's scheme and host checks. Never read from the
+    /// config file: `falgate dev` sets its emulator's CDN (`http://127.0.0.1:…/_storage/files/`),
+    /// so files uploaded in dev work as inputs under the shipped `https`-only rules.
+    pub trusted_url_prefixes: Vec<String>,
 }
 
 /// What happens to top-level input fields the schema does not name.
@@ -84,8 +88,9 @@ pub struct ValidInput {
 /// Why a body was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Rejection {
-    /// Not one strict JSON object (bad UTF-8, BOM, duplicate key, too deep, trailing data, not
-    /// an object): the gate answers 400 `invalid_json`.
+    /// Not strict JSON (bad UTF-8, BOM, duplicate key, too deep, trailing data, empty): the
+    /// gate answers 400 `invalid_json`. (Strict JSON that is not an object is [`Self::Invalid`],
+    /// as fal answers it.)
     #[error("the request body is not a strict JSON object: {0}")]
     Malformed(String),
     /// Strict JSON over a shape bound (keys per object, values, string bytes): 413
@@ -153,6 +158,10 @@ pub enum CompileError {
 struct Endpoint {
     base: Variant,
     tiers: HashMap<String, Variant>,
+    /// The input schema as every caller gets it (operator overlay applied), and per tier: what
+    /// the playground renders its form from.
+    base_schema: Value,
+    tier_schemas: HashMap<String, Value>,
 }
 
 impl Default for Limits {
@@ -177,6 +186,16 @@ impl Schemas {
             endpoints.insert(source.endpoint, endpoint);
         }
         Ok(Self { endpoints })
+    }
+
+    /// The input schema a caller of `tier` is validated against (overlays applied, `$ref`s
+    /// inlined), for rendering a form; `None` for an endpoint without a schema.
+    pub fn input_schema(&self, endpoint: &str, tier: Option<&str>) -> Option<&Value> {
+        let compiled = self.endpoints.get(endpoint)?;
+        Some(
+            tier.and_then(|tier| compiled.tier_schemas.get(tier))
+                .unwrap_or(&compiled.base_schema),
+        )
     }
 
     /// Whether `endpoint` has a schema.
@@ -228,6 +247,9 @@ impl From<strict::Refusal> for Rejection {
         match refusal {
             strict::Refusal::Malformed(why) => Self::Malformed(why),
             strict::Refusal::TooComplex(why) => Self::TooComplex(why),
+            // fal (pydantic) answers 422 with one item on `["body"]`; `@fal-ai/client` turns it
+            // into a `ValidationError`, so the gate answers the same.
+            strict::Refusal::NotObject => Self::Invalid(vec![errors::not_an_object()]),
         }
     }
 }
@@ -252,15 +274,28 @@ impl Endpoint {
             overlay::apply(&mut schema, &mut urls, overlay)
                 .map_err(|(at, why)| fail((at, format!("operator overlay: {why}"))))?;
         }
+        for rule in urls.values_mut() {
+            rule.trusted_prefixes.clone_from(&source.trusted_url_prefixes);
+        }
         let base = Variant::build(&schema, urls.clone()).map_err(fail)?;
         let mut tiers = HashMap::new();
+        let mut tier_schemas = HashMap::new();
         for (tier, overlay) in &source.tier_overlays {
             let (mut tier_schema, mut tier_urls) = (schema.clone(), urls.clone());
             overlay::apply(&mut tier_schema, &mut tier_urls, overlay)
                 .map_err(|(at, why)| fail((at, format!("tier `{tier}` overlay: {why}"))))?;
+            for rule in tier_urls.values_mut() {
+                rule.trusted_prefixes.clone_from(&source.trusted_url_prefixes);
+            }
             tiers.insert(tier.clone(), Variant::build(&tier_schema, tier_urls).map_err(fail)?);
+            tier_schemas.insert(tier.clone(), tier_schema);
         }
-        Ok(Self { base, tiers })
+        Ok(Self {
+            base,
+            tiers,
+            base_schema: schema,
+            tier_schemas,
+        })
     }
 }
 

@@ -377,7 +377,7 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 /// outcome is unknown get a status the fal client does not retry; other calls keep `err`.
 pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
     match call.op {
-        Op::Submit { .. } | Op::Run { .. } => {
+        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => {
             GateError::SubmitOutcomeUnknown(err.log_detail().unwrap_or_else(|| err.to_string()))
         }
         _ => err,

@@ -435,7 +435,7 @@ fn read_key(name: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_failed_jwks_download_is_counted_for_its_issuer() {
     let auth = authenticator(
-        "[auth.issuers.jwks_probe]\nissuer = \"https://probe\"\njwks_url = \"http://127.0.0.1:1/jwks.json\"\n",
+        "[auth.issuers.jwks_probe]\nissuer = \"https://probe\"\njwks_url = \"http://127.0.0.1:1/jwks.json\"\nany_audience = true\n",
         &[],
     );
     let series = r#"falgate_jwks_refresh_total{issuer="jwks_probe",result="error"}"#;
@@ -464,11 +464,11 @@ async fn a_failed_jwks_download_is_counted_for_its_issuer() {
 fn two_jwks_issuers(second: bool) -> String {
     // A failed fetch is retried after the cooldown: long, so only an abort ends the task soon.
     let mut toml = "[auth]\njwks_refresh_seconds = 3600\njwks_cooldown_seconds = 3600\n\
-                    [auth.issuers.a]\nissuer = \"https://a\"\njwks_url = \"http://127.0.0.1:9/a\"\nalgorithms = [\"RS256\"]\n"
+                    [auth.issuers.a]\nissuer = \"https://a\"\njwks_url = \"http://127.0.0.1:9/a\"\nalgorithms = [\"RS256\"]\nany_audience = true\n"
         .to_owned();
     if second {
         toml.push_str(
-            "[auth.issuers.b]\nissuer = \"https://b\"\njwks_url = \"http://127.0.0.1:9/b\"\nalgorithms = [\"RS256\"]\n",
+            "[auth.issuers.b]\nissuer = \"https://b\"\njwks_url = \"http://127.0.0.1:9/b\"\nalgorithms = [\"RS256\"]\nany_audience = true\n",
         );
     }
     toml

@@ -123,16 +123,18 @@ fn default_issuer(raw: &RawAuth) -> Result<IssuerConfig, ConfigError> {
     if hs_secret.is_some() && algorithms.is_empty() && raw.jwks_url.is_none() && raw.key_files.is_empty() {
         algorithms.push(Algorithm::HS256);
     }
+    let jwks_url = raw
+        .jwks_url
+        .as_deref()
+        .map(|u| jwks_url("auth.jwks_url", u))
+        .transpose()?;
+    audience("auth", jwks_url.as_ref(), raw.audience.as_deref(), raw.any_audience)?;
     Ok(IssuerConfig {
         name: DEFAULT_ISSUER.into(),
         issuer: raw.issuer.clone(),
         audience: raw.audience.clone(),
         hs_secret,
-        jwks_url: raw
-            .jwks_url
-            .as_deref()
-            .map(|u| jwks_url("auth.jwks_url", u))
-            .transpose()?,
+        jwks_url,
         key_files: raw.key_files.iter().map(PathBuf::from).collect(),
         algorithms,
         tier_claim: raw.tier_claim.clone(),
@@ -183,16 +185,23 @@ fn named_issuer(
             key("algorithms")
         )));
     }
+    let jwks_url = raw
+        .jwks_url
+        .as_deref()
+        .map(|u| jwks_url(&key("jwks_url"), u))
+        .transpose()?;
+    audience(
+        &format!("auth.issuers.{name}"),
+        jwks_url.as_ref(),
+        raw.audience.as_deref(),
+        raw.any_audience,
+    )?;
     Ok(IssuerConfig {
         name: name.to_owned(),
         issuer: Some(raw.issuer),
         audience: raw.audience,
         hs_secret,
-        jwks_url: raw
-            .jwks_url
-            .as_deref()
-            .map(|u| jwks_url(&key("jwks_url"), u))
-            .transpose()?,
+        jwks_url,
         key_files: raw.key_files.iter().map(PathBuf::from).collect(),
         algorithms,
         tier_claim: raw.tier_claim.unwrap_or_else(|| tier_claim.to_owned()),
@@ -211,12 +220,39 @@ fn hs_secret(key: &str, secret: &str) -> Result<SecretString, ConfigError> {
     Ok(SecretString::from(secret.to_owned()))
 }
 
+/// A JWKS URL: https, or http on a loopback host only (a key set fetched in clear text over a
+/// network could be swapped for an attacker's keys).
 fn jwks_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(raw).map_err(|err| ConfigError(format!("`{key}` is not a URL ({err})")))?;
-    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
-        return Err(ConfigError(format!("`{key}` must be an http(s) URL")));
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" if url.host().is_some() => Err(ConfigError(format!(
+            "`{key}` must be an https URL (http only on a loopback host)"
+        ))),
+        _ => Err(ConfigError(format!("`{key}` must be an https URL"))),
     }
-    Ok(url)
+}
+
+/// An issuer whose keys come from a JWKS (an IdP's, shared by every app it serves) must name
+/// the `audience` its tokens carry for falgate, or opt out with `any_audience = true`: else any
+/// token that IdP minted for any app would be accepted. `table` is the issuer's key path.
+fn audience(table: &str, jwks: Option<&Url>, audience: Option<&str>, any: bool) -> Result<(), ConfigError> {
+    match (jwks, audience, any) {
+        (_, Some(_), true) => Err(ConfigError(format!(
+            "`{table}.any_audience`: set either `audience` or `any_audience = true`, not both"
+        ))),
+        (Some(_), None, false) => Err(ConfigError(format!(
+            "`{table}.audience` is required with a jwks_url: without it any token the IdP minted for any of its apps is accepted (set `any_audience = true` to accept that on purpose)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn algorithms(key: &str, raw: &[String]) -> Result<Vec<Algorithm>, ConfigError> {

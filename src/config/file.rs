@@ -13,6 +13,9 @@ pub(crate) struct RawConfig {
     pub(crate) listen: String,
     #[serde(default = "default_admin_listen")]
     pub(crate) admin_listen: String,
+    /// The URL callers reach falgate at (`https://gate.example.com`), for the links in answers.
+    #[serde(default)]
+    pub(crate) public_url: Option<String>,
     /// Server threads, each with its own runtime, connections and fal pool; 0 = one per core.
     #[serde(default)]
     pub(crate) workers: usize,
@@ -44,6 +47,15 @@ pub(crate) struct RawConfig {
     pub(crate) redis: Option<crate::redis::RedisConfig>,
     #[serde(default)]
     pub(crate) telemetry: super::telemetry::RawTelemetry,
+    #[serde(default)]
+    pub(crate) playground: RawPlayground,
+}
+
+/// `[playground]`: the browser page at `/` (always on in `falgate dev`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawPlayground {
+    pub(crate) enabled: bool,
 }
 
 /// `[upstream]`: where fal is and how long to wait for it.
@@ -90,6 +102,8 @@ pub(crate) struct RawAuth {
     pub(crate) jwks_url: Option<String>,
     pub(crate) issuer: Option<String>,
     pub(crate) audience: Option<String>,
+    /// Accept a JWKS issuer's tokens without an `audience` (any app of that IdP): the opt-out.
+    pub(crate) any_audience: bool,
     pub(crate) key_files: Vec<String>,
     pub(crate) algorithms: Vec<String>,
     pub(crate) tier_claim: String,
@@ -115,6 +129,7 @@ impl Default for RawAuth {
             jwks_url: None,
             issuer: None,
             audience: None,
+            any_audience: false,
             key_files: Vec::new(),
             algorithms: Vec::new(),
             tier_claim: "tier".into(),
@@ -141,6 +156,9 @@ impl Default for RawAuth {
 pub(crate) struct RawIssuer {
     pub(crate) issuer: String,
     pub(crate) audience: Option<String>,
+    /// Accept this issuer's tokens without an `audience` (any app of that IdP): the opt-out.
+    #[serde(default)]
+    pub(crate) any_audience: bool,
     /// Env variable holding an HMAC secret (secrets never sit in the file).
     pub(crate) hs_secret_env: Option<String>,
     pub(crate) jwks_url: Option<String>,

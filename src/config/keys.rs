@@ -40,6 +40,7 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "telemetry" => fields_of::<super::telemetry::RawTelemetry>(),
         "limits" => fields_of::<crate::limits::LimitsConfig>(),
         "redis" => fields_of::<crate::redis::RedisConfig>(),
+        "playground" => fields_of::<super::file::RawPlayground>(),
         _ => return None,
     })
 }
@@ -205,7 +206,7 @@ mod tests {
         }
         assert!(section("limits").unwrap().contains(&"trusted_proxies"));
         // Every section is checked for unknown keys, except the scalars and the operator-keyed.
-        let free = ["listen", "admin_listen", "workers", "endpoints", "tiers"];
+        let free = ["listen", "admin_listen", "public_url", "workers", "endpoints", "tiers"];
         for key in top {
             assert_eq!(section(key).is_none(), free.contains(key), "{key}");
         }

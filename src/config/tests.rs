@@ -211,6 +211,8 @@ fn lists_and_tables_are_set_from_the_environment_as_toml_inline_values() {
             "FALGATE_LIMITS__TIERS__DEFAULT__SUBMIT",
             "{ burst = 3, per_minute = 7 }",
         ),
+        // The file prices its own endpoint, which the table above replaces: so must this.
+        ("FALGATE_LIMITS__CREDITS__ENDPOINTS", r#"{ "a/b" = { cost = 2 } }"#),
     ]);
     let config = Config::from_toml_in(include_str!("../../config/falgate.toml"), &vars, Path::new("/cfg")).unwrap();
     assert_eq!(
@@ -227,7 +229,9 @@ fn lists_and_tables_are_set_from_the_environment_as_toml_inline_values() {
     assert_eq!(allowed, ["a/b"]);
     assert_eq!(config.schema_sources[0].path, Path::new("/cfg/b.json"));
     assert!(config.tiers.contains_key("default"));
-    let submit = config.limits.tiers["default"].submit.unwrap();
+    let Some(crate::limits::Limit::Max(submit)) = config.limits.tiers["default"].submit else {
+        panic!("no submit rate")
+    };
     assert_eq!((submit.burst, submit.per_minute), (3, 7));
 }
 
@@ -259,23 +263,26 @@ fn the_kubelets_service_links_start_with_one_warning_naming_them() {
 
 #[test]
 fn a_config_that_starts_but_surprises_is_warned_about() {
+    // Tiers without rates of their own inherit the default tier's: no warning for them.
     let text = "[limits]\ndefault_tier = \"free\"\n[limits.tiers.free]\nsubmit = { burst = 1, per_minute = 1 }\n\
                 [limits.tiers.pro]\ndaily_requests = 5\n[limits.tiers.staff]\n\
                 [endpoints.\"a/b\"]\nschema = \"b.json\"\n[tiers.pro]\n";
     let warnings = Config::from_toml(text, &with_secret()).unwrap().warnings;
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains("`limits.tiers.pro` sets no rate ("),
+        warnings[0].contains("does not list `default`") && warnings[0].contains("403"),
         "{warnings:?}"
     );
+    // A default tier without rates is warned about, unless one is written "unlimited".
+    let bare = "[limits]\ndefault_tier = \"free\"\n[limits.tiers.free]\nmax_inflight_jobs = 2\n";
+    let warnings = Config::from_toml(bare, &with_secret()).unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[1].contains("`limits.tiers.staff` sets no rate, quota"),
+        warnings[0].contains("`limits.tiers.free` (the default tier"),
         "{warnings:?}"
     );
-    assert!(
-        warnings[2].contains("does not list `default`") && warnings[2].contains("403"),
-        "{warnings:?}"
-    );
+    let meant = format!("{bare}submit = \"unlimited\"\n");
+    assert!(Config::from_toml(&meant, &with_secret()).unwrap().warnings.is_empty());
     let listed = "[endpoints.\"a/b\"]\nschema = \"b.json\"\n[tiers.default]\n";
     assert!(Config::from_toml(listed, &with_secret()).unwrap().warnings.is_empty());
 }

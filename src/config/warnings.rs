@@ -14,23 +14,19 @@ pub(super) fn surprises(config: &Config, limits_set: bool) -> Vec<String> {
     found
 }
 
-/// `[limits.tiers.X]` tables that set no rate: their callers may call as fast as they like.
-fn unlimited_tiers(config: &Config) -> impl Iterator<Item = String> + '_ {
-    config.limits.tiers.iter().filter_map(|(name, tier)| {
-        let rates = [&tier.submit, &tier.poll, &tier.cancel, &tier.upload];
-        if rates.iter().any(|rate| rate.is_some()) {
-            return None;
-        }
-        let quotas = tier.max_inflight_jobs.is_some() || tier.daily_requests.is_some() || tier.daily_credits.is_some();
-        let what = if quotas {
-            "no rate"
-        } else {
-            "no rate, quota or concurrency limit"
-        };
-        Some(format!(
-            "`limits.tiers.{name}` sets {what} (submit, poll, cancel, upload): its callers are not rate limited"
-        ))
-    })
+/// The default tier writes no rate at all: its callers, and the rates every other tier leaves
+/// out (inherited from it), are not limited. Another tier never gets this warning: what it
+/// leaves out is the default tier's, and `"unlimited"` written anywhere says it is meant.
+fn unlimited_tiers(config: &Config) -> Option<String> {
+    let name = &config.limits.default_tier;
+    let tier = config.limits.tiers.get(name)?;
+    let rates = [&tier.submit, &tier.poll, &tier.cancel, &tier.upload];
+    if rates.iter().any(|rate| rate.is_some()) {
+        return None;
+    }
+    Some(format!(
+        "`limits.tiers.{name}` (the default tier, whose limits the other tiers inherit) sets no rate (submit, poll, cancel, upload): its callers are not rate limited; write e.g. `submit = \"unlimited\"` if that is meant"
+    ))
 }
 
 /// With `[tiers.*]`, a token's tier must be listed; a token without a tier claim gets its

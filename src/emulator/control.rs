@@ -1,5 +1,5 @@
 //! The test control API under `/_emulator/`: read and clear recorded requests, add and clear
-//! faults. Its calls are never recorded and never faulted.
+//! faults, release held streams. Its calls are never recorded and never faulted.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,11 +12,29 @@ use super::faults::Fault;
 use super::status::detail;
 use super::Emulator;
 
-/// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`.
+/// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`, `POST /_emulator/release`.
 pub(crate) fn routes() -> Router<Emulator> {
     Router::new()
         .route("/_emulator/requests", get(list_requests).delete(clear_requests))
         .route("/_emulator/faults", axum::routing::post(add_fault).delete(clear_faults))
+        .route("/_emulator/release", axum::routing::post(release))
+}
+
+/// What `POST /_emulator/release` names.
+#[derive(serde::Deserialize)]
+struct Release {
+    key: String,
+}
+
+/// Body: `{"key": "..."}`; releases the streams held under that key.
+async fn release(State(emulator): State<Emulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Release>(&body) {
+        Ok(Release { key }) => {
+            emulator.release(&key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(error) => detail(StatusCode::BAD_REQUEST, format!("invalid release: {error}")),
+    }
 }
 
 async fn list_requests(State(emulator): State<Emulator>) -> Response {

@@ -52,7 +52,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         Host::Run => route::run(&parts.method, relative),
         Host::Rest => route::rest(&parts.method, relative),
     };
-    let mut drop_after = None;
+    let mut pace = stream::Pace::default();
     match emulator
         .inner
         .faults
@@ -61,10 +61,9 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         Some(FaultAction::Status { status, body, headers }) => return faults::status_response(status, &body, &headers),
         Some(FaultAction::Stall { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(FaultAction::Garbage) => return faults::garbage_response(),
-        Some(FaultAction::StreamDrop { after_events }) if is_op(&call, Op::StatusStream) => {
-            drop_after = Some(after_events)
-        }
+        Some(FaultAction::StreamDrop { after_events }) if is_stream(&call) => pace.drop_after = Some(after_events),
         Some(FaultAction::Drop | FaultAction::StreamDrop { .. }) => return faults::drop_response(),
+        Some(FaultAction::Hold { after_events, key }) => pace.hold = Some((after_events, key)),
         None => {}
     }
     let call = match call {
@@ -81,10 +80,10 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         query: parts.uri.query().map(str::to_owned),
         emulator,
     };
-    run_call(&ctx, &call, &bytes, drop_after)
+    run_call(&ctx, &call, &bytes, pace)
 }
 
-fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, drop_after: Option<u32>) -> Response {
+fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
     let id = call.request_id.as_deref().unwrap_or_default();
     match call.op {
         Op::Submit => submit(ctx, call, bytes),
@@ -92,19 +91,14 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, drop_after: Option<u32>) -> R
         Op::StatusStream => match ctx.emulator.inner.queue.snapshot(&call.app, id) {
             Some(_) => {
                 let urls = Urls::new(&ctx.base, &call.app, id);
-                stream::respond(
-                    ctx.emulator.clone(),
-                    call.app.clone(),
-                    urls,
-                    wants_logs(ctx),
-                    drop_after,
-                )
+                stream::respond(ctx.emulator.clone(), call.app.clone(), urls, wants_logs(ctx), pace)
             }
             None => not_found_request(),
         },
         Op::Result => result(ctx, call, id),
         Op::Cancel => cancel(ctx, call, id),
         Op::Run => run(call, bytes),
+        Op::RunStream => run_stream(ctx, call, bytes, pace),
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
     }
 }
@@ -171,6 +165,17 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
     with_request_id(response, &id)
 }
 
+/// A streaming run: fal's 422 for an invalid input (not a stream), else partial outputs.
+fn run_stream(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
+    match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
+        Ok(Outcome::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
+        Ok(Outcome::Invalid(errors)) | Err(errors) => {
+            let id = uuid::Uuid::new_v4().to_string();
+            with_request_id(detail(StatusCode::UNPROCESSABLE_ENTITY, errors), &id)
+        }
+    }
+}
+
 fn not_found_request() -> Response {
     detail(StatusCode::NOT_FOUND, "Request not found")
 }
@@ -228,8 +233,10 @@ fn wants_logs(ctx: &Ctx) -> bool {
         .any(|(key, value)| key == "logs" && matches!(value.as_ref(), "1" | "true" | "True"))
 }
 
-fn is_op(call: &Result<Call, RouteError>, op: Op) -> bool {
-    call.as_ref().is_ok_and(|call| call.op == op)
+/// Whether the call is answered with an event stream (status stream or streaming run).
+fn is_stream(call: &Result<Call, RouteError>) -> bool {
+    call.as_ref()
+        .is_ok_and(|call| matches!(call.op, Op::StatusStream | Op::RunStream))
 }
 
 /// Parses a JSON object body, or returns the 422 `detail` array.

@@ -32,6 +32,8 @@ pub enum Op {
     Cancel,
     /// `POST fal.run/{endpoint}`.
     Run,
+    /// `POST fal.run/{endpoint}/stream` (SSE of partial outputs).
+    RunStream,
     /// `POST rest.fal.ai/storage/upload/initiate`.
     StorageInitiate,
 }
@@ -75,12 +77,25 @@ pub enum FaultAction {
     Garbage,
     /// Send 200 headers and a partial body, then break the connection.
     Drop,
-    /// On the status stream, send this many events then break the connection; elsewhere `Drop`.
+    /// On an event stream (status or run), send this many events then break the connection;
+    /// elsewhere `Drop`.
     StreamDrop {
         /// Events sent before the break.
         after_events: u32,
     },
+    /// On an event stream (status or run), send this many events, then hold the stream open
+    /// until `POST /_emulator/release` names `key` (at most [`MAX_HOLD`]); elsewhere no effect.
+    /// Lets a test prove an event arrived before the stream ended, without timing.
+    Hold {
+        /// Events sent before the hold.
+        after_events: u32,
+        /// The name the release gives.
+        key: String,
+    },
 }
+
+/// The longest a `Hold` keeps a stream waiting for its release.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(30);
 
 /// The ordered, shared fault list.
 #[derive(Default)]

@@ -42,9 +42,16 @@ pub(crate) fn queue(method: &Method, path: &str) -> Result<Call, RouteError> {
     endpoint_call(method, &segments, Op::Submit)
 }
 
-/// Parses a path relative to the run host (`/fal.run/owner/alias/...`).
+/// Parses a path relative to the run host (`/fal.run/owner/alias/...`); a path ending in
+/// `/stream` after the app is the streaming run of the endpoint before it.
 pub(crate) fn run(method: &Method, path: &str) -> Result<Call, RouteError> {
-    endpoint_call(method, &split(path)?, Op::Run)
+    let segments = split(path)?;
+    match segments.split_last() {
+        Some((&"stream", endpoint)) if endpoint.len() >= app_len(endpoint) => {
+            endpoint_call(method, endpoint, Op::RunStream)
+        }
+        _ => endpoint_call(method, &segments, Op::Run),
+    }
 }
 
 /// Parses a path relative to the REST host (`/rest.fal.ai/...`); only upload initiation exists.
@@ -162,5 +169,12 @@ mod tests {
         }
         assert_eq!(rest(&Method::POST, "/storage/other"), Err(RouteError::NotFound));
         assert_eq!(run(&Method::POST, "/x"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn a_run_path_ending_in_stream_streams_the_endpoint_before_it() {
+        let call = run(&Method::POST, "/fal-ai/flux/dev/stream").expect("stream");
+        assert_eq!((call.op, call.endpoint.as_str()), (Op::RunStream, "fal-ai/flux/dev"));
+        assert_eq!(run(&Method::POST, "/owner/stream").map(|c| c.op), Ok(Op::Run));
     }
 }

@@ -55,11 +55,17 @@ impl IntoResponse for StorageError {
     }
 }
 
-/// The CDN routes (not recorded, no auth: the JS client PUTs without credentials).
+/// The CDN routes (not recorded, no auth: the JS client PUTs without credentials). Like fal's
+/// CDN they answer any origin, so a browser app uploads straight to them (`falgate dev`).
 pub(crate) fn routes() -> Router<Emulator> {
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::PUT, axum::http::Method::GET])
+        .allow_headers(tower_http::cors::Any);
     Router::new()
         .route("/_storage/upload/{token}", put(upload))
         .route("/_storage/files/{token}/{*name}", get(download))
+        .layer(cors)
 }
 
 /// `POST rest.fal.ai/storage/upload/initiate`: body `{"content_type", "file_name"}`, both optional.

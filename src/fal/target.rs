@@ -64,7 +64,7 @@ fn run_op(url: &Url) -> Result<Op, TargetError> {
         Op::Submit {
             endpoint,
             webhook: None,
-        } => Ok(Op::Run { endpoint }),
+        } => Ok(Op::run_of(endpoint)),
         _ => Err(TargetError::Path(QueuePathError::Shape)),
     }
 }

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use super::plan::{Granted, Plan, Rate, Refusal};
-use super::{headers, LimitError, PolicyState, TierLimits};
+use super::{headers, LimitError, PolicyState, TierCaps};
 
 /// A refused submit for too many jobs in flight suggests retrying after this long.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(5);
 
-pub(super) fn admitted_states(plan: &Plan<'_>, tier: &TierLimits, granted: &Granted) -> Vec<PolicyState> {
+pub(super) fn admitted_states(plan: &Plan<'_>, tier: &TierCaps, granted: &Granted) -> Vec<PolicyState> {
     let mut states = Vec::new();
     if let (Some(rate), Some(gauge)) = (plan.rate, granted.rate) {
         states.push(rate_state(plan.class.name(), rate, gauge.remaining, gauge.reset_us));
@@ -37,7 +37,7 @@ pub(super) fn admitted_states(plan: &Plan<'_>, tier: &TierLimits, granted: &Gran
     states
 }
 
-pub(super) fn refused(plan: &Plan<'_>, tier: &TierLimits, refusal: Refusal) -> LimitError {
+pub(super) fn refused(plan: &Plan<'_>, tier: &TierCaps, refusal: Refusal) -> LimitError {
     let day = |name, quota: Option<u64>, reset_us| LimitError::QuotaExceeded {
         reset_after: Duration::from_micros(reset_us),
         policy: PolicyState {

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = canonical(peer.ip());
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer_ip) {
+    if !is_trusted_peer(peer, trusted) {
         return peer_ip;
     }
     let hops = match headers.contains_key("x-forwarded-for") {
@@ -29,6 +29,12 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         }
     }
     client
+}
+
+/// Whether the socket peer is one of `trusted_proxies`, whose forwarding headers are believed.
+pub fn is_trusted_peer(peer: SocketAddr, trusted: &[IpNet]) -> bool {
+    let peer_ip = canonical(peer.ip());
+    trusted.iter().any(|net| net.contains(&peer_ip))
 }
 
 /// Every comma-separated element of every `name` header, in order, mapped by `pick`.

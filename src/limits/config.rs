@@ -57,28 +57,108 @@ pub struct LimitsConfig {
     pub max_relays: u32,
 }
 
-/// The limits of one tier.
+/// The limits of one tier, as written. A limit left out inherits the default tier's value (the
+/// default tier's own left-out limits are not enforced); `"unlimited"` says so on purpose.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierLimits {
     /// Queue submits and sync runs.
-    pub submit: Option<RateConfig>,
+    pub submit: Option<Limit<RateConfig>>,
     /// Status, status stream and result reads.
-    pub poll: Option<RateConfig>,
+    pub poll: Option<Limit<RateConfig>>,
     /// Cancels.
-    pub cancel: Option<RateConfig>,
+    pub cancel: Option<Limit<RateConfig>>,
     /// Storage upload initiations.
-    pub upload: Option<RateConfig>,
+    pub upload: Option<Limit<RateConfig>>,
     /// Jobs submitted and not yet completed, cancelled or expired.
-    pub max_inflight_jobs: Option<u32>,
+    pub max_inflight_jobs: Option<Limit<u32>>,
     /// Paid calls (submit, upload) per quota day.
-    pub daily_requests: Option<u64>,
+    pub daily_requests: Option<Limit<u64>>,
     /// Credits per quota day.
-    pub daily_credits: Option<u64>,
+    pub daily_credits: Option<Limit<u64>>,
     /// Overrides `[limits] streams_per_caller` for this tier.
     pub streams_per_caller: Option<u32>,
     /// Overrides `[limits] relays_per_caller` for this tier.
     pub relays_per_caller: Option<u32>,
+}
+
+/// One tier limit: a value, or the string `"unlimited"` (written on purpose, never implied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    Unlimited,
+    Max(T),
+}
+
+/// What a tier enforces once the default tier's values are inherited: `None` = not enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierCaps {
+    pub submit: Option<RateConfig>,
+    pub poll: Option<RateConfig>,
+    pub cancel: Option<RateConfig>,
+    pub upload: Option<RateConfig>,
+    pub max_inflight_jobs: Option<u32>,
+    pub daily_requests: Option<u64>,
+    pub daily_credits: Option<u64>,
+    pub streams_per_caller: Option<u32>,
+    pub relays_per_caller: Option<u32>,
+}
+
+/// The spelling of an explicit [`Limit::Unlimited`].
+pub const UNLIMITED: &str = "unlimited";
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Limit<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Untagged by hand: serde's untagged enums hide the inner error behind a generic one.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<T> {
+            Word(String),
+            Value(T),
+        }
+        match Raw::<T>::deserialize(deserializer) {
+            Ok(Raw::Value(value)) => Ok(Self::Max(value)),
+            Ok(Raw::Word(word)) if word == UNLIMITED => Ok(Self::Unlimited),
+            _ => Err(serde::de::Error::custom(format!("expected a limit or \"{UNLIMITED}\""))),
+        }
+    }
+}
+
+impl<T: Copy> Limit<T> {
+    /// The value enforced: `own` when written, else `inherited`.
+    fn over(own: Option<Self>, inherited: Option<T>) -> Option<T> {
+        match own {
+            None => inherited,
+            Some(Self::Unlimited) => None,
+            Some(Self::Max(value)) => Some(value),
+        }
+    }
+}
+
+impl TierLimits {
+    /// What this tier enforces over `base` (the default tier's caps; empty for the default tier).
+    pub fn caps(&self, base: &TierCaps) -> TierCaps {
+        TierCaps {
+            submit: Limit::over(self.submit, base.submit),
+            poll: Limit::over(self.poll, base.poll),
+            cancel: Limit::over(self.cancel, base.cancel),
+            upload: Limit::over(self.upload, base.upload),
+            max_inflight_jobs: Limit::over(self.max_inflight_jobs, base.max_inflight_jobs),
+            daily_requests: Limit::over(self.daily_requests, base.daily_requests),
+            daily_credits: Limit::over(self.daily_credits, base.daily_credits),
+            streams_per_caller: self.streams_per_caller,
+            relays_per_caller: self.relays_per_caller,
+        }
+    }
+
+    /// The rates written in this table, with their operation names.
+    fn rates(&self) -> [(&'static str, Option<Limit<RateConfig>>); 4] {
+        [
+            ("submit", self.submit),
+            ("poll", self.poll),
+            ("cancel", self.cancel),
+            ("upload", self.upload),
+        ]
+    }
 }
 
 /// Fastest rate accepted: one call per microsecond.
@@ -171,6 +251,19 @@ fn default_max_relays() -> u32 {
     256
 }
 
+/// The entry of `map` whose key is `endpoint` or its longest parent path (`a/b` covers
+/// `a/b/c`), with that key: how a call is priced and globally rated.
+pub(crate) fn longest<'a, V>(map: &'a BTreeMap<String, V>, endpoint: &str) -> Option<(&'a str, &'a V)> {
+    map.iter()
+        .filter(|(key, _)| {
+            endpoint
+                .strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .max_by_key(|(key, _)| key.len())
+        .map(|(key, value)| (key.as_str(), value))
+}
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid [limits] config: {0}")]
@@ -198,6 +291,41 @@ impl LimitsConfig {
         }
     }
 
+    /// Every tier's caps, the default tier's inherited by the others, and the default tier's.
+    pub fn caps(&self) -> (BTreeMap<String, TierCaps>, TierCaps) {
+        let base = self
+            .tiers
+            .get(&self.default_tier)
+            .map(|tier| tier.caps(&TierCaps::default()))
+            .unwrap_or_default();
+        let tiers = self
+            .tiers
+            .iter()
+            .map(|(name, tier)| (name.clone(), tier.caps(&base)))
+            .collect();
+        (tiers, base)
+    }
+
+    /// Refuses a `limits.credits.endpoints` or `limits.endpoint_rates` key that names no
+    /// configured endpoint entry (`covers(entry, key)`: the entry or a sub path of it): such a
+    /// key would never price or rate a call.
+    pub fn check_endpoint_keys(&self, covered: impl Fn(&str) -> bool) -> Result<(), LimitsConfigError> {
+        let keys = (self
+            .credits
+            .endpoints
+            .keys()
+            .map(|key| ("limits.credits.endpoints", key)))
+        .chain(self.endpoint_rates.keys().map(|key| ("limits.endpoint_rates", key)));
+        for (section, key) in keys {
+            if !covered(key) {
+                return Err(LimitsConfigError(format!(
+                    "`{section}.\"{key}\"` names no endpoint of [endpoints] (an entry or a sub path of one): it would never apply"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot: the default tier exists and every rate can refill.
     pub fn validate(&self) -> Result<(), LimitsConfigError> {
         if !self.tiers.contains_key(&self.default_tier) {
@@ -208,23 +336,19 @@ impl LimitsConfig {
         }
         // Each rate with its key path, so the message names the key.
         let tier_rates = self.tiers.iter().flat_map(|(name, tier)| {
-            [
-                ("submit", &tier.submit),
-                ("poll", &tier.poll),
-                ("cancel", &tier.cancel),
-                ("upload", &tier.upload),
-            ]
-            .into_iter()
-            .filter_map(move |(op, rate)| rate.as_ref().map(|rate| (format!("limits.tiers.{name}.{op}"), rate)))
+            tier.rates().into_iter().filter_map(move |(op, rate)| match rate {
+                Some(Limit::Max(rate)) => Some((format!("limits.tiers.{name}.{op}"), rate)),
+                _ => None,
+            })
         });
         let other_rates = self
             .endpoint_rates
             .iter()
-            .map(|(name, rate)| (format!("limits.endpoint_rates.\"{name}\""), rate))
+            .map(|(name, rate)| (format!("limits.endpoint_rates.\"{name}\""), *rate))
             .chain(
                 self.unauthenticated_ip_rate
                     .iter()
-                    .map(|rate| ("limits.unauthenticated_ip_rate".to_owned(), rate)),
+                    .map(|rate| ("limits.unauthenticated_ip_rate".to_owned(), *rate)),
             );
         let caps = [
             ("limits.streams_per_caller", Some(self.streams_per_caller)),

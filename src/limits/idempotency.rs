@@ -1,7 +1,8 @@
 //! Idempotent submits: the first submit with an `Idempotency-Key` (per caller) is remembered
 //! with its body hash; a repeat with the same body replays the stored answer and never reaches
-//! fal, a repeat with another body is refused (422 `idempotency_key_reused`). Redis key:
-//! `<prefix>:{<caller>}:idem:<sha256(key)>`, a hash that expires by itself.
+//! fal, a repeat with another body is refused (422 `idempotency_key_reused`). The pipeline passes
+//! the key scoped to the call (method, endpoint, query; `pipeline::idempotency`). Redis key:
+//! `<prefix>:{<caller>}:idem:<sha256(scoped key)>`, a hash that expires by itself.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

@@ -54,7 +54,8 @@ async fn a_limit_of_n_admits_exactly_n_across_two_replicas_under_concurrent_load
 async fn the_credit_quota_is_exact_under_a_concurrent_burst() {
     let (a, b) = replicas(|config| {
         let pro = config.tiers.get_mut("pro").unwrap();
-        (pro.submit, pro.max_inflight_jobs, pro.daily_credits) = (None, None, Some(100));
+        (pro.submit, pro.max_inflight_jobs, pro.daily_credits) =
+            (Some(Limit::Unlimited), Some(Limit::Unlimited), Some(Limit::Max(100)));
     });
     let calls = (0..120).map(|n| {
         let replica = if n % 2 == 0 { a.clone() } else { b.clone() };
@@ -87,7 +88,7 @@ async fn d61_replica_clock_skew_does_not_change_the_shared_count() {
 
 #[tokio::test]
 async fn concurrency_slots_are_shared_and_freed_by_whichever_replica_sees_the_end() {
-    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(2));
+    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(Limit::Max(2)));
     let first = a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     a.job_started(&first, "req-1").await;
     let second = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
@@ -226,7 +227,7 @@ async fn a_precheck_on_redis_consumes_nothing_and_sees_the_other_replicas_spend(
 
 #[tokio::test]
 async fn a_precheck_on_redis_counts_jobs_in_flight_without_reserving() {
-    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(1));
+    let (a, b) = replicas(|config| config.tiers.get_mut("pro").unwrap().max_inflight_jobs = Some(Limit::Max(1)));
     a.precheck(&ALICE, OpClass::Submit, None).await.unwrap();
     a.precheck(&ALICE, OpClass::Submit, None).await.unwrap();
     let first = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();

@@ -1,4 +1,4 @@
-//! Slots for answers held open a long time: status streams, and buffered relays (result, sync
+//! Slots for answers held open a long time: event streams (status streams, streaming runs), and buffered relays (result, sync
 //! run), capped per caller and per replica. A [`Slot`] is a guard: the response body owns it, so
 //! the slot is freed when the stream ends, when the client goes away (hyper drops the body) or
 //! when a buffered answer has been handed over.
@@ -41,7 +41,9 @@ impl SlotKind {
 
     pub(crate) fn caller_message(self, cap: u32) -> String {
         match self {
-            Self::Stream => format!("at most {cap} status streams may be open per caller; close one first"),
+            Self::Stream => {
+                format!("at most {cap} status streams or streaming runs may be open per caller; close one first")
+            }
             Self::Relay => {
                 format!("at most {cap} results may be relayed to one caller at once; wait for one to finish")
             }
@@ -50,7 +52,9 @@ impl SlotKind {
 
     pub(crate) fn replica_message(self, cap: u32) -> String {
         match self {
-            Self::Stream => format!("this server holds its maximum of {cap} status streams; try again shortly"),
+            Self::Stream => {
+                format!("this server holds its maximum of {cap} status streams or streaming runs; try again shortly")
+            }
             Self::Relay => format!("this server is relaying its maximum of {cap} results; try again shortly"),
         }
     }

@@ -554,10 +554,10 @@ async fn a_reconfigured_limiter_keeps_what_was_spent_under_the_new_settings() {
             .unwrap();
     }
     let mut changed_elsewhere = config();
-    changed_elsewhere.tiers.get_mut("pro").unwrap().cancel = Some(RateConfig {
+    changed_elsewhere.tiers.get_mut("pro").unwrap().cancel = Some(Limit::Max(RateConfig {
         burst: 1,
         per_minute: 1,
-    });
+    }));
     let after = before.reconfigured(changed_elsewhere).unwrap();
     after.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await.unwrap();
     let refused = after.admit_at(&ALICE, OpClass::Cancel, None, 0, at(0.0)).await;
@@ -567,7 +567,7 @@ async fn a_reconfigured_limiter_keeps_what_was_spent_under_the_new_settings() {
     before.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await.unwrap();
     before.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await.unwrap();
     let mut lower = config();
-    lower.tiers.get_mut("free").unwrap().daily_requests = Some(2);
+    lower.tiers.get_mut("free").unwrap().daily_requests = Some(Limit::Max(2));
     let after = before.reconfigured(lower).unwrap();
     let refused = after.admit_at(&BOB, OpClass::Upload, None, 1, at(0.0)).await;
     assert_eq!(refused.unwrap_err().code(), "quota_exceeded");

@@ -1,5 +1,8 @@
 //! `Idempotency-Key` on submits: the first answer is stored and replayed to a retry with the same
 //! key and body, so one click never makes two jobs; the same key with another body is a 422.
+//! A key is scoped to the caller (principal), the method, the endpoint and the query (the call
+//! as forwarded, [`Call::path_and_query`], so both route families share it): the same key sent
+//! to another endpoint or with another `fal_webhook` is another key, never a replay.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -36,7 +39,7 @@ pub(super) async fn claim(
     let (Op::Submit { .. }, Some(input)) = (&call.op, input) else {
         return Ok(Claim::New(None));
     };
-    let Some(key) = key(headers)? else {
+    let Some(key) = key(headers)?.map(|key| scoped(call, &key)) else {
         return Ok(Claim::New(None));
     };
     let hash = Idempotency::body_hash(&input.bytes);
@@ -62,7 +65,11 @@ pub(super) async fn answered(
         return Ok(false);
     }
     match key(headers)? {
-        Some(key) => Ok(gate.limiter.idempotency().answered(principal, &key).await),
+        Some(key) => Ok(gate
+            .limiter
+            .idempotency()
+            .answered(principal, &scoped(call, &key))
+            .await),
         None => Ok(false),
     }
 }
@@ -112,6 +119,11 @@ fn key(headers: &HeaderMap) -> Result<Option<String>, GateError> {
             "{KEY_HEADER} must be one printable value of at most {MAX_KEY_LEN} bytes"
         ))),
     }
+}
+
+/// The key as stored: the caller's key within the call it was sent with. The store hashes it.
+fn scoped(call: &Call, key: &str) -> String {
+    format!("{} {}\n{key}", call.method(), call.path_and_query())
 }
 
 fn replay(status: u16, body: bytes::Bytes) -> Response {

@@ -1,10 +1,11 @@
-//! The REST routes: `/api/fal/queue/{endpoint | app/requests/id[/status[/stream]|/cancel]}` and
-//! `POST /api/fal/run/{endpoint}`. The raw, still-encoded path is parsed, so an encoded `/` or
+//! The REST routes: `/api/fal/queue/{endpoint | app/requests/id[/status[/stream]|/cancel]}`,
+//! `POST /api/fal/run/{endpoint}` and its event stream `POST /api/fal/run/{endpoint}/stream`. The raw, still-encoded path is parsed, so an encoded `/` or
 //! `..` is refused rather than decoded.
 
 use axum::extract::Request;
 use axum::response::Response;
 
+use super::links;
 use crate::auth::Caller;
 use crate::error::GateError;
 use crate::fal::{parse_queue_path, Call, Op};
@@ -32,7 +33,7 @@ pub(super) async fn run(Snapshot(gate): Snapshot, caller: Caller, request: Reque
                 &gate,
                 caller,
                 Call {
-                    op: Op::Run { endpoint },
+                    op: Op::run_of(endpoint),
                 },
                 request,
                 &mut facts,
@@ -63,5 +64,7 @@ async fn forward(
     super::learn(facts, &call);
     super::check_method(&request, &call)?;
     let (parts, body) = request.into_parts();
-    pipeline::handle(gate, caller, call, &parts.headers, body).await
+    let base = links::Base::of(gate, &parts);
+    let answer = pipeline::handle(gate, caller, call.clone(), &parts.headers, body).await?;
+    Ok(links::rewrite(answer, &call, &base).await)
 }

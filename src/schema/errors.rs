@@ -54,6 +54,16 @@ pub(super) fn more_item(more: usize) -> Option<FieldError> {
     })
 }
 
+/// fal's item for a body that is valid JSON but not an object (pydantic v1's `type_error.dict`).
+pub(super) fn not_an_object() -> FieldError {
+    FieldError {
+        loc: vec![Value::from("body")],
+        msg: "value is not a valid dict".into(),
+        kind: "type_error.dict".into(),
+        ctx: None,
+    }
+}
+
 /// The fal items for one `jsonschema` error on `root` (the whole input), appended to `out`.
 pub(super) fn push_field_errors(root: &Value, error: &ValidationError<'_>, out: &mut Items) {
     let loc = loc_of(root, error);

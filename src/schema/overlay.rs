@@ -43,6 +43,8 @@ pub(super) struct UrlRule {
     pub(super) schemes: Option<Vec<String>>,
     pub(super) data_uri_max_bytes: Option<usize>,
     pub(super) data_uri_types: Option<Vec<String>>,
+    /// Values starting with one of these pass (`SchemaSource::trusted_url_prefixes`).
+    pub(super) trusted_prefixes: Vec<String>,
 }
 
 /// Why an overlay cannot apply: the JSON pointer into the schema, and the reason.

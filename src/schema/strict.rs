@@ -32,6 +32,8 @@ pub(super) enum Refusal {
     Malformed(String),
     /// Strict JSON over a [`Shape`] bound: 413.
     TooComplex(String),
+    /// Strict JSON, but not an object (`[1]`, `"x"`, `null`): fal's 422 on `["body"]`.
+    NotObject,
 }
 
 /// Parses `body` as exactly one JSON object within `shape`.
@@ -62,7 +64,7 @@ pub(super) fn parse_object(body: &[u8], shape: &Shape) -> Result<Map<String, Val
     })?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(Refusal::Malformed("the body must be a JSON object".into())),
+        _ => Err(Refusal::NotObject),
     }
 }
 
@@ -272,6 +274,14 @@ mod tests {
             Err(Refusal::Malformed(_))
         ));
         assert!(matches!(parse_object(br#"{"a":"#, &SHAPE), Err(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_told_apart_from_malformed_json() {
+        for body in ["[1]", "\"x\"", "1", "null", "true"] {
+            assert_eq!(parse_object(body.as_bytes(), &SHAPE), Err(Refusal::NotObject), "{body}");
+        }
+        assert!(matches!(parse_object(b"[1", &SHAPE), Err(Refusal::Malformed(_))));
     }
 
     #[test]

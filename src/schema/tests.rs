@@ -22,6 +22,7 @@ pub(super) fn seed_source() -> SchemaSource {
         unknown_fields: UnknownFields::Refuse,
         overlay: None,
         tier_overlays: BTreeMap::new(),
+        trusted_url_prefixes: Vec::new(),
     }
 }
 

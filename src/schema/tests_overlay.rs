@@ -18,6 +18,7 @@ fn free_tier_models() -> SchemaSource {
     };
     SchemaSource {
         tier_overlays: BTreeMap::from([("free".to_owned(), field(narrow, "model"))]),
+        trusted_url_prefixes: Vec::new(),
         ..seed_source()
     }
 }
@@ -96,6 +97,7 @@ fn tier_overlay_applies_on_top_of_the_operator_overlay() {
     let source = SchemaSource {
         overlay: Some(operator),
         tier_overlays: BTreeMap::from([("free".into(), tier)]),
+        trusted_url_prefixes: Vec::new(),
         ..seed_source()
     };
     let schemas = compile(source);
@@ -119,6 +121,7 @@ fn overlay_cannot_allow_a_value_the_schema_refuses() {
     };
     let source = SchemaSource {
         tier_overlays: BTreeMap::from([("free".into(), field(widen, "model"))]),
+        trusted_url_prefixes: Vec::new(),
         ..seed_source()
     };
     let shown = Schemas::compile(vec![source]).expect_err("widening").to_string();
@@ -151,6 +154,7 @@ fn tier_cannot_widen_the_operators_narrowed_enum() {
     let source = SchemaSource {
         overlay: Some(operator),
         tier_overlays: BTreeMap::from([("pro".into(), tier)]),
+        trusted_url_prefixes: Vec::new(),
         ..seed_source()
     };
     assert!(Schemas::compile(vec![source]).is_err());

@@ -258,17 +258,19 @@ fn e77_url_fields_accept_only_https_public_hosts_and_small_image_data_uris() {
 }
 
 #[test]
-fn e84_non_object_json_is_malformed() {
+fn e84_non_object_json_is_fals_422_on_the_body_and_non_json_is_malformed() {
     let schemas = compile(seed_source());
-    for body in [
-        &br#"[{"input_concept":"x"}]"#[..],
-        br#""x""#,
-        b"null",
-        b"true",
-        b"",
-        b"  ",
-        br#"{"input_concept":"x"} {}"#,
-    ] {
+    for body in [&br#"[{"input_concept":"x"}]"#[..], br#""x""#, b"null", b"true"] {
+        let Err(Rejection::Invalid(items)) = raw(&schemas, body) else {
+            panic!("expected fal's 422 for {:?}", String::from_utf8_lossy(body));
+        };
+        let items = serde_json::to_value(items).unwrap();
+        assert_eq!(
+            items,
+            json!([{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}])
+        );
+    }
+    for body in [&b""[..], b"  ", br#"{"input_concept":"x"} {}"#] {
         malformed(&schemas, body);
     }
 }

@@ -16,6 +16,13 @@ pub(super) fn check(rule: &UrlRule, value: &str, loc: &[Value]) -> Option<FieldE
         kind: kind.to_owned(),
         ctx: Some(ctx),
     };
+    if rule
+        .trusted_prefixes
+        .iter()
+        .any(|prefix| value.starts_with(prefix.as_str()))
+    {
+        return None;
+    }
     let scheme = scheme_of(value);
     if let Some(schemes) = &rule.schemes {
         if !scheme

@@ -1,7 +1,10 @@
-//! Relaying fal's answer: status, body and a safe subset of headers. Event streams are relayed
-//! chunk by chunk, never buffered; an idle gap longer than the configured timeout, or an upstream
-//! that breaks off, aborts the client's response (an error, not a clean end), and a stream open
-//! for `upstream.max_stream_lifetime_ms` is ended cleanly (the fal client then polls again).
+//! Relaying fal's answer: status, body and a safe subset of headers. Event streams (the status
+//! stream, and a streaming run fal took) are relayed chunk by chunk, never buffered; an idle gap
+//! longer than the configured timeout, or an upstream that breaks off, aborts the client's
+//! response (an error, not a clean end). A status stream open for
+//! `upstream.max_stream_lifetime_ms` is ended cleanly (the fal client then polls again); a
+//! streaming run is aborted instead, since `fal.stream` takes a clean end for the run's end and
+//! its last partial for the output.
 //! Every other answer is small JSON: it is read whole (bounded) and checked, so garbage becomes a
 //! 502 instead of a 200 the client cannot parse. A guard (a limits slot) can ride in the body, so
 //! it is dropped when the body ends or the client goes away ([`stream`], `crate::body::held`).
@@ -91,9 +94,20 @@ impl Buffered {
     }
 }
 
-/// Whether this operation's answer is read whole or streamed (only the status event stream).
-pub fn is_buffered(call: &Call) -> bool {
-    !matches!(call.op, Op::StatusStream { .. })
+/// Whether fal's answer is relayed as it arrives: the status stream always, a streaming run
+/// when fal took it (a 2xx; its refusals are small JSON, read and checked like a sync run's).
+/// Every other answer is read whole.
+pub fn is_streamed(call: &Call, status: StatusCode) -> bool {
+    match call.op {
+        Op::StatusStream { .. } => true,
+        Op::RunStream { .. } => status.is_success(),
+        Op::Submit { .. }
+        | Op::Status { .. }
+        | Op::Result { .. }
+        | Op::Cancel { .. }
+        | Op::Run { .. }
+        | Op::StorageInitiate => false,
+    }
 }
 
 /// Reads an answer whole (bounded by size and idle time) and checks a 2xx is JSON where it must
@@ -174,10 +188,10 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     Ok(buffered)
 }
 
-/// Streams fal's answer to the client as it arrives, for at most the configured stream
+/// Streams fal's answer to `call` to the client as it arrives, for at most the configured stream
 /// lifetime; `hold` lives as long as the client's body (dropped at its end or when the client
 /// goes away).
-pub fn stream<G: Send + 'static>(upstream: &Upstream, response: FalResponse, hold: G) -> Response {
+pub fn stream<G: Send + 'static>(upstream: &Upstream, call: &Call, response: FalResponse, hold: G) -> Response {
     let status = response.status();
     let mut headers = relayed_headers(response.headers());
     let is_event_stream = headers
@@ -192,7 +206,12 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, response: FalResponse, hol
     // Counted in `falgate_open_streams` for as long as the body lives.
     let open = metrics::StreamGuard::open();
     let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
-    let body = lifetime_limited(body, upstream.max_stream_lifetime()).map(move |chunk| {
+    // A run cut short must not look finished: `fal.stream` would take its last partial as the output.
+    let at_lifetime = match call.op {
+        Op::RunStream { .. } => AtLifetime::Abort,
+        _ => AtLifetime::End,
+    };
+    let body = lifetime_limited(body, upstream.max_stream_lifetime(), at_lifetime).map(move |chunk| {
         let _held = (&hold, &open);
         chunk
     });
@@ -227,10 +246,35 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Ends the stream cleanly once it has been open for `lifetime` (an SSE client then reconnects;
-/// an event cut short at that moment is discarded by it, as at any end).
-fn lifetime_limited<S: Stream + Send + 'static>(body: S, lifetime: Duration) -> impl Stream<Item = S::Item> + Send {
-    body.take_until(tokio::time::sleep(lifetime))
+/// How a stream still open at its lifetime ends.
+#[derive(Clone, Copy)]
+enum AtLifetime {
+    /// Cleanly (an SSE client then reconnects; an event cut short at that moment is discarded
+    /// by it, as at any end).
+    End,
+    /// With an error, so the client does not take the stream for complete.
+    Abort,
+}
+
+/// Ends the stream once it has been open for `lifetime`, as `at_lifetime` says.
+fn lifetime_limited<S>(body: S, lifetime: Duration, at_lifetime: AtLifetime) -> impl Stream<Item = S::Item> + Send
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    let deadline = Box::pin(tokio::time::sleep(lifetime));
+    futures_util::stream::unfold(Some((Box::pin(body), deadline)), move |state| async move {
+        let (mut body, mut deadline) = state?;
+        tokio::select! {
+            item = body.next() => item.map(|item| (item, Some((body, deadline)))),
+            () = &mut deadline => match at_lifetime {
+                AtLifetime::End => None,
+                AtLifetime::Abort => {
+                    let cut = std::io::Error::new(std::io::ErrorKind::TimedOut, "the stream reached its lifetime");
+                    Some((Err(cut), None))
+                }
+            },
+        }
+    })
 }
 
 /// Ends the stream with an error when no chunk arrives within `idle`.
@@ -264,7 +308,7 @@ mod tests {
         let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: {}\n\n"))])
             .chain(futures_util::stream::pending());
         let started = tokio::time::Instant::now();
-        let stream = lifetime_limited(events, Duration::from_secs(3600)).map(move |chunk| {
+        let stream = lifetime_limited(events, Duration::from_secs(3600), AtLifetime::End).map(move |chunk| {
             let _held = &guard;
             chunk
         });
@@ -283,7 +327,21 @@ mod tests {
     async fn a_stream_that_ends_first_is_not_held_to_its_lifetime() {
         let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: {}\n\n"))]);
         let started = tokio::time::Instant::now();
-        let chunks: Vec<_> = lifetime_limited(events, Duration::from_secs(3600)).collect().await;
+        let chunks: Vec<_> = lifetime_limited(events, Duration::from_secs(3600), AtLifetime::End)
+            .collect()
+            .await;
         assert_eq!((chunks.len(), started.elapsed()), (1, Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_run_at_its_lifetime_ends_in_an_error_not_a_clean_end() {
+        let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: {}\n\n"))])
+            .chain(futures_util::stream::pending());
+        let chunks: Vec<_> = lifetime_limited(events, Duration::from_secs(3600), AtLifetime::Abort)
+            .collect()
+            .await;
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks[0].is_ok());
+        assert_eq!(chunks[1].as_ref().unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 }

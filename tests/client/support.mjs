@@ -297,6 +297,11 @@ class Stack {
     return this.emulatorJson("DELETE", "/_emulator/faults");
   }
 
+  /** Releases the event streams a `hold` fault holds under `key`. */
+  release(key) {
+    return this.emulatorJson("POST", "/_emulator/release", { key });
+  }
+
   /** Everything falgate serve has written to stdout and stderr so far. */
   gateLogs() {
     return this.gateProc.output.join("");

@@ -345,7 +345,7 @@ async fn a_new_issuers_jwks_is_loaded_before_it_serves_and_an_unreachable_one_is
     let gate = Served::start(&config("")).await;
     // An issuer whose JWKS cannot be fetched: the reload fails, naming it.
     let unreachable =
-        "[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"http://127.0.0.1:9/jwks.json\"\n";
+        "[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"http://127.0.0.1:9/jwks.json\"\nany_audience = true\n";
     let line = gate.reload(&config(unreachable)).await;
     assert!(
         line.contains("config reload failed") && line.contains("issuer `idp`"),
@@ -353,7 +353,8 @@ async fn a_new_issuers_jwks_is_loaded_before_it_serves_and_an_unreachable_one_is
     );
 
     let jwks = jwks_server().await;
-    let issuer = format!("[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"{jwks}\"\n");
+    let issuer =
+        format!("[auth.issuers.idp]\nissuer = \"https://idp.test\"\njwks_url = \"{jwks}\"\nany_audience = true\n");
     let line = gate.reload(&config(&issuer)).await;
     assert!(line.contains("config reloaded"), "{line}");
     // The first call after the reload already verifies against the new issuer's keys.
@@ -381,4 +382,21 @@ async fn a_new_issuers_jwks_is_loaded_before_it_serves_and_an_unreachable_one_is
     assert_eq!(response.status(), 200);
     let ready = gate.client.get(format!("{}/readyz", gate.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn a_limits_key_naming_no_endpoint_is_refused_on_reload_and_the_running_config_kept() {
+    let gate = Served::start(&config("")).await;
+    // A typo of the only endpoint: it would price nothing. The reload fails, naming the key.
+    let typo = config("[limits.credits.endpoints.\"fal-ai/video-prompt-generater\"]\ncost = 5\n");
+    let line = gate.reload(&typo).await;
+    assert!(
+        line.contains("config reload failed") && line.contains("video-prompt-generater"),
+        "{line}"
+    );
+    // The running config still serves its burst of 3, and its rate still counts.
+    for _ in 0..3 {
+        assert_eq!(gate.submit(VPG).await.status(), 200);
+    }
+    assert_eq!(code(gate.submit(VPG).await).await, (429, "rate_limited".into()));
 }

@@ -95,11 +95,41 @@ async fn duplicate_keys_bom_and_deep_nesting_are_400() {
         r#"{"input_concept": "x", "input_concept": "y"}"#,
         "\u{feff}{\"input_concept\": \"x\"}",
         deep.as_str(),
-        "[1]",
         "",
     ] {
         let response = submit_raw(&gate, body).await;
         gate.assert_refused(response, 400, "invalid_json").await;
+    }
+    gate.assert_nothing_reached_fal_and_still_serving().await;
+}
+
+/// fal answers a body that is JSON but not an object with a 422 on `["body"]` (pydantic's
+/// `type_error.dict`), which `@fal-ai/client` raises as a `ValidationError`: so does the gate,
+/// on both route families and before anything reaches fal.
+#[tokio::test]
+async fn json_that_is_not_an_object_is_422_in_fal_shape_on_both_route_families() {
+    let gate = TestGate::spawn().await;
+    let expected = json!([{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]);
+    for body in ["[1]", "\"a prompt\"", "42", "null"] {
+        let rest = [format!("/api/fal/queue/{VPG}"), format!("/api/fal/run/{VPG}")];
+        let proxied = [format!("https://queue.fal.run/{VPG}"), format!("https://fal.run/{VPG}")];
+        let requests = rest
+            .iter()
+            .map(|path| gate.as_alice(Method::POST, path))
+            .chain(proxied.iter().map(|target| {
+                gate.as_alice(Method::POST, "/api/fal/proxy")
+                    .header("x-fal-target-url", target.as_str())
+            }));
+        for request in requests {
+            let response = request
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap();
+            let refused = gate.assert_refused(response, 422, "validation_failed").await;
+            assert_eq!(refused["detail"], expected, "{body}");
+        }
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }

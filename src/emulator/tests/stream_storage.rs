@@ -171,3 +171,70 @@ async fn serve_answers_over_tcp_breaks_dropped_bodies_and_shuts_down() {
     let _ = stop.send(());
     assert!(server.await.expect("join").is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_run_sends_growing_partials_then_the_output_and_refuses_bad_input_with_422() {
+    let emulator = emulator();
+    let request = Request::post(format!("/fal.run/{VPG}/stream"))
+        .header("authorization", "Key k")
+        .body(Body::from(
+            r#"{"input_concept":"a city at night","prompt_length":"Short"}"#,
+        ))
+        .expect("request");
+    let response = emulator.router().oneshot(request).await.expect("infallible router");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers().contains_key("x-fal-request-id"));
+    let chunks: Vec<Bytes> = response
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.expect("a clean stream"))
+        .collect()
+        .await;
+    let prompts: Vec<String> = events(&chunks)
+        .iter()
+        .map(|event| event["prompt"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+    assert_eq!(prompts[2], "Simple video of a city at night.");
+    assert!(prompts[0].len() < prompts[1].len() && prompts[1].len() < prompts[2].len());
+    assert!(prompts[2].starts_with(&prompts[1]) && prompts[1].starts_with(&prompts[0]));
+
+    let invalid = call(
+        &emulator,
+        "POST",
+        &format!("/fal.run/{VPG}/stream"),
+        r#"{"style":"Noir"}"#,
+    )
+    .await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(invalid.json()["detail"][0]["loc"], json!(["body", "input_concept"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_stream_waits_for_its_release() {
+    let emulator = emulator();
+    emulator.add_fault(Fault {
+        op: Some(Op::RunStream),
+        path_contains: None,
+        action: FaultAction::Hold {
+            after_events: 1,
+            key: "k".into(),
+        },
+        times: None,
+    });
+    let request = Request::post("/fal.run/a/b/stream")
+        .header("authorization", "Key k")
+        .body(Body::from("{}"))
+        .expect("request");
+    let response = emulator.router().oneshot(request).await.expect("infallible router");
+    let mut body = response.into_body().into_data_stream();
+    let first = body.next().await.expect("a first event").expect("clean");
+    assert_eq!(&first[..], b"data: {\"partial\":1}\n\n");
+    // Held: nothing more within the emulator's interval, many times over.
+    let held = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await;
+    assert!(held.is_err(), "the stream went on without its release");
+    emulator.release("k");
+    let rest: Vec<Bytes> = body.map(|chunk| chunk.expect("clean")).collect().await;
+    assert_eq!(events(&rest).len(), 2);
+}

@@ -1,0 +1,333 @@
+//! `falgate dev` run as a user would: what it prints, what it honours, what it leaves behind.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use crate::support::SECRET;
+
+const VPG: &str = "fal-ai/video-prompt-generator";
+
+/// A running `falgate dev`, killed when dropped.
+struct Dev {
+    child: tokio::process::Child,
+    url: String,
+    /// Every stdout line up to the end of the guide.
+    guide: Vec<String>,
+}
+
+fn dev_command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"));
+    command
+        .arg("dev")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", std::env::temp_dir())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+impl Dev {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = dev_command(args, env).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut guide = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let end = line.contains("console.log");
+                guide.push(line);
+                if end {
+                    return;
+                }
+            }
+            panic!("falgate dev exited before its guide ended: {guide:#?}");
+        })
+        .await
+        .expect("the guide is printed");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let url = guide
+            .iter()
+            .find_map(|l| l.strip_prefix("falgate listening on "))
+            .expect("listening line")
+            .to_owned();
+        Self { child, url, guide }
+    }
+
+    /// The value of `export NAME=value` in the guide.
+    fn export(&self, name: &str) -> String {
+        let prefix = format!("export {name}=");
+        self.guide
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {:#?}", self.guide))
+            .to_owned()
+    }
+
+    fn text(&self) -> String {
+        self.guide.join("\n")
+    }
+
+    fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+    }
+
+    fn temp_folder(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("falgate-dev-{}", self.child.id().unwrap()))
+    }
+
+    async fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("falgate dev exits")
+            .unwrap()
+            .code()
+    }
+}
+
+async fn preflight(url: &str, origin: &str) -> Option<String> {
+    let answer = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{url}/api/fal/proxy"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, x-fal-target-url",
+        )
+        .send()
+        .await
+        .unwrap();
+    answer
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn dev_prints_two_users_a_real_request_and_the_playground_and_removes_its_temp_folder() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let text = dev.text();
+    let (token, token2, secret) = (
+        dev.export("TOKEN"),
+        dev.export("TOKEN2"),
+        dev.export("FALGATE_AUTH__HS256_SECRET"),
+    );
+    // The printed secret signs the printed tokens, and the tokens are two users.
+    let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), secret.clone())]);
+    let auth = falgate::config::Config::from_toml("", &env).unwrap().auth;
+    let authenticator = falgate::auth::Authenticator::new(&auth).unwrap();
+    let first = authenticator.authenticate(&token).await.unwrap();
+    let second = authenticator.authenticate(&token2).await.unwrap();
+    assert_eq!(
+        (first.subject.as_str(), second.subject.as_str()),
+        ("dev-user", "dev-user-2")
+    );
+    // The examples name a real request, in quoted URLs; it is the first user's alone.
+    let status_line = text
+        .lines()
+        .find(|l| l.contains("/status?logs=1"))
+        .expect("a status example");
+    let queue = format!("'{}/api/fal/queue/{VPG}/requests/", dev.url);
+    let id = status_line
+        .split(&queue)
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no quoted URL in {status_line}"));
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{status_line}");
+    assert!(status_line.contains("/status?logs=1'"), "{status_line}");
+    assert!(!text.contains("REQUEST_ID"), "{text}");
+    let path = format!("/api/fal/queue/{VPG}/requests/{id}/status");
+    assert_eq!(dev.get(&path, &token).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        dev.get(&path, &token2).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    // The JS says how to run it.
+    assert!(text.contains(".mjs"), "{text}");
+    // The playground is served and its URL printed with the token in the fragment.
+    assert!(text.contains(&format!("{}/#token={token}", dev.url)), "{text}");
+    let page = reqwest::get(format!("{}/", dev.url)).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    // The usual local dev servers may call it from the browser; others may not.
+    assert!(text.contains("http://localhost:5173"), "{text}");
+    assert_eq!(
+        preflight(&dev.url, "http://localhost:5173").await.as_deref(),
+        Some("http://localhost:5173")
+    );
+    assert_eq!(
+        preflight(&dev.url, "http://127.0.0.1:3000").await.as_deref(),
+        Some("http://127.0.0.1:3000")
+    );
+    assert_eq!(preflight(&dev.url, "https://evil.example").await, None);
+    let folder = dev.temp_folder();
+    assert!(folder.join("schemas").is_dir(), "{}", folder.display());
+    assert_eq!(dev.stop().await, Some(0));
+    assert!(!folder.exists(), "{} was left behind", folder.display());
+}
+
+#[tokio::test]
+async fn dev_honours_the_environment_and_its_flags() {
+    let dev = Dev::start(
+        &["--cors-origin", "http://app.test:8000"],
+        &[
+            ("FALGATE_LISTEN", "127.0.0.1:0"),
+            ("FALGATE_AUTH__HS256_SECRET", SECRET),
+            ("FALGATE_REQUEST__MAX_BODY_BYTES", "100"),
+        ],
+    )
+    .await;
+    assert_eq!(dev.export("FALGATE_AUTH__HS256_SECRET"), SECRET);
+    // A token minted elsewhere with the same secret works.
+    let token = falgate::auth::mint_hs256(SECRET.as_bytes(), "someone", None, Duration::from_secs(60)).unwrap();
+    let big = json!({ "input_concept": "x".repeat(200) });
+    let refused = reqwest::Client::new()
+        .post(format!("{}/api/fal/queue/{VPG}", dev.url))
+        .bearer_auth(&token)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        preflight(&dev.url, "http://app.test:8000").await.as_deref(),
+        Some("http://app.test:8000")
+    );
+    assert_eq!(preflight(&dev.url, "http://localhost:5173").await, None);
+    assert!(dev.text().contains("http://app.test:8000"));
+
+    let flagged = Dev::start(
+        &["--listen", "127.0.0.1:0", "--secret", &"s".repeat(40)],
+        &[("FALGATE_AUTH__HS256_SECRET", SECRET)],
+    )
+    .await;
+    assert_eq!(flagged.export("FALGATE_AUTH__HS256_SECRET"), "s".repeat(40));
+}
+
+#[tokio::test]
+async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("falgate-dev-bad-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"type": "object", "properties": {"a": {"type": "strnig"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("falgate.toml"), "[endpoints.\"a/b\"]\nschema = \"bad.json\"\n").unwrap();
+    let config = dir.join("falgate.toml");
+    let mut child = dev_command(&["--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()], &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut stdout).await.unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    let code = child.wait().await.unwrap().code();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(stdout, "", "printed before failing");
+    assert_eq!(stderr.matches("/properties/a").count(), 1, "{stderr}");
+    assert!(stderr.contains("bad.json"), "{stderr}");
+
+    // A bad variable is reported the same way.
+    let output = dev_command(&["--listen", "127.0.0.1:0"], &[("FALGATE_UPSTREAM__QUEUE_URI", "x")])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(stderr.contains("FALGATE_UPSTREAM__QUEUE_URI"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_file_uploaded_in_dev_works_as_an_input_under_the_shipped_rules() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let token = dev.export("TOKEN");
+    let client = reqwest::Client::new();
+    let initiate: Value = client
+        .post(format!("{}/api/fal/proxy", dev.url))
+        .bearer_auth(&token)
+        .header(
+            "x-fal-target-url",
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+        )
+        .json(&json!({"content_type": "image/png", "file_name": "a.png"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (upload, file) = (
+        initiate["upload_url"].as_str().unwrap(),
+        initiate["file_url"].as_str().unwrap(),
+    );
+    assert!(file.starts_with("http://127.0.0.1:"), "{file}");
+    let put = client
+        .put(upload)
+        .header("content-type", "image/png")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let submit = |image_url: String| {
+        client
+            .post(format!("{}/api/fal/queue/{VPG}", dev.url))
+            .bearer_auth(&token)
+            .json(&json!({ "input_concept": "a", "image_url": image_url }))
+            .send()
+    };
+    assert_eq!(submit(file.to_owned()).await.unwrap().status(), StatusCode::OK);
+    // Only the emulator's CDN is trusted: other local or plain-http URLs are still refused.
+    let origin = file.split("/_storage/").next().unwrap();
+    for refused in [
+        format!("{origin}/elsewhere/a.png"),
+        "http://127.0.0.1:1/_storage/files/x/a.png".to_owned(),
+    ] {
+        let answer = submit(refused.clone()).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn dev_logs_what_serve_would_warn_about() {
+    let mut child = dev_command(&["--listen", "127.0.0.1:0"], &[("FALGATE_SERVICE_HOST", "10.0.0.1")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("FALGATE_SERVICE_HOST") {
+                return line;
+            }
+        }
+        panic!("stderr closed without the warning");
+    })
+    .await
+    .expect("the ignored variable is named");
+    assert!(
+        warning.contains("WARN") && warning.contains("ignored environment variables"),
+        "{warning}"
+    );
+    child.kill().await.unwrap();
+}

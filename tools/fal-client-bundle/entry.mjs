@@ -1,0 +1,2 @@
+// What the playground imports from the vendored bundle.
+export { createFalClient, ApiError, ValidationError } from "@fal-ai/client";
