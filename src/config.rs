@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use access::{Cors, Operation, OwnershipConfig, Priority, Tier};
+pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};

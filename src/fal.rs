@@ -4,13 +4,17 @@
 //! Parse, don't validate: every type here has private fields and a `parse` that refuses anything
 //! that is not in fal's canonical shape, so the rest of the gate never sees a raw path.
 
+pub mod headers;
 mod path;
 mod target;
+mod webhook;
 
 use std::fmt;
 
+pub use headers::{Lifecycle, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
+pub use webhook::{Webhook, WebhookError};
 
 /// fal's namespaces whose ids carry one more leading segment (`workflows/owner/alias`).
 const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
@@ -152,7 +156,7 @@ pub enum Op {
     /// `POST queue.fal.run/{endpoint}`.
     Submit {
         endpoint: EndpointId,
-        webhook: Option<String>,
+        webhook: Option<Webhook>,
     },
     /// `GET .../requests/{id}/status`.
     Status { app: AppId, id: FalRequestId, logs: bool },
@@ -257,7 +261,7 @@ impl Call {
                 webhook: Some(hook),
             } => {
                 let query = url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair("fal_webhook", hook)
+                    .append_pair("fal_webhook", hook.as_str())
                     .finish();
                 format!("/{endpoint}?{query}")
             }

@@ -38,7 +38,7 @@ pub async fn handle(
     body: Body,
 ) -> Result<Response, GateError> {
     let grant = gate.policy.authorize(&caller, &call)?;
-    let mut forwarded = upstream::forwarded_headers(headers)?;
+    let mut forwarded = upstream::forwarded_headers(headers, &call, grant.fal_headers())?;
     grant.cap_priority(&mut forwarded);
     let principal = caller.principal();
     // The body's budget charge is held until the answer is made (the bytes are forwarded).

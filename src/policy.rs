@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde_json::Value;
-use url::Url;
 
 use crate::auth::Caller;
-use crate::config::{Config, EndpointPolicy, Operation, Priority, Tier, Toggle};
+use crate::config::{Config, EndpointPolicy, FalHeaderRules, Operation, Priority, Tier, Toggle};
 use crate::error::GateError;
-use crate::fal::{AppId, Call, EndpointId, Op};
+use crate::fal::{AppId, Call, EndpointId, Op, Webhook};
 
 /// The header fal reads the queue priority from.
 const PRIORITY_HEADER: &str = "x-fal-queue-priority";
@@ -134,15 +133,15 @@ impl Policy {
             .ok_or_else(|| GateError::EndpointNotAllowed(app.as_str().to_owned()))
     }
 
-    /// `fal_webhook` must be an https URL on an allowed host (fal would POST results there).
-    fn check_webhook(&self, raw: &str) -> Result<(), GateError> {
-        let allowed = Url::parse(raw).ok().is_some_and(|url| {
-            url.scheme() == "https"
-                && url.username().is_empty()
-                && url.password().is_none()
-                && url.port().is_none()
-                && matches!(url.host(), Some(url::Host::Domain(host)) if self.webhook_hosts.contains(host))
-        });
+    /// `fal_webhook` must be an https URL on an allowed host (fal would POST results there). The
+    /// check reads the same parsed, canonical URL that is forwarded (`fal::Webhook`).
+    fn check_webhook(&self, hook: &Webhook) -> Result<(), GateError> {
+        let url = hook.url();
+        let allowed = url.scheme() == "https"
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.port().is_none()
+            && matches!(url.host(), Some(url::Host::Domain(host)) if self.webhook_hosts.contains(host));
         if allowed {
             Ok(())
         } else {
@@ -168,6 +167,11 @@ impl Grant<'_> {
         if asked > cap {
             headers.insert(PRIORITY_HEADER, HeaderValue::from_static(cap.as_str()));
         }
+    }
+
+    /// The tier's rules over the `x-fal-*` headers (applied by `upstream::forwarded_headers`).
+    pub fn fal_headers(&self) -> &FalHeaderRules {
+        &self.tier.fal_headers
     }
 
     /// Refuses input options the tier may not use (e.g. a premium `model`), naming the field.

@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod metrics;
+mod text_fields;
 pub mod trace_context;
 pub mod writer;
 
@@ -52,7 +53,11 @@ pub fn init(format: LogFormat, telemetry: &Telemetry) -> TelemetryGuard {
     let not_otel = filter_fn(|meta| meta.target() != OTEL_TARGET);
     let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
     let logs = match format {
-        LogFormat::Text => fmt.with_filter(filter.and(not_otel)).boxed(),
+        // Caller text is escaped in the text format (`text_fields`); JSON escapes its own.
+        LogFormat::Text => fmt
+            .fmt_fields(text_fields::EscapedFields)
+            .with_filter(filter.and(not_otel))
+            .boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter.and(not_otel)).boxed(),
     };
     let (provider, trace_error) = match &telemetry.otlp_traces_url {

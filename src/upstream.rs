@@ -28,8 +28,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{self, FalCredentials};
+use crate::config::{self, FalCredentials, FalHeaderRules, Pass, Priority, StoreIo};
 use crate::error::{causes, GateError};
+use crate::fal::headers::{self, Lifecycle, RequestTimeout};
 use crate::fal::{Call, Host, Op};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{self, UpstreamOutcome};
@@ -38,15 +39,23 @@ use crate::telemetry::trace_context::{self, TraceParent};
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
 /// `x-fal-target-url`, unknown `x-fal-*`) stays behind.
 /// (`HeaderName`s, not strings: a string key is parsed into a name on every lookup.)
-const FORWARDED: [HeaderName; 7] = [
+const FORWARDED: [HeaderName; 8] = [
     header::ACCEPT,
     HeaderName::from_static("x-fal-queue-priority"),
-    HeaderName::from_static("x-fal-runner-hint"),
-    HeaderName::from_static("x-fal-request-timeout"),
-    HeaderName::from_static("x-fal-object-lifecycle-preference"),
-    HeaderName::from_static("x-fal-object-lifecycle"),
-    HeaderName::from_static("x-fal-no-retry"),
+    RUNNER_HINT,
+    REQUEST_TIMEOUT,
+    LIFECYCLE_PREFERENCE,
+    LIFECYCLE,
+    NO_RETRY,
+    STORE_IO,
 ];
+const RUNNER_HINT: HeaderName = HeaderName::from_static("x-fal-runner-hint");
+const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-fal-request-timeout");
+const LIFECYCLE_PREFERENCE: HeaderName = HeaderName::from_static("x-fal-object-lifecycle-preference");
+const LIFECYCLE: HeaderName = HeaderName::from_static("x-fal-object-lifecycle");
+const NO_RETRY: HeaderName = HeaderName::from_static("x-fal-no-retry");
+/// fal's switch for not keeping a call's input and output (`0`).
+const STORE_IO: HeaderName = HeaderName::from_static("x-fal-store-io");
 
 /// W3C Trace Context: checked and passed on, or replaced (see [`trace_headers`]).
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -386,9 +395,10 @@ pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
     }
 }
 
-/// Picks the caller headers that fal may see, refusing malformed values, and adds the trace
-/// context and request id every call to fal carries.
-pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
+/// Picks the caller headers that fal may see, refusing malformed values and writing each one in
+/// its canonical form (`fal::headers`), applies the tier's rules over them (`rules`), and adds
+/// the trace context and request id every call to fal carries.
+pub fn forwarded_headers(inbound: &HeaderMap, call: &Call, rules: &FalHeaderRules) -> Result<HeaderMap, GateError> {
     let mut out = HeaderMap::new();
     for name in &FORWARDED {
         let mut values = inbound.get_all(name).iter();
@@ -396,9 +406,11 @@ pub fn forwarded_headers(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
         if values.next().is_some() {
             return Err(GateError::Malformed(format!("header {name} may be sent only once")));
         }
-        check_value(name.as_str(), value)?;
-        out.insert(name.clone(), value.clone());
+        if let Some(canonical) = canonical_value(name, value)? {
+            out.insert(name.clone(), canonical);
+        }
     }
+    apply_rules(call, rules, &mut out);
     trace_headers(inbound, &mut out);
     Ok(out)
 }
@@ -427,21 +439,91 @@ fn trace_headers(inbound: &HeaderMap, out: &mut HeaderMap) {
     }
 }
 
-fn check_value(name: &str, value: &HeaderValue) -> Result<(), GateError> {
+/// The value fal receives for a caller's header: parsed, bounded and rewritten canonically
+/// (None: nothing to send, e.g. `x-fal-no-retry: 0`); a value that does not parse is a 400.
+fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<Option<HeaderValue>, GateError> {
+    let invalid = || GateError::Malformed(format!("header {name} has an invalid value"));
     let text = value
         .to_str()
         .ok()
-        .filter(|t| t.len() <= MAX_HEADER_VALUE && !t.is_empty());
-    let valid = match (name, text) {
-        (_, None) => false,
-        ("x-fal-queue-priority", Some(t)) => matches!(t, "normal" | "low"),
-        ("x-fal-request-timeout", Some(t)) => t.parse::<f64>().is_ok_and(|secs| secs.is_finite() && secs > 1.0),
-        (_, Some(_)) => true,
+        .filter(|t| t.len() <= MAX_HEADER_VALUE && !t.is_empty())
+        .ok_or_else(invalid)?;
+    let canonical = match name.as_str() {
+        "x-fal-queue-priority" => Priority::parse(text)
+            .map(|p| p.as_str().to_owned())
+            .ok_or_else(invalid)?,
+        "x-fal-request-timeout" => RequestTimeout::parse(text).map_err(|_| invalid())?.to_header(),
+        "x-fal-runner-hint" => headers::check_runner_hint(text).map_err(|_| invalid())?.to_owned(),
+        "x-fal-object-lifecycle-preference" | "x-fal-object-lifecycle" => {
+            Lifecycle::parse(text).map_err(|_| invalid())?.to_header()
+        }
+        "x-fal-no-retry" => match headers::parse_no_retry(text).map_err(|_| invalid())? {
+            true => "1".to_owned(),
+            false => return Ok(None),
+        },
+        "x-fal-store-io" => match headers::parse_store_io(text).map_err(|_| invalid())? {
+            true => "1".to_owned(),
+            false => "0".to_owned(),
+        },
+        // `accept`: any printable value (it only chooses between JSON and an event stream).
+        _ => return Ok(Some(value.clone())),
     };
-    if valid {
-        Ok(())
-    } else {
-        Err(GateError::Malformed(format!("header {name} has an invalid value")))
+    HeaderValue::from_str(&canonical).map(Some).map_err(|_| invalid())
+}
+
+/// The tier's rules: drop what it may not send, lower what is over its caps, force what the
+/// operator fixed. Run after the caller's values were made canonical, so a cap compares values.
+fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderMap) {
+    if rules.runner_hint == Pass::Drop {
+        out.remove(RUNNER_HINT);
+    }
+    if rules.no_retry == Pass::Drop {
+        out.remove(NO_RETRY);
+    }
+    if let Some(max) = rules.max_request_timeout {
+        let asked = out
+            .get(REQUEST_TIMEOUT)
+            .and_then(|v| RequestTimeout::parse(v.to_str().ok()?).ok());
+        if asked.is_some_and(|asked| asked > max) {
+            insert_text(out, REQUEST_TIMEOUT, &max.to_header());
+        }
+    }
+    if let Some(max) = rules.max_object_expiration_seconds {
+        for name in [LIFECYCLE_PREFERENCE, LIFECYCLE] {
+            let asked = out.get(&name).and_then(|v| Lifecycle::parse(v.to_str().ok()?).ok());
+            if let Some(mut lifecycle) = asked {
+                lifecycle.cap_expiration(max);
+                insert_text(out, name, &lifecycle.to_header());
+            }
+        }
+    }
+    if let Some(forced) = &rules.object_lifecycle {
+        let name = match call.op {
+            Op::Submit { .. } | Op::Run { .. } => Some(LIFECYCLE_PREFERENCE),
+            Op::StorageInitiate => Some(LIFECYCLE),
+            _ => None,
+        };
+        if let Some(name) = name {
+            out.remove(LIFECYCLE_PREFERENCE);
+            out.remove(LIFECYCLE);
+            insert_text(out, name, &forced.to_header());
+        }
+    }
+    match rules.store_io {
+        StoreIo::Caller => {}
+        StoreIo::Off => {
+            out.insert(STORE_IO, HeaderValue::from_static("0"));
+        }
+        StoreIo::On => {
+            out.insert(STORE_IO, HeaderValue::from_static("1"));
+        }
+    }
+}
+
+/// Inserts a value built from checked parts (ASCII JSON or a number): it is a valid header value.
+fn insert_text(out: &mut HeaderMap, name: HeaderName, text: &str) {
+    if let Ok(value) = HeaderValue::from_str(text) {
+        out.insert(name, value);
     }
 }
 
@@ -514,6 +596,86 @@ mod tests {
         );
     }
 
+    fn submit() -> Call {
+        crate::fal::parse_target("https://queue.fal.run/fal-ai/flux/dev").unwrap()
+    }
+
+    fn forwarded(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
+        forwarded_headers(inbound, &submit(), &FalHeaderRules::default())
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn fal_header_values_are_forwarded_in_canonical_form() {
+        let out = forwarded(&headers(&[
+            ("x-fal-request-timeout", "30.0"),
+            ("x-fal-no-retry", "yes"),
+            ("x-fal-store-io", "0"),
+            ("x-fal-runner-hint", "session-42"),
+            (
+                "x-fal-object-lifecycle-preference",
+                r#"{ "initial_acl": {"default": "forbid"}, "expiration_duration_seconds": 60 }"#,
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(out["x-fal-request-timeout"], "30");
+        assert_eq!(out["x-fal-no-retry"], "1");
+        assert_eq!(out["x-fal-store-io"], "0");
+        assert_eq!(out["x-fal-runner-hint"], "session-42");
+        assert_eq!(
+            out["x-fal-object-lifecycle-preference"],
+            r#"{"expiration_duration_seconds":60,"initial_acl":{"default":"forbid"}}"#
+        );
+        assert!(!forwarded(&headers(&[("x-fal-no-retry", "0")]))
+            .unwrap()
+            .contains_key("x-fal-no-retry"));
+    }
+
+    #[test]
+    fn tier_rules_drop_cap_and_force_fal_headers() {
+        let rules = FalHeaderRules {
+            runner_hint: Pass::Drop,
+            no_retry: Pass::Drop,
+            max_request_timeout: Some(RequestTimeout::new(60.0).unwrap()),
+            max_object_expiration_seconds: Some(3600),
+            object_lifecycle: None,
+            store_io: StoreIo::Off,
+        };
+        let inbound = headers(&[
+            ("x-fal-runner-hint", "a"),
+            ("x-fal-no-retry", "1"),
+            ("x-fal-request-timeout", "600"),
+            ("x-fal-object-lifecycle", r#"{"expiration_duration_seconds":86400}"#),
+            ("x-fal-store-io", "1"),
+        ]);
+        let out = forwarded_headers(&inbound, &submit(), &rules).unwrap();
+        assert!(!out.contains_key("x-fal-runner-hint") && !out.contains_key("x-fal-no-retry"));
+        assert_eq!(out["x-fal-request-timeout"], "60");
+        assert_eq!(out["x-fal-object-lifecycle"], r#"{"expiration_duration_seconds":3600}"#);
+        assert_eq!(out["x-fal-store-io"], "0");
+        let short = headers(&[("x-fal-request-timeout", "5")]);
+        assert_eq!(
+            forwarded_headers(&short, &submit(), &rules).unwrap()["x-fal-request-timeout"],
+            "5"
+        );
+        let forced = FalHeaderRules {
+            object_lifecycle: Some(Lifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap()),
+            ..FalHeaderRules::default()
+        };
+        let out = forwarded_headers(&inbound, &submit(), &forced).unwrap();
+        assert_eq!(
+            out["x-fal-object-lifecycle-preference"],
+            r#"{"expiration_duration_seconds":60}"#
+        );
+        assert!(!out.contains_key("x-fal-object-lifecycle"));
+    }
+
     #[test]
     fn only_allowlisted_headers_are_forwarded() {
         let mut inbound = HeaderMap::new();
@@ -528,7 +690,7 @@ mod tests {
         ] {
             inbound.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwarded_headers(&inbound).unwrap();
+        let out = forwarded(&inbound).unwrap();
         let mut names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "traceparent", "x-fal-queue-priority"]);
@@ -540,10 +702,17 @@ mod tests {
             ("x-fal-queue-priority", "urgent"),
             ("x-fal-request-timeout", "1"),
             ("x-fal-request-timeout", "NaN"),
+            ("x-fal-runner-hint", "has space"),
+            ("x-fal-no-retry", "please"),
+            ("x-fal-store-io", "false"),
+            (
+                "x-fal-object-lifecycle-preference",
+                r#"{"expiration_duration_seconds":1,"expiration_duration_seconds":2}"#,
+            ),
         ] {
             let mut inbound = HeaderMap::new();
             inbound.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-            assert!(forwarded_headers(&inbound).is_err(), "{k}: {v}");
+            assert!(forwarded(&inbound).is_err(), "{k}: {v}");
         }
     }
 
@@ -555,7 +724,7 @@ mod tests {
             for (k, v) in pairs {
                 inbound.append(HeaderName::from_static(k), HeaderValue::from_static(v));
             }
-            forwarded_headers(&inbound).unwrap()
+            forwarded(&inbound).unwrap()
         };
         let kept = with(&[("traceparent", CALLER), ("tracestate", "vendor=abc")]);
         assert_eq!(kept["traceparent"], CALLER);
@@ -578,8 +747,8 @@ mod tests {
     fn the_request_id_is_forwarded_only_when_plain() {
         let mut inbound = HeaderMap::new();
         inbound.insert("x-request-id", HeaderValue::from_static("3f2c9a1e-0b7d"));
-        assert_eq!(forwarded_headers(&inbound).unwrap()["x-request-id"], "3f2c9a1e-0b7d");
+        assert_eq!(forwarded(&inbound).unwrap()["x-request-id"], "3f2c9a1e-0b7d");
         inbound.insert("x-request-id", HeaderValue::from_static("a b"));
-        assert!(!forwarded_headers(&inbound).unwrap().contains_key("x-request-id"));
+        assert!(!forwarded(&inbound).unwrap().contains_key("x-request-id"));
     }
 }

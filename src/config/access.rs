@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
-use super::file::{RawCors, RawOwnership, RawTier, RawWebhooks};
+use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
 use super::{ConfigError, EndpointPolicy};
-use crate::fal::EndpointId;
+use crate::fal::{EndpointId, Lifecycle, RequestTimeout};
 
 /// One kind of call a tier may be allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +39,41 @@ pub struct Tier {
     pub max_queue_priority: Option<Priority>,
     /// Per endpoint entry, per input field: the values allowed.
     pub options: BTreeMap<EndpointId, BTreeMap<String, Vec<Value>>>,
+    /// What becomes of the `x-fal-*` headers callers of this tier send.
+    pub fal_headers: FalHeaderRules,
+}
+
+/// A tier's rules over the `x-fal-*` headers (`[tiers.NAME.fal_headers]`): a value is passed
+/// (once parsed and canonical), dropped, capped or replaced by the operator's.
+#[derive(Debug, Clone, Default)]
+pub struct FalHeaderRules {
+    pub runner_hint: Pass,
+    pub no_retry: Pass,
+    pub max_request_timeout: Option<RequestTimeout>,
+    pub max_object_expiration_seconds: Option<u64>,
+    /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads
+    /// (`x-fal-object-lifecycle`), whatever the caller sent.
+    pub object_lifecycle: Option<Lifecycle>,
+    pub store_io: StoreIo,
+}
+
+/// Whether a caller's header reaches fal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pass {
+    #[default]
+    Allow,
+    Drop,
+}
+
+/// `X-Fal-Store-IO`: the caller's valid value, or one the operator forces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreIo {
+    #[default]
+    Caller,
+    /// `X-Fal-Store-IO: 0` on every call: fal keeps no input or output payloads.
+    Off,
+    /// `X-Fal-Store-IO: 1` on every call.
+    On,
 }
 
 /// Browser origins allowed to call falgate.
@@ -143,6 +178,51 @@ fn tier_of(name: &str, raw: RawTier, endpoints: &BTreeMap<EndpointId, EndpointPo
         operations,
         max_queue_priority,
         options,
+        fal_headers: fal_headers(name, raw.fal_headers)?,
+    })
+}
+
+fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigError> {
+    let key = |key: &str| format!("`tiers.{name}.fal_headers.{key}`");
+    let pass = |value: Option<String>, field: &str| match value.as_deref() {
+        None | Some("allow") => Ok(Pass::Allow),
+        Some("drop") => Ok(Pass::Drop),
+        Some(_) => Err(ConfigError(format!("{} must be \"allow\" or \"drop\"", key(field)))),
+    };
+    let store_io = match raw.store_io.as_deref() {
+        None | Some("caller") => StoreIo::Caller,
+        Some("off") => StoreIo::Off,
+        Some("on") => StoreIo::On,
+        Some(_) => {
+            return Err(ConfigError(format!(
+                "{} must be \"caller\", \"off\" or \"on\"",
+                key("store_io")
+            )))
+        }
+    };
+    let max_request_timeout = raw
+        .max_request_timeout_seconds
+        .map(|secs| {
+            RequestTimeout::new(secs).map_err(|_| {
+                ConfigError(format!(
+                    "{} must be more than 1 and at most 86400",
+                    key("max_request_timeout_seconds")
+                ))
+            })
+        })
+        .transpose()?;
+    if let Some(lifecycle) = &raw.object_lifecycle {
+        lifecycle
+            .check()
+            .map_err(|_| ConfigError(format!("{} is out of bounds", key("object_lifecycle"))))?;
+    }
+    Ok(FalHeaderRules {
+        runner_hint: pass(raw.runner_hint, "runner_hint")?,
+        no_retry: pass(raw.no_retry, "no_retry")?,
+        max_request_timeout,
+        max_object_expiration_seconds: raw.max_object_expiration_seconds,
+        object_lifecycle: raw.object_lifecycle,
+        store_io,
     })
 }
 

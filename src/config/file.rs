@@ -185,6 +185,27 @@ pub(crate) struct RawTier {
     /// Per endpoint entry, per input field: the values allowed.
     #[serde(default)]
     pub(crate) options: BTreeMap<String, BTreeMap<String, Vec<serde_json::Value>>>,
+    /// `[tiers.NAME.fal_headers]`: which `x-fal-*` values pass, capped or forced.
+    #[serde(default)]
+    pub(crate) fal_headers: RawFalHeaders,
+}
+
+/// `[tiers.NAME.fal_headers]`: the tier's rules over the `x-fal-*` headers a caller sends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawFalHeaders {
+    /// `"allow"` (default) or `"drop"`: whether `x-fal-runner-hint` reaches fal.
+    pub(crate) runner_hint: Option<String>,
+    /// `"allow"` (default) or `"drop"`: whether `x-fal-no-retry` reaches fal.
+    pub(crate) no_retry: Option<String>,
+    /// A longer `x-fal-request-timeout` is lowered to this.
+    pub(crate) max_request_timeout_seconds: Option<f64>,
+    /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
+    pub(crate) max_object_expiration_seconds: Option<u64>,
+    /// Replaces the caller's object lifecycle on every submit, run and upload.
+    pub(crate) object_lifecycle: Option<crate::fal::Lifecycle>,
+    /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
+    pub(crate) store_io: Option<String>,
 }
 
 /// `[webhooks]`: where fal may deliver `fal_webhook` callbacks.

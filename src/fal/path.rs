@@ -1,7 +1,7 @@
 //! Queue paths (`{endpoint}`, `{app}/requests/{id}[/status[/stream]|/cancel]`) and their query,
 //! shared by the REST routes and the `x-fal-target-url` parser so both agree on every byte.
 
-use super::{AppId, EndpointId, FalRequestId, IdError, Op};
+use super::{AppId, EndpointId, FalRequestId, IdError, Op, Webhook, WebhookError};
 
 /// Why a queue path or its query was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -14,22 +14,40 @@ pub enum QueuePathError {
     Shape,
     #[error("query parameter `{0}` is not accepted here")]
     Query(String),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
+
+/// The segment that separates an app from a request id; any other spelling of it is refused, so
+/// `REQUESTS/{id}` is never read as an endpoint sub path.
+const REQUESTS: &str = "requests";
 
 /// Parses a raw (still percent-encoded) path below the queue root, and its raw query.
 ///
 /// Percent signs and backslashes are refused outright: fal ids never need them, and refusing them
-/// removes every decode-then-check differential.
+/// removes every decode-then-check differential. The path is taken as it is, never normalised:
+/// exactly one leading `/`, no empty segments, and `requests` spelled only in lower case.
 pub fn parse_queue_path(raw_path: &str, raw_query: Option<&str>) -> Result<Op, QueuePathError> {
     if raw_path.contains(['%', '\\']) {
         return Err(QueuePathError::Encoding);
     }
-    let segments: Vec<&str> = raw_path.trim_start_matches('/').split('/').collect();
+    let segments: Vec<&str> = raw_path
+        .strip_prefix('/')
+        .ok_or(QueuePathError::Encoding)?
+        .split('/')
+        .collect();
+    if segments
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(REQUESTS) && *s != REQUESTS)
+    {
+        return Err(QueuePathError::Shape);
+    }
     let query = Query::parse(raw_query)?;
-    match segments.iter().position(|s| *s == "requests") {
+    match segments.iter().position(|s| *s == REQUESTS) {
         None => {
             let endpoint = EndpointId::from_segments(&segments)?;
             let webhook = query.take_only(&["fal_webhook"])?.into_iter().next().map(|(_, v)| v);
+            let webhook = webhook.as_deref().map(Webhook::parse).transpose()?;
             Ok(Op::Submit { endpoint, webhook })
         }
         Some(at) => request_op(&segments[..at], &segments[at + 1..], query),
@@ -124,7 +142,7 @@ mod tests {
             submit,
             Op::Submit {
                 endpoint: EndpointId::parse("fal-ai/flux/dev").unwrap(),
-                webhook: Some("https://x.example/h".into())
+                webhook: Some(Webhook::parse("https://x.example/h").unwrap())
             }
         );
     }
@@ -139,6 +157,11 @@ mod tests {
             "/fal-ai/flux/requests/nope/status",
             &format!("/fal-ai/flux/requests/{ID}/status/other"),
             &format!("/fal-ai/requests/{ID}"),
+            "//fal-ai/flux",
+            "fal-ai/flux",
+            "/fal-ai/flux/REQUESTS",
+            &format!("/fal-ai/flux/Requests/{ID}/status"),
+            &format!("/fal-ai/flux/dev/REQUESTS/{ID}"),
         ] {
             assert!(parse_queue_path(bad, None).is_err(), "{bad}");
         }
