@@ -4,7 +4,8 @@
 //! [`Limiter::admit`] checks every limit of a call and consumes only if all pass, in one atomic
 //! step: one Redis script (one round trip) when `[redis]` is set, else per-replica bounded memory.
 //! [`Limiter::precheck`] runs the same checks without consuming, before a body is read, so a
-//! caller already over a limit costs no body read or validation. Config: `[limits]`
+//! caller already over a limit costs no body read or validation. [`Limiter::usage`] reads what is
+//! left of each limit without consuming (`limits/usage.rs`). Config: `[limits]`
 //! ([`LimitsConfig`]).
 
 mod answer;
@@ -22,6 +23,7 @@ mod slots;
 mod store_error;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -46,14 +48,16 @@ use self::slots::SlotBook;
 pub(crate) use self::store_error::StoreErrorLog;
 use crate::redis::{tag_of, RedisStore};
 
-/// Which budget a call spends. Submits (queue and sync) and uploads are paid: they count
-/// against the day quota. Polls (status, stream, result) and cancels only have rates.
+/// Which budget a call spends. Submits (queue and sync), uploads and client tokens are paid:
+/// they count against the day quota. Polls (status, stream, result) and cancels only have rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpClass {
     Submit = 0,
     Poll = 1,
     Cancel = 2,
     Upload = 3,
+    /// A temporary fal token for `fal.realtime` / client-mode streams (`routes::tokens`).
+    Token = 4,
 }
 
 /// Who is calling: the stable principal (`iss|sub`, never the token) and their tier.
@@ -96,16 +100,24 @@ pub enum Readiness {
 }
 
 impl OpClass {
+    /// Every class, in index order.
+    pub(crate) const ALL: [Self; 5] = [Self::Submit, Self::Poll, Self::Cancel, Self::Upload, Self::Token];
+
     fn name(self) -> &'static str {
-        ["submit", "poll", "cancel", "upload"][self as usize]
+        ["submit", "poll", "cancel", "upload", "token"][self as usize]
     }
 
     fn rate_key(self) -> &'static str {
-        ["rate:submit", "rate:poll", "rate:cancel", "rate:upload"][self as usize]
+        ["rate:submit", "rate:poll", "rate:cancel", "rate:upload", "rate:token"][self as usize]
     }
 
     fn is_paid(self) -> bool {
-        matches!(self, Self::Submit | Self::Upload)
+        matches!(self, Self::Submit | Self::Upload | Self::Token)
+    }
+
+    /// The tier's rate for this class, if it has one.
+    fn rate(self, tier: &TierLimits) -> Option<Rate> {
+        [tier.submit, tier.poll, tier.cancel, tier.upload, tier.token][self as usize].map(Rate::from)
     }
 }
 
@@ -459,7 +471,7 @@ impl Limiter {
         credits: u64,
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
-        let rate = [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
+        let rate = class.rate(tier);
         let endpoint = endpoint
             .filter(|_| class == OpClass::Submit)
             .and_then(|name| Some((name, Rate::from(*self.config.endpoint_rates.get(name)?))));
@@ -503,6 +515,7 @@ static EMPTY_TIER: TierLimits = TierLimits {
     poll: None,
     cancel: None,
     upload: None,
+    token: None,
     max_inflight_jobs: None,
     daily_requests: None,
     daily_credits: None,

@@ -6,6 +6,7 @@ mod caller;
 mod health;
 mod proxy;
 mod queue;
+mod usage;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/proxy", any(proxy::handle))
         .route("/api/fal/queue/{*path}", any(queue::queue))
         .route("/api/fal/run/{*path}", any(queue::run))
+        .route("/api/fal/usage", get(usage::handle))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .fallback(route_not_found)

@@ -69,6 +69,8 @@ pub struct TierLimits {
     pub cancel: Option<RateConfig>,
     /// Storage upload initiations.
     pub upload: Option<RateConfig>,
+    /// Temporary fal tokens minted for `fal.realtime` and client-mode streams.
+    pub token: Option<RateConfig>,
     /// Jobs submitted and not yet completed, cancelled or expired.
     pub max_inflight_jobs: Option<u32>,
     /// Paid calls (submit, upload) per quota day.
@@ -213,6 +215,7 @@ impl LimitsConfig {
                 ("poll", &tier.poll),
                 ("cancel", &tier.cancel),
                 ("upload", &tier.upload),
+                ("token", &tier.token),
             ]
             .into_iter()
             .filter_map(move |(op, rate)| rate.as_ref().map(|rate| (format!("limits.tiers.{name}.{op}"), rate)))

@@ -17,3 +17,4 @@ mod reload;
 mod replicas;
 mod schema;
 mod target;
+mod usage;
