@@ -166,6 +166,9 @@ pub enum Op {
     Run { endpoint: EndpointId },
     /// `POST rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3`.
     StorageInitiate,
+    /// `POST rest.fal.ai/tokens/`: a temporary fal token for `fal.realtime` and client-mode
+    /// streams (`pipeline::client_token` checks and rewrites its body).
+    ClientToken,
 }
 
 /// Which fal host a call goes to; each maps to one configured base URL.
@@ -186,7 +189,7 @@ impl Call {
     /// The HTTP method fal expects for this operation.
     pub fn method(&self) -> http::Method {
         match self.op {
-            Op::Submit { .. } | Op::Run { .. } | Op::StorageInitiate => http::Method::POST,
+            Op::Submit { .. } | Op::Run { .. } | Op::StorageInitiate | Op::ClientToken => http::Method::POST,
             Op::Cancel { .. } => http::Method::PUT,
             Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => http::Method::GET,
         }
@@ -196,7 +199,7 @@ impl Call {
     pub fn host(&self) -> Host {
         match self.op {
             Op::Run { .. } => Host::Run,
-            Op::StorageInitiate => Host::Storage,
+            Op::StorageInitiate | Op::ClientToken => Host::Storage,
             _ => Host::Queue,
         }
     }
@@ -213,7 +216,7 @@ impl Call {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(app.clone())
             }
-            Op::StorageInitiate => None,
+            Op::StorageInitiate | Op::ClientToken => None,
         }
     }
 
@@ -253,6 +256,7 @@ impl Call {
             Op::Cancel { app, id } => format!("/{app}/requests/{id}/cancel"),
             Op::Run { endpoint } => format!("/{endpoint}"),
             Op::StorageInitiate => "/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
+            Op::ClientToken => "/tokens/".to_owned(),
         }
     }
 
@@ -266,6 +270,7 @@ impl Call {
             Op::Cancel { .. } => "cancel",
             Op::Run { .. } => "run",
             Op::StorageInitiate => "storage_initiate",
+            Op::ClientToken => "token",
         }
     }
 }

@@ -403,6 +403,15 @@ impl Limiter {
         cost.copied().unwrap_or(costs.cost)
     }
 
+    /// What one temporary fal token costs (`[limits.credits] client_token_cost`), and the longest
+    /// life it may have (`client_token_max_seconds`).
+    pub fn client_token_terms(&self) -> (u64, u64) {
+        (
+            self.config.credits.client_token_cost,
+            self.config.client_token_max_seconds,
+        )
+    }
+
     /// The cheapest a call to `endpoint` can cost (the price the precheck assumes before the
     /// input is read): the lowest of the endpoint's cost and its field values' costs, else
     /// `default_cost`; 0 for a call to no endpoint (an upload initiation, as `admit` charges it).

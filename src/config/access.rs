@@ -20,6 +20,8 @@ pub enum Operation {
     Cancel,
     Run,
     Upload,
+    /// Minting a temporary fal token (`fal.realtime`).
+    Token,
 }
 
 /// fal's queue priorities, lowest first.
@@ -67,6 +69,7 @@ impl Operation {
             "cancel" => Self::Cancel,
             "run" => Self::Run,
             "upload" => Self::Upload,
+            "token" => Self::Token,
             _ => return None,
         })
     }
@@ -119,7 +122,7 @@ fn tier_of(name: &str, raw: RawTier, endpoints: &BTreeMap<EndpointId, EndpointPo
         .operations
         .map(|ops| {
             ops.iter()
-                .map(|op| Operation::parse(op).ok_or_else(|| ConfigError(format!("`tiers.{name}.operations`: unknown operation {op:?} (submit, status, stream, result, cancel, run, upload)"))))
+                .map(|op| Operation::parse(op).ok_or_else(|| ConfigError(format!("`tiers.{name}.operations`: unknown operation {op:?} (submit, status, stream, result, cancel, run, upload, token)"))))
                 .collect()
         })
         .transpose()?;

@@ -15,7 +15,7 @@ use super::model::{self, Outcome};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
-use super::{storage, stream, Emulator, RecordedRequest};
+use super::{storage, stream, tokens, Emulator, RecordedRequest};
 
 /// Largest request body accepted on fal paths (data-URI inputs can be many MB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -106,6 +106,7 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, drop_after: Option<u32>) -> R
         Op::Cancel => cancel(ctx, call, id),
         Op::Run => run(call, bytes),
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
+        Op::Token => tokens::issue(&ctx.emulator, bytes),
     }
 }
 

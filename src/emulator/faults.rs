@@ -34,6 +34,8 @@ pub enum Op {
     Run,
     /// `POST rest.fal.ai/storage/upload/initiate`.
     StorageInitiate,
+    /// `POST rest.fal.ai/tokens/`.
+    Token,
 }
 
 /// One injected failure.

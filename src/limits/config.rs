@@ -55,6 +55,10 @@ pub struct LimitsConfig {
     /// Buffered answers relayed by this replica at once, all callers together.
     #[serde(default = "default_max_relays")]
     pub max_relays: u32,
+    /// Longest life of a temporary fal token minted for a caller (`fal.realtime`), in seconds:
+    /// a longer `token_expiration` is lowered to it. At most fal's default, 120.
+    #[serde(default = "default_client_token_max_seconds")]
+    pub client_token_max_seconds: u64,
 }
 
 /// The limits of one tier.
@@ -104,6 +108,10 @@ pub struct CreditsConfig {
     pub default_cost: u64,
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointCredits>,
+    /// The cost of one temporary fal token (`fal.realtime`): the calls made with it never pass
+    /// through falgate, so the token is what is paid for.
+    #[serde(default = "default_cost")]
+    pub client_token_cost: u64,
 }
 
 /// The credit cost of one endpoint.
@@ -133,6 +141,7 @@ impl Default for CreditsConfig {
         Self {
             default_cost: default_cost(),
             endpoints: BTreeMap::new(),
+            client_token_cost: default_cost(),
         }
     }
 }
@@ -173,6 +182,13 @@ fn default_max_relays() -> u32 {
     256
 }
 
+/// fal's own default token life (`@fal-ai/client` `TOKEN_EXPIRATION_SECONDS`), and the cap.
+pub const MAX_CLIENT_TOKEN_SECONDS: u64 = 120;
+
+fn default_client_token_max_seconds() -> u64 {
+    MAX_CLIENT_TOKEN_SECONDS
+}
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid [limits] config: {0}")]
@@ -197,6 +213,7 @@ impl LimitsConfig {
             relays_per_caller: default_per_caller(),
             max_streams: default_max_streams(),
             max_relays: default_max_relays(),
+            client_token_max_seconds: default_client_token_max_seconds(),
         }
     }
 
@@ -242,6 +259,11 @@ impl LimitsConfig {
                 ("limits.tiers.*.relays_per_caller", tier.relays_per_caller),
             ]
         }));
+        if !(1..=MAX_CLIENT_TOKEN_SECONDS).contains(&self.client_token_max_seconds) {
+            return Err(LimitsConfigError(format!(
+                "`limits.client_token_max_seconds` must be between 1 and {MAX_CLIENT_TOKEN_SECONDS} (fal's default)"
+            )));
+        }
         for (name, cap) in caps {
             // 0 would refuse every stream: disallow the operation in [tiers] instead.
             if cap == Some(0) {

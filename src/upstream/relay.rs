@@ -150,8 +150,9 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     };
     let fields = match (status.is_success() && must_be_json, &call.op) {
         (false, _) => Fields::default(),
-        // Model output is only checked to be JSON: its fields are the model's, not fal's.
-        (true, Op::Result { .. } | Op::Run { .. }) => {
+        // Model output is only checked to be JSON: its fields are the model's, not fal's. A
+        // temporary token is a JSON string.
+        (true, Op::Result { .. } | Op::Run { .. } | Op::ClientToken) => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|_| not_json())?;
             Fields::default()
         }

@@ -17,4 +17,5 @@ mod reload;
 mod replicas;
 mod schema;
 mod target;
+mod tokens;
 mod usage;
