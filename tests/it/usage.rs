@@ -1,8 +1,7 @@
 //! `GET /api/fal/usage`: what is left of each limit, read from the store the limiter admits with
 //! (in process, and Redis shared by two replicas), consuming nothing and reaching no fal.
 
-#[path = "../../src/redis/chaos.rs"]
-mod chaos;
+use crate::limits::chaos;
 
 use std::time::Duration;
 
