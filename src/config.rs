@@ -199,6 +199,9 @@ impl Default for Drain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub sync_run: bool,
+    /// Callers may mint temporary fal tokens for this endpoint's app (`fal.realtime`, client-mode
+    /// streams): `POST rest.fal.ai/tokens/` through the proxy.
+    pub client_tokens: bool,
     /// Body cap for this endpoint, when it differs from `request.max_body_bytes`.
     pub max_body_bytes: Option<usize>,
 }
@@ -493,6 +496,7 @@ fn endpoints(raw: BTreeMap<String, file::RawEndpoint>) -> Result<BTreeMap<Endpoi
                 parsed,
                 EndpointPolicy {
                     sync_run: endpoint.sync_run,
+                    client_tokens: endpoint.client_tokens,
                     max_body_bytes: endpoint.max_body_bytes,
                 },
             ))

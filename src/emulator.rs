@@ -1,5 +1,5 @@
 //! An in-process fake of fal's queue, run, storage and CDN hosts, served on one listener by path
-//! prefix (`/`, `/fal.run/`, `/rest.fal.ai/`, `/_storage/`) plus a `/_emulator/` control API.
+//! prefix (`/`, `/fal.run/`, `/rest.fal.ai/` (storage, tokens), `/_storage/`) plus a `/_emulator/` control API.
 //! Lifecycles are driven by `tokio::time`, so tests control them with paused time.
 
 mod control;
@@ -13,6 +13,7 @@ mod storage;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -21,6 +22,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 pub use faults::{Fault, FaultAction, Op};
+pub use tokens::IssuedToken;
 
 /// Timing and verbosity knobs of the emulator (config section `[emulator]`, all optional).
 #[derive(Clone, Debug, Deserialize)]
@@ -75,6 +77,8 @@ struct Inner {
     queue: queue::Queue,
     storage: storage::Store,
     holds: stream::Holds,
+    /// Temporary tokens issued by `POST rest.fal.ai/tokens/`, by token.
+    tokens: Mutex<std::collections::HashMap<String, tokens::IssuedToken>>,
 }
 
 impl Emulator {
@@ -87,6 +91,7 @@ impl Emulator {
             faults: faults::FaultList::default(),
             storage: storage::Store::default(),
             holds: stream::Holds::default(),
+            tokens: Mutex::default(),
         };
         Self { inner: Arc::new(inner) }
     }

@@ -173,6 +173,9 @@ pub enum Op {
     RunStream { endpoint: EndpointId },
     /// `POST rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3`.
     StorageInitiate,
+    /// `POST rest.fal.ai/tokens/`: a temporary fal token for `fal.realtime` and client-mode
+    /// streams (`pipeline::client_token` checks and rewrites its body).
+    ClientToken,
 }
 
 impl Op {
@@ -208,7 +211,9 @@ impl Call {
     /// The HTTP method fal expects for this operation.
     pub fn method(&self) -> http::Method {
         match self.op {
-            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate => http::Method::POST,
+            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate | Op::ClientToken => {
+                http::Method::POST
+            }
             Op::Cancel { .. } => http::Method::PUT,
             Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => http::Method::GET,
         }
@@ -218,7 +223,7 @@ impl Call {
     pub fn host(&self) -> Host {
         match self.op {
             Op::Run { .. } | Op::RunStream { .. } => Host::Run,
-            Op::StorageInitiate => Host::Storage,
+            Op::StorageInitiate | Op::ClientToken => Host::Storage,
             _ => Host::Queue,
         }
     }
@@ -235,7 +240,7 @@ impl Call {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(app.clone())
             }
-            Op::StorageInitiate => None,
+            Op::StorageInitiate | Op::ClientToken => None,
         }
     }
 
@@ -276,6 +281,7 @@ impl Call {
             Op::Run { endpoint } => format!("/{endpoint}"),
             Op::RunStream { endpoint } => format!("/{endpoint}/stream"),
             Op::StorageInitiate => "/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
+            Op::ClientToken => "/tokens/".to_owned(),
         }
     }
 
@@ -290,6 +296,7 @@ impl Call {
             Op::Run { .. } => "run",
             Op::RunStream { .. } => "run_stream",
             Op::StorageInitiate => "storage_initiate",
+            Op::ClientToken => "token",
         }
     }
 }

@@ -4,7 +4,8 @@
 //! [`Limiter::admit`] checks every limit of a call and consumes only if all pass, in one atomic
 //! step: one Redis script (one round trip) when `[redis]` is set, else per-replica bounded memory.
 //! [`Limiter::precheck`] runs the same checks without consuming, before a body is read, so a
-//! caller already over a limit costs no body read or validation. Config: `[limits]`
+//! caller already over a limit costs no body read or validation. [`Limiter::usage`] reads what is
+//! left of each limit without consuming (`limits/usage.rs`). Config: `[limits]`
 //! ([`LimitsConfig`]).
 
 mod answer;
@@ -23,6 +24,7 @@ mod slots;
 mod store_error;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,14 +51,16 @@ pub(crate) use self::store_error::StoreErrorLog;
 use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
-/// Which budget a call spends. Submits (queue and sync) and uploads are paid: they count
-/// against the day quota. Polls (status, stream, result) and cancels only have rates.
+/// Which budget a call spends. Submits (queue and sync), uploads and client tokens are paid:
+/// they count against the day quota. Polls (status, stream, result) and cancels only have rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpClass {
     Submit = 0,
     Poll = 1,
     Cancel = 2,
     Upload = 3,
+    /// A temporary fal token for `fal.realtime` / client-mode streams (`routes::tokens`).
+    Token = 4,
 }
 
 /// Who is calling: the stable principal (`iss|sub`, never the token) and their tier.
@@ -106,16 +110,24 @@ pub enum Readiness {
 }
 
 impl OpClass {
+    /// Every class, in index order.
+    pub(crate) const ALL: [Self; 5] = [Self::Submit, Self::Poll, Self::Cancel, Self::Upload, Self::Token];
+
     fn name(self) -> &'static str {
-        ["submit", "poll", "cancel", "upload"][self as usize]
+        ["submit", "poll", "cancel", "upload", "token"][self as usize]
     }
 
     fn rate_key(self) -> &'static str {
-        ["rate:submit", "rate:poll", "rate:cancel", "rate:upload"][self as usize]
+        ["rate:submit", "rate:poll", "rate:cancel", "rate:upload", "rate:token"][self as usize]
     }
 
     fn is_paid(self) -> bool {
-        matches!(self, Self::Submit | Self::Upload)
+        matches!(self, Self::Submit | Self::Upload | Self::Token)
+    }
+
+    /// The tier's rate for this class, if it has one.
+    fn rate(self, tier: &TierCaps) -> Option<Rate> {
+        [tier.submit, tier.poll, tier.cancel, tier.upload, tier.token][self as usize].map(Rate::from)
     }
 }
 
@@ -415,6 +427,15 @@ impl Limiter {
         cost.copied().unwrap_or(costs.cost)
     }
 
+    /// What one temporary fal token costs (`[limits.credits] client_token_cost`), and the longest
+    /// life it may have (`client_token_max_seconds`).
+    pub fn client_token_terms(&self) -> (u64, u64) {
+        (
+            self.config.credits.client_token_cost,
+            self.config.client_token_max_seconds,
+        )
+    }
+
     /// The cheapest a call to `endpoint` can cost (the price the precheck assumes before the
     /// input is read): the lowest of the endpoint's cost and its field values' costs, else
     /// `default_cost`; 0 for a call to no endpoint (an upload initiation, as `admit` charges it).
@@ -479,7 +500,7 @@ impl Limiter {
         credits: u64,
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
-        let rate = [tier.submit, tier.poll, tier.cancel, tier.upload][class as usize].map(Rate::from);
+        let rate = class.rate(tier);
         // The bucket is the longest configured key: every sub path under it shares it.
         let endpoint = endpoint
             .filter(|_| class == OpClass::Submit)

@@ -11,6 +11,7 @@
 //! a rate, quota (at the endpoint's cheapest price) or concurrency limit, consuming nothing;
 //! `admit` then charges the real price atomically.
 
+mod client_token;
 mod idempotency;
 
 use axum::body::Body;
@@ -56,7 +57,10 @@ pub async fn handle(
                     return Err(refused.into());
                 }
             }
-            let (input, charge) = read_input(gate, &caller, &grant, headers, body).await?;
+            let (mut input, charge) = read_input(gate, &caller, &grant, headers, body).await?;
+            if call.op == Op::ClientToken {
+                input = client_token::canonical(gate, &grant, &input)?;
+            }
             (Some(input), Some(charge))
         }
         false => (None, None),
@@ -113,8 +117,9 @@ async fn admitted(
         tier: &caller.tier,
     };
     let entry = grant.called.as_ref().map(|e| e.as_str());
-    let credits = match (entry, &input) {
-        (Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
+    let credits = match (&call.op, entry, &input) {
+        (Op::ClientToken, ..) => gate.limiter.client_token_terms().0,
+        (_, Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
         _ => 0,
     };
     // Before admission, so a call refused for want of a slot consumes nothing; freed on drop.
@@ -179,10 +184,12 @@ impl Bookkeeping {
             (Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => {
                 Self::Nothing
             }
-            (Op::Submit { .. } | Op::StorageInitiate, Ok(Answer::Buffered(buffered, ..))) if !success(buffered) => {
+            (Op::Submit { .. } | Op::StorageInitiate | Op::ClientToken, Ok(Answer::Buffered(buffered, ..)))
+                if !success(buffered) =>
+            {
                 Self::Refund
             }
-            (Op::Submit { .. } | Op::StorageInitiate, Err(_)) => Self::Refund,
+            (Op::Submit { .. } | Op::StorageInitiate | Op::ClientToken, Err(_)) => Self::Refund,
             // A sync run holds its slot only while it runs; it keeps its spend.
             (Op::Run { .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => Self::RunDone,
             (Op::Run { .. }, _) => Self::Refund,
@@ -244,6 +251,7 @@ fn class(call: &Call) -> OpClass {
         Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => OpClass::Poll,
         Op::Cancel { .. } => OpClass::Cancel,
         Op::StorageInitiate => OpClass::Upload,
+        Op::ClientToken => OpClass::Token,
     }
 }
 

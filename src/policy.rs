@@ -96,6 +96,8 @@ impl Policy {
             }
             Op::StorageInitiate if self.uploads == Toggle::Allow => None,
             Op::StorageInitiate => return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into())),
+            // The apps are in the body: `check_token_apps` once it is read.
+            Op::ClientToken => None,
         };
         Ok(Grant { endpoint, called, tier })
     }
@@ -213,6 +215,7 @@ fn operation(op: &Op) -> Operation {
         Op::Cancel { .. } => Operation::Cancel,
         Op::Run { .. } | Op::RunStream { .. } => Operation::Run,
         Op::StorageInitiate => Operation::Upload,
+        Op::ClientToken => Operation::Token,
     }
 }
 
@@ -222,3 +225,4 @@ fn forbidden(code: &'static str, message: String) -> GateError {
 
 #[cfg(test)]
 mod tests;
+mod tokens;

@@ -7,6 +7,7 @@ mod health;
 mod links;
 mod proxy;
 mod queue;
+mod usage;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/proxy", any(proxy::handle))
         .route("/api/fal/queue/{*path}", any(queue::queue))
         .route("/api/fal/run/{*path}", any(queue::run))
+        .route("/api/fal/usage", get(usage::handle))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         // The playground (404 unless `falgate dev` or `[playground] enabled`).

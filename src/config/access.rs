@@ -20,6 +20,8 @@ pub enum Operation {
     Cancel,
     Run,
     Upload,
+    /// Minting a temporary fal token (`fal.realtime`).
+    Token,
 }
 
 /// fal's queue priorities, lowest first.
@@ -102,6 +104,7 @@ impl Operation {
             "cancel" => Self::Cancel,
             "run" => Self::Run,
             "upload" => Self::Upload,
+            "token" => Self::Token,
             _ => return None,
         })
     }
@@ -154,7 +157,7 @@ fn tier_of(name: &str, raw: RawTier, endpoints: &BTreeMap<EndpointId, EndpointPo
         .operations
         .map(|ops| {
             ops.iter()
-                .map(|op| Operation::parse(op).ok_or_else(|| ConfigError(format!("`tiers.{name}.operations`: unknown operation {op:?} (submit, status, stream, result, cancel, run, upload)"))))
+                .map(|op| Operation::parse(op).ok_or_else(|| ConfigError(format!("`tiers.{name}.operations`: unknown operation {op:?} (submit, status, stream, result, cancel, run, upload, token)"))))
                 .collect()
         })
         .transpose()?;

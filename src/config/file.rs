@@ -359,6 +359,9 @@ pub(crate) struct RawEndpoint {
     /// Whether `fal.run` synchronous calls are allowed for this endpoint.
     #[serde(default)]
     pub(crate) sync_run: bool,
+    /// Whether callers may mint temporary fal tokens for this app (`fal.realtime`).
+    #[serde(default)]
+    pub(crate) client_tokens: bool,
     /// The input schema: a JSON Schema file or fal's OpenAPI document, relative to the config file.
     pub(crate) schema: Option<String>,
     #[serde(default)]

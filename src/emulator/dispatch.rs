@@ -15,7 +15,7 @@ use super::model::{self, Outcome};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
-use super::{storage, stream, Emulator, RecordedRequest};
+use super::{storage, stream, tokens, Emulator, RecordedRequest};
 
 /// Largest request body accepted on fal paths (data-URI inputs can be many MB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -100,6 +100,7 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Respon
         Op::Run => run(call, bytes),
         Op::RunStream => run_stream(ctx, call, bytes, pace),
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
+        Op::Token => tokens::issue(&ctx.emulator, bytes),
     }
 }
 

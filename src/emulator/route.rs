@@ -54,15 +54,16 @@ pub(crate) fn run(method: &Method, path: &str) -> Result<Call, RouteError> {
     }
 }
 
-/// Parses a path relative to the REST host (`/rest.fal.ai/...`); only upload initiation exists.
+/// Parses a path relative to the REST host (`/rest.fal.ai/...`): upload initiation and tokens.
 pub(crate) fn rest(method: &Method, path: &str) -> Result<Call, RouteError> {
-    if path != "/storage/upload/initiate" {
-        return Err(RouteError::NotFound);
-    }
+    let (op, name) = match path {
+        "/storage/upload/initiate" => (Op::StorageInitiate, "storage/upload/initiate".to_owned()),
+        "/tokens/" => (Op::Token, "tokens".to_owned()),
+        _ => return Err(RouteError::NotFound),
+    };
     require(method, &Method::POST)?;
-    let name = "storage/upload/initiate".to_owned();
     Ok(Call {
-        op: Op::StorageInitiate,
+        op,
         app: name.clone(),
         endpoint: name,
         request_id: None,

@@ -222,7 +222,9 @@ async fn bad_paths_methods_and_bodies_answer_json_errors() {
         ("GET", "/a/b/requests/x/cancel", "", StatusCode::METHOD_NOT_ALLOWED),
         ("DELETE", "/a/b", "", StatusCode::METHOD_NOT_ALLOWED),
         ("POST", "/single", "{}", StatusCode::NOT_FOUND),
-        ("POST", "/rest.fal.ai/tokens/", "{}", StatusCode::NOT_FOUND),
+        ("POST", "/rest.fal.ai/tokens", "{}", StatusCode::NOT_FOUND),
+        ("POST", "/rest.fal.ai/tokens/", "{}", StatusCode::UNPROCESSABLE_ENTITY),
+        ("GET", "/rest.fal.ai/tokens/", "", StatusCode::METHOD_NOT_ALLOWED),
         ("POST", "/a/b", "[1]", StatusCode::UNPROCESSABLE_ENTITY),
         ("POST", "/fal.run/a/b", "{nope", StatusCode::UNPROCESSABLE_ENTITY),
     ];

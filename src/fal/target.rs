@@ -1,7 +1,7 @@
 //! The `x-fal-target-url` header of the `@fal-ai/client` proxy protocol, parsed strictly.
 //!
 //! Only the canonical serialisation of an `https` URL on exactly `queue.fal.run`, `fal.run`, or
-//! the storage-initiate URL on `rest.fal.ai`/`rest.alpha.fal.ai` is accepted; the URL is compared
+//! the storage-initiate or tokens URL on `rest.fal.ai`/`rest.alpha.fal.ai` is accepted; the URL is compared
 //! with its own WHATWG serialisation, so any form that a parser would rewrite (userinfo, ports,
 //! IP literals, encoded or unicode hosts, dot segments, backslashes, whitespace) is refused
 //! before anything else reads it.
@@ -26,7 +26,7 @@ pub enum TargetError {
     Host,
     #[error("target path is not allowed: {0}")]
     Path(#[from] QueuePathError),
-    #[error("only the storage upload initiate URL is allowed on the REST host")]
+    #[error("only the storage upload initiate and tokens URLs are allowed on the REST host")]
     RestPath,
 }
 
@@ -72,6 +72,8 @@ fn run_op(url: &Url) -> Result<Op, TargetError> {
 fn storage_op(url: &Url) -> Result<Op, TargetError> {
     if url.path() == "/storage/upload/initiate" && url.query() == Some("storage_type=fal-cdn-v3") {
         Ok(Op::StorageInitiate)
+    } else if url.path() == "/tokens/" && url.query().is_none() {
+        Ok(Op::ClientToken)
     } else {
         Err(TargetError::RestPath)
     }
@@ -93,6 +95,11 @@ mod tests {
         ] {
             assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate);
         }
+        let token = parse_target("https://rest.fal.ai/tokens/").unwrap();
+        assert_eq!(
+            (token.op.clone(), token.path_and_query()),
+            (Op::ClientToken, "/tokens/".to_owned())
+        );
     }
 
     /// SECURITY-CASES group A: every trick is refused before any connection.
@@ -151,7 +158,11 @@ mod tests {
             "https://fal.run",
             "https://fal.run/",
             "https://queue.fal.run/a/b#frag",
-            "https://rest.fal.ai/tokens/",
+            "https://rest.fal.ai/tokens",
+            "https://rest.fal.ai/tokens/?x=1",
+            "https://rest.fal.ai/tokens/x",
+            "https://rest.fal.ai/tokens/#",
+            "https://rest.fal.ai/Tokens/",
             "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
             "https://rest.fal.ai/storage/upload/initiate?storage_type=gcs",
             "https://fal.ai/a/b",

@@ -65,6 +65,10 @@ pub struct LimitsConfig {
     /// Buffered answers relayed by this replica at once, all callers together.
     #[serde(default = "default_max_relays")]
     pub max_relays: u32,
+    /// Longest life of a temporary fal token minted for a caller (`fal.realtime`), in seconds:
+    /// a longer `token_expiration` is lowered to it. At most fal's default, 120.
+    #[serde(default = "default_client_token_max_seconds")]
+    pub client_token_max_seconds: u64,
 }
 
 /// The limits of one tier, as written. A limit left out inherits the default tier's value (the
@@ -80,6 +84,8 @@ pub struct TierLimits {
     pub cancel: Option<Limit<RateConfig>>,
     /// Storage upload initiations.
     pub upload: Option<Limit<RateConfig>>,
+    /// Temporary fal tokens minted for `fal.realtime` and client-mode streams.
+    pub token: Option<Limit<RateConfig>>,
     /// Jobs submitted and not yet completed, cancelled or expired.
     pub max_inflight_jobs: Option<Limit<u32>>,
     /// Paid calls (submit, upload) per quota day.
@@ -106,6 +112,7 @@ pub struct TierCaps {
     pub poll: Option<RateConfig>,
     pub cancel: Option<RateConfig>,
     pub upload: Option<RateConfig>,
+    pub token: Option<RateConfig>,
     pub max_inflight_jobs: Option<u32>,
     pub daily_requests: Option<u64>,
     pub daily_credits: Option<u64>,
@@ -152,6 +159,7 @@ impl TierLimits {
             poll: Limit::over(self.poll, base.poll),
             cancel: Limit::over(self.cancel, base.cancel),
             upload: Limit::over(self.upload, base.upload),
+            token: Limit::over(self.token, base.token),
             max_inflight_jobs: Limit::over(self.max_inflight_jobs, base.max_inflight_jobs),
             daily_requests: Limit::over(self.daily_requests, base.daily_requests),
             daily_credits: Limit::over(self.daily_credits, base.daily_credits),
@@ -161,12 +169,13 @@ impl TierLimits {
     }
 
     /// The rates written in this table, with their operation names.
-    fn rates(&self) -> [(&'static str, Option<Limit<RateConfig>>); 4] {
+    fn rates(&self) -> [(&'static str, Option<Limit<RateConfig>>); 5] {
         [
             ("submit", self.submit),
             ("poll", self.poll),
             ("cancel", self.cancel),
             ("upload", self.upload),
+            ("token", self.token),
         ]
     }
 }
@@ -192,6 +201,10 @@ pub struct CreditsConfig {
     pub default_cost: u64,
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointCredits>,
+    /// The cost of one temporary fal token (`fal.realtime`): the calls made with it never pass
+    /// through falgate, so the token is what is paid for.
+    #[serde(default = "default_cost")]
+    pub client_token_cost: u64,
 }
 
 /// The credit cost of one endpoint.
@@ -221,6 +234,7 @@ impl Default for CreditsConfig {
         Self {
             default_cost: default_cost(),
             endpoints: BTreeMap::new(),
+            client_token_cost: default_cost(),
         }
     }
 }
@@ -286,6 +300,13 @@ pub(crate) fn longest<'a, V>(map: &'a BTreeMap<String, V>, endpoint: &str) -> Op
         .map(|(key, value)| (key.as_str(), value))
 }
 
+/// fal's own default token life (`@fal-ai/client` `TOKEN_EXPIRATION_SECONDS`), and the cap.
+pub const MAX_CLIENT_TOKEN_SECONDS: u64 = 120;
+
+fn default_client_token_max_seconds() -> u64 {
+    MAX_CLIENT_TOKEN_SECONDS
+}
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid [limits] config: {0}")]
@@ -313,6 +334,7 @@ impl LimitsConfig {
             relays_per_caller: default_per_caller(),
             max_streams: default_max_streams(),
             max_relays: default_max_relays(),
+            client_token_max_seconds: default_client_token_max_seconds(),
         }
     }
 
@@ -389,6 +411,11 @@ impl LimitsConfig {
                 ("limits.tiers.*.relays_per_caller", tier.relays_per_caller),
             ]
         }));
+        if !(1..=MAX_CLIENT_TOKEN_SECONDS).contains(&self.client_token_max_seconds) {
+            return Err(LimitsConfigError(format!(
+                "`limits.client_token_max_seconds` must be between 1 and {MAX_CLIENT_TOKEN_SECONDS} (fal's default)"
+            )));
+        }
         for (name, cap) in caps {
             // 0 would refuse every stream: disallow the operation in [tiers] instead.
             if cap == Some(0) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use super::plan::{gcra, quota_day, Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::usage::Spent;
 
 /// A caller's state is kept this long after their last call: the quota day must survive.
 const CALLER_IDLE: Duration = Duration::from_secs(25 * 3600);
@@ -24,7 +25,7 @@ pub(crate) struct MemoryStore {
 #[derive(Debug, Default)]
 struct CallerState {
     /// Theoretical arrival time per `OpClass`.
-    tats: [u64; 4],
+    tats: [u64; 5],
     day: i64,
     requests: u64,
     credits: u64,
@@ -124,6 +125,26 @@ impl MemoryStore {
             .iter()
             .find(|(slot, _)| slot == id)
             .map(|(_, started)| *started)
+    }
+
+    /// What `tag` has spent at `now_us`, read without consuming or tracking anything (an
+    /// untracked caller has spent nothing). Jobs older than `inflight_ttl_us` are not counted.
+    pub(crate) fn peek(&self, tag: &str, now_us: u64, inflight_ttl_us: u64) -> Spent {
+        let Some(caller) = self.callers.get(tag) else {
+            return Spent::nothing(now_us);
+        };
+        let state = lock(&caller);
+        let oldest = now_us.saturating_sub(inflight_ttl_us);
+        Spent {
+            now_us,
+            tats: state.tats,
+            day: state.day,
+            requests: state.requests,
+            credits: state.credits,
+            inflight: state.inflight.iter().filter(|(_, started)| *started > oldest).count() as u64,
+            streams: 0,
+            relays: 0,
+        }
     }
 
     /// How many callers are tracked (after pending evictions run).

@@ -121,6 +121,17 @@ pub(crate) fn gcra(tat: u64, now: u64, rate: Rate) -> Result<(u64, Gauge), u64> 
     ))
 }
 
+/// What a rate has left at `now`, consuming nothing (for `GET /api/fal/usage`): the calls that
+/// would pass now and the microseconds until it is full again. Computed with [`gcra`] itself,
+/// so it can never disagree with an admission: exactly `remaining` calls at `now` pass.
+pub(crate) fn peek(tat: u64, now: u64, rate: Rate) -> Gauge {
+    let remaining = gcra(tat, now, rate).map_or(0, |(_, after)| after.remaining + 1);
+    Gauge {
+        remaining,
+        reset_us: tat.saturating_sub(now),
+    }
+}
+
 /// The quota day containing `now` and the microseconds until it ends.
 pub(crate) fn quota_day(now_us: u64, offset_us: i64) -> (i64, u64) {
     let shifted = now_us as i64 - offset_us;
@@ -147,6 +158,39 @@ mod tests {
         }
         assert_eq!(gcra(tat, 10_000_000, RATE), Err(1_000_000));
         assert!(gcra(tat, 11_000_000, RATE).is_ok());
+    }
+
+    #[test]
+    fn peek_counts_exactly_the_calls_that_pass_and_the_time_until_full() {
+        let now = 10_000_000;
+        assert_eq!(
+            peek(0, now, RATE),
+            Gauge {
+                remaining: 3,
+                reset_us: 0
+            }
+        );
+        let mut tat = 0;
+        for _ in 0..2 {
+            tat = gcra(tat, now, RATE).unwrap().0;
+        }
+        assert_eq!(
+            peek(tat, now, RATE),
+            Gauge {
+                remaining: 1,
+                reset_us: 2_000_000
+            }
+        );
+        tat = gcra(tat, now, RATE).unwrap().0;
+        assert_eq!(
+            peek(tat, now, RATE),
+            Gauge {
+                remaining: 0,
+                reset_us: 3_000_000
+            }
+        );
+        assert!(gcra(tat, now, RATE).is_err(), "peek said none are left");
+        assert_eq!(peek(tat, now + 1_500_000, RATE).remaining, 1, "one refilled");
     }
 
     #[test]

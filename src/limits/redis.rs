@@ -1,13 +1,16 @@
 //! The Redis backend: each admission is one `EVALSHA` of `admit.lua` (one round trip), timed by
 //! Redis `TIME`; the precheck runs the same script in check-only mode. Keys:
 //! `<prefix>:{<caller>}:rate:<class>`, `…:quota`, `…:inflight`, `…:streams`, `…:relays` share the
-//! caller's hash tag; `<prefix>:{<endpoint>}:ep-rate` and `<prefix>:{<ip>}:ip-rate` have their own.
+//! caller's hash tag; `<prefix>:{<endpoint>}:ep-rate` and `<prefix>:{<ip>}:ip-rate` have their
+//! own. `usage.lua` reads a caller's keys for `GET /api/fal/usage`, writing nothing.
 
 use std::net::IpAddr;
 
 use redis::Script;
 
 use super::plan::{Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::usage::Spent;
+use super::{OpClass, SlotKind};
 use crate::redis::{RedisStore, StoreError};
 
 /// The limits scripts bound to one Redis.
@@ -15,6 +18,7 @@ pub(crate) struct RedisLimits {
     store: RedisStore,
     admit: Script,
     release: Script,
+    usage: Script,
     slots: RedisSlots,
 }
 
@@ -50,6 +54,7 @@ impl RedisLimits {
             store,
             admit: Script::new(include_str!("admit.lua")),
             release: Script::new(include_str!("release.lua")),
+            usage: Script::new(include_str!("usage.lua")),
         }
     }
 
@@ -121,6 +126,41 @@ impl RedisLimits {
             Outcome::Admitted(Granted { rate: Some(gauge), .. }) => Ok(Ok(gauge)),
             Outcome::Refused(Refusal::Rate { retry_us }) => Ok(Err(retry_us)),
             other => Err(StoreError::Protocol(format!("ip rate answered {other:?}"))),
+        }
+    }
+
+    /// What the caller `tag` has spent, read at Redis `TIME` without writing (`usage.lua`).
+    pub(crate) async fn usage(&self, tag: &str, inflight_ttl_us: u64) -> Result<Spent, StoreError> {
+        let mut invocation = self.usage.prepare_invoke();
+        for class in OpClass::ALL {
+            invocation.key(self.store.tagged(tag, class.rate_key()));
+        }
+        for rest in ["quota", "inflight", SlotKind::Stream.name(), SlotKind::Relay.name()] {
+            invocation.key(self.store.tagged(tag, rest));
+        }
+        invocation.arg(inflight_ttl_us);
+        let mut connection = self.store.connection();
+        let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
+        let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
+        let parsed = (|| {
+            let mut tats = [0; 5];
+            for (i, tat) in tats.iter_mut().enumerate() {
+                *tat = unsigned(1 + i)?;
+            }
+            Some(Spent {
+                now_us: unsigned(0)?,
+                tats,
+                day: *reply.get(6)?,
+                requests: unsigned(7)?,
+                credits: unsigned(8)?,
+                inflight: unsigned(9)?,
+                streams: u32::try_from(unsigned(10)?).ok()?,
+                relays: u32::try_from(unsigned(11)?).ok()?,
+            })
+        })();
+        match parsed {
+            Some(spent) if reply.len() == 12 => Ok(spent),
+            _ => Err(StoreError::Protocol(format!("usage script answered {reply:?}"))),
         }
     }
 

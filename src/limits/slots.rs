@@ -113,6 +113,11 @@ impl SlotBook {
         self.open[kind as usize].load(Ordering::Acquire)
     }
 
+    /// Slots of `kind` that `tag` holds counted in this process.
+    pub(crate) fn held(&self, kind: SlotKind, tag: &str) -> u32 {
+        lock(&self.callers).get(&(kind, tag.to_owned())).copied().unwrap_or(0)
+    }
+
     /// Callers with an open slot counted in process.
     pub(crate) fn tracked(&self) -> usize {
         lock(&self.callers).len()

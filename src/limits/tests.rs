@@ -388,6 +388,15 @@ fn unknown_config_keys_and_a_missing_default_tier_are_refused() {
     assert!(Limiter::new(config, None).is_err());
 }
 
+#[test]
+fn a_client_token_may_live_at_most_fals_default_of_120_seconds() {
+    for (seconds, ok) in [(0, false), (1, true), (120, true), (121, false)] {
+        let mut config = config();
+        config.client_token_max_seconds = seconds;
+        assert_eq!(Limiter::new(config, None).is_ok(), ok, "{seconds}");
+    }
+}
+
 #[tokio::test]
 async fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
     let manual = ManualClock::new();

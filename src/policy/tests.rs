@@ -187,3 +187,30 @@ fn free_tier_may_not_pick_a_premium_model() {
         .unwrap();
     assert!(pro.check_options(&json!({"model": "openai/gpt-4o"})).is_ok());
 }
+
+#[test]
+fn a_token_alias_shared_with_an_endpoint_that_did_not_opt_in_is_refused() {
+    let config = r#"
+[endpoints."fal-ai/lcm"]
+schema = "lcm.json"
+client_tokens = true
+[endpoints."other/lcm"]
+schema = "lcm.json"
+[endpoints."fal-ai/sdxl"]
+schema = "sdxl.json"
+client_tokens = true
+"#;
+    let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
+    let policy = Policy::new(&Config::from_toml(config, &env).unwrap());
+    let token = Call { op: Op::ClientToken };
+    let grant = policy.authorize(&caller("any"), &token).unwrap();
+    assert!(policy.check_token_apps(&grant, &["sdxl".into()]).is_ok());
+    for refused in [
+        vec!["lcm".to_owned()],
+        vec!["sdxl".into(), "lcm".into()],
+        vec!["flux".into()],
+    ] {
+        let err = policy.check_token_apps(&grant, &refused).unwrap_err();
+        assert_eq!(err.code(), "endpoint_not_allowed", "{refused:?}");
+    }
+}

@@ -389,10 +389,11 @@ impl Drop for Logged {
 
 /// A bounded route label: the family, never the raw path.
 fn route_family(path: &str) -> &'static str {
-    const FAMILIES: [&str; 5] = [
+    const FAMILIES: [&str; 6] = [
         "/api/fal/proxy",
         "/api/fal/queue/",
         "/api/fal/run/",
+        "/api/fal/usage",
         "/healthz",
         "/readyz",
     ];

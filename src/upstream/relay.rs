@@ -111,7 +111,8 @@ pub fn is_streamed(call: &Call, status: StatusCode) -> bool {
         | Op::Result { .. }
         | Op::Cancel { .. }
         | Op::Run { .. }
-        | Op::StorageInitiate => false,
+        | Op::StorageInitiate
+        | Op::ClientToken => false,
     }
 }
 
@@ -171,8 +172,9 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         // A refused cancel may say the job already ended (`ALREADY_COMPLETED`); read, never required.
         (false, Op::Cancel { .. }) => serde_json::from_slice::<Fields>(&body).unwrap_or_default(),
         (false, _) => Fields::default(),
-        // Model output is only checked to be JSON: its fields are the model's, not fal's.
-        (true, Op::Result { .. } | Op::Run { .. }) => {
+        // Model output is only checked to be JSON: its fields are the model's, not fal's. A
+        // temporary token is a JSON string.
+        (true, Op::Result { .. } | Op::Run { .. } | Op::ClientToken) => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|_| not_json())?;
             Fields::default()
         }

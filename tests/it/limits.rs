@@ -2,7 +2,7 @@
 //! rate on failed authentication, and two replicas sharing one Redis (cut and restored).
 
 #[path = "../../src/redis/chaos.rs"]
-mod chaos;
+pub(crate) mod chaos;
 
 use reqwest::Method;
 use serde_json::json;

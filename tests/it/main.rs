@@ -25,3 +25,5 @@ mod replicas;
 mod run_stream;
 mod schema;
 mod target;
+mod tokens;
+mod usage;

@@ -61,7 +61,8 @@ async fn target_url_tricks_are_400_and_never_reach_fal() {
         "https://fal.run./fal-ai/video-prompt-generator",
         "https://queue.fal.run/fal-ai/../fal-ai/video-prompt-generator",
         "https://queue.fal.run/fal-ai/%2e%2e/x",
-        "https://rest.fal.ai/tokens/",
+        "https://rest.fal.ai/tokens",
+        "https://rest.fal.ai/tokens/?x=1",
         "https://queue.fal.run/",
         "https://fal.run",
     ];
