@@ -207,3 +207,5 @@ fn forbidden(code: &'static str, message: String) -> GateError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_edges;
