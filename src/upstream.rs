@@ -507,3 +507,6 @@ mod tests {
         assert!(!forwarded_headers(&inbound).unwrap().contains_key("x-request-id"));
     }
 }
+
+#[cfg(test)]
+mod tests_edges;
