@@ -226,3 +226,6 @@ fn forbidden(code: &'static str, message: String) -> GateError {
 #[cfg(test)]
 mod tests;
 mod tokens;
+
+#[cfg(test)]
+mod tests_edges;

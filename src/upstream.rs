@@ -752,3 +752,6 @@ mod tests {
         assert!(!forwarded(&inbound).unwrap().contains_key("x-request-id"));
     }
 }
+
+#[cfg(test)]
+mod tests_edges;

@@ -175,3 +175,6 @@ mod tests {
         assert!(parse_queue_path("/a/b", Some("other=1")).is_err());
     }
 }
+
+#[cfg(test)]
+mod tests_edges;
