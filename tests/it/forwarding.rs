@@ -111,12 +111,8 @@ async fn non_canonical_queue_paths_are_400_on_both_routes() {
         .await;
     gate.assert_refused(response, 400, "malformed_request").await;
     let response = gate
-        .as_alice(Method::POST, "/api/fal/proxy")
-        .header("x-fal-target-url", format!("https://fal.run//{VPG}"))
-        .json(&json!({"input_concept": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .proxy_post_as_alice(&format!("https://fal.run//{VPG}"), &json!({"input_concept": "x"}))
+        .await;
     gate.assert_refused(response, 400, "invalid_target").await;
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
@@ -217,12 +213,8 @@ async fn every_answer_under_api_fal_is_private_and_fal_caching_headers_never_pas
         assert_private(&proxy, &format!("proxy {what}"));
     }
     let submit = gate
-        .as_alice(Method::POST, "/api/fal/proxy")
-        .header("x-fal-target-url", format!("https://queue.fal.run/{VPG}"))
-        .json(&json!({"input_concept": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .proxy_post_as_alice(&format!("https://queue.fal.run/{VPG}"), &json!({"input_concept": "x"}))
+        .await;
     assert_eq!(submit.status(), 200);
     assert_private(&submit, "proxy submit");
     let stream = gate

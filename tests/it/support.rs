@@ -196,6 +196,16 @@ impl TestGate {
             .unwrap()
     }
 
+    /// POST `body` as JSON through the proxy route to `target` (`x-fal-target-url`) as alice.
+    pub(crate) async fn proxy_post_as_alice(&self, target: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.as_alice(reqwest::Method::POST, "/api/fal/proxy")
+            .header("x-fal-target-url", target)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Submits `input` to the video prompt generator through the REST route, returning the id.
     pub(crate) async fn submit(&self, sub: &str, input: serde_json::Value) -> String {
         let response = self

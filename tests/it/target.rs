@@ -67,13 +67,7 @@ async fn target_url_tricks_are_400_and_never_reach_fal() {
         "https://fal.run",
     ];
     for target in targets {
-        let response = gate
-            .as_alice(Method::POST, "/api/fal/proxy")
-            .header("x-fal-target-url", target)
-            .json(&json!({"input_concept": "x"}))
-            .send()
-            .await
-            .unwrap();
+        let response = gate.proxy_post_as_alice(&target, &json!({"input_concept": "x"})).await;
         gate.assert_refused(response, 400, "invalid_target").await;
     }
     let huge = format!("https://queue.fal.run/fal-ai/{}", "a".repeat(100_000));
@@ -111,23 +105,18 @@ async fn look_alike_hosts_with_valid_paths_are_400_and_never_reach_fal() {
         "[::1]",
     ] {
         let response = gate
-            .as_alice(Method::POST, "/api/fal/proxy")
-            .header("x-fal-target-url", format!("https://{host}{path}"))
-            .json(&json!({"input_concept": "x"}))
-            .send()
-            .await
-            .unwrap();
+            .proxy_post_as_alice(&format!("https://{host}{path}"), &json!({"input_concept": "x"}))
+            .await;
         gate.assert_refused(response, 400, "invalid_target").await;
     }
     let storage = "/storage/upload/initiate?storage_type=fal-cdn-v3";
     for host in ["evilrest.fal.ai", "rest.fal.ai.evil.com", "rest.beta.fal.ai"] {
         let response = gate
-            .as_alice(Method::POST, "/api/fal/proxy")
-            .header("x-fal-target-url", format!("https://{host}{storage}"))
-            .json(&json!({"content_type": "image/png", "file_name": "a.png"}))
-            .send()
-            .await
-            .unwrap();
+            .proxy_post_as_alice(
+                &format!("https://{host}{storage}"),
+                &json!({"content_type": "image/png", "file_name": "a.png"}),
+            )
+            .await;
         gate.assert_refused(response, 400, "invalid_target").await;
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
