@@ -1,5 +1,6 @@
 //! An in-process fake of fal's queue, run, storage and CDN hosts, served on one listener by path
 //! prefix (`/`, `/fal.run/`, `/rest.fal.ai/` (storage, tokens), `/_storage/`) plus a `/_emulator/` control API.
+//! `GET /fal.run/{app}/realtime` is a WebSocket echo that accepts only the tokens issued here.
 //! Lifecycles are driven by `tokio::time`, so tests control them with paused time.
 
 mod control;
@@ -7,6 +8,7 @@ mod dispatch;
 mod faults;
 mod model;
 mod queue;
+mod realtime;
 mod route;
 mod status;
 mod storage;

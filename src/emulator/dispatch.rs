@@ -1,12 +1,13 @@
 //! The handler behind every fal host path: read the body, record the request, consult the
 //! faults, check `Authorization: Key ...`, then run the operation against the queue or model.
+//! A GET on `fal.run/{app}/realtime` is the realtime WebSocket instead ([`realtime`]).
 
 use std::time::Duration;
 
 use axum::body::{to_bytes, Bytes};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
@@ -15,7 +16,7 @@ use super::model::{self, Outcome};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
-use super::{storage, stream, tokens, Emulator, RecordedRequest};
+use super::{realtime, storage, stream, tokens, Emulator, RecordedRequest};
 
 /// Largest request body accepted on fal paths (data-URI inputs can be many MB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -42,6 +43,11 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
     let Some((host, relative)) = split_host(&path) else {
         return detail(StatusCode::NOT_FOUND, "Not Found");
     };
+    // fal's realtime WebSocket authenticates by its temporary token, not `Authorization: Key`.
+    if let (Host::Run, Some(alias), true) = (host, realtime::alias(relative), parts.method == Method::GET) {
+        emulator.record(record(&parts, &[]));
+        return realtime::connect(emulator, parts, alias).await;
+    }
     let bytes = to_bytes(body, MAX_BODY_BYTES).await;
     emulator.record(record(&parts, bytes.as_ref().map_or(&[][..], |bytes| &bytes[..])));
     let Ok(bytes) = bytes else {

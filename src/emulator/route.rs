@@ -7,7 +7,7 @@ use axum::http::Method;
 use super::faults::Op;
 
 /// Namespaces whose ids carry one extra leading segment (`ns/owner/alias`).
-const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
+pub(crate) const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
 
 /// A parsed call on a fal host.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! scoping, auth and odd inputs; results, faults, SSE and storage live in `tests/`.
 
 mod faults;
+mod realtime;
 mod results;
 mod stream_storage;
 
