@@ -267,6 +267,18 @@ mod tests {
         assert!(too_complex(r#"{"123456789":1}"#).contains("longer than 8 bytes"));
     }
 
+    /// Every kind of value spends the value budget, `null` included: a flood of nulls (or of
+    /// any one scalar) is refused at the same count as a flood of numbers.
+    #[test]
+    fn every_kind_of_value_counts_against_the_value_bound() {
+        for scalar in ["null", "true", "-1", "1", "1.5", "\"s\"", "\"\\n\""] {
+            let fits = format!(r#"{{"a":[{}]}}"#, vec![scalar; 8].join(","));
+            assert!(parse_object(fits.as_bytes(), &SHAPE).is_ok(), "{fits}");
+            let over = format!(r#"{{"a":[{}]}}"#, vec![scalar; 9].join(","));
+            assert!(too_complex(&over).contains("more than 10 values"), "{over}");
+        }
+    }
+
     #[test]
     fn syntax_errors_stay_malformed_not_too_complex() {
         assert!(matches!(
