@@ -190,16 +190,12 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
             .ok_or_else(|| E::custom("number out of range"))
     }
 
+    // `visit_string` and `visit_borrowed_str` are left to serde's defaults, which call this one, so
+    // every string spends the same budget whichever way a deserializer hands it over.
     fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Value, E> {
         self.budget.value()?;
         self.budget.string(value)?;
         Ok(Value::String(value.to_owned()))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Value, E> {
-        self.budget.value()?;
-        self.budget.string(&value)?;
-        Ok(Value::String(value))
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
