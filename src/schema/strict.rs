@@ -268,9 +268,9 @@ mod tests {
     #[test]
     fn every_kind_of_value_counts_against_the_value_bound() {
         for scalar in ["null", "true", "-1", "1", "1.5", "\"s\"", "\"\\n\""] {
-            let fits = format!(r#"{{"a":[{}]}}"#, vec![scalar; 8].join(","));
+            let fits = format!(r#"{{"a":[{}]}}"#, [scalar; 8].join(","));
             assert!(parse_object(fits.as_bytes(), &SHAPE).is_ok(), "{fits}");
-            let over = format!(r#"{{"a":[{}]}}"#, vec![scalar; 9].join(","));
+            let over = format!(r#"{{"a":[{}]}}"#, [scalar; 9].join(","));
             assert!(too_complex(&over).contains("more than 10 values"), "{over}");
         }
     }

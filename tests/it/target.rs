@@ -67,7 +67,7 @@ async fn target_url_tricks_are_400_and_never_reach_fal() {
         "https://fal.run",
     ];
     for target in targets {
-        let response = gate.proxy_post_as_alice(&target, &json!({"input_concept": "x"})).await;
+        let response = gate.proxy_post_as_alice(target, &json!({"input_concept": "x"})).await;
         gate.assert_refused(response, 400, "invalid_target").await;
     }
     let huge = format!("https://queue.fal.run/fal-ai/{}", "a".repeat(100_000));
