@@ -173,3 +173,6 @@ pub(super) fn media_matches(pattern: &str, value: &str) -> bool {
         None => pattern == value,
     }
 }
+
+#[cfg(test)]
+mod tests_edges;
