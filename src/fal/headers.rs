@@ -210,3 +210,6 @@ mod tests {
         assert_eq!(short.expiration_duration_seconds, Some(60));
     }
 }
+
+#[cfg(test)]
+mod tests_edges;

@@ -252,3 +252,6 @@ fn quoted(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests_edges;

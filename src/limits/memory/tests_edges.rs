@@ -64,7 +64,10 @@ fn the_day_quota_admits_exactly_its_number_of_requests() {
         let quota = granted(store.admit(&paid("alice", 3), 1_000)).quota.unwrap();
         assert_eq!(quota.requests, n);
     }
-    assert!(matches!(store.admit(&paid("alice", 3), 1_000), Outcome::Refused(Refusal::Requests { .. })));
+    assert!(matches!(
+        store.admit(&paid("alice", 3), 1_000),
+        Outcome::Refused(Refusal::Requests { .. })
+    ));
 }
 
 /// The count of jobs in flight granted includes the one just admitted.
@@ -91,7 +94,10 @@ fn a_slot_expires_at_exactly_the_inflight_ttl_for_admission_and_usage() {
         store.precheck(&submit("alice", "r2", 1), last_held),
         Outcome::Refused(Refusal::Inflight { count: 1 })
     ));
-    assert_eq!(granted(store.admit(&submit("alice", "r2", 1), start + TTL_US)).inflight, Some(1));
+    assert_eq!(
+        granted(store.admit(&submit("alice", "r2", 1), start + TTL_US)).inflight,
+        Some(1)
+    );
 }
 
 /// `tracked_callers` counts the callers the store holds (the gauge of the caller bound).
