@@ -286,3 +286,6 @@ async fn read_input(
     };
     Ok((input, charge))
 }
+
+#[cfg(test)]
+mod tests;

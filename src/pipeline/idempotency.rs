@@ -106,7 +106,7 @@ pub(super) async fn settle(gate: &Gate, principal: &str, key: &str, settlement: 
     }
 }
 
-fn key(headers: &HeaderMap) -> Result<Option<String>, GateError> {
+pub(super) fn key(headers: &HeaderMap) -> Result<Option<String>, GateError> {
     let mut values = headers.get_all(KEY_HEADER).iter();
     let Some(value) = values.next() else { return Ok(None) };
     let valid = values.next().is_none()
@@ -122,11 +122,11 @@ fn key(headers: &HeaderMap) -> Result<Option<String>, GateError> {
 }
 
 /// The key as stored: the caller's key within the call it was sent with. The store hashes it.
-fn scoped(call: &Call, key: &str) -> String {
+pub(super) fn scoped(call: &Call, key: &str) -> String {
     format!("{} {}\n{key}", call.method(), call.path_and_query())
 }
 
-fn replay(status: u16, body: bytes::Bytes) -> Response {
+pub(super) fn replay(status: u16, body: bytes::Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     response

@@ -1,0 +1,505 @@
+//! The pipeline's bookkeeping driven straight through [`handle`], against the fal emulator on
+//! `127.0.0.1:0` (mutation testing measures the unit tests only, so these pin in the lib what
+//! `tests/it` also checks over HTTP): which answer of fal holds, frees or refunds a caller's job
+//! slot and spend, the ownership check before anything reaches fal, the idempotency key, and the
+//! pure mappings (operation class, relay slot, key syntax).
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::config::{Config, FalCredentials};
+use crate::emulator::{Emulator, EmulatorConfig, Fault, FaultAction, RecordedRequest};
+use crate::fal::{AppId, EndpointId, FalRequestId};
+
+const ECHO: &str = "fal-ai/echo";
+/// A sync-run endpoint.
+const VPG: &str = "fal-ai/video-prompt-generator";
+
+const BASE: &str = r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[auth]
+hs256_secret = "pipeline-tests-secret-0123456789abcdef"
+[upstream]
+connect_timeout_ms = 500
+first_byte_timeout_ms = 2000
+idle_timeout_ms = 2000
+[endpoints."fal-ai/video-prompt-generator"]
+sync_run = true
+schema = "config/schemas/video-prompt-generator.json"
+[endpoints."fal-ai/echo"]
+sync_run = false
+schema = "tests/fixtures/schemas/any-object.json"
+unknown_fields = "allow"
+max_body_bytes = 64
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+submit = { burst = 100, per_minute = 6000 }
+poll = { burst = 100, per_minute = 6000 }
+cancel = { burst = 100, per_minute = 6000 }
+"#;
+
+struct Fixture {
+    gate: Gate,
+    /// The tier of every caller.
+    tier: &'static str,
+    fal: Emulator,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A gate whose fal is an emulator finishing jobs after `job_ms`, with `tier` appended to the
+/// default tier's table.
+async fn fixture(job_ms: u64, tier: &str) -> Fixture {
+    let fal = Emulator::new(EmulatorConfig {
+        queue_ms: job_ms,
+        progress_ms: 0,
+        log_lines: 0,
+        stream_interval_ms: 10,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(crate::emulator::serve(listener, fal.clone(), async move {
+        stopped.await.ok();
+    }));
+    let vars: HashMap<String, String> = [
+        ("FALGATE_UPSTREAM__QUEUE_URL", url.clone()),
+        ("FALGATE_UPSTREAM__RUN_URL", format!("{url}/fal.run")),
+        ("FALGATE_UPSTREAM__STORAGE_URL", format!("{url}/rest.fal.ai")),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect();
+    let config = Config::from_toml(&format!("{BASE}{tier}\n"), &vars).unwrap();
+    let gate = Gate::new(config, &FalCredentials::new("fk-pipeline-test".into())).unwrap();
+    Fixture {
+        gate,
+        tier: "default",
+        fal,
+        _stop: stop,
+    }
+}
+
+fn caller(subject: &str, tier: &str) -> Caller {
+    Caller {
+        issuer: "test".into(),
+        subject: subject.to_owned(),
+        tier: tier.to_owned(),
+        scopes: Vec::new(),
+    }
+}
+
+fn submit_to(endpoint: &str) -> Call {
+    Call {
+        op: Op::Submit {
+            endpoint: EndpointId::parse(endpoint).unwrap(),
+            webhook: None,
+        },
+    }
+}
+
+fn on_request(op: fn(AppId, FalRequestId) -> Op, id: &str) -> Call {
+    Call {
+        op: op(EndpointId::parse(ECHO).unwrap().app(), FalRequestId::parse(id).unwrap()),
+    }
+}
+
+fn status(id: &str) -> Call {
+    on_request(|app, id| Op::Status { app, id, logs: false }, id)
+}
+
+fn result(id: &str) -> Call {
+    on_request(|app, id| Op::Result { app, id }, id)
+}
+
+fn cancel(id: &str) -> Call {
+    on_request(|app, id| Op::Cancel { app, id }, id)
+}
+
+fn run(endpoint: &str) -> Call {
+    Call {
+        op: Op::Run {
+            endpoint: EndpointId::parse(endpoint).unwrap(),
+        },
+    }
+}
+
+/// An answer's status, headers and JSON body, or the code of the gate's refusal.
+type Outcome = Result<(u16, HeaderMap, Value), &'static str>;
+
+impl Fixture {
+    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Outcome {
+        let mut headers = headers.clone();
+        let body = match body {
+            Some(json) => {
+                headers.insert("content-type", HeaderValue::from_static("application/json"));
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        match handle(&self.gate, caller(who, self.tier), call, &headers, body).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                Ok((parts.status.as_u16(), parts.headers, json))
+            }
+            Err(err) => Err(err.code()),
+        }
+    }
+
+    async fn submit(&self, who: &str) -> Outcome {
+        self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(json!({"n": 1})))
+            .await
+    }
+
+    /// Submits as `who` and returns the request id fal gave.
+    async fn submitted(&self, who: &str) -> String {
+        let (status, _, body) = self.submit(who).await.expect("admitted");
+        assert_eq!(status, 200, "{body}");
+        body["request_id"].as_str().expect("a request id").to_owned()
+    }
+
+    fn fal_saw(&self, method: &str) -> Vec<RecordedRequest> {
+        self.fal.requests().into_iter().filter(|r| r.method == method).collect()
+    }
+}
+
+const ONE_JOB: &str = "max_inflight_jobs = 1";
+
+#[tokio::test]
+async fn a_submit_holds_its_slot_until_a_status_answer_says_completed() {
+    let fx = fixture(0, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "concurrency_limited");
+    let (code, _, body) = fx.call("alice", status(&id), &HeaderMap::new(), None).await.unwrap();
+    assert_eq!((code, body["status"].as_str()), (200, Some("COMPLETED")));
+    fx.submitted("alice").await;
+    assert_eq!(fx.fal_saw("POST").len(), 2, "the refused submit never reached fal");
+}
+
+#[tokio::test]
+async fn a_status_answer_of_a_job_still_queued_keeps_the_slot() {
+    let fx = fixture(60_000, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    let (code, _, body) = fx.call("alice", status(&id), &HeaderMap::new(), None).await.unwrap();
+    assert_eq!((code, body["status"].as_str()), (200, Some("IN_QUEUE")));
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "concurrency_limited");
+}
+
+#[tokio::test]
+async fn a_result_served_ends_the_job_and_one_not_ready_does_not() {
+    let fx = fixture(60_000, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    let (code, ..) = fx.call("alice", result(&id), &HeaderMap::new(), None).await.unwrap();
+    assert!(code >= 400, "a queued job has no result yet: {code}");
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "concurrency_limited");
+
+    let fx = fixture(0, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    let (code, ..) = fx.call("alice", result(&id), &HeaderMap::new(), None).await.unwrap();
+    assert_eq!(code, 200);
+    fx.submitted("alice").await;
+}
+
+#[tokio::test]
+async fn a_cancel_fal_accepts_keeps_the_slot_and_one_already_completed_frees_it() {
+    let fx = fixture(60_000, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    let (code, ..) = fx.call("alice", cancel(&id), &HeaderMap::new(), None).await.unwrap();
+    assert_eq!(code, 202);
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "concurrency_limited");
+
+    let fx = fixture(0, ONE_JOB).await;
+    let id = fx.submitted("alice").await;
+    let (code, _, body) = fx.call("alice", cancel(&id), &HeaderMap::new(), None).await.unwrap();
+    assert_eq!((code, body["status"].as_str()), (400, Some("ALREADY_COMPLETED")));
+    fx.submitted("alice").await;
+}
+
+#[tokio::test]
+async fn another_callers_request_is_not_found_and_fal_sees_nothing() {
+    let fx = fixture(0, "").await;
+    let id = fx.submitted("alice").await;
+    for call in [status(&id), result(&id), cancel(&id)] {
+        assert_eq!(
+            fx.call("bob", call, &HeaderMap::new(), None).await.unwrap_err(),
+            "request_not_found"
+        );
+    }
+    assert_eq!(fx.fal.requests().len(), 1, "fal saw only the submit");
+    assert!(fx.call("alice", status(&id), &HeaderMap::new(), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_submit_fal_refuses_is_refunded_its_slot_and_its_spend() {
+    let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 1").await;
+    fx.fal.add_fault(Fault {
+        op: Some(crate::emulator::Op::Submit),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 500,
+            body: json!({"detail": "down"}),
+            headers: Vec::new(),
+        },
+        times: Some(1),
+    });
+    let (code, ..) = fx.submit("alice").await.unwrap();
+    assert_eq!(code, 500, "fal's refusal is relayed");
+    fx.submitted("alice").await;
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "quota_exceeded");
+}
+
+#[tokio::test]
+async fn a_sync_run_frees_its_slot_when_done_and_keeps_its_spend() {
+    let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
+    let input = || Some(json!({"input_concept": "a lighthouse"}));
+    for _ in 0..2 {
+        let (code, _, body) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(
+        fx.call("alice", run(VPG), &HeaderMap::new(), input())
+            .await
+            .unwrap_err(),
+        "quota_exceeded"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_run_frees_its_slot_once_fal_answered_and_keeps_its_spend() {
+    let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
+    let streamed = || Call {
+        op: Op::RunStream {
+            endpoint: EndpointId::parse(VPG).unwrap(),
+        },
+    };
+    let input = || Some(json!({"input_concept": "a lighthouse"}));
+    for _ in 0..2 {
+        let (code, headers, _) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(headers["content-type"], "text/event-stream");
+    }
+    assert_eq!(
+        fx.call("alice", streamed(), &HeaderMap::new(), input())
+            .await
+            .unwrap_err(),
+        "quota_exceeded"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_run_fal_refuses_is_refunded() {
+    let fx = fixture(0, "daily_requests = 1").await;
+    fx.fal.add_fault(Fault {
+        op: Some(crate::emulator::Op::Run),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 503,
+            body: json!({"detail": "busy"}),
+            headers: Vec::new(),
+        },
+        times: Some(1),
+    });
+    let input = || Some(json!({"input_concept": "a lighthouse"}));
+    let (code, ..) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+    assert_eq!(code, 503);
+    let (code, ..) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn the_answer_carries_the_callers_ratelimit_headers() {
+    let fx = fixture(0, "").await;
+    let (_, headers, _) = fx.submit("alice").await.unwrap();
+    assert!(headers.contains_key("ratelimit-policy"), "{headers:?}");
+    assert!(headers.contains_key("ratelimit"), "{headers:?}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_endpoints_own_cap_is_refused_before_fal() {
+    let fx = fixture(0, "").await;
+    let big = json!({"text": "x".repeat(80)});
+    let refused = fx.call("alice", submit_to(ECHO), &HeaderMap::new(), Some(big)).await;
+    assert_eq!(refused.unwrap_err(), "body_too_large");
+    assert!(fx.fal.requests().is_empty());
+    fx.submitted("alice").await;
+}
+
+fn with_key(key: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+    headers
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_is_replayed_within_its_endpoint_only() {
+    let fx = fixture(0, "").await;
+    let key = with_key("click-1");
+    let (code, first_headers, first) = fx
+        .call("alice", submit_to(ECHO), &key, Some(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(!first_headers.contains_key("idempotent-replayed"));
+    let (code, headers, again) = fx
+        .call("alice", submit_to(ECHO), &key, Some(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!((code, &again), (200, &first));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(fx.fal_saw("POST").len(), 1);
+
+    let reused = fx.call("alice", submit_to(ECHO), &key, Some(json!({"n": 2}))).await;
+    assert_eq!(reused.unwrap_err(), "idempotency_key_reused");
+
+    let elsewhere = json!({"input_concept": "a lighthouse"});
+    let (code, headers, _) = fx.call("alice", submit_to(VPG), &key, Some(elsewhere)).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(fx.fal_saw("POST").len(), 2, "another endpoint is another key");
+
+    let (_, headers, _) = fx
+        .call("bob", submit_to(ECHO), &key, Some(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert!(
+        !headers.contains_key("idempotent-replayed"),
+        "another caller is another key"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_of_an_answered_submit_is_replayed_even_over_the_rate() {
+    let mut fx = fixture(0, "[limits.tiers.slow]\nsubmit = { burst = 1, per_minute = 1 }").await;
+    fx.tier = "slow";
+    let key = with_key("click-1");
+    let body = || Some(json!({"n": 1}));
+    let (code, ..) = fx.call("alice", submit_to(ECHO), &key, body()).await.unwrap();
+    assert_eq!(code, 200);
+    let (_, headers, _) = fx.call("alice", submit_to(ECHO), &key, body()).await.unwrap();
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let other = fx.call("alice", submit_to(ECHO), &with_key("click-2"), body()).await;
+    assert_eq!(other.unwrap_err(), "rate_limited");
+    assert_eq!(fx.fal_saw("POST").len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_fal_did_not_take_is_freed_for_the_retry() {
+    let fx = fixture(0, "").await;
+    fx.fal.add_fault(Fault {
+        op: Some(crate::emulator::Op::Submit),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 500,
+            body: json!({"detail": "down"}),
+            headers: Vec::new(),
+        },
+        times: Some(1),
+    });
+    let key = with_key("click-1");
+    let (code, ..) = fx
+        .call("alice", submit_to(ECHO), &key, Some(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(code, 500);
+    let (code, headers, _) = fx
+        .call("alice", submit_to(ECHO), &key, Some(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(fx.fal_saw("POST").len(), 2);
+}
+
+#[test]
+fn an_idempotency_key_is_one_printable_value_of_at_most_255_bytes() {
+    assert_eq!(idempotency::key(&HeaderMap::new()).unwrap(), None);
+    let longest = "k".repeat(255);
+    assert_eq!(idempotency::key(&with_key(&longest)).unwrap(), Some(longest));
+    for bad in ["k".repeat(256), String::new(), "a b".into(), "a\tb".into()] {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", HeaderValue::from_str(&bad).unwrap());
+        let err = idempotency::key(&headers).unwrap_err();
+        assert_eq!(err.code(), "malformed_request", "{bad:?}");
+    }
+    let mut twice = with_key("a");
+    twice.append("idempotency-key", HeaderValue::from_static("a"));
+    assert!(idempotency::key(&twice).is_err());
+}
+
+#[test]
+fn a_key_is_scoped_to_the_method_and_the_call_as_forwarded() {
+    let echo = idempotency::scoped(&submit_to(ECHO), "k");
+    assert_eq!(echo, "POST /fal-ai/echo\nk");
+    assert_ne!(echo, idempotency::scoped(&submit_to(VPG), "k"));
+}
+
+#[test]
+fn a_replayed_answer_keeps_its_status_and_says_it_is_a_replay() {
+    let replayed = idempotency::replay(201, bytes::Bytes::from_static(b"{}"));
+    assert_eq!(replayed.status().as_u16(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.headers()["content-type"], "application/json");
+    assert_eq!(idempotency::replay(1000, bytes::Bytes::new()).status().as_u16(), 200);
+}
+
+#[test]
+fn each_operation_has_its_rate_class_and_relay_slot() {
+    let endpoint = || EndpointId::parse(ECHO).unwrap();
+    let app = || EndpointId::parse(ECHO).unwrap().app();
+    let id = || FalRequestId::parse("0f4e6a52-0b77-4c7e-9a55-5d0f7f1c2a11").unwrap();
+    let cases = [
+        (
+            Op::Submit {
+                endpoint: endpoint(),
+                webhook: None,
+            },
+            OpClass::Submit,
+            None,
+        ),
+        (Op::Run { endpoint: endpoint() }, OpClass::Submit, Some(SlotKind::Relay)),
+        (
+            Op::RunStream { endpoint: endpoint() },
+            OpClass::Submit,
+            Some(SlotKind::Stream),
+        ),
+        (
+            Op::Status {
+                app: app(),
+                id: id(),
+                logs: false,
+            },
+            OpClass::Poll,
+            None,
+        ),
+        (
+            Op::StatusStream {
+                app: app(),
+                id: id(),
+                logs: false,
+            },
+            OpClass::Poll,
+            Some(SlotKind::Stream),
+        ),
+        (
+            Op::Result { app: app(), id: id() },
+            OpClass::Poll,
+            Some(SlotKind::Relay),
+        ),
+        (Op::Cancel { app: app(), id: id() }, OpClass::Cancel, None),
+        (Op::StorageInitiate, OpClass::Upload, None),
+        (Op::ClientToken, OpClass::Token, None),
+    ];
+    for (op, op_class, slot) in cases {
+        let call = Call { op };
+        assert_eq!(class(&call), op_class, "{call:?}");
+        assert_eq!(slot_kind(&call), slot, "{call:?}");
+    }
+}
