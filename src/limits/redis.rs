@@ -13,6 +13,10 @@ use super::usage::Spent;
 use super::{OpClass, SlotKind};
 use crate::redis::{RedisStore, StoreError};
 
+/// The scripts' "none" argument: no limit (max requests, credits, jobs in flight), no quota day
+/// to refund. One constant, so every placeholder is the same value the scripts test for.
+const NONE: i64 = -1;
+
 /// The limits scripts bound to one Redis.
 pub(crate) struct RedisLimits {
     store: RedisStore,
@@ -93,18 +97,18 @@ impl RedisLimits {
         match plan.quota {
             Some(quota) => invocation
                 .arg("1")
-                .arg(quota.requests.map_or(-1, clamp))
-                .arg(quota.credits.map_or(-1, clamp))
+                .arg(quota.requests.map_or(NONE, clamp))
+                .arg(quota.credits.map_or(NONE, clamp))
                 .arg(quota.cost)
                 .arg(quota.day_offset_us),
-            None => invocation.arg("0").arg(-1).arg(-1).arg(0).arg(0),
+            None => invocation.arg("0").arg(NONE).arg(NONE).arg(0).arg(0),
         };
         match plan.inflight {
             Some(inflight) => invocation
                 .arg(inflight.max)
                 .arg(inflight.ttl_us)
                 .arg(inflight.reservation),
-            None => invocation.arg(-1).arg(0).arg(""),
+            None => invocation.arg(NONE).arg(0).arg(""),
         };
         invocation.arg(check_only(mode));
         let mut connection = self.store.connection();
@@ -118,7 +122,15 @@ impl RedisLimits {
         let mut invocation = self.admit.prepare_invoke();
         invocation.key(&key).key(&key).key(&key).key(&key);
         invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
-        invocation.arg("0").arg(-1).arg(-1).arg(0).arg(0).arg(-1).arg(0).arg("");
+        invocation
+            .arg("0")
+            .arg(NONE)
+            .arg(NONE)
+            .arg(0)
+            .arg(0)
+            .arg(NONE)
+            .arg(0)
+            .arg("");
         invocation.arg(check_only(mode));
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
@@ -141,27 +153,7 @@ impl RedisLimits {
         invocation.arg(inflight_ttl_us);
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
-        let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
-        let parsed = (|| {
-            let mut tats = [0; 5];
-            for (i, tat) in tats.iter_mut().enumerate() {
-                *tat = unsigned(1 + i)?;
-            }
-            Some(Spent {
-                now_us: unsigned(0)?,
-                tats,
-                day: *reply.get(6)?,
-                requests: unsigned(7)?,
-                credits: unsigned(8)?,
-                inflight: unsigned(9)?,
-                streams: u32::try_from(unsigned(10)?).ok()?,
-                relays: u32::try_from(unsigned(11)?).ok()?,
-            })
-        })();
-        match parsed {
-            Some(spent) if reply.len() == 12 => Ok(spent),
-            _ => Err(StoreError::Protocol(format!("usage script answered {reply:?}"))),
-        }
+        parse_usage(&reply)
     }
 
     /// Frees or renames slot `from` and refunds one request and `cost` credits of `day`.
@@ -180,7 +172,7 @@ impl RedisLimits {
             .arg(to.unwrap_or(""));
         match refund {
             Some((day, cost)) => invocation.arg(day).arg(cost),
-            None => invocation.arg(-1).arg(0),
+            None => invocation.arg(NONE).arg(0),
         };
         let mut connection = self.store.connection();
         self.store
@@ -234,6 +226,32 @@ fn clamp(limit: u64) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// `usage.lua`'s reply: `{now_us, tat × 5 (by OpClass), day, requests, credits, inflight,
+/// streams, relays}`, exactly 12 numbers.
+fn parse_usage(reply: &[i64]) -> Result<Spent, StoreError> {
+    let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
+    let parsed = (|| {
+        let mut tats = [0; 5];
+        for (i, tat) in tats.iter_mut().enumerate() {
+            *tat = unsigned(1 + i)?;
+        }
+        Some(Spent {
+            now_us: unsigned(0)?,
+            tats,
+            day: *reply.get(6)?,
+            requests: unsigned(7)?,
+            credits: unsigned(8)?,
+            inflight: unsigned(9)?,
+            streams: u32::try_from(unsigned(10)?).ok()?,
+            relays: u32::try_from(unsigned(11)?).ok()?,
+        })
+    })();
+    match parsed {
+        Some(spent) if reply.len() == 12 => Ok(spent),
+        _ => Err(StoreError::Protocol(format!("usage script answered {reply:?}"))),
+    }
+}
+
 fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
     let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
     let gauge = |i: usize| {
@@ -263,3 +281,6 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
     };
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests_edges;
