@@ -260,8 +260,12 @@ fn a_location_holds_indices_as_numbers_and_keys_as_strings_even_when_numeric() {
     let schema = json!({"type": "object", "properties": {
         "list": {"type": "array", "items": {"type": "integer"}},
         "map": {"type": "object", "properties": {"0": {"type": "integer"}}},
+        "nested": {"type": "object", "properties": {"list": {"type": "array", "items": {"type": "integer"}}}},
     }});
-    let found = items(schema, json!({"list": [1, "x"], "map": {"0": "x"}}));
+    let found = items(
+        schema,
+        json!({"list": [1, "x"], "map": {"0": "x"}, "nested": {"list": [1, 2, "x"]}}),
+    );
     let mut locs: Vec<_> = found.iter().map(|item| item.loc.clone()).collect();
     locs.sort_by_key(|loc| loc[1].to_string());
     assert_eq!(
@@ -269,6 +273,8 @@ fn a_location_holds_indices_as_numbers_and_keys_as_strings_even_when_numeric() {
         vec![
             vec![json!("body"), json!("list"), json!(1)],
             vec![json!("body"), json!("map"), json!("0")],
+            // An index is read as a number only where the walk found an array.
+            vec![json!("body"), json!("nested"), json!("list"), json!(2)],
         ]
     );
 }
