@@ -7,14 +7,14 @@ use serde_json::json;
 use super::*;
 
 /// The items `push_field_errors` makes for `instance` against `schema`.
-fn items(schema: Value, instance: Value) -> Vec<FieldError> {
+fn items(schema: &Value, instance: &Value) -> Vec<FieldError> {
     let validator = jsonschema::options()
         .should_validate_formats(false)
-        .build(&schema)
+        .build(schema)
         .expect("a valid schema");
     let mut out = Items::default();
-    for error in validator.iter_errors(&instance) {
-        push_field_errors(&instance, &error, &mut out);
+    for error in validator.iter_errors(instance) {
+        push_field_errors(instance, &error, &mut out);
     }
     let (kept, more) = out.finish();
     assert_eq!(more, 0);
@@ -22,9 +22,9 @@ fn items(schema: Value, instance: Value) -> Vec<FieldError> {
 }
 
 /// The one item for `value` in field `x` of type `field`.
-fn one(field: Value, value: Value) -> FieldError {
+fn one(field: &Value, value: &Value) -> FieldError {
     let schema = json!({"type": "object", "properties": {"x": field}});
-    let mut found = items(schema, json!({ "x": value }));
+    let mut found = items(&schema, &json!({ "x": value }));
     assert_eq!(found.len(), 1, "{found:?}");
     let item = found.remove(0);
     assert_eq!(item.loc, vec![json!("body"), json!("x")]);
@@ -38,8 +38,8 @@ fn shape(item: &FieldError) -> (&str, &str, Option<&Value>) {
 #[test]
 fn a_missing_field_is_located_at_the_field_it_names() {
     let found = items(
-        json!({"type": "object", "properties": {"o": {"type": "object", "required": ["need"]}}}),
-        json!({"o": {}}),
+        &json!({"type": "object", "properties": {"o": {"type": "object", "required": ["need"]}}}),
+        &json!({"o": {}}),
     );
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].loc, vec![json!("body"), json!("o"), json!("need")]);
@@ -49,8 +49,8 @@ fn a_missing_field_is_located_at_the_field_it_names() {
 #[test]
 fn each_extra_field_is_one_item_with_its_name_shown() {
     let found = items(
-        json!({"type": "object", "properties": {"keep": {}}, "additionalProperties": false}),
-        json!({"a": 1, "b\nforged": 2}),
+        &json!({"type": "object", "properties": {"keep": {}}, "additionalProperties": false}),
+        &json!({"a": 1, "b\nforged": 2}),
     );
     let locs: Vec<_> = found.iter().map(|item| item.loc.clone()).collect();
     assert_eq!(
@@ -127,14 +127,14 @@ fn a_wrong_type_gets_pydantics_message_for_the_type_wanted() {
             "type_error.integer",
         ),
     ] {
-        let item = one(json!({ "type": wanted }), given.clone());
+        let item = one(&json!({ "type": wanted }), &given);
         assert_eq!(shape(&item), (msg, kind, None), "{wanted} given {given}");
     }
 }
 
 #[test]
 fn an_enum_lists_its_values_the_way_pydantic_prints_them() {
-    let item = one(json!({"enum": ["a", 1, null]}), json!("b"));
+    let item = one(&json!({"enum": ["a", 1, null]}), &json!("b"));
     assert_eq!(
         shape(&item),
         (
@@ -147,7 +147,7 @@ fn an_enum_lists_its_values_the_way_pydantic_prints_them() {
 
 #[test]
 fn a_const_names_the_value_given_and_the_one_permitted() {
-    let item = one(json!({"const": "x"}), json!("y"));
+    let item = one(&json!({"const": "x"}), &json!("y"));
     assert_eq!(
         shape(&item),
         (
@@ -218,7 +218,7 @@ fn each_bound_names_its_limit() {
             json!(2),
         ),
     ] {
-        let item = one(rule.clone(), given);
+        let item = one(&rule, &given);
         assert_eq!(
             shape(&item),
             (msg, kind, Some(&json!({"limit_value": limit}))),
@@ -229,7 +229,7 @@ fn each_bound_names_its_limit() {
 
 #[test]
 fn a_pattern_and_a_false_schema_have_their_own_items() {
-    let item = one(json!({"pattern": "^a$"}), json!("b"));
+    let item = one(&json!({"pattern": "^a$"}), &json!("b"));
     assert_eq!(
         shape(&item),
         (
@@ -238,7 +238,7 @@ fn a_pattern_and_a_false_schema_have_their_own_items() {
             Some(&json!({"pattern": "^a$"}))
         )
     );
-    let item = one(json!(false), json!(1));
+    let item = one(&json!(false), &json!(1));
     assert_eq!(
         shape(&item),
         ("this field is not allowed", "value_error.forbidden", None)
@@ -248,7 +248,7 @@ fn a_pattern_and_a_false_schema_have_their_own_items() {
 #[test]
 fn any_other_error_keeps_jsonschemas_text_cut_to_200_characters() {
     let long = "z".repeat(500);
-    let item = one(json!({"uniqueItems": true}), json!([long, long]));
+    let item = one(&json!({"uniqueItems": true}), &json!([long, long]));
     assert_eq!(item.kind, "value_error");
     assert!(item.msg.contains("zzz"), "{}", item.msg);
     assert_eq!(item.msg.chars().count(), 201, "cut to 200 and marked");
@@ -263,8 +263,8 @@ fn a_location_holds_indices_as_numbers_and_keys_as_strings_even_when_numeric() {
         "nested": {"type": "object", "properties": {"list": {"type": "array", "items": {"type": "integer"}}}},
     }});
     let found = items(
-        schema,
-        json!({"list": [1, "x"], "map": {"0": "x"}, "nested": {"list": [1, 2, "x"]}}),
+        &schema,
+        &json!({"list": [1, "x"], "map": {"0": "x"}, "nested": {"list": [1, 2, "x"]}}),
     );
     let mut locs: Vec<_> = found.iter().map(|item| item.loc.clone()).collect();
     locs.sort_by_key(|loc| loc[1].to_string());
