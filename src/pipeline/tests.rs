@@ -55,6 +55,11 @@ struct Fixture {
 /// A gate whose fal is an emulator finishing jobs after `job_ms`, with `tier` appended to the
 /// default tier's table.
 async fn fixture(job_ms: u64, tier: &str) -> Fixture {
+    fixture_with_queue(job_ms, tier, None).await
+}
+
+/// [`fixture`] with fal's queue host at `queue_url` when given (e.g. a closed port).
+async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Option<&str>) -> Fixture {
     let fal = Emulator::new(EmulatorConfig {
         queue_ms: job_ms,
         progress_ms: 0,
@@ -68,7 +73,10 @@ async fn fixture(job_ms: u64, tier: &str) -> Fixture {
         stopped.await.ok();
     }));
     let vars: HashMap<String, String> = [
-        ("FALGATE_UPSTREAM__QUEUE_URL", url.clone()),
+        (
+            "FALGATE_UPSTREAM__QUEUE_URL",
+            queue_url.map_or_else(|| url.clone(), str::to_owned),
+        ),
         ("FALGATE_UPSTREAM__RUN_URL", format!("{url}/fal.run")),
         ("FALGATE_UPSTREAM__STORAGE_URL", format!("{url}/rest.fal.ai")),
     ]
@@ -502,4 +510,98 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
         assert_eq!(class(&call), op_class, "{call:?}");
         assert_eq!(slot_kind(&call), slot, "{call:?}");
     }
+}
+
+fn fault(fx: &Fixture, op: crate::emulator::Op, action: FaultAction) {
+    fx.fal.add_fault(Fault {
+        op: Some(op),
+        path_contains: None,
+        action,
+        times: Some(1),
+    });
+}
+
+#[tokio::test]
+async fn a_submit_whose_outcome_is_unknown_keeps_its_slot_and_its_spend() {
+    let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
+    fault(&fx, crate::emulator::Op::Submit, FaultAction::Drop);
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "submit_outcome_unknown");
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "concurrency_limited");
+}
+
+#[tokio::test]
+async fn a_submit_that_never_left_is_refunded_its_slot_and_its_spend() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let fx = fixture_with_queue(0, "max_inflight_jobs = 1\ndaily_requests = 1", Some(&nowhere)).await;
+    for _ in 0..3 {
+        assert_eq!(fx.submit("alice").await.unwrap_err(), "upstream_unreachable");
+    }
+}
+
+#[tokio::test]
+async fn a_paid_call_still_waiting_for_fal_when_the_drain_gives_up_is_424() {
+    let fx = fixture(0, "").await;
+    fx.gate.lifecycle.abandon();
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "submit_outcome_unknown");
+    let input = || Some(json!({"input_concept": "a lighthouse"}));
+    let refused = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await;
+    assert_eq!(refused.unwrap_err(), "submit_outcome_unknown");
+}
+
+#[tokio::test]
+async fn a_streamed_run_fal_refuses_is_refunded() {
+    let fx = fixture(0, "daily_requests = 1").await;
+    fault(
+        &fx,
+        crate::emulator::Op::RunStream,
+        FaultAction::Status {
+            status: 503,
+            body: json!({"detail": "busy"}),
+            headers: Vec::new(),
+        },
+    );
+    let streamed = || Call {
+        op: Op::RunStream {
+            endpoint: EndpointId::parse(VPG).unwrap(),
+        },
+    };
+    let input = || Some(json!({"input_concept": "a lighthouse"}));
+    let (code, ..) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+    assert_eq!(code, 503);
+    let (code, ..) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_call_is_charged_its_endpoints_price() {
+    let fx = fixture(
+        0,
+        "daily_credits = 5\n[limits.credits.endpoints.\"fal-ai/echo\"]\ncost = 3",
+    )
+    .await;
+    fx.submitted("alice").await;
+    assert_eq!(fx.submit("alice").await.unwrap_err(), "quota_exceeded");
+}
+
+#[tokio::test]
+async fn a_client_token_is_charged_the_client_token_price() {
+    let tokens = r#"daily_credits = 5
+token = { burst = 100, per_minute = 6000 }
+[limits.credits]
+client_token_cost = 3
+[endpoints."fal-ai/realtime-app"]
+client_tokens = true
+schema = "tests/fixtures/schemas/any-object.json"
+unknown_fields = "allow"
+"#;
+    let fx = fixture(0, tokens).await;
+    let body = || Some(json!({"allowed_apps": ["realtime-app"], "token_expiration": 60}));
+    let token = || Call { op: Op::ClientToken };
+    let headers = HeaderMap::new();
+    let mint = || fx.call("alice", token(), &headers, body());
+    let (code, _, token) = mint().await.unwrap();
+    assert_eq!(code, 200, "{token}");
+    assert_eq!(mint().await.unwrap_err(), "quota_exceeded");
 }
