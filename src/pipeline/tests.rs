@@ -605,3 +605,68 @@ unknown_fields = "allow"
     assert_eq!(code, 200, "{token}");
     assert_eq!(mint().await.unwrap_err(), "quota_exceeded");
 }
+
+#[tokio::test]
+async fn the_configured_json_shape_bounds_apply_to_the_body() {
+    let fx = fixture(0, "[request]\nmax_json_object_keys = 2").await;
+    let three = json!({"a": 1, "b": 2, "c": 3});
+    let refused = fx.call("alice", submit_to(ECHO), &HeaderMap::new(), Some(three)).await;
+    assert_eq!(refused.unwrap_err(), "json_too_large");
+    assert!(fx.fal.requests().is_empty());
+    let (code, ..) = fx
+        .call(
+            "alice",
+            submit_to(ECHO),
+            &HeaderMap::new(),
+            Some(json!({"a": 1, "b": 2})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_body_cap_raised_over_ten_mib_is_the_cap_the_schema_reader_uses() {
+    let big = r#"[request]
+max_body_bytes = 12582912
+max_json_string_bytes = 12582912
+[endpoints."fal-ai/big"]
+schema = "tests/fixtures/schemas/any-object.json"
+unknown_fields = "allow"
+"#;
+    let fx = fixture(0, big).await;
+    let eleven_mib = json!({"data": "x".repeat(11 * 1024 * 1024)});
+    let answered = fx
+        .call("alice", submit_to("fal-ai/big"), &HeaderMap::new(), Some(eleven_mib))
+        .await;
+    assert!(answered.is_ok(), "{answered:?}");
+}
+
+#[tokio::test]
+async fn a_caller_over_a_rate_is_refused_before_the_body_is_read() {
+    let mut fx = fixture(0, "[limits.tiers.slow]\nsubmit = { burst = 1, per_minute = 1 }").await;
+    fx.tier = "slow";
+    fx.submitted("alice").await;
+    // Not an object: reading it would answer 422; the precheck answers first.
+    let refused = fx
+        .call(
+            "alice",
+            submit_to(ECHO),
+            &HeaderMap::new(),
+            Some(json!("not an object")),
+        )
+        .await;
+    assert_eq!(refused.unwrap_err(), "rate_limited");
+}
+
+#[tokio::test]
+async fn a_key_whose_submit_outcome_is_unknown_stays_pending_so_a_retry_cannot_submit_twice() {
+    let fx = fixture(0, "").await;
+    fault(&fx, crate::emulator::Op::Submit, FaultAction::Drop);
+    let key = with_key("click-1");
+    let first = fx.call("alice", submit_to(ECHO), &key, Some(json!({"n": 1}))).await;
+    assert_eq!(first.unwrap_err(), "submit_outcome_unknown");
+    let retry = fx.call("alice", submit_to(ECHO), &key, Some(json!({"n": 1}))).await;
+    assert_eq!(retry.unwrap_err(), "idempotency_in_flight");
+    assert_eq!(fx.fal_saw("POST").len(), 1);
+}
