@@ -326,3 +326,6 @@ fn now() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_edges;
