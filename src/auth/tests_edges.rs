@@ -68,3 +68,66 @@ fn ready_means_every_issuers_keys_are_loaded() {
     let waiting = authenticator(&format!("[auth]\n{jwks}"));
     assert!(!waiting.ready(), "the JWKS was never fetched");
 }
+
+/// A token of exactly `max_token_bytes` is verified; one byte more is refused unread.
+#[tokio::test]
+async fn the_token_size_bound_is_exactly_max_token_bytes() {
+    let token = mint_hs256(SECRET.as_bytes(), "u", None, Duration::from_secs(60)).unwrap();
+    let at = |max: usize| authenticator(&format!("[auth]\nmax_token_bytes = {max}\n"));
+    assert!(at(token.len()).authenticate(&token).await.is_ok());
+    assert_eq!(
+        at(token.len() - 1).authenticate(&token).await,
+        Err(AuthError::Invalid(Why::TooLarge))
+    );
+}
+
+fn parts(headers: &[(&str, &str)]) -> axum::http::request::Parts {
+    let mut request = axum::http::Request::builder();
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn the_token_is_read_from_one_bearer_authorization_header() {
+    let auth = authenticator("[auth]\n");
+    assert_eq!(
+        auth.token(&parts(&[("authorization", "Bearer abc.def.ghi")])),
+        Ok("abc.def.ghi")
+    );
+    assert_eq!(auth.token(&parts(&[])), Err(AuthError::Missing));
+    assert_eq!(
+        auth.token(&parts(&[("authorization", "Bearer a"), ("authorization", "Bearer b")])),
+        Err(AuthError::Scheme)
+    );
+    assert_eq!(
+        auth.token(&parts(&[("authorization", "Basic dTpw")])),
+        Err(AuthError::Scheme)
+    );
+    // No cookie is configured: a cookie is never a credential.
+    assert_eq!(
+        auth.token(&parts(&[("cookie", "falgate_token=abc")])),
+        Err(AuthError::Missing)
+    );
+}
+
+#[test]
+fn the_token_cookie_is_read_by_its_exact_name_and_never_empty() {
+    let auth = authenticator("[auth]\ncookie = \"falgate_token\"\n");
+    let token = |cookies: &[&str]| {
+        let headers: Vec<(&str, &str)> = cookies.iter().map(|value| ("cookie", *value)).collect();
+        auth.token(&parts(&headers)).map(str::to_owned)
+    };
+    assert_eq!(token(&["a=1; falgate_token=tok; b=2"]), Ok("tok".to_owned()));
+    assert_eq!(token(&["a=1", "falgate_token=tok"]), Ok("tok".to_owned()));
+    assert_eq!(token(&["falgate_token="]), Err(AuthError::Missing));
+    assert_eq!(
+        token(&["falgate_token_x=tok; x_falgate_token=tok"]),
+        Err(AuthError::Missing)
+    );
+    assert_eq!(token(&[]), Err(AuthError::Missing));
+    // The Authorization header, when sent, is the credential, whatever the cookie holds.
+    let both = parts(&[("authorization", "Bearer hdr"), ("cookie", "falgate_token=tok")]);
+    assert_eq!(auth.token(&both), Ok("hdr"));
+}
