@@ -131,3 +131,70 @@ fn the_token_cookie_is_read_by_its_exact_name_and_never_empty() {
     let both = parts(&[("authorization", "Bearer hdr"), ("cookie", "falgate_token=tok")]);
     assert_eq!(auth.token(&both), Ok("hdr"));
 }
+
+/// A JWKS of the keys named (`tests/fixtures/keys/<name>.jwk.json`) on `127.0.0.1:0`, counting
+/// its downloads.
+async fn idp(names: &'static [&'static str]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let keys: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            let path = format!("{}/tests/fixtures/keys/{name}.jwk.json", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        })
+        .collect();
+    let doc = serde_json::json!({ "keys": keys });
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let doc = doc.clone();
+            async move { axum::Json(doc) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, hits)
+}
+
+fn rs256(pem: &str, kid: &str, sub: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let now = now();
+    let claims = serde_json::json!({"sub": sub, "iss": "https://idp", "exp": now + 60, "iat": now});
+    let path = format!("{}/tests/fixtures/keys/{pem}", env!("CARGO_MANIFEST_DIR"));
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// A token whose key the JWKS holds is verified without downloading it again; a token naming
+/// a `kid` the set lacks downloads it once (past the cooldown) before it is refused. Time past
+/// the cooldown is tokio's clock moved forward, not waited for.
+#[tokio::test]
+async fn only_an_unknown_kid_downloads_the_jwks_again() {
+    use std::sync::atomic::Ordering;
+    let (url, hits) = idp(&["rsa1"]).await;
+    let auth = authenticator(&format!(
+        "[auth]\njwks_cooldown_seconds = 10\n[auth.issuers.idp]\nissuer = \"https://idp\"\njwks_url = \"{url}\"\nalgorithms = [\"RS256\"]\nany_audience = true\n"
+    ));
+    let past_the_cooldown = || async {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        tokio::time::resume();
+    };
+    auth.load_new_keys().await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    past_the_cooldown().await;
+    let caller = auth.authenticate(&rs256("rsa1.pem", "rsa1", "alice")).await.unwrap();
+    assert_eq!(caller.subject, "alice");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a known kid needs no download");
+
+    past_the_cooldown().await;
+    let unknown = auth.authenticate(&rs256("rsa2.pem", "rsa2", "bob")).await;
+    assert_eq!(unknown, Err(AuthError::Invalid(Why::UnknownKey)));
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "an unknown kid downloads the set once");
+}
