@@ -198,3 +198,97 @@ async fn only_an_unknown_kid_downloads_the_jwks_again() {
     assert_eq!(unknown, Err(AuthError::Invalid(Why::UnknownKey)));
     assert_eq!(hits.load(Ordering::SeqCst), 2, "an unknown kid downloads the set once");
 }
+
+fn hs256(claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()
+}
+
+/// `sub`: 1 to 256 characters, no control characters.
+#[tokio::test]
+async fn a_subject_is_one_to_256_characters_without_control_characters() {
+    let auth = authenticator("[auth]\n");
+    let exp = now() + 60;
+    let with_sub = |sub: &str| hs256(&serde_json::json!({"sub": sub, "exp": exp}));
+    let longest = "s".repeat(256);
+    assert_eq!(auth.authenticate(&with_sub(&longest)).await.unwrap().subject, longest);
+    for bad in ["s".repeat(257), String::new(), "a\nb".into(), "a\u{7f}".into()] {
+        assert_eq!(
+            auth.authenticate(&with_sub(&bad)).await,
+            Err(AuthError::Invalid(Why::BadSubject)),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The tier claim: 1 to 64 characters; absent or null means the issuer's default tier.
+#[tokio::test]
+async fn a_tier_claim_is_one_to_64_characters_or_absent() {
+    let auth = authenticator("[auth]\n");
+    let exp = now() + 60;
+    let with_tier = |tier: serde_json::Value| hs256(&serde_json::json!({"sub": "u", "exp": exp, "tier": tier}));
+    let longest = "t".repeat(64);
+    assert_eq!(
+        auth.authenticate(&with_tier(longest.clone().into()))
+            .await
+            .unwrap()
+            .tier,
+        longest
+    );
+    let default = auth
+        .authenticate(&with_tier(serde_json::Value::Null))
+        .await
+        .unwrap()
+        .tier;
+    assert_eq!(default, "default");
+    for bad in [
+        serde_json::json!("t".repeat(65)),
+        serde_json::json!(""),
+        serde_json::json!(["pro"]),
+    ] {
+        assert_eq!(
+            auth.authenticate(&with_tier(bad.clone())).await,
+            Err(AuthError::Invalid(Why::BadTier)),
+            "{bad}"
+        );
+    }
+}
+
+/// Scopes from a space-separated string or an array of strings (other items skipped).
+#[tokio::test]
+async fn scopes_are_read_from_a_string_or_an_array() {
+    let auth = authenticator("[auth]\n");
+    let exp = now() + 60;
+    let scopes = |scope: serde_json::Value| hs256(&serde_json::json!({"sub": "u", "exp": exp, "scope": scope}));
+    let from_array = auth
+        .authenticate(&scopes(serde_json::json!(["a", 1, "b"])))
+        .await
+        .unwrap();
+    assert_eq!(from_array.scopes, ["a", "b"]);
+    let from_text = auth.authenticate(&scopes(serde_json::json!(" a  b "))).await.unwrap();
+    assert_eq!(from_text.scopes, ["a", "b"]);
+    let neither = auth.authenticate(&scopes(serde_json::json!(5))).await.unwrap();
+    assert!(neither.scopes.is_empty());
+}
+
+/// `iat` must be a non-negative number; the lifetime from a past `iat` to `exp` may be exactly
+/// `auth.max_lifetime`, not a second more.
+#[tokio::test]
+async fn iat_is_a_non_negative_number_and_the_lifetime_bound_is_exact() {
+    let auth = authenticator("[auth]\nmax_lifetime_seconds = 3600\n");
+    let exp = now() + 60;
+    for bad in [serde_json::json!(-1), serde_json::json!("1")] {
+        let token = hs256(&serde_json::json!({"sub": "u", "exp": exp, "iat": bad}));
+        assert_eq!(
+            auth.authenticate(&token).await,
+            Err(AuthError::Invalid(Why::BadClaim)),
+            "{bad}"
+        );
+    }
+    let lifetime = |seconds: u64| hs256(&serde_json::json!({"sub": "u", "exp": exp, "iat": exp - seconds}));
+    assert!(auth.authenticate(&lifetime(3600)).await.is_ok());
+    assert_eq!(
+        auth.authenticate(&lifetime(3601)).await,
+        Err(AuthError::Invalid(Why::LifetimeTooLong))
+    );
+}
