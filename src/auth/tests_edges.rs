@@ -292,3 +292,18 @@ async fn iat_is_a_non_negative_number_and_the_lifetime_bound_is_exact() {
         Err(AuthError::Invalid(Why::LifetimeTooLong))
     );
 }
+
+/// An `iat` up to `leeway` seconds ahead of this machine's clock is accepted (the issuer's clock
+/// may run ahead); further ahead it is refused. (The signature check reads the system clock, so
+/// this one does too: a second passing between minting and checking only moves `iat` into the
+/// past, so the exact bound cannot flake.)
+#[tokio::test]
+async fn an_iat_at_most_the_leeway_ahead_is_accepted() {
+    let auth = authenticator("[auth]\nleeway_seconds = 5\n");
+    let at = |iat: u64| hs256(&serde_json::json!({"sub": "u", "exp": iat + 60, "iat": iat}));
+    assert!(auth.authenticate(&at(now() + 5)).await.is_ok());
+    assert_eq!(
+        auth.authenticate(&at(now() + 100)).await,
+        Err(AuthError::Invalid(Why::IssuedInFuture))
+    );
+}
