@@ -307,3 +307,68 @@ async fn an_iat_at_most_the_leeway_ahead_is_accepted() {
         Err(AuthError::Invalid(Why::IssuedInFuture))
     );
 }
+
+/// A reload keeps a JWKS (its keys and refresh task) only when nothing about it changed: the
+/// issuer, the URL, the algorithms and every `jwks_*` setting.
+#[test]
+fn a_reload_starts_over_a_jwks_whose_issuer_url_or_settings_changed() {
+    let config = |settings: &str, name: &str, url: &str, algorithms: &str| {
+        let toml = format!(
+            "[auth]\n{settings}\n[auth.issuers.{name}]\nissuer = \"https://idp\"\njwks_url = \"{url}\"\nalgorithms = {algorithms}\nany_audience = true\n"
+        );
+        let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), SECRET.to_owned())]);
+        config::Config::from_toml(&toml, &env).unwrap().auth
+    };
+    let url = "http://127.0.0.1:9/jwks.json";
+    let rs256 = "[\"RS256\"]";
+    let running = Authenticator::new(&config("", "a", url, rs256)).unwrap();
+    let jwks = |auth: &Authenticator| auth.issuers.iter().find_map(|issuer| issuer.jwks().cloned()).unwrap();
+    let kept = running.next(&config("", "a", url, rs256)).unwrap();
+    assert!(Arc::ptr_eq(&jwks(&kept), &jwks(&running)), "nothing changed: kept");
+    for (settings, name, url, algorithms) in [
+        ("", "b", url, rs256),
+        ("", "a", "http://127.0.0.1:9/other.json", rs256),
+        ("", "a", url, "[\"RS256\", \"ES256\"]"),
+        ("jwks_max_bytes = 1000", "a", url, rs256),
+        ("jwks_cooldown_seconds = 11", "a", url, rs256),
+        ("jwks_refresh_seconds = 301", "a", url, rs256),
+        ("jwks_timeout_ms = 5001", "a", url, rs256),
+    ] {
+        let next = running.next(&config(settings, name, url, algorithms)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&jwks(&next), &jwks(&running)),
+            "{settings} {name} {url} {algorithms}: a new JWKS"
+        );
+    }
+}
+
+/// The JWKS is fetched from its configured URL only: a redirect is not followed.
+#[tokio::test]
+async fn a_jwks_redirect_is_not_followed() {
+    let (url, hits) = idp(&["rsa1"]).await;
+    let moved = axum::Router::new().route(
+        "/moved",
+        axum::routing::get(move || {
+            let url = url.clone();
+            async move { axum::response::Redirect::temporary(&url) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let moved_url = format!("http://{}/moved", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, moved).await });
+    let auth = authenticator(&format!(
+        "[auth.issuers.idp]\nissuer = \"https://idp\"\njwks_url = \"{moved_url}\"\nalgorithms = [\"RS256\"]\nany_audience = true\n"
+    ));
+    let err = auth.load_new_keys().await.unwrap_err().to_string();
+    assert!(err.contains("status 307"), "{err}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A registered claim jsonwebtoken reads, of the wrong type (`nbf` as text), is `invalid
+/// claim`, not a malformed token.
+#[tokio::test]
+async fn a_registered_claim_of_the_wrong_type_is_a_bad_claim() {
+    let auth = authenticator("[auth]\n");
+    let token = hs256(&serde_json::json!({"sub": "u", "exp": now() + 60, "nbf": "soon"}));
+    assert_eq!(auth.authenticate(&token).await, Err(AuthError::Invalid(Why::BadClaim)));
+}
