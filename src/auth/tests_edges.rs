@@ -171,8 +171,8 @@ fn rs256(pem: &str, kid: &str, sub: &str) -> String {
 }
 
 /// A token whose key the JWKS holds is verified without downloading it again; a token naming
-/// a `kid` the set lacks downloads it once (past the cooldown) before it is refused. Time past
-/// the cooldown is tokio's clock moved forward, not waited for.
+/// a `kid` the set lacks downloads it once (past the cooldown, and not again within it) before
+/// it is refused. Time past the cooldown is tokio's clock moved forward, not waited for.
 #[tokio::test]
 async fn only_an_unknown_kid_downloads_the_jwks_again() {
     use std::sync::atomic::Ordering;
@@ -197,6 +197,10 @@ async fn only_an_unknown_kid_downloads_the_jwks_again() {
     let unknown = auth.authenticate(&rs256("rsa2.pem", "rsa2", "bob")).await;
     assert_eq!(unknown, Err(AuthError::Invalid(Why::UnknownKey)));
     assert_eq!(hits.load(Ordering::SeqCst), 2, "an unknown kid downloads the set once");
+
+    let again = auth.authenticate(&rs256("rsa2.pem", "rsa2", "carol")).await;
+    assert_eq!(again, Err(AuthError::Invalid(Why::UnknownKey)));
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "not again within the cooldown");
 }
 
 fn hs256(claims: &serde_json::Value) -> String {
