@@ -146,3 +146,6 @@ pub(super) fn from_secret(secret: &[u8], algorithms: &[Algorithm]) -> Vec<Key> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests_edges;
