@@ -132,12 +132,30 @@ fn the_token_cookie_is_read_by_its_exact_name_and_never_empty() {
     assert_eq!(auth.token(&both), Ok("hdr"));
 }
 
-/// A JWKS of the keys named (`tests/fixtures/keys/<name>.jwk.json`) on `127.0.0.1:0`, counting
-/// its downloads.
-async fn idp(names: &'static [&'static str]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// `body` with `status` at `/jwks.json` on `127.0.0.1:0`, counting its downloads.
+async fn serve_jwks(
+    status: axum::http::StatusCode,
+    body: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let hits = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { (status, [("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, hits)
+}
+
+/// The JWKS document of the keys named (`tests/fixtures/keys/<name>.jwk.json`).
+fn jwks_doc(names: &[&str]) -> String {
     let keys: Vec<serde_json::Value> = names
         .iter()
         .map(|name| {
@@ -145,19 +163,39 @@ async fn idp(names: &'static [&'static str]) -> (String, std::sync::Arc<std::syn
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
         })
         .collect();
-    let doc = serde_json::json!({ "keys": keys });
-    let app = axum::Router::new().route(
-        "/jwks.json",
-        axum::routing::get(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let doc = doc.clone();
-            async move { axum::Json(doc) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, hits)
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+/// A JWKS of the keys named, served with 200, counting its downloads.
+async fn idp(names: &'static [&'static str]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    serve_jwks(axum::http::StatusCode::OK, jwks_doc(names)).await
+}
+
+fn jwks_issuer(settings: &str, url: &str) -> Authenticator {
+    authenticator(&format!(
+        "[auth]\n{settings}\n[auth.issuers.idp]\nissuer = \"https://idp\"\njwks_url = \"{url}\"\nalgorithms = [\"RS256\"]\nany_audience = true\n"
+    ))
+}
+
+/// A JWKS answered with an error status is not used, whatever its body holds.
+#[tokio::test]
+async fn a_jwks_answered_with_an_error_status_is_not_used() {
+    let (url, _) = serve_jwks(axum::http::StatusCode::INTERNAL_SERVER_ERROR, jwks_doc(&["rsa1"])).await;
+    let err = jwks_issuer("", &url).load_new_keys().await.unwrap_err().to_string();
+    assert!(err.contains("status 500"), "{err}");
+}
+
+/// A JWKS of exactly `jwks_max_bytes` is read; one byte more is refused.
+#[tokio::test]
+async fn the_jwks_size_bound_is_exactly_jwks_max_bytes() {
+    let doc = jwks_doc(&["rsa1"]);
+    let (url, _) = serve_jwks(axum::http::StatusCode::OK, doc.clone()).await;
+    let fits = jwks_issuer(&format!("jwks_max_bytes = {}", doc.len()), &url);
+    fits.load_new_keys().await.unwrap();
+    assert!(fits.ready());
+    let over = jwks_issuer(&format!("jwks_max_bytes = {}", doc.len() - 1), &url);
+    let err = over.load_new_keys().await.unwrap_err().to_string();
+    assert!(err.contains(&format!("larger than {} bytes", doc.len() - 1)), "{err}");
 }
 
 fn rs256(pem: &str, kid: &str, sub: &str) -> String {
