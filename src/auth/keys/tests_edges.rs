@@ -78,3 +78,24 @@ fn a_jwks_keeps_the_keys_it_can_use_and_names_the_ones_it_skips() {
     assert!(from_jwks(b"{}", &[]).is_err());
     assert!(from_jwks(b"not json", &[]).is_err());
 }
+
+#[test]
+fn a_pem_key_file_verifies_the_algorithms_configured_for_its_type() {
+    let path =
+        |name: &str| std::path::PathBuf::from(format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR")));
+    let algs = |name: &str, configured: &[Algorithm]| {
+        from_file(&path(name), configured).map(|keys| keys.iter().map(|key| key.alg).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        algs("rsa1.pub.pem", &[Algorithm::RS256, Algorithm::PS256]).unwrap(),
+        [Algorithm::RS256, Algorithm::PS256]
+    );
+    assert_eq!(algs("ec1.pub.pem", &[Algorithm::ES256]).unwrap(), [Algorithm::ES256]);
+    assert_eq!(algs("ed1.pub.pem", &[Algorithm::EdDSA]).unwrap(), [Algorithm::EdDSA]);
+    let hs = algs("rsa1.pub.pem", &[Algorithm::HS256]).unwrap_err().to_string();
+    assert!(hs.contains("PEM keys are for RS/PS/ES/EdDSA"), "{hs}");
+    let none = algs("ec1.pub.pem", &[]).unwrap_err().to_string();
+    assert!(none.contains("needs `algorithms`"), "{none}");
+    let jwk = from_file(&path("ec1.jwk.json"), &[]).unwrap();
+    assert_eq!((jwk[0].kid.as_deref(), jwk[0].alg), (Some("ec1"), Algorithm::ES256));
+}
