@@ -8,6 +8,8 @@
 //! a trace span is disabled at its call site, which costs one atomic load.
 
 pub mod access_log;
+#[cfg(test)]
+pub(crate) mod captured;
 pub mod metrics;
 mod text_fields;
 pub mod trace_context;

@@ -414,3 +414,29 @@ async fn a_registered_claim_of_the_wrong_type_is_a_bad_claim() {
     let token = hs256(&serde_json::json!({"sub": "u", "exp": now() + 60, "nbf": "soon"}));
     assert_eq!(auth.authenticate(&token).await, Err(AuthError::Invalid(Why::BadClaim)));
 }
+
+/// Keys a JWKS holds but falgate cannot use are named in a warning, so an operator sees why a
+/// `kid` is unknown.
+#[tokio::test]
+async fn the_keys_a_jwks_skips_are_named_in_a_warning() {
+    let (url, _) = serve_jwks(axum::http::StatusCode::OK, jwks_doc(&["rsa1", "oct1"])).await;
+    let captured = crate::telemetry::captured::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    jwks_issuer("", &url).load_new_keys().await.unwrap();
+    let text = captured.text();
+    assert!(text.contains("JWKS keys skipped") && text.contains("oct1"), "{text}");
+
+    let (url, _) = idp(&["rsa1"]).await;
+    let captured_clean = crate::telemetry::captured::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(captured_clean.clone())
+        .finish();
+    let _clean = tracing::subscriber::set_default(subscriber);
+    jwks_issuer("", &url).load_new_keys().await.unwrap();
+    assert!(!captured_clean.text().contains("skipped"), "{}", captured_clean.text());
+}

@@ -53,31 +53,8 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Self;
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
+    use crate::telemetry::captured::Captured;
 
     #[test]
     fn a_caller_value_cannot_break_or_forge_a_text_line() {
@@ -93,7 +70,7 @@ mod tests {
             let _entered = span.enter();
             tracing::info!(reason = %forged, detail = forged, status = 400, "refused");
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(text.ends_with('\n'));
         assert!(!text.contains(['\r', '\u{1b}', '\u{2028}']), "{text}");
