@@ -440,3 +440,32 @@ async fn the_keys_a_jwks_skips_are_named_in_a_warning() {
     jwks_issuer("", &url).load_new_keys().await.unwrap();
     assert!(!captured_clean.text().contains("skipped"), "{}", captured_clean.text());
 }
+
+/// The first look at a token refuses an empty segment (a token stripped of its signature is
+/// malformed, not a bad signature) and a `kid` over 256 characters.
+#[tokio::test]
+async fn an_empty_signature_or_an_overlong_kid_is_malformed() {
+    let auth = authenticator("[auth]\n");
+    let token = hs256(&serde_json::json!({"sub": "u", "exp": now() + 60}));
+    let unsigned = format!("{}.", token.rsplit_once('.').unwrap().0);
+    assert_eq!(
+        auth.authenticate(&unsigned).await,
+        Err(AuthError::Invalid(Why::Malformed))
+    );
+
+    let with_kid = |kid: String| {
+        let mut header = jsonwebtoken::Header::default();
+        header.kid = Some(kid);
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&header, &serde_json::json!({"sub": "u", "exp": now() + 60}), &key).unwrap()
+    };
+    // The secret has no kid, so a token naming one finds no key: refused after the first look.
+    assert_eq!(
+        auth.authenticate(&with_kid("k".repeat(256))).await,
+        Err(AuthError::Invalid(Why::UnknownKey))
+    );
+    assert_eq!(
+        auth.authenticate(&with_kid("k".repeat(257))).await,
+        Err(AuthError::Invalid(Why::Malformed))
+    );
+}
