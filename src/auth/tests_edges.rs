@@ -454,8 +454,10 @@ async fn an_empty_signature_or_an_overlong_kid_is_malformed() {
     );
 
     let with_kid = |kid: String| {
-        let mut header = jsonwebtoken::Header::default();
-        header.kid = Some(kid);
+        let header = jsonwebtoken::Header {
+            kid: Some(kid),
+            ..jsonwebtoken::Header::default()
+        };
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
         jsonwebtoken::encode(&header, &serde_json::json!({"sub": "u", "exp": now() + 60}), &key).unwrap()
     };
