@@ -122,6 +122,8 @@ impl RedisLimits {
         let mut invocation = self.admit.prepare_invoke();
         invocation.key(&key).key(&key).key(&key).key(&key);
         invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
+        // ARGV 5–12: no quota (flag, requests, credits, cost, day offset), no concurrency cap
+        // (max, ttl, reservation).
         invocation
             .arg("0")
             .arg(NONE)
