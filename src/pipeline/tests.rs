@@ -137,6 +137,19 @@ fn run(endpoint: &str) -> Call {
     }
 }
 
+fn run_stream(endpoint: &str) -> Call {
+    Call {
+        op: Op::RunStream {
+            endpoint: EndpointId::parse(endpoint).unwrap(),
+        },
+    }
+}
+
+/// A valid input of the video prompt generator.
+fn vpg_input() -> Option<Value> {
+    Some(json!({"input_concept": "a lighthouse"}))
+}
+
 /// An answer's status, headers and JSON body, or the code of the gate's refusal.
 type Outcome = Result<(u16, HeaderMap, Value), &'static str>;
 
@@ -176,6 +189,22 @@ impl Fixture {
     fn fal_saw(&self, method: &str) -> Vec<RecordedRequest> {
         self.fal.requests().into_iter().filter(|r| r.method == method).collect()
     }
+}
+
+fn fault(fx: &Fixture, op: crate::emulator::Op, action: FaultAction) {
+    fx.fal.add_fault(Fault {
+        op: Some(op),
+        path_contains: None,
+        action,
+        times: Some(1),
+    });
+}
+
+/// fal answers the next `op` with `status` (a JSON `detail`) instead of handling it.
+fn fal_refuses(fx: &Fixture, op: crate::emulator::Op, status: u16) {
+    let body = json!({"detail": "refused by the test"});
+    let headers = Vec::new();
+    fault(fx, op, FaultAction::Status { status, body, headers });
 }
 
 const ONE_JOB: &str = "max_inflight_jobs = 1";
@@ -247,16 +276,7 @@ async fn another_callers_request_is_not_found_and_fal_sees_nothing() {
 #[tokio::test]
 async fn a_submit_fal_refuses_is_refunded_its_slot_and_its_spend() {
     let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 1").await;
-    fx.fal.add_fault(Fault {
-        op: Some(crate::emulator::Op::Submit),
-        path_contains: None,
-        action: FaultAction::Status {
-            status: 500,
-            body: json!({"detail": "down"}),
-            headers: Vec::new(),
-        },
-        times: Some(1),
-    });
+    fal_refuses(&fx, crate::emulator::Op::Submit, 500);
     let (code, ..) = fx.submit("alice").await.unwrap();
     assert_eq!(code, 500, "fal's refusal is relayed");
     fx.submitted("alice").await;
@@ -266,13 +286,15 @@ async fn a_submit_fal_refuses_is_refunded_its_slot_and_its_spend() {
 #[tokio::test]
 async fn a_sync_run_frees_its_slot_when_done_and_keeps_its_spend() {
     let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
-    let input = || Some(json!({"input_concept": "a lighthouse"}));
     for _ in 0..2 {
-        let (code, _, body) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+        let (code, _, body) = fx
+            .call("alice", run(VPG), &HeaderMap::new(), vpg_input())
+            .await
+            .unwrap();
         assert_eq!(code, 200, "{body}");
     }
     assert_eq!(
-        fx.call("alice", run(VPG), &HeaderMap::new(), input())
+        fx.call("alice", run(VPG), &HeaderMap::new(), vpg_input())
             .await
             .unwrap_err(),
         "quota_exceeded"
@@ -282,19 +304,16 @@ async fn a_sync_run_frees_its_slot_when_done_and_keeps_its_spend() {
 #[tokio::test]
 async fn a_streamed_run_frees_its_slot_once_fal_answered_and_keeps_its_spend() {
     let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
-    let streamed = || Call {
-        op: Op::RunStream {
-            endpoint: EndpointId::parse(VPG).unwrap(),
-        },
-    };
-    let input = || Some(json!({"input_concept": "a lighthouse"}));
     for _ in 0..2 {
-        let (code, headers, _) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+        let (code, headers, _) = fx
+            .call("alice", run_stream(VPG), &HeaderMap::new(), vpg_input())
+            .await
+            .unwrap();
         assert_eq!(code, 200);
         assert_eq!(headers["content-type"], "text/event-stream");
     }
     assert_eq!(
-        fx.call("alice", streamed(), &HeaderMap::new(), input())
+        fx.call("alice", run_stream(VPG), &HeaderMap::new(), vpg_input())
             .await
             .unwrap_err(),
         "quota_exceeded"
@@ -304,20 +323,16 @@ async fn a_streamed_run_frees_its_slot_once_fal_answered_and_keeps_its_spend() {
 #[tokio::test]
 async fn a_sync_run_fal_refuses_is_refunded() {
     let fx = fixture(0, "daily_requests = 1").await;
-    fx.fal.add_fault(Fault {
-        op: Some(crate::emulator::Op::Run),
-        path_contains: None,
-        action: FaultAction::Status {
-            status: 503,
-            body: json!({"detail": "busy"}),
-            headers: Vec::new(),
-        },
-        times: Some(1),
-    });
-    let input = || Some(json!({"input_concept": "a lighthouse"}));
-    let (code, ..) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+    fal_refuses(&fx, crate::emulator::Op::Run, 503);
+    let (code, ..) = fx
+        .call("alice", run(VPG), &HeaderMap::new(), vpg_input())
+        .await
+        .unwrap();
     assert_eq!(code, 503);
-    let (code, ..) = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await.unwrap();
+    let (code, ..) = fx
+        .call("alice", run(VPG), &HeaderMap::new(), vpg_input())
+        .await
+        .unwrap();
     assert_eq!(code, 200);
 }
 
@@ -401,16 +416,7 @@ async fn the_retry_of_an_answered_submit_is_replayed_even_over_the_rate() {
 #[tokio::test]
 async fn a_key_fal_did_not_take_is_freed_for_the_retry() {
     let fx = fixture(0, "").await;
-    fx.fal.add_fault(Fault {
-        op: Some(crate::emulator::Op::Submit),
-        path_contains: None,
-        action: FaultAction::Status {
-            status: 500,
-            body: json!({"detail": "down"}),
-            headers: Vec::new(),
-        },
-        times: Some(1),
-    });
+    fal_refuses(&fx, crate::emulator::Op::Submit, 500);
     let key = with_key("click-1");
     let (code, ..) = fx
         .call("alice", submit_to(ECHO), &key, Some(json!({"n": 1})))
@@ -512,15 +518,6 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
     }
 }
 
-fn fault(fx: &Fixture, op: crate::emulator::Op, action: FaultAction) {
-    fx.fal.add_fault(Fault {
-        op: Some(op),
-        path_contains: None,
-        action,
-        times: Some(1),
-    });
-}
-
 #[tokio::test]
 async fn a_submit_whose_outcome_is_unknown_keeps_its_slot_and_its_spend() {
     let fx = fixture(0, "max_inflight_jobs = 1\ndaily_requests = 2").await;
@@ -545,32 +542,23 @@ async fn a_paid_call_still_waiting_for_fal_when_the_drain_gives_up_is_424() {
     let fx = fixture(0, "").await;
     fx.gate.lifecycle.abandon();
     assert_eq!(fx.submit("alice").await.unwrap_err(), "submit_outcome_unknown");
-    let input = || Some(json!({"input_concept": "a lighthouse"}));
-    let refused = fx.call("alice", run(VPG), &HeaderMap::new(), input()).await;
+    let refused = fx.call("alice", run(VPG), &HeaderMap::new(), vpg_input()).await;
     assert_eq!(refused.unwrap_err(), "submit_outcome_unknown");
 }
 
 #[tokio::test]
 async fn a_streamed_run_fal_refuses_is_refunded() {
     let fx = fixture(0, "daily_requests = 1").await;
-    fault(
-        &fx,
-        crate::emulator::Op::RunStream,
-        FaultAction::Status {
-            status: 503,
-            body: json!({"detail": "busy"}),
-            headers: Vec::new(),
-        },
-    );
-    let streamed = || Call {
-        op: Op::RunStream {
-            endpoint: EndpointId::parse(VPG).unwrap(),
-        },
-    };
-    let input = || Some(json!({"input_concept": "a lighthouse"}));
-    let (code, ..) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+    fal_refuses(&fx, crate::emulator::Op::RunStream, 503);
+    let (code, ..) = fx
+        .call("alice", run_stream(VPG), &HeaderMap::new(), vpg_input())
+        .await
+        .unwrap();
     assert_eq!(code, 503);
-    let (code, ..) = fx.call("alice", streamed(), &HeaderMap::new(), input()).await.unwrap();
+    let (code, ..) = fx
+        .call("alice", run_stream(VPG), &HeaderMap::new(), vpg_input())
+        .await
+        .unwrap();
     assert_eq!(code, 200);
 }
 

@@ -27,6 +27,13 @@ fn plan<'a>(quota: Option<QuotaPlan>, inflight: Option<InflightPlan<'a>>) -> Pla
     }
 }
 
+/// A submit reserving slot `r1` of at most 5, for a minute.
+const SUBMIT: InflightPlan<'static> = InflightPlan {
+    max: 5,
+    ttl_us: 60_000_000,
+    reservation: "r1",
+};
+
 fn quota(requests: Option<u64>, credits: Option<u64>) -> Option<QuotaPlan> {
     Some(QuotaPlan {
         requests,
@@ -72,13 +79,8 @@ async fn a_quota_left_without_requests_or_credits_is_not_capped_by_them() {
 #[tokio::test]
 async fn a_call_without_a_concurrency_cap_ignores_the_jobs_in_flight() {
     let redis = limits();
-    let submit = InflightPlan {
-        max: 5,
-        ttl_us: 60_000_000,
-        reservation: "r1",
-    };
     assert_eq!(
-        admitted(redis.admit(&plan(None, Some(submit)), Mode::Consume).await).inflight,
+        admitted(redis.admit(&plan(None, Some(SUBMIT)), Mode::Consume).await).inflight,
         Some(1)
     );
     let poll = admitted(redis.admit(&plan(None, None), Mode::Consume).await);
@@ -90,14 +92,9 @@ async fn a_call_without_a_concurrency_cap_ignores_the_jobs_in_flight() {
 #[tokio::test]
 async fn a_release_without_a_refund_keeps_the_spend() {
     let redis = limits();
-    let submit = InflightPlan {
-        max: 5,
-        ttl_us: 60_000_000,
-        reservation: "r1",
-    };
     admitted(
         redis
-            .admit(&plan(quota(Some(5), None), Some(submit)), Mode::Consume)
+            .admit(&plan(quota(Some(5), None), Some(SUBMIT)), Mode::Consume)
             .await,
     );
     redis.release("alice", "r1", None, None).await.unwrap();
