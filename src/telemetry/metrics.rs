@@ -76,7 +76,7 @@ fn install() -> PrometheusHandle {
     // and /metrics shows only what this handle sees.
     let _ = metrics::set_global_recorder(recorder);
     describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rustc" => env!("FALGATE_RUSTC_VERSION"))
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rustc" => env!("RUSTC_VERSION_FOR_BUILD_INFO"))
         .set(1.0);
     handle
 }
