@@ -17,14 +17,20 @@ ARG BIN_FROM=build
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Dependency-cache layer: compile every dependency from the manifest and the lock alone, with
-# empty stand-ins for falgate's own targets; rebuilt only when Cargo.toml or Cargo.lock change.
+# empty stand-ins for falgate's own targets; rebuilt only when Cargo.toml, Cargo.lock or the
+# cargo config change. The cargo config comes first: its CFLAGS build mimalloc (a dependency)
+# the way BENCHMARKS.md measured it.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo/config.toml .cargo/config.toml
 COPY scripts/cargo-stubs scripts/cargo-stubs
 RUN sh scripts/cargo-stubs \
     && cargo build --release --locked --bin falgate \
     && rm -rf src target/release/falgate target/release/.fingerprint/falgate-* \
         target/release/deps/falgate-* target/release/deps/libfalgate-*
-# falgate itself (src/dev.rs embeds config/ for `falgate dev`).
+# falgate itself: build.rs (the compiler version in falgate_build_info), src, and config/
+# (src/dev.rs embeds it for `falgate dev`). scripts/validate-deploy compiles exactly this file
+# set, so a file the crate needs and this stage forgets fails CI.
+COPY build.rs ./
 COPY src src
 COPY config config
 RUN cargo build --release --locked --bin falgate \
