@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use falgate::emulator::{Emulator, EmulatorConfig};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 
-use crate::support::{FAL_KEY, SECRET, VPG};
+use crate::support::{wait_listening, FAL_KEY, SECRET, VPG};
 
 /// The figures: the process peaks under 160 MB and settles under 96 MB within 5 s.
 const PEAK_MB: u64 = 160;
@@ -131,24 +131,10 @@ impl Gate {
             .spawn()
             .unwrap();
         let pid = child.id().unwrap();
+        // Bounded, failing with the process's stderr; stdout is drained from here on.
+        let url = wait_listening(&mut child, || None).await.url;
+        // Keep draining stderr too, so the process never blocks on a full pipe.
         let mut stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            match lines.next_line().await.unwrap() {
-                Some(line) => {
-                    if let Some(url) = line.strip_prefix("falgate listening on ") {
-                        break url.to_owned();
-                    }
-                }
-                None => {
-                    let mut why = String::new();
-                    stderr.read_to_string(&mut why).await.ok();
-                    panic!("falgate exited before listening: {why}");
-                }
-            }
-        };
-        // Keep draining both pipes, so the process never blocks on a full one.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
         let addr = url.trim_start_matches("http://").parse().unwrap();
         let client = reqwest::Client::builder().timeout(DEADLINE).build().unwrap();

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::support::SECRET;
+use crate::support::{COMMAND_DEADLINE, SECRET};
 
 const VPG: &str = "fal-ai/video-prompt-generator";
 
@@ -236,9 +236,15 @@ async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
         .spawn()
         .unwrap();
     let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut stdout).await.unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
-    let code = child.wait().await.unwrap().code();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let refused = async {
+        out.read_to_string(&mut stdout).await.unwrap();
+        err.read_to_string(&mut stderr).await.unwrap();
+        child.wait().await.unwrap().code()
+    };
+    let code = tokio::time::timeout(COMMAND_DEADLINE, refused)
+        .await
+        .expect("falgate dev exits on a bad schema");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, Some(64), "{stderr}");
     assert_eq!(stdout, "", "printed before failing");
@@ -248,8 +254,10 @@ async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
     // A bad variable is reported the same way.
     let output = dev_command(&["--listen", "127.0.0.1:0"], &[("FALGATE_UPSTREAM__QUEUE_URI", "x")])
         .stderr(std::process::Stdio::piped())
-        .output()
+        .output();
+    let output = tokio::time::timeout(COMMAND_DEADLINE, output)
         .await
+        .expect("falgate dev exits on a bad variable")
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
