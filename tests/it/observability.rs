@@ -56,6 +56,23 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
 }
 
+/// Polls the scrape (with a deadline) until no stream is open and no call is in flight: a call's
+/// gauges come down when the gate has finished writing its answer, just after the client has it.
+async fn until_nothing_open(client: &reqwest::Client, admin_url: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(client, admin_url).await;
+        if value(&text, "falgate_open_streams") == 0.0 && value(&text, "falgate_calls_in_flight") == 0.0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} is still counted in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The metrics of a `falgate serve` process of its own (the metrics registry is process-wide,
 /// so an in-process gate would also count the traffic of the tests running beside it): every
 /// figure below is exactly what this test's own calls make.
@@ -81,10 +98,8 @@ async fn metrics_show_histogram_buckets_and_gauges_after_calls() {
         .as_str()
         .unwrap()
         .to_owned();
-    let idle = scrape(&client, &falgate.admin_url).await;
-    for gauge in ["falgate_open_streams", "falgate_calls_in_flight"] {
-        assert_eq!(value(&idle, gauge), 0.0, "{gauge} before the stream in\n{idle}");
-    }
+    // The submit is over once its answer has been written: nothing is open or in flight.
+    until_nothing_open(&client, &falgate.admin_url, "the submit").await;
     let mut stream = client
         .get(format!(
             "{}/api/fal/queue/{VPG}/requests/{id}/status/stream",
@@ -101,20 +116,9 @@ async fn metrics_show_histogram_buckets_and_gauges_after_calls() {
     for gauge in ["falgate_open_streams", "falgate_calls_in_flight"] {
         assert_eq!(value(&during, gauge), 1.0, "{gauge} during the stream in\n{during}");
     }
-    // The caller goes away: both gauges come back down (polled with a deadline).
+    // The caller goes away: both gauges come back down.
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let after = scrape(&client, &falgate.admin_url).await;
-        if value(&after, "falgate_open_streams") == 0.0 && value(&after, "falgate_calls_in_flight") == 0.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dropped stream is still counted in\n{after}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_nothing_open(&client, &falgate.admin_url, "the dropped stream").await;
     let refused = client.get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", falgate.url));
     assert_eq!(refused.send().await.unwrap().status(), 401);
     let text = scrape(&client, &falgate.admin_url).await;
