@@ -196,7 +196,7 @@ async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_
         .spawn()
         .unwrap();
     let url = wait_listening(&mut child, || None).await.url;
-    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    let health = crate::support::get(format!("{url}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let warning = tokio::time::timeout(std::time::Duration::from_secs(10), async {

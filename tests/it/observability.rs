@@ -301,7 +301,7 @@ fn token(sub: &str, ttl: Duration) -> String {
 async fn the_json_access_line_names_the_call_and_never_the_token() {
     let gate = TestGate::spawn().await;
     let mut falgate = process(&gate.fal_url, &[]).await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let alice = token("alice@example.com", Duration::from_secs(600));
     let submit = client
         .post(format!("{}/api/fal/queue/{VPG}", falgate.url()))
@@ -439,7 +439,7 @@ async fn spans_are_exported_over_otlp_and_fal_gets_the_same_trace() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let alice = token("alice", Duration::from_secs(600));
     for traceparent in [Some(CALLER_PARENT), None] {
         let mut call = client

@@ -375,6 +375,22 @@ impl OutputWithin for std::process::Command {
     }
 }
 
+/// The longest one HTTP call of a test to a local server may take, answer included: a server
+/// that accepts and never answers fails the test instead of holding it.
+pub(crate) const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A client whose every call is bounded by [`CALL_DEADLINE`] (`reqwest::Client::new()` has no
+/// timeout). Not for a test that expects a call to end by itself: that one must bound its wait
+/// well below the client's timeout, so the timeout cannot be what ends it.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(CALL_DEADLINE).build().unwrap()
+}
+
+/// `reqwest::get`, bounded by [`CALL_DEADLINE`].
+pub(crate) async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
+}
+
 /// A real `falgate serve` child process on the shipped config and `fal`; killed when dropped.
 pub(crate) struct Process {
     pub(crate) url: String,
