@@ -241,6 +241,49 @@ async fn only_an_unknown_kid_downloads_the_jwks_again() {
     assert_eq!(hits.load(Ordering::SeqCst), 2, "not again within the cooldown");
 }
 
+/// The cooldown between JWKS downloads ends exactly one cooldown after the last download: one
+/// nanosecond before, an unknown `kid` downloads nothing; at the cooldown itself, it downloads
+/// the set again. tokio's clock stays paused throughout (a blocking task holds its auto-advance
+/// off while the local IdP answers), so the check reads exactly the instants the test sets.
+#[tokio::test]
+async fn a_jwks_download_is_allowed_again_exactly_one_cooldown_after_the_last() {
+    use std::sync::atomic::Ordering;
+    let (url, hits) = idp(&["rsa1"]).await;
+    let auth = authenticator(&format!(
+        "[auth]\njwks_cooldown_seconds = 10\n[auth.issuers.idp]\nissuer = \"https://idp\"\njwks_url = \"{url}\"\nalgorithms = [\"RS256\"]\nany_audience = true\n"
+    ));
+    tokio::time::pause();
+    // While a blocking task runs, the paused clock does not jump to the next timer when the
+    // runtime waits for I/O: it moves only when the test advances it.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || held.recv().ok());
+    let frozen = tokio::time::Instant::now();
+    auth.load_new_keys().await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(tokio::time::Instant::now(), frozen, "the clock stood still");
+
+    tokio::time::advance(Duration::from_secs(10) - Duration::from_nanos(1)).await;
+    let early = auth.authenticate(&rs256("rsa2.pem", "rsa2", "bob")).await;
+    assert_eq!(early, Err(AuthError::Invalid(Why::UnknownKey)));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "one nanosecond short of the cooldown");
+
+    tokio::time::advance(Duration::from_nanos(1)).await;
+    let at = auth.authenticate(&rs256("rsa2.pem", "rsa2", "carol")).await;
+    assert_eq!(at, Err(AuthError::Invalid(Why::UnknownKey)));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "at the cooldown, the set is downloaded again"
+    );
+    assert_eq!(
+        tokio::time::Instant::now(),
+        frozen + Duration::from_secs(10),
+        "the clock moved only as the test moved it"
+    );
+    drop(release);
+    holder.await.unwrap();
+}
+
 fn hs256(claims: &serde_json::Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()

@@ -10,7 +10,9 @@ import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { resolve } from "node:path";
 
-import { REPO_ROOT, cleanEnv, emulatorRequests, launchBrowser, startDev, waitForText, withPage } from "./support.mjs";
+import {
+  HOOK, REPO_ROOT, T, cleanEnv, emulatorRequests, launchBrowser, startDev, waitForText, withPage,
+} from "./support.mjs";
 
 const WEB = resolve(REPO_ROOT, "examples", "web");
 const TOKEN_SERVER = resolve(REPO_ROOT, "examples", "token-server", "server.mjs");
@@ -52,15 +54,15 @@ before(async () => {
   assert.ok(dev.output.join("").includes(`Browser origins allowed (CORS; --cors-origin ORIGIN to name others): ${origin}`));
   tokenServer = startTokenServer({ FALGATE_SECRET: dev.secret, FALGATE_URL: dev.url, PORT: String(port), STATIC_DIR: WEB });
   assert.equal(await tokenServer.url, origin);
-});
+}, HOOK);
 
 after(async () => {
   tokenServer?.child.kill("SIGTERM");
   await browser?.close();
   await dev?.stop();
-});
+}, HOOK);
 
-test("the web example runs the model as its logged-in user, through falgate on another origin", async () => {
+test("the web example runs the model as its logged-in user, through falgate on another origin", T, async () => {
   await withPage(browser, "example-web", async (page, log) => {
     await page.goto(`${origin}/login?user=alice`);
     await waitForText(page, "who", /Logged in/);
@@ -84,7 +86,7 @@ test("the web example runs the model as its logged-in user, through falgate on a
   });
 });
 
-test("a file in the input is uploaded to the emulator's CDN and accepted as the image_url", async () => {
+test("a file in the input is uploaded to the emulator's CDN and accepted as the image_url", T, async () => {
   await withPage(browser, "example-web-upload", async (page) => {
     await page.goto(`${origin}/login?user=bob`);
     await waitForText(page, "who", /Logged in/);
@@ -111,7 +113,7 @@ test("a file in the input is uploaded to the emulator's CDN and accepted as the 
   });
 });
 
-test("without a login the example says so and calls nothing", async () => {
+test("without a login the example says so and calls nothing", T, async () => {
   await browser.context.clearCookies();
   await withPage(browser, "example-web-logged-out", async (page, log) => {
     await page.goto(`${origin}/`);

@@ -9,6 +9,8 @@ import { join } from "node:path";
 
 import {
   ARTIFACTS,
+  HOOK,
+  T,
   emulatorRequests,
   launchBrowser,
   playground,
@@ -25,15 +27,15 @@ let browser;
 
 before(async () => {
   [dev, browser] = await Promise.all([startDev(), launchBrowser()]);
-});
+}, HOOK);
 
 after(async () => {
   await browser?.close();
   await dev?.stop();
-});
+}, HOOK);
 
 describe("playground", () => {
-  test("a run completes and shows its result, from falgate's origin only, under its CSP", async () => {
+  test("a run completes and shows its result, from falgate's origin only, under its CSP", T, async () => {
     await withPage(browser, "run-completes", async (page, log) => {
       const violations = [];
       page.on("console", (m) => {
@@ -65,7 +67,7 @@ describe("playground", () => {
     });
   });
 
-  test("a bad input shows each field's error beside its field and reaches nothing", async () => {
+  test("a bad input shows each field's error beside its field and reaches nothing", T, async () => {
     await withPage(browser, "field-errors", async (page) => {
       const before = (await emulatorRequests(dev)).length;
       await page.goto(
@@ -82,7 +84,7 @@ describe("playground", () => {
     });
   });
 
-  test("a second user cannot open the first user's request", async () => {
+  test("a second user cannot open the first user's request", T, async () => {
     const requestId = await withPage(browser, "first-user", async (page) => {
       await page.goto(playground(dev, { autorun: "1", input_concept: "owned by the first user" }));
       await waitForText(page, "result", /\S/);
@@ -102,7 +104,7 @@ describe("playground", () => {
     });
   });
 
-  test("streaming mode follows the run over the status stream", async () => {
+  test("streaming mode follows the run over the status stream", T, async () => {
     await withPage(browser, "streaming", async (page) => {
       await page.goto(playground(dev, { autorun: "1", mode: "streaming", input_concept: "streamed" }));
       const result = await waitForText(page, "result", /\S/);
@@ -117,7 +119,7 @@ describe("playground", () => {
     });
   });
 
-  test("a failing case keeps a screenshot", async () => {
+  test("a failing case keeps a screenshot", T, async () => {
     const png = join(ARTIFACTS, "screenshot-self-check.png");
     rmSync(png, { force: true });
     await assert.rejects(
@@ -138,10 +140,10 @@ describe("playground cancel", () => {
   before(async () => {
     // Jobs that run long enough to be cancelled by a click.
     slow = await startDev(["--emulator-job-ms", "30000"]);
-  });
-  after(async () => slow?.stop());
+  }, HOOK);
+  after(async () => slow?.stop(), HOOK);
 
-  test("the cancel button cancels the running request at fal", async () => {
+  test("the cancel button cancels the running request at fal", T, async () => {
     await withPage(browser, "cancel", async (page) => {
       await page.goto(playground(slow, { autorun: "1", input_concept: "never finished" }));
       await waitForText(page, "status", /IN_PROGRESS/);
@@ -161,7 +163,7 @@ describe("playground cancel", () => {
 });
 
 describe("playground usage", () => {
-  test("the limits panel shows what GET /api/fal/usage answers", async () => {
+  test("the limits panel shows what GET /api/fal/usage answers", T, async () => {
     const usage = await fetch(`${dev.url}/api/fal/usage`, { headers: { authorization: `Bearer ${dev.token2}` } });
     assert.equal(usage.status, 200);
     const body = await usage.json();

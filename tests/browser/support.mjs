@@ -29,6 +29,12 @@ export const CHROMIUM_ARGS = [
 /** How long one wait in the page may take before the case fails. */
 export const WAIT_MS = 15_000;
 const STARTUP_TIMEOUT_MS = 20_000;
+/** Per-test timeout, so a case runs bounded however its file is run (npm test adds its own). */
+export const T = { timeout: 60_000 };
+/** Per-hook timeout: `before` starts falgate dev (and a browser), `after` stops them. */
+export const HOOK = { timeout: 2 * STARTUP_TIMEOUT_MS + 10_000 };
+/** How long one call to a local server (the emulator's control API) may take. */
+const CALL_TIMEOUT_MS = 10_000;
 
 // No fal credentials in the test process or its children.
 for (const name of ["FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"]) delete process.env[name];
@@ -170,7 +176,7 @@ export async function waitForText(page, id, pattern) {
 
 /** The emulator's recorded requests (its test control API). */
 export async function emulatorRequests(dev) {
-  const answer = await fetch(`${dev.emulator}/_emulator/requests`);
+  const answer = await fetch(`${dev.emulator}/_emulator/requests`, { signal: AbortSignal.timeout(CALL_TIMEOUT_MS) });
   return answer.json();
 }
 

@@ -155,7 +155,7 @@ async function waitReady(url, exited) {
   while (Date.now() < deadline) {
     if (gone) return `nginx exited (code ${gone.code}, signal ${gone.signal})`;
     try {
-      const res = await fetch(`${url}/healthz`);
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(START_TIMEOUT_MS) });
       await res.arrayBuffer();
       if (res.status === 200) return true;
     } catch {

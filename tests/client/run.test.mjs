@@ -12,16 +12,16 @@ import {
 
 const INPUT = { input_concept: "a paper boat in a rain gutter", camera_style: "Macro extreme" };
 
-/** Asserts that `err` is a falgate refusal (JSON body with a snake_case code) with `status`. */
-function assertGateRefusal(fal, err, status) {
+/** Asserts that `err` is falgate's own refusal: exactly `status` and `code` (body and header). */
+function assertGateRefusal(fal, err, status, code) {
   assert.ok(err instanceof ApiError, `expected ApiError, got ${err}`);
   assert.equal(err.status, status, `status; body ${JSON.stringify(err.body)}`);
-  assert.match(err.body?.code ?? "", /^[a-z][a-z0-9_]*$/, `falgate error code in ${JSON.stringify(err.body)}`);
+  assert.equal(err.body?.code, code, `falgate's code in ${JSON.stringify(err.body)}`);
   assert.equal(typeof err.body.message, "string");
   assert.equal(err.message, err.body.message, "the client surfaces falgate's message");
   const res = fal.responses.at(-1);
   assert.equal(res.status, status);
-  assert.equal(res.headers.get("x-falgate-error"), err.body.code, "x-falgate-error header names the code");
+  assert.equal(res.headers.get("x-falgate-error"), code, "x-falgate-error header names the code");
 }
 
 /**
@@ -64,21 +64,21 @@ describe("fal.run and policy through the proxy route", () => {
   test("fal.run on an endpoint without sync_run is refused with 403 and never reaches fal", T, async () => {
     const mark = await stack.mark();
     const err = await rejectionOf(fal.run(ECHO, { input: { hello: "world" } }));
-    assertGateRefusal(fal, err, 403);
+    assertGateRefusal(fal, err, 403, "sync_run_not_allowed");
     assert.deepEqual(await stack.upstreamSince(mark), []);
   });
 
   test("fal.run on an endpoint missing from the config is refused with 403 and never reaches fal", T, async () => {
     const mark = await stack.mark();
     const err = await rejectionOf(fal.run(NOT_ALLOWED, { input: { prompt: "a cat" } }));
-    assertGateRefusal(fal, err, 403);
+    assertGateRefusal(fal, err, 403, "endpoint_not_allowed");
     assert.deepEqual(await stack.upstreamSince(mark), []);
   });
 
   test("queue.submit to an endpoint missing from the config is refused with 403 and never reaches fal", T, async () => {
     const mark = await stack.mark();
     const err = await rejectionOf(fal.queue.submit(NOT_ALLOWED, { input: { prompt: "a cat" } }));
-    assertGateRefusal(fal, err, 403);
+    assertGateRefusal(fal, err, 403, "endpoint_not_allowed");
     assert.deepEqual(await stack.upstreamSince(mark), []);
   });
 

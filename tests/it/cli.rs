@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{FAL_KEY, SECRET};
+use crate::support::{wait_listening, OutputWithin, FAL_KEY, SECRET};
 
 fn falgate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_falgate"));
@@ -18,7 +18,7 @@ fn check_config_accepts_the_shipped_default_with_a_secret() {
         .args(["check-config", "--config", "config/falgate.toml"])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .env("FAL_KEY", FAL_KEY)
-        .output()
+        .output_within()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -32,7 +32,7 @@ fn check_config_exits_64_naming_the_bad_key() {
     let output = falgate()
         .args(["check-config", "--config", path.to_str().unwrap()])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .output()
+        .output_within()
         .unwrap();
     std::fs::remove_file(&path).unwrap();
     assert_eq!(output.status.code(), Some(64));
@@ -44,7 +44,7 @@ fn serve_without_fal_credentials_refuses_to_start() {
     let output = falgate()
         .args(["serve", "--config", "config/falgate.toml"])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("FAL_KEY"));
@@ -65,7 +65,7 @@ async fn minted_token_verifies_against_the_configured_secret() {
             "config/falgate.toml",
         ])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .output()
+        .output_within()
         .unwrap();
     assert!(output.status.success());
     let token = String::from_utf8(output.stdout).unwrap();
@@ -83,7 +83,7 @@ async fn minted_token_verifies_against_the_configured_secret() {
 fn token_without_an_hs256_secret_exits_64() {
     let output = falgate()
         .args(["token", "--sub", "u", "--config", "config/falgate.toml"])
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
 }
@@ -101,7 +101,7 @@ fn check_config_names_the_schema_file_and_pointer_of_a_bad_schema() {
     let output = falgate()
         .args(["check-config", "--config", dir.join("falgate.toml").to_str().unwrap()])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .output()
+        .output_within()
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -144,7 +144,7 @@ fn a_double_underscore_variable_naming_no_key_exits_64_naming_the_variable() {
             .env("FALGATE_LISTEN", "127.0.0.1:0")
             .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("FALGATE_UPSTREAM__QUEUE_URI", "http://127.0.0.1:1")
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
@@ -195,18 +195,8 @@ async fn the_kubelets_service_links_are_ignored_with_one_warning_and_the_server_
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = stdout
-            .next_line()
-            .await
-            .unwrap()
-            .expect("falgate exited before listening");
-        if let Some(url) = line.strip_prefix("falgate listening on ") {
-            break url.to_owned();
-        }
-    };
-    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    let url = wait_listening(&mut child, || None).await.url;
+    let health = crate::support::get(format!("{url}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let warning = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -247,7 +237,7 @@ fn check_config_refuses_what_serve_would_refuse_fal_credentials_and_key_files() 
     let no_credentials = falgate()
         .args(["check-config", "--config", "config/falgate.toml"])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(no_credentials.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&no_credentials.stderr).contains("no fal credentials"));
@@ -256,14 +246,14 @@ fn check_config_refuses_what_serve_would_refuse_fal_credentials_and_key_files() 
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .env("FAL_KEY", FAL_KEY)
         .env("FAL_KEY_FILE", "/nonexistent/fal.key")
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(two.status.code(), Some(64));
     let unreadable = falgate()
         .args(["check-config", "--config", "config/falgate.toml"])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .env("FAL_KEY_FILE", "/nonexistent/fal.key")
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(unreadable.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&unreadable.stderr).contains("/nonexistent/fal.key"));
@@ -271,7 +261,7 @@ fn check_config_refuses_what_serve_would_refuse_fal_credentials_and_key_files() 
     let missing_key = falgate()
         .args(["check-config", "--config", &config.path()])
         .env("FAL_KEY", FAL_KEY)
-        .output()
+        .output_within()
         .unwrap();
     let stderr = String::from_utf8_lossy(&missing_key.stderr);
     assert_eq!(missing_key.status.code(), Some(64), "{stderr}");
@@ -289,7 +279,7 @@ fn check_config_warns_about_a_config_that_starts_but_surprises() {
         .args(["check-config", "--config", &config.path()])
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .env("FAL_KEY", FAL_KEY)
-        .output()
+        .output_within()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -306,7 +296,7 @@ fn token_refuses_a_lifetime_the_config_would_refuse() {
             .args(["token", "--sub", "u", "--ttl", ttl, "--config", "config/falgate.toml"])
             .env("FALGATE_AUTH__HS256_SECRET", SECRET)
             .env("FALGATE_AUTH__MAX_LIFETIME_SECONDS", "3600")
-            .output()
+            .output_within()
             .unwrap()
     };
     let refused = token("61m");

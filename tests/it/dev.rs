@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::support::SECRET;
+use crate::support::{COMMAND_DEADLINE, SECRET};
 
 const VPG: &str = "fal-ai/video-prompt-generator";
 
@@ -75,7 +75,7 @@ impl Dev {
     }
 
     fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
-        reqwest::Client::new()
+        crate::support::client()
             .get(format!("{}{path}", self.url))
             .bearer_auth(token)
     }
@@ -99,7 +99,7 @@ impl Dev {
 }
 
 async fn preflight(url: &str, origin: &str) -> Option<String> {
-    let answer = reqwest::Client::new()
+    let answer = crate::support::client()
         .request(reqwest::Method::OPTIONS, format!("{url}/api/fal/proxy"))
         .header("origin", origin)
         .header("access-control-request-method", "POST")
@@ -159,7 +159,7 @@ async fn dev_prints_two_users_a_real_request_and_the_playground_and_removes_its_
     assert!(text.contains(".mjs"), "{text}");
     // The playground is served and its URL printed with the token in the fragment.
     assert!(text.contains(&format!("{}/#token={token}", dev.url)), "{text}");
-    let page = reqwest::get(format!("{}/", dev.url)).await.unwrap();
+    let page = crate::support::get(format!("{}/", dev.url)).await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.headers()["content-security-policy"]
         .to_str()
@@ -197,7 +197,7 @@ async fn dev_honours_the_environment_and_its_flags() {
     // A token minted elsewhere with the same secret works.
     let token = falgate::auth::mint_hs256(SECRET.as_bytes(), "someone", None, Duration::from_secs(60)).unwrap();
     let big = json!({ "input_concept": "x".repeat(200) });
-    let refused = reqwest::Client::new()
+    let refused = crate::support::client()
         .post(format!("{}/api/fal/queue/{VPG}", dev.url))
         .bearer_auth(&token)
         .json(&big)
@@ -236,9 +236,15 @@ async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
         .spawn()
         .unwrap();
     let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut stdout).await.unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
-    let code = child.wait().await.unwrap().code();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let refused = async {
+        out.read_to_string(&mut stdout).await.unwrap();
+        err.read_to_string(&mut stderr).await.unwrap();
+        child.wait().await.unwrap().code()
+    };
+    let code = tokio::time::timeout(COMMAND_DEADLINE, refused)
+        .await
+        .expect("falgate dev exits on a bad schema");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, Some(64), "{stderr}");
     assert_eq!(stdout, "", "printed before failing");
@@ -248,8 +254,10 @@ async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
     // A bad variable is reported the same way.
     let output = dev_command(&["--listen", "127.0.0.1:0"], &[("FALGATE_UPSTREAM__QUEUE_URI", "x")])
         .stderr(std::process::Stdio::piped())
-        .output()
+        .output();
+    let output = tokio::time::timeout(COMMAND_DEADLINE, output)
         .await
+        .expect("falgate dev exits on a bad variable")
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
@@ -261,7 +269,7 @@ async fn dev_reports_a_config_that_cannot_start_once_and_prints_nothing_else() {
 async fn a_file_uploaded_in_dev_works_as_an_input_under_the_shipped_rules() {
     let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
     let token = dev.export("TOKEN");
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let initiate: Value = client
         .post(format!("{}/api/fal/proxy", dev.url))
         .bearer_auth(&token)

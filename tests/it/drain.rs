@@ -61,7 +61,7 @@ async fn sigterm_drains_readyz_turns_503_calls_in_flight_finish_and_the_process_
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     wait_for_status(&client, &format!("{}/readyz", process.url), 200).await;
     let in_flight = submit_in_flight(&gate, &process, &client).await;
 
@@ -92,7 +92,7 @@ async fn a_second_signal_exits_at_once_without_waiting_for_calls_in_flight() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let _in_flight = submit_in_flight(&gate, &process, &client).await;
     process.signal("INT");
     wait_for_status(&client, &format!("{}/readyz", process.url), 503).await;
@@ -115,7 +115,7 @@ async fn a_submit_still_waiting_at_the_drain_timeout_is_answered_424_not_cut() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let in_flight = submit_in_flight(&gate, &process, &client).await;
     process.signal("TERM");
     let answer = tokio::time::timeout(Duration::from_secs(20), in_flight)

@@ -396,7 +396,7 @@ async fn caller_text_cannot_break_a_text_log_line() {
     let env = [("FALGATE_LOG__FORMAT", "text"), ("RUST_LOG", "info")];
     let mut falgate = Process::serve_with_stderr(&gate.fal_url, &env, Stdio::piped()).await;
     let mut stderr = BufReader::new(falgate.child.stderr.take().unwrap()).lines();
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let token = gate.token("alice");
     // A duplicate key holding a newline, a carriage return, a terminal escape and the Unicode
     // line and paragraph separators, sent through both route families.

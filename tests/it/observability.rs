@@ -44,48 +44,114 @@ fn parts(traceparent: &str) -> (String, String) {
     (fields[1].to_owned(), fields[2].to_owned())
 }
 
-async fn scrape(gate: &TestGate) -> String {
-    let metrics = gate.client.get(format!("{}/metrics", gate.admin_url)).send();
+async fn scrape(client: &reqwest::Client, admin_url: &str) -> String {
+    let metrics = client.get(format!("{admin_url}/metrics")).send();
     metrics.await.unwrap().text().await.unwrap()
 }
 
-/// The value of an unlabelled series in a scrape.
-fn value(text: &str, name: &str) -> f64 {
+/// The value of the series `series` (name and labels as exposed) in a scrape.
+fn value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
 }
 
+/// Polls the scrape (with a deadline) until no stream is open and no call is in flight: a call's
+/// gauges come down when the gate has finished writing its answer, just after the client has it.
+async fn until_nothing_open(client: &reqwest::Client, admin_url: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(client, admin_url).await;
+        if value(&text, "falgate_open_streams") == 0.0 && value(&text, "falgate_calls_in_flight") == 0.0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} is still counted in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The metrics of a `falgate serve` process of its own (the metrics registry is process-wide,
+/// so an in-process gate would also count the traffic of the tests running beside it): every
+/// figure below is exactly what this test's own calls make.
 #[tokio::test]
 async fn metrics_show_histogram_buckets_and_gauges_after_calls() {
-    let gate = TestGate::spawn().await;
-    let id = gate.submit("alice", json!({"input_concept": "a cat"})).await;
-    let mut stream = gate
-        .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status/stream"))
-        .await;
+    // fal's jobs stay queued, so the status stream stays open until the test drops it.
+    let fal = TestGate::builder().job_ms(600_000, 1_000).spawn().await;
+    let falgate = Process::serve(&fal.fal_url, &[]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let alice = token("alice", Duration::from_secs(600));
+    let submit = client
+        .post(format!("{}/api/fal/queue/{VPG}", falgate.url))
+        .bearer_auth(&alice)
+        .json(&json!({"input_concept": "a cat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submit.status(), 200);
+    let id = submit.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The submit is over once its answer has been written: nothing is open or in flight.
+    until_nothing_open(&client, &falgate.admin_url, "the submit").await;
+    let mut stream = client
+        .get(format!(
+            "{}/api/fal/queue/{VPG}/requests/{id}/status/stream",
+            falgate.url
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stream.status(), 200);
     assert!(stream.chunk().await.unwrap().is_some());
-    // While this stream is open, it counts (other tests may hold streams too: at least one).
-    let during = scrape(&gate).await;
+    // While this stream is open, it is the one stream and the one call in flight.
+    let during = scrape(&client, &falgate.admin_url).await;
     for gauge in ["falgate_open_streams", "falgate_calls_in_flight"] {
-        assert!(value(&during, gauge) >= 1.0, "{gauge} in\n{during}");
+        assert_eq!(value(&during, gauge), 1.0, "{gauge} during the stream in\n{during}");
     }
-    while stream.chunk().await.unwrap().is_some() {}
-    let refused = gate
-        .client
-        .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", gate.url));
+    // The caller goes away: both gauges come back down.
+    drop(stream);
+    until_nothing_open(&client, &falgate.admin_url, "the dropped stream").await;
+    let refused = client.get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", falgate.url));
     assert_eq!(refused.send().await.unwrap().status(), 401);
-    let text = scrape(&gate).await;
+    let text = scrape(&client, &falgate.admin_url).await;
+    for (series, count) in [
+        (
+            r#"falgate_http_request_duration_seconds_count{route_family="/api/fal/queue/",operation="submit",status_class="2xx"}"#,
+            1.0,
+        ),
+        (
+            r#"falgate_http_request_duration_seconds_count{route_family="/api/fal/queue/",operation="status_stream",status_class="2xx"}"#,
+            1.0,
+        ),
+        (
+            r#"falgate_http_request_duration_seconds_count{route_family="/api/fal/queue/",operation="none",status_class="4xx"}"#,
+            1.0,
+        ),
+        (
+            r#"falgate_upstream_request_duration_seconds_count{operation="submit",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"falgate_upstream_responses_total{operation="submit",status="200"}"#,
+            1.0,
+        ),
+        (r#"falgate_refusals_total{code="unauthenticated"}"#, 1.0),
+    ] {
+        assert_eq!(value(&text, series), count, "{series} in\n{text}");
+    }
     for series in [
         r#"falgate_http_request_duration_seconds_bucket{route_family="/api/fal/queue/",operation="submit",status_class="2xx",le="0.005"}"#,
         r#"falgate_http_request_duration_seconds_bucket{route_family="/api/fal/queue/",operation="status_stream",status_class="2xx",le="300"}"#,
-        r#"falgate_http_request_duration_seconds_count{route_family="/api/fal/queue/",operation="none",status_class="4xx"}"#,
         r#"falgate_upstream_request_duration_seconds_bucket{operation="submit",status="200",le="0.005"}"#,
-        r#"falgate_upstream_responses_total{operation="submit",status="200"}"#,
-        r#"falgate_refusals_total{code="unauthenticated"}"#,
         "falgate_open_connections ",
-        "falgate_open_streams ",
-        "falgate_calls_in_flight ",
         r#"falgate_build_info{version=""#,
         "# TYPE falgate_http_request_duration_seconds histogram",
     ] {
@@ -94,6 +160,19 @@ async fn metrics_show_histogram_buckets_and_gauges_after_calls() {
             "{series} missing from\n{text}"
         );
     }
+    // The stream's duration falls in a bucket at or under 300 s, and every refusal was the 401.
+    assert_eq!(
+        value(
+            &text,
+            r#"falgate_http_request_duration_seconds_bucket{route_family="/api/fal/queue/",operation="status_stream",status_class="2xx",le="300"}"#
+        ),
+        1.0
+    );
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("falgate_refusals_total{"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(!text.contains("summary"), "durations are histograms:\n{text}");
 }
 
@@ -222,7 +301,7 @@ fn token(sub: &str, ttl: Duration) -> String {
 async fn the_json_access_line_names_the_call_and_never_the_token() {
     let gate = TestGate::spawn().await;
     let mut falgate = process(&gate.fal_url, &[]).await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let alice = token("alice@example.com", Duration::from_secs(600));
     let submit = client
         .post(format!("{}/api/fal/queue/{VPG}", falgate.url()))
@@ -360,7 +439,7 @@ async fn spans_are_exported_over_otlp_and_fal_gets_the_same_trace() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let alice = token("alice", Duration::from_secs(600));
     for traceparent in [Some(CALLER_PARENT), None] {
         let mut call = client

@@ -32,7 +32,7 @@ async fn an_enabled_playground_serves_its_page_under_a_strict_csp_and_lists_sche
         .config("[playground]\nenabled = true\n")
         .spawn()
         .await;
-    let page = reqwest::get(format!("{}/", gate.url)).await.unwrap();
+    let page = crate::support::get(format!("{}/", gate.url)).await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(
@@ -43,17 +43,19 @@ async fn an_enabled_playground_serves_its_page_under_a_strict_csp_and_lists_sche
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"<script type="module" src="/playground/app.js"></script>"#));
     assert!(!html.contains("<script>"), "an inline script");
-    let client = reqwest::get(format!("{}/playground/fal-client.js", gate.url))
+    let client = crate::support::get(format!("{}/playground/fal-client.js", gate.url))
         .await
         .unwrap();
     assert_eq!(client.headers()["content-type"], "text/javascript; charset=utf-8");
     assert!(client.text().await.unwrap().contains("x-fal-target-url"));
-    let missing = reqwest::get(format!("{}/playground/nope.js", gate.url)).await.unwrap();
+    let missing = crate::support::get(format!("{}/playground/nope.js", gate.url))
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let post = gate.post_as_alice("/", &serde_json::json!({})).await;
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 
-    let anonymous = reqwest::get(format!("{}/playground/api/endpoints", gate.url))
+    let anonymous = crate::support::get(format!("{}/playground/api/endpoints", gate.url))
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
@@ -90,7 +92,7 @@ async fn the_schema_listed_is_the_callers_tier_and_endpoints_it_may_not_use_are_
     let list = |token: String| {
         let url = format!("{}/playground/api/endpoints", gate.url);
         async move {
-            reqwest::Client::new()
+            crate::support::client()
                 .get(url)
                 .bearer_auth(token)
                 .send()

@@ -9,7 +9,7 @@ use std::process::Command;
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::support::{TestGate, FAL_KEY, SECRET, VPG};
+use crate::support::{OutputWithin, TestGate, FAL_KEY, SECRET, VPG};
 
 /// The two route families.
 const ROUTES: [Route; 2] = [Route::Rest, Route::Proxy];
@@ -211,7 +211,7 @@ fn check_config(text: &str) -> (Option<i32>, String) {
         .env_clear()
         .env("FALGATE_AUTH__HS256_SECRET", SECRET)
         .env("FAL_KEY", FAL_KEY)
-        .output()
+        .output_within()
         .unwrap();
     std::fs::remove_dir_all(&dir).ok();
     (

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use crate::support::{FAL_KEY, SECRET, VPG};
+use crate::support::{wait_listening, FAL_KEY, SECRET, VPG};
 
 const ECHO: &str = "fal-ai/echo";
 
@@ -80,26 +80,13 @@ impl Served {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut admin) = (None, None);
-        while url.is_none() || admin.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("falgate exited before listening");
-            if let Some(rest) = line.strip_prefix("falgate listening on ") {
-                url = Some(rest.to_owned());
-            } else if let Some(rest) = line.strip_prefix("falgate admin listening on ") {
-                admin = Some(rest.to_owned());
-            }
-        }
-        // Keep reading, so the process never writes into a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Bounded, failing with the log so far; stdout is drained from here on.
+        let said = log.clone();
+        let listening = wait_listening(&mut child, move || Some(said.lock().unwrap().join("\n"))).await;
         let token = falgate::auth::mint_hs256(SECRET.as_bytes(), "alice", None, Duration::from_secs(600)).unwrap();
         Self {
-            url: url.unwrap(),
-            admin: admin.unwrap(),
+            url: listening.url,
+            admin: listening.admin_url,
             file,
             child,
             log,

@@ -28,7 +28,7 @@ async fn a_request_submitted_through_one_process_is_polled_through_another_by_it
         replica(&gate.fal_url, &prefix).await,
         replica(&gate.fal_url, &prefix).await,
     );
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let submit = |replica: &Process, key: &str| {
         client
             .post(format!("{}/api/fal/queue/{VPG}", replica.url))

@@ -261,22 +261,157 @@ impl TestGate {
     }
 }
 
+/// How long a started `falgate` may take to say where it listens. Past it the test fails with
+/// what the process wrote: a binary stuck at start must not run on to CI's limit.
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The longest a `falgate` command run to its end (`check-config`, `token`, a refused start) may
+/// take before the test fails (and the process is killed).
+pub(crate) const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where a started `falgate` listens, as it printed it on stdout.
+pub(crate) struct Listening {
+    pub(crate) url: String,
+    pub(crate) admin_url: String,
+}
+
+/// Reads `child`'s stdout until its two listening lines (`… listening on`, `… admin listening
+/// on`), within [`START_DEADLINE`], then keeps draining stdout so the process never writes into
+/// a closed pipe. On a timeout or an early exit it fails with the lines read, the exit status
+/// and the process's stderr: `said()` when the caller keeps stderr itself, else what the
+/// child's stderr pipe holds (read for at most a few seconds; nothing when not piped).
+pub(crate) async fn wait_listening(
+    child: &mut tokio::process::Child,
+    said: impl FnOnce() -> Option<String>,
+) -> Listening {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let (mut url, mut admin_url, mut read) = (None, None, Vec::new());
+    let wait = async {
+        while url.is_none() || admin_url.is_none() {
+            let Ok(Some(line)) = lines.next_line().await else {
+                return false;
+            };
+            if let Some(rest) = line.strip_prefix("falgate listening on ") {
+                url = Some(rest.to_owned());
+            } else if let Some(rest) = line.strip_prefix("falgate admin listening on ") {
+                admin_url = Some(rest.to_owned());
+            }
+            read.push(line);
+        }
+        true
+    };
+    let why = match tokio::time::timeout(START_DEADLINE, wait).await {
+        Ok(true) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Listening {
+                url: url.unwrap(),
+                admin_url: admin_url.unwrap(),
+            };
+        }
+        Ok(false) => "exited before listening".to_owned(),
+        Err(_) => format!("did not listen within {START_DEADLINE:?}"),
+    };
+    let stderr = match said() {
+        Some(text) => text,
+        None => match child.stderr.take() {
+            Some(mut pipe) => {
+                let mut bytes = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(3), pipe.read_to_end(&mut bytes)).await;
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            None => "(not captured)".to_owned(),
+        },
+    };
+    let status = child.try_wait().ok().flatten();
+    panic!("falgate {why} (exit: {status:?}); stdout: {read:#?}; stderr:\n{stderr}");
+}
+
+/// `std::process::Command::output`, bounded by [`COMMAND_DEADLINE`]: past it the process is
+/// killed and the test fails with its stderr.
+pub(crate) trait OutputWithin {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputWithin for std::process::Command {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                pipe.read_to_end(&mut bytes).ok();
+                bytes
+            })
+        }
+        let stdout = drain(child.stdout.take().unwrap());
+        let stderr = drain(child.stderr.take().unwrap());
+        let deadline = std::time::Instant::now() + COMMAND_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                child.kill().ok();
+                child.wait().ok();
+                let said = stderr.join().unwrap_or_default();
+                panic!(
+                    "{self:?} still running after {COMMAND_DEADLINE:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&said)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+}
+
+/// The longest one HTTP call of a test to a local server may take, answer included: a server
+/// that accepts and never answers fails the test instead of holding it.
+pub(crate) const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A client whose every call is bounded by [`CALL_DEADLINE`] (`reqwest::Client::new()` has no
+/// timeout). Not for a test that expects a call to end by itself: that one must bound its wait
+/// well below the client's timeout, so the timeout cannot be what ends it.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(CALL_DEADLINE).build().unwrap()
+}
+
+/// `reqwest::get`, bounded by [`CALL_DEADLINE`].
+pub(crate) async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
+}
+
 /// A real `falgate serve` child process on the shipped config and `fal`; killed when dropped.
 pub(crate) struct Process {
     pub(crate) url: String,
+    /// The admin listener (`/metrics`).
+    pub(crate) admin_url: String,
     pub(crate) child: tokio::process::Child,
 }
 
 impl Process {
-    /// Starts `falgate serve` with the shipped config, `fal` as every fal host, and `env`.
+    /// Starts `falgate serve` with the shipped config, `fal` as every fal host, and `env`. Its
+    /// log lines are read and dropped once it listens (shown if it fails to start).
     pub(crate) async fn serve(fal: &str, env: &[(&str, &str)]) -> Self {
-        Self::serve_with_stderr(fal, env, std::process::Stdio::null()).await
+        let mut process = Self::serve_with_stderr(fal, env, std::process::Stdio::piped()).await;
+        let mut stderr = process.child.stderr.take().unwrap();
+        tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+        process
     }
 
     /// [`Process::serve`], with the log lines (stderr) going to `stderr` (`Stdio::piped()` to
     /// read them from `child.stderr`).
     pub(crate) async fn serve_with_stderr(fal: &str, env: &[(&str, &str)], stderr: std::process::Stdio) -> Self {
-        use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
             .args(["serve", "--config", "config/falgate.toml"])
             .env_clear()
@@ -292,18 +427,8 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.strip_prefix("falgate listening on ") {
-                // Keep reading, so the process never writes into a closed pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Self {
-                    url: url.to_owned(),
-                    child,
-                };
-            }
-        }
-        panic!("falgate exited before listening");
+        let Listening { url, admin_url } = wait_listening(&mut child, || None).await;
+        Self { url, admin_url, child }
     }
 
     /// Sends `signal` (`TERM`, `INT`, `HUP`) to the process.
