@@ -8,7 +8,9 @@
 #   RUST_IMAGE    the builder image, e.g. a mirror's copy for offline builds.
 #   BASE          the runtime base, e.g. a local Debian image made with debootstrap.
 #   BIN_FROM      an image holding a prebuilt /usr/local/bin/falgate, to skip the Rust stage
-#                 (scripts/image uses it: base images cannot be pulled on its machine).
+#                 (scripts/image can use it: base images cannot be pulled on its machine).
+# podman 4 / buildah: add --skip-unused-stages=false when building the Rust stage (buildah
+# decides which stages are used before it expands `FROM ${BIN_FROM}`); scripts/image does.
 ARG RUST_VERSION=1.89
 ARG RUST_IMAGE=docker.io/library/rust:${RUST_VERSION}-bookworm
 ARG BASE=docker.io/library/debian:bookworm-slim
