@@ -52,6 +52,8 @@ pub struct Config {
     pub body_budget_bytes: usize,
     /// Longest time to receive a request body.
     pub body_timeout: Duration,
+    /// Request bodies one caller may be sending at once (per replica).
+    pub body_reads_per_caller: u32,
     /// Largest single request header value, and all request headers together.
     pub max_header_bytes: usize,
     pub max_headers_total_bytes: usize,
@@ -321,6 +323,10 @@ impl Config {
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
             body_budget_bytes: body_budget(&raw.request)?,
             body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
+            body_reads_per_caller: positive(
+                "request.body_reads_per_caller",
+                raw.request.body_reads_per_caller as usize,
+            )? as u32,
             max_header_bytes: positive("request.max_header_bytes", raw.request.max_header_bytes)?,
             max_headers_total_bytes: positive("request.max_headers_total_bytes", raw.request.max_headers_total_bytes)?,
             json: JsonLimits {

@@ -30,7 +30,6 @@ use crate::ownership::Ownership;
 use crate::policy::Policy;
 use crate::redis::{RedisStore, StoreError};
 use crate::schema::{CompileError, Schemas};
-use crate::upstream::budget::Budget;
 use crate::upstream::Upstream;
 
 /// One snapshot: everything a request needs, shared read-only.
@@ -48,8 +47,8 @@ pub struct Gate {
     pub ownership: Arc<Ownership>,
     /// Lives for the process: serving or draining.
     pub lifecycle: Arc<Lifecycle>,
-    /// Lives for the process: bytes of request bodies held at once.
-    pub body_budget: Budget,
+    /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
+    pub body_budget: crate::input::Bodies,
 }
 
 /// Why a gate could not be built from a config.
@@ -93,7 +92,7 @@ impl Gate {
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
-            body_budget: Budget::new(config.body_budget_bytes),
+            body_budget: crate::input::Bodies::new(config.body_budget_bytes),
             config,
         })
     }
