@@ -422,7 +422,23 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
             "`{key}` must be a plain http(s) base URL without credentials or query"
         )));
     }
+    // fal's key travels with every call: never in clear text beyond this machine.
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(ConfigError(format!(
+            "`{key}` must be https: FAL_KEY is sent with every call to it (http is allowed only for a loopback address, such as the emulator): {raw:?}"
+        )));
+    }
     Ok(url)
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`: traffic that never leaves the machine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-pub use client_ip::{client_ip, is_trusted_peer};
+pub use client_ip::{client_ip, is_trusted_peer, note_untrusted_forwarder};
 pub use config::{
     CreditsConfig, EndpointCredits, Limit, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierCaps,
     TierLimits, UNLIMITED,

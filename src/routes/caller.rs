@@ -26,6 +26,7 @@ impl FromRequestParts<Arc<Current>> for Caller {
         let gate = current.of(&mut parts.extensions);
         let client_ip = || {
             let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+            crate::limits::note_untrusted_forwarder(*peer, &parts.headers, gate.limiter.trusted_proxies());
             Some(crate::limits::client_ip(
                 *peer,
                 &parts.headers,

@@ -55,7 +55,7 @@ async fn announced_bodies_that_never_arrive_do_not_pin_the_body_budget() {
     for stream in &pinned {
         assert!(
             matches!(stream.try_read(&mut buf), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
-            "an attacker was answered before bob: his body timed out first"
+            "bob was answered only after an attacker's body timed out"
         );
     }
     for stream in &mut pinned {
