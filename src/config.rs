@@ -23,6 +23,7 @@ pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priorit
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};
+pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
 pub use telemetry::Telemetry;
 
@@ -65,6 +66,9 @@ pub struct Config {
     pub drain: Drain,
     pub storage_uploads: Toggle,
     pub log_format: LogFormat,
+    /// The key of the principal hash in log lines (`log.principal_hash_key`); None = derived
+    /// from the fal key ([`FalCredentials::derived_key`]).
+    pub principal_hash_key: Option<secrecy::SecretString>,
     pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
     /// Named tiers; empty = one implicit tier that may do everything `endpoints` allows.
     pub tiers: BTreeMap<String, Tier>,
@@ -341,6 +345,7 @@ impl Config {
             },
             storage_uploads: raw.storage.uploads,
             log_format: raw.log.format,
+            principal_hash_key: principal_hash_key(raw.log.principal_hash_key)?,
             tiers: access::tiers(raw.tiers, &endpoints)?,
             webhook_hosts: access::webhooks(raw.webhooks)?,
             cors: access::cors(raw.cors)?,
@@ -396,6 +401,16 @@ fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
             raw.http2_keep_alive_interval_ms,
         )?,
     })
+}
+
+/// `log.principal_hash_key`: a secret of at least 16 bytes when set.
+fn principal_hash_key(raw: Option<String>) -> Result<Option<secrecy::SecretString>, ConfigError> {
+    match raw {
+        Some(key) if key.len() < 16 => Err(ConfigError(
+            "`log.principal_hash_key` must be at least 16 bytes (a random secret shared by the replicas)".into(),
+        )),
+        key => Ok(key.map(secrecy::SecretString::from)),
+    }
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {

@@ -77,6 +77,16 @@ impl Gate {
     /// and idempotency records) reading `clock`; tests pass a `ManualClock`'s.
     pub fn with_clock(config: Config, credentials: &FalCredentials, clock: Clock) -> Result<Self, BuildError> {
         let auth = Authenticator::with_clock(&config.auth, clock.clone())?;
+        // The log's principal hash: the configured key, else one derived from the fal key, so
+        // every replica hashes a caller alike (restart-only: the first gate of the process sets it).
+        let principal_key = match &config.principal_hash_key {
+            Some(key) => crate::config::keyed_digest(
+                secrecy::ExposeSecret::expose_secret(key).as_bytes(),
+                b"falgate principal hash",
+            ),
+            None => credentials.derived_key("falgate principal hash"),
+        };
+        crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
         Ok(Self {

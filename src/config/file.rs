@@ -344,12 +344,14 @@ impl Default for RawStorage {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLog {
     pub(crate) format: LogFormat,
+    pub(crate) principal_hash_key: Option<String>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
+            principal_hash_key: None,
         }
     }
 }
