@@ -720,24 +720,22 @@ mod tests {
     }
 
     impl JobStatus for SlowFal {
-        fn status(&self, _app: &AppId, _id: &FalRequestId) -> impl Future<Output = JobState> + Send {
-            async move {
-                let _turn = self.one_at_a_time.lock().await;
-                self.clock.advance(self.step);
-                let mut redis = self.store.connection();
-                let left: i64 = redis::cmd("PTTL")
-                    .arg(&self.lease_key)
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap();
-                let step = i64::try_from(self.step.as_millis()).unwrap();
-                let aged = match left - step {
-                    left if left > 0 => redis::cmd("PEXPIRE").arg(&self.lease_key).arg(left).clone(),
-                    _ => redis::cmd("DEL").arg(&self.lease_key).clone(),
-                };
-                let _: i64 = aged.query_async(&mut redis).await.unwrap();
-                JobState::Running
-            }
+        async fn status(&self, _app: &AppId, _id: &FalRequestId) -> JobState {
+            let _turn = self.one_at_a_time.lock().await;
+            self.clock.advance(self.step);
+            let mut redis = self.store.connection();
+            let left: i64 = redis::cmd("PTTL")
+                .arg(&self.lease_key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let step = i64::try_from(self.step.as_millis()).unwrap();
+            let aged = match left - step {
+                left if left > 0 => redis::cmd("PEXPIRE").arg(&self.lease_key).arg(left).clone(),
+                _ => redis::cmd("DEL").arg(&self.lease_key).clone(),
+            };
+            let _: i64 = aged.query_async(&mut redis).await.unwrap();
+            JobState::Running
         }
     }
 

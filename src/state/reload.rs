@@ -107,8 +107,8 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<&'static str> {
         ("log.principal_hash_key", {
             // A secret has no `PartialEq`: compare what it holds.
             use secrecy::ExposeSecret;
-            let key = |config: &Config| config.principal_hash_key.as_ref().map(|k| k.expose_secret().to_owned());
-            let differed = key(running) != key(next);
+            let key = |key: &Option<secrecy::SecretString>| key.as_ref().map(|k| k.expose_secret().to_owned());
+            let differed = key(&running.principal_hash_key) != key(&next.principal_hash_key);
             next.principal_hash_key = running.principal_hash_key.clone();
             differed
         }),
