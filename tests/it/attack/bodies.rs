@@ -13,7 +13,7 @@ const CONFIG: &str = "
 [request]
 max_body_bytes = 65536
 body_budget_bytes = 131072
-body_timeout_ms = 4000
+body_timeout_ms = 6000
 [limits]
 [limits.tiers.default]
 submit = { burst = 2, per_minute = 1 }
