@@ -131,6 +131,14 @@ impl Why {
 }
 
 impl AuthError {
+    /// The client's message with the reason: `falgate dev`'s 401 (never the token or claims).
+    pub fn explained(&self) -> String {
+        match self {
+            Self::Invalid(why) => format!("the bearer token is not valid: {}", why.as_str()),
+            other => other.to_string(),
+        }
+    }
+
     /// Why the token was refused, for the log line.
     pub fn log_reason(&self) -> &'static str {
         match self {
@@ -273,6 +281,23 @@ impl Authenticator {
             .issuer_for(peek.iss.as_deref())
             .ok_or(AuthError::Invalid(Why::UnknownIssuer))?;
         issuer.verify(token, &peek).await
+    }
+
+    /// Whether `token` is well formed and names what this gate knows: parseable header and
+    /// claims, a configured issuer, an algorithm it allows and a key it holds for the token's
+    /// `kid` (HS256 secrets included), checked without verifying or fetching anything. Such a
+    /// token is verified even when its client's IP is over the failed-authentication rate
+    /// (`routes::caller`): behind a proxy many users share one address, and strangers' garbage
+    /// must not lock them out. A forged one still costs its IP the failure.
+    pub fn names_a_known_key(&self, token: &str) -> bool {
+        if token.len() > self.max_token_bytes {
+            return false;
+        }
+        let Ok(peek) = token::peek(token) else {
+            return false;
+        };
+        self.issuer_for(peek.iss.as_deref())
+            .is_some_and(|issuer| issuer.knows_key(&peek))
     }
 
     /// The issuer whose `iss` matches, else the one issuer that requires none.

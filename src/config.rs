@@ -23,6 +23,7 @@ pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priorit
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
 pub use file::{LogFormat, Toggle};
+pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
 pub use telemetry::Telemetry;
 
@@ -52,6 +53,8 @@ pub struct Config {
     pub body_budget_bytes: usize,
     /// Longest time to receive a request body.
     pub body_timeout: Duration,
+    /// Request bodies one caller may be sending at once (per replica).
+    pub body_reads_per_caller: u32,
     /// Largest single request header value, and all request headers together.
     pub max_header_bytes: usize,
     pub max_headers_total_bytes: usize,
@@ -63,6 +66,9 @@ pub struct Config {
     pub drain: Drain,
     pub storage_uploads: Toggle,
     pub log_format: LogFormat,
+    /// The key of the principal hash in log lines (`log.principal_hash_key`); None = derived
+    /// from the fal key ([`FalCredentials::derived_key`]).
+    pub principal_hash_key: Option<secrecy::SecretString>,
     pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
     /// Named tiers; empty = one implicit tier that may do everything `endpoints` allows.
     pub tiers: BTreeMap<String, Tier>,
@@ -321,6 +327,10 @@ impl Config {
             max_body_bytes: positive("request.max_body_bytes", raw.request.max_body_bytes)?,
             body_budget_bytes: body_budget(&raw.request)?,
             body_timeout: millis("request.body_timeout_ms", raw.request.body_timeout_ms)?,
+            body_reads_per_caller: positive(
+                "request.body_reads_per_caller",
+                raw.request.body_reads_per_caller as usize,
+            )? as u32,
             max_header_bytes: positive("request.max_header_bytes", raw.request.max_header_bytes)?,
             max_headers_total_bytes: positive("request.max_headers_total_bytes", raw.request.max_headers_total_bytes)?,
             json: JsonLimits {
@@ -335,6 +345,7 @@ impl Config {
             },
             storage_uploads: raw.storage.uploads,
             log_format: raw.log.format,
+            principal_hash_key: principal_hash_key(raw.log.principal_hash_key)?,
             tiers: access::tiers(raw.tiers, &endpoints)?,
             webhook_hosts: access::webhooks(raw.webhooks)?,
             cors: access::cors(raw.cors)?,
@@ -392,6 +403,16 @@ fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
     })
 }
 
+/// `log.principal_hash_key`: a secret of at least 16 bytes when set.
+fn principal_hash_key(raw: Option<String>) -> Result<Option<secrecy::SecretString>, ConfigError> {
+    match raw {
+        Some(key) if key.len() < 16 => Err(ConfigError(
+            "`log.principal_hash_key` must be at least 16 bytes (a random secret shared by the replicas)".into(),
+        )),
+        key => Ok(key.map(secrecy::SecretString::from)),
+    }
+}
+
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(ConfigError(format!("`{key}` must be greater than zero")));
@@ -416,7 +437,23 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
             "`{key}` must be a plain http(s) base URL without credentials or query"
         )));
     }
+    // fal's key travels with every call: never in clear text beyond this machine.
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(ConfigError(format!(
+            "`{key}` must be https: FAL_KEY is sent with every call to it (http is allowed only for a loopback address, such as the emulator): {raw:?}"
+        )));
+    }
     Ok(url)
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`: traffic that never leaves the machine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {

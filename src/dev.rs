@@ -266,6 +266,8 @@ impl Source {
         })?;
         // No balancer in front of a dev stack: Ctrl-C need not wait for one to notice.
         config.drain.delay = Duration::ZERO;
+        // A refused token's 401 says why (issue 26); `serve` keeps one uniform message.
+        config.auth.explain_refusals = true;
         for source in &mut config.schema_sources {
             source.trusted_url_prefixes = vec![trusted_url_prefix.to_owned()];
         }

@@ -27,6 +27,9 @@ pub enum GateError {
     MethodNotAllowed,
     #[error("{0}")]
     Unauthenticated(crate::auth::AuthError),
+    /// The same refusal, its message saying why the token was refused (`falgate dev` only).
+    #[error("{}", .0.explained())]
+    UnauthenticatedExplained(crate::auth::AuthError),
     #[error("endpoint `{0}` is not allowed for this caller")]
     EndpointNotAllowed(String),
     #[error("{message}")]
@@ -82,7 +85,7 @@ impl GateError {
         match self {
             Self::Malformed(_) | Self::BadTarget(_) | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) | Self::UnauthenticatedExplained(_) => StatusCode::UNAUTHORIZED,
             Self::EndpointNotAllowed(_) | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RouteNotFound | Self::RequestNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -110,7 +113,7 @@ impl GateError {
             Self::BadTarget(_) => "invalid_target",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unauthenticated(_) | Self::UnauthenticatedExplained(_) => "unauthenticated",
             Self::EndpointNotAllowed(_) => "endpoint_not_allowed",
             Self::Forbidden { code, .. } => code,
             Self::RequestNotFound => "request_not_found",
@@ -155,7 +158,7 @@ impl GateError {
             Self::UpstreamUnreachable(err) => Some(cause_chain(err.as_ref())),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             // Why the token was refused (expired, wrong audience, …): never the token itself.
-            Self::Unauthenticated(err) => Some(err.log_reason().to_owned()),
+            Self::Unauthenticated(err) | Self::UnauthenticatedExplained(err) => Some(err.log_reason().to_owned()),
             _ => None,
         }
     }
@@ -178,7 +181,7 @@ impl IntoResponse for GateError {
         let mut response = self.status().into_response();
         let headers = response.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if let Self::Unauthenticated(_) = self {
+        if let Self::Unauthenticated(_) | Self::UnauthenticatedExplained(_) = self {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="falgate", error="invalid_token""#),

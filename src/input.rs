@@ -3,6 +3,17 @@
 //! so many large bodies at once cannot outgrow the memory limit (past it: 503 `overloaded`,
 //! nothing sent to fal). Whether it *is* valid JSON for the endpoint is `schema`'s step, on the
 //! bytes read here.
+//!
+//! The budget is charged as bytes arrive, never for what a `Content-Length` only declares: a
+//! body that is announced and never sent holds nothing (issue 20: seven requests declaring
+//! 10 MiB and sending nothing made every other caller's submit wait). What a slow sender can
+//! hold is bounded twice: by the bytes it actually sent, and by `request.body_reads_per_caller`,
+//! the bodies one caller may have in flight at once on a replica (past it: 429
+//! `concurrency_limited`, before a byte is read).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -10,17 +21,93 @@ use bytes::Bytes;
 use bytes::BytesMut;
 
 use crate::error::GateError;
+use crate::limits::LimitError;
 use crate::upstream::budget::{Budget, Charge};
 
-/// Reads the body: 415 unless declared JSON, 413 past `max_bytes`, 408 past `timeout`, 503 when
-/// `budget` has no room for it within `timeout`. The charge is held as long as the bytes are.
+/// A caller refused for too many bodies in flight is told to retry after this long.
+const READS_RETRY: Duration = Duration::from_secs(1);
+
+/// The process-lived side of body reading: the byte budget all bodies share, and how many bodies
+/// each caller is sending now. Cloning shares both.
+#[derive(Debug, Clone)]
+pub struct Bodies {
+    budget: Budget,
+    /// Bodies being read per caller (principal); an entry leaves with its caller's last read, so
+    /// the map never holds more entries than bodies in flight.
+    reading: Arc<Mutex<HashMap<Box<str>, u32>>>,
+}
+
+/// How one body may be read.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    /// Bodies one caller may have in flight at once (`request.body_reads_per_caller`).
+    pub per_caller: u32,
+}
+
+/// One caller's place among the bodies in flight; given back when dropped.
+struct Reading<'a> {
+    bodies: &'a Bodies,
+    caller: &'a str,
+}
+
+impl Bodies {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self {
+            budget: Budget::new(budget_bytes),
+            reading: Arc::default(),
+        }
+    }
+
+    /// KiB of the budget free now.
+    pub fn available_kib(&self) -> usize {
+        self.budget.available_kib()
+    }
+
+    fn start<'a>(&'a self, caller: &'a str, max: u32) -> Option<Reading<'a>> {
+        let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = reading.entry(caller.into()).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                reading.remove(caller);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Reading { bodies: self, caller })
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut reading = self
+            .bodies
+            .reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = reading.get_mut(self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                reading.remove(self.caller);
+            }
+        }
+    }
+}
+
+/// Reads the body of `caller` (its principal): 415 unless declared JSON, 413 past
+/// `limits.max_bytes`, 429 `concurrency_limited` when the caller already has
+/// `limits.per_caller` bodies in flight, 408 past `limits.timeout`, 503 when the budget has no
+/// room for the bytes that arrived within the timeout. The charge grows with the bytes received
+/// and is held as long as they are.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    max_bytes: usize,
-    timeout: std::time::Duration,
-    budget: &Budget,
+    limits: BodyLimits,
+    bodies: &Bodies,
+    caller: &str,
 ) -> Result<(Bytes, Charge), GateError> {
+    let max_bytes = limits.max_bytes;
     if !is_json(headers) {
         return Err(GateError::NotJson);
     }
@@ -30,11 +117,19 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > max_bytes as u64) {
         return Err(GateError::BodyTooLarge(max_bytes));
     }
-    let deadline = tokio::time::Instant::now() + timeout;
+    let Some(_reading) = bodies.start(caller, limits.per_caller) else {
+        return Err(LimitError::SlotsTaken {
+            message: format!(
+                "{} request bodies of this caller are being received already; retry when one is done",
+                limits.per_caller
+            ),
+            retry_after: READS_RETRY,
+            policy: None,
+        }
+        .into());
+    };
+    let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut charge = Charge::default();
-    if let Some(len) = declared {
-        reserve(budget, &mut charge, usize::try_from(len).unwrap_or(max_bytes), deadline).await?;
-    }
     let mut bytes = BytesMut::new();
     let mut body = body.into_data_stream();
     loop {
@@ -48,7 +143,8 @@ pub async fn read_body(
         if size > max_bytes {
             return Err(GateError::BodyTooLarge(max_bytes));
         }
-        reserve(budget, &mut charge, size, deadline).await?;
+        // Charged for bytes received, before they are kept.
+        reserve(&bodies.budget, &mut charge, size, deadline).await?;
         bytes.extend_from_slice(&chunk);
     }
     Ok((bytes.freeze(), charge))
@@ -91,8 +187,16 @@ mod tests {
 
     const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
+    fn limits(max_bytes: usize) -> BodyLimits {
+        BodyLimits {
+            max_bytes,
+            timeout: SECOND,
+            per_caller: 2,
+        }
+    }
+
     async fn read(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<Bytes, GateError> {
-        read_body(headers, body, max_bytes, SECOND, &Budget::new(1 << 20))
+        read_body(headers, body, limits(max_bytes), &Bodies::new(1 << 20), "alice")
             .await
             .map(|(bytes, _)| bytes)
     }
@@ -142,16 +246,65 @@ mod tests {
     /// `overloaded`; the room comes back when the first body's charge is dropped.
     #[tokio::test(start_paused = true)]
     async fn bodies_past_the_budget_wait_then_are_refused_and_room_returns_when_released() {
-        let budget = Budget::new(4 * 1024);
+        let budget = Bodies::new(4 * 1024);
         let body = || Body::from(format!("\"{}\"", "x".repeat(3000)));
-        let (_, held) = read_body(&json_headers(), body(), 1 << 20, SECOND, &budget)
+        let (_, held) = read_body(&json_headers(), body(), limits(1 << 20), &budget, "alice")
             .await
             .unwrap();
-        let refused = read_body(&json_headers(), body(), 1 << 20, SECOND, &budget).await;
+        let refused = read_body(&json_headers(), body(), limits(1 << 20), &budget, "bob").await;
         assert_eq!(refused.unwrap_err().code(), "overloaded");
         drop(held);
-        assert!(read_body(&json_headers(), body(), 1 << 20, SECOND, &budget)
+        assert!(read_body(&json_headers(), body(), limits(1 << 20), &budget, "bob")
             .await
             .is_ok());
+    }
+
+    /// A declared length is not charged: bodies announced as large and not sent hold no budget,
+    /// so another caller's body is read at once (issue 20's body-pinning attack).
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_length_that_never_arrives_holds_no_budget() {
+        let bodies = Bodies::new(8 * 1024);
+        let mut declared = json_headers();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("8192"));
+        let mut pending = Vec::new();
+        for n in 0..3 {
+            let body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+            let (headers, bodies) = (declared.clone(), bodies.clone());
+            pending.push(tokio::spawn(async move {
+                read_body(&headers, body, limits(8192), &bodies, &format!("mallory-{n}")).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(bodies.available_kib(), 8, "a declared length was charged");
+        let (bytes, _charge) = read_body(&json_headers(), Body::from("{}"), limits(8192), &bodies, "bob")
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"{}");
+        for task in pending {
+            assert_eq!(task.await.unwrap().unwrap_err().code(), "body_timeout");
+        }
+    }
+
+    /// One caller may have `per_caller` bodies in flight; the next is 429 before a byte is read,
+    /// another caller is not affected, and the place comes back when a read ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_past_its_bodies_in_flight_is_refused_and_others_are_not() {
+        let bodies = Bodies::new(1 << 20);
+        let first = bodies.start("mallory", 2).unwrap();
+        let _second = bodies.start("mallory", 2).unwrap();
+        let refused = read_body(&json_headers(), Body::from("{}"), limits(64), &bodies, "mallory").await;
+        assert_eq!(refused.unwrap_err().code(), "concurrency_limited");
+        assert!(read(&json_headers(), Body::from("{}"), 64).await.is_ok());
+        assert!(read_body(&json_headers(), Body::from("{}"), limits(64), &bodies, "bob")
+            .await
+            .is_ok());
+        drop(first);
+        assert!(
+            read_body(&json_headers(), Body::from("{}"), limits(64), &bodies, "mallory")
+                .await
+                .is_ok()
+        );
+        drop(_second);
+        assert!(bodies.reading.lock().unwrap().is_empty(), "an entry outlived its reads");
     }
 }

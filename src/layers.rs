@@ -26,7 +26,7 @@ pub fn wrap(router: Router, current: Arc<Current>, observer: access_log::Observe
             // Request id, trace context, spans, one access-log line, metrics, and the JSON body of
             // every refusal.
             .layer(from_fn_with_state(Arc::new(observer), access_log::observe))
-            // Answers under /api/fal/ are one caller's: `no-store`, `Vary` on the credentials,
+            // Answers under /api/fal/ and /playground/api/ are one caller's: `no-store`, `Vary` on the credentials,
             // and no validator or expiry of fal's. Outside the layers below, so their refusals
             // (431, CORS) are covered too.
             .layer(axum::middleware::from_fn(private_answers))
@@ -66,11 +66,13 @@ async fn cors(State(current): State<Arc<Current>>, mut request: Request, next: N
     cors::cors(&gate.config.cors, request, next).await
 }
 
-/// Marks every answer under `/api/fal/` private and uncacheable (errors and streams too), and
+/// Marks every answer under [`PRIVATE_PREFIXES`] private and uncacheable (errors and streams
+/// too), and
 /// drops the caching headers of fal's (the relay's allowlist already leaves them behind; this
 /// is the one place that decides). Replaces the `no-cache` the relay puts on event streams.
 async fn private_answers(request: Request, next: Next) -> Response {
-    let private = request.uri().path().starts_with("/api/fal/");
+    let path = request.uri().path();
+    let private = PRIVATE_PREFIXES.iter().any(|prefix| path.starts_with(prefix));
     let mut response = next.run(request).await;
     if private {
         let headers = response.headers_mut();
@@ -93,6 +95,10 @@ async fn private_answers(request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// Where every answer depends on the caller: the proxied routes and usage, and the playground's
+/// API (a caller's endpoints and tier). Static pages, assets and health checks are not.
+const PRIVATE_PREFIXES: [&str; 2] = ["/api/fal/", "/playground/api/"];
 
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
     GateError::Internal("a handler panicked".into()).into_response()

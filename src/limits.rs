@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-pub use client_ip::{client_ip, is_trusted_peer};
+pub use client_ip::{client_ip, is_trusted_peer, note_untrusted_forwarder};
 pub use config::{
     CreditsConfig, EndpointCredits, Limit, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierCaps,
     TierLimits, UNLIMITED,
@@ -85,6 +85,8 @@ pub struct Limiter {
     slots: Arc<SlotBook>,
     /// Jobs in flight, for the reconciler ([`reconcile`]).
     jobs: Arc<reconcile::Jobs>,
+    /// The last store check and when it ran (`Clock::instant`), shared by every snapshot.
+    ready: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
     /// The in-process stores' time (Redis always uses its own `TIME`).
     clock: Clock,
 }
@@ -177,6 +179,7 @@ impl Limiter {
             errors: Arc::default(),
             slots: Arc::default(),
             jobs,
+            ready: Arc::default(),
             config,
             clock,
         })
@@ -197,6 +200,7 @@ impl Limiter {
             errors: self.errors.clone(),
             slots: self.slots.clone(),
             jobs: self.jobs.clone(),
+            ready: self.ready.clone(),
             config,
             clock: self.clock.clone(),
         })
@@ -239,6 +243,31 @@ impl Limiter {
             reservation,
             refund,
         })
+    }
+
+    /// Spends one call of `class`'s rate for `who` and nothing else (no quota, no job in flight):
+    /// what a request that made falgate wait and then failed by its caller's fault costs (a
+    /// body that did not arrive within `request.body_timeout_ms`). Already over the rate, or
+    /// the store down: nothing more happens (the caller was answered already).
+    pub async fn spend_rate(&self, who: &Subject<'_>, class: OpClass) {
+        self.spend_rate_at(who, class, self.clock.now()).await;
+    }
+
+    /// [`Self::spend_rate`] with the in-process clock at `now`.
+    pub async fn spend_rate_at(&self, who: &Subject<'_>, class: OpClass, now: SystemTime) {
+        let tier = self.tier(who.tier);
+        let tag = tag_of(who.principal);
+        let plan = Plan {
+            tag: &tag,
+            class,
+            rate: class.rate(tier),
+            endpoint: None,
+            quota: None,
+            inflight: None,
+        };
+        if plan.rate.is_some() {
+            self.evaluate(&plan, tier, Mode::Consume, now).await.ok();
+        }
     }
 
     /// The checks of [`Self::admit`] without consuming anything, for a call whose body is not
@@ -459,16 +488,27 @@ impl Limiter {
         )
     }
 
-    /// Whether the store answers now (a `PING` within the store timeout).
+    /// Whether the store answers (a `PING` within the store timeout), checked at most once per
+    /// [`READY_FOR`]: `/readyz` is public and unrated, so a flood of probes must not become a
+    /// flood of `PING`s. One check runs at a time; probes meanwhile wait for its answer.
     pub async fn ready(&self) -> Readiness {
         let Some(redis) = &self.redis else {
             return Readiness::Ready;
         };
-        match (redis.store().ping().await, self.config.on_store_error) {
+        let mut last = self.ready.lock().await;
+        let now = self.clock.instant();
+        if let Some((at, readiness)) = *last {
+            if now.saturating_duration_since(at) < READY_FOR {
+                return readiness;
+            }
+        }
+        let readiness = match (redis.store().ping().await, self.config.on_store_error) {
             (Ok(()), _) => Readiness::Ready,
             (Err(_), OnStoreError::Allow) => Readiness::Degraded,
             (Err(_), OnStoreError::Deny) => Readiness::Unavailable,
-        }
+        };
+        *last = Some((now, readiness));
+        readiness
     }
 
     /// The idempotency store for submits carrying `Idempotency-Key`.
@@ -540,6 +580,9 @@ impl Limiter {
         }
     }
 }
+
+/// How long one store check answers readiness ([`Limiter::ready`]).
+pub const READY_FOR: Duration = Duration::from_secs(1);
 
 /// A caller refused a stream or relay slot is told to retry after this long.
 const SLOT_RETRY: Duration = Duration::from_secs(5);

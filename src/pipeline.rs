@@ -57,7 +57,15 @@ pub async fn handle(
                     return Err(refused.into());
                 }
             }
-            let (mut input, charge) = read_input(gate, &caller, &grant, headers, body).await?;
+            let (mut input, charge) = match read_input(gate, &caller, &grant, headers, body).await {
+                // A body that did not arrive in time counts against its caller: it spends the
+                // call's rate (input::read_body).
+                Err(GateError::BodyTimeout) => {
+                    gate.limiter.spend_rate(&subject, class(&call)).await;
+                    return Err(GateError::BodyTimeout);
+                }
+                read => read?,
+            };
             if call.op == Op::ClientToken {
                 input = client_token::canonical(gate, &grant, &input)?;
             }
@@ -269,7 +277,13 @@ async fn read_input(
         .as_ref()
         .and_then(|entry| gate.config.endpoints.get(entry)?.max_body_bytes)
         .unwrap_or(gate.config.max_body_bytes);
-    let (bytes, charge) = input::read_body(headers, body, cap, gate.config.body_timeout, &gate.body_budget).await?;
+    let limits = input::BodyLimits {
+        max_bytes: cap,
+        timeout: gate.config.body_timeout,
+        per_caller: gate.config.body_reads_per_caller,
+    };
+    let read = input::read_body(headers, body, limits, &gate.body_budget, &caller.principal()).await;
+    let (bytes, charge) = read?;
     let limits = Limits {
         max_body_bytes: cap,
         json: gate.config.json,

@@ -108,6 +108,15 @@ pub(crate) async fn asset(Snapshot(gate): Snapshot, Path(name): Path<String>) ->
 /// synchronously.
 pub(crate) async fn endpoints(Snapshot(gate): Snapshot, caller: Caller) -> Result<Json<Value>, GateError> {
     enabled(&gate)?;
+    // Built per call for one caller: it spends their poll rate, as `/api/fal/usage` does.
+    let principal = caller.principal();
+    let subject = crate::limits::Subject {
+        principal: &principal,
+        tier: &caller.tier,
+    };
+    gate.limiter
+        .admit(&subject, crate::limits::OpClass::Poll, None, 0)
+        .await?;
     let mut list = Vec::new();
     for (id, rules) in &gate.config.endpoints {
         let submit = Call {

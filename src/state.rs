@@ -30,7 +30,6 @@ use crate::ownership::Ownership;
 use crate::policy::Policy;
 use crate::redis::{RedisStore, StoreError};
 use crate::schema::{CompileError, Schemas};
-use crate::upstream::budget::Budget;
 use crate::upstream::Upstream;
 
 /// One snapshot: everything a request needs, shared read-only.
@@ -48,8 +47,8 @@ pub struct Gate {
     pub ownership: Arc<Ownership>,
     /// Lives for the process: serving or draining.
     pub lifecycle: Arc<Lifecycle>,
-    /// Lives for the process: bytes of request bodies held at once.
-    pub body_budget: Budget,
+    /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
+    pub body_budget: crate::input::Bodies,
 }
 
 /// Why a gate could not be built from a config.
@@ -78,6 +77,16 @@ impl Gate {
     /// and idempotency records) reading `clock`; tests pass a `ManualClock`'s.
     pub fn with_clock(config: Config, credentials: &FalCredentials, clock: Clock) -> Result<Self, BuildError> {
         let auth = Authenticator::with_clock(&config.auth, clock.clone())?;
+        // The log's principal hash: the configured key, else one derived from the fal key, so
+        // every replica hashes a caller alike (restart-only: the first gate of the process sets it).
+        let principal_key = match &config.principal_hash_key {
+            Some(key) => crate::config::keyed_digest(
+                secrecy::ExposeSecret::expose_secret(key).as_bytes(),
+                b"falgate principal hash",
+            ),
+            None => credentials.derived_key("falgate principal hash"),
+        };
+        crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
         Ok(Self {
@@ -93,7 +102,7 @@ impl Gate {
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
-            body_budget: Budget::new(config.body_budget_bytes),
+            body_budget: crate::input::Bodies::new(config.body_budget_bytes),
             config,
         })
     }

@@ -133,6 +133,21 @@ impl Issuer {
         Err(AuthError::Invalid(why.unwrap_or(Why::UnknownKey)))
     }
 
+    /// Whether the issuer allows the token's algorithm and holds a key (fixed or already fetched)
+    /// that matches its `kid` and algorithm, as [`Self::verify`] would pick it; fetches nothing.
+    pub(super) fn knows_key(&self, peek: &Peek) -> bool {
+        if !self.config.algorithms.is_empty() && !self.config.algorithms.contains(&peek.alg) {
+            return false;
+        }
+        let matches = |key: &Key| key.alg == peek.alg && (peek.kid.is_none() || key.kid == peek.kid);
+        self.fixed.iter().any(matches)
+            || self
+                .jwks
+                .as_ref()
+                .and_then(|jwks| jwks.keys())
+                .is_some_and(|keys| keys.iter().any(matches))
+    }
+
     /// Keys that may have signed the token; an unknown `kid` triggers one (rate-limited) refresh.
     async fn candidates(&self, peek: &Peek) -> Result<Vec<Key>, AuthError> {
         let Some(jwks) = &self.jwks else {

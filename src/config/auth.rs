@@ -31,6 +31,10 @@ pub struct Auth {
     pub jwks_cooldown: Duration,
     pub jwks_timeout: Duration,
     pub jwks_max_bytes: usize,
+    /// Whether a refused token's 401 says why (expired, bad signature, unknown key, …). Not a
+    /// config key: `falgate dev` sets it (a frontend developer needs the reason); `serve`
+    /// answers every refused token with the same message and logs the reason.
+    pub explain_refusals: bool,
 }
 
 /// One token issuer.
@@ -110,6 +114,7 @@ pub(super) fn auth(raw: RawAuth, sources: &dyn Sources) -> Result<Auth, ConfigEr
         jwks_timeout: Duration::from_millis(positive("auth.jwks_timeout_ms", raw.jwks_timeout_ms)?),
         jwks_max_bytes: usize::try_from(positive("auth.jwks_max_bytes", raw.jwks_max_bytes as u64)?)
             .unwrap_or(usize::MAX),
+        explain_refusals: false,
     })
 }
 

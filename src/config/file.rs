@@ -258,6 +258,7 @@ pub(crate) struct RawRequest {
     pub(crate) max_body_bytes: usize,
     pub(crate) body_budget_bytes: usize,
     pub(crate) body_timeout_ms: u64,
+    pub(crate) body_reads_per_caller: u32,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers_total_bytes: usize,
     pub(crate) max_json_object_keys: usize,
@@ -271,6 +272,7 @@ impl Default for RawRequest {
             max_body_bytes: 10 * 1024 * 1024,
             body_budget_bytes: 64 * 1024 * 1024,
             body_timeout_ms: 30_000,
+            body_reads_per_caller: 4,
             max_header_bytes: 8 * 1024,
             max_headers_total_bytes: 32 * 1024,
             max_json_object_keys: 1024,
@@ -342,12 +344,14 @@ impl Default for RawStorage {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLog {
     pub(crate) format: LogFormat,
+    pub(crate) principal_hash_key: Option<String>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
+            principal_hash_key: None,
         }
     }
 }

@@ -52,6 +52,13 @@ impl FalCredentials {
         }
     }
 
+    /// A key for `purpose`, derived from the fal key one way (HMAC-SHA256 keyed with it): the same
+    /// on every replica sharing the key, and telling nothing about the key. The principal hash
+    /// of the logs uses it when `log.principal_hash_key` is unset.
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        keyed_digest(self.0.expose_secret().as_bytes(), purpose.as_bytes())
+    }
+
     /// The `Authorization` header value for fal. Only `upstream` calls this.
     pub(crate) fn authorization(&self) -> String {
         format!("Key {}", self.0.expose_secret())
@@ -64,6 +71,14 @@ fn read_key_file(path: &str) -> Result<String, String> {
         .map_err(|err| format!("FAL_KEY_FILE {path} cannot be read: {err}"))
 }
 
+/// HMAC-SHA256 of `message` under `key`.
+pub(crate) fn keyed_digest(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -72,6 +87,22 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_derived_key_is_stable_per_fal_key_and_purpose_and_not_the_key() {
+        let key = FalCredentials::new("fk-one-0123456789".into());
+        let derived = key.derived_key("purpose");
+        assert_eq!(
+            derived,
+            FalCredentials::new("fk-one-0123456789".into()).derived_key("purpose")
+        );
+        assert_ne!(derived, key.derived_key("another purpose"));
+        assert_ne!(
+            derived,
+            FalCredentials::new("fk-two-0123456789".into()).derived_key("purpose")
+        );
+        assert!(!hex::encode(derived).contains(&hex::encode("fk-one")));
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn a_bad_environment_variable_is_reported_by_its_name_not_blamed_on_the_file() {
     );
     let (source, message) = parse_err(
         "[upstream]\nidle_timeout_ms = 0\n",
-        &[("FALGATE_UPSTREAM__QUEUE_URL", "http://x")],
+        &[("FALGATE_UPSTREAM__QUEUE_URL", "https://x")],
     );
     assert!(matches!(source, Source::File), "{message}");
     assert!(message.contains("upstream.idle_timeout_ms"), "{message}");
@@ -285,4 +285,58 @@ fn a_config_that_starts_but_surprises_is_warned_about() {
     assert!(Config::from_toml(&meant, &with_secret()).unwrap().warnings.is_empty());
     let listed = "[endpoints.\"a/b\"]\nschema = \"b.json\"\n[tiers.default]\n";
     assert!(Config::from_toml(listed, &with_secret()).unwrap().warnings.is_empty());
+}
+
+/// Issue 20: fal's key travels with every upstream call, so `[upstream]` URLs must be https;
+/// plain http is accepted only on loopback (the emulator, `falgate dev`).
+#[test]
+fn upstream_urls_must_be_https_unless_loopback() {
+    for (key, var) in [
+        ("upstream.queue_url", "FALGATE_UPSTREAM__QUEUE_URL"),
+        ("upstream.run_url", "FALGATE_UPSTREAM__RUN_URL"),
+        ("upstream.storage_url", "FALGATE_UPSTREAM__STORAGE_URL"),
+    ] {
+        for url in [
+            "http://queue.fal.run",
+            "http://10.0.0.7:8000",
+            "http://localhost.example.com",
+        ] {
+            let vars = env(&[("FALGATE_AUTH__HS256_SECRET", SECRET), (var, url)]);
+            let err = Config::from_toml("", &vars).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("must be https"), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:1",
+            "http://127.8.0.1:1",
+            "http://[::1]:1",
+            "http://localhost:1",
+            "https://x.example",
+        ] {
+            let vars = env(&[("FALGATE_AUTH__HS256_SECRET", SECRET), (var, url)]);
+            assert!(Config::from_toml("", &vars).is_ok(), "{url}");
+        }
+    }
+}
+
+/// Issue 20: behind a TLS-terminating proxy (an https `public_url`) with the failed-auth rate on
+/// and no trusted proxy, every client shares the proxy's bucket: a warning says so.
+#[test]
+fn a_failed_auth_rate_behind_an_untrusted_proxy_is_warned_about() {
+    let vars = env(&[("FALGATE_AUTH__HS256_SECRET", SECRET)]);
+    let rate = "[limits.unauthenticated_ip_rate]\nburst = 20\nper_minute = 60\n";
+    let public = "public_url = \"https://gate.example.com\"\n";
+    let behind = format!("{public}[limits]\n{rate}");
+    let warned = |toml: &str| {
+        Config::from_toml(toml, &vars)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("limits.trusted_proxies"))
+    };
+    assert!(warned(&behind));
+    assert!(!warned(&format!(
+        "{public}[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{rate}"
+    )));
+    assert!(!warned(&format!("[limits]\n{rate}")), "no proxy in sight");
+    assert!(!warned(public), "no failed-auth rate");
 }

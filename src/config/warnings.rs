@@ -11,7 +11,23 @@ pub(super) fn surprises(config: &Config, limits_set: bool) -> Vec<String> {
         found.extend(unlimited_tiers(config));
     }
     found.extend(default_tiers_left_out(config));
+    found.extend(shared_failed_auth_bucket(config));
     found
+}
+
+/// The failed-authentication rate counts per client IP; behind a balancer or ingress that is
+/// not in `limits.trusted_proxies`, every client arrives from its address and they all share one
+/// bucket. falgate serves plain HTTP, so an `https` `public_url` says something terminates TLS
+/// in front of it: a proxy. (A proxy seen at run time is warned about by `limits::client_ip`.)
+fn shared_failed_auth_bucket(config: &Config) -> Option<String> {
+    let limits = &config.limits;
+    let behind_proxy = config.public_url.as_ref().is_some_and(|url| url.scheme() == "https");
+    if limits.unauthenticated_ip_rate.is_none() || !limits.trusted_proxies.is_empty() || !behind_proxy {
+        return None;
+    }
+    Some(
+        "`limits.unauthenticated_ip_rate` is on and `limits.trusted_proxies` is empty, while `public_url` is https (a proxy terminates TLS in front of falgate): every client arrives from the proxy's address and shares one failed-authentication bucket; set `limits.trusted_proxies` to the proxy's addresses".to_owned(),
+    )
 }
 
 /// The default tier writes no rate at all: its callers, and the rates every other tier leaves

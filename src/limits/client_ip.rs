@@ -4,6 +4,7 @@
 //! `Forwarded` when both are present: deploy behind a balancer that appends to it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -29,6 +30,23 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         }
     }
     client
+}
+
+/// Logs once per process that a peer outside `trusted_proxies` sent `X-Forwarded-For` or
+/// `Forwarded`: falgate looks deployed behind a proxy it does not trust, so every client of that
+/// proxy shares one failed-authentication bucket (issue 20). Called on the failed-auth path only.
+pub fn note_untrusted_forwarder(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded");
+    if !forwarded || WARNED.load(Ordering::Relaxed) || is_trusted_peer(peer, trusted) {
+        return;
+    }
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            peer = %canonical(peer.ip()),
+            "a request with X-Forwarded-For or Forwarded came from a peer outside limits.trusted_proxies: if it is your load balancer or ingress, every client it forwards shares one failed-authentication bucket; add its addresses to limits.trusted_proxies"
+        );
+    }
 }
 
 /// Whether the socket peer is one of `trusted_proxies`, whose forwarding headers are believed.

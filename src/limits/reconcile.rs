@@ -21,8 +21,12 @@
 //! end of the line. With `[redis]`, only the replica holding the lease key
 //! `<prefix>:{reconcile}:lease` (`SET NX PX`, renewed each pass, `lease.lua`) runs a pass, so fal
 //! is asked once per job whatever the number of replicas; a replica that dies loses the lease
-//! after three intervals. Tests drive [`Limiter::reconcile_once_at`] with their own clock and
-//! status source.
+//! after three intervals. A pass may take longer than that (a batch of slow status calls), so it
+//! renews the lease while it runs: whenever an interval has passed since the last renewal (on
+//! the limiter's clock, checked as each answer arrives) and at least once per interval of
+//! waiting (a timer), so the lease always has two intervals left. A pass that finds the lease
+//! taken by another replica stops acting on its answers. Tests drive
+//! [`Limiter::reconcile_once_at`] with their own clock and status source.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -74,6 +78,13 @@ pub enum Pass {
     Failed,
     /// Jobs asked about, and slots freed.
     Ran { asked: usize, freed: usize },
+}
+
+/// The lease a pass holds: its length, how often it is renewed, and when it last was.
+struct Lease {
+    ttl: Duration,
+    renew_every: Duration,
+    renewed: std::time::Instant,
 }
 
 /// One job in the index.
@@ -294,10 +305,14 @@ impl Limiter {
             return Pass::Off;
         };
         let now_us = micros(now);
+        let mut lease = Lease {
+            ttl: (interval * 3).max(MIN_LEASE),
+            renew_every: (interval * 3).max(MIN_LEASE) / 3,
+            renewed: self.clock.instant(),
+        };
         let due = match &self.jobs.redis {
             Some(redis) => {
-                let lease = (interval * 3).max(MIN_LEASE);
-                match redis.lease(&self.jobs.replica, lease).await {
+                match redis.lease(&self.jobs.replica, lease.ttl).await {
                     Ok(true) => {}
                     Ok(false) => return Pass::Standby,
                     Err(err) => return self.failed(&err),
@@ -326,17 +341,30 @@ impl Limiter {
             }
         }
         let asked = held.len();
-        let answers: Vec<(Job, JobState)> = futures_util::stream::iter(held)
+        let mut answers = futures_util::stream::iter(held)
             .map(|job| async move {
                 let state = fal.status(&job.app, &job.id).await;
                 (job, state)
             })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+            .buffer_unordered(CONCURRENCY);
         let next_due_us = now_us.saturating_add(self.config.reconcile_idle_ms.saturating_mul(1000));
         let mut freed = 0;
-        for (job, state) in answers {
+        // While answers are slow to come, the lease is renewed on a timer too.
+        let mut waiting = tokio::time::interval_at(tokio::time::Instant::now() + lease.renew_every, lease.renew_every);
+        loop {
+            let next = tokio::select! {
+                next = answers.next() => next,
+                _ = waiting.tick() => {
+                    if let Err(pass) = self.keep_lease(&mut lease, true).await {
+                        return pass;
+                    }
+                    continue;
+                }
+            };
+            let Some((job, state)) = next else { break };
+            if let Err(pass) = self.keep_lease(&mut lease, false).await {
+                return pass;
+            }
             match state {
                 JobState::Ended => {
                     self.release(&job.tag, job.id.as_str(), None, None).await;
@@ -348,6 +376,27 @@ impl Limiter {
         }
         crate::telemetry::metrics::inflight_reconciled(freed);
         Pass::Ran { asked, freed }
+    }
+
+    /// Renews the pass's lease when `force` or when `renew_every` passed since the last renewal
+    /// (in-process passes hold none). Errs with what the pass is to report: `Standby` when
+    /// another replica holds the lease now, `Failed` when the store did not answer.
+    async fn keep_lease(&self, lease: &mut Lease, force: bool) -> Result<(), Pass> {
+        let Some(redis) = &self.jobs.redis else {
+            return Ok(());
+        };
+        let now = self.clock.instant();
+        if !force && now.saturating_duration_since(lease.renewed) < lease.renew_every {
+            return Ok(());
+        }
+        match redis.lease(&self.jobs.replica, lease.ttl).await {
+            Ok(true) => {
+                lease.renewed = now;
+                Ok(())
+            }
+            Ok(false) => Err(Pass::Standby),
+            Err(err) => Err(self.failed(&err)),
+        }
     }
 
     /// Gives the lease up (the drain began), so another replica takes over at once.
@@ -657,6 +706,76 @@ mod tests {
         a.resign().await;
         assert_eq!(b.reconcile_once_at(&fal, later).await, Pass::Ran { asked: 0, freed: 0 });
         assert_eq!(a.reconcile_once_at(&fal, later).await, Pass::Standby);
+    }
+
+    /// fal answering one status call at a time, each taking `step` of time: the limiter's
+    /// clock moves on by `step`, and so does the lease in Redis (its TTL shortened as real
+    /// time would, the key gone once it runs out).
+    struct SlowFal {
+        clock: crate::clock::ManualClock,
+        store: RedisStore,
+        lease_key: String,
+        step: Duration,
+        one_at_a_time: tokio::sync::Mutex<()>,
+    }
+
+    impl JobStatus for SlowFal {
+        async fn status(&self, _app: &AppId, _id: &FalRequestId) -> JobState {
+            let _turn = self.one_at_a_time.lock().await;
+            self.clock.advance(self.step);
+            let mut redis = self.store.connection();
+            let left: i64 = redis::cmd("PTTL")
+                .arg(&self.lease_key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let step = i64::try_from(self.step.as_millis()).unwrap();
+            let aged = match left - step {
+                left if left > 0 => redis::cmd("PEXPIRE").arg(&self.lease_key).arg(left).clone(),
+                _ => redis::cmd("DEL").arg(&self.lease_key).clone(),
+            };
+            let _: i64 = aged.query_async(&mut redis).await.unwrap();
+            JobState::Running
+        }
+    }
+
+    /// Issue 20: a pass slower than the lease (four status calls of one interval each, the
+    /// lease three intervals) renews it as it goes, so no other replica takes over mid-pass.
+    #[tokio::test]
+    async fn a_pass_longer_than_the_lease_keeps_it() {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4());
+        let clock = crate::clock::ManualClock::new();
+        let store = RedisStore::connect(&RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout_ms: 500,
+            key_prefix: prefix.clone(),
+        })
+        .unwrap();
+        let a = Limiter::with_clock(config(), Some(store.clone()), clock.clock()).unwrap();
+        let b = redis_limiter(&prefix);
+        let start = SystemTime::now();
+        let dave = Subject {
+            principal: "iss|dave",
+            tier: "free",
+        };
+        for (n, who) in [(1, &CAROL), (2, &CAROL), (3, &dave), (4, &dave)] {
+            let admission = a.admit_at(who, OpClass::Submit, None, 1, start).await.unwrap();
+            a.job_started_at(&admission, &app(), &req(n), start).await;
+        }
+        let fal = SlowFal {
+            clock,
+            lease_key: a.jobs.redis.as_ref().unwrap().lease_key(),
+            store,
+            step: a.reconcile_interval().unwrap(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        };
+        let later = start + Duration::from_secs(31);
+        assert_eq!(a.reconcile_once_at(&fal, later).await, Pass::Ran { asked: 4, freed: 0 });
+        assert_eq!(
+            b.reconcile_once_at(&Fal::default(), later).await,
+            Pass::Standby,
+            "the lease lapsed during the pass"
+        );
     }
 
     #[test]

@@ -324,3 +324,80 @@ async fn a_dead_replicas_slots_lapse_after_the_slot_ttl() {
         .await
         .unwrap());
 }
+
+/// A TCP proxy to Redis that counts the `PING` commands passing through it.
+async fn counting_pings() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pings = Arc::new(AtomicUsize::new(0));
+    let counted = pings.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(REDIS).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut redis_read, mut redis_write) = outbound.into_split();
+                let up = async move {
+                    // The tail of the last read, so a command split across reads is still seen.
+                    let (mut seen, mut buf) = (Vec::new(), vec![0u8; 4096]);
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        let needle = b"$4\r\nPING\r\n";
+                        let found = seen.windows(needle.len()).filter(|w| w == needle).count();
+                        counted.fetch_add(found, Ordering::SeqCst);
+                        let keep = seen.len().min(needle.len() - 1);
+                        seen.drain(..seen.len() - keep);
+                        if redis_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut redis_read, &mut client_write);
+                tokio::select! {
+                    () = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (addr, pings)
+}
+
+/// Issue 20: `/readyz` is public and unrated; a flood of readiness checks makes one `PING` per
+/// `READY_FOR` (time from the injectable clock), not one per check.
+#[tokio::test]
+async fn a_flood_of_readiness_checks_pings_redis_once_per_interval() {
+    use std::sync::atomic::Ordering;
+    let (addr, pings) = counting_pings().await;
+    let clock = crate::clock::ManualClock::new();
+    let limiter = Limiter::with_clock(config(), Some(store(&addr.to_string(), "ready")), clock.clock()).unwrap();
+    assert_eq!(limiter.ready().await, Readiness::Ready);
+    // The connection may ping on its own while it connects: count from the first answer on.
+    let first = pings.load(Ordering::SeqCst);
+    assert!(first >= 1, "the first check made no PING");
+    let checks = (0..50).map(|_| limiter.ready());
+    let answers = futures_util::future::join_all(checks).await;
+    assert!(answers.iter().all(|r| *r == Readiness::Ready), "{answers:?}");
+    for _ in 0..50 {
+        assert_eq!(limiter.ready().await, Readiness::Ready);
+    }
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        first,
+        "PINGs for 100 checks within one interval"
+    );
+    clock.advance(READY_FOR);
+    for _ in 0..50 {
+        assert_eq!(limiter.ready().await, Readiness::Ready);
+    }
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        first + 1,
+        "PINGs after the interval passed"
+    );
+}

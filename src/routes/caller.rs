@@ -17,11 +17,16 @@ impl FromRequestParts<Arc<Current>> for Caller {
 
     /// Failed attempts are rate-limited per client IP, to blunt token guessing: a client over
     /// the rate is refused before its token is verified (a cached verdict costs nothing and is
-    /// used as is), and only a failure consumes the rate.
+    /// used as is), and only a failure consumes the rate. A well-formed token that names a
+    /// configured issuer and a key it holds is verified whatever the IP's bucket says: behind a
+    /// proxy without `trusted_proxies` every client shares one address, and strangers sending
+    /// garbage or no token must not lock out users with valid tokens (issue 20). Its failure
+    /// still consumes the rate.
     async fn from_request_parts(parts: &mut Parts, current: &Arc<Current>) -> Result<Self, Self::Rejection> {
         let gate = current.of(&mut parts.extensions);
         let client_ip = || {
             let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+            crate::limits::note_untrusted_forwarder(*peer, &parts.headers, gate.limiter.trusted_proxies());
             Some(crate::limits::client_ip(
                 *peer,
                 &parts.headers,
@@ -32,8 +37,10 @@ impl FromRequestParts<Arc<Current>> for Caller {
             Ok(token) => match gate.auth.cached(token) {
                 Some(verdict) => verdict,
                 None => {
-                    if let Some(ip) = client_ip() {
-                        gate.limiter.precheck_unauthenticated(ip).await?;
+                    if !gate.auth.names_a_known_key(token) {
+                        if let Some(ip) = client_ip() {
+                            gate.limiter.precheck_unauthenticated(ip).await?;
+                        }
                     }
                     gate.auth.verify_and_cache(token).await
                 }
@@ -47,7 +54,11 @@ impl FromRequestParts<Arc<Current>> for Caller {
                 if let Some(ip) = client_ip() {
                     gate.limiter.admit_unauthenticated(ip).await?;
                 }
-                Err(err.into())
+                // Under `falgate dev` the 401 says why; `serve` keeps one message for all.
+                match gate.config.auth.explain_refusals {
+                    true => Err(GateError::UnauthenticatedExplained(err)),
+                    false => Err(err.into()),
+                }
             }
         }
     }

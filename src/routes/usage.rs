@@ -1,7 +1,9 @@
 //! `GET /api/fal/usage`: the caller's tier and, for each limit that applies to them, the limit,
 //! what is left and the seconds until it is full again, read by [`crate::limits::Limiter::usage`]
-//! from the store the limiter admits with. Nothing is consumed and nothing reaches fal. The
-//! answer is per caller and changes with every call, so it is never cached (`no-store`).
+//! from the store the limiter admits with. The call spends one of the caller's poll rate (it runs
+//! a store script per call, so it is rated like a status poll); nothing else is consumed and
+//! nothing reaches fal. The answer is per caller and changes with every call, so it is never
+//! cached (`no-store`).
 //!
 //! ```json
 //! {"tier": "free", "limits": [
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::GateError;
-use crate::limits::{PolicyState, Subject};
+use crate::limits::{OpClass, PolicyState, Subject};
 use crate::state::Snapshot;
 
 pub(super) async fn handle(Snapshot(gate): Snapshot, caller: Caller) -> Response {
@@ -28,18 +30,26 @@ pub(super) async fn handle(Snapshot(gate): Snapshot, caller: Caller) -> Response
         principal: &principal,
         tier: &caller.tier,
     };
-    let answer = match gate.limiter.usage(&subject).await {
+    let answer = match gate.limiter.admit(&subject, OpClass::Poll, None, 0).await {
+        Ok(_) => read(&gate, &subject).await,
+        Err(refused) => Err(GateError::from(refused)),
+    };
+    super::answer(answer, facts)
+}
+
+/// What is left of each limit, read after the call was admitted (so it counts itself).
+async fn read(gate: &crate::state::Gate, subject: &Subject<'_>) -> Result<Response, GateError> {
+    match gate.limiter.usage(subject).await {
         Ok(states) => {
             let limits: Vec<Value> = states.iter().map(limit).collect();
-            let mut response = Json(json!({ "tier": caller.tier, "limits": limits })).into_response();
+            let mut response = Json(json!({ "tier": subject.tier, "limits": limits })).into_response();
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
         }
         Err(refused) => Err(GateError::from(refused)),
-    };
-    super::answer(answer, facts)
+    }
 }
 
 fn limit(state: &PolicyState) -> Value {

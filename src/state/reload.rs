@@ -104,6 +104,14 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<&'static str> {
             restore(&running.max_headers_total_bytes, &mut next.max_headers_total_bytes),
         ),
         ("log.format", restore(&running.log_format, &mut next.log_format)),
+        ("log.principal_hash_key", {
+            // A secret has no `PartialEq`: compare what it holds.
+            use secrecy::ExposeSecret;
+            let key = |key: &Option<secrecy::SecretString>| key.as_ref().map(|k| k.expose_secret().to_owned());
+            let differed = key(&running.principal_hash_key) != key(&next.principal_hash_key);
+            next.principal_hash_key = running.principal_hash_key.clone();
+            differed
+        }),
         ("telemetry", restore(&running.telemetry, &mut next.telemetry)),
         ("redis", restore(&running.redis, &mut next.redis)),
         ("upstream", restore(&running.upstream, &mut next.upstream)),

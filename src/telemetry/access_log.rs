@@ -36,7 +36,6 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use ipnet::IpNet;
 use opentelemetry::trace::TraceContextExt as _;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -71,20 +70,39 @@ pub struct CallFacts {
     pub principal: Option<PrincipalHash>,
 }
 
-/// The first 8 bytes of `sha256("falgate-principal\0" issuer "|" subject)`: stable across
-/// replicas and restarts, so one caller's lines can be found together, and never the subject
-/// itself (a subject may be an e-mail address).
+/// The first 8 bytes of `HMAC-SHA256(key, issuer "|" subject)`: one caller's lines can be found
+/// together, never the subject itself (a subject may be an e-mail address), and, the hash
+/// being keyed, nobody holding the logs but not the key can test a guessed subject against
+/// them. The key is `log.principal_hash_key`, else derived from the fal key
+/// ([`crate::config::FalCredentials::derived_key`]): the same on every replica, so their lines
+/// correlate. Set once per process ([`set_principal_key`]; restart-only).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PrincipalHash([u8; 8]);
 
+/// The principal hash's key; a random one for a process that never set it (unit tests).
+static PRINCIPAL_KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+
+/// Sets the key of [`PrincipalHash`] for the process; the first call wins (a reload keeps it).
+pub fn set_principal_key(key: [u8; 32]) {
+    PRINCIPAL_KEY.get_or_init(|| key);
+}
+
 impl PrincipalHash {
+    /// The hash under the process's key.
     pub fn of(issuer: &str, subject: &str) -> Self {
-        let digest = Sha256::new()
-            .chain_update(b"falgate-principal\0")
-            .chain_update(issuer.as_bytes())
-            .chain_update(b"|")
-            .chain_update(subject.as_bytes())
-            .finalize();
+        let key = PRINCIPAL_KEY.get_or_init(|| {
+            let mut key = [0; 32];
+            key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            key
+        });
+        Self::keyed(key, issuer, subject)
+    }
+
+    /// The hash under `key`.
+    pub fn keyed(key: &[u8; 32], issuer: &str, subject: &str) -> Self {
+        let message = [issuer.as_bytes(), b"|", subject.as_bytes()].concat();
+        let digest = crate::config::keyed_digest(key, &message);
         let mut short = [0; 8];
         short.copy_from_slice(&digest[..8]);
         Self(short)
@@ -405,7 +423,23 @@ fn route_family(path: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
+
+    /// Issue 20: the hash is keyed, so a list of guessed subjects cannot be matched against the
+    /// logs without the key; replicas with one key agree.
+    #[test]
+    fn principal_hashes_are_keyed() {
+        let (one, other) = ([1; 32], [2; 32]);
+        let hash = |key: &[u8; 32]| PrincipalHash::keyed(key, "default", "alice@example.com").to_string();
+        assert_eq!(hash(&one), hash(&one), "one key, one hash (replicas correlate)");
+        assert_ne!(hash(&one), hash(&other));
+        let plain = Sha256::new()
+            .chain_update(b"falgate-principal\0default|alice@example.com")
+            .finalize();
+        assert_ne!(hash(&one), hex::encode(&plain[..8]), "an unkeyed SHA-256");
+    }
 
     #[test]
     fn principal_hashes_are_stable_short_and_not_the_subject() {

@@ -368,6 +368,62 @@ async fn status_with_token(gate: &TestGate, token: &str) -> u16 {
         .as_u16()
 }
 
+/// A well-formed HS256 token whose `kid` names no key of the gate: refused by the per-IP bucket
+/// before any verification.
+fn unknown_key_token() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT","kid":"no-such-key"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory","exp":4102444800}"#);
+    format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(b"forged"))
+}
+
+/// Issue 20: behind a proxy every client shares one address. Strangers that spend the failed-
+/// authentication rate (no token, garbage) do not lock out a user whose fresh token is well
+/// formed and names a known key: it is verified and served. A forged token of that shape is
+/// verified too, fails, and still spends the rate; garbage stays refused by the bucket.
+#[tokio::test]
+async fn strangers_over_the_failed_auth_rate_do_not_lock_out_a_fresh_valid_token() {
+    let gate = unauthenticated(TestGate::builder()).spawn().await;
+    let mut tokenless = Vec::new();
+    for _ in 0..3 {
+        let response = gate
+            .client
+            .get(format!(
+                "{}/api/fal/queue/{VPG}/requests/{}",
+                gate.url,
+                uuid::Uuid::new_v4()
+            ))
+            .send()
+            .await
+            .unwrap();
+        tokenless.push(response.status().as_u16());
+    }
+    assert_eq!(tokenless, [401, 401, 429]);
+    let refused = gate
+        .client
+        .get(format!("{}/api/fal/usage", gate.url))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    gate.assert_refused(refused, 429, "rate_limited").await;
+    assert!(gate.fal_saw().is_empty());
+    // A user who never called before, with a fresh valid token, is served.
+    gate.submit("newcomer", json!({"input_concept": "a lighthouse"})).await;
+    // A forged token naming the known (HS256) key is verified, fails, and is refused (the
+    // failure spent on an IP already over the rate: 429).
+    let forged = falgate::auth::mint_hs256(
+        b"not-the-gates-secret-not-the-gates-secret",
+        "newcomer",
+        None,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert_eq!(status_with_token(&gate, &forged).await, 429);
+    assert_eq!(gate.fal_saw().len(), 1, "only the newcomer's submit reached fal");
+}
+
 #[tokio::test]
 async fn a_client_over_the_failed_auth_rate_is_refused_before_its_token_is_verified() {
     let gate = unauthenticated(TestGate::builder()).spawn().await;
@@ -385,7 +441,7 @@ async fn a_client_over_the_failed_auth_rate_is_refused_before_its_token_is_verif
     assert_eq!(bad, [401, 401, 429]);
     // A token seen before is answered from the cache, never refused for the IP's failures...
     assert_eq!(status_with_token(&gate, &tokens[0]).await, 404);
-    // ...but a token never seen is not verified at all while the IP is over its rate.
+    // ...but a token naming no key the gate holds is not verified at all while the IP is over.
     let refused = gate
         .client
         .get(format!(
@@ -393,7 +449,7 @@ async fn a_client_over_the_failed_auth_rate_is_refused_before_its_token_is_verif
             gate.url,
             uuid::Uuid::new_v4()
         ))
-        .bearer_auth(gate.token("someone-new"))
+        .bearer_auth(unknown_key_token())
         .send()
         .await
         .unwrap();
@@ -454,7 +510,7 @@ mod redis {
         }
         // The failed-authentication rate is shared too, and checked before verifying.
         assert_eq!(status_with_token(&a, "not-a-token").await, 401);
-        let fresh = b.token("never-seen");
+        let fresh = unknown_key_token();
         let refused = b
             .client
             .get(format!(

@@ -10,6 +10,7 @@
 //! gate still holds a connection is read from `/proc/<pid>/net/tcp` (a socket the process closed
 //! has no inode), not guessed from the client side.
 
+mod bodies;
 mod connections;
 mod headers;
 mod json;

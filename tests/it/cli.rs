@@ -310,3 +310,38 @@ fn token_refuses_a_lifetime_the_config_would_refuse() {
     assert!(token("1h").status.success());
     assert_eq!(token("0s").status.code(), Some(64));
 }
+
+/// Issue 20: an `http://` fal URL would carry FAL_KEY in clear text: `serve` and `check-config`
+/// both exit 64 naming the key and saying https; loopback (the emulator) stays allowed.
+#[test]
+fn serve_and_check_config_refuse_an_http_fal_url_off_loopback() {
+    for command in ["check-config", "serve"] {
+        let output = falgate()
+            .args([command, "--config", "config/falgate.toml"])
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FAL_KEY", FAL_KEY)
+            .env("FALGATE_LISTEN", "127.0.0.1:0")
+            .env("FALGATE_UPSTREAM__RUN_URL", "http://fal.run")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+        assert!(
+            stderr.contains("upstream.run_url") && stderr.contains("must be https"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains(FAL_KEY), "{stderr}");
+    }
+    let loopback = falgate()
+        .args(["check-config", "--config", "config/falgate.toml"])
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .env("FALGATE_UPSTREAM__RUN_URL", "http://127.0.0.1:9/fal.run")
+        .output()
+        .unwrap();
+    assert!(
+        loopback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loopback.stderr)
+    );
+}

@@ -339,3 +339,55 @@ async fn dev_logs_what_serve_would_warn_about() {
     );
     child.kill().await.unwrap();
 }
+
+/// Tokens refused for two different reasons: signed with another secret, and naming a key the
+/// gate does not hold.
+fn refused_tokens() -> [(&'static str, String); 2] {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let other_secret = falgate::auth::mint_hs256(
+        b"another-secret-another-secret-another-secret",
+        "dev-user",
+        None,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT","kid":"no-such-key"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"dev-user","exp":4102444800}"#);
+    let unknown_key = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(b"sig"));
+    [("bad signature", other_secret), ("unknown signing key", unknown_key)]
+}
+
+/// Issue 26: under `falgate dev` a refused token's 401 says why; the token itself is not echoed.
+#[tokio::test]
+async fn dev_says_why_a_token_was_refused() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    for (why, token) in refused_tokens() {
+        let answer = dev.get("/api/fal/usage", &token).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["code"], "unauthenticated");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(why), "{why}: {message}");
+        assert!(!message.contains(&token[token.len() - 10..]), "{message}");
+    }
+}
+
+/// Issue 26: `serve` answers every refused token with one message (the reason is logged only).
+#[tokio::test]
+async fn serve_answers_every_refused_token_the_same() {
+    let gate = crate::support::TestGate::spawn().await;
+    let mut messages = Vec::new();
+    for (_, token) in refused_tokens() {
+        let answer = gate
+            .client
+            .get(format!("{}/api/fal/usage", gate.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let body = gate.assert_refused(answer, 401, "unauthenticated").await;
+        messages.push(body["message"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(messages, ["the bearer token is not valid"; 2]);
+}

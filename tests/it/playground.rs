@@ -112,3 +112,38 @@ async fn the_schema_listed_is_the_callers_tier_and_endpoints_it_may_not_use_are_
         serde_json::json!(["google/gemini-flash-1.5"])
     );
 }
+
+/// Issue 20: the endpoint list is one caller's answer, like everything under `/api/fal/`:
+/// `no-store` and `Vary` on the credentials and the origin, refusals included.
+#[tokio::test]
+async fn the_endpoint_list_is_never_cached_and_varies_on_the_credentials() {
+    let gate = TestGate::builder()
+        .config("[playground]\nenabled = true\n")
+        .spawn()
+        .await;
+    let listed = gate.get_as_alice("/playground/api/endpoints").await;
+    let anonymous = reqwest::get(format!("{}/playground/api/endpoints", gate.url))
+        .await
+        .unwrap();
+    for answer in [listed, anonymous] {
+        assert_eq!(answer.headers()["cache-control"], "no-store", "{}", answer.status());
+        let vary: Vec<&str> = answer
+            .headers()
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            vary.first(),
+            Some(&"Authorization, Cookie, Origin"),
+            "{}",
+            answer.status()
+        );
+    }
+    // The static page is not private.
+    let page = reqwest::get(format!("{}/", gate.url)).await.unwrap();
+    assert_ne!(
+        page.headers().get("vary").map(|v| v.to_str().unwrap()),
+        Some("Authorization, Cookie, Origin")
+    );
+}

@@ -1,5 +1,6 @@
 //! `GET /api/fal/usage`: what is left of each limit, read from the store the limiter admits with
-//! (in process, and Redis shared by two replicas), consuming nothing and reaching no fal.
+//! (in process, and Redis shared by two replicas), spending only the poll rate and reaching no
+//! fal.
 
 use crate::limits::chaos;
 
@@ -74,6 +75,11 @@ async fn limits_of(gate: &TestGate, sub: &str) -> (String, Vec<(String, u64, u64
     (body["tier"].as_str().unwrap().to_owned(), limits)
 }
 
+/// Every limit but the poll rate, which reading usage spends.
+fn but_poll(limits: &[(String, u64, u64, u64)]) -> Vec<(String, u64, u64, u64)> {
+    limits.iter().filter(|limit| limit.0 != "poll").cloned().collect()
+}
+
 fn remaining(limits: &[(String, u64, u64, u64)], name: &str) -> u64 {
     limits
         .iter()
@@ -115,9 +121,11 @@ async fn usage_in_process_shows_each_limit_and_what_calls_spent_without_consumin
     assert_eq!(fresh[0], ("submit".to_owned(), 3, 3, 0));
     assert_eq!(remaining(&fresh, "daily-credits"), 7);
     assert_eq!(remaining(&fresh, "streams"), 3);
-    // Reading usage again and again consumes nothing and reaches no fal.
+    // Reading usage again and again spends only the poll rate and reaches no fal.
     for _ in 0..5 {
-        assert_eq!(limits_of(&gate, "alice").await.1, fresh);
+        let again = limits_of(&gate, "alice").await.1;
+        assert_eq!(but_poll(&again), but_poll(&fresh));
+        assert!(remaining(&again, "poll") <= remaining(&fresh, "poll"));
     }
     assert!(gate.fal_saw().is_empty(), "fal saw {:?}", gate.fal_saw());
 
@@ -132,7 +140,11 @@ async fn usage_in_process_shows_each_limit_and_what_calls_spent_without_consumin
     assert_eq!(remaining(&spent, "daily-credits"), 2, "the call cost 5 credits");
     assert!(spent.iter().find(|l| l.0 == "daily-credits").unwrap().3 > 0);
     assert_eq!(remaining(&spent, "inflight"), 1);
-    assert_eq!(limits_of(&gate, "bob").await.1, fresh, "usage is per caller");
+    assert_eq!(
+        but_poll(&limits_of(&gate, "bob").await.1),
+        but_poll(&fresh),
+        "usage is per caller"
+    );
 
     // What usage says is left is exactly what the next calls meet: 2 credits, so the 5-credit
     // call is refused and two 1-credit calls pass (inflight allows one more, so one of them).
@@ -234,7 +246,11 @@ async fn usage_on_redis_is_shared_by_replicas_and_consumes_nothing() {
     let (_, fresh) = limits_of(&b, "alice").await;
     assert_eq!(remaining(&fresh, "submit"), 3);
     for _ in 0..5 {
-        assert_eq!(limits_of(&a, "alice").await.1, fresh, "reading usage consumed");
+        assert_eq!(
+            but_poll(&limits_of(&a, "alice").await.1),
+            but_poll(&fresh),
+            "reading usage consumed"
+        );
     }
     assert!(a.fal_saw().is_empty());
     assert_eq!(
@@ -286,4 +302,32 @@ async fn usage_with_redis_down_and_deny_is_503_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "usage never answered again after Redis came back");
+}
+
+/// Issue 20: `/api/fal/usage` (a store script per call) and the playground's endpoint list (built
+/// per call) are rated: each spends the caller's poll rate, so a flood is 429 `rate_limited`
+/// and another caller is still answered.
+#[tokio::test]
+async fn usage_and_the_playground_endpoint_list_spend_the_poll_rate() {
+    let gate = TestGate::builder()
+        .config(
+            "[playground]\nenabled = true\n[limits]\n[limits.tiers.default]\n\
+             poll = { burst = 2, per_minute = 1 }\n",
+        )
+        .spawn()
+        .await;
+    let token = gate.token("mallory");
+    let get = |path: &'static str, token: String| {
+        let request = gate.client.get(format!("{}{path}", gate.url)).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(get("/api/fal/usage", token.clone()).await.status(), 200);
+    assert_eq!(get("/playground/api/endpoints", token.clone()).await.status(), 200);
+    for path in ["/api/fal/usage", "/playground/api/endpoints"] {
+        gate.assert_refused(get(path, token.clone()).await, 429, "rate_limited")
+            .await;
+    }
+    assert_eq!(get("/api/fal/usage", gate.token("bob")).await.status(), 200);
+    assert_eq!(get("/playground/api/endpoints", gate.token("bob")).await.status(), 200);
+    assert!(gate.fal_saw().is_empty());
 }
