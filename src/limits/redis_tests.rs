@@ -375,7 +375,12 @@ async fn a_flood_of_readiness_checks_pings_redis_once_per_interval() {
     use std::sync::atomic::Ordering;
     let (addr, pings) = counting_pings().await;
     let clock = crate::clock::ManualClock::new();
-    let limiter = Limiter::with_clock(config(), Some(store(&addr.to_string(), "ready")), clock.clock()).unwrap();
+    let limiter = Limiter::with_clock(
+        config(),
+        Some(store(&addr.to_string(), "ready", PATIENT_MS)),
+        clock.clock(),
+    )
+    .unwrap();
     assert_eq!(limiter.ready().await, Readiness::Ready);
     // The connection may ping on its own while it connects: count from the first answer on.
     let first = pings.load(Ordering::SeqCst);
