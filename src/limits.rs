@@ -121,7 +121,8 @@ impl OpClass {
         ["rate:submit", "rate:poll", "rate:cancel", "rate:upload", "rate:token"][self as usize]
     }
 
-    fn is_paid(self) -> bool {
+    /// Whether the class counts against the day quota.
+    pub(crate) fn is_paid(self) -> bool {
         matches!(self, Self::Submit | Self::Upload | Self::Token)
     }
 
@@ -365,6 +366,22 @@ impl Limiter {
         }
     }
 
+    /// A guard over the in-flight reservation of a call that holds it only while it runs (a
+    /// sync or streaming run): dropped before [`RunGuard::disarm`] (the client went away and its
+    /// handler was dropped before fal answered), it frees the reservation at once, keeping the
+    /// spend, instead of leaving it held for `inflight_ttl_seconds`.
+    pub fn run_guard(&self, admission: &Admission) -> RunGuard {
+        RunGuard {
+            held: admission.reservation.clone().map(|reservation| HeldRun {
+                tag: admission.tag.clone(),
+                reservation,
+                memory: self.memory.clone(),
+                redis: self.redis.clone(),
+                errors: self.errors.clone(),
+            }),
+        }
+    }
+
     /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).
     pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
         self.admit_unauthenticated_at(ip, self.clock.now()).await
@@ -501,9 +518,9 @@ impl Limiter {
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
         let rate = class.rate(tier);
-        // The bucket is the longest configured key: every sub path under it shares it.
+        // The bucket is the longest configured key: every sub path under it shares it. Whether
+        // an operation is rated by its endpoint is the operations table's (`fal::OpFacts`).
         let endpoint = endpoint
-            .filter(|_| class == OpClass::Submit)
             .and_then(|name| config::longest(&self.config.endpoint_rates, name))
             .map(|(key, rate)| (key, Rate::from(*rate)));
         let quota = class.is_paid().then_some(QuotaPlan {
@@ -537,6 +554,43 @@ impl Limiter {
             if let Err(err) = redis.release(tag, from, to, refund).await {
                 self.errors.log(&err);
             }
+        }
+    }
+}
+
+/// Frees a run's in-flight reservation when dropped armed ([`Limiter::run_guard`]).
+#[must_use = "dropping the guard frees the reservation"]
+pub struct RunGuard {
+    held: Option<HeldRun>,
+}
+
+struct HeldRun {
+    tag: String,
+    reservation: String,
+    memory: Arc<MemoryStore>,
+    redis: Option<Arc<RedisLimits>>,
+    errors: Arc<StoreErrorLog>,
+}
+
+impl RunGuard {
+    /// The call's bookkeeping ran: it decides what happens to the reservation.
+    pub fn disarm(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        held.memory.release(&held.tag, &held.reservation, None, None);
+        let Some(redis) = held.redis.clone() else { return };
+        // Drop cannot wait: the shared release runs on its own (bounded by the store timeout).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = redis.release(&held.tag, &held.reservation, None, None).await {
+                    held.errors.log(&err);
+                }
+            });
         }
     }
 }
