@@ -1,0 +1,435 @@
+//! The operations table (`fal::OpFacts`, issue 20 item 1) against the real gate: for every
+//! operation × route family (REST `/api/fal/queue|run/...`, proxy `/api/fal/proxy` with
+//! `x-fal-target-url`) × HTTP version (HTTP/1.1, h2c prior knowledge), its price and quota
+//! (usage before and after), its class rate and endpoint rate, the retention header fal saw, the
+//! slot it holds while fal works, and what the drain does to it — each expectation read from the
+//! table, so a new operation is covered the day it is added (`request` below does not compile
+//! until it has a route). Then the focused cases: streaming runs charged like sync runs, the
+//! absent-expiration rule, token and upload calls in the drain rule, schema defaults priced, and
+//! a run's reservation freed when its client goes away.
+
+use std::time::Duration;
+
+use falgate::clock::ManualClock;
+use falgate::emulator::{Fault, FaultAction, Op as FalOp};
+use falgate::fal::{Drain, OpKind, Price, Retention, Unknown};
+use falgate::limits::{OpClass, SlotKind};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::support::{wait_completed_as, TestGate, VPG};
+
+const PRICE: u64 = 5;
+const TOKEN_PRICE: u64 = 3;
+const FORCED: &str = r#"{"expiration_duration_seconds":600}"#;
+const ASKED: &str = r#"{"expiration_duration_seconds":999999}"#;
+
+const TABLE: &str = r#"
+[endpoints."fal-ai/realtime-app"]
+client_tokens = true
+schema = "tests/fixtures/schemas/any-object.json"
+unknown_fields = "allow"
+[tiers.default]
+[tiers.default.fal_headers]
+object_lifecycle = { expiration_duration_seconds = 600 }
+[limits]
+default_tier = "default"
+reconcile_interval_ms = 0
+[limits.tiers.default]
+submit = { burst = 100, per_minute = 1 }
+poll = { burst = 100, per_minute = 1 }
+cancel = { burst = 100, per_minute = 1 }
+upload = { burst = 100, per_minute = 1 }
+token = { burst = 100, per_minute = 1 }
+daily_requests = 1000
+daily_credits = 1000
+[limits.credits]
+default_cost = 1
+client_token_cost = 3
+[limits.credits.endpoints."fal-ai/video-prompt-generator"]
+cost = 5
+[limits.endpoint_rates."fal-ai/video-prompt-generator"]
+burst = 1000
+per_minute = 1
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Rest,
+    Proxy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Http1,
+    H2c,
+}
+
+/// One call as a client sends it.
+struct Request {
+    method: Method,
+    /// A path on the gate.
+    path: String,
+    /// `x-fal-target-url` (proxy route).
+    target: Option<String>,
+    body: Option<Value>,
+}
+
+fn rest(method: Method, path: String, body: Option<Value>) -> Option<Request> {
+    Some(Request {
+        method,
+        path,
+        target: None,
+        body,
+    })
+}
+
+fn proxy(method: Method, target: String, body: Option<Value>) -> Option<Request> {
+    Some(Request {
+        method,
+        path: "/api/fal/proxy".to_owned(),
+        target: Some(target),
+        body,
+    })
+}
+
+fn vpg_input() -> Value {
+    json!({"input_concept": "a lighthouse", "prompt_length": "Short"})
+}
+
+/// The request for `kind` through `family` on request `id` (None: the family has no route for
+/// it). No wildcard: a new operation does not compile until it is given its routes here.
+fn request(kind: OpKind, family: Family, id: &str) -> Option<Request> {
+    let queue = format!("https://queue.fal.run/{VPG}");
+    let on_id = |tail: &str| format!("/{VPG}/requests/{id}{tail}");
+    match (kind, family) {
+        (OpKind::Submit, Family::Rest) => rest(Method::POST, format!("/api/fal/queue/{VPG}"), Some(vpg_input())),
+        (OpKind::Submit, Family::Proxy) => proxy(Method::POST, queue, Some(vpg_input())),
+        (OpKind::Status, Family::Rest) => rest(Method::GET, format!("/api/fal/queue{}", on_id("/status")), None),
+        (OpKind::Status, Family::Proxy) => {
+            proxy(Method::GET, format!("https://queue.fal.run{}", on_id("/status")), None)
+        }
+        (OpKind::StatusStream, Family::Rest) => {
+            rest(Method::GET, format!("/api/fal/queue{}", on_id("/status/stream")), None)
+        }
+        (OpKind::StatusStream, Family::Proxy) => proxy(
+            Method::GET,
+            format!("https://queue.fal.run{}", on_id("/status/stream")),
+            None,
+        ),
+        (OpKind::Result, Family::Rest) => rest(Method::GET, format!("/api/fal/queue{}", on_id("")), None),
+        (OpKind::Result, Family::Proxy) => proxy(Method::GET, format!("https://queue.fal.run{}", on_id("")), None),
+        (OpKind::Cancel, Family::Rest) => rest(Method::PUT, format!("/api/fal/queue{}", on_id("/cancel")), None),
+        (OpKind::Cancel, Family::Proxy) => {
+            proxy(Method::PUT, format!("https://queue.fal.run{}", on_id("/cancel")), None)
+        }
+        (OpKind::Run, Family::Rest) => rest(Method::POST, format!("/api/fal/run/{VPG}"), Some(vpg_input())),
+        (OpKind::Run, Family::Proxy) => proxy(Method::POST, format!("https://fal.run/{VPG}"), Some(vpg_input())),
+        (OpKind::RunStream, Family::Rest) => {
+            rest(Method::POST, format!("/api/fal/run/{VPG}/stream"), Some(vpg_input()))
+        }
+        (OpKind::RunStream, Family::Proxy) => {
+            proxy(Method::POST, format!("https://fal.run/{VPG}/stream"), Some(vpg_input()))
+        }
+        (OpKind::StorageInitiate, Family::Rest) | (OpKind::ClientToken, Family::Rest) => None,
+        (OpKind::StorageInitiate, Family::Proxy) => proxy(
+            Method::POST,
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
+            Some(json!({"content_type": "text/plain", "file_name": "a.txt"})),
+        ),
+        (OpKind::ClientToken, Family::Proxy) => proxy(
+            Method::POST,
+            "https://rest.fal.ai/tokens/".to_owned(),
+            Some(json!({"allowed_apps": ["realtime-app"], "token_expiration": 60})),
+        ),
+    }
+}
+
+/// The emulator's name of the operation (for faults).
+fn fal_op(kind: OpKind) -> FalOp {
+    match kind {
+        OpKind::Submit => FalOp::Submit,
+        OpKind::Status => FalOp::Status,
+        OpKind::StatusStream => FalOp::StatusStream,
+        OpKind::Result => FalOp::Result,
+        OpKind::Cancel => FalOp::Cancel,
+        OpKind::Run => FalOp::Run,
+        OpKind::RunStream => FalOp::RunStream,
+        OpKind::StorageInitiate => FalOp::StorageInitiate,
+        OpKind::ClientToken => FalOp::Token,
+    }
+}
+
+/// Whether the operation addresses an existing request (the caller submits one first).
+fn on_request(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Status | OpKind::StatusStream | OpKind::Result | OpKind::Cancel
+    )
+}
+
+/// The name `/api/fal/usage` and the `RateLimit` headers give the class's rate.
+fn rate_name(class: OpClass) -> &'static str {
+    match class {
+        OpClass::Submit => "submit",
+        OpClass::Poll => "poll",
+        OpClass::Cancel => "cancel",
+        OpClass::Upload => "upload",
+        OpClass::Token => "token",
+    }
+}
+
+fn client(version: Version) -> reqwest::Client {
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    match version {
+        Version::Http1 => builder.http1_only(),
+        Version::H2c => builder.http2_prior_knowledge(),
+    }
+    .build()
+    .unwrap()
+}
+
+fn send(gate: &TestGate, client: &reqwest::Client, sub: &str, request: &Request) -> reqwest::RequestBuilder {
+    let mut builder = client
+        .request(request.method.clone(), format!("{}{}", gate.url, request.path))
+        .bearer_auth(gate.token(sub))
+        .header("x-fal-object-lifecycle-preference", ASKED);
+    if let Some(target) = &request.target {
+        builder = builder.header("x-fal-target-url", target);
+    }
+    if let Some(body) = &request.body {
+        builder = builder.json(body);
+    }
+    builder
+}
+
+/// What is left of each of `sub`'s limits, by name.
+async fn usage(gate: &TestGate, sub: &str) -> std::collections::HashMap<String, u64> {
+    let usage: Value = gate.get_as(sub, "/api/fal/usage").await.json().await.unwrap();
+    usage["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap().to_owned(), l["remaining"].as_u64().unwrap()))
+        .collect()
+}
+
+impl TestGate {
+    async fn get_as(&self, sub: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(self.token(sub))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A request `sub` owns, completed (so a result is there and a status stream ends at once).
+async fn owned_request(gate: &TestGate, sub: &str) -> String {
+    let id = gate.submit(sub, vpg_input()).await;
+    wait_completed_as(gate, sub, &id).await;
+    id
+}
+
+/// Waits (bounded) until fal has seen `count` requests.
+async fn until_fal_saw(gate: &TestGate, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gate.fal_saw().len() < count {
+        assert!(Instant::now() < deadline, "fal never saw the call");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The value of `name` in fal's record of a request.
+fn header<'a>(seen: &'a falgate::emulator::RecordedRequest, name: &str) -> Option<&'a str> {
+    seen.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// What the table says one call of `kind` costs: (credits, day requests).
+fn spend(kind: OpKind) -> (u64, u64) {
+    let facts = kind.facts();
+    let credits = match facts.price {
+        Price::Endpoint => PRICE,
+        Price::ClientToken => TOKEN_PRICE,
+        Price::Free => 0,
+    };
+    let paid = matches!(facts.class, OpClass::Submit | OpClass::Upload | OpClass::Token);
+    (credits, u64::from(paid))
+}
+
+fn spent(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> (u64, u64) {
+    let used = |name: &str| before[name] - after[name];
+    (used("daily-credits"), used("daily-requests"))
+}
+
+/// Served: fal's own answer, not a refusal of the gate.
+async fn assert_served(response: reqwest::Response, cell: &str) {
+    assert!(
+        response.headers().get("x-falgate-error").is_none(),
+        "{cell}: refused {:?}",
+        response.headers().get("x-falgate-error")
+    );
+    // The whole answer arrives (a completed job's status stream ends at once).
+    response.bytes().await.unwrap_or_else(|err| panic!("{cell}: {err}"));
+}
+
+/// One cell's normal call: price, rates and the retention header fal saw.
+async fn ruled_call(gate: &TestGate, client: &reqwest::Client, kind: OpKind, family: Family, cell: &str) {
+    let facts = kind.facts();
+    let sub = format!("ruled-{cell}");
+    let id = match on_request(kind) {
+        true => owned_request(gate, &sub).await,
+        false => "00000000-0000-4000-8000-000000000000".to_owned(),
+    };
+    let Some(request) = request(kind, family, &id) else {
+        return;
+    };
+    let before = usage(gate, &sub).await;
+    let seen_before = gate.fal_saw().len();
+    let response = send(gate, client, &sub, &request).send().await.unwrap();
+    let policy = response
+        .headers()
+        .get("ratelimit-policy")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_served(response, cell).await;
+    let after = usage(gate, &sub).await;
+    assert_eq!(
+        spent(&before, &after),
+        spend(kind),
+        "{cell}: credits and day requests spent"
+    );
+    let rate = rate_name(facts.class);
+    assert_eq!(before[rate] - after[rate], 1, "{cell}: the {rate} rate");
+    assert_eq!(
+        policy.contains("\"endpoint\""),
+        facts.endpoint_rates,
+        "{cell}: endpoint rate in {policy:?}"
+    );
+    // What fal saw: exactly this call, with the lifecycle header the table names forced.
+    let saw = gate.fal_saw();
+    assert_eq!(saw.len(), seen_before + 1, "{cell}: fal saw {saw:?}");
+    let seen = saw.last().unwrap();
+    assert_eq!(seen.method, facts.method.as_str(), "{cell}");
+    let (preference, object) = (
+        header(seen, "x-fal-object-lifecycle-preference"),
+        header(seen, "x-fal-object-lifecycle"),
+    );
+    match facts.retention {
+        Retention::Preference => assert_eq!((preference, object), (Some(FORCED), None), "{cell}"),
+        Retention::Object => assert_eq!((preference, object), (None, Some(FORCED)), "{cell}"),
+        // Nothing forced where fal makes no object: the caller's value passes.
+        Retention::None => assert_eq!((preference, object), (Some(ASKED), None), "{cell}"),
+    }
+}
+
+/// One cell's slot: while fal holds the call, the caller's stream or relay count is one down.
+async fn slot_call(gate: &TestGate, client: &reqwest::Client, kind: OpKind, family: Family, cell: &str) {
+    let facts = kind.facts();
+    let sub = format!("slot-{cell}");
+    let id = match on_request(kind) {
+        true => owned_request(gate, &sub).await,
+        false => "00000000-0000-4000-8000-000000000000".to_owned(),
+    };
+    let Some(request) = request(kind, family, &id) else {
+        return;
+    };
+    let before = usage(gate, &sub).await;
+    gate.emulator.add_fault(Fault {
+        op: Some(fal_op(kind)),
+        path_contains: None,
+        action: FaultAction::Stall { ms: 60_000 },
+        times: Some(1),
+    });
+    let seen = gate.fal_saw().len();
+    let call = tokio::spawn(send(gate, client, &sub, &request).send());
+    until_fal_saw(gate, seen + 1).await;
+    let during = usage(gate, &sub).await;
+    let held = |name: &str| before[name] - during[name];
+    let expected = |kind: SlotKind| u64::from(facts.slot == Some(kind));
+    assert_eq!(held("streams"), expected(SlotKind::Stream), "{cell}: stream slots");
+    assert_eq!(held("relays"), expected(SlotKind::Relay), "{cell}: relay slots");
+    call.abort();
+}
+
+/// One cell after the drain abandoned waits: 424 and the table's spend, or served.
+/// `id` is a request `sub` owns, made before the drain began.
+async fn drained_call(
+    gate: &TestGate,
+    client: &reqwest::Client,
+    (kind, family): (OpKind, Family),
+    cell: &str,
+    id: &str,
+) {
+    let facts = kind.facts();
+    let sub = format!("drain-{cell}");
+    let Some(request) = request(kind, family, id) else {
+        return;
+    };
+    let before = usage(gate, &sub).await;
+    let response = send(gate, client, &sub, &request).send().await.unwrap();
+    match facts.drain {
+        Drain::AnswerUnknown => {
+            gate.assert_refused(response, 424, "submit_outcome_unknown").await;
+            let after = usage(gate, &sub).await;
+            let expected = match facts.unknown {
+                Unknown::KeepSpend => spend(kind),
+                Unknown::Refund | Unknown::NotPaid => (0, 0),
+            };
+            assert_eq!(spent(&before, &after), expected, "{cell}: spend after a drained call");
+        }
+        Drain::Served | Drain::Cut => assert_served(response, cell).await,
+    }
+}
+
+async fn table_over(version: Version) {
+    let gate = TestGate::builder()
+        .config(TABLE)
+        .clock(&ManualClock::new())
+        .job_ms(10, 20)
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
+        .spawn()
+        .await;
+    let client = client(version);
+    let cells = || {
+        [Family::Rest, Family::Proxy]
+            .into_iter()
+            .flat_map(|family| OpKind::ALL.iter().map(move |kind| (*kind, family)))
+    };
+    for (kind, family) in cells() {
+        let cell = format!("{kind:?}-{family:?}-{version:?}");
+        ruled_call(&gate, &client, kind, family, &cell).await;
+        slot_call(&gate, &client, kind, family, &cell).await;
+    }
+    // The requests the drained calls address are made before the drain.
+    let mut ids = std::collections::HashMap::new();
+    for (kind, family) in cells().filter(|(kind, _)| on_request(*kind)) {
+        let cell = format!("{kind:?}-{family:?}-{version:?}");
+        let id = owned_request(&gate, &format!("drain-{cell}")).await;
+        ids.insert(cell, id);
+    }
+    // As the drain timeout nears: every call still (or newly) waiting for fal is abandoned.
+    gate.lifecycle.abandon();
+    for (kind, family) in cells() {
+        let cell = format!("{kind:?}-{family:?}-{version:?}");
+        let id = ids
+            .get(&cell)
+            .map_or("00000000-0000-4000-8000-000000000000", String::as_str);
+        drained_call(&gate, &client, (kind, family), &cell, id).await;
+    }
+}
+
+#[tokio::test]
+async fn every_operation_on_http1_is_priced_rated_ruled_slotted_and_drained_as_the_table_says() {
+    table_over(Version::Http1).await;
+}
+
+#[tokio::test]
+async fn every_operation_on_h2c_is_priced_rated_ruled_slotted_and_drained_as_the_table_says() {
+    table_over(Version::H2c).await;
+}
