@@ -433,3 +433,257 @@ async fn every_operation_on_http1_is_priced_rated_ruled_slotted_and_drained_as_t
 async fn every_operation_on_h2c_is_priced_rated_ruled_slotted_and_drained_as_the_table_says() {
     table_over(Version::H2c).await;
 }
+
+const STREAM_QUOTA: &str = r#"
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+daily_credits = 12
+[limits.credits.endpoints."fal-ai/video-prompt-generator"]
+cost = 1
+field = "model"
+values = { "openai/gpt-4o" = 5 }
+"#;
+
+/// Issue 20's measurement: streaming runs were free. With 12 credits and a 5-credit input, two
+/// streaming runs (one per route family) are charged like sync runs and the third is refused
+/// `403 quota_exceeded` before it reaches fal.
+#[tokio::test]
+async fn streaming_runs_are_charged_like_sync_runs_and_refused_past_the_quota() {
+    let gate = TestGate::builder().config(STREAM_QUOTA).spawn().await;
+    let input = json!({"input_concept": "a lighthouse", "model": "openai/gpt-4o"});
+    let stream_run = |family: Family| {
+        let request = match family {
+            Family::Rest => rest(Method::POST, format!("/api/fal/run/{VPG}/stream"), Some(input.clone())),
+            Family::Proxy => proxy(
+                Method::POST,
+                format!("https://fal.run/{VPG}/stream"),
+                Some(input.clone()),
+            ),
+        };
+        request.unwrap()
+    };
+    let mut left = usage(&gate, "alice").await["daily-credits"];
+    assert_eq!(left, 12);
+    for family in [Family::Rest, Family::Proxy] {
+        let response = send(&gate, &gate.client, "alice", &stream_run(family))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{family:?}");
+        response.bytes().await.unwrap();
+        let now = usage(&gate, "alice").await["daily-credits"];
+        assert_eq!(left - now, 5, "{family:?}: a streaming run costs what a sync run costs");
+        left = now;
+    }
+    let streams_seen = || gate.fal_saw().iter().filter(|r| r.path.ends_with("/stream")).count();
+    assert_eq!(streams_seen(), 2);
+    for family in [Family::Rest, Family::Proxy] {
+        let refused = send(&gate, &gate.client, "alice", &stream_run(family))
+            .send()
+            .await
+            .unwrap();
+        gate.assert_refused(refused, 403, "quota_exceeded").await;
+    }
+    assert_eq!(streams_seen(), 2, "a refused streaming run reached fal");
+}
+
+const CAPPED: &str = r#"
+[tiers.default]
+[tiers.default.fal_headers]
+max_object_expiration_seconds = 3600
+"#;
+
+/// `max_object_expiration_seconds` with no lifecycle header sent: the header fal reads on the
+/// operation is set to that expiration (README: "a longer (or absent) expiration is lowered
+/// (set)"); operations that make no object get none.
+#[tokio::test]
+async fn an_absent_expiration_is_set_to_the_tiers_maximum_where_fal_reads_one() {
+    let gate = TestGate::builder()
+        .config(CAPPED)
+        .config(
+            "[endpoints.\"fal-ai/realtime-app\"]\nclient_tokens = true\n\
+             schema = \"tests/fixtures/schemas/any-object.json\"\nunknown_fields = \"allow\"\n",
+        )
+        .job_ms(10, 20)
+        .spawn()
+        .await;
+    let id = owned_request(&gate, "alice").await;
+    let capped = Some(r#"{"expiration_duration_seconds":3600}"#);
+    for kind in OpKind::ALL {
+        let request = request(*kind, Family::Proxy, &id).expect("every operation has a proxy route");
+        let seen = gate.fal_saw().len();
+        let mut builder = gate
+            .client
+            .request(request.method.clone(), format!("{}{}", gate.url, request.path))
+            .bearer_auth(gate.token("alice"))
+            .header("x-fal-target-url", request.target.unwrap());
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        assert_served(builder.send().await.unwrap(), &format!("{kind:?}")).await;
+        let saw = gate.fal_saw();
+        assert_eq!(saw.len(), seen + 1);
+        let last = saw.last().unwrap();
+        let lifecycle = (
+            header(last, "x-fal-object-lifecycle-preference"),
+            header(last, "x-fal-object-lifecycle"),
+        );
+        let expected = match kind.facts().retention {
+            Retention::Preference => (capped, None),
+            Retention::Object => (None, capped),
+            Retention::None => (None, None),
+        };
+        assert_eq!(lifecycle, expected, "{kind:?}");
+    }
+}
+
+/// A token or upload call still waiting for fal when the drain gives up is answered 424
+/// `submit_outcome_unknown` at once (not left to be cut), and refunded: the token or upload URL
+/// never reached anyone.
+#[tokio::test]
+async fn token_and_upload_calls_waiting_at_the_drain_are_answered_424_and_refunded() {
+    let gate = TestGate::builder()
+        .config(TABLE)
+        .clock(&ManualClock::new())
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
+        .spawn()
+        .await;
+    let mut calls = Vec::new();
+    for kind in [OpKind::ClientToken, OpKind::StorageInitiate] {
+        gate.emulator.add_fault(Fault {
+            op: Some(fal_op(kind)),
+            path_contains: None,
+            action: FaultAction::Stall { ms: 60_000 },
+            times: Some(1),
+        });
+        let sub = format!("{kind:?}");
+        let before = usage(&gate, &sub).await;
+        let seen = gate.fal_saw().len();
+        let request = request(kind, Family::Proxy, "").unwrap();
+        calls.push((
+            kind,
+            before,
+            tokio::spawn(send(&gate, &gate.client, &sub, &request).send()),
+        ));
+        until_fal_saw(&gate, seen + 1).await;
+    }
+    gate.lifecycle.abandon();
+    for (kind, before, call) in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?} was left waiting for fal past the drain"))
+            .unwrap()
+            .unwrap();
+        gate.assert_refused(answer, 424, "submit_outcome_unknown").await;
+        let after = usage(&gate, &format!("{kind:?}")).await;
+        assert_eq!(spent(&before, &after), (0, 0), "{kind:?} was not refunded");
+    }
+}
+
+const DEFAULTS: &str = r#"
+[tiers.default]
+[tiers.cheap]
+[tiers.cheap.options."fal-ai/video-prompt-generator"]
+model = ["openai/gpt-4o-mini"]
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+daily_credits = 100
+[limits.credits.endpoints."fal-ai/video-prompt-generator"]
+cost = 1
+field = "model"
+values = { "google/gemini-flash-1.5" = 4 }
+"#;
+
+/// The schema's `default` of an absent field is what fal runs: it is priced (the schema's
+/// default `model` costs 4, not the endpoint's 1) and ruled by the tier's options (a tier
+/// allowed only another model is refused), while fal still receives the caller's exact bytes.
+#[tokio::test]
+async fn a_schema_default_is_priced_and_ruled_but_never_forwarded() {
+    let gate = TestGate::builder().config(DEFAULTS).spawn().await;
+    let input = json!({"input_concept": "a lighthouse"});
+    for family in [Family::Rest, Family::Proxy] {
+        let before = usage(&gate, "alice").await["daily-credits"];
+        let request = request(OpKind::Submit, family, "").unwrap();
+        let request = Request {
+            body: Some(input.clone()),
+            ..request
+        };
+        let response = send(&gate, &gate.client, "alice", &request).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{family:?}");
+        let after = usage(&gate, "alice").await["daily-credits"];
+        assert_eq!(before - after, 4, "{family:?}: the default model's price");
+        let forwarded: Value = serde_json::from_str(&gate.fal_saw().last().unwrap().body).unwrap();
+        assert_eq!(
+            forwarded, input,
+            "{family:?}: fal got the caller's input, no defaults added"
+        );
+
+        let seen = gate.fal_saw().len();
+        let refused = gate
+            .client
+            .post(format!("{}{}", gate.url, request.path))
+            .bearer_auth(gate.tier_token("bob", "cheap"));
+        let refused = match &request.target {
+            Some(target) => refused.header("x-fal-target-url", target),
+            None => refused,
+        };
+        let refused = refused.json(&input).send().await.unwrap();
+        let body = gate.assert_refused(refused, 403, "option_not_allowed").await;
+        assert!(body["message"].as_str().unwrap().contains("model"), "{body}");
+        assert_eq!(gate.fal_saw().len(), seen, "a refused default reached fal");
+    }
+}
+
+const ONE_IN_FLIGHT: &str = r#"
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+max_inflight_jobs = 1
+"#;
+
+/// A sync or streaming run whose client goes away while fal works frees its in-flight
+/// reservation at once (not after `inflight_ttl_seconds`): the caller's next run is admitted.
+#[tokio::test]
+async fn a_run_whose_client_goes_away_frees_its_in_flight_reservation_at_once() {
+    let gate = TestGate::builder()
+        .config(ONE_IN_FLIGHT)
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
+        .spawn()
+        .await;
+    for version in [Version::Http1, Version::H2c] {
+        let client = client(version);
+        for kind in [OpKind::Run, OpKind::RunStream] {
+            for family in [Family::Rest, Family::Proxy] {
+                let cell = format!("{kind:?}-{family:?}-{version:?}");
+                let request = request(kind, family, "").unwrap();
+                gate.emulator.add_fault(Fault {
+                    op: Some(fal_op(kind)),
+                    path_contains: None,
+                    action: FaultAction::Stall { ms: 60_000 },
+                    times: Some(1),
+                });
+                let seen = gate.fal_saw().len();
+                let call = tokio::spawn(send(&gate, &client, &cell, &request).send());
+                until_fal_saw(&gate, seen + 1).await;
+                assert_eq!(
+                    usage(&gate, &cell).await["inflight"],
+                    0,
+                    "{cell}: the run holds the slot"
+                );
+                // The client goes away: its connection (HTTP/1) or stream (h2) is closed.
+                call.abort();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while usage(&gate, &cell).await["inflight"] != 1 {
+                    assert!(Instant::now() < deadline, "{cell}: the reservation was never freed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // The freed reservation admits the next run.
+                let next = send(&gate, &client, &cell, &request).send().await.unwrap();
+                assert_eq!(next.status(), 200, "{cell}");
+                next.bytes().await.unwrap();
+            }
+        }
+    }
+}
