@@ -279,7 +279,13 @@ async fn assert_served(response: reqwest::Response, cell: &str) {
 }
 
 /// One cell's normal call: price, rates and the retention header fal saw.
-async fn ruled_call(gate: &TestGate, client: &reqwest::Client, kind: OpKind, family: Family, cell: &str) {
+async fn ruled_call(
+    gate: &TestGate,
+    (client, version): (&reqwest::Client, Version),
+    kind: OpKind,
+    family: Family,
+    cell: &str,
+) {
     let facts = kind.facts();
     let sub = format!("ruled-{cell}");
     let id = match on_request(kind) {
@@ -292,6 +298,11 @@ async fn ruled_call(gate: &TestGate, client: &reqwest::Client, kind: OpKind, fam
     let before = usage(gate, &sub).await;
     let seen_before = gate.fal_saw().len();
     let response = send(gate, client, &sub, &request).send().await.unwrap();
+    let http = match version {
+        Version::Http1 => reqwest::Version::HTTP_11,
+        Version::H2c => reqwest::Version::HTTP_2,
+    };
+    assert_eq!(response.version(), http, "{cell}");
     let policy = response
         .headers()
         .get("ratelimit-policy")
@@ -403,7 +414,7 @@ async fn table_over(version: Version) {
     };
     for (kind, family) in cells() {
         let cell = format!("{kind:?}-{family:?}-{version:?}");
-        ruled_call(&gate, &client, kind, family, &cell).await;
+        ruled_call(&gate, (&client, version), kind, family, &cell).await;
         slot_call(&gate, &client, kind, family, &cell).await;
     }
     // The requests the drained calls address are made before the drain.
