@@ -7,7 +7,7 @@
 //!
 //! | op | class | price | endpoint rates | retention header | slot | drain | outcome unknown | job |
 //! | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-//! | submit | submit | endpoint | yes | `-preference` | — | 424 | keep | starts (reconciled) |
+//! | submit (idempotent) | submit | endpoint | yes | `-preference` | — | 424 | keep | starts (reconciled) |
 //! | status | poll | — | no | — | — | served | — | may end |
 //! | status stream | poll | — | no | — | stream | cut | — | — |
 //! | result | poll | — | no | — | relay | served | — | may end |
@@ -160,6 +160,8 @@ pub struct OpFacts {
     pub job: Job,
     /// The largest answer read whole.
     pub answer: AnswerSize,
+    /// Whether an `Idempotency-Key` replays the first answer (else the header is ignored).
+    pub idempotent: bool,
 }
 
 impl OpFacts {
@@ -194,6 +196,7 @@ impl OpKind {
                 unknown: Unknown::KeepSpend,
                 job: Job::Starts,
                 answer: AnswerSize::Control,
+                idempotent: true,
             },
             Self::Status => OpFacts {
                 name: "status",
@@ -210,6 +213,7 @@ impl OpKind {
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
             Self::StatusStream => OpFacts {
                 name: "status_stream",
@@ -226,6 +230,7 @@ impl OpKind {
                 unknown: Unknown::NotPaid,
                 job: Job::None,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
             Self::Result => OpFacts {
                 name: "result",
@@ -242,6 +247,7 @@ impl OpKind {
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
                 answer: AnswerSize::Output,
+                idempotent: false,
             },
             Self::Cancel => OpFacts {
                 name: "cancel",
@@ -258,6 +264,7 @@ impl OpKind {
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
             Self::Run => OpFacts {
                 name: "run",
@@ -274,6 +281,7 @@ impl OpKind {
                 unknown: Unknown::KeepSpend,
                 job: Job::Runs,
                 answer: AnswerSize::Output,
+                idempotent: false,
             },
             // A sync run answered as an event stream: the same rules as a run, a stream slot.
             Self::RunStream => OpFacts {
@@ -291,6 +299,7 @@ impl OpKind {
                 unknown: Unknown::KeepSpend,
                 job: Job::Runs,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
             Self::StorageInitiate => OpFacts {
                 name: "storage_initiate",
@@ -307,6 +316,7 @@ impl OpKind {
                 unknown: Unknown::Refund,
                 job: Job::None,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
             Self::ClientToken => OpFacts {
                 name: "token",
@@ -323,6 +333,7 @@ impl OpKind {
                 unknown: Unknown::Refund,
                 job: Job::None,
                 answer: AnswerSize::Control,
+                idempotent: false,
             },
         }
     }

@@ -297,7 +297,8 @@ async fn ruled_call(
     };
     let before = usage(gate, &sub).await;
     let seen_before = gate.fal_saw().len();
-    let response = send(gate, client, &sub, &request).send().await.unwrap();
+    let keyed = || send(gate, client, &sub, &request).header("idempotency-key", cell);
+    let response = keyed().send().await.unwrap();
     let http = match version {
         Version::Http1 => reqwest::Version::HTTP_11,
         Version::H2c => reqwest::Version::HTTP_2,
@@ -337,6 +338,12 @@ async fn ruled_call(
         // Nothing forced where fal makes no object: the caller's value passes.
         Retention::None => assert_eq!((preference, object), (Some(ASKED), None), "{cell}"),
     }
+    // The same call again with the same `Idempotency-Key`: replayed, or a new call to fal.
+    let again = keyed().send().await.unwrap();
+    let replayed = again.headers().get("idempotent-replayed").is_some();
+    assert_served(again, cell).await;
+    assert_eq!(replayed, facts.idempotent, "{cell}: replayed");
+    assert_eq!(gate.fal_saw().len(), seen_before + 2 - usize::from(replayed), "{cell}");
 }
 
 /// One cell's slot: while fal holds the call, the caller's stream or relay count is one down.
