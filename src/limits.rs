@@ -257,11 +257,35 @@ impl Limiter {
         endpoint: Option<&str>,
         now: SystemTime,
     ) -> Result<(), LimitError> {
+        self.precheck_priced_at(who, class, endpoint, self.min_credits(endpoint), now)
+            .await
+    }
+
+    /// [`Self::precheck`] assuming the call costs at least `credits` (its price before the input
+    /// is read, e.g. a temporary token's fixed cost), rated by `endpoint` when given.
+    pub async fn precheck_priced(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+    ) -> Result<(), LimitError> {
+        self.precheck_priced_at(who, class, endpoint, credits, self.clock.now())
+            .await
+    }
+
+    async fn precheck_priced_at(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+        now: SystemTime,
+    ) -> Result<(), LimitError> {
         let tier = self.tier(who.tier);
         let tag = tag_of(who.principal);
         // An empty reservation: the check counts the slots in use and adds none.
         let reservation = (class == OpClass::Submit && tier.max_inflight_jobs.is_some()).then_some("");
-        let credits = self.min_credits(endpoint);
         let plan = self.plan(&tag, tier, class, endpoint, credits, reservation);
         self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
     }

@@ -50,8 +50,17 @@ pub async fn handle(
                 principal: &principal,
                 tier: &caller.tier,
             };
+            let facts = call.facts();
             let endpoint = grant.called.as_ref().map(|e| e.as_str());
-            if let Err(refused) = gate.limiter.precheck(&subject, call.facts().class, endpoint).await {
+            // The cheapest the call can cost before its input is read, by the table's price.
+            let floor = match facts.price {
+                Price::Endpoint => gate.limiter.min_credits(endpoint),
+                Price::ClientToken => gate.limiter.client_token_terms().0,
+                Price::Free => 0,
+            };
+            let rated = endpoint.filter(|_| facts.endpoint_rates);
+            let prechecked = gate.limiter.precheck_priced(&subject, facts.class, rated, floor).await;
+            if let Err(refused) = prechecked {
                 // Unless it is the retry of a submit already answered: that one is replayed.
                 if !idempotency::answered(gate, &principal, &call, headers).await? {
                     return Err(refused.into());

@@ -705,3 +705,34 @@ async fn a_run_whose_client_goes_away_frees_its_in_flight_reservation_at_once() 
         }
     }
 }
+
+/// The precheck refuses a caller who cannot afford the call before its body is read, at the
+/// price the table gives the operation (a temporary token's cost too): a body that is not even
+/// JSON is answered 403 `quota_exceeded`, not 400, and nothing reaches fal.
+#[tokio::test]
+async fn a_caller_who_cannot_afford_an_operation_is_refused_before_its_body_is_read() {
+    let poor = TABLE.replace("daily_credits = 1000", "daily_credits = 2");
+    let gate = TestGate::builder()
+        .config(&poor)
+        .clock(&ManualClock::new())
+        .spawn()
+        .await;
+    for kind in OpKind::ALL.iter().filter(|kind| kind.facts().body) {
+        let request = request(*kind, Family::Proxy, "").unwrap();
+        let response = gate
+            .client
+            .request(request.method.clone(), format!("{}{}", gate.url, request.path))
+            .bearer_auth(gate.token("alice"))
+            .header("x-fal-target-url", request.target.clone().unwrap())
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        match spend(*kind).0 > 2 {
+            true => gate.assert_refused(response, 403, "quota_exceeded").await,
+            false => gate.assert_refused(response, 400, "invalid_json").await,
+        };
+    }
+    gate.assert_nothing_reached_fal_and_still_serving().await;
+}
