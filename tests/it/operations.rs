@@ -670,6 +670,24 @@ async fn a_run_whose_client_goes_away_frees_its_in_flight_reservation_at_once() 
         .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
         .spawn()
         .await;
+    runs_free_their_reservation_when_their_client_goes(&gate).await;
+}
+
+/// The same with the reservation held in Redis (shared by replicas).
+#[tokio::test]
+async fn a_run_whose_client_goes_away_frees_its_reservation_in_redis_at_once() {
+    let gate = TestGate::builder()
+        .config(ONE_IN_FLIGHT)
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
+        .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
+        .env("FALGATE_REDIS__KEY_PREFIX", &format!("it-{}", uuid::Uuid::new_v4()))
+        .env("FALGATE_LIMITS__ON_STORE_ERROR", "deny")
+        .spawn()
+        .await;
+    runs_free_their_reservation_when_their_client_goes(&gate).await;
+}
+
+async fn runs_free_their_reservation_when_their_client_goes(gate: &TestGate) {
     for version in [Version::Http1, Version::H2c] {
         let client = client(version);
         for kind in [OpKind::Run, OpKind::RunStream] {
@@ -693,12 +711,12 @@ async fn a_run_whose_client_goes_away_frees_its_in_flight_reservation_at_once() 
                 // The client goes away: its connection (HTTP/1) or stream (h2) is closed.
                 call.abort();
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while usage(&gate, &cell).await["inflight"] != 1 {
+                while usage(gate, &cell).await["inflight"] != 1 {
                     assert!(Instant::now() < deadline, "{cell}: the reservation was never freed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 // The freed reservation admits the next run.
-                let next = send(&gate, &client, &cell, &request).send().await.unwrap();
+                let next = send(gate, &client, &cell, &request).send().await.unwrap();
                 assert_eq!(next.status(), 200, "{cell}");
                 next.bytes().await.unwrap();
             }
