@@ -701,10 +701,10 @@ async fn runs_free_their_reservation_when_their_client_goes(gate: &TestGate) {
                     times: Some(1),
                 });
                 let seen = gate.fal_saw().len();
-                let call = tokio::spawn(send(&gate, &client, &cell, &request).send());
-                until_fal_saw(&gate, seen + 1).await;
+                let call = tokio::spawn(send(gate, &client, &cell, &request).send());
+                until_fal_saw(gate, seen + 1).await;
                 assert_eq!(
-                    usage(&gate, &cell).await["inflight"],
+                    usage(gate, &cell).await["inflight"],
                     0,
                     "{cell}: the run holds the slot"
                 );
