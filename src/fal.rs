@@ -3,6 +3,10 @@
 //!
 //! Parse, don't validate: every type here has private fields and a `parse` that refuses anything
 //! that is not in fal's canonical shape, so the rest of the gate never sees a raw path.
+//!
+//! What each operation *is* (its HTTP form, limit class, price, rates, retention header, slot,
+//! drain rule, bookkeeping) is answered in one table, [`OpKind::facts`] (`fal/facts.rs`); the
+//! rest of the gate asks [`Op::facts`] rather than matching on operations.
 
 mod facts;
 pub mod headers;

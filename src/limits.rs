@@ -51,8 +51,9 @@ pub(crate) use self::store_error::StoreErrorLog;
 use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
-/// Which budget a call spends. Submits (queue and sync), uploads and client tokens are paid:
-/// they count against the day quota. Polls (status, stream, result) and cancels only have rates.
+/// Which budget a call spends. Submits (queue, sync and streaming runs), uploads and client
+/// tokens are paid: they count against the day quota. Polls (status, stream, result) and cancels
+/// only have rates. Each operation's class is in the operations table (`fal::OpFacts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpClass {
     Submit = 0,
