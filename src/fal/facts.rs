@@ -77,7 +77,8 @@ pub enum Retention {
 }
 
 /// What the drain does to a call still waiting for fal when it abandons waits (just before the
-/// drain timeout cuts connections).
+/// drain timeout cuts connections). Once fal answered, an answer being relayed (a run's event
+/// stream included) is cut with its connection at the drain timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drain {
     /// Answered 424 `submit_outcome_unknown` at once, never cut: a cut call would be retried by
