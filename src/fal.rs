@@ -3,7 +3,12 @@
 //!
 //! Parse, don't validate: every type here has private fields and a `parse` that refuses anything
 //! that is not in fal's canonical shape, so the rest of the gate never sees a raw path.
+//!
+//! What each operation *is* (its HTTP form, limit class, price, rates, retention header, slot,
+//! drain rule, bookkeeping) is answered in one table, [`OpKind::facts`] (`fal/facts.rs`); the
+//! rest of the gate asks [`Op::facts`] rather than matching on operations.
 
+mod facts;
 pub mod headers;
 mod path;
 mod target;
@@ -11,6 +16,7 @@ mod webhook;
 
 use std::fmt;
 
+pub use facts::{AnswerSize, Drain, Job, OpFacts, OpKind, Price, Retention, Unknown};
 pub use headers::{Lifecycle, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
@@ -179,6 +185,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// The endpoint a submit or run calls (with its sub path): what it is priced and rated by.
+    pub fn endpoint(&self) -> Option<&EndpointId> {
+        match self {
+            Self::Submit { endpoint, .. } | Self::Run { endpoint } | Self::RunStream { endpoint } => Some(endpoint),
+            Self::Status { .. }
+            | Self::StatusStream { .. }
+            | Self::Result { .. }
+            | Self::Cancel { .. }
+            | Self::StorageInitiate
+            | Self::ClientToken => None,
+        }
+    }
+
     /// The run of `endpoint` on `fal.run`: a streaming run when its path ends in a `stream`
     /// segment after the app (`fal.stream("owner/alias")` posts to `owner/alias/stream`), else a
     /// plain sync run. An app named `stream` (`owner/stream`) is a plain run.
@@ -208,29 +227,24 @@ pub struct Call {
 }
 
 impl Call {
+    /// Its row of the operations table (`fal::facts`).
+    pub fn facts(&self) -> OpFacts {
+        self.op.facts()
+    }
+
     /// The HTTP method fal expects for this operation.
     pub fn method(&self) -> http::Method {
-        match self.op {
-            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate | Op::ClientToken => {
-                http::Method::POST
-            }
-            Op::Cancel { .. } => http::Method::PUT,
-            Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => http::Method::GET,
-        }
+        self.facts().method
     }
 
     /// The host this call belongs to.
     pub fn host(&self) -> Host {
-        match self.op {
-            Op::Run { .. } | Op::RunStream { .. } => Host::Run,
-            Op::StorageInitiate | Op::ClientToken => Host::Storage,
-            _ => Host::Queue,
-        }
+        self.facts().host
     }
 
     /// Whether the call carries a JSON body that must be read and checked.
     pub fn has_body(&self) -> bool {
-        self.method() == http::Method::POST
+        self.facts().body
     }
 
     /// The app the call is addressed to (None for storage).
@@ -250,7 +264,7 @@ impl Call {
             Op::Status { id, .. } | Op::StatusStream { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. } => {
                 Some(id)
             }
-            _ => None,
+            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate | Op::ClientToken => None,
         }
     }
 
@@ -287,17 +301,7 @@ impl Call {
 
     /// A bounded label for logs and metrics.
     pub fn op_name(&self) -> &'static str {
-        match self.op {
-            Op::Submit { .. } => "submit",
-            Op::Status { .. } => "status",
-            Op::StatusStream { .. } => "status_stream",
-            Op::Result { .. } => "result",
-            Op::Cancel { .. } => "cancel",
-            Op::Run { .. } => "run",
-            Op::RunStream { .. } => "run_stream",
-            Op::StorageInitiate => "storage_initiate",
-            Op::ClientToken => "token",
-        }
+        self.facts().name
     }
 }
 

@@ -51,8 +51,9 @@ pub(crate) use self::store_error::StoreErrorLog;
 use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
-/// Which budget a call spends. Submits (queue and sync), uploads and client tokens are paid:
-/// they count against the day quota. Polls (status, stream, result) and cancels only have rates.
+/// Which budget a call spends. Submits (queue, sync and streaming runs), uploads and client
+/// tokens are paid: they count against the day quota. Polls (status, stream, result) and cancels
+/// only have rates. Each operation's class is in the operations table (`fal::OpFacts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpClass {
     Submit = 0,
@@ -123,7 +124,8 @@ impl OpClass {
         ["rate:submit", "rate:poll", "rate:cancel", "rate:upload", "rate:token"][self as usize]
     }
 
-    fn is_paid(self) -> bool {
+    /// Whether the class counts against the day quota.
+    pub(crate) fn is_paid(self) -> bool {
         matches!(self, Self::Submit | Self::Upload | Self::Token)
     }
 
@@ -285,11 +287,35 @@ impl Limiter {
         endpoint: Option<&str>,
         now: SystemTime,
     ) -> Result<(), LimitError> {
+        self.precheck_priced_at(who, class, endpoint, self.min_credits(endpoint), now)
+            .await
+    }
+
+    /// [`Self::precheck`] assuming the call costs at least `credits` (its price before the input
+    /// is read, e.g. a temporary token's fixed cost), rated by `endpoint` when given.
+    pub async fn precheck_priced(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+    ) -> Result<(), LimitError> {
+        self.precheck_priced_at(who, class, endpoint, credits, self.clock.now())
+            .await
+    }
+
+    async fn precheck_priced_at(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+        now: SystemTime,
+    ) -> Result<(), LimitError> {
         let tier = self.tier(who.tier);
         let tag = tag_of(who.principal);
         // An empty reservation: the check counts the slots in use and adds none.
         let reservation = (class == OpClass::Submit && tier.max_inflight_jobs.is_some()).then_some("");
-        let credits = self.min_credits(endpoint);
         let plan = self.plan(&tag, tier, class, endpoint, credits, reservation);
         self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
     }
@@ -391,6 +417,22 @@ impl Limiter {
     pub async fn run_finished(&self, admission: &Admission) {
         if let Some(reservation) = &admission.reservation {
             self.release(&admission.tag, reservation, None, None).await;
+        }
+    }
+
+    /// A guard over the in-flight reservation of a call that holds it only while it runs (a
+    /// sync or streaming run): dropped before [`RunGuard::disarm`] (the client went away and its
+    /// handler was dropped before fal answered), it frees the reservation at once, keeping the
+    /// spend, instead of leaving it held for `inflight_ttl_seconds`.
+    pub fn run_guard(&self, admission: &Admission) -> RunGuard {
+        RunGuard {
+            held: admission.reservation.clone().map(|reservation| HeldRun {
+                tag: admission.tag.clone(),
+                reservation,
+                memory: self.memory.clone(),
+                redis: self.redis.clone(),
+                errors: self.errors.clone(),
+            }),
         }
     }
 
@@ -541,9 +583,9 @@ impl Limiter {
         reservation: Option<&'a str>,
     ) -> Plan<'a> {
         let rate = class.rate(tier);
-        // The bucket is the longest configured key: every sub path under it shares it.
+        // The bucket is the longest configured key: every sub path under it shares it. Whether
+        // an operation is rated by its endpoint is the operations table's (`fal::OpFacts`).
         let endpoint = endpoint
-            .filter(|_| class == OpClass::Submit)
             .and_then(|name| config::longest(&self.config.endpoint_rates, name))
             .map(|(key, rate)| (key, Rate::from(*rate)));
         let quota = class.is_paid().then_some(QuotaPlan {
@@ -583,6 +625,43 @@ impl Limiter {
 
 /// How long one store check answers readiness ([`Limiter::ready`]).
 pub const READY_FOR: Duration = Duration::from_secs(1);
+
+/// Frees a run's in-flight reservation when dropped armed ([`Limiter::run_guard`]).
+#[must_use = "dropping the guard frees the reservation"]
+pub struct RunGuard {
+    held: Option<HeldRun>,
+}
+
+struct HeldRun {
+    tag: String,
+    reservation: String,
+    memory: Arc<MemoryStore>,
+    redis: Option<Arc<RedisLimits>>,
+    errors: Arc<StoreErrorLog>,
+}
+
+impl RunGuard {
+    /// The call's bookkeeping ran: it decides what happens to the reservation.
+    pub fn disarm(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        held.memory.release(&held.tag, &held.reservation, None, None);
+        let Some(redis) = held.redis.clone() else { return };
+        // Drop cannot wait: the shared release runs on its own (bounded by the store timeout).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = redis.release(&held.tag, &held.reservation, None, None).await {
+                    held.errors.log(&err);
+                }
+            });
+        }
+    }
+}
 
 /// A caller refused a stream or relay slot is told to retry after this long.
 const SLOT_RETRY: Duration = Duration::from_secs(5);

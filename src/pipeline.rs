@@ -20,9 +20,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::GateError;
-use crate::fal::{Call, Op};
+use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
-use crate::limits::{Admission, OpClass, Slot, SlotKind, Subject};
+use crate::limits::{Admission, Slot, Subject};
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
 use crate::state::Gate;
@@ -50,8 +50,17 @@ pub async fn handle(
                 principal: &principal,
                 tier: &caller.tier,
             };
+            let facts = call.facts();
             let endpoint = grant.called.as_ref().map(|e| e.as_str());
-            if let Err(refused) = gate.limiter.precheck(&subject, class(&call), endpoint).await {
+            // The cheapest the call can cost before its input is read, by the table's price.
+            let floor = match facts.price {
+                Price::Endpoint => gate.limiter.min_credits(endpoint),
+                Price::ClientToken => gate.limiter.client_token_terms().0,
+                Price::Free => 0,
+            };
+            let rated = endpoint.filter(|_| facts.endpoint_rates);
+            let prechecked = gate.limiter.precheck_priced(&subject, facts.class, rated, floor).await;
+            if let Err(refused) = prechecked {
                 // Unless it is the retry of a submit already answered: that one is replayed.
                 if !idempotency::answered(gate, &principal, &call, headers).await? {
                     return Err(refused.into());
@@ -61,7 +70,7 @@ pub async fn handle(
                 // A body that did not arrive in time counts against its caller: it spends the
                 // call's rate (input::read_body).
                 Err(GateError::BodyTimeout) => {
-                    gate.limiter.spend_rate(&subject, class(&call)).await;
+                    gate.limiter.spend_rate(&subject, facts.class).await;
                     return Err(GateError::BodyTimeout);
                 }
                 read => read?,
@@ -74,7 +83,7 @@ pub async fn handle(
         false => (None, None),
     };
     if let Some(input) = &input {
-        grant.check_options(&input.value)?;
+        grant.check_options(input.ruled())?;
     }
     let claim = match idempotency::claim(gate, &principal, &call, headers, input.as_ref()).await? {
         Claim::Replay(response) => return Ok(response),
@@ -124,18 +133,23 @@ async fn admitted(
         principal,
         tier: &caller.tier,
     };
-    let entry = grant.called.as_ref().map(|e| e.as_str());
-    let credits = match (&call.op, entry, &input) {
-        (Op::ClientToken, ..) => gate.limiter.client_token_terms().0,
-        (_, Some(entry), Some(input)) => gate.limiter.credits_for(entry, &input.value),
-        _ => 0,
+    let facts = call.facts();
+    let called = grant.called.as_ref().map(|e| e.as_str());
+    let credits = match (facts.price, called, &input) {
+        (Price::Endpoint, Some(endpoint), Some(input)) => gate.limiter.credits_for(endpoint, input.ruled()),
+        (Price::ClientToken, ..) => gate.limiter.client_token_terms().0,
+        (Price::Endpoint | Price::Free, ..) => 0,
     };
     // Before admission, so a call refused for want of a slot consumes nothing; freed on drop.
-    let slot = match slot_kind(call) {
+    let slot = match facts.slot {
         Some(kind) => Some(gate.limiter.open_slot(&subject, kind).await?),
         None => None,
     };
-    let admission = gate.limiter.admit(&subject, class(call), entry, credits).await?;
+    let rated = called.filter(|_| facts.endpoint_rates);
+    let admission = gate.limiter.admit(&subject, facts.class, rated, credits).await?;
+    // A run holds its in-flight reservation only while it runs: if the client goes away (this
+    // future dropped before the bookkeeping below), the guard frees it at once.
+    let guard = (facts.job == Job::Runs).then(|| gate.limiter.run_guard(&admission));
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
         gate.ownership.check(principal, &app, id).await?;
     }
@@ -155,19 +169,22 @@ async fn admitted(
             Err(err) => Err(err),
         }
     };
-    let answer = match call.op {
+    let answer = match facts.drain {
         // A paid call still waiting for fal when the drain timeout nears is answered 424 (its
-        // outcome is unknown) before its connection is cut: a cut would be retried as a second job.
-        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => tokio::select! {
+        // outcome is unknown) before its connection is cut: a cut would be retried as a second call.
+        Drain::AnswerUnknown => tokio::select! {
             answer = forward => answer,
             () = gate.lifecycle.abandoned() => Err(GateError::SubmitOutcomeUnknown(
                 "the drain timeout ended the wait for fal's answer".into(),
             )),
         },
-        _ => forward.await,
+        Drain::Served | Drain::Cut => forward.await,
     };
-    let bookkeeping = Bookkeeping::of(call, &answer);
+    let bookkeeping = Bookkeeping::of(call, &facts, &answer);
     account(gate, &subject, &admission, bookkeeping).await;
+    if let Some(guard) = guard {
+        guard.disarm();
+    }
     answer
 }
 
@@ -182,36 +199,43 @@ enum Bookkeeping {
 }
 
 impl Bookkeeping {
-    fn of(call: &Call, answer: &Result<Answer, GateError>) -> Self {
-        let success = |a: &relay::Buffered| a.status.is_success();
-        match (&call.op, answer) {
-            (Op::Submit { endpoint, .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => buffered
+    fn of(call: &Call, facts: &OpFacts, answer: &Result<Answer, GateError>) -> Self {
+        let paid = facts.class.is_paid();
+        let refund_if_paid = if paid { Self::Refund } else { Self::Nothing };
+        let answer = match answer {
+            Err(GateError::SubmitOutcomeUnknown(_)) => {
+                return match facts.unknown {
+                    // fal may have taken it: keep the slot and the spend rather than invite a second job.
+                    Unknown::KeepSpend | Unknown::NotPaid => Self::Nothing,
+                    Unknown::Refund => Self::Refund,
+                };
+            }
+            // fal did not take it (refused, or never reached).
+            Err(_) => return refund_if_paid,
+            Ok(answer) => answer,
+        };
+        // A refused cancel may still show the end (`ALREADY_COMPLETED`): `finished` reads the status.
+        if let (Job::MayEnd, Answer::Buffered(buffered, ..)) = (facts.job, answer) {
+            return match (call.app(), call.request_id()) {
+                (Some(app), Some(id)) if finished(call, buffered) => Self::Finished(app, id.clone()),
+                _ => Self::Nothing,
+            };
+        }
+        let taken = match answer {
+            Answer::Buffered(buffered, ..) => buffered.status.is_success(),
+            Answer::Streamed(response, _) => response.status().is_success(),
+        };
+        if !taken {
+            return refund_if_paid;
+        }
+        match (facts.job, &call.op, answer) {
+            (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
                 .submitted_id()
                 .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
-            // fal may have queued it: keep the slot and the spend rather than invite a second job.
-            (Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. }, Err(GateError::SubmitOutcomeUnknown(_))) => {
-                Self::Nothing
-            }
-            (Op::Submit { .. } | Op::StorageInitiate | Op::ClientToken, Ok(Answer::Buffered(buffered, ..)))
-                if !success(buffered) =>
-            {
-                Self::Refund
-            }
-            (Op::Submit { .. } | Op::StorageInitiate | Op::ClientToken, Err(_)) => Self::Refund,
-            // A sync run holds its slot only while it runs; it keeps its spend.
-            (Op::Run { .. }, Ok(Answer::Buffered(buffered, ..))) if success(buffered) => Self::RunDone,
-            (Op::Run { .. }, _) => Self::Refund,
-            // A streaming run fal took holds the caller's in-flight slot until fal answered (like a
-            // sync run); its open stream is then held by its stream slot, and it keeps its spend.
-            (Op::RunStream { .. }, Ok(Answer::Streamed(response, _))) if response.status().is_success() => {
-                Self::RunDone
-            }
-            (Op::RunStream { .. }, _) => Self::Refund,
-            (
-                Op::Status { app, id, .. } | Op::Result { app, id } | Op::Cancel { app, id },
-                Ok(Answer::Buffered(buffered, ..)),
-            ) if finished(call, buffered) => Self::Finished(app.clone(), id.clone()),
-            _ => Self::Nothing,
+            // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
+            // stream is then held by its stream slot.
+            (Job::Runs, ..) => Self::RunDone,
+            (Job::Starts | Job::MayEnd | Job::None, ..) => Self::Nothing,
         }
     }
 }
@@ -239,27 +263,12 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         Op::Result { .. } => answer.status.is_success(),
         Op::Cancel { .. } => answer.already_completed(),
         Op::Status { .. } => answer.status.is_success() && answer.completed(),
-        _ => false,
-    }
-}
-
-/// The slot a call holds while its answer is relayed: an open event stream, or a large answer
-/// (model output) read whole before it is sent. Control answers are small and quick.
-fn slot_kind(call: &Call) -> Option<SlotKind> {
-    match call.op {
-        Op::StatusStream { .. } | Op::RunStream { .. } => Some(SlotKind::Stream),
-        Op::Result { .. } | Op::Run { .. } => Some(SlotKind::Relay),
-        _ => None,
-    }
-}
-
-fn class(call: &Call) -> OpClass {
-    match call.op {
-        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => OpClass::Submit,
-        Op::Status { .. } | Op::StatusStream { .. } | Op::Result { .. } => OpClass::Poll,
-        Op::Cancel { .. } => OpClass::Cancel,
-        Op::StorageInitiate => OpClass::Upload,
-        Op::ClientToken => OpClass::Token,
+        Op::Submit { .. }
+        | Op::StatusStream { .. }
+        | Op::Run { .. }
+        | Op::RunStream { .. }
+        | Op::StorageInitiate
+        | Op::ClientToken => false,
     }
 }
 
@@ -293,10 +302,7 @@ async fn read_input(
         Some(entry) => gate
             .schemas
             .validate(entry.as_str(), Some(&caller.tier), &bytes, &limits)?,
-        None => ValidInput {
-            value: schema::parse_object(&bytes, &limits)?,
-            bytes,
-        },
+        None => ValidInput::new(bytes.clone(), schema::parse_object(&bytes, &limits)?),
     };
     Ok((input, charge))
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::config::{Config, EndpointPolicy, FalHeaderRules, Operation, Priority, Tier, Toggle};
+use crate::config::{Config, EndpointPolicy, FalHeaderRules, Priority, Tier, Toggle};
 use crate::error::GateError;
 use crate::fal::{AppId, Call, EndpointId, Op, Webhook};
 
@@ -32,8 +32,9 @@ pub struct Policy {
 pub struct Grant<'a> {
     /// The configured endpoint entry that allowed it (None for storage uploads).
     pub endpoint: Option<EndpointId>,
-    /// The endpoint a submit or sync run calls (the entry or a sub path of it): what its credit
-    /// price and global rate are looked up by (the longest `[limits]` key covering it).
+    /// The endpoint a submit, sync run or streaming run calls (the entry or a sub path of it):
+    /// what its credit price and global rate are looked up by (the longest `[limits]` key
+    /// covering it). Set for the operations the table (`fal::OpFacts`) prices or rates by it.
     pub called: Option<EndpointId>,
     tier: &'a Tier,
 }
@@ -58,20 +59,20 @@ impl Policy {
     /// Decides whether `caller` may make `call`.
     pub fn authorize(&self, caller: &Caller, call: &Call) -> Result<Grant<'_>, GateError> {
         let tier = self.tier(caller)?;
+        let facts = call.facts();
         if tier
             .operations
             .as_ref()
-            .is_some_and(|ops| !ops.contains(&operation(&call.op)))
+            .is_some_and(|ops| !ops.contains(&facts.operation))
         {
             return Err(forbidden(
                 "endpoint_not_allowed",
                 format!("your tier may not use {} here", call.op_name()),
             ));
         }
-        let called = match &call.op {
-            Op::Submit { endpoint, .. } | Op::Run { endpoint } => Some(endpoint.clone()),
-            _ => None,
-        };
+        // Priced and rated by the endpoint it calls, as the operations table says (a streaming
+        // run exactly like a sync run).
+        let called = call.op.endpoint().filter(|_| facts.calls_endpoint()).cloned();
         let endpoint = match &call.op {
             Op::Submit { endpoint, webhook } => {
                 let (entry, _) = self.endpoint(tier, endpoint)?;
@@ -177,6 +178,8 @@ impl Grant<'_> {
     }
 
     /// Refuses input options the tier may not use (e.g. a premium `model`), naming the field.
+    /// `input` is the input as fal will see it: the schema's defaults applied for absent fields
+    /// (`schema::ValidInput::ruled`), so a default the tier may not use is refused too.
     pub fn check_options(&self, input: &Value) -> Result<(), GateError> {
         let Some(fields) = self.endpoint.as_ref().and_then(|entry| self.tier.options.get(entry)) else {
             return Ok(());
@@ -204,19 +207,6 @@ pub(crate) fn covers(entry: &str, id: &str) -> bool {
 
 fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {
     tier.endpoints.as_ref().is_none_or(|allowed| allowed.contains(entry))
-}
-
-fn operation(op: &Op) -> Operation {
-    match op {
-        Op::Submit { .. } => Operation::Submit,
-        Op::Status { .. } => Operation::Status,
-        Op::StatusStream { .. } => Operation::Stream,
-        Op::Result { .. } => Operation::Result,
-        Op::Cancel { .. } => Operation::Cancel,
-        Op::Run { .. } | Op::RunStream { .. } => Operation::Run,
-        Op::StorageInitiate => Operation::Upload,
-        Op::ClientToken => Operation::Token,
-    }
 }
 
 fn forbidden(code: &'static str, message: String) -> GateError {

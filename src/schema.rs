@@ -83,6 +83,26 @@ pub struct ValidInput {
     pub bytes: Bytes,
     /// The parsed input (always a JSON object).
     pub value: Value,
+    /// `value` with the schema's top-level `default`s written in for the fields it lacks, when
+    /// there were any: the input as fal runs it, which prices and option rules read.
+    defaulted: Option<Value>,
+}
+
+impl ValidInput {
+    /// An input with no schema defaults to apply (no schema, or one the gate wrote itself).
+    pub fn new(bytes: Bytes, value: Value) -> Self {
+        Self {
+            bytes,
+            value,
+            defaulted: None,
+        }
+    }
+
+    /// The input as fal runs it: the schema's defaults applied for absent top-level fields.
+    /// What `Limiter::credits_for` and `Grant::check_options` read; never forwarded.
+    pub fn ruled(&self) -> &Value {
+        self.defaulted.as_ref().unwrap_or(&self.value)
+    }
 }
 
 /// Why a body was refused.
@@ -162,6 +182,9 @@ struct Endpoint {
     /// the playground renders its form from.
     base_schema: Value,
     tier_schemas: HashMap<String, Value>,
+    /// The top-level fields the endpoint's own schema gives a `default` (before overlays: a
+    /// field a tier may not send still runs with fal's default), found once at compile time.
+    defaults: Vec<(String, Value)>,
 }
 
 impl Default for Limits {
@@ -223,9 +246,11 @@ impl Schemas {
         let value = Value::Object(strict::parse_object(body, &limits.shape())?);
         let failures = variant.check(&value);
         if failures.is_empty() {
+            let defaulted = compiled.defaulted(&value);
             Ok(ValidInput {
                 bytes: Bytes::copy_from_slice(body),
                 value,
+                defaulted,
             })
         } else {
             Err(Rejection::Invalid(failures))
@@ -269,6 +294,7 @@ impl Endpoint {
             UnknownFields::Refuse => root.insert("additionalProperties".into(), Value::Bool(false)),
             UnknownFields::Allow => root.remove("additionalProperties"),
         };
+        let defaults = top_level_defaults(&schema);
         let mut urls = BTreeMap::new();
         if let Some(overlay) = &source.overlay {
             overlay::apply(&mut schema, &mut urls, overlay)
@@ -295,8 +321,35 @@ impl Endpoint {
             tiers,
             base_schema: schema,
             tier_schemas,
+            defaults,
         })
     }
+
+    /// `input` with the defaults of the fields it lacks, when it lacks any with one.
+    fn defaulted(&self, input: &Value) -> Option<Value> {
+        let Value::Object(fields) = input else { return None };
+        let mut missing = self
+            .defaults
+            .iter()
+            .filter(|(name, _)| !fields.contains_key(name))
+            .peekable();
+        missing.peek()?;
+        let mut with = fields.clone();
+        with.extend(missing.map(|(name, default)| (name.clone(), default.clone())));
+        Some(Value::Object(with))
+    }
+}
+
+/// The `default` of each top-level property (`$ref`s are already inlined): what fal's model
+/// (pydantic) fills in for an absent field. Prices and options name top-level fields only.
+fn top_level_defaults(schema: &Value) -> Vec<(String, Value)> {
+    let Some(Value::Object(properties)) = schema.get("properties") else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .filter_map(|(name, field)| Some((name.clone(), field.get("default")?.clone())))
+        .collect()
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{self, FalCredentials, FalHeaderRules, Pass, Priority, StoreIo};
 use crate::error::{causes, GateError};
 use crate::fal::headers::{self, Lifecycle, RequestTimeout};
-use crate::fal::{Call, Host, Op};
+use crate::fal::{AnswerSize, Call, Host, Retention, Unknown};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{self, UpstreamOutcome};
 use crate::telemetry::trace_context::{self, TraceParent};
@@ -125,9 +125,9 @@ impl Upstream {
 
     /// The largest answer read whole for this call: model output may be larger than control answers.
     pub fn max_answer_bytes(&self, call: &Call) -> usize {
-        match call.op {
-            Op::Result { .. } | Op::Run { .. } => self.config.max_result_bytes,
-            _ => self.config.max_response_bytes,
+        match call.facts().answer {
+            AnswerSize::Output => self.config.max_result_bytes,
+            AnswerSize::Control => self.config.max_response_bytes,
         }
     }
 
@@ -387,11 +387,10 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 /// The error for a failure after the request was sent: paid calls (submit, sync run) whose
 /// outcome is unknown get a status the fal client does not retry; other calls keep `err`.
 pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
-    match call.op {
-        Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } => {
-            GateError::SubmitOutcomeUnknown(err.log_detail().unwrap_or_else(|| err.to_string()))
-        }
-        _ => err,
+    match call.facts().unknown {
+        Unknown::KeepSpend => GateError::SubmitOutcomeUnknown(err.log_detail().unwrap_or_else(|| err.to_string())),
+        // A token or upload URL that never arrived reaches no one: the error stands (refunded).
+        Unknown::Refund | Unknown::NotPaid => err,
     }
 }
 
@@ -488,26 +487,35 @@ fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderMap) {
             insert_text(out, REQUEST_TIMEOUT, &max.to_header());
         }
     }
+    // The lifecycle header fal reads on this operation (the operations table's `retention`).
+    let retention = match call.facts().retention {
+        Retention::Preference => Some(LIFECYCLE_PREFERENCE),
+        Retention::Object => Some(LIFECYCLE),
+        Retention::None => None,
+    };
     if let Some(max) = rules.max_object_expiration_seconds {
+        let mut capped = false;
         for name in [LIFECYCLE_PREFERENCE, LIFECYCLE] {
             let asked = out.get(&name).and_then(|v| Lifecycle::parse(v.to_str().ok()?).ok());
             if let Some(mut lifecycle) = asked {
                 lifecycle.cap_expiration(max);
                 insert_text(out, name, &lifecycle.to_header());
+                capped = true;
             }
         }
-    }
-    if let Some(forced) = &rules.object_lifecycle {
-        let name = match call.op {
-            Op::Submit { .. } | Op::Run { .. } => Some(LIFECYCLE_PREFERENCE),
-            Op::StorageInitiate => Some(LIFECYCLE),
-            _ => None,
-        };
-        if let Some(name) = name {
-            out.remove(LIFECYCLE_PREFERENCE);
-            out.remove(LIFECYCLE);
-            insert_text(out, name, &forced.to_header());
+        // No lifecycle sent: fal would keep the objects forever, so the cap is set.
+        if let (false, Some(name)) = (capped, &retention) {
+            let lifecycle = Lifecycle {
+                expiration_duration_seconds: Some(max),
+                initial_acl: None,
+            };
+            insert_text(out, name.clone(), &lifecycle.to_header());
         }
+    }
+    if let (Some(forced), Some(name)) = (&rules.object_lifecycle, retention) {
+        out.remove(LIFECYCLE_PREFERENCE);
+        out.remove(LIFECYCLE);
+        insert_text(out, name, &forced.to_header());
     }
     match rules.store_io {
         StoreIo::Caller => {}

@@ -63,10 +63,7 @@ pub(super) fn canonical(gate: &Gate, grant: &Grant<'_>, input: &ValidInput) -> R
     };
     gate.policy.check_token_apps(grant, &apps)?;
     let value = json!({ "allowed_apps": apps, "token_expiration": seconds });
-    Ok(ValidInput {
-        bytes: Bytes::from(value.to_string()),
-        value,
-    })
+    Ok(ValidInput::new(Bytes::from(value.to_string()), value))
 }
 
 /// An app alias as fal spells one: a plain path segment.

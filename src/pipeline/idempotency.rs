@@ -10,7 +10,7 @@ use axum::response::Response;
 
 use super::Answer;
 use crate::error::GateError;
-use crate::fal::{Call, Op};
+use crate::fal::Call;
 use crate::limits::{IdemState, Idempotency, LimitError};
 use crate::schema::ValidInput;
 use crate::state::Gate;
@@ -36,7 +36,7 @@ pub(super) async fn claim(
     headers: &HeaderMap,
     input: Option<&ValidInput>,
 ) -> Result<Claim, GateError> {
-    let (Op::Submit { .. }, Some(input)) = (&call.op, input) else {
+    let (true, Some(input)) = (call.facts().idempotent, input) else {
         return Ok(Claim::New(None));
     };
     let Some(key) = key(headers)?.map(|key| scoped(call, &key)) else {
@@ -61,7 +61,7 @@ pub(super) async fn answered(
     call: &Call,
     headers: &HeaderMap,
 ) -> Result<bool, GateError> {
-    if !matches!(call.op, Op::Submit { .. }) {
+    if !call.facts().idempotent {
         return Ok(false);
     }
     match key(headers)? {

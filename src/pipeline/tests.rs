@@ -14,6 +14,7 @@ use super::*;
 use crate::config::{Config, FalCredentials};
 use crate::emulator::{Emulator, EmulatorConfig, Fault, FaultAction, RecordedRequest};
 use crate::fal::{AppId, EndpointId, FalRequestId};
+use crate::limits::{OpClass, SlotKind};
 
 const ECHO: &str = "fal-ai/echo";
 /// A sync-run endpoint.
@@ -513,8 +514,8 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
     ];
     for (op, op_class, slot) in cases {
         let call = Call { op };
-        assert_eq!(class(&call), op_class, "{call:?}");
-        assert_eq!(slot_kind(&call), slot, "{call:?}");
+        assert_eq!(call.facts().class, op_class, "{call:?}");
+        assert_eq!(call.facts().slot, slot, "{call:?}");
     }
 }
 

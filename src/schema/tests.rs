@@ -225,3 +225,59 @@ fn an_unconfigured_tier_gets_the_operator_schema() {
     assert!(check(&schemas, Some("gold"), &json!({ "input_concept": "x" })).is_ok());
     assert!(schemas.has(VPG) && !schemas.has("fal-ai/flux/dev"));
 }
+
+#[test]
+fn the_ruled_input_has_the_schemas_defaults_for_absent_fields_and_the_bytes_stay_the_callers() {
+    let mut source = seed_source();
+    // A tier that may not send `model` still runs with fal's default for it.
+    let forbid = FieldOverlay {
+        forbidden: true,
+        ..FieldOverlay::default()
+    };
+    source.tier_overlays.insert(
+        "locked".into(),
+        Overlay {
+            fields: BTreeMap::from([("model".to_owned(), forbid)]),
+        },
+    );
+    let schemas = compile(source);
+    let body = json!({"input_concept": "x", "prompt_length": "Long"});
+    for tier in [None, Some("locked")] {
+        let input = check(&schemas, tier, &body).unwrap();
+        assert_eq!(input.bytes, body.to_string().as_bytes(), "{tier:?}");
+        assert_eq!(input.value, body);
+        let ruled = input.ruled();
+        assert_eq!(ruled["model"], "google/gemini-flash-1.5", "{tier:?}");
+        assert_eq!(ruled["style"], "Simple");
+        // What the caller sent wins over the default; fields without a default stay absent.
+        assert_eq!(ruled["prompt_length"], "Long");
+        assert_eq!(ruled["camera_style"], "None");
+        assert!(
+            ruled.get("image_url").is_none(),
+            "a field without a default stays absent"
+        );
+    }
+    // Nothing missing: the parsed value is the ruled one (no copy made).
+    let mut all = json!({"input_concept": "x"});
+    for field in [
+        "style",
+        "camera_style",
+        "camera_direction",
+        "pacing",
+        "special_effects",
+        "custom_elements",
+    ] {
+        all[field] = body_default(field);
+    }
+    all["model"] = json!("openai/gpt-4o");
+    all["prompt_length"] = json!("Short");
+    let full = check(&schemas, None, &all).unwrap();
+    assert!(std::ptr::eq(full.ruled(), &full.value));
+}
+
+/// The shipped schema's default for `field`.
+fn body_default(field: &str) -> Value {
+    let text = std::fs::read_to_string(shipped("video-prompt-generator.json")).expect("shipped schema");
+    let schema: Value = serde_json::from_str(&text).expect("shipped schema is JSON");
+    schema["properties"][field]["default"].clone()
+}

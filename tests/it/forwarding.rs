@@ -371,11 +371,17 @@ async fn fal_headers_reach_fal_canonical_and_as_the_tier_allows_caps_or_forces_t
         ("x-fal-queue-priority", "low"),
     ]);
     assert_eq!(fal_headers_seen(&gate), [capped.clone(), capped]);
-    // free without any store-io header: forced off anyway.
+    // free without any header: store-io forced off anyway, the absent expiration set to the cap.
     for response in submit_both_as(&gate, "free", &[]).await {
         assert_eq!(response.status(), 200);
     }
-    let forced = pairs(&[("x-fal-store-io", "0")]);
+    let forced = pairs(&[
+        (
+            "x-fal-object-lifecycle-preference",
+            r#"{"expiration_duration_seconds":3600}"#,
+        ),
+        ("x-fal-store-io", "0"),
+    ]);
     assert_eq!(fal_headers_seen(&gate), [forced.clone(), forced]);
     // locked: the operator's lifecycle replaces the caller's, and is set when none was sent.
     for headers in [&sent[3..4], &[]] {

@@ -17,6 +17,7 @@ mod jwks;
 mod limits;
 mod links;
 mod observability;
+mod operations;
 mod playground;
 mod policy;
 mod relay;

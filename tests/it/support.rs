@@ -43,6 +43,8 @@ pub(crate) struct TestGate {
     /// The emulator's base URL (fal's queue host).
     pub(crate) fal_url: String,
     pub(crate) client: reqwest::Client,
+    /// The gate's drain state (a test may abandon waits as the drain timeout would).
+    pub(crate) lifecycle: std::sync::Arc<falgate::lifecycle::Lifecycle>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -138,6 +140,7 @@ impl Builder {
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let credentials = FalCredentials::new(FAL_KEY.to_owned());
         let app = falgate::app::build_with_clock(config, &credentials, self.clock.unwrap_or_default()).unwrap();
+        let lifecycle = app.lifecycle.clone();
         tokio::spawn(falgate::app::serve(public, admin, app, async move {
             stopped.await.ok();
             emu_stop.send(()).ok();
@@ -152,6 +155,7 @@ impl Builder {
             emulator,
             fal_url: emu,
             client,
+            lifecycle,
             _stop: stop,
         }
     }
