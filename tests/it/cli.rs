@@ -394,12 +394,23 @@ fn every_commands_help_describes_its_flags() {
         let help = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{command}");
         for flag in flags {
-            // Each flag's line says something after its value name.
-            let line = help
-                .lines()
-                .find(|l| l.trim_start().starts_with(flag))
+            // Each flag is followed by a description, on its line or the next ones (long help).
+            let lines: Vec<&str> = help.lines().map(str::trim).collect();
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with(flag))
                 .unwrap_or_else(|| panic!("{command}: no {flag} in {help}"));
-            let said = line.split_once("  ").map(|(_, rest)| rest.trim()).unwrap_or_default();
+            let mut said = lines[at]
+                .split_once("  ")
+                .map(|(_, rest)| rest.trim())
+                .unwrap_or_default()
+                .to_owned();
+            for next in &lines[at + 1..] {
+                if next.is_empty() || next.starts_with('-') {
+                    break;
+                }
+                said.push_str(next);
+            }
             assert!(said.len() > 10, "{command} {flag} is not described: {help}");
         }
     }
