@@ -1,5 +1,6 @@
 //! The command line (`serve | dev | emulator | token | check-config`) and what each runs.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 cors_origins,
                 emulator_job_ms,
             };
-            dev::run(options, drain_signal())
+            dev::run(options, drain_signal()?)
                 .await
                 .map_err(|failure| match failure {
                     dev::Failure::Config(message) => Failure::Config(message),
@@ -234,9 +235,10 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     reload_on_hangup(app.state.clone(), move || {
         Config::load(path.as_deref(), &ProcessEnv).map_err(|err| err.to_string())
     })?;
+    let shutdown = drain_signal()?;
     announce("falgate", &public, &admin)?;
     let drain = DrainClock::default();
-    app::serve(public, admin, app, drain.start_on(drain_signal()))
+    app::serve(public, admin, app, drain.start_on(shutdown))
         .await
         .context("server failed")?;
     drain.stopped_cleanly("falgate");
@@ -244,46 +246,67 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
 }
 
 /// Resolves on the first SIGTERM or SIGINT (the drain begins); a second one ends the process at
-/// once, with status 130.
-pub(crate) async fn drain_signal() {
-    shutdown_signal().await;
-    tracing::info!("shutdown signal received; a second signal exits at once");
-    tokio::spawn(async {
-        shutdown_signal().await;
-        tracing::warn!("second shutdown signal: exiting without finishing calls in flight");
-        std::process::exit(130);
-    });
+/// once, with status 130. Both are caught from this call on, not from the future's first poll:
+/// a signal in between (a supervisor stopping a process that just announced itself) would
+/// otherwise take the default action and end the process without a drain.
+pub(crate) fn drain_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failure> {
+    let mut signals = ShutdownSignals::new()?;
+    Ok(async move {
+        signals.recv().await;
+        tracing::info!("shutdown signal received; a second signal exits at once");
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("second shutdown signal: exiting without finishing calls in flight");
+            std::process::exit(130);
+        });
+    })
 }
 
 async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
     let _log_guard = telemetry::init(crate::config::LogFormat::Text, &crate::config::Telemetry::default());
     let listener = bind(listen, "--listen ADDR").await?;
+    let mut signals = ShutdownSignals::new()?;
     say(&format!(
         "falgate emulator listening on http://{}",
         listener.local_addr().context("local address")?
     ));
     let emulator = emulator::Emulator::new(emulator::EmulatorConfig::default());
-    emulator::serve(listener, emulator, shutdown_signal())
+    emulator::serve(listener, emulator, async move { signals.recv().await })
         .await
         .context("emulator failed")?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        tokio::signal::ctrl_c().await.ok();
-    };
+/// SIGTERM and SIGINT (Ctrl-C), caught from creation on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.ok();
+    }
 }
