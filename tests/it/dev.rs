@@ -536,7 +536,7 @@ async fn an_unmatched_path_is_logged_cut_to_a_bound() {
 }
 
 #[tokio::test]
-async fn the_playground_declares_its_icon_inline_so_the_browser_asks_for_no_favicon() {
+async fn the_playground_names_its_icon_so_the_browser_asks_for_no_favicon_ico() {
     let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
     let page = reqwest::get(format!("{}/", dev.url))
         .await
@@ -548,8 +548,17 @@ async fn the_playground_declares_its_icon_inline_so_the_browser_asks_for_no_favi
         .lines()
         .find(|l| l.contains(r#"<link rel="icon""#))
         .unwrap_or_else(|| panic!("no icon link in {page}"));
-    // A data: URL needs no request, and the page's CSP allows it (`img-src 'self' data:`).
-    assert!(icon.contains(r#"href="data:image/svg+xml,"#), "{icon}");
+    let href = icon
+        .split(r#"href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no href in {icon}"));
+    // From this origin, which the page's CSP allows (`img-src 'self'`), and served.
+    assert!(href.starts_with('/'), "{icon}");
+    let answer = reqwest::get(format!("{}{href}", dev.url)).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK, "{href}");
+    assert_eq!(answer.headers()["content-type"], "image/svg+xml");
+    assert!(answer.text().await.unwrap().starts_with("<svg"));
 }
 
 #[tokio::test]
