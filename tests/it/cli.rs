@@ -470,3 +470,23 @@ async fn a_clean_shutdown_of_serve_logs_a_final_line_with_the_drain_figures() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_on_a_busy_port_says_which_setting_chooses_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = falgate()
+        .args(["serve", "--config", "config/falgate.toml"])
+        .env("FALGATE_LISTEN", &addr)
+        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use") && stderr.contains("FALGATE_LISTEN"),
+        "{stderr}"
+    );
+}
