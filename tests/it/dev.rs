@@ -572,3 +572,13 @@ async fn a_clean_stop_ends_the_log_with_a_final_line() {
         "{log:#?}"
     );
 }
+
+#[tokio::test]
+async fn with_a_config_file_the_printed_token_command_names_it_from_any_folder() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0", "--config", "config/falgate.toml"], &[]).await;
+    let (_, commands) = printed_commands(&dev);
+    let token = commands.iter().find(|c| c.contains(" token --sub ")).unwrap();
+    let absolute = std::path::absolute("config/falgate.toml").unwrap();
+    assert!(token.ends_with(&format!(" --config {}", absolute.display())), "{token}");
+    run_printed_commands(&dev, &[]).await;
+}
