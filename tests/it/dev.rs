@@ -526,6 +526,22 @@ async fn an_unmatched_path_is_logged_cut_to_a_bound() {
         assert_eq!(answer.status(), StatusCode::NOT_FOUND);
         assert_eq!(answer.headers()["x-falgate-error"], "route_not_found");
     }
+    // fal (the emulator) saw only the request dev submitted at startup.
+    let emulator = dev
+        .text()
+        .split("fal is emulated at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let seen: Vec<Value> = reqwest::get(format!("{emulator}/_emulator/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(paths, [format!("/{VPG}")], "{seen:#?}");
     let typo = dev.logged(|l| l.contains("no route serves this path")).await;
     assert!(typo.contains("path=/api/fal/typo"), "{typo}");
     assert!(typo.contains("request_id="), "{typo}");
