@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
         /// The HS256 secret tokens are signed with [default: FALGATE_AUTH__HS256_SECRET, else random].
-        /// Only a random secret is printed.
+        /// One from the environment is never printed.
         #[arg(long)]
         secret: Option<String>,
         /// A browser origin allowed to call falgate (repeatable) [default:

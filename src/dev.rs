@@ -10,9 +10,10 @@
 //! an image's `FALGATE_LISTEN=0.0.0.0:8080` (or `FALGATE_ADMIN_LISTEN`) gives its port, on
 //! 127.0.0.1, and a warning says so. The guide prints a secret only when dev generated it.
 //!
+//! The emulator's CDN is trusted by every URL rule, so files uploaded in dev work as inputs.
+//!
 //! The commands the guide prints run as printed: `falgate` is named the way it was started
-//! (`cargo run --` under `cargo run`, else the binary's own path, quoted for a shell). The emulator's CDN is trusted by every URL rule, so files
-//! uploaded in dev work as inputs.
+//! (`cargo run --` under `cargo run`, else the binary's own path, quoted for a shell).
 //!
 //! Order: everything that can refuse to start (config, schemas, keys, the listeners) is done
 //! before the first line is printed, so a bad config prints its cause once and nothing else
@@ -252,7 +253,7 @@ struct Settings {
     /// The environment's variables with dev's own over them.
     overrides: HashMap<String, String>,
     secret: String,
-    secret_source: &'static str,
+    secret_source: SecretSource,
     origins: Vec<String>,
     /// What dev changed in the environment's settings, logged as warnings.
     notes: Vec<String>,
@@ -262,9 +263,9 @@ impl Settings {
     fn resolve(options: &Options, env: &HashMap<String, String>, emulator_url: &str) -> Result<Self, Failure> {
         let mut overrides = env.clone();
         let (secret, secret_source) = match (&options.secret, env.get("FALGATE_AUTH__HS256_SECRET")) {
-            (Some(secret), _) => (secret.clone(), "--secret"),
-            (None, Some(secret)) => (secret.clone(), "FALGATE_AUTH__HS256_SECRET"),
-            (None, None) => (hex::encode(rand::rng().random::<[u8; 32]>()), "random"),
+            (Some(secret), _) => (secret.clone(), SecretSource::Flag),
+            (None, Some(secret)) => (secret.clone(), SecretSource::Environment),
+            (None, None) => (hex::encode(rand::rng().random::<[u8; 32]>()), SecretSource::Random),
         };
         let origins = if !options.cors_origins.is_empty() {
             options.cors_origins.clone()
@@ -335,6 +336,15 @@ fn loopback(name: &str, env: &HashMap<String, String>, port: u16, notes: &mut Ve
     Ok(local.to_string())
 }
 
+/// Where the HS256 secret came from; the guide prints it only when the developer gave it on the
+/// command line or dev generated it.
+#[derive(Clone, Copy, Debug)]
+enum SecretSource {
+    Flag,
+    Environment,
+    Random,
+}
+
 /// Where the dev config comes from, read again on reload.
 enum Source {
     /// `--config`: the file, its folder as the base of schema paths.
@@ -394,7 +404,7 @@ struct Guide {
     token: String,
     second_token: String,
     secret: String,
-    secret_source: &'static str,
+    secret_source: SecretSource,
     origins: Vec<String>,
     /// Mints a token for one more user, as the shell runs it.
     token_command: String,
@@ -442,18 +452,18 @@ impl Guide {
         };
         let origins = origins.join(", ");
         // A secret dev did not generate may be a real one (an image's environment): never printed.
-        let (signed, secret_lines) = match *secret_source {
-            "FALGATE_AUTH__HS256_SECRET" => (
+        let (signed, secret_lines) = match secret_source {
+            SecretSource::Environment => (
                 "the HS256 secret FALGATE_AUTH__HS256_SECRET holds (not printed: dev prints only a secret it generated)",
                 format!("More users, with the same FALGATE_AUTH__HS256_SECRET set:\n  {token_command}"),
             ),
-            "random" => (
+            SecretSource::Random => (
                 "a random HS256 secret (pass --secret to keep one across restarts)",
                 format!(
                     "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
                 ),
             ),
-            _ => (
+            SecretSource::Flag => (
                 "the HS256 secret passed with --secret",
                 format!(
                     "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
