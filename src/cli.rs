@@ -1,5 +1,6 @@
 //! The command line (`serve | dev | emulator | token | check-config`) and what each runs.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::config::{Config, FalCredentials, ProcessEnv};
-use crate::process::{announce, bind, reload_on_hangup, say};
+use crate::config::{Config, FalCredentials, ProcessEnv, Sources, DEFAULT_PATH};
+use crate::process::{announce, bind, reload_on_hangup, say, DrainClock};
 use crate::{app, dev, emulator, telemetry};
 
 /// falgate: the proxy in front of fal.ai.
@@ -23,20 +24,27 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the production proxy (the default).
+    ///
+    /// Listens where the config says (`listen`, `admin_listen`; or FALGATE_LISTEN,
+    /// FALGATE_ADMIN_LISTEN) and needs fal credentials (FAL_KEY, FAL_KEY_ID + FAL_KEY_SECRET, or
+    /// FAL_KEY_FILE). Every config key can be set from a FALGATE_* variable (README).
     Serve {
-        #[arg(long)]
+        /// The config file [default: FALGATE_CONFIG, else config/falgate.toml in the current folder].
+        #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
     /// Run the proxy, the built-in fal emulator and the playground together, for frontend work:
     /// prints the playground's URL, two users' tokens and the secret.
     Dev {
-        /// Public listener for the proxy [default: FALGATE_LISTEN, else 127.0.0.1:8080].
-        #[arg(long)]
+        /// Public listener for the proxy [default: 127.0.0.1:8080, or FALGATE_LISTEN's port on
+        /// loopback: only this flag makes dev listen on another interface].
+        #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
         /// A config file to start from instead of the embedded default [default: FALGATE_CONFIG].
-        #[arg(long)]
+        #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
         /// The HS256 secret tokens are signed with [default: FALGATE_AUTH__HS256_SECRET, else random].
+        /// One from the environment is never printed.
         #[arg(long)]
         secret: Option<String>,
         /// A browser origin allowed to call falgate (repeatable) [default:
@@ -49,24 +57,30 @@ enum Command {
     },
     /// Run the fal queue emulator alone.
     Emulator {
-        #[arg(long, default_value = "127.0.0.1:8081")]
+        /// Where the emulator listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
     /// Mint an HS256 token with the configured secret (local testing).
     Token {
+        /// The token's subject: the user (requests, limits and quotas belong to it).
         #[arg(long)]
         sub: String,
+        /// The tier claim (`auth.tier_claim`); without it the gate gives `auth.default_tier`.
         #[arg(long)]
         tier: Option<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        #[arg(long)]
+        /// The config file whose secret signs [default: FALGATE_CONFIG, else
+        /// config/falgate.toml, else the built-in default config].
+        #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
     /// Validate a config and exit non-zero with a clear message when it is not usable.
     CheckConfig {
-        #[arg(long)]
+        /// The config file [default: FALGATE_CONFIG, else config/falgate.toml in the current folder].
+        #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
 }
@@ -100,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 cors_origins,
                 emulator_job_ms,
             };
-            dev::run(options, drain_signal())
+            dev::run(options, drain_signal()?)
                 .await
                 .map_err(|failure| match failure {
                     dev::Failure::Config(message) => Failure::Config(message),
@@ -109,7 +123,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Emulator { listen } => run_emulator(listen).await,
         Command::Token { sub, tier, ttl, config } => {
-            let config = load(config.as_deref())?;
+            let config = load_for_token(config.as_deref())?;
             let secret = config.auth.default_hs_secret().ok_or_else(|| {
                 Failure::Config("`falgate token` needs auth.hs256_secret (FALGATE_AUTH__HS256_SECRET)".into())
             })?;
@@ -124,19 +138,45 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Everything `serve` would refuse before listening, without listening: the config, its
-/// schemas and key files, and the fal credentials. What starts but may surprise is printed as
-/// warnings on stderr and does not fail the check.
+/// schemas and key files, and the fal credentials. Every problem found is listed at once (a
+/// config that does not parse hides its schemas and keys, but never the credentials). What
+/// starts but may surprise is printed as warnings on stderr and does not fail the check.
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {
-    let config = load(path)?;
-    crate::schema::Schemas::compile(config.schema_sources.clone())
-        .map_err(|err| Failure::Config(format!("invalid schema: {err}")))?;
-    crate::auth::Authenticator::new(&config.auth).map_err(|err| Failure::Config(err.to_string()))?;
-    FalCredentials::from_sources(&ProcessEnv).map_err(Failure::Config)?;
-    for warning in &config.warnings {
-        eprintln!("falgate: warning: {warning}");
+    let mut problems = Vec::new();
+    let mut problem = |failure: Failure| problems.push(failure.to_string());
+    match load(path) {
+        Ok(config) => {
+            if let Err(err) = crate::schema::Schemas::compile(config.schema_sources.clone()) {
+                problem(Failure::Config(format!("invalid schema: {err}")));
+            }
+            if let Err(err) = crate::auth::Authenticator::new(&config.auth) {
+                problem(Failure::Config(err.to_string()));
+            }
+            for warning in &config.warnings {
+                eprintln!("falgate: warning: {warning}");
+            }
+        }
+        Err(failure) => problem(failure),
     }
-    println!("configuration is valid");
-    Ok(())
+    if let Err(message) = FalCredentials::from_sources(&ProcessEnv) {
+        problem(Failure::Config(message));
+    }
+    match problems.as_slice() {
+        [] => {
+            println!("configuration is valid");
+            Ok(())
+        }
+        [one] => Err(Failure::Config(one.clone())),
+        many => Err(Failure::Config(format!(
+            "{} problems:\n{}",
+            many.len(),
+            many.iter()
+                .enumerate()
+                .map(|(n, problem)| format!("  {}. {problem}", n + 1))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))),
+    }
 }
 
 /// The gate refuses a token whose lifetime (`exp` minus `iat`) exceeds
@@ -157,7 +197,25 @@ fn token_lifetime(ttl: Duration, max: Duration) -> Result<(), Failure> {
 }
 
 fn load(path: Option<&Path>) -> Result<Config, Failure> {
+    if path.is_none() && ProcessEnv.var("FALGATE_CONFIG").is_none() && !Path::new(DEFAULT_PATH).exists() {
+        let here = std::env::current_dir()
+            .map(|dir| format!(" ({})", dir.display()))
+            .unwrap_or_default();
+        return Err(Failure::Config(format!(
+            "no {DEFAULT_PATH} in the current folder{here}: pass --config PATH or set FALGATE_CONFIG"
+        )));
+    }
     Config::load(path, &ProcessEnv).map_err(|err| Failure::Config(err.to_string()))
+}
+
+/// `token` needs only the auth settings: without a config file named or in the current folder it
+/// reads the built-in default config (the one `falgate dev` starts from) with the environment's
+/// variables, so the command `falgate dev` prints runs from any folder.
+fn load_for_token(path: Option<&Path>) -> Result<Config, Failure> {
+    if path.is_none() && ProcessEnv.var("FALGATE_CONFIG").is_none() && !Path::new(DEFAULT_PATH).exists() {
+        return Config::from_toml(dev::DEFAULT_CONFIG, &ProcessEnv).map_err(|err| Failure::Config(err.to_string()));
+    }
+    load(path)
 }
 
 async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
@@ -167,60 +225,88 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Failure> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let public = bind(config.listen).await?;
-    let admin = bind(config.admin_listen).await?;
+    let public = bind(config.listen, "FALGATE_LISTEN=ADDR or `listen` in the config").await?;
+    let admin = bind(
+        config.admin_listen,
+        "FALGATE_ADMIN_LISTEN=ADDR or `admin_listen` in the config",
+    )
+    .await?;
     let app = app::build(config, &credentials).map_err(|err| Failure::Config(err.to_string()))?;
     reload_on_hangup(app.state.clone(), move || {
         Config::load(path.as_deref(), &ProcessEnv).map_err(|err| err.to_string())
     })?;
+    let shutdown = drain_signal()?;
     announce("falgate", &public, &admin)?;
-    app::serve(public, admin, app, drain_signal())
+    let drain = DrainClock::default();
+    app::serve(public, admin, app, drain.start_on(shutdown))
         .await
         .context("server failed")?;
+    drain.stopped_cleanly("falgate");
     Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT (the drain begins); a second one ends the process at
-/// once, with status 130.
-pub(crate) async fn drain_signal() {
-    shutdown_signal().await;
-    tracing::info!("shutdown signal received; a second signal exits at once");
-    tokio::spawn(async {
-        shutdown_signal().await;
-        tracing::warn!("second shutdown signal: exiting without finishing calls in flight");
-        std::process::exit(130);
-    });
+/// once, with status 130. Both are caught from this call on, not from the future's first poll:
+/// a signal in between (a supervisor stopping a process that just announced itself) would
+/// otherwise take the default action and end the process without a drain.
+pub(crate) fn drain_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failure> {
+    let mut signals = ShutdownSignals::new()?;
+    Ok(async move {
+        signals.recv().await;
+        tracing::info!("shutdown signal received; a second signal exits at once");
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("second shutdown signal: exiting without finishing calls in flight");
+            std::process::exit(130);
+        });
+    })
 }
 
 async fn run_emulator(listen: SocketAddr) -> Result<(), Failure> {
     let _log_guard = telemetry::init(crate::config::LogFormat::Text, &crate::config::Telemetry::default());
-    let listener = bind(listen).await?;
+    let listener = bind(listen, "--listen ADDR").await?;
+    let mut signals = ShutdownSignals::new()?;
     say(&format!(
         "falgate emulator listening on http://{}",
         listener.local_addr().context("local address")?
     ));
     let emulator = emulator::Emulator::new(emulator::EmulatorConfig::default());
-    emulator::serve(listener, emulator, shutdown_signal())
+    emulator::serve(listener, emulator, async move { signals.recv().await })
         .await
         .context("emulator failed")?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        tokio::signal::ctrl_c().await.ok();
-    };
+/// SIGTERM and SIGINT (Ctrl-C), caught from creation on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.ok();
+    }
 }

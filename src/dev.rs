@@ -6,8 +6,14 @@
 //! must (fal's hosts → the emulator, uploads allowed, the playground on) and what its flags
 //! say: the listener, the HS256 secret (`--secret`, else `FALGATE_AUTH__HS256_SECRET`, else
 //! random) and the browser origins (`--cors-origin`, else `FALGATE_CORS__ALLOWED_ORIGINS`, else
-//! the usual local dev servers). The emulator's CDN is trusted by every URL rule, so files
-//! uploaded in dev work as inputs.
+//! the usual local dev servers). Dev listens on loopback only unless `--listen` says otherwise:
+//! an image's `FALGATE_LISTEN=0.0.0.0:8080` (or `FALGATE_ADMIN_LISTEN`) gives its port, on
+//! 127.0.0.1, and a warning says so. The guide prints a secret only when dev generated it.
+//!
+//! The emulator's CDN is trusted by every URL rule, so files uploaded in dev work as inputs.
+//!
+//! The commands the guide prints run as printed: `falgate` is named the way it was started
+//! (`cargo run --` under `cargo run`, else the binary's own path, quoted for a shell).
 //!
 //! Order: everything that can refuse to start (config, schemas, keys, the listeners) is done
 //! before the first line is printed, so a bad config prints its cause once and nothing else
@@ -27,11 +33,11 @@ use rand::Rng;
 
 use crate::config::{Config, FalCredentials, ProcessEnv, Sources};
 use crate::emulator::{self, Emulator, EmulatorConfig};
-use crate::process::{announce, bind, reload_on_hangup, say};
+use crate::process::{announce, bind, reload_on_hangup, say, DrainClock};
 use crate::{app, telemetry};
 
 /// The default config and its schemas, embedded so `falgate dev` works from any directory.
-const DEFAULT_CONFIG: &str = include_str!("../config/falgate.toml");
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("../config/falgate.toml");
 const DEFAULT_SCHEMAS: [(&str, &str); 1] = [(
     "schemas/video-prompt-generator.json",
     include_str!("../config/schemas/video-prompt-generator.json"),
@@ -87,7 +93,7 @@ pub struct Options {
 /// Runs the dev stack until `shutdown` resolves (Ctrl-C).
 pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Failure> {
     let env = process_env();
-    let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "").await?;
     let emulator_url = format!("http://{}", emulator_listener.local_addr().context("emulator address")?);
     let settings = Settings::resolve(&options, &env, &emulator_url)?;
     // Dropped on every way out of this function, so the folder never outlives the process.
@@ -113,12 +119,16 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let admin_listen = config.admin_listen;
     let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))
         .map_err(|err| Failure::Config(err.to_string()))?;
-    let public = bind(listen).await?;
-    let admin = bind(admin_listen).await?;
+    let public = bind(
+        listen,
+        "--listen ADDR, e.g. `--listen 127.0.0.1:8090` (or FALGATE_LISTEN=127.0.0.1:8090)",
+    )
+    .await?;
+    let admin = bind(admin_listen, "FALGATE_ADMIN_LISTEN=127.0.0.1:PORT").await?;
     let loaded = app.state.load();
     let _log_guard = telemetry::init(loaded.config.log_format, &loaded.config.telemetry);
     // What starts but may surprise, logged as `serve` logs it (e.g. ignored variables).
-    for warning in &loaded.config.warnings {
+    for warning in loaded.config.warnings.iter().chain(&settings.notes) {
         tracing::warn!("{warning}");
     }
     drop(loaded);
@@ -140,6 +150,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     }));
     announce("falgate", &public, &admin)?;
     let gate = format!("http://{}", public.local_addr().context("local address")?);
+    let mut token_command = format!("{} token --sub alice --tier default", invocation());
+    if let Some(path) = options
+        .config
+        .as_deref()
+        .and_then(|path| std::path::absolute(path).ok())
+    {
+        token_command = format!("{token_command} --config {}", quoted(&path));
+    }
     let guide = Guide {
         gate,
         emulator: emulator_url,
@@ -148,12 +166,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         secret: settings.secret,
         secret_source: settings.secret_source,
         origins: settings.origins,
+        token_command,
     };
     tokio::spawn(async move {
         let request_id = guide.submit_example().await;
         say(&guide.render(request_id.as_deref()));
     });
-    app::serve(public, admin, app, shutdown)
+    let drain = DrainClock::default();
+    app::serve(public, admin, app, drain.start_on(shutdown))
         .await
         .context("server failed")?;
     // The emulator stops after the gate drained, so calls in flight can still reach it.
@@ -163,7 +183,59 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         .await
         .context("emulator task")?
         .context("emulator failed")?;
+    drain.stopped_cleanly("falgate dev");
     Ok(())
+}
+
+/// How to run this same `falgate` from a shell: `cargo run --` (with `--release` for a release
+/// build) when `cargo run` started it from this package's folder, else the binary's own path,
+/// quoted; `falgate` when neither is known.
+fn invocation() -> String {
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    invocation_from(exe.as_deref(), cwd.as_deref(), &|name| std::env::var_os(name))
+}
+
+fn invocation_from(exe: Option<&Path>, cwd: Option<&Path>, var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> String {
+    let Some(exe) = exe else {
+        return "falgate".to_owned();
+    };
+    if let Some(cargo) = cwd.and_then(|cwd| cargo_run(exe, cwd, var)) {
+        return cargo.to_owned();
+    }
+    quoted(exe)
+}
+
+/// `cargo run` sets `CARGO`, `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR` for the program it runs.
+/// Its form is printed only when it would run this binary again: started from inside the
+/// package's folder (where `cargo run` finds this manifest), and the binary is the package's
+/// own debug or release build.
+fn cargo_run(exe: &Path, cwd: &Path, var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Option<&'static str> {
+    var("CARGO")?;
+    if var("CARGO_PKG_NAME")? != env!("CARGO_PKG_NAME") {
+        return None;
+    }
+    let real = |path: PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
+    let manifest = real(PathBuf::from(var("CARGO_MANIFEST_DIR")?));
+    if !real(cwd.to_path_buf()).starts_with(&manifest) {
+        return None;
+    }
+    let target = real(var("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), |dir| cwd.join(dir)));
+    let profile = real(exe.parent()?.to_path_buf());
+    if profile.parent()? != target || exe.file_name()? != env!("CARGO_PKG_NAME") {
+        return None;
+    }
+    match profile.file_name()?.to_str()? {
+        "debug" => Some("cargo run --"),
+        "release" => Some("cargo run --release --"),
+        _ => None,
+    }
+}
+
+/// `path` as one shell word (quoted when it needs to be).
+fn quoted(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    shlex::try_quote(&text).map_or_else(|_| text.clone().into_owned(), std::borrow::Cow::into_owned)
 }
 
 /// The process's `FALGATE_*` variables (the only ones the config reads, besides `FALGATE_CONFIG`).
@@ -181,17 +253,19 @@ struct Settings {
     /// The environment's variables with dev's own over them.
     overrides: HashMap<String, String>,
     secret: String,
-    secret_source: &'static str,
+    secret_source: SecretSource,
     origins: Vec<String>,
+    /// What dev changed in the environment's settings, logged as warnings.
+    notes: Vec<String>,
 }
 
 impl Settings {
     fn resolve(options: &Options, env: &HashMap<String, String>, emulator_url: &str) -> Result<Self, Failure> {
         let mut overrides = env.clone();
         let (secret, secret_source) = match (&options.secret, env.get("FALGATE_AUTH__HS256_SECRET")) {
-            (Some(secret), _) => (secret.clone(), "--secret"),
-            (None, Some(secret)) => (secret.clone(), "FALGATE_AUTH__HS256_SECRET"),
-            (None, None) => (hex::encode(rand::rng().random::<[u8; 32]>()), "random"),
+            (Some(secret), _) => (secret.clone(), SecretSource::Flag),
+            (None, Some(secret)) => (secret.clone(), SecretSource::Environment),
+            (None, None) => (hex::encode(rand::rng().random::<[u8; 32]>()), SecretSource::Random),
         };
         let origins = if !options.cors_origins.is_empty() {
             options.cors_origins.clone()
@@ -210,20 +284,16 @@ impl Settings {
         } else {
             DEFAULT_DEV_ORIGINS.iter().map(|&o| o.to_owned()).collect()
         };
-        let listen = match (options.listen, env.get("FALGATE_LISTEN")) {
-            (Some(listen), _) => listen.to_string(),
-            (None, Some(listen)) => listen.clone(),
-            (None, None) => "127.0.0.1:8080".to_owned(),
+        let mut notes = Vec::new();
+        let listen = match options.listen {
+            Some(listen) => listen.to_string(),
+            None => loopback("FALGATE_LISTEN", env, 8080, &mut notes)?,
         };
+        let admin_listen = loopback("FALGATE_ADMIN_LISTEN", env, 0, &mut notes)?;
         let origins_toml = toml::Value::Array(origins.iter().map(|o| toml::Value::String(o.clone())).collect());
         for (key, value) in [
             ("FALGATE_LISTEN", listen),
-            (
-                "FALGATE_ADMIN_LISTEN",
-                env.get("FALGATE_ADMIN_LISTEN")
-                    .cloned()
-                    .unwrap_or_else(|| "127.0.0.1:0".to_owned()),
-            ),
+            ("FALGATE_ADMIN_LISTEN", admin_listen),
             ("FALGATE_UPSTREAM__QUEUE_URL", emulator_url.to_owned()),
             ("FALGATE_UPSTREAM__RUN_URL", format!("{emulator_url}/fal.run")),
             ("FALGATE_UPSTREAM__STORAGE_URL", format!("{emulator_url}/rest.fal.ai")),
@@ -239,8 +309,40 @@ impl Settings {
             secret,
             secret_source,
             origins,
+            notes,
         })
     }
+}
+
+/// A listener address from the environment's `name`, on loopback: dev serves one developer, and
+/// an image's `0.0.0.0` must not put a gate with printed tokens on the network. A non-loopback
+/// address keeps its port on 127.0.0.1, noted; `--listen` is the way to listen elsewhere.
+fn loopback(name: &str, env: &HashMap<String, String>, port: u16, notes: &mut Vec<String>) -> Result<String, Failure> {
+    let Some(raw) = env.get(name) else {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)).to_string());
+    };
+    let addr: SocketAddr = raw.parse().map_err(|_| {
+        Failure::Config(format!(
+            "environment variable {name}: expected an address like 127.0.0.1:8080"
+        ))
+    })?;
+    if addr.ip().is_loopback() {
+        return Ok(addr.to_string());
+    }
+    let local = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    notes.push(format!(
+        "{name} names {addr}, not a loopback address: falgate dev listens on {local} instead (only --listen makes dev listen on another interface)"
+    ));
+    Ok(local.to_string())
+}
+
+/// Where the HS256 secret came from; the guide prints it only when the developer gave it on the
+/// command line or dev generated it.
+#[derive(Clone, Copy, Debug)]
+enum SecretSource {
+    Flag,
+    Environment,
+    Random,
 }
 
 /// Where the dev config comes from, read again on reload.
@@ -304,8 +406,10 @@ struct Guide {
     token: String,
     second_token: String,
     secret: String,
-    secret_source: &'static str,
+    secret_source: SecretSource,
     origins: Vec<String>,
+    /// Mints a token for one more user, as the shell runs it.
+    token_command: String,
 }
 
 impl Guide {
@@ -338,6 +442,7 @@ impl Guide {
             secret,
             secret_source,
             origins,
+            token_command,
         } = self;
         let queue = format!("{gate}/api/fal/queue/{EXAMPLE_ENDPOINT}");
         let (id, id_note) = match request_id {
@@ -348,6 +453,25 @@ impl Guide {
             ),
         };
         let origins = origins.join(", ");
+        // A secret dev did not generate may be a real one (an image's environment): never printed.
+        let (signed, secret_lines) = match secret_source {
+            SecretSource::Environment => (
+                "the HS256 secret FALGATE_AUTH__HS256_SECRET holds (not printed: dev prints only a secret it generated)",
+                format!("More users, with the same FALGATE_AUTH__HS256_SECRET set:\n  {token_command}"),
+            ),
+            SecretSource::Random => (
+                "a random HS256 secret (pass --secret to keep one across restarts)",
+                format!(
+                    "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
+                ),
+            ),
+            SecretSource::Flag => (
+                "the HS256 secret passed with --secret",
+                format!(
+                    "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
+                ),
+            ),
+        };
         format!(
             r#"
 falgate dev is ready: fal is emulated at {emulator} (no FAL_KEY, no internet needed).
@@ -356,11 +480,10 @@ Playground (open in a browser; the token rides in the URL fragment, which is nev
   {gate}/#token={token}
   as the second user: {gate}/#token={second_token}
 
-Tokens, valid 24 h (HS256 secret from {secret_source}; pass --secret to keep it across restarts):
+Tokens, valid 24 h, signed with {signed}:
 export TOKEN={token}
 export TOKEN2={second_token}
-export FALGATE_AUTH__HS256_SECRET={secret}
-  more users: falgate token --sub alice --tier default   (with the secret above exported)
+{secret_lines}
 
 Browser origins allowed (CORS; --cors-origin ORIGIN to name others): {origins}
 
@@ -385,5 +508,85 @@ In a browser app, get the token from your backend instead (README: "Where a fron
   console.log(requestId, data.prompt);
 "#
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    /// A package folder with `target/{debug,release}/falgate`, removed when dropped.
+    struct Package(PathBuf);
+
+    impl Package {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("falgate-invocation-{}", uuid::Uuid::new_v4()));
+            for profile in ["debug", "release", "other"] {
+                std::fs::create_dir_all(dir.join("target").join(profile)).unwrap();
+            }
+            std::fs::create_dir_all(dir.join("src")).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Package {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn cargo_env(manifest: &Path) -> impl Fn(&str) -> Option<OsString> {
+        let manifest = manifest.as_os_str().to_owned();
+        move |name| match name {
+            "CARGO" => Some("/usr/bin/cargo".into()),
+            "CARGO_PKG_NAME" => Some("falgate".into()),
+            "CARGO_MANIFEST_DIR" => Some(manifest.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn under_cargo_run_the_commands_say_cargo_run_else_the_binarys_quoted_path() {
+        let package = Package::new();
+        let dir = &package.0;
+        let cargo = cargo_env(dir);
+        let debug = dir.join("target/debug/falgate");
+        let release = dir.join("target/release/falgate");
+        assert_eq!(invocation_from(Some(&debug), Some(dir), &cargo), "cargo run --");
+        assert_eq!(
+            invocation_from(Some(&release), Some(&dir.join("src")), &cargo),
+            "cargo run --release --"
+        );
+        // Started by cargo from outside the package, or a profile `cargo run` alone does not
+        // build: the binary's path.
+        let elsewhere = std::env::temp_dir();
+        assert_eq!(
+            invocation_from(Some(&debug), Some(&elsewhere), &cargo),
+            debug.display().to_string()
+        );
+        let other = dir.join("target/other/falgate");
+        assert_eq!(
+            invocation_from(Some(&other), Some(dir), &cargo),
+            other.display().to_string()
+        );
+        // Not started by cargo (an installed binary): its path, quoted for a shell.
+        let none = |_: &str| None;
+        let spaced = Path::new("/opt/my tools/falgate");
+        assert_eq!(
+            invocation_from(Some(spaced), Some(dir), &none),
+            "'/opt/my tools/falgate'"
+        );
+        assert_eq!(invocation_from(None, Some(dir), &none), "falgate");
+        // Another package's cargo run (falgate started by a test of another crate).
+        let other_package = |name: &str| match name {
+            "CARGO_PKG_NAME" => Some("other".into()),
+            _ => cargo(name),
+        };
+        assert_eq!(
+            invocation_from(Some(&debug), Some(dir), &other_package),
+            debug.display().to_string()
+        );
     }
 }

@@ -32,7 +32,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 /// The embedded files: (name under `/playground/`, content type, bytes).
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     (
         "app.js",
         "text/javascript; charset=utf-8",
@@ -52,6 +52,12 @@ const ASSETS: [(&str, &str, &str); 4] = [
         "fal-client.LICENSES.txt",
         "text/plain; charset=utf-8",
         include_str!("playground/assets/fal-client.LICENSES.txt"),
+    ),
+    // The page names it, so browsers do not ask for `/favicon.ico`.
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("playground/assets/favicon.svg"),
     ),
 ];
 const PAGE: &str = include_str!("playground/assets/index.html");

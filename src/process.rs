@@ -1,7 +1,9 @@
 //! What `serve` and `dev` share as a running process: binding the listeners, announcing them on
-//! stdout, and reloading the config on SIGHUP.
+//! stdout, reloading the config on SIGHUP, and the final line of a clean exit.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -10,11 +12,16 @@ use crate::config::Config;
 use crate::state::reload::reload_and_report;
 use crate::state::Current;
 
-/// Binds a listener, naming the address on failure.
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+/// Binds a listener, naming the address on failure and, when another program holds it, how to
+/// choose another (`elsewhere`, e.g. "--listen ADDR"; empty for an address no one chooses).
+pub async fn bind(addr: std::net::SocketAddr, elsewhere: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && !elsewhere.is_empty() => Err(anyhow::anyhow!(
+            "cannot listen on {addr}: the address is in use (is another falgate running?); choose another with {elsewhere}"
+        )),
+        Err(err) => Err(anyhow::Error::new(err).context(format!("cannot listen on {addr}"))),
+    }
 }
 
 /// Prints the bound addresses on stdout (tests and scripts read them when binding port 0).
@@ -55,4 +62,35 @@ pub fn reload_on_hangup(
     #[cfg(not(unix))]
     drop((current, load));
     Ok(())
+}
+
+/// When the drain began, for the line a clean exit ends with.
+#[derive(Clone, Debug, Default)]
+pub struct DrainClock(Arc<OnceLock<Instant>>);
+
+impl DrainClock {
+    /// `shutdown`, noting when it resolved (the drain begins then).
+    pub fn start_on(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let began = self.0.clone();
+        async move {
+            shutdown.await;
+            began.set(Instant::now()).ok();
+        }
+    }
+
+    /// The last line of a process that drained and stopped by itself (a process killed, or ended
+    /// by a second signal, has none): an operator reading the log can tell the two apart.
+    pub fn stopped_cleanly(&self, name: &str) {
+        let drain_ms = self
+            .0
+            .get()
+            .map(|began| u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX));
+        tracing::info!(
+            drain_ms,
+            "{name} stopped cleanly: the drain ended and every listener is closed"
+        );
+    }
 }

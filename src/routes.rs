@@ -48,8 +48,29 @@ pub fn router(current: Arc<Current>) -> Router {
         .with_state(current)
 }
 
-async fn route_not_found() -> GateError {
+/// A path no route serves: 404, and a log line naming the path (a typo'd client URL is found
+/// from the log), at most [`SHOWN_PATH_BYTES`] of it; the text format escapes what a caller
+/// sent like every other field. The query is never logged (it may carry anything).
+async fn route_not_found(uri: axum::http::Uri) -> GateError {
+    tracing::info!(path = %shown_path(uri.path()), "no route serves this path");
     GateError::RouteNotFound
+}
+
+/// How much of an unmatched path is logged.
+const SHOWN_PATH_BYTES: usize = 200;
+
+/// `path`, cut at a character boundary to at most [`SHOWN_PATH_BYTES`] bytes, `…` marking a cut.
+fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= SHOWN_PATH_BYTES {
+        return path.into();
+    }
+    let end = path
+        .char_indices()
+        .map(|(at, c)| at + c.len_utf8())
+        .take_while(|&end| end <= SHOWN_PATH_BYTES)
+        .last()
+        .unwrap_or(0);
+    format!("{}…", &path[..end]).into()
 }
 
 async fn method_not_allowed() -> GateError {
@@ -88,5 +109,20 @@ fn check_method(request: &axum::extract::Request, call: &crate::fal::Call) -> Re
         Ok(())
     } else {
         Err(GateError::MethodNotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_unmatched_path_is_cut_at_a_character_boundary() {
+        assert_eq!(shown_path("/nope"), "/nope");
+        let long = format!("/{}", "é".repeat(300));
+        let shown = shown_path(&long);
+        assert!(shown.ends_with('…'), "{shown}");
+        assert!(shown.len() <= SHOWN_PATH_BYTES + '…'.len_utf8(), "{}", shown.len());
+        assert!(long.starts_with(shown.trim_end_matches('…')));
     }
 }

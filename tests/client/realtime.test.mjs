@@ -35,6 +35,21 @@ function installWebSocketShim(emulatorUrl) {
   };
 }
 
+/**
+ * The `tokenProvider` README shows (the client's built-in one is deprecated): mints the fal token
+ * through falgate's proxy route with the caller's JWT, exactly the request the built-in one made.
+ * `app` is `owner/alias/path`; fal scopes tokens by alias.
+ */
+const tokenThroughGate = (fal, proxyUrl) => async (app) => {
+  const res = await fal.gateFetch(proxyUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-fal-target-url": "https://rest.fal.ai/tokens/" },
+    body: JSON.stringify({ allowed_apps: [app.split("/")[1]], token_expiration: 120 }),
+  });
+  if (!res.ok) throw new Error(`falgate refused the token: ${res.status} ${await res.text()}`);
+  return res.json();
+};
+
 /** Connects with `handler` extras, sends `input`, and settles on the first result or error. */
 function roundTrip(fal, input, handler = {}) {
   let connection;
@@ -64,7 +79,11 @@ describe("fal.realtime with a temporary token minted through falgate", () => {
   test("the client gets its token through falgate and the realtime echo answers", T, async () => {
     const fal = stack.client();
     const mark = await stack.mark();
-    const output = await roundTrip(fal, { prompt: "a lighthouse at dawn", seed: 7 });
+    const output = await roundTrip(
+      fal,
+      { prompt: "a lighthouse at dawn", seed: 7 },
+      { tokenProvider: tokenThroughGate(fal, stack.proxyUrl), tokenExpirationSeconds: 120 },
+    );
     assert.deepEqual(output, { prompt: "a lighthouse at dawn", seed: 7 });
 
     const minted = fal.responses.filter((r) => r.target === "https://rest.fal.ai/tokens/");

@@ -253,6 +253,8 @@ class Stack {
     });
     fal.responses = responses;
     fal.transportErrors = transportErrors;
+    /** This client's own fetch (the caller's token added, the response recorded), for token providers. */
+    fal.gateFetch = fetchThroughGate;
     return fal;
   }
 

@@ -345,3 +345,173 @@ fn serve_and_check_config_refuse_an_http_fal_url_off_loopback() {
         String::from_utf8_lossy(&loopback.stderr)
     );
 }
+
+#[test]
+fn check_config_lists_every_problem_at_once() {
+    // No secret and no fal credentials: both named in one run.
+    let output = falgate()
+        .args(["check-config", "--config", "config/falgate.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("2 problems"), "{stderr}");
+    assert!(
+        stderr.contains("FALGATE_AUTH__HS256_SECRET") && stderr.contains("no fal credentials"),
+        "{stderr}"
+    );
+    // A bad schema, a missing key file and no credentials: three.
+    let config = TempConfig::new(
+        "[auth]\nkey_files = [\"keys/idp.pem\"]\nalgorithms = [\"RS256\"]\n\
+         [endpoints.\"a/b\"]\nschema = \"bad.json\"\n",
+    );
+    std::fs::write(
+        config.0.join("bad.json"),
+        r#"{"type": "object", "properties": {"a": {"type": "strnig"}}}"#,
+    )
+    .unwrap();
+    let output = falgate()
+        .args(["check-config", "--config", &config.path()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    for each in ["/properties/a", "keys/idp.pem", "no fal credentials"] {
+        assert!(stderr.contains(each), "{each} not in {stderr}");
+    }
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn serve_outside_the_repository_says_how_to_name_the_config() {
+    let folder = TempConfig::new("");
+    for command in ["serve", "check-config"] {
+        let output = falgate()
+            .arg(command)
+            .current_dir(&folder.0)
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FAL_KEY", FAL_KEY)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+        assert!(
+            stderr.contains("config/falgate.toml") && stderr.contains("pass --config PATH or set FALGATE_CONFIG"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_commands_help_describes_its_flags() {
+    for (command, flags) in [
+        ("serve", &["--config"][..]),
+        ("check-config", &["--config"]),
+        ("token", &["--sub", "--tier", "--ttl", "--config"]),
+        ("emulator", &["--listen"]),
+        (
+            "dev",
+            &["--listen", "--config", "--secret", "--cors-origin", "--emulator-job-ms"],
+        ),
+    ] {
+        let output = falgate().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command}");
+        for flag in flags {
+            // Each flag is followed by a description, on its line or the next ones (long help).
+            let lines: Vec<&str> = help.lines().map(str::trim).collect();
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with(flag))
+                .unwrap_or_else(|| panic!("{command}: no {flag} in {help}"));
+            let mut said = lines[at]
+                .split_once("  ")
+                .map(|(_, rest)| rest.trim())
+                .unwrap_or_default()
+                .to_owned();
+            for next in &lines[at + 1..] {
+                if next.is_empty() || next.starts_with('-') {
+                    break;
+                }
+                said.push_str(next);
+            }
+            assert!(said.len() > 10, "{command} {flag} is not described: {help}");
+        }
+    }
+}
+
+#[test]
+fn token_from_any_folder_uses_the_built_in_default_config() {
+    let folder = TempConfig::new("");
+    let output = falgate()
+        .args(["token", "--sub", "alice"])
+        .current_dir(&folder.0)
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim().split('.').count(), 3);
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_of_serve_logs_a_final_line_with_the_drain_figures() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_falgate"))
+        .args(["serve", "--config", "config/falgate.toml"])
+        .env_clear()
+        .env("FALGATE_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_DRAIN__DELAY_MS", "0")
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if line.starts_with("falgate admin listening on ") {
+                return;
+            }
+        }
+        panic!("falgate exited before listening");
+    })
+    .await
+    .expect("falgate listens");
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("falgate exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("INFO") && last.contains("falgate stopped cleanly") && last.contains("drain_ms="),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_on_a_busy_port_says_which_setting_chooses_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = falgate()
+        .args(["serve", "--config", "config/falgate.toml"])
+        .env("FALGATE_LISTEN", &addr)
+        .env("FALGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+        .env("FAL_KEY", FAL_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use") && stderr.contains("FALGATE_LISTEN"),
+        "{stderr}"
+    );
+}

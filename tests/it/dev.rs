@@ -1,6 +1,7 @@
 //! `falgate dev` run as a user would: what it prints, what it honours, what it leaves behind.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -17,6 +18,8 @@ struct Dev {
     url: String,
     /// Every stdout line up to the end of the guide.
     guide: Vec<String>,
+    /// Every stderr line so far (the log).
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 fn dev_command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
@@ -36,7 +39,18 @@ fn dev_command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
 
 impl Dev {
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = dev_command(args, env).spawn().unwrap();
+        let mut child = dev_command(args, env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let logged = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                logged.lock().unwrap().push(line);
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut guide = Vec::new();
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -57,7 +71,23 @@ impl Dev {
             .find_map(|l| l.strip_prefix("falgate listening on "))
             .expect("listening line")
             .to_owned();
-        Self { child, url, guide }
+        Self { child, url, guide, log }
+    }
+
+    /// The first log line `matches` accepts, waiting for it (bounded).
+    async fn logged(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no such log line in {:#?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The value of `export NAME=value` in the guide.
@@ -84,17 +114,29 @@ impl Dev {
         std::env::temp_dir().join(format!("falgate-dev-{}", self.child.id().unwrap()))
     }
 
-    async fn stop(mut self) -> Option<i32> {
+    async fn stop(self) -> Option<i32> {
+        self.stop_with_log().await.0
+    }
+
+    /// Stops with SIGTERM; the exit code and every log line.
+    async fn stop_with_log(mut self) -> (Option<i32>, Vec<String>) {
         let pid = self.child.id().unwrap().to_string();
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let code = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("falgate dev exits")
             .unwrap()
-            .code()
+            .code();
+        // The log is complete once stderr closes; wait for that, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.log) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = self.log.lock().unwrap().clone();
+        (code, log)
     }
 }
 
@@ -193,7 +235,13 @@ async fn dev_honours_the_environment_and_its_flags() {
         ],
     )
     .await;
-    assert_eq!(dev.export("FALGATE_AUTH__HS256_SECRET"), SECRET);
+    // A secret dev did not generate is never printed.
+    assert!(!dev.text().contains(SECRET), "{}", dev.text());
+    assert!(
+        !dev.text().contains("export FALGATE_AUTH__HS256_SECRET"),
+        "{}",
+        dev.text()
+    );
     // A token minted elsewhere with the same secret works.
     let token = falgate::auth::mint_hs256(SECRET.as_bytes(), "someone", None, Duration::from_secs(60)).unwrap();
     let big = json!({ "input_concept": "x".repeat(200) });
@@ -390,4 +438,223 @@ async fn serve_answers_every_refused_token_the_same() {
         messages.push(body["message"].as_str().unwrap().to_owned());
     }
     assert_eq!(messages, ["the bearer token is not valid"; 2]);
+}
+
+/// The shell commands the guide prints, in order: its `export` lines, then every indented line
+/// whose program is `curl` or this falgate binary.
+fn printed_commands(dev: &Dev) -> (Vec<String>, Vec<String>) {
+    let exports = dev.guide.iter().filter(|l| l.starts_with("export ")).cloned().collect();
+    let commands = dev
+        .guide
+        .iter()
+        .filter(|l| l.starts_with("  "))
+        .filter(|l| {
+            let program = shlex::split(l).and_then(|words| words.into_iter().next());
+            matches!(program.as_deref(), Some(p) if p == "curl" || p == env!("CARGO_BIN_EXE_falgate"))
+        })
+        .map(|l| l.trim().to_owned())
+        .collect();
+    (exports, commands)
+}
+
+/// Runs every command the guide prints as a user would paste it: in `sh`, after the guide's
+/// exports, from a folder that is not the repository, with nothing in the environment but
+/// `PATH` and `env`. Each must succeed and answer what the guide says; the `token` command's
+/// token must be one the running gate accepts.
+async fn run_printed_commands(dev: &Dev, env: &[(&str, &str)]) {
+    let (exports, commands) = printed_commands(dev);
+    let tokens = commands.iter().filter(|c| c.contains(" token --sub ")).count();
+    let curls = commands.iter().filter(|c| c.starts_with("curl ")).count();
+    assert_eq!((tokens, curls), (1, 5), "{commands:#?}\n{}", dev.text());
+    let folder = std::env::temp_dir().join(format!("falgate-dev-cmds-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&folder).unwrap();
+    for command in &commands {
+        let script = format!("set -e\n{}\n{command}\n", exports.join("\n"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let output = tokio::process::Command::new("sh")
+                .args(["-c", &script])
+                .current_dir(&folder)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env.iter().copied())
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{command}\n{stderr}");
+            if command.contains(" token --sub ") {
+                let usage = dev.get("/api/fal/usage", &stdout).send().await.unwrap();
+                assert_eq!(usage.status(), StatusCode::OK, "{command} printed {stdout}");
+                break;
+            }
+            let answer: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{command}: {stdout}"));
+            if command.contains("$TOKEN2") {
+                assert_eq!(answer["code"], "request_not_found", "{command}: {stdout}");
+                break;
+            }
+            assert!(answer.get("code").is_none(), "{command}: {stdout}");
+            let expected = ["request_id", "status", "prompt"];
+            if expected.iter().any(|key| answer.get(key).is_some()) {
+                break;
+            }
+            // The result of a job still running: asked again until it is done.
+            assert!(tokio::time::Instant::now() < deadline, "{command}: {stdout}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    std::fs::remove_dir_all(&folder).unwrap();
+}
+
+#[tokio::test]
+async fn every_command_dev_prints_runs_as_printed_from_any_folder() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    // The binary is named by its own path (nothing called `falgate` need be on PATH).
+    let (_, commands) = printed_commands(&dev);
+    let token = commands.iter().find(|c| c.contains(" token --sub ")).unwrap();
+    assert!(
+        token.starts_with(&format!("{} token ", env!("CARGO_BIN_EXE_falgate"))),
+        "{token}"
+    );
+    run_printed_commands(&dev, &[]).await;
+}
+
+#[tokio::test]
+async fn dev_never_prints_a_secret_from_the_environment_and_its_commands_still_run() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[("FALGATE_AUTH__HS256_SECRET", SECRET)]).await;
+    let text = dev.text();
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("not printed"), "{text}");
+    run_printed_commands(&dev, &[("FALGATE_AUTH__HS256_SECRET", SECRET)]).await;
+    assert!(
+        !dev.log.lock().unwrap().iter().any(|l| l.contains(SECRET)),
+        "the secret is in the log"
+    );
+}
+
+#[tokio::test]
+async fn dev_listens_on_loopback_whatever_the_environment_says_unless_listen_is_given() {
+    let dev = Dev::start(
+        &[],
+        &[("FALGATE_LISTEN", "0.0.0.0:0"), ("FALGATE_ADMIN_LISTEN", "0.0.0.0:0")],
+    )
+    .await;
+    assert!(dev.url.starts_with("http://127.0.0.1:"), "{}", dev.url);
+    let admin = dev
+        .guide
+        .iter()
+        .find_map(|l| l.strip_prefix("falgate admin listening on "))
+        .unwrap();
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    for name in ["FALGATE_LISTEN", "FALGATE_ADMIN_LISTEN"] {
+        let warning = dev.logged(|l| l.contains(&format!("{name} names 0.0.0.0:0"))).await;
+        assert!(warning.contains("WARN") && warning.contains("--listen"), "{warning}");
+    }
+    // Only --listen puts dev on another interface.
+    let explicit = Dev::start(&["--listen", "0.0.0.0:0"], &[]).await;
+    assert!(explicit.url.starts_with("http://0.0.0.0:"), "{}", explicit.url);
+}
+
+#[tokio::test]
+async fn a_busy_port_says_how_to_pick_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = dev_command(&["--listen", &addr], &[])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        stderr.contains(&addr)
+            && stderr.contains("in use")
+            && stderr.contains("--listen")
+            && stderr.contains("FALGATE_LISTEN"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unmatched_path_is_logged_cut_to_a_bound() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let long = format!("/no/such/route/{}", "x".repeat(1000));
+    for path in ["/api/fal/typo", long.as_str()] {
+        let answer = reqwest::get(format!("{}{path}?secret=1", dev.url)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        assert_eq!(answer.headers()["x-falgate-error"], "route_not_found");
+    }
+    // fal (the emulator) saw only the request dev submitted at startup.
+    let emulator = dev
+        .text()
+        .split("fal is emulated at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let seen: Vec<Value> = reqwest::get(format!("{emulator}/_emulator/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(paths, [format!("/{VPG}")], "{seen:#?}");
+    let typo = dev.logged(|l| l.contains("no route serves this path")).await;
+    assert!(typo.contains("path=/api/fal/typo"), "{typo}");
+    assert!(typo.contains("request_id="), "{typo}");
+    let cut = dev.logged(|l| l.contains("path=/no/such/route/")).await;
+    assert!(cut.contains(&format!("/no/such/route/{}…", "x".repeat(185))), "{cut}");
+    assert!(!cut.contains(&"x".repeat(300)), "{cut}");
+    assert!(!cut.contains("secret=1"), "{cut}");
+}
+
+#[tokio::test]
+async fn the_playground_names_its_icon_so_the_browser_asks_for_no_favicon_ico() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let page = reqwest::get(format!("{}/", dev.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let icon = page
+        .lines()
+        .find(|l| l.contains(r#"<link rel="icon""#))
+        .unwrap_or_else(|| panic!("no icon link in {page}"));
+    let href = icon
+        .split(r#"href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no href in {icon}"));
+    // From this origin, which the page's CSP allows (`img-src 'self'`), and served.
+    assert!(href.starts_with('/'), "{icon}");
+    let answer = reqwest::get(format!("{}{href}", dev.url)).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK, "{href}");
+    assert_eq!(answer.headers()["content-type"], "image/svg+xml");
+    assert!(answer.text().await.unwrap().starts_with("<svg"));
+}
+
+#[tokio::test]
+async fn a_clean_stop_ends_the_log_with_a_final_line() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    let (code, log) = dev.stop_with_log().await;
+    assert_eq!(code, Some(0));
+    let last = log.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("INFO") && last.contains("stopped cleanly") && last.contains("drain_ms="),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_config_file_the_printed_token_command_names_it_from_any_folder() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0", "--config", "config/falgate.toml"], &[]).await;
+    let (_, commands) = printed_commands(&dev);
+    let token = commands.iter().find(|c| c.contains(" token --sub ")).unwrap();
+    let absolute = std::path::absolute("config/falgate.toml").unwrap();
+    assert!(token.ends_with(&format!(" --config {}", absolute.display())), "{token}");
+    run_printed_commands(&dev, &[]).await;
 }
