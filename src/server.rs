@@ -48,7 +48,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,6 +59,8 @@ use tower::ServiceExt;
 
 use crate::config::Connections;
 use crate::lifecycle::Lifecycle;
+
+mod watchdog;
 
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -170,39 +172,56 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
 }
 
-/// Serves the connections handed to this worker until `stopped`, then drains them.
-async fn run_worker(
-    mut incoming: Incoming,
-    router: Router,
-    settings: Settings,
-    lifecycle: Arc<Lifecycle>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The connection builder both listeners use: hyper's HTTP/1 and HTTP/2 settings, and HTTP/2
+/// streams spawned under a watchdog (see [`watchdog`]).
+fn builder(settings: &Settings) -> auto::Builder<watchdog::StreamExecutor> {
+    let connections = &settings.connections;
+    let mut builder = auto::Builder::new(watchdog::StreamExecutor {
+        progress: watchdog::Progress::of(connections),
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
         // Replaced by `Conn`'s own head and idle timers (see the module docs).
         .header_read_timeout(None)
+        // Also bounds hyper's write queue (plus one frame of at most 64 KiB).
         .max_buf_size(settings.max_head_bytes.max(8 * 1024));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.connections.http2_max_concurrent_streams)
+        .max_concurrent_streams(connections.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(settings.connections.http2_keep_alive_interval)
-        .keep_alive_timeout(settings.connections.http2_keep_alive_interval);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = incoming.next() => accepted,
-            _ = stopped.wait_for(|stop| *stop) => None,
-        };
-        let Some((stream, permit, peer)) = accepted else { break };
-        let io = Conn::new(stream, permit, LoadGuard(incoming.load.clone()), settings.connections);
+        // What h2 buffers per stream beyond the peer's window: one 64 KiB frame, not hyper's
+        // 400 KiB default (SECURITY.md, "What a stalled peer can hold").
+        .max_send_buf_size(HTTP2_SEND_BUFFER)
+        // hyper's defaults, stated: streams a peer may open and reset before they are
+        // accepted (rapid reset), and streams reset for its errors, per connection.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(connections.http2_keep_alive_interval)
+        .keep_alive_timeout(connections.http2_keep_alive_interval);
+    builder
+}
+
+/// Bytes h2 may buffer per stream beyond what the peer's window lets out.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+
+/// What serving one connection needs besides the socket.
+struct Serving {
+    builder: auto::Builder<watchdog::StreamExecutor>,
+    router: Router,
+    lifecycle: Arc<Lifecycle>,
+    graceful: GracefulShutdown,
+    connections: Connections,
+}
+
+impl Serving {
+    /// Serves `stream` (holding `permit` under `max_open`) on a task of the current runtime.
+    fn spawn(&self, stream: TcpStream, permit: OwnedSemaphorePermit, load: Option<LoadGuard>, peer: SocketAddr) {
+        let io = Conn::new(stream, permit, load, self.connections);
         let requests = io.requests.clone();
-        let router = router.clone();
-        let lifecycle = lifecycle.clone();
+        let router = self.router.clone();
+        let lifecycle = self.lifecycle.clone();
         let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -210,6 +229,9 @@ async fn run_worker(
             let response = router.clone().oneshot(request);
             let draining = lifecycle.clone();
             async move {
+                // Read here, not in the closure: an HTTP/2 stream runs this future on its own
+                // task (and watch), an HTTP/1 connection on the connection's.
+                let watch = watchdog::current();
                 let mut response = response.await?;
                 if draining.is_draining() {
                     // HTTP/1: the balancer drops this connection after the answer instead of
@@ -219,32 +241,117 @@ async fn run_worker(
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
-                // The guard lives as long as the response body: a stream counts until it ends
-                // or the client goes away.
-                Ok::<_, std::convert::Infallible>(response.map(|body| crate::body::held(body, in_flight)))
+                let bounds = response
+                    .extensions()
+                    .get::<crate::body::Bounds>()
+                    .copied()
+                    .unwrap_or_default();
+                // The guard lives as long as the response body: a stream counts until it ends,
+                // the client goes away, or the watchdog cuts it.
+                Ok::<_, std::convert::Infallible>(response.map(|body| match &watch {
+                    Some(watch) => watch.wrap(body, bounds, in_flight),
+                    None => crate::body::held(body, in_flight),
+                }))
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let connection = self.graceful.watch(connection);
+        let task = async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "client connection ended with an error");
             }
-        });
+        };
+        // HTTP/1 answers run on the connection's task: its watchdog closes the connection when
+        // one is cut (HTTP/2 streams have their own, see `watchdog::StreamExecutor`).
+        let progress = watchdog::Progress::of(&self.connections);
+        tokio::spawn(watchdog::Watchdog::new(task, watchdog::Watch::new(progress)));
     }
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(open, "draining client connections");
+
+    /// Lets the connections finish (HTTP/1 after their answer, HTTP/2 with GOAWAY) for up to
+    /// `timeout`; the rest are cut when their runtime ends.
+    async fn drain(self, timeout: Duration) {
+        let open = self.graceful.count();
+        if open > 0 {
+            tracing::info!(open, "draining client connections");
+        }
+        if tokio::time::timeout(timeout, self.graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                "drain timeout reached: closing the connections still open"
+            );
+        }
     }
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout_ms = u64::try_from(settings.drain_timeout.as_millis()).unwrap_or(u64::MAX),
-            "drain timeout reached: closing the connections still open"
-        );
+}
+
+/// Serves the connections handed to this worker until `stopped`, then drains them.
+async fn run_worker(
+    mut incoming: Incoming,
+    router: Router,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let serving = Serving {
+        builder: builder(&settings),
+        router,
+        lifecycle,
+        graceful: GracefulShutdown::new(),
+        connections: settings.connections,
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => None,
+        };
+        let Some((stream, permit, peer)) = accepted else { break };
+        serving.spawn(stream, permit, Some(LoadGuard(incoming.load.clone())), peer);
     }
+    serving.drain(settings.drain_timeout).await;
+}
+
+/// Serves the admin listener (`/metrics`) on the calling runtime until `shutdown` resolves, with
+/// the public listener's timers and watchdog and at most `connections.admin_max_open`
+/// connections (at the cap new ones wait in the backlog); then drains like a worker.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let serving = Serving {
+        builder: builder(&settings),
+        router,
+        lifecycle,
+        graceful: GracefulShutdown::new(),
+        connections: settings.connections,
+    };
+    let permits = Arc::new(Semaphore::new(settings.connections.admin_max_open));
+    let accept = async {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            stream.set_nodelay(true).ok();
+            serving.spawn(stream, permit, None, peer);
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
+    }
+    drop(listener);
+    serving.drain(settings.drain_timeout).await;
+    Ok(())
 }
 
 /// Load given to a worker whose queue is closed, so it is never chosen again.
@@ -387,9 +494,8 @@ enum ReadPhase {
 pub struct Conn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    _load: LoadGuard,
-    /// Counted in `falgate_open_connections` while open.
-    _gauge: crate::telemetry::metrics::ConnectionGuard,
+    /// On the public listener: its place in its worker's load, and in `falgate_open_connections`.
+    _load: Option<(LoadGuard, crate::telemetry::metrics::ConnectionGuard)>,
     requests: Arc<Requests>,
     limits: Connections,
     accepted: Instant,
@@ -402,12 +508,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, load: LoadGuard, limits: Connections) -> Self {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, load: Option<LoadGuard>, limits: Connections) -> Self {
         Self {
             stream,
             _permit: permit,
-            _load: load,
-            _gauge: crate::telemetry::metrics::ConnectionGuard::open(),
+            _load: load.map(|load| (load, crate::telemetry::metrics::ConnectionGuard::open())),
             requests: Arc::default(),
             limits,
             accepted: Instant::now(),

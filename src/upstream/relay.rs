@@ -227,6 +227,12 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, call: &Call, response: Fal
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
+    // The same two deadlines, enforced by the listener even when the client takes nothing (and
+    // hyper stops polling this body, where the timers above live).
+    out.extensions_mut().insert(crate::body::Bounds {
+        lifetime: Some(upstream.max_stream_lifetime()),
+        idle: Some(upstream.idle_timeout()),
+    });
     out
 }
 

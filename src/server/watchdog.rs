@@ -1,0 +1,427 @@
+//! Deadlines that do not depend on the peer: every response is watched by a timer that runs
+//! outside its body, so a client that takes nothing (an HTTP/2 stream window of zero, a socket
+//! read a byte at a time) cannot keep a response, its slots and its budget charges alive by
+//! making hyper stop polling the body.
+//!
+//! Why by hand: hyper polls a response body only when the peer can take more (HTTP/2: stream
+//! window; HTTP/1: room in its write buffer). Timers inside the body (stream lifetime, fal's
+//! idle timeout) therefore stop with it, and neither hyper nor h2 has a per-stream send
+//! deadline (hyper's `http2_keep_alive` only checks that the peer answers pings, which a stalled
+//! peer does).
+//!
+//! How: each task that runs responses is wrapped in a [`Watchdog`]: on HTTP/2 the task hyper
+//! spawns per stream ([`StreamExecutor`]), on HTTP/1 the connection's own task. The service
+//! finds the task's [`Watch`] in a task-local and wraps the response body in [`Watched`], which
+//! records what hyper takes. The watchdog's timer checks the response's bounds and, when one
+//! passes, drops the task it wraps: h2 then resets the stream (`RST_STREAM(CANCEL)`, its buffered
+//! data freed), an HTTP/1 connection is closed; the body, and every slot and budget charge it
+//! holds, are dropped with it.
+//!
+//! The bounds of one response:
+//! - **progress** (every response): while the body has data ready that hyper has not come back
+//!   for, each `write_timeout` window must see at least `min_send_bytes_per_second ×
+//!   write_timeout` bytes taken (at least one frame). The clock stops while the body waits for
+//!   its source (fal), so a quiet stream is not cut by this rule;
+//! - **lifetime** (relayed streams, [`Bounds::lifetime`]): open at most this long plus
+//!   [`GRACE`] (the body ends a status stream cleanly at the lifetime itself when hyper polls it);
+//! - **movement** (relayed streams, [`Bounds::idle`]): no frame moved from fal to the client for
+//!   this long plus [`GRACE`], whoever is slow (fal's silence is caught by the body's own idle
+//!   timer first, which ends the stream with an error the client sees).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::Bounds;
+use crate::config::Connections;
+
+/// How long after a body's own deadline (lifetime, fal's idle timeout) the watchdog cuts, so a
+/// body that is polled ends the way it means to (a clean end, an error) before it is reset.
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// The watch of the task running this code (a stream's on HTTP/2, a connection's on HTTP/1).
+    static WATCH: Watch;
+}
+
+/// The watch of the task running this code, if it runs under a [`Watchdog`].
+pub(crate) fn current() -> Option<Watch> {
+    WATCH.try_with(Watch::clone).ok()
+}
+
+/// The progress rule's parameters, from `[connections]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
+    /// The window: `write_timeout`.
+    window: Duration,
+    /// Bytes each window of waiting must see taken (at least 1).
+    min_bytes: u64,
+}
+
+impl Progress {
+    pub(crate) fn of(connections: &Connections) -> Self {
+        let per_window =
+            (u128::from(connections.min_send_bytes_per_second) * connections.write_timeout.as_millis()).div_ceil(1000);
+        Self {
+            window: connections.write_timeout,
+            min_bytes: u64::try_from(per_window).unwrap_or(u64::MAX).max(1),
+        }
+    }
+}
+
+/// The state shared by a task's watchdog and the response bodies it runs.
+#[derive(Clone)]
+pub(crate) struct Watch(Arc<Mutex<State>>);
+
+struct State {
+    progress: Progress,
+    /// Counts responses begun on this task; a body touches the state only while it is current.
+    generation: u64,
+    response: Option<Tracked>,
+}
+
+/// One watched response.
+struct Tracked {
+    generation: u64,
+    started: Instant,
+    bounds: Bounds,
+    /// When a frame last moved from the body to hyper.
+    moved: Instant,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// The body has data ready (or has not been asked yet) and waits for hyper: the current
+    /// progress window began at `window`, and `taken` bytes were taken since; `handed` bytes
+    /// were handed to hyper and are counted once it comes back.
+    Owed { window: Instant, taken: u64, handed: u64 },
+    /// The body waits for its source (fal): no progress owed.
+    Source,
+}
+
+/// Why a response was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    Progress,
+    Lifetime,
+    Movement,
+}
+
+impl Cut {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Progress => "the client took too little of the response (write timeout / minimum send rate)",
+            Self::Lifetime => "the stream reached its lifetime",
+            Self::Movement => "nothing moved through the stream within the upstream idle timeout",
+        }
+    }
+}
+
+impl Tracked {
+    /// The bound that has passed at `now`, or the next instant one could.
+    fn check(&mut self, progress: Progress, now: Instant) -> Result<Option<Instant>, Cut> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant, cut: Cut| -> Result<(), Cut> {
+            if now >= at {
+                return Err(cut);
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+            Ok(())
+        };
+        if let Some(lifetime) = self.bounds.lifetime {
+            consider(self.started + lifetime + GRACE, Cut::Lifetime)?;
+        }
+        if let Some(idle) = self.bounds.idle {
+            consider(self.moved + idle + GRACE, Cut::Movement)?;
+        }
+        if let Phase::Owed { window, taken, .. } = &mut self.phase {
+            let mut end = *window + progress.window;
+            if now >= end && *taken >= progress.min_bytes {
+                // Enough was taken in that window: the next one starts now.
+                *window = now;
+                *taken = 0;
+                end = now + progress.window;
+            }
+            consider(end, Cut::Progress)?;
+        }
+        Ok(next)
+    }
+}
+
+impl Watch {
+    pub(crate) fn new(progress: Progress) -> Self {
+        Self(Arc::new(Mutex::new(State {
+            progress,
+            generation: 0,
+            response: None,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts watching `body` with `bounds` (replacing any response this task watched before);
+    /// `guard` lives as long as the body. An empty body is not watched.
+    pub(crate) fn wrap<G: Send + 'static>(&self, body: Body, bounds: Bounds, guard: G) -> Body {
+        use http_body::Body as _;
+        if body.is_end_stream() {
+            return crate::body::held(body, guard);
+        }
+        let now = Instant::now();
+        let generation = {
+            let mut state = self.lock();
+            state.generation += 1;
+            state.response = Some(Tracked {
+                generation: state.generation,
+                started: now,
+                bounds,
+                moved: now,
+                phase: Phase::Owed {
+                    window: now,
+                    taken: 0,
+                    handed: 0,
+                },
+            });
+            state.generation
+        };
+        Body::new(Watched {
+            body,
+            watch: self.clone(),
+            generation,
+            _guard: guard,
+        })
+    }
+
+    /// Records a poll of the current response's body and what it gave.
+    fn polled(&self, generation: u64, gave: Gave) {
+        let mut state = self.lock();
+        let Some(response) = state.response.as_mut().filter(|r| r.generation == generation) else {
+            return;
+        };
+        let now = Instant::now();
+        // Hyper came back: whatever was handed to it before is taken.
+        let (window, taken) = match response.phase {
+            Phase::Owed { window, taken, handed } => (window, taken + handed),
+            Phase::Source => (now, 0),
+        };
+        response.phase = match gave {
+            Gave::Data(len) => {
+                response.moved = now;
+                Phase::Owed {
+                    window,
+                    taken,
+                    handed: len,
+                }
+            }
+            Gave::Nothing => Phase::Source,
+            Gave::End => {
+                state.response = None;
+                return;
+            }
+        };
+    }
+
+    /// The current response's body was dropped.
+    fn ended(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.response.as_ref().is_some_and(|r| r.generation == generation) {
+            state.response = None;
+        }
+    }
+
+    /// The bound that has passed at `now`, or when to look again.
+    fn check(&self, now: Instant) -> Result<Option<Instant>, Cut> {
+        let mut state = self.lock();
+        let progress = state.progress;
+        match state.response.as_mut() {
+            Some(response) => response.check(progress, now),
+            None => Ok(None),
+        }
+    }
+}
+
+enum Gave {
+    Data(u64),
+    /// Pending: the body waits for its source.
+    Nothing,
+    End,
+}
+
+/// A response body that reports its polls to the task's [`Watch`].
+struct Watched<G> {
+    body: Body,
+    watch: Watch,
+    generation: u64,
+    _guard: G,
+}
+
+impl<G> Unpin for Watched<G> {}
+
+impl<G: Send + 'static> http_body::Body for Watched<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let gave = match &polled {
+            Poll::Pending => Gave::Nothing,
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => Gave::Data(data.len() as u64),
+                // Trailers: the last frame.
+                None => Gave::End,
+            },
+            Poll::Ready(Some(Err(_)) | None) => Gave::End,
+        };
+        self.watch.polled(self.generation, gave);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<G> Drop for Watched<G> {
+    fn drop(&mut self) {
+        self.watch.ended(self.generation);
+    }
+}
+
+/// A task (an HTTP/2 stream, or an HTTP/1 connection) whose responses are watched: it ends,
+/// dropping what it runs, when the current response's bounds pass.
+pub(crate) struct Watchdog {
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+    watch: Watch,
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Watchdog {
+    pub(crate) fn new(task: impl Future<Output = ()> + Send + 'static, watch: Watch) -> Self {
+        Self {
+            task: Box::pin(WATCH.scope(watch.clone(), task)),
+            watch,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+}
+
+impl Future for Watchdog {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.task.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        loop {
+            match self.watch.check(Instant::now()) {
+                Err(cut) => {
+                    tracing::debug!(reason = cut.reason(), "response cut");
+                    return Poll::Ready(());
+                }
+                Ok(None) => {
+                    self.armed = None;
+                    return Poll::Pending;
+                }
+                Ok(Some(at)) => {
+                    if self.armed != Some(at) {
+                        self.timer.as_mut().reset(at);
+                        self.armed = Some(at);
+                    }
+                    if self.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The timer fired: look again (the bound passed, or a window rolled over).
+                }
+            }
+        }
+    }
+}
+
+/// The executor hyper spawns each HTTP/2 stream on: every stream runs under its own
+/// [`Watchdog`], so a stalled stream is reset without touching the others.
+#[derive(Clone, Copy)]
+pub(crate) struct StreamExecutor {
+    pub(crate) progress: Progress,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, task: F) {
+        tokio::spawn(Watchdog::new(task, Watch::new(self.progress)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(window_ms: u64, min_bytes: u64) -> Progress {
+        Progress {
+            window: Duration::from_millis(window_ms),
+            min_bytes,
+        }
+    }
+
+    fn watched(bounds: Bounds) -> Tracked {
+        let now = Instant::now();
+        Tracked {
+            generation: 1,
+            started: now,
+            bounds,
+            moved: now,
+            phase: Phase::Owed {
+                window: now,
+                taken: 0,
+                handed: 0,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_nobody_takes_is_cut_after_one_window() {
+        let mut response = watched(Bounds::default());
+        let rule = progress(1000, 1);
+        let start = Instant::now();
+        assert_eq!(response.check(rule, start), Ok(Some(start + Duration::from_secs(1))));
+        assert_eq!(response.check(rule, start + Duration::from_secs(1)), Err(Cut::Progress));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_bounds_pass_after_their_grace() {
+        let mut response = watched(Bounds {
+            lifetime: Some(Duration::from_secs(3)),
+            idle: Some(Duration::from_secs(2)),
+        });
+        response.phase = Phase::Source;
+        let start = Instant::now();
+        assert_eq!(
+            response.check(progress(1000, 1), start),
+            Ok(Some(start + Duration::from_secs(3)))
+        );
+        assert_eq!(
+            response.check(progress(1000, 1), start + Duration::from_secs(3)),
+            Err(Cut::Movement)
+        );
+        response.moved = start + Duration::from_secs(3);
+        assert_eq!(
+            response.check(progress(1000, 1), start + Duration::from_secs(4)),
+            Err(Cut::Lifetime)
+        );
+    }
+}
