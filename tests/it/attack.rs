@@ -11,6 +11,7 @@
 mod connections;
 mod headers;
 mod json;
+mod stalled;
 mod streams;
 
 use std::net::SocketAddr;

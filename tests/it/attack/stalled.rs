@@ -1,0 +1,343 @@
+//! Peers that accept a response and then take nothing of it: an HTTP/2 client that advertises a
+//! zero stream window (and answers pings, so it looks alive), and an HTTP/1 client that reads a
+//! large result a little at a time. Every deadline is enforced outside the response body (hyper
+//! stops polling a body its client does not take): each test sets the deadline under test to
+//! 1 s and every other timer far beyond `DEADLINE`, so a missing deadline fails the test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use falgate::emulator::{Fault, FaultAction, Op};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use super::{assert_refused, connect, raw_status, request_head, slow_fal, Gate, DEADLINE};
+use crate::support::VPG;
+
+/// Every connection timer far beyond `DEADLINE` unless a test sets it.
+const FAR: &str = "600000";
+
+/// An HTTP/2 (h2c) client whose streams advertise a zero window: the gate can send headers,
+/// never data. Its connection task answers pings.
+struct Stalled {
+    send: h2::client::SendRequest<Bytes>,
+    connection: JoinHandle<Result<(), h2::Error>>,
+    local: SocketAddr,
+}
+
+impl Stalled {
+    async fn connect(gate: &Gate) -> Self {
+        let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        Self {
+            send,
+            connection: tokio::spawn(connection),
+            local,
+        }
+    }
+
+    /// Sends a GET for `path` (with `token`) and returns the answer's head and body.
+    async fn get(&mut self, gate: &Gate, path: &str, token: Option<&str>) -> http::Response<h2::RecvStream> {
+        let mut request = http::Request::get(format!("http://{}{path}", gate.addr));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.send(request.body(()).unwrap()).await
+    }
+
+    /// Sends `request` (no body) and returns the answer's head and body.
+    async fn send(&mut self, request: http::Request<()>) -> http::Response<h2::RecvStream> {
+        self.send = self.send.clone().ready().await.unwrap();
+        let (response, _) = self.send.send_request(request, true).unwrap();
+        tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("an answer's head")
+            .unwrap()
+    }
+}
+
+/// Waits until the gate resets `body`'s stream (h2 `CANCEL`), failing past `DEADLINE` or on any
+/// other ending: data cannot arrive through a zero window, and a clean end is no reset.
+async fn wait_reset(body: &mut h2::RecvStream, what: &str) {
+    match tokio::time::timeout(DEADLINE, body.data()).await {
+        Err(_) => panic!("{what}: the stream is still open after {DEADLINE:?}"),
+        Ok(Some(Err(err))) => assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{what}: {err}"),
+        Ok(other) => panic!("{what}: expected a reset, got {other:?}"),
+    }
+}
+
+fn limits(caps: &str) -> String {
+    format!(
+        r#"
+[limits]
+default_tier = "default"
+{caps}
+[limits.tiers.default]
+submit = {{ burst = 100, per_minute = 6000 }}
+poll = {{ burst = 1000, per_minute = 60000 }}
+"#
+    )
+}
+
+/// Whether `sub` is refused a status stream of `job` now (429) or served (200, then dropped).
+async fn stream_status(gate: &Gate, sub: &str, job: &str) -> u16 {
+    gate.client
+        .get(format!("{}/api/fal/queue/{VPG}/requests/{job}/status/stream", gate.url))
+        .bearer_auth(gate.token(sub))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// After one `GET /healthz` answered into a zero window, the connection has no request left in
+/// progress (the answer's stream is reset when its client takes nothing for `write_timeout`)
+/// and is closed by the keep-alive timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_http2_client_is_closed_after_its_answer() {
+    let gate = Gate::start(
+        &format!(
+            "[connections]\nheader_read_timeout_ms = {FAR}\nkeep_alive_timeout_ms = 1000\nwrite_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = {FAR}\n"
+        ),
+        slow_fal(),
+    )
+    .await;
+    let mut client = Stalled::connect(&gate).await;
+    let answer = client.get(&gate, "/healthz", None).await;
+    assert_eq!(answer.status(), 200);
+    gate.wait_released(client.local, "a zero-window client after /healthz")
+        .await;
+    let ended = tokio::time::timeout(DEADLINE, &mut client.connection).await;
+    assert!(ended.is_ok(), "the client's side of the connection stayed open");
+}
+
+/// Twenty zero-window clients at `max_open = 20` do not keep the gate from others for good: a
+/// new connection waits in the backlog and is served once they are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_clients_cannot_fill_the_connection_cap() {
+    let gate = Gate::start(
+        &format!(
+            "[connections]\nmax_open = 20\nheader_read_timeout_ms = {FAR}\nkeep_alive_timeout_ms = 1000\nwrite_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = {FAR}\n"
+        ),
+        slow_fal(),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = Stalled::connect(&gate).await;
+        let answer = client.get(&gate, "/healthz", None).await;
+        assert_eq!(answer.status(), 200);
+        // Kept: a client that drops the answer resets its stream itself.
+        clients.push((client, answer));
+    }
+    let (status, answer) = raw_status(gate.addr, &request_head("GET", "/healthz", None, "")).await;
+    assert_eq!(status, 200, "{answer}");
+    for (client, _) in &clients {
+        gate.wait_released(client.local, "a zero-window client").await;
+    }
+}
+
+/// Status streams answered into a zero window are reset at `max_stream_lifetime_ms` (plus a
+/// grace), though hyper never polls their bodies again; the caller's stream slots come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_are_reset_at_their_lifetime() {
+    let gate = Gate::start(
+        &format!(
+            "{}[upstream]\nmax_stream_lifetime_ms = 1000\nidle_timeout_ms = {FAR}\n[connections]\nwrite_timeout_ms = {FAR}\nkeep_alive_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n",
+            limits("streams_per_caller = 2")
+        ),
+        slow_fal(),
+    )
+    .await;
+    held_streams_are_reset(&gate, "at the stream lifetime").await;
+}
+
+/// The same streams with the lifetime far away: reset when nothing moved through them for
+/// `upstream.idle_timeout_ms` (fal sends an event every 50 ms; the client takes none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_are_reset_at_the_upstream_idle_timeout() {
+    let gate = Gate::start(
+        &format!(
+            "{}[upstream]\nmax_stream_lifetime_ms = {FAR}\nidle_timeout_ms = 1000\n[connections]\nwrite_timeout_ms = {FAR}\nkeep_alive_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n",
+            limits("streams_per_caller = 2")
+        ),
+        slow_fal(),
+    )
+    .await;
+    held_streams_are_reset(&gate, "at the upstream idle timeout").await;
+}
+
+/// The same streams with lifetime and idle far away: reset by the progress rule
+/// (`write_timeout_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_are_reset_by_the_progress_rule() {
+    let gate = Gate::start(
+        &format!(
+            "{}[upstream]\nmax_stream_lifetime_ms = {FAR}\nidle_timeout_ms = {FAR}\n[connections]\nwrite_timeout_ms = 1000\nkeep_alive_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n",
+            limits("streams_per_caller = 2")
+        ),
+        slow_fal(),
+    )
+    .await;
+    held_streams_are_reset(&gate, "by the progress rule").await;
+}
+
+/// Alice holds both her stream slots on one zero-window connection (a third stream is refused
+/// 429), both streams are reset, and she is served again.
+async fn held_streams_are_reset(gate: &Gate, what: &str) {
+    let job = gate.submit("alice").await;
+    let token = gate.token("alice");
+    let path = format!("/api/fal/queue/{VPG}/requests/{job}/status/stream");
+    let mut client = Stalled::connect(gate).await;
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let answer = client.get(gate, &path, Some(&token)).await;
+        assert_eq!(answer.status(), 200, "{what}");
+        bodies.push(answer.into_body());
+    }
+    assert_eq!(stream_status(gate, "alice", &job).await, 429, "{what}: slots not held");
+    for body in &mut bodies {
+        wait_reset(body, what).await;
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while stream_status(gate, "alice", &job).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: alice's stream slots were never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gate.submit("bob").await;
+}
+
+/// A result larger than `buffer_budget_bytes` fetched through the proxy route into a zero
+/// window holds the caller's relay slot and the budget; the progress rule resets it, the slot
+/// and the budget come back, and another caller's submit (which needs budget for fal's
+/// answer) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_result_gives_back_its_slot_and_budget() {
+    let gate = Gate::start(
+        &format!(
+            "{}[upstream]\nbuffer_budget_bytes = 1048576\n[connections]\nwrite_timeout_ms = 1000\nkeep_alive_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n",
+            limits("relays_per_caller = 1")
+        ),
+        slow_fal(),
+    )
+    .await;
+    gate.emulator.add_fault(Fault {
+        op: Some(Op::Result),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: json!({ "prompt": "v".repeat(2 * 1024 * 1024) }),
+            headers: Vec::new(),
+        },
+        times: None,
+    });
+    let job = gate.submit("alice").await;
+    let token = gate.token("alice");
+    let mut client = Stalled::connect(&gate).await;
+    let request = http::Request::get(format!("http://{}/api/fal/proxy", gate.addr))
+        .header("authorization", format!("Bearer {token}"))
+        .header(
+            "x-fal-target-url",
+            format!("https://queue.fal.run/{VPG}/requests/{job}"),
+        )
+        .body(())
+        .unwrap();
+    let answer = client.send(request).await;
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let result = || {
+        gate.client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{job}", gate.url))
+            .bearer_auth(gate.token("alice"))
+            .send()
+    };
+    assert_refused(result().await.unwrap(), 429, "concurrency_limited").await;
+    wait_reset(&mut body, "a result into a zero window").await;
+    // Budget back: fal's answer to bob's submit is read whole (it waits for budget otherwise).
+    gate.submit("bob").await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = result().await.unwrap();
+        if response.status() == 200 {
+            assert!(response.bytes().await.unwrap().len() > 2 * 1024 * 1024);
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's relay slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/1 client that reads an 8 MB result about 100 KiB/s (a little at a time, so no write
+/// is ever blocked for `write_timeout`) is below `min_send_bytes_per_second` (1 MiB/s here): the
+/// connection is closed and the caller's relay slot released, long before the read would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_result_a_little_at_a_time_is_closed_by_the_minimum_rate() {
+    let gate = Gate::start(
+        &format!(
+            "{}[connections]\nwrite_timeout_ms = 1000\nmin_send_bytes_per_second = 1048576\nsend_buffer_bytes = 16384\nkeep_alive_timeout_ms = {FAR}\n",
+            limits("relays_per_caller = 1")
+        ),
+        slow_fal(),
+    )
+    .await;
+    gate.emulator.add_fault(Fault {
+        op: Some(Op::Result),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: json!({ "prompt": "v".repeat(8 * 1024 * 1024) }),
+            headers: Vec::new(),
+        },
+        times: None,
+    });
+    let job = gate.submit("alice").await;
+    let path = format!("/api/fal/queue/{VPG}/requests/{job}");
+    let mut slow = connect(gate.addr, Some(4096)).await;
+    let local = slow.local_addr().unwrap();
+    slow.write_all(request_head("GET", &path, Some(&gate.token("alice")), "").as_bytes())
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        let mut read = 0usize;
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return read,
+                Ok(n) => read += n,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    gate.wait_blocked_on(local, "a slow reader").await;
+    gate.wait_released(local, "a client reading below the minimum rate")
+        .await;
+    let read = tokio::time::timeout(DEADLINE, reader).await.unwrap().unwrap();
+    assert!(
+        read < 8 * 1024 * 1024,
+        "the slow client read the whole result ({read} bytes)"
+    );
+    let answer = gate
+        .client
+        .get(format!("{}{path}", gate.url))
+        .bearer_auth(gate.token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "alice's relay slot was not released");
+    gate.submit("bob").await;
+}
