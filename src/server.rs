@@ -725,6 +725,9 @@ mod tests {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         server: tokio::task::JoinHandle<io::Result<()>>,
         release: Arc<tokio::sync::Notify>,
+        /// Notified when `/slow`'s handler is running.
+        entered: Arc<tokio::sync::Notify>,
+        lifecycle: Arc<Lifecycle>,
         dropped: Arc<std::sync::atomic::AtomicBool>,
     }
 
@@ -738,16 +741,20 @@ mod tests {
 
     async fn test_server(connections: Connections) -> TestServer {
         let release = Arc::new(tokio::sync::Notify::new());
+        let entered = Arc::new(tokio::sync::Notify::new());
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (slow_release, flood_dropped) = (release.clone(), dropped.clone());
+        let (slow_release, slow_entered, flood_dropped) = (release.clone(), entered.clone(), dropped.clone());
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route(
                 "/slow",
                 get(move || {
                     let release = slow_release.clone();
+                    let entered = slow_entered.clone();
                     async move {
-                        release.notified().await;
+                        let released = release.notified();
+                        entered.notify_one();
+                        released.await;
                         "finished"
                     }
                 }),
@@ -784,14 +791,17 @@ mod tests {
             connections,
             ..test_settings()
         };
-        let server = tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
+        let lifecycle = Arc::<Lifecycle>::default();
+        let server = tokio::spawn(serve(listener, router, settings, lifecycle.clone(), async move {
             stopped.await.ok();
         }));
         TestServer {
+            lifecycle,
             addr,
             stop: Some(stop),
             server,
             release,
+            entered,
             dropped,
         }
     }
@@ -889,8 +899,10 @@ mod tests {
         .await;
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
-        // Idle for longer than the head limit: still open for the next request.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Idle for longer than the head limit: a connection opened after this one went idle is
+        // closed by the head limit, and this one is still open for the next request.
+        let mut later = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert!(read_until_closed(&mut later).await.is_empty());
         assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
         assert!(read_until_closed(&mut stream).await.is_empty());
     }
@@ -941,11 +953,23 @@ mod tests {
         assert!(get_on(&mut first, "/").await.starts_with("HTTP/1.1 200"));
         assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
         let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let waiting = tokio::spawn(async move { get_on(&mut third, "/").await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (asked, was_asked) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            third.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+            asked.send(()).ok();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut third, &mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        was_asked.await.unwrap();
+        // A round trip on a held connection: without the cap the third, which asked first,
+        // would have been answered by then.
+        assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
         assert!(!waiting.is_finished(), "a third connection was served over the cap");
         drop(first);
-        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        drop(second);
+        let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
             .await
             .unwrap()
             .unwrap();
@@ -958,8 +982,13 @@ mod tests {
         let mut server = test_server(Connections::default()).await;
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let slow = tokio::spawn(async move { get_on(&mut stream, "/slow").await });
-        // The call is in flight once the handler waits on `release`.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The call is in flight once the handler runs.
+        tokio::time::timeout(Duration::from_secs(10), server.entered.notified())
+            .await
+            .expect("the handler runs");
+        // As `app::serve` does: the drain begins (answers say `Connection: close`), then the
+        // listener closes.
+        server.lifecycle.begin_drain();
         server.stop.take().unwrap().send(()).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
