@@ -248,6 +248,7 @@ impl Watch {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Gave {
     Data(u64),
     /// Pending: the body waits for its source.
