@@ -168,6 +168,9 @@ pub struct Connections {
     pub min_send_bytes_per_second: u64,
     /// Connections open at once on the admin listener (`/metrics`), with the same timers.
     pub admin_max_open: usize,
+    /// HTTP/2 streams with a response in progress, all connections together; past it a new
+    /// stream is answered 429 `concurrency_limited` (headers only).
+    pub http2_max_open_streams: usize,
 }
 
 impl Default for Connections {
@@ -182,6 +185,7 @@ impl Default for Connections {
             http2_keep_alive_interval: Duration::from_secs(30),
             min_send_bytes_per_second: 8 * 1024,
             admin_max_open: 64,
+            http2_max_open_streams: 10_000,
         }
     }
 }
@@ -399,6 +403,7 @@ fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
         )?,
         min_send_bytes_per_second: raw.min_send_bytes_per_second,
         admin_max_open: positive("connections.admin_max_open", raw.admin_max_open)?,
+        http2_max_open_streams: positive("connections.http2_max_open_streams", raw.http2_max_open_streams)?,
     })
 }
 

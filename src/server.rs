@@ -47,6 +47,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -116,6 +117,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let workers = settings.workers.clamp(1, MAX_WORKERS);
+    let streams = Arc::new(Semaphore::new(
+        settings.connections.http2_max_open_streams.min(Semaphore::MAX_PERMITS),
+    ));
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -129,11 +133,12 @@ pub async fn serve(
         let router = router.clone();
         let stopped = stopped.clone();
         let lifecycle = lifecycle.clone();
+        let streams = streams.clone();
         let thread = std::thread::Builder::new()
             .name(format!("falgate-worker-{index}"))
             .spawn(move || {
                 WORKER.with(|cell| cell.set(Some(index)));
-                runtime.block_on(run_worker(incoming, router, settings, lifecycle, stopped));
+                runtime.block_on(run_worker(incoming, router, settings, lifecycle, streams, stopped));
                 // Connections still open past the drain timeout end here, and blocking work
                 // left behind (a DNS lookup to fal) may not hold the exit long.
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -213,6 +218,9 @@ struct Serving {
     lifecycle: Arc<Lifecycle>,
     graceful: GracefulShutdown,
     connections: Connections,
+    /// HTTP/2 streams with a response in progress, all connections together
+    /// (`http2_max_open_streams`).
+    streams: Arc<Semaphore>,
 }
 
 impl Serving {
@@ -222,13 +230,25 @@ impl Serving {
         let requests = io.requests.clone();
         let router = self.router.clone();
         let lifecycle = self.lifecycle.clone();
+        let streams = self.streams.clone();
         let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            // An HTTP/2 stream takes one of the process's stream places for as long as its
+            // response is in progress; over the cap it is refused at once, without a body (a
+            // body the peer does not take would itself be held).
+            let place = match request.version() {
+                http::Version::HTTP_2 => match streams.clone().try_acquire_owned() {
+                    Ok(place) => Some(place),
+                    Err(_) => return Either::Left(std::future::ready(Ok(streams_exhausted()))),
+                },
+                _ => None,
+            };
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::begin(&requests);
             let response = router.clone().oneshot(request);
             let draining = lifecycle.clone();
-            async move {
+            let kill_requests = requests.clone();
+            Either::Right(async move {
                 // Read here, not in the closure: an HTTP/2 stream runs this future on its own
                 // task (and watch), an HTTP/1 connection on the connection's.
                 let watch = watchdog::current();
@@ -246,13 +266,15 @@ impl Serving {
                     .get::<crate::body::Bounds>()
                     .copied()
                     .unwrap_or_default();
-                // The guard lives as long as the response body: a stream counts until it ends,
-                // the client goes away, or the watchdog cuts it.
+                // The guards live as long as the response: a stream counts until its last byte
+                // left (or the client went away, or the watchdog cut it).
+                let guard = (in_flight, place);
+                let kill: watchdog::Kill = Arc::new(move || kill_requests.kill());
                 Ok::<_, std::convert::Infallible>(response.map(|body| match &watch {
-                    Some(watch) => watch.wrap(body, bounds, in_flight),
-                    None => crate::body::held(body, in_flight),
+                    Some(watch) => watch.wrap(body, bounds, guard, kill),
+                    None => crate::body::held(body, guard),
                 }))
-            }
+            })
         });
         let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
         let connection = self.graceful.watch(connection);
@@ -283,12 +305,25 @@ impl Serving {
     }
 }
 
+/// The answer to an HTTP/2 stream over `http2_max_open_streams`: 429 `concurrency_limited` in
+/// the header only, so the stream ends with its headers and holds nothing.
+fn streams_exhausted() -> http::Response<Body> {
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert("x-falgate-error", http::HeaderValue::from_static("concurrency_limited"));
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Serves the connections handed to this worker until `stopped`, then drains them.
 async fn run_worker(
     mut incoming: Incoming,
     router: Router,
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
+    streams: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let serving = Serving {
@@ -297,6 +332,7 @@ async fn run_worker(
         lifecycle,
         graceful: GracefulShutdown::new(),
         connections: settings.connections,
+        streams,
     };
     loop {
         let accepted = tokio::select! {
@@ -325,6 +361,11 @@ pub async fn serve_admin(
         lifecycle,
         graceful: GracefulShutdown::new(),
         connections: settings.connections,
+        streams: Arc::new(Semaphore::new(
+            (settings.connections.admin_max_open)
+                .saturating_mul(settings.connections.http2_max_concurrent_streams as usize)
+                .min(Semaphore::MAX_PERMITS),
+        )),
     };
     let permits = Arc::new(Semaphore::new(settings.connections.admin_max_open));
     let accept = async {
@@ -455,6 +496,27 @@ impl Drop for LoadGuard {
 struct Requests {
     in_flight: AtomicUsize,
     reader: AtomicWaker,
+    /// Set by the watchdog to close the connection (see [`watchdog::Kill`]).
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl Requests {
+    /// Ends the connection at its next read or write (the reader is woken for it).
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+}
+
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took too little of a response (closed by the watchdog)",
+    )
 }
 
 /// One request in flight, counted until its response body is dropped.
@@ -577,6 +639,9 @@ impl Conn {
 
     /// The outcome of a write: progress resets the write timer; a blocked write runs it.
     fn on_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if self.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
         match polled {
             Poll::Pending => match self.poll_write_timer(cx) {
                 Poll::Ready(err) => Poll::Ready(Err(err)),
@@ -594,6 +659,9 @@ impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.requests.reader.register(cx.waker());
+        if this.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
         this.update_phase();
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {

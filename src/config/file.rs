@@ -293,6 +293,7 @@ pub(crate) struct RawConnections {
     pub(crate) http2_keep_alive_interval_ms: u64,
     pub(crate) min_send_bytes_per_second: u64,
     pub(crate) admin_max_open: usize,
+    pub(crate) http2_max_open_streams: usize,
 }
 
 impl Default for RawConnections {
@@ -307,6 +308,7 @@ impl Default for RawConnections {
             http2_keep_alive_interval_ms: 30_000,
             min_send_bytes_per_second: 8192,
             admin_max_open: 64,
+            http2_max_open_streams: 10_000,
         }
     }
 }

@@ -81,10 +81,19 @@ pub(crate) struct Watch(Arc<Mutex<State>>);
 
 struct State {
     progress: Progress,
+    /// The watchdog's task, woken when the response completes on another task (h2 releases a
+    /// stream's last chunk on the connection's task).
+    waker: Option<std::task::Waker>,
+    /// Closes the whole connection: for a response whose stream already ended on our side but
+    /// whose last chunks wait in h2 for a window that never comes (no stream left to reset).
+    kill: Option<Kill>,
     /// Counts responses begun on this task; a body touches the state only while it is current.
     generation: u64,
     response: Option<Tracked>,
 }
+
+/// Closes the connection a response runs on.
+pub(crate) type Kill = Arc<dyn Fn() + Send + Sync>;
 
 /// One watched response.
 struct Tracked {
@@ -159,6 +168,8 @@ impl Watch {
     pub(crate) fn new(progress: Progress) -> Self {
         Self(Arc::new(Mutex::new(State {
             progress,
+            waker: None,
+            kill: None,
             generation: 0,
             response: None,
         })))
@@ -168,9 +179,11 @@ impl Watch {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts watching `body` with `bounds` (replacing any response this task watched before);
-    /// `guard` lives as long as the body. An empty body is not watched.
-    pub(crate) fn wrap<G: Send + 'static>(&self, body: Body, bounds: Bounds, guard: G) -> Body {
+    /// Starts watching `body` with `bounds` (replacing any response this task watched before).
+    /// `guard` lives until the response is complete: the body dropped and every chunk it gave
+    /// released by hyper (written to the socket, or discarded by a reset or close). An empty
+    /// body is not watched. `kill` closes the connection (see [`State::kill`]).
+    pub(crate) fn wrap<G: Send + 'static>(&self, body: Body, bounds: Bounds, guard: G, kill: Kill) -> Body {
         use http_body::Body as _;
         if body.is_end_stream() {
             return crate::body::held(body, guard);
@@ -178,6 +191,7 @@ impl Watch {
         let now = Instant::now();
         let generation = {
             let mut state = self.lock();
+            state.kill = Some(kill);
             state.generation += 1;
             state.response = Some(Tracked {
                 generation: state.generation,
@@ -194,9 +208,11 @@ impl Watch {
         };
         Body::new(Watched {
             body,
-            watch: self.clone(),
-            generation,
-            _guard: guard,
+            completion: Arc::new(Completion {
+                watch: self.clone(),
+                generation,
+                _guard: Mutex::new(guard),
+            }),
         })
     }
 
@@ -222,18 +238,45 @@ impl Watch {
                 }
             }
             Gave::Nothing => Phase::Source,
-            Gave::End => {
-                state.response = None;
-                return;
-            }
+            // The body is done; its last chunks may still wait in hyper: the clock runs on
+            // until they are released.
+            Gave::End => Phase::Owed {
+                window,
+                taken,
+                handed: 0,
+            },
         };
     }
 
-    /// The current response's body was dropped.
+    /// The response `generation` is complete.
     fn ended(&self, generation: u64) {
         let mut state = self.lock();
         if state.response.as_ref().is_some_and(|r| r.generation == generation) {
             state.response = None;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether a response is being watched.
+    fn watching(&self) -> bool {
+        self.lock().response.is_some()
+    }
+
+    fn register(&self, waker: &std::task::Waker) {
+        let mut state = self.lock();
+        match &state.waker {
+            Some(held) if held.will_wake(waker) => {}
+            _ => state.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Closes the connection of the last response watched.
+    fn kill(&self) {
+        let kill = self.lock().kill.clone();
+        if let Some(kill) = kill {
+            kill();
         }
     }
 
@@ -256,12 +299,38 @@ enum Gave {
     End,
 }
 
-/// A response body that reports its polls to the task's [`Watch`].
+/// A response body that reports its polls to the task's [`Watch`]; every chunk it gives carries
+/// a share of its [`Completion`].
 struct Watched<G> {
     body: Body,
+    completion: Arc<Completion<G>>,
+}
+
+/// Holds a watched response's guard until the body and every chunk it gave are dropped, then
+/// marks the response complete.
+struct Completion<G> {
     watch: Watch,
     generation: u64,
-    _guard: G,
+    /// In a mutex only so that the completion is `Sync` (shared by chunks) whatever `G` is.
+    _guard: Mutex<G>,
+}
+
+impl<G> Drop for Completion<G> {
+    fn drop(&mut self) {
+        self.watch.ended(self.generation);
+    }
+}
+
+/// A chunk of a watched body, keeping its response incomplete until hyper releases it.
+struct Chunk<G> {
+    bytes: Bytes,
+    _completion: Arc<Completion<G>>,
+}
+
+impl<G> AsRef<[u8]> for Chunk<G> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl<G> Unpin for Watched<G> {}
@@ -272,16 +341,23 @@ impl<G: Send + 'static> http_body::Body for Watched<G> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let gave = match &polled {
-            Poll::Pending => Gave::Nothing,
-            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
-                Some(data) => Gave::Data(data.len() as u64),
+        let (gave, polled) = match polled {
+            Poll::Pending => (Gave::Nothing, Poll::Pending),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(bytes) => {
+                    let len = bytes.len() as u64;
+                    let chunk = Bytes::from_owner(Chunk {
+                        bytes,
+                        _completion: self.completion.clone(),
+                    });
+                    (Gave::Data(len), Poll::Ready(Some(Ok(Frame::data(chunk)))))
+                }
                 // Trailers: the last frame.
-                None => Gave::End,
+                Err(frame) => (Gave::End, Poll::Ready(Some(Ok(frame)))),
             },
-            Poll::Ready(Some(Err(_)) | None) => Gave::End,
+            Poll::Ready(other) => (Gave::End, Poll::Ready(other)),
         };
-        self.watch.polled(self.generation, gave);
+        self.completion.watch.polled(self.completion.generation, gave);
         polled
     }
 
@@ -294,16 +370,11 @@ impl<G: Send + 'static> http_body::Body for Watched<G> {
     }
 }
 
-impl<G> Drop for Watched<G> {
-    fn drop(&mut self) {
-        self.watch.ended(self.generation);
-    }
-}
-
 /// A task (an HTTP/2 stream, or an HTTP/1 connection) whose responses are watched: it ends,
 /// dropping what it runs, when the current response's bounds pass.
 pub(crate) struct Watchdog {
-    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// None once it has ended (a stream's last chunks may still be watched).
+    task: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     watch: Watch,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
@@ -312,7 +383,7 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     pub(crate) fn new(task: impl Future<Output = ()> + Send + 'static, watch: Watch) -> Self {
         Self {
-            task: Box::pin(WATCH.scope(watch.clone(), task)),
+            task: Some(Box::pin(WATCH.scope(watch.clone(), task))),
             watch,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
@@ -324,17 +395,33 @@ impl Future for Watchdog {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.task.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+        if let Some(task) = self.task.as_mut() {
+            if task.as_mut().poll(cx).is_ready() {
+                self.task = None;
+            }
+        }
+        if self.task.is_none() {
+            self.watch.register(cx.waker());
+            if !self.watch.watching() {
+                return Poll::Ready(());
+            }
         }
         loop {
             match self.watch.check(Instant::now()) {
                 Err(cut) => {
                     tracing::debug!(reason = cut.reason(), "response cut");
+                    if self.task.is_none() {
+                        // Nothing left to reset: the chunks wait in the connection's buffers.
+                        self.watch.kill();
+                    }
+                    // Dropping the task resets an HTTP/2 stream or closes an HTTP/1 connection.
                     return Poll::Ready(());
                 }
                 Ok(None) => {
                     self.armed = None;
+                    if self.task.is_none() {
+                        return Poll::Ready(());
+                    }
                     return Poll::Pending;
                 }
                 Ok(Some(at)) => {

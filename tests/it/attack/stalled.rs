@@ -119,6 +119,72 @@ async fn a_zero_window_http2_client_is_closed_after_its_answer() {
     assert!(ended.is_ok(), "the client's side of the connection stayed open");
 }
 
+/// A client whose streams may take one byte: the answer's body is handed to h2 and ends on the
+/// gate's side, its last byte waits in h2 for a window that never comes. The response is still
+/// in progress (the connection never idles out), so the progress rule closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_left_in_http2_buffers_is_bounded_by_the_progress_rule() {
+    let gate = Gate::start(
+        &format!(
+            "[connections]\nheader_read_timeout_ms = {FAR}\nkeep_alive_timeout_ms = {FAR}\nwrite_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = {FAR}\n"
+        ),
+        slow_fal(),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let (mut send, connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    send = send.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/healthz", gate.addr)).body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let answer = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    gate.wait_released(local, "an answer left in h2's buffers").await;
+    assert!(tokio::time::timeout(DEADLINE, connection).await.is_ok());
+    drop(answer);
+}
+
+/// Past `http2_max_open_streams` (all connections together) a new stream is refused at once
+/// with 429 `concurrency_limited` and no body; once the held streams are reset, streams are
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_in_progress_are_capped_for_the_whole_process() {
+    let gate = Gate::start(
+        &format!(
+            "[connections]\nhttp2_max_open_streams = 3\nheader_read_timeout_ms = {FAR}\nkeep_alive_timeout_ms = {FAR}\nwrite_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = {FAR}\n"
+        ),
+        slow_fal(),
+    )
+    .await;
+    let mut first = Stalled::connect(&gate).await;
+    let mut second = Stalled::connect(&gate).await;
+    let mut held = Vec::new();
+    for on_first in [true, true, false] {
+        let client = if on_first { &mut first } else { &mut second };
+        let answer = client.get(&gate, "/healthz", None).await;
+        assert_eq!(answer.status(), 200);
+        held.push(answer.into_body());
+    }
+    let refused = second.get(&gate, "/healthz", None).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-falgate-error"], "concurrency_limited");
+    assert!(refused.body().is_end_stream(), "a refusal with a body");
+    for body in &mut held {
+        wait_reset(body, "a held stream").await;
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut third = Stalled::connect(&gate).await;
+    while third.get(&gate, "/healthz", None).await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the stream places never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Twenty zero-window clients at `max_open = 20` do not keep the gate from others for good: a
 /// new connection waits in the backlog and is served once they are closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,4 +406,50 @@ async fn a_client_reading_a_result_a_little_at_a_time_is_closed_by_the_minimum_r
         .unwrap();
     assert_eq!(answer.status(), 200, "alice's relay slot was not released");
     gate.submit("bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure_stalled_memory() {
+    let gate = Gate::start(
+        &format!(
+            "[connections]\nheader_read_timeout_ms = {FAR}\nkeep_alive_timeout_ms = {FAR}\nwrite_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n"
+        ),
+        slow_fal(),
+    )
+    .await;
+    for (label, conns, streams) in [("warm", 2, 64), ("h2 x64", 100, 64)] {
+        let before = gate.memory();
+        let mut held = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            let mut client = Stalled::connect(&gate).await;
+            for _ in 0..streams {
+                let answer = client.get(&gate, "/healthz", None).await;
+                held.push(answer);
+            }
+            clients.push(client);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = gate.memory();
+        eprintln!(
+            "{label}: {conns} conns x {streams} streams: rss {} -> {} kB, per conn {} kB",
+            before.rss_kb,
+            after.rss_kb,
+            (after.rss_kb.saturating_sub(before.rss_kb)) / conns as u64
+        );
+        std::mem::forget(held);
+        std::mem::forget(clients);
+    }
+    // HTTP/1: connections each with an answer the client does not read.
+    let before = gate.memory();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let mut stream = connect(gate.addr, Some(4096)).await;
+        stream.write_all(request_head("GET", "/healthz", None, "").as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = gate.memory();
+    eprintln!("h1 x200: rss {} -> {} kB, per conn {} kB", before.rss_kb, after.rss_kb, after.rss_kb.saturating_sub(before.rss_kb) / 200);
 }
