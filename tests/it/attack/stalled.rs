@@ -453,3 +453,53 @@ async fn measure_stalled_memory() {
     let after = gate.memory();
     eprintln!("h1 x200: rss {} -> {} kB, per conn {} kB", before.rss_kb, after.rss_kb, after.rss_kb.saturating_sub(before.rss_kb) / 200);
 }
+
+/// A client that takes what it is sent is never cut, on HTTP/2 as on HTTP/1, with the same
+/// tight settings as above: an 8 MB result is read whole, and a status stream runs to the job's
+/// end (its body waits for fal between events, which the progress rule does not count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_its_answers_is_served_in_full_on_both_versions() {
+    let gate = Gate::start(
+        "[connections]\nwrite_timeout_ms = 1000\nmin_send_bytes_per_second = 1048576\nkeep_alive_timeout_ms = 1000\n",
+        falgate::emulator::EmulatorConfig {
+            queue_ms: 1_500,
+            progress_ms: 1_500,
+            log_lines: 2,
+            stream_interval_ms: 200,
+        },
+    )
+    .await;
+    gate.emulator.add_fault(Fault {
+        op: Some(Op::Result),
+        path_contains: None,
+        action: FaultAction::Status {
+            status: 200,
+            body: json!({ "prompt": "v".repeat(8 * 1024 * 1024) }),
+            headers: Vec::new(),
+        },
+        times: None,
+    });
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    for (version, client) in [("HTTP/2", &h2), ("HTTP/1.1", &h1)] {
+        let job = gate.submit("alice").await;
+        let stream = client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{job}/status/stream", gate.url))
+            .bearer_auth(gate.token("alice"))
+            .send();
+        let events = tokio::time::timeout(DEADLINE, async { stream.await?.text().await })
+            .await
+            .expect("the stream ends with the job")
+            .unwrap_or_else(|err| panic!("{version}: the stream was cut: {err}"));
+        assert!(events.contains("COMPLETED"), "{version}: {events}");
+        let result = client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{job}", gate.url))
+            .bearer_auth(gate.token("alice"))
+            .send();
+        let bytes = tokio::time::timeout(DEADLINE, async { result.await?.bytes().await })
+            .await
+            .expect("the result arrives")
+            .unwrap_or_else(|err| panic!("{version}: the result was cut: {err}"));
+        assert!(bytes.len() > 8 * 1024 * 1024, "{version}: {} bytes", bytes.len());
+    }
+}
