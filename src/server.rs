@@ -196,8 +196,8 @@ fn builder(settings: &Settings) -> auto::Builder<watchdog::StreamExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(connections.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
-        // What h2 buffers per stream beyond the peer's window: one 64 KiB frame, not hyper's
-        // 400 KiB default (SECURITY.md, "What a stalled peer can hold").
+        // What h2 buffers per stream beyond the peer's window: 16 KiB, not hyper's 400 KiB
+        // default (SECURITY.md, "What a stalled peer can hold").
         .max_send_buf_size(HTTP2_SEND_BUFFER)
         // hyper's defaults, stated: streams a peer may open and reset before they are
         // accepted (rapid reset), and streams reset for its errors, per connection.
@@ -208,8 +208,9 @@ fn builder(settings: &Settings) -> auto::Builder<watchdog::StreamExecutor> {
     builder
 }
 
-/// Bytes h2 may buffer per stream beyond what the peer's window lets out.
-const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+/// Bytes h2 may buffer per stream beyond what the peer's window lets out (plus the one chunk
+/// hyper hands it at a time).
+const HTTP2_SEND_BUFFER: usize = 16 * 1024;
 
 /// What serving one connection needs besides the socket.
 struct Serving {

@@ -212,6 +212,7 @@ impl Watch {
                 watch: self.clone(),
                 generation,
                 _guard: Mutex::new(guard),
+                ended: Mutex::new(None),
             }),
         })
     }
@@ -313,6 +314,9 @@ struct Completion<G> {
     generation: u64,
     /// In a mutex only so that the completion is `Sync` (shared by chunks) whatever `G` is.
     _guard: Mutex<G>,
+    /// The body once it has ended: the guards inside it (a relay slot, a budget charge) are
+    /// given back with the response's own, when its last chunk has left.
+    ended: Mutex<Option<Body>>,
 }
 
 impl<G> Drop for Completion<G> {
@@ -357,6 +361,11 @@ impl<G: Send + 'static> http_body::Body for Watched<G> {
             },
             Poll::Ready(other) => (Gave::End, Poll::Ready(other)),
         };
+        if matches!(gave, Gave::End) || self.body.is_end_stream() {
+            // Kept until the chunks it gave are released (see `Completion::ended`).
+            let ended = std::mem::replace(&mut self.body, Body::empty());
+            *self.completion.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(ended);
+        }
         self.completion.watch.polled(self.completion.generation, gave);
         polled
     }

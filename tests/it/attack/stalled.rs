@@ -140,7 +140,9 @@ async fn an_answer_left_in_http2_buffers_is_bounded_by_the_progress_rule() {
         .unwrap();
     let connection = tokio::spawn(connection);
     send = send.ready().await.unwrap();
-    let request = http::Request::get(format!("http://{}/healthz", gate.addr)).body(()).unwrap();
+    let request = http::Request::get(format!("http://{}/healthz", gate.addr))
+        .body(())
+        .unwrap();
     let (response, _) = send.send_request(request, true).unwrap();
     let answer = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap();
     assert_eq!(answer.status(), 200);
@@ -180,7 +182,10 @@ async fn http2_streams_in_progress_are_capped_for_the_whole_process() {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut third = Stalled::connect(&gate).await;
     while third.get(&gate, "/healthz", None).await.status() != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "the stream places never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream places never came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -446,12 +451,20 @@ async fn measure_stalled_memory() {
     let mut held = Vec::new();
     for _ in 0..200 {
         let mut stream = connect(gate.addr, Some(4096)).await;
-        stream.write_all(request_head("GET", "/healthz", None, "").as_bytes()).await.unwrap();
+        stream
+            .write_all(request_head("GET", "/healthz", None, "").as_bytes())
+            .await
+            .unwrap();
         held.push(stream);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = gate.memory();
-    eprintln!("h1 x200: rss {} -> {} kB, per conn {} kB", before.rss_kb, after.rss_kb, after.rss_kb.saturating_sub(before.rss_kb) / 200);
+    eprintln!(
+        "h1 x200: rss {} -> {} kB, per conn {} kB",
+        before.rss_kb,
+        after.rss_kb,
+        after.rss_kb.saturating_sub(before.rss_kb) / 200
+    );
 }
 
 /// A client that takes what it is sent is never cut, on HTTP/2 as on HTTP/1, with the same
