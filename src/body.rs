@@ -10,8 +10,9 @@
 //! takes nothing.
 //!
 //! [`in_frames`]: a whole answer handed to hyper 64 KiB at a time, so a guard on it is given
-//! back when the client has taken (nearly) all of it, not when hyper took one 32 MB frame into
-//! its write queue; a client that stops reading keeps its slot until the write timeout.
+//! back when the client has taken all of it, not when hyper took one 32 MB frame into its write
+//! queue (the listener keeps an ended body until its last chunk left, see `crate::server`); a
+//! client that stops reading keeps its slot until the progress rule cuts it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -12,7 +12,7 @@
 //! Chosen over `SO_REUSEPORT` sockets per worker, whose hash spreads a few long-lived load
 //! balancer connections unevenly and which let a stale process on the same port silently take
 //! half the traffic. Written by hand because axum and hyper serve one listener on one runtime;
-//! the worker side is still `axum::serve`, over a [`Listener`] fed by the acceptor.
+//! each worker serves its connections with hyper-util's auto (HTTP/1 and HTTP/2) builder.
 //!
 //! The admin listener, the acceptor and background tasks (JWKS refresh) stay on the main
 //! runtime. Each worker opens its own Redis connection (`redis::RedisStore::connection`).
@@ -28,7 +28,16 @@
 //!   client that stopped reading, event streams included) ends the connection. hyper's own
 //!   `header_read_timeout` restarts between kept-alive requests, so one knob would tie the idle
 //!   limit to the header limit; requests in flight are counted by a guard in each response body;
-//! - hyper bounds the buffered request head (`max_buf_size`) and HTTP/2 streams and pings.
+//! - every response is watched outside its body (`watchdog`): stream lifetime, movement and
+//!   the client's progress (`min_send_bytes_per_second` per `write_timeout`), since hyper stops
+//!   polling a body whose client takes nothing (an HTTP/2 window of zero) and timers inside it
+//!   stop with it; a response counts as in flight until its last chunk left hyper;
+//! - hyper bounds the buffered request head (`max_buf_size`, also its HTTP/1 write queue) and
+//!   HTTP/2 streams, header lists, send buffers and pings; HTTP/2 streams in progress are capped
+//!   for the process (`http2_max_open_streams`).
+//!
+//! The admin listener ([`serve_admin`]) runs the same connection code on the main runtime, with
+//! its own cap (`admin_max_open`).
 //!
 //! Drain: when `shutdown` resolves the listener closes, every connection is told to finish
 //! (HTTP/1 `Connection: close` after its current response, HTTP/2 GOAWAY), and connections still
