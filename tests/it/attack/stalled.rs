@@ -511,3 +511,58 @@ async fn a_client_that_takes_its_answers_is_served_in_full_on_both_versions() {
         assert!(bytes.len() > 8 * 1024 * 1024, "{version}: {} bytes", bytes.len());
     }
 }
+
+/// A sync run answered into a zero window holds the caller's relay slot until the progress rule
+/// resets it; then the caller's next sync run is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_sync_run_gives_back_its_relay_slot() {
+    let gate = Gate::start(
+        &format!(
+            "{}[connections]\nwrite_timeout_ms = 1000\nkeep_alive_timeout_ms = {FAR}\nhttp2_keep_alive_interval_ms = {FAR}\n",
+            limits("relays_per_caller = 1")
+        ),
+        falgate::emulator::EmulatorConfig {
+            queue_ms: 0,
+            progress_ms: 0,
+            log_lines: 1,
+            stream_interval_ms: 50,
+        },
+    )
+    .await;
+    let input = json!({"input_concept": "a lighthouse at dusk"}).to_string();
+    let mut client = Stalled::connect(&gate).await;
+    let request = http::Request::post(format!("http://{}/api/fal/run/{VPG}", gate.addr))
+        .header("authorization", format!("Bearer {}", gate.token("alice")))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    client.send = client.send.clone().ready().await.unwrap();
+    let (response, mut body_out) = client.send.send_request(request, false).unwrap();
+    body_out.send_data(Bytes::from(input.clone()), true).unwrap();
+    let answer = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let run = || {
+        gate.client
+            .post(format!("{}/api/fal/run/{VPG}", gate.url))
+            .bearer_auth(gate.token("alice"))
+            .header("content-type", "application/json")
+            .body(input.clone())
+            .send()
+    };
+    assert_refused(run().await.unwrap(), 429, "concurrency_limited").await;
+    wait_reset(&mut body, "a sync run into a zero window").await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = run().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's relay slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
