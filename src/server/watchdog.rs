@@ -427,21 +427,26 @@ impl Future for Watchdog {
                     return Poll::Ready(());
                 }
                 Ok(None) => {
-                    self.armed = None;
                     if self.task.is_none() {
                         return Poll::Ready(());
                     }
+                    // A timer still armed for an earlier deadline only makes us look again.
                     return Poll::Pending;
                 }
                 Ok(Some(at)) => {
-                    if self.armed != Some(at) {
+                    // Only moved earlier: a later deadline (the next answer on a kept-alive
+                    // connection) is found when the armed timer fires, so a busy connection
+                    // resets its timer about once per window, not once per answer.
+                    if self.armed.is_none_or(|armed| armed > at) {
                         self.timer.as_mut().reset(at);
                         self.armed = Some(at);
                     }
                     if self.timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    // The timer fired: look again (the bound passed, or a window rolled over).
+                    // The timer fired: look again (the bound passed, a window rolled over, or
+                    // the deadline moved on) and arm it anew.
+                    self.armed = None;
                 }
             }
         }
