@@ -89,17 +89,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(());
-    let admin_stopped = stopped.clone();
-    let admin_task = tokio::spawn(async move {
-        let mut stopped = admin_stopped;
-        axum::serve(admin, app.admin)
-            .with_graceful_shutdown(async move {
-                stopped.changed().await.ok();
-            })
-            .await
-    });
-    let mut public_stopped = stopped;
+    let mut admin_stopped = stopped.clone();
     let lifecycle = app.lifecycle;
+    // The admin listener has the public one's connection timers and watchdog, and its own cap.
+    let admin_task = tokio::spawn(crate::server::serve_admin(
+        admin,
+        app.admin,
+        app.server,
+        lifecycle.clone(),
+        async move {
+            admin_stopped.changed().await.ok();
+        },
+    ));
+    let mut public_stopped = stopped;
     let public_task = crate::server::serve(public, app.public, app.server, lifecycle.clone(), async move {
         public_stopped.changed().await.ok();
     });

@@ -5,15 +5,31 @@
 //! Written by hand because `http_body_util::BodyExt::map_frame` can carry a guard but drops the
 //! size hint, which would turn every `content-length` response into a chunked one.
 //!
+//! [`Bounds`]: the deadlines a relayed stream carries to the listener, which enforces them
+//! outside the body (`crate::server`'s watchdog), since hyper stops polling a body whose client
+//! takes nothing.
+//!
 //! [`in_frames`]: a whole answer handed to hyper 64 KiB at a time, so a guard on it is given
-//! back when the client has taken (nearly) all of it, not when hyper took one 32 MB frame into
-//! its write queue; a client that stops reading keeps its slot until the write timeout.
+//! back when the client has taken all of it, not when hyper took one 32 MB frame into its write
+//! queue (the listener keeps an ended body until its last chunk left, see `crate::server`); a
+//! client that stops reading keeps its slot until the progress rule cuts it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body::{Frame, SizeHint};
+
+/// The deadlines of one response beyond the listener's own progress rule, carried as a response
+/// extension: set by the relay on event streams, read by the listener (`crate::server`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// The stream is reset this long (plus a grace) after it began.
+    pub lifetime: Option<Duration>,
+    /// The stream is reset when no data moved through it for this long (plus a grace).
+    pub idle: Option<Duration>,
+}
 
 /// `body`, holding `guard` until the body is dropped.
 pub fn held<G: Send + 'static>(body: Body, guard: G) -> Body {

@@ -168,6 +168,15 @@ pub struct Connections {
     pub http2_max_concurrent_streams: u32,
     /// Interval of HTTP/2 pings to a client (a dead peer is dropped after one unanswered).
     pub http2_keep_alive_interval: Duration,
+    /// Least a response's client must take, in bytes per second averaged over each
+    /// `write_timeout` it waits (at least one frame per window); below it the stream is reset
+    /// (HTTP/2) or the connection closed (HTTP/1). 0 keeps only the one-frame rule.
+    pub min_send_bytes_per_second: u64,
+    /// Connections open at once on the admin listener (`/metrics`), with the same timers.
+    pub admin_max_open: usize,
+    /// HTTP/2 streams with a response in progress, all connections together; past it a new
+    /// stream is answered 429 `concurrency_limited` (headers only).
+    pub http2_max_open_streams: usize,
 }
 
 impl Default for Connections {
@@ -180,6 +189,9 @@ impl Default for Connections {
             send_buffer_bytes: 262_144,
             http2_max_concurrent_streams: 64,
             http2_keep_alive_interval: Duration::from_secs(30),
+            min_send_bytes_per_second: 8 * 1024,
+            admin_max_open: 64,
+            http2_max_open_streams: 10_000,
         }
     }
 }
@@ -400,6 +412,9 @@ fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
             "connections.http2_keep_alive_interval_ms",
             raw.http2_keep_alive_interval_ms,
         )?,
+        min_send_bytes_per_second: raw.min_send_bytes_per_second,
+        admin_max_open: positive("connections.admin_max_open", raw.admin_max_open)?,
+        http2_max_open_streams: positive("connections.http2_max_open_streams", raw.http2_max_open_streams)?,
     })
 }
 

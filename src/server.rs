@@ -12,7 +12,7 @@
 //! Chosen over `SO_REUSEPORT` sockets per worker, whose hash spreads a few long-lived load
 //! balancer connections unevenly and which let a stale process on the same port silently take
 //! half the traffic. Written by hand because axum and hyper serve one listener on one runtime;
-//! the worker side is still `axum::serve`, over a [`Listener`] fed by the acceptor.
+//! each worker serves its connections with hyper-util's auto (HTTP/1 and HTTP/2) builder.
 //!
 //! The admin listener, the acceptor and background tasks (JWKS refresh) stay on the main
 //! runtime. Each worker opens its own Redis connection (`redis::RedisStore::connection`).
@@ -28,7 +28,16 @@
 //!   client that stopped reading, event streams included) ends the connection. hyper's own
 //!   `header_read_timeout` restarts between kept-alive requests, so one knob would tie the idle
 //!   limit to the header limit; requests in flight are counted by a guard in each response body;
-//! - hyper bounds the buffered request head (`max_buf_size`) and HTTP/2 streams and pings.
+//! - every response is watched outside its body (`watchdog`): stream lifetime, movement and
+//!   the client's progress (`min_send_bytes_per_second` per `write_timeout`), since hyper stops
+//!   polling a body whose client takes nothing (an HTTP/2 window of zero) and timers inside it
+//!   stop with it; a response counts as in flight until its last chunk left hyper;
+//! - hyper bounds the buffered request head (`max_buf_size`, also its HTTP/1 write queue) and
+//!   HTTP/2 streams, header lists, send buffers and pings; HTTP/2 streams in progress are capped
+//!   for the process (`http2_max_open_streams`).
+//!
+//! The admin listener ([`serve_admin`]) runs the same connection code on the main runtime, with
+//! its own cap (`admin_max_open`).
 //!
 //! Drain: when `shutdown` resolves the listener closes, every connection is told to finish
 //! (HTTP/1 `Connection: close` after its current response, HTTP/2 GOAWAY), and connections still
@@ -47,8 +56,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,6 +69,8 @@ use tower::ServiceExt;
 
 use crate::config::Connections;
 use crate::lifecycle::Lifecycle;
+
+mod watchdog;
 
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -114,6 +126,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let workers = settings.workers.clamp(1, MAX_WORKERS);
+    let streams = Arc::new(Semaphore::new(
+        settings.connections.http2_max_open_streams.min(Semaphore::MAX_PERMITS),
+    ));
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -127,11 +142,12 @@ pub async fn serve(
         let router = router.clone();
         let stopped = stopped.clone();
         let lifecycle = lifecycle.clone();
+        let streams = streams.clone();
         let thread = std::thread::Builder::new()
             .name(format!("falgate-worker-{index}"))
             .spawn(move || {
                 WORKER.with(|cell| cell.set(Some(index)));
-                runtime.block_on(run_worker(incoming, router, settings, lifecycle, stopped));
+                runtime.block_on(run_worker(incoming, router, settings, lifecycle, streams, stopped));
                 // Connections still open past the drain timeout end here, and blocking work
                 // left behind (a DNS lookup to fal) may not hold the exit long.
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -170,46 +186,82 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
 }
 
-/// Serves the connections handed to this worker until `stopped`, then drains them.
-async fn run_worker(
-    mut incoming: Incoming,
-    router: Router,
-    settings: Settings,
-    lifecycle: Arc<Lifecycle>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The connection builder both listeners use: hyper's HTTP/1 and HTTP/2 settings, and HTTP/2
+/// streams spawned under a watchdog (see [`watchdog`]).
+fn builder(settings: &Settings) -> auto::Builder<watchdog::StreamExecutor> {
+    let connections = &settings.connections;
+    let mut builder = auto::Builder::new(watchdog::StreamExecutor {
+        progress: watchdog::Progress::of(connections),
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
         // Replaced by `Conn`'s own head and idle timers (see the module docs).
         .header_read_timeout(None)
+        // Also bounds hyper's write queue (plus one frame of at most 64 KiB).
         .max_buf_size(settings.max_head_bytes.max(8 * 1024));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.connections.http2_max_concurrent_streams)
+        .max_concurrent_streams(connections.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_head_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(settings.connections.http2_keep_alive_interval)
-        .keep_alive_timeout(settings.connections.http2_keep_alive_interval);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = incoming.next() => accepted,
-            _ = stopped.wait_for(|stop| *stop) => None,
-        };
-        let Some((stream, permit, peer)) = accepted else { break };
-        let io = Conn::new(stream, permit, LoadGuard(incoming.load.clone()), settings.connections);
+        // What h2 buffers per stream beyond the peer's window: 16 KiB, not hyper's 400 KiB
+        // default (SECURITY.md, "What a stalled peer can hold").
+        .max_send_buf_size(HTTP2_SEND_BUFFER)
+        // hyper's defaults, stated: streams a peer may open and reset before they are
+        // accepted (rapid reset), and streams reset for its errors, per connection.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(connections.http2_keep_alive_interval)
+        .keep_alive_timeout(connections.http2_keep_alive_interval);
+    builder
+}
+
+/// Bytes h2 may buffer per stream beyond what the peer's window lets out (plus the one chunk
+/// hyper hands it at a time).
+const HTTP2_SEND_BUFFER: usize = 16 * 1024;
+
+/// What serving one connection needs besides the socket.
+struct Serving {
+    builder: auto::Builder<watchdog::StreamExecutor>,
+    router: Router,
+    lifecycle: Arc<Lifecycle>,
+    graceful: GracefulShutdown,
+    connections: Connections,
+    /// HTTP/2 streams with a response in progress, all connections together
+    /// (`http2_max_open_streams`).
+    streams: Arc<Semaphore>,
+}
+
+impl Serving {
+    /// Serves `stream` (holding `permit` under `max_open`) on a task of the current runtime.
+    fn spawn(&self, stream: TcpStream, permit: OwnedSemaphorePermit, load: Option<LoadGuard>, peer: SocketAddr) {
+        let io = Conn::new(stream, permit, load, self.connections);
         let requests = io.requests.clone();
-        let router = router.clone();
-        let lifecycle = lifecycle.clone();
+        let router = self.router.clone();
+        let lifecycle = self.lifecycle.clone();
+        let streams = self.streams.clone();
         let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            // An HTTP/2 stream takes one of the process's stream places for as long as its
+            // response is in progress; over the cap it is refused at once, without a body (a
+            // body the peer does not take would itself be held).
+            let place = match request.version() {
+                http::Version::HTTP_2 => match streams.clone().try_acquire_owned() {
+                    Ok(place) => Some(place),
+                    Err(_) => return Either::Left(std::future::ready(Ok(streams_exhausted()))),
+                },
+                _ => None,
+            };
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = InFlight::begin(&requests);
             let response = router.clone().oneshot(request);
             let draining = lifecycle.clone();
-            async move {
+            let kill_requests = requests.clone();
+            Either::Right(async move {
+                // Read here, not in the closure: an HTTP/2 stream runs this future on its own
+                // task (and watch), an HTTP/1 connection on the connection's.
+                let watch = watchdog::current();
                 let mut response = response.await?;
                 if draining.is_draining() {
                     // HTTP/1: the balancer drops this connection after the answer instead of
@@ -219,32 +271,138 @@ async fn run_worker(
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
-                // The guard lives as long as the response body: a stream counts until it ends
-                // or the client goes away.
-                Ok::<_, std::convert::Infallible>(response.map(|body| crate::body::held(body, in_flight)))
-            }
+                let bounds = response
+                    .extensions()
+                    .get::<crate::body::Bounds>()
+                    .copied()
+                    .unwrap_or_default();
+                // The guards live as long as the response: a stream counts until its last byte
+                // left (or the client went away, or the watchdog cut it).
+                let guard = (in_flight, place);
+                let kill: watchdog::Kill = Arc::new(move || kill_requests.kill());
+                Ok::<_, std::convert::Infallible>(response.map(|body| match &watch {
+                    Some(watch) => watch.wrap(body, bounds, guard, kill),
+                    None => crate::body::held(body, guard),
+                }))
+            })
         });
-        let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let connection = self.graceful.watch(connection);
+        let task = async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "client connection ended with an error");
             }
-        });
+        };
+        // HTTP/1 answers run on the connection's task: its watchdog closes the connection when
+        // one is cut (HTTP/2 streams have their own, see `watchdog::StreamExecutor`).
+        let progress = watchdog::Progress::of(&self.connections);
+        tokio::spawn(watchdog::Watchdog::new(task, watchdog::Watch::new(progress)));
     }
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(open, "draining client connections");
+
+    /// Lets the connections finish (HTTP/1 after their answer, HTTP/2 with GOAWAY) for up to
+    /// `timeout`; the rest are cut when their runtime ends.
+    async fn drain(self, timeout: Duration) {
+        let open = self.graceful.count();
+        if open > 0 {
+            tracing::info!(open, "draining client connections");
+        }
+        if tokio::time::timeout(timeout, self.graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                "drain timeout reached: closing the connections still open"
+            );
+        }
     }
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout_ms = u64::try_from(settings.drain_timeout.as_millis()).unwrap_or(u64::MAX),
-            "drain timeout reached: closing the connections still open"
-        );
+}
+
+/// The answer to an HTTP/2 stream over `http2_max_open_streams`: 429 `concurrency_limited` in
+/// the header only, so the stream ends with its headers and holds nothing.
+fn streams_exhausted() -> http::Response<Body> {
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert("x-falgate-error", http::HeaderValue::from_static("concurrency_limited"));
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Serves the connections handed to this worker until `stopped`, then drains them.
+async fn run_worker(
+    mut incoming: Incoming,
+    router: Router,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    streams: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let serving = Serving {
+        builder: builder(&settings),
+        router,
+        lifecycle,
+        graceful: GracefulShutdown::new(),
+        connections: settings.connections,
+        streams,
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => None,
+        };
+        let Some((stream, permit, peer)) = accepted else { break };
+        serving.spawn(stream, permit, Some(LoadGuard(incoming.load.clone())), peer);
     }
+    serving.drain(settings.drain_timeout).await;
+}
+
+/// Serves the admin listener (`/metrics`) on the calling runtime until `shutdown` resolves, with
+/// the public listener's timers and watchdog and at most `connections.admin_max_open`
+/// connections (at the cap new ones wait in the backlog); then drains like a worker.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let serving = Serving {
+        builder: builder(&settings),
+        router,
+        lifecycle,
+        graceful: GracefulShutdown::new(),
+        connections: settings.connections,
+        streams: Arc::new(Semaphore::new(
+            (settings.connections.admin_max_open)
+                .saturating_mul(settings.connections.http2_max_concurrent_streams as usize)
+                .min(Semaphore::MAX_PERMITS),
+        )),
+    };
+    let permits = Arc::new(Semaphore::new(settings.connections.admin_max_open));
+    let accept = async {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            stream.set_nodelay(true).ok();
+            serving.spawn(stream, permit, None, peer);
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
+    }
+    drop(listener);
+    serving.drain(settings.drain_timeout).await;
+    Ok(())
 }
 
 /// Load given to a worker whose queue is closed, so it is never chosen again.
@@ -348,6 +506,27 @@ impl Drop for LoadGuard {
 struct Requests {
     in_flight: AtomicUsize,
     reader: AtomicWaker,
+    /// Set by the watchdog to close the connection (see [`watchdog::Kill`]).
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl Requests {
+    /// Ends the connection at its next read or write (the reader is woken for it).
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+}
+
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took too little of a response (closed by the watchdog)",
+    )
 }
 
 /// One request in flight, counted until its response body is dropped.
@@ -387,9 +566,8 @@ enum ReadPhase {
 pub struct Conn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    _load: LoadGuard,
-    /// Counted in `falgate_open_connections` while open.
-    _gauge: crate::telemetry::metrics::ConnectionGuard,
+    /// On the public listener: its place in its worker's load, and in `falgate_open_connections`.
+    _load: Option<(LoadGuard, crate::telemetry::metrics::ConnectionGuard)>,
     requests: Arc<Requests>,
     limits: Connections,
     accepted: Instant,
@@ -402,12 +580,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, load: LoadGuard, limits: Connections) -> Self {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, load: Option<LoadGuard>, limits: Connections) -> Self {
         Self {
             stream,
             _permit: permit,
-            _load: load,
-            _gauge: crate::telemetry::metrics::ConnectionGuard::open(),
+            _load: load.map(|load| (load, crate::telemetry::metrics::ConnectionGuard::open())),
             requests: Arc::default(),
             limits,
             accepted: Instant::now(),
@@ -472,6 +649,9 @@ impl Conn {
 
     /// The outcome of a write: progress resets the write timer; a blocked write runs it.
     fn on_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if self.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
         match polled {
             Poll::Pending => match self.poll_write_timer(cx) {
                 Poll::Ready(err) => Poll::Ready(Err(err)),
@@ -489,6 +669,9 @@ impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.requests.reader.register(cx.waker());
+        if this.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
         this.update_phase();
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
@@ -620,6 +803,9 @@ mod tests {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         server: tokio::task::JoinHandle<io::Result<()>>,
         release: Arc<tokio::sync::Notify>,
+        /// Notified when `/slow`'s handler is running.
+        entered: Arc<tokio::sync::Notify>,
+        lifecycle: Arc<Lifecycle>,
         dropped: Arc<std::sync::atomic::AtomicBool>,
     }
 
@@ -633,16 +819,20 @@ mod tests {
 
     async fn test_server(connections: Connections) -> TestServer {
         let release = Arc::new(tokio::sync::Notify::new());
+        let entered = Arc::new(tokio::sync::Notify::new());
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (slow_release, flood_dropped) = (release.clone(), dropped.clone());
+        let (slow_release, slow_entered, flood_dropped) = (release.clone(), entered.clone(), dropped.clone());
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route(
                 "/slow",
                 get(move || {
                     let release = slow_release.clone();
+                    let entered = slow_entered.clone();
                     async move {
-                        release.notified().await;
+                        let released = release.notified();
+                        entered.notify_one();
+                        released.await;
                         "finished"
                     }
                 }),
@@ -679,14 +869,17 @@ mod tests {
             connections,
             ..test_settings()
         };
-        let server = tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
+        let lifecycle = Arc::<Lifecycle>::default();
+        let server = tokio::spawn(serve(listener, router, settings, lifecycle.clone(), async move {
             stopped.await.ok();
         }));
         TestServer {
+            lifecycle,
             addr,
             stop: Some(stop),
             server,
             release,
+            entered,
             dropped,
         }
     }
@@ -784,8 +977,10 @@ mod tests {
         .await;
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
-        // Idle for longer than the head limit: still open for the next request.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Idle for longer than the head limit: a connection opened after this one went idle is
+        // closed by the head limit, and this one is still open for the next request.
+        let mut later = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        assert!(read_until_closed(&mut later).await.is_empty());
         assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
         assert!(read_until_closed(&mut stream).await.is_empty());
     }
@@ -836,11 +1031,23 @@ mod tests {
         assert!(get_on(&mut first, "/").await.starts_with("HTTP/1.1 200"));
         assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
         let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let waiting = tokio::spawn(async move { get_on(&mut third, "/").await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (asked, was_asked) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            third.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+            asked.send(()).ok();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut third, &mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        was_asked.await.unwrap();
+        // A round trip on a held connection: without the cap the third, which asked first,
+        // would have been answered by then.
+        assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
         assert!(!waiting.is_finished(), "a third connection was served over the cap");
         drop(first);
-        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        drop(second);
+        let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
             .await
             .unwrap()
             .unwrap();
@@ -853,8 +1060,13 @@ mod tests {
         let mut server = test_server(Connections::default()).await;
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let slow = tokio::spawn(async move { get_on(&mut stream, "/slow").await });
-        // The call is in flight once the handler waits on `release`.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The call is in flight once the handler runs.
+        tokio::time::timeout(Duration::from_secs(10), server.entered.notified())
+            .await
+            .expect("the handler runs");
+        // As `app::serve` does: the drain begins (answers say `Connection: close`), then the
+        // listener closes.
+        server.lifecycle.begin_drain();
         server.stop.take().unwrap().send(()).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(server.addr).await.is_ok() {

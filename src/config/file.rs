@@ -293,6 +293,9 @@ pub(crate) struct RawConnections {
     pub(crate) send_buffer_bytes: usize,
     pub(crate) http2_max_concurrent_streams: u32,
     pub(crate) http2_keep_alive_interval_ms: u64,
+    pub(crate) min_send_bytes_per_second: u64,
+    pub(crate) admin_max_open: usize,
+    pub(crate) http2_max_open_streams: usize,
 }
 
 impl Default for RawConnections {
@@ -305,6 +308,9 @@ impl Default for RawConnections {
             send_buffer_bytes: 262_144,
             http2_max_concurrent_streams: 64,
             http2_keep_alive_interval_ms: 30_000,
+            min_send_bytes_per_second: 8192,
+            admin_max_open: 64,
+            http2_max_open_streams: 10_000,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! response (an error, not a clean end). A status stream open for
 //! `upstream.max_stream_lifetime_ms` is ended cleanly (the fal client then polls again); a
 //! streaming run is aborted instead, since `fal.stream` takes a clean end for the run's end and
-//! its last partial for the output.
+//! its last partial for the output. Both deadlines also ride on the response ([`crate::body::Bounds`])
+//! for the listener to enforce when the client takes nothing and hyper stops polling the body.
 //! Every other answer is small JSON: it is read whole (bounded) and checked, so garbage becomes a
 //! 502 instead of a 200 the client cannot parse. A guard (a limits slot) can ride in the body, so
 //! it is dropped when the body ends or the client goes away ([`stream`], `crate::body::held`).
@@ -227,6 +228,12 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, call: &Call, response: Fal
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
+    // The same two deadlines, enforced by the listener even when the client takes nothing (and
+    // hyper stops polling this body, where the timers above live).
+    out.extensions_mut().insert(crate::body::Bounds {
+        lifetime: Some(upstream.max_stream_lifetime()),
+        idle: Some(upstream.idle_timeout()),
+    });
     out
 }
 

@@ -14,6 +14,7 @@ mod bodies;
 mod connections;
 mod headers;
 mod json;
+mod stalled;
 mod streams;
 
 use std::net::SocketAddr;

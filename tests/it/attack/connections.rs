@@ -41,11 +41,13 @@ fn connections_are_closed_within_30_s_by_default() {
     }
 }
 
-/// Twenty connections that never send a byte are closed once the header-read timeout passes,
-/// and another caller is served while they are open.
+/// Twenty connections that never send a byte are closed once the header-read timeout (1 s)
+/// passes, and another caller is served while they are open. All must be closed within 5 s of
+/// opening: the built-in 10 s default would not be, so an ignored setting fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed() {
     let gate = Gate::start("[connections]\nheader_read_timeout_ms = 1000\n", slow_fal()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(connect(gate.addr, None).await);
@@ -53,7 +55,7 @@ async fn silent_connections_are_closed() {
     gate.submit("bob").await;
     for stream in &mut silent {
         let addr = stream.local_addr().unwrap();
-        let answer = read_until_closed(stream, "a silent connection").await;
+        let answer = read_until_closed_by(stream, deadline, "a silent connection").await;
         // A 408 before the close is fine; anything else is not.
         assert!(
             answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
@@ -63,6 +65,24 @@ async fn silent_connections_are_closed() {
         gate.wait_released(addr, "a silent connection").await;
     }
     gate.assert_memory_bounded("silent connections").await;
+}
+
+/// Reads until the gate closes the connection (EOF or reset), failing past `deadline`; returns
+/// what arrived before the close.
+async fn read_until_closed_by(
+    stream: &mut tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return received,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("{what}: the connection is still open past its deadline"),
+        }
+    }
 }
 
 /// A connection that sends a header line every 200 ms, never finishing its request head, is
@@ -176,4 +196,43 @@ async fn connection_flood_waits_at_the_cap() {
     );
     gate.submit("bob").await;
     gate.assert_memory_bounded("connection flood").await;
+}
+
+/// The admin listener (`/metrics`) has the public listener's timers and its own cap
+/// (`connections.admin_max_open`): a silent connection is closed after the header-read timeout
+/// (within 5 s, below the 10 s default), and at the cap a new connection waits until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_connection_timers_and_a_cap() {
+    let gate = crate::support::TestGate::builder()
+        .config("[connections]\nheader_read_timeout_ms = 1000\nkeep_alive_timeout_ms = 600000\nadmin_max_open = 2\n")
+        .spawn()
+        .await;
+    let admin: std::net::SocketAddr = gate.admin_url.trim_start_matches("http://").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut silent = connect(admin, None).await;
+    read_until_closed_by(&mut silent, deadline, "a silent admin connection").await;
+
+    let metrics = request_head("GET", "/metrics", None, "");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(admin, None).await;
+        stream.write_all(metrics.as_bytes()).await.unwrap();
+        let answer = read_until_closed_or_answered(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    let mut waiting = connect(admin, None).await;
+    waiting.write_all(metrics.as_bytes()).await.unwrap();
+    // A round trip on a held connection: without a cap the third would have been answered by
+    // then (it asked first).
+    held[1].write_all(metrics.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1];
+    held[1].read_exact(&mut buf).await.unwrap();
+    assert!(
+        matches!(waiting.try_read(&mut buf), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+        "a third admin connection was served over the cap of 2"
+    );
+    drop(held.remove(0));
+    let answer = read_until_closed_or_answered(&mut waiting).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

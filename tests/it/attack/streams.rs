@@ -93,18 +93,28 @@ async fn one_caller_cannot_hoard_streams() {
     gate.assert_memory_bounded("stream hoarding").await;
 }
 
-/// A stream whose job never ends is closed by the gate after `max_stream_lifetime_ms`.
+/// A stream whose job never ends is ended cleanly by the gate at `max_stream_lifetime_ms` (the
+/// fal client then polls again). The client has no total timeout, and only a clean end before
+/// the deadline passes: an error (a reset, the watchdog's cut) fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_lifetime_is_capped() {
     let gate = Gate::start("[upstream]\nmax_stream_lifetime_ms = 1000\n", slow_fal()).await;
     let job = gate.submit("alice").await;
-    let mut stream = held_stream(&gate, "alice", &job).await;
+    let untimed = reqwest::Client::new();
+    let mut stream = untimed
+        .get(stream_url(&gate, &job))
+        .bearer_auth(gate.token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         match tokio::time::timeout_at(deadline, stream.chunk()).await {
             Err(_) => panic!("a stream of a job that never ends is still open after {DEADLINE:?}"),
             Ok(Ok(Some(_))) => {}
-            Ok(Ok(None) | Err(_)) => break,
+            Ok(Ok(None)) => break,
+            Ok(Err(err)) => panic!("the stream ended in an error, not cleanly: {err}"),
         }
     }
     gate.submit("bob").await;
