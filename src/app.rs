@@ -12,10 +12,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FalCredentials};
+use crate::layers::access_log;
 use crate::lifecycle::Lifecycle;
 pub use crate::state::BuildError;
 use crate::state::{Current, Gate};
-use crate::telemetry::{access_log, metrics};
+use crate::telemetry::metrics;
 use crate::{layers, routes};
 
 /// The two routers falgate serves, and the state they serve from.

@@ -1,5 +1,6 @@
-//! Logging setup (text or JSON on stderr, `RUST_LOG` filter), OpenTelemetry trace export, the
-//! access log and metrics. Log lines never carry tokens, cookies, `FAL_KEY` or request bodies.
+//! Logging setup (text or JSON on stderr, `RUST_LOG` filter), OpenTelemetry trace export, what
+//! the access line records (its middleware is `layers::access_log`) and metrics. Log lines never
+//! carry tokens, cookies, `FAL_KEY` or request bodies.
 //!
 //! Two layers share one subscriber: the log lines (filtered by `RUST_LOG`), and, when an OTLP
 //! endpoint is configured ([`crate::config::Telemetry`]), `tracing-opentelemetry` exporting the

@@ -417,7 +417,7 @@ pub fn forwarded_headers(inbound: &HeaderMap, call: &Call, rules: &FalHeaderRule
 
 /// `traceparent` exactly as W3C writes it (else a fresh one: a malformed or repeated trace
 /// header is not worth refusing a call over), its `tracestate` when bounded and printable, and
-/// the request id `telemetry::access_log` put in `x-request-id` when it is a plain id.
+/// the request id `layers::access_log` put in `x-request-id` when it is a plain id.
 fn trace_headers(inbound: &HeaderMap, out: &mut HeaderMap) {
     let single = |name: &HeaderName| {
         let mut values = inbound.get_all(name).iter();
