@@ -13,8 +13,9 @@
 //! removes the job from the index; an entry whose slot is gone anyway (expired after
 //! `inflight_ttl_seconds`, or freed elsewhere) is dropped at its next pass without asking fal.
 //!
-//! The reconciler is one task per process ([`spawn`]), reading the snapshot in force on each
-//! tick (so a reload changes its settings and never stops it) and ending when the drain begins.
+//! The reconciler is one task per process, run by `app`: on each tick it reads the snapshot in
+//! force and hands its limiter and status source to [`tick`] (so a reload changes its settings and
+//! never stops it); it ends when the drain begins.
 //! Every `reconcile_interval_ms` it takes up to `reconcile_batch` jobs nobody learned about for
 //! `reconcile_idle_ms`, asks fal for their status with the server-held key (at most
 //! [`CONCURRENCY`] at once), frees the slots of those `COMPLETED` and puts the others back at the
@@ -30,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -38,9 +39,7 @@ use redis::Script;
 
 use super::{micros, Admission, Limiter};
 use crate::fal::{AppId, Call, FalRequestId, Op};
-use crate::lifecycle::Lifecycle;
 use crate::redis::{RedisStore, StoreError};
-use crate::state::Current;
 use crate::upstream::{relay, Upstream};
 
 /// Status calls to fal in flight at once during one pass.
@@ -490,29 +489,24 @@ impl JobStatus for Upstream {
     }
 }
 
-/// Starts the reconciler of the process: one pass per `reconcile_interval_ms` of the snapshot
-/// in force, until the drain begins (then the lease is given up) or the gate is gone.
-pub fn spawn(state: Weak<Current>, lifecycle: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Some(gate) = state.upgrade().map(|current| current.load()) else {
-                return;
-            };
-            if lifecycle.is_draining() {
-                gate.limiter.resign().await;
-                return;
-            }
-            let interval = gate.limiter.reconcile_interval();
-            if interval.is_some() {
-                let pass = gate.limiter.reconcile_once(&*gate.upstream).await;
-                if let Pass::Ran { asked, freed } = pass {
-                    tracing::debug!(asked, freed, "reconciled jobs in flight with fal");
-                }
-            }
-            drop(gate);
-            tokio::time::sleep(interval.unwrap_or(OFF_RECHECK)).await;
+/// What the reconciler's task does on each tick, with the snapshot in force (`app` runs the task,
+/// one per process, and passes this snapshot's limiter and status source): gives the lease up
+/// once the drain began (`None`: the task ends), else runs one pass when the reconciler is on,
+/// and says how long to wait before the next tick (`reconcile_interval_ms`, or a recheck for a
+/// reload that turns it on).
+pub async fn tick(limiter: &Limiter, fal: &impl JobStatus, draining: bool) -> Option<Duration> {
+    if draining {
+        limiter.resign().await;
+        return None;
+    }
+    let interval = limiter.reconcile_interval();
+    if interval.is_some() {
+        let pass = limiter.reconcile_once(fal).await;
+        if let Pass::Ran { asked, freed } = pass {
+            tracing::debug!(asked, freed, "reconciled jobs in flight with fal");
         }
-    })
+    }
+    Some(interval.unwrap_or(OFF_RECHECK))
 }
 
 fn millis(duration: Duration) -> u64 {
