@@ -16,6 +16,7 @@
 //! that header and ignores headers it does not know; see `shared/fal-protocol.md` §2.3).
 
 pub mod budget;
+mod job_status;
 pub mod relay;
 
 use std::sync::Arc;

@@ -38,9 +38,8 @@ use futures_util::StreamExt;
 use redis::Script;
 
 use super::{micros, Admission, Limiter};
-use crate::fal::{AppId, Call, FalRequestId, Op};
+use crate::fal::{AppId, FalRequestId};
 use crate::redis::{RedisStore, StoreError};
-use crate::upstream::{relay, Upstream};
 
 /// Status calls to fal in flight at once during one pass.
 pub const CONCURRENCY: usize = 8;
@@ -60,7 +59,8 @@ pub enum JobState {
     Unknown,
 }
 
-/// Where a pass learns what a job is doing: fal ([`Upstream`]), or a test's stand-in.
+/// Where a pass learns what a job is doing: fal (`upstream` implements it for its `Upstream`),
+/// or a test's stand-in. Defined here so that `limits` needs nothing of `upstream`.
 pub trait JobStatus: Sync {
     /// The state of request `id` of app `app`.
     fn status(&self, app: &AppId, id: &FalRequestId) -> impl Future<Output = JobState> + Send;
@@ -461,29 +461,6 @@ impl Limiter {
                 if let Some(entry) = lock(&self.jobs.memory).get_mut(&(job.tag.clone(), job.id.as_str().to_owned())) {
                     entry.1 = due_us;
                 }
-            }
-        }
-    }
-}
-
-/// fal itself: a status call with the server-held key, like a poll's.
-impl JobStatus for Upstream {
-    fn status(&self, app: &AppId, id: &FalRequestId) -> impl Future<Output = JobState> + Send {
-        let call = Call {
-            op: Op::Status {
-                app: app.clone(),
-                id: id.clone(),
-                logs: false,
-            },
-        };
-        async move {
-            let Ok(response) = self.send(&call, http::HeaderMap::new(), None).await else {
-                return JobState::Unknown;
-            };
-            match relay::buffer(self, &call, response).await {
-                Ok(answer) if answer.status.is_success() && answer.completed() => JobState::Ended,
-                Ok(answer) if answer.status.is_success() => JobState::Running,
-                _ => JobState::Unknown,
             }
         }
     }
