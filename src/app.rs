@@ -4,7 +4,7 @@
 //! caller, until shutdown.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -12,10 +12,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FalCredentials};
+use crate::layers::access_log;
 use crate::lifecycle::Lifecycle;
 pub use crate::state::BuildError;
 use crate::state::{Current, Gate};
-use crate::telemetry::{access_log, metrics};
+use crate::telemetry::metrics;
 use crate::{layers, routes};
 
 /// The two routers falgate serves, and the state they serve from.
@@ -61,7 +62,7 @@ pub fn build_with_clock(
     let gate_config_trusted = gate.config.limits.trusted_proxies.clone();
     let state = Arc::new(Current::new(gate));
     // Frees the slots of jobs that ended unobserved; lives as long as the gate, until the drain.
-    crate::limits::reconcile::spawn(Arc::downgrade(&state), lifecycle.clone());
+    spawn_reconciler(Arc::downgrade(&state), lifecycle.clone());
     // Request ids are accepted from the proxies trusted at start.
     let observer = access_log::Observer {
         trusted_proxies: Arc::from(gate_config_trusted.as_slice()),
@@ -76,6 +77,26 @@ pub fn build_with_clock(
         drain_delay,
         lifecycle,
         state,
+    })
+}
+
+/// Starts the reconciler of the process (`limits::reconcile`): one tick per
+/// `reconcile_interval_ms` of the snapshot in force, each handed that snapshot's limiter and fal
+/// pool, until the drain begins (then the lease is given up) or the gate is gone.
+fn spawn_reconciler(state: Weak<Current>, lifecycle: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Some(gate) = state.upgrade().map(|current| current.load()) else {
+                return;
+            };
+            let Some(wait) =
+                crate::limits::reconcile::tick(&gate.limiter, &*gate.upstream, lifecycle.is_draining()).await
+            else {
+                return;
+            };
+            drop(gate);
+            tokio::time::sleep(wait).await;
+        }
     })
 }
 

@@ -22,10 +22,12 @@ use url::Url;
 pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
-pub use file::{LogFormat, Toggle};
+pub use file::Toggle;
 pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
-pub use telemetry::Telemetry;
+
+// The log settings are telemetry's own; re-exported here, where the file's sections are.
+pub use crate::telemetry::{LogFormat, Telemetry};
 
 use crate::fal::EndpointId;
 use crate::limits::LimitsConfig;

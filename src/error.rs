@@ -2,7 +2,7 @@
 //! and [`render`] is the only place that writes the contract's JSON error body.
 //!
 //! `IntoResponse` is pure: it sets status and headers and stores the error in the response
-//! extensions; the access log (`telemetry::access_log`) renders the body with the request id
+//! extensions; the access log (`layers::access_log`) renders the body with the request id
 //! and logs the refusal once. fal's own errors never become a `GateError` and pass through.
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! config attaches the request's snapshot of the gate ([`crate::state::Current::of`]): the header
 //! caps, CORS and the routes all read that one snapshot, whatever a reload does meanwhile.
 
+pub mod access_log;
+
 use std::any::Any;
 use std::sync::Arc;
 
@@ -17,7 +19,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::cors;
 use crate::error::GateError;
 use crate::state::Current;
-use crate::telemetry::access_log;
 
 /// Wraps the public router in the cross-cutting layers.
 pub fn wrap(router: Router, current: Arc<Current>, observer: access_log::Observer) -> Router {

@@ -37,3 +37,5 @@ pub mod upstream;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod layering_tests;

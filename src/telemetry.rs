@@ -1,8 +1,12 @@
-//! Logging setup (text or JSON on stderr, `RUST_LOG` filter), OpenTelemetry trace export, the
-//! access log and metrics. Log lines never carry tokens, cookies, `FAL_KEY` or request bodies.
+//! Logging setup (text or JSON on stderr, `RUST_LOG` filter), OpenTelemetry trace export, what
+//! the access line records (its middleware is `layers::access_log`) and metrics. Log lines never
+//! carry tokens, cookies, `FAL_KEY` or request bodies.
+//!
+//! A leaf: it uses no other falgate module. Its settings ([`LogFormat`], [`Telemetry`]) are its
+//! own; `config` reads them from the file and the environment.
 //!
 //! Two layers share one subscriber: the log lines (filtered by `RUST_LOG`), and, when an OTLP
-//! endpoint is configured ([`crate::config::Telemetry`]), `tracing-opentelemetry` exporting the
+//! endpoint is configured ([`Telemetry`]), `tracing-opentelemetry` exporting the
 //! spans of target [`OTEL_TARGET`] in batches from the SDK's own thread. Each layer ignores the
 //! other's spans: the log layer never formats the trace span's attributes, and with tracing off
 //! a trace span is disabled at its call site, which costs one atomic load.
@@ -18,15 +22,43 @@ pub mod writer;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::Deserialize;
 use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
-
-use crate::config::{LogFormat, Telemetry};
+use url::Url;
 
 /// The target of spans exported to OpenTelemetry (and of no log line).
 pub const OTEL_TARGET: &str = "falgate::otel";
+
+/// The validated trace settings (`config` reads them from `[telemetry]` and the `OTEL_*`
+/// variables).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// Where spans are POSTed (`…/v1/traces`); None = tracing off.
+    pub otlp_traces_url: Option<Url>,
+    pub service_name: String,
+    pub sample_ratio: f64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            otlp_traces_url: None,
+            service_name: "falgate".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Keeps logging and trace export alive; dropping it flushes buffered lines and spans.
 pub struct TelemetryGuard {

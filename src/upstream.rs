@@ -16,6 +16,7 @@
 //! that header and ignores headers it does not know; see `shared/fal-protocol.md` §2.3).
 
 pub mod budget;
+mod job_status;
 pub mod relay;
 
 use std::sync::Arc;
@@ -416,7 +417,7 @@ pub fn forwarded_headers(inbound: &HeaderMap, call: &Call, rules: &FalHeaderRule
 
 /// `traceparent` exactly as W3C writes it (else a fresh one: a malformed or repeated trace
 /// header is not worth refusing a call over), its `tracestate` when bounded and printable, and
-/// the request id `telemetry::access_log` put in `x-request-id` when it is a plain id.
+/// the request id `layers::access_log` put in `x-request-id` when it is a plain id.
 fn trace_headers(inbound: &HeaderMap, out: &mut HeaderMap) {
     let single = |name: &HeaderName| {
         let mut values = inbound.get_all(name).iter();

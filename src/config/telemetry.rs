@@ -8,6 +8,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{ConfigError, Sources};
+use crate::telemetry::Telemetry;
 
 /// The raw `[telemetry]` table.
 #[derive(Debug, Deserialize)]
@@ -24,25 +25,6 @@ impl Default for RawTelemetry {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
-            service_name: "falgate".into(),
-            sample_ratio: 1.0,
-        }
-    }
-}
-
-/// The validated trace settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// Where spans are POSTed (`…/v1/traces`); None = tracing off.
-    pub otlp_traces_url: Option<Url>,
-    pub service_name: String,
-    pub sample_ratio: f64,
-}
-
-impl Default for Telemetry {
-    fn default() -> Self {
-        Self {
-            otlp_traces_url: None,
             service_name: "falgate".into(),
             sample_ratio: 1.0,
         }

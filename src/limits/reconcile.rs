@@ -13,8 +13,9 @@
 //! removes the job from the index; an entry whose slot is gone anyway (expired after
 //! `inflight_ttl_seconds`, or freed elsewhere) is dropped at its next pass without asking fal.
 //!
-//! The reconciler is one task per process ([`spawn`]), reading the snapshot in force on each
-//! tick (so a reload changes its settings and never stops it) and ending when the drain begins.
+//! The reconciler is one task per process, run by `app`: on each tick it reads the snapshot in
+//! force and hands its limiter and status source to [`tick`] (so a reload changes its settings and
+//! never stops it); it ends when the drain begins.
 //! Every `reconcile_interval_ms` it takes up to `reconcile_batch` jobs nobody learned about for
 //! `reconcile_idle_ms`, asks fal for their status with the server-held key (at most
 //! [`CONCURRENCY`] at once), frees the slots of those `COMPLETED` and puts the others back at the
@@ -30,18 +31,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use redis::Script;
 
 use super::{micros, Admission, Limiter};
-use crate::fal::{AppId, Call, FalRequestId, Op};
-use crate::lifecycle::Lifecycle;
+use crate::fal::{AppId, FalRequestId};
 use crate::redis::{RedisStore, StoreError};
-use crate::state::Current;
-use crate::upstream::{relay, Upstream};
 
 /// Status calls to fal in flight at once during one pass.
 pub const CONCURRENCY: usize = 8;
@@ -61,7 +59,8 @@ pub enum JobState {
     Unknown,
 }
 
-/// Where a pass learns what a job is doing: fal ([`Upstream`]), or a test's stand-in.
+/// Where a pass learns what a job is doing: fal (`upstream` implements it for its `Upstream`),
+/// or a test's stand-in. Defined here so that `limits` needs nothing of `upstream`.
 pub trait JobStatus: Sync {
     /// The state of request `id` of app `app`.
     fn status(&self, app: &AppId, id: &FalRequestId) -> impl Future<Output = JobState> + Send;
@@ -467,52 +466,24 @@ impl Limiter {
     }
 }
 
-/// fal itself: a status call with the server-held key, like a poll's.
-impl JobStatus for Upstream {
-    fn status(&self, app: &AppId, id: &FalRequestId) -> impl Future<Output = JobState> + Send {
-        let call = Call {
-            op: Op::Status {
-                app: app.clone(),
-                id: id.clone(),
-                logs: false,
-            },
-        };
-        async move {
-            let Ok(response) = self.send(&call, http::HeaderMap::new(), None).await else {
-                return JobState::Unknown;
-            };
-            match relay::buffer(self, &call, response).await {
-                Ok(answer) if answer.status.is_success() && answer.completed() => JobState::Ended,
-                Ok(answer) if answer.status.is_success() => JobState::Running,
-                _ => JobState::Unknown,
-            }
+/// What the reconciler's task does on each tick, with the snapshot in force (`app` runs the task,
+/// one per process, and passes this snapshot's limiter and status source): gives the lease up
+/// once the drain began (`None`: the task ends), else runs one pass when the reconciler is on,
+/// and says how long to wait before the next tick (`reconcile_interval_ms`, or a recheck for a
+/// reload that turns it on).
+pub async fn tick(limiter: &Limiter, fal: &impl JobStatus, draining: bool) -> Option<Duration> {
+    if draining {
+        limiter.resign().await;
+        return None;
+    }
+    let interval = limiter.reconcile_interval();
+    if interval.is_some() {
+        let pass = limiter.reconcile_once(fal).await;
+        if let Pass::Ran { asked, freed } = pass {
+            tracing::debug!(asked, freed, "reconciled jobs in flight with fal");
         }
     }
-}
-
-/// Starts the reconciler of the process: one pass per `reconcile_interval_ms` of the snapshot
-/// in force, until the drain begins (then the lease is given up) or the gate is gone.
-pub fn spawn(state: Weak<Current>, lifecycle: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Some(gate) = state.upgrade().map(|current| current.load()) else {
-                return;
-            };
-            if lifecycle.is_draining() {
-                gate.limiter.resign().await;
-                return;
-            }
-            let interval = gate.limiter.reconcile_interval();
-            if interval.is_some() {
-                let pass = gate.limiter.reconcile_once(&*gate.upstream).await;
-                if let Pass::Ran { asked, freed } = pass {
-                    tracing::debug!(asked, freed, "reconciled jobs in flight with fal");
-                }
-            }
-            drop(gate);
-            tokio::time::sleep(interval.unwrap_or(OFF_RECHECK)).await;
-        }
-    })
+    Some(interval.unwrap_or(OFF_RECHECK))
 }
 
 fn millis(duration: Duration) -> u64 {
