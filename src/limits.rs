@@ -49,20 +49,8 @@ use self::redis::{Mode, RedisLimits, SlotOp};
 use self::slots::SlotBook;
 pub(crate) use self::store_error::StoreErrorLog;
 use crate::clock::Clock;
+pub use crate::fal::OpClass;
 use crate::redis::{tag_of, RedisStore};
-
-/// Which budget a call spends. Submits (queue, sync and streaming runs), uploads and client
-/// tokens are paid: they count against the day quota. Polls (status, stream, result) and cancels
-/// only have rates. Each operation's class is in the operations table (`fal::OpFacts`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OpClass {
-    Submit = 0,
-    Poll = 1,
-    Cancel = 2,
-    Upload = 3,
-    /// A temporary fal token for `fal.realtime` / client-mode streams (`routes::tokens`).
-    Token = 4,
-}
 
 /// Who is calling: the stable principal (`iss|sub`, never the token) and their tier.
 #[derive(Debug, Clone, Copy)]

@@ -8,21 +8,8 @@ use url::Url;
 
 use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
 use super::{ConfigError, EndpointPolicy};
+pub use crate::fal::Operation;
 use crate::fal::{EndpointId, Lifecycle, RequestTimeout};
-
-/// One kind of call a tier may be allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Operation {
-    Submit,
-    Status,
-    Stream,
-    Result,
-    Cancel,
-    Run,
-    Upload,
-    /// Minting a temporary fal token (`fal.realtime`).
-    Token,
-}
 
 /// fal's queue priorities, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

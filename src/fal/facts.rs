@@ -20,8 +20,46 @@
 use http::Method;
 
 use super::{Host, Op};
-use crate::config::Operation;
-use crate::limits::{OpClass, SlotKind};
+
+// The operation vocabulary the rest of the gate speaks (tier `operations` in `config`, limit
+// classes and slots in `limits`) is defined here, below both, and re-exported there: the
+// table names them without importing upward (ARCHITECTURE.md, "Dependency direction").
+
+/// One kind of call a tier may be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Operation {
+    Submit,
+    Status,
+    Stream,
+    Result,
+    Cancel,
+    Run,
+    Upload,
+    /// Minting a temporary fal token (`fal.realtime`).
+    Token,
+}
+
+/// Which budget a call spends. Submits (queue, sync and streaming runs), uploads and client
+/// tokens are paid: they count against the day quota. Polls (status, stream, result) and cancels
+/// only have rates. Each operation's class is in the operations table (`fal::OpFacts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    Submit = 0,
+    Poll = 1,
+    Cancel = 2,
+    Upload = 3,
+    /// A temporary fal token for `fal.realtime` / client-mode streams (`routes::tokens`).
+    Token = 4,
+}
+
+/// What a slot holds open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotKind {
+    /// A relayed status event stream.
+    Stream = 0,
+    /// A buffered answer (result, sync run) being read from fal and relayed.
+    Relay = 1,
+}
 
 /// Every operation, without its parameters: what the table is keyed by.
 macro_rules! op_kinds {

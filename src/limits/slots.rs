@@ -14,21 +14,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::fal::SlotKind;
+
 use super::redis::{RedisSlots, SlotOp};
 
 /// How long a shared slot lives without a refresh (a crashed replica's slots lapse after it).
 pub(crate) const SLOT_TTL: Duration = Duration::from_secs(60);
 /// How often a live shared slot is refreshed.
 const SLOT_REFRESH: Duration = Duration::from_secs(20);
-
-/// What a slot holds open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SlotKind {
-    /// A relayed status event stream.
-    Stream = 0,
-    /// A buffered answer (result, sync run) being read from fal and relayed.
-    Relay = 1,
-}
 
 impl SlotKind {
     /// The policy name in `RateLimit-Policy` and the Redis key suffix.
