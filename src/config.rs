@@ -454,7 +454,14 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
             "`{key}` must be a plain http(s) base URL without credentials or query"
         )));
     }
-    // fal's key travels with every call: never in clear text beyond this machine.
+    Ok(url)
+}
+
+/// A base URL of fal's: fal's key travels with every call to it, so never in clear text beyond
+/// this machine (http only on loopback, e.g. the emulator). `public_url`, falgate's own address,
+/// may be http (a TLS terminator in front).
+fn fal_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
+    let url = base_url(key, raw)?;
     if url.scheme() == "http" && !is_loopback(&url) {
         return Err(ConfigError(format!(
             "`{key}` must be https: FAL_KEY is sent with every call to it (http is allowed only for a loopback address, such as the emulator): {raw:?}"
@@ -476,9 +483,9 @@ fn is_loopback(url: &Url) -> bool {
 fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {
     Ok(Upstream {
         egress_proxy: egress_proxy(sources)?,
-        queue_url: base_url("upstream.queue_url", &raw.queue_url)?,
-        run_url: base_url("upstream.run_url", &raw.run_url)?,
-        storage_url: base_url("upstream.storage_url", &raw.storage_url)?,
+        queue_url: fal_url("upstream.queue_url", &raw.queue_url)?,
+        run_url: fal_url("upstream.run_url", &raw.run_url)?,
+        storage_url: fal_url("upstream.storage_url", &raw.storage_url)?,
         connect_timeout: millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
         first_byte_timeout: millis("upstream.first_byte_timeout_ms", raw.first_byte_timeout_ms)?,
         idle_timeout: millis("upstream.idle_timeout_ms", raw.idle_timeout_ms)?,

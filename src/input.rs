@@ -7,9 +7,13 @@
 //! The budget is charged as bytes arrive, never for what a `Content-Length` only declares: a
 //! body that is announced and never sent holds nothing (issue 20: seven requests declaring
 //! 10 MiB and sending nothing made every other caller's submit wait). What a slow sender can
-//! hold is bounded twice: by the bytes it actually sent, and by `request.body_reads_per_caller`,
+//! hold is bounded three times: by the bytes it actually sent, by `request.body_reads_per_caller`,
 //! the bodies one caller may have in flight at once on a replica (past it: 429
-//! `concurrency_limited`, before a byte is read).
+//! `concurrency_limited`, before a byte is read), and by its share of the budget: the bytes one
+//! caller's bodies hold while they arrive stay within a quarter of the budget (or one body's
+//! cap, if larger), past which its read is refused 429 `concurrency_limited`. So pinning the
+//! budget takes at least four callers sending real bytes, each read paying the caller's rate
+//! when it times out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +28,9 @@ use crate::error::GateError;
 use crate::limits::LimitError;
 use crate::upstream::budget::{Budget, Charge};
 
+/// The share of the budget one caller's bodies may hold while they arrive: 1/BODY_SHARE.
+const BODY_SHARE: usize = 4;
+
 /// A caller refused for too many bodies in flight is told to retry after this long.
 const READS_RETRY: Duration = Duration::from_secs(1);
 
@@ -32,9 +39,18 @@ const READS_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Bodies {
     budget: Budget,
-    /// Bodies being read per caller (principal); an entry leaves with its caller's last read, so
-    /// the map never holds more entries than bodies in flight.
-    reading: Arc<Mutex<HashMap<Box<str>, u32>>>,
+    /// `BODY_SHARE`'s part of the budget, in bytes.
+    share: usize,
+    /// Bodies being read per caller (principal), and the bytes they hold so far; an entry leaves
+    /// with its caller's last read, so the map never holds more entries than bodies in flight.
+    reading: Arc<Mutex<HashMap<Box<str>, InFlight>>>,
+}
+
+/// One caller's bodies being read.
+#[derive(Debug, Default)]
+struct InFlight {
+    bodies: u32,
+    bytes: usize,
 }
 
 /// How one body may be read.
@@ -50,12 +66,15 @@ pub struct BodyLimits {
 struct Reading<'a> {
     bodies: &'a Bodies,
     caller: &'a str,
+    /// The bytes of this body counted in its caller's entry.
+    bytes: usize,
 }
 
 impl Bodies {
     pub fn new(budget_bytes: usize) -> Self {
         Self {
             budget: Budget::new(budget_bytes),
+            share: budget_bytes / BODY_SHARE,
             reading: Arc::default(),
         }
     }
@@ -67,15 +86,41 @@ impl Bodies {
 
     fn start<'a>(&'a self, caller: &'a str, max: u32) -> Option<Reading<'a>> {
         let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = reading.entry(caller.into()).or_insert(0);
-        if *count >= max {
-            if *count == 0 {
+        let entry = reading.entry(caller.into()).or_default();
+        if entry.bodies >= max {
+            if entry.bodies == 0 {
                 reading.remove(caller);
             }
             return None;
         }
-        *count += 1;
-        Some(Reading { bodies: self, caller })
+        entry.bodies += 1;
+        Some(Reading {
+            bodies: self,
+            caller,
+            bytes: 0,
+        })
+    }
+}
+
+impl Reading<'_> {
+    /// Counts this body at `size` bytes in its caller's entry, unless the caller's bodies would
+    /// then hold more than `share` bytes.
+    fn grow_to(&mut self, size: usize, share: usize) -> bool {
+        let mut reading = self
+            .bodies
+            .reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(entry) = reading.get_mut(self.caller) else {
+            return false;
+        };
+        let total = entry.bytes - self.bytes + size;
+        if total > share {
+            return false;
+        }
+        entry.bytes = total;
+        self.bytes = size;
+        true
     }
 }
 
@@ -86,9 +131,10 @@ impl Drop for Reading<'_> {
             .reading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = reading.get_mut(self.caller) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = reading.get_mut(self.caller) {
+            entry.bodies -= 1;
+            entry.bytes -= self.bytes;
+            if entry.bodies == 0 {
                 reading.remove(self.caller);
             }
         }
@@ -117,7 +163,7 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > max_bytes as u64) {
         return Err(GateError::BodyTooLarge(max_bytes));
     }
-    let Some(_reading) = bodies.start(caller, limits.per_caller) else {
+    let Some(mut reading) = bodies.start(caller, limits.per_caller) else {
         return Err(LimitError::SlotsTaken {
             message: format!(
                 "{} request bodies of this caller are being received already; retry when one is done",
@@ -142,6 +188,15 @@ pub async fn read_body(
         let size = bytes.len() + chunk.len();
         if size > max_bytes {
             return Err(GateError::BodyTooLarge(max_bytes));
+        }
+        // A caller's bodies hold at most its share of the budget (one body's cap at least).
+        if !reading.grow_to(size, bodies.share.max(max_bytes)) {
+            return Err(LimitError::SlotsTaken {
+                message: "this caller's request bodies being received hold their share of the body budget; retry when one is done".into(),
+                retry_after: READS_RETRY,
+                policy: None,
+            }
+            .into());
         }
         // Charged for bytes received, before they are kept.
         reserve(&bodies.budget, &mut charge, size, deadline).await?;
@@ -305,6 +360,32 @@ mod tests {
                 .is_ok()
         );
         drop(_second);
+        assert!(bodies.reading.lock().unwrap().is_empty(), "an entry outlived its reads");
+    }
+
+    /// A caller's bodies arriving at once hold at most a quarter of the budget (here 256 KiB of
+    /// 1 MiB): its next body is refused as it crosses the share, another caller is served, and
+    /// the share comes back with the bodies.
+    #[tokio::test]
+    async fn a_callers_bodies_hold_at_most_its_share_of_the_budget() {
+        let bodies = Bodies::new(1 << 20);
+        let limits = BodyLimits {
+            max_bytes: 200 << 10,
+            timeout: SECOND,
+            per_caller: 4,
+        };
+        let mut held = bodies.start("mallory", 4).unwrap();
+        assert!(held.grow_to(150 << 10, bodies.share.max(limits.max_bytes)));
+        let body = Body::from(vec![b' '; 150 << 10]);
+        let refused = read_body(&json_headers(), body, limits, &bodies, "mallory").await;
+        assert_eq!(refused.unwrap_err().code(), "concurrency_limited");
+        let body = Body::from(vec![b' '; 150 << 10]);
+        assert!(read_body(&json_headers(), body, limits, &bodies, "bob").await.is_ok());
+        drop(held);
+        let body = Body::from(vec![b' '; 150 << 10]);
+        assert!(read_body(&json_headers(), body, limits, &bodies, "mallory")
+            .await
+            .is_ok());
         assert!(bodies.reading.lock().unwrap().is_empty(), "an entry outlived its reads");
     }
 }

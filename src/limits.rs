@@ -537,7 +537,8 @@ impl Limiter {
             (Err(_), OnStoreError::Allow) => Readiness::Degraded,
             (Err(_), OnStoreError::Deny) => Readiness::Unavailable,
         };
-        *last = Some((now, readiness));
+        // Timed from the answer: a slow PING's verdict is fresh for READY_FOR after it came.
+        *last = Some((self.clock.instant(), readiness));
         readiness
     }
 

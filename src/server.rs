@@ -155,7 +155,9 @@ pub async fn serve(
         threads.push(thread);
     }
     drop(stopped);
-    let permits = Arc::new(Semaphore::new(settings.connections.max_open));
+    let permits = Arc::new(Semaphore::new(
+        settings.connections.max_open.min(Semaphore::MAX_PERMITS),
+    ));
     tokio::select! {
         () = accept_loop(&listener, &queues, &permits, settings.connections.send_buffer_bytes) => {}
         () = shutdown => {}
@@ -377,7 +379,9 @@ pub async fn serve_admin(
                 .min(Semaphore::MAX_PERMITS),
         )),
     };
-    let permits = Arc::new(Semaphore::new(settings.connections.admin_max_open));
+    let permits = Arc::new(Semaphore::new(
+        settings.connections.admin_max_open.min(Semaphore::MAX_PERMITS),
+    ));
     let accept = async {
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {

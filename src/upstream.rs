@@ -495,17 +495,18 @@ fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderMap) {
         Retention::None => None,
     };
     if let Some(max) = rules.max_object_expiration_seconds {
-        let mut capped = false;
         for name in [LIFECYCLE_PREFERENCE, LIFECYCLE] {
             let asked = out.get(&name).and_then(|v| Lifecycle::parse(v.to_str().ok()?).ok());
             if let Some(mut lifecycle) = asked {
                 lifecycle.cap_expiration(max);
                 insert_text(out, name, &lifecycle.to_header());
-                capped = true;
             }
         }
-        // No lifecycle sent: fal would keep the objects forever, so the cap is set.
-        if let (false, Some(name)) = (capped, &retention) {
+        // No lifecycle sent on the header fal reads for this operation: fal would keep the
+        // objects forever, so the cap is set there. The other lifecycle header (capped above, and
+        // ignored by fal on this operation) does not count as sent.
+        let sent = retention.as_ref().is_some_and(|name| out.contains_key(name));
+        if let (false, Some(name)) = (sent, &retention) {
             let lifecycle = Lifecycle {
                 expiration_duration_seconds: Some(max),
                 initial_acl: None,

@@ -316,6 +316,11 @@ fn upstream_urls_must_be_https_unless_loopback() {
             assert!(Config::from_toml("", &vars).is_ok(), "{url}");
         }
     }
+    // falgate's own address carries no fal key: an http `public_url` (TLS ends in front) stays
+    // allowed off loopback.
+    let vars = env(&[("FALGATE_AUTH__HS256_SECRET", SECRET)]);
+    let config = Config::from_toml("public_url = \"http://falgate.internal:8080\"\n", &vars);
+    assert!(config.is_ok(), "{:?}", config.err());
 }
 
 /// Issue 20: behind a TLS-terminating proxy (an https `public_url`) with the failed-auth rate on

@@ -350,6 +350,8 @@ impl Limiter {
         let mut freed = 0;
         // While answers are slow to come, the lease is renewed on a timer too.
         let mut waiting = tokio::time::interval_at(tokio::time::Instant::now() + lease.renew_every, lease.renew_every);
+        // A renewal that came late is not made up for by a burst of them.
+        waiting.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 next = answers.next() => next,

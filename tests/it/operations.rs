@@ -558,6 +558,42 @@ async fn an_absent_expiration_is_set_to_the_tiers_maximum_where_fal_reads_one() 
     }
 }
 
+/// Sending only the lifecycle header fal ignores on an operation (`x-fal-object-lifecycle` on a
+/// submit, `-preference` on an upload) does not count as sending one: the header fal reads still
+/// gets the tier's maximum expiration.
+#[tokio::test]
+async fn the_lifecycle_header_fal_ignores_does_not_turn_off_the_absent_expiration_rule() {
+    let gate = TestGate::builder().config(CAPPED).job_ms(10, 20).spawn().await;
+    let id = owned_request(&gate, "alice").await;
+    let capped = Some(r#"{"expiration_duration_seconds":3600}"#);
+    let mut checked = 0;
+    for kind in OpKind::ALL {
+        let (other, read) = match kind.facts().retention {
+            Retention::Preference => ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"),
+            Retention::Object => ("x-fal-object-lifecycle-preference", "x-fal-object-lifecycle"),
+            Retention::None => continue,
+        };
+        let request = request(*kind, Family::Proxy, &id).expect("every operation has a proxy route");
+        let mut builder = gate
+            .client
+            .request(request.method.clone(), format!("{}{}", gate.url, request.path))
+            .bearer_auth(gate.token("alice"))
+            .header("x-fal-target-url", request.target.unwrap())
+            .header(other, "{}");
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        assert_served(builder.send().await.unwrap(), &format!("{kind:?}")).await;
+        let saw = gate.fal_saw();
+        assert_eq!(header(saw.last().unwrap(), read), capped, "{kind:?}: {read}");
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "submit, run, run stream and upload carry a lifecycle rule"
+    );
+}
+
 /// A token or upload call still waiting for fal when the drain gives up is answered 424
 /// `submit_outcome_unknown` at once (not left to be cut), and refunded: the token or upload URL
 /// never reached anyone.
