@@ -323,8 +323,7 @@ impl Config {
         let endpoints = endpoints(raw.endpoints)?;
         limits
             .check_endpoint_keys(|key| {
-                EndpointId::parse(key).is_ok()
-                    && endpoints.keys().any(|entry| crate::policy::covers(entry.as_str(), key))
+                EndpointId::parse(key).is_ok_and(|id| endpoints.keys().any(|entry| entry.covers(&id)))
             })
             .map_err(|err| ConfigError(err.0))?;
         Ok(Self {
