@@ -32,7 +32,7 @@ pub use crate::telemetry::{LogFormat, Telemetry};
 use crate::fal::EndpointId;
 use crate::limits::LimitsConfig;
 use crate::redis::RedisConfig;
-use crate::schema::SchemaSource;
+use crate::schema::{JsonLimits, SchemaSource};
 
 /// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "config/falgate.toml";
@@ -129,25 +129,6 @@ impl std::fmt::Debug for EgressProxy {
             .field("url", &"<redacted>")
             .field("no_proxy", &self.no_proxy)
             .finish()
-    }
-}
-
-/// Bounds on one JSON body, checked while it is parsed (so a refusal costs no more than the
-/// bound): a body within `max_body_bytes` can still hold 800,000 keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JsonLimits {
-    pub max_object_keys: usize,
-    pub max_values: usize,
-    pub max_string_bytes: usize,
-}
-
-impl Default for JsonLimits {
-    fn default() -> Self {
-        Self {
-            max_object_keys: 1024,
-            max_values: 100_000,
-            max_string_bytes: 10 * 1024 * 1024,
-        }
     }
 }
 

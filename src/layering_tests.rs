@@ -10,10 +10,10 @@ use std::path::Path;
 /// The leaves: they use no other falgate module.
 const LEAVES: [&str; 5] = ["body", "clock", "fal", "lifecycle", "telemetry"];
 
-/// The modules still in one import cycle until the rest of issue 21 lands (`schema → config`,
-/// `server → config`). The cycle may only shrink: remove a module here when it leaves, and no
-/// module outside this list may enter a cycle.
-const STILL_CYCLIC: [&str; 5] = ["config", "limits", "redis", "schema", "server"];
+/// The modules still in one import cycle until the rest of issue 21 lands (`server → config`).
+/// The cycle may only shrink: remove a module here when it leaves, and no module outside this
+/// list may enter a cycle.
+const STILL_CYCLIC: [&str; 4] = ["config", "limits", "redis", "server"];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
