@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The leaves: they use no other falgate module.
-const LEAVES: [&str; 5] = ["body", "clock", "fal", "lifecycle", "telemetry"];
+const LEAVES: [&str; 6] = ["body", "clock", "fal", "lifecycle", "schema", "telemetry"];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
