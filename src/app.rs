@@ -35,6 +35,17 @@ pub struct App {
     pub state: Arc<Current>,
 }
 
+/// The public listener's settings, from the config.
+fn server_settings(config: &Config) -> crate::server::Settings {
+    crate::server::Settings {
+        workers: config.workers,
+        connections: config.connections,
+        // The request line and a little slack on top of the headers' own cap (431 beyond).
+        max_head_bytes: config.max_headers_total_bytes.saturating_add(8 * 1024),
+        drain_timeout: config.drain.timeout,
+    }
+}
+
 /// How long before the drain timeout calls still waiting for fal are answered.
 const ABANDON_BEFORE_CUT: Duration = Duration::from_secs(2);
 
@@ -56,7 +67,7 @@ pub fn build_with_clock(
 ) -> Result<App, BuildError> {
     let gate = Gate::with_clock(config, credentials, clock)?;
     gate.start();
-    let server = crate::server::Settings::of(&gate.config);
+    let server = server_settings(&gate.config);
     let drain_delay = gate.config.drain.delay;
     let lifecycle = gate.lifecycle.clone();
     let gate_config_trusted = gate.config.limits.trusted_proxies.clone();

@@ -32,7 +32,8 @@ pub use crate::telemetry::{LogFormat, Telemetry};
 use crate::fal::EndpointId;
 use crate::limits::LimitsConfig;
 use crate::redis::RedisConfig;
-use crate::schema::SchemaSource;
+use crate::schema::{JsonLimits, SchemaSource};
+use crate::server::Connections;
 
 /// The config file used when neither `--config` nor `FALGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "config/falgate.toml";
@@ -129,72 +130,6 @@ impl std::fmt::Debug for EgressProxy {
             .field("url", &"<redacted>")
             .field("no_proxy", &self.no_proxy)
             .finish()
-    }
-}
-
-/// Bounds on one JSON body, checked while it is parsed (so a refusal costs no more than the
-/// bound): a body within `max_body_bytes` can still hold 800,000 keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JsonLimits {
-    pub max_object_keys: usize,
-    pub max_values: usize,
-    pub max_string_bytes: usize,
-}
-
-impl Default for JsonLimits {
-    fn default() -> Self {
-        Self {
-            max_object_keys: 1024,
-            max_values: 100_000,
-            max_string_bytes: 10 * 1024 * 1024,
-        }
-    }
-}
-
-/// Client connections on the public listener (see `server`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Connections {
-    /// Open connections at most; at the cap new ones wait in the kernel's accept backlog.
-    pub max_open: usize,
-    /// Time a connection may take to send a complete request head once it has started one
-    /// (and a new connection to start sending).
-    pub header_read_timeout: Duration,
-    /// Time a connection with no request in flight may stay open, silent.
-    pub keep_alive_timeout: Duration,
-    /// Time a write to a client may stay blocked (a client that stops reading), streams included.
-    pub write_timeout: Duration,
-    /// The kernel's send buffer per client connection (`SO_SNDBUF`); 0 leaves it to the
-    /// kernel, which grows it to megabytes, so a client that stops reading is noticed only
-    /// once that much is queued.
-    pub send_buffer_bytes: usize,
-    pub http2_max_concurrent_streams: u32,
-    /// Interval of HTTP/2 pings to a client (a dead peer is dropped after one unanswered).
-    pub http2_keep_alive_interval: Duration,
-    /// Least a response's client must take, in bytes per second averaged over each
-    /// `write_timeout` it waits (at least one frame per window); below it the stream is reset
-    /// (HTTP/2) or the connection closed (HTTP/1). 0 keeps only the one-frame rule.
-    pub min_send_bytes_per_second: u64,
-    /// Connections open at once on the admin listener (`/metrics`), with the same timers.
-    pub admin_max_open: usize,
-    /// HTTP/2 streams with a response in progress, all connections together; past it a new
-    /// stream is answered 429 `concurrency_limited` (headers only).
-    pub http2_max_open_streams: usize,
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Self {
-            max_open: 10_000,
-            header_read_timeout: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
-            send_buffer_bytes: 262_144,
-            http2_max_concurrent_streams: 64,
-            http2_keep_alive_interval: Duration::from_secs(30),
-            min_send_bytes_per_second: 8 * 1024,
-            admin_max_open: 64,
-            http2_max_open_streams: 10_000,
-        }
     }
 }
 
@@ -323,8 +258,7 @@ impl Config {
         let endpoints = endpoints(raw.endpoints)?;
         limits
             .check_endpoint_keys(|key| {
-                EndpointId::parse(key).is_ok()
-                    && endpoints.keys().any(|entry| crate::policy::covers(entry.as_str(), key))
+                EndpointId::parse(key).is_ok_and(|id| endpoints.keys().any(|entry| entry.covers(&id)))
             })
             .map_err(|err| ConfigError(err.0))?;
         Ok(Self {

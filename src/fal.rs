@@ -78,6 +78,13 @@ impl EndpointId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this id is `id` or a parent path of it (`fal-ai/flux` covers `fal-ai/flux/dev`,
+    /// not `fal-ai/flux-pro`): how a configured entry applies to the endpoints under it.
+    pub fn covers(&self, id: &Self) -> bool {
+        id.0.strip_prefix(self.0.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 impl AppId {
@@ -313,6 +320,22 @@ mod tests {
     fn endpoint_with_subpath_belongs_to_its_app() {
         let endpoint = EndpointId::parse("fal-ai/flux/dev").unwrap();
         assert_eq!(endpoint.app().as_str(), "fal-ai/flux");
+    }
+
+    #[test]
+    fn an_endpoint_covers_itself_and_its_sub_paths_only_at_a_segment_boundary() {
+        let id = |raw: &str| EndpointId::parse(raw).unwrap();
+        let entry = id("fal-ai/flux");
+        for covered in ["fal-ai/flux", "fal-ai/flux/dev", "fal-ai/flux/dev/x"] {
+            assert!(entry.covers(&id(covered)), "{covered}");
+        }
+        for other in ["fal-ai/flux-pro", "fal-ai/fluxx/dev", "fal-ai/flu", "acme/flux"] {
+            assert!(!entry.covers(&id(other)), "{other}");
+        }
+        assert!(
+            !id("fal-ai/flux/dev").covers(&entry),
+            "a sub path does not cover its parent"
+        );
     }
 
     #[test]

@@ -117,14 +117,13 @@ impl Policy {
     /// the tier checked on it: a tier allowed `acme/echo` never reaches a configured
     /// `acme/echo/pro` through its parent (whose schema, price and `sync_run` would apply).
     fn endpoint(&self, tier: &Tier, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), GateError> {
-        let id = endpoint.as_str();
         self.endpoints
             .iter()
-            .filter(|(entry, _)| covers(entry.as_str(), id))
+            .filter(|(entry, _)| entry.covers(endpoint))
             .max_by_key(|(entry, _)| entry.as_str().len())
             .filter(|(entry, _)| tier_allows(tier, entry))
             .map(|(entry, rules)| (entry.clone(), *rules))
-            .ok_or_else(|| GateError::EndpointNotAllowed(id.to_owned()))
+            .ok_or_else(|| GateError::EndpointNotAllowed(endpoint.as_str().to_owned()))
     }
 
     /// An entry whose app is `app`: status, result and cancel name only the app.
@@ -197,12 +196,6 @@ impl Grant<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether the configured `entry` (or key) names `id` or a parent path of it.
-pub(crate) fn covers(entry: &str, id: &str) -> bool {
-    id.strip_prefix(entry)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {

@@ -48,6 +48,26 @@ pub enum UnknownFields {
     Allow,
 }
 
+/// Bounds on one JSON body, checked while it is parsed (so a refusal costs no more than the
+/// bound): a body within `max_body_bytes` can still hold 800,000 keys. `config` reads them
+/// from `[request]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    pub max_object_keys: usize,
+    pub max_values: usize,
+    pub max_string_bytes: usize,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        Self {
+            max_object_keys: 1024,
+            max_values: 100_000,
+            max_string_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
 /// Per-request bounds on the body, from the endpoint's config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -56,16 +76,14 @@ pub struct Limits {
     /// Largest body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Most keys in one object, values in all, and bytes in one string (`[request]`).
-    pub json: crate::config::JsonLimits,
+    pub json: JsonLimits,
 }
 
 impl Limits {
     fn shape(&self) -> strict::Shape {
         strict::Shape {
             max_depth: self.max_depth,
-            max_object_keys: self.json.max_object_keys,
-            max_values: self.json.max_values,
-            max_string_bytes: self.json.max_string_bytes,
+            json: self.json,
         }
     }
 }
@@ -192,7 +210,7 @@ impl Default for Limits {
         Self {
             max_depth: 32,
             max_body_bytes: 10 * 1024 * 1024,
-            json: crate::config::JsonLimits::default(),
+            json: JsonLimits::default(),
         }
     }
 }

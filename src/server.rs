@@ -67,10 +67,12 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use crate::config::Connections;
 use crate::lifecycle::Lifecycle;
 
+mod settings;
 mod watchdog;
+
+pub use settings::{Connections, Settings};
 
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
@@ -88,30 +90,6 @@ pub fn worker_index() -> usize {
 /// The index of the worker thread running this code, if it is one.
 pub fn current_worker() -> Option<usize> {
     WORKER.with(Cell::get)
-}
-
-/// How the public listener treats connections.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub workers: usize,
-    pub connections: Connections,
-    /// Largest request head hyper buffers (all headers together, plus the request line).
-    pub max_head_bytes: usize,
-    /// How long connections may take to finish once shutdown began.
-    pub drain_timeout: Duration,
-}
-
-impl Settings {
-    /// The settings `config` asks for.
-    pub fn of(config: &crate::config::Config) -> Self {
-        Self {
-            workers: config.workers,
-            connections: config.connections,
-            // The request line and a little slack on top of the headers' own cap (431 beyond).
-            max_head_bytes: config.max_headers_total_bytes.saturating_add(8 * 1024),
-            drain_timeout: config.drain.timeout,
-        }
-    }
 }
 
 /// Serves `router` on `listener` with `settings.workers` single-threaded runtimes until

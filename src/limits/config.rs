@@ -354,7 +354,7 @@ impl LimitsConfig {
     }
 
     /// Refuses a `limits.credits.endpoints` or `limits.endpoint_rates` key that names no
-    /// configured endpoint entry (`covers(entry, key)`: the entry or a sub path of it): such a
+    /// configured endpoint entry (`EndpointId::covers`: the entry or a parent path of the key): such a
     /// key would never price or rate a call.
     pub fn check_endpoint_keys(&self, covered: impl Fn(&str) -> bool) -> Result<(), LimitsConfigError> {
         let keys = (self

@@ -16,13 +16,13 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-/// Bounds on one document's shape (beyond its size and depth).
+use super::JsonLimits;
+
+/// Bounds on one document's shape: its nesting, and the JSON bounds of `[request]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Shape {
     pub(super) max_depth: usize,
-    pub(super) max_object_keys: usize,
-    pub(super) max_values: usize,
-    pub(super) max_string_bytes: usize,
+    pub(super) json: JsonLimits,
 }
 
 /// Why a body was not parsed.
@@ -48,7 +48,7 @@ pub(super) fn parse_object(body: &[u8], shape: &Shape) -> Result<Map<String, Val
     }
     let budget = Budget {
         shape: *shape,
-        values_left: Cell::new(shape.max_values),
+        values_left: Cell::new(shape.json.max_values),
         over: Cell::new(None),
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -92,16 +92,16 @@ impl Budget {
             }
             None => Err(self.refuse(format!(
                 "the JSON has more than {} values in all",
-                self.shape.max_values
+                self.shape.json.max_values
             ))),
         }
     }
 
     fn string<E: serde::de::Error>(&self, text: &str) -> Result<(), E> {
-        if text.len() > self.shape.max_string_bytes {
+        if text.len() > self.shape.json.max_string_bytes {
             return Err(self.refuse(format!(
                 "a JSON string is longer than {} bytes",
-                self.shape.max_string_bytes
+                self.shape.json.max_string_bytes
             )));
         }
         Ok(())
@@ -216,8 +216,8 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         let child = self.enter()?;
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
-            if map.len() == self.budget.shape.max_object_keys {
-                let max = self.budget.shape.max_object_keys;
+            if map.len() == self.budget.shape.json.max_object_keys {
+                let max = self.budget.shape.json.max_object_keys;
                 return Err(self.budget.refuse(format!("a JSON object has more than {max} keys")));
             }
             self.budget.string(&key)?;
@@ -237,9 +237,11 @@ mod tests {
 
     const SHAPE: Shape = Shape {
         max_depth: 32,
-        max_object_keys: 4,
-        max_values: 10,
-        max_string_bytes: 8,
+        json: JsonLimits {
+            max_object_keys: 4,
+            max_values: 10,
+            max_string_bytes: 8,
+        },
     };
 
     fn too_complex(body: &str) -> String {

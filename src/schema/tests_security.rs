@@ -212,9 +212,9 @@ fn e77_url_fields_accept_only_https_public_hosts_and_small_image_data_uris() {
     });
     let limits = Limits {
         max_body_bytes: 64 * 1024 * 1024,
-        json: crate::config::JsonLimits {
+        json: JsonLimits {
             max_string_bytes: 64 * 1024 * 1024,
-            ..crate::config::JsonLimits::default()
+            ..JsonLimits::default()
         },
         ..Limits::default()
     };
@@ -297,9 +297,9 @@ fn a_key_flood_gets_fifty_items_and_a_count_not_one_item_per_key() {
         input.insert(format!("k{n}"), json!(1));
     }
     let limits = Limits {
-        json: crate::config::JsonLimits {
+        json: JsonLimits {
             max_object_keys: 10_000,
-            ..crate::config::JsonLimits::default()
+            ..JsonLimits::default()
         },
         ..Limits::default()
     };

@@ -38,8 +38,8 @@ use axum::body::{Body, Bytes};
 use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::Connections;
 use crate::body::Bounds;
-use crate::config::Connections;
 
 /// How long after a body's own deadline (lifetime, fal's idle timeout) the watchdog cuts, so a
 /// body that is polled ends the way it means to (a clean end, an error) before it is reset.
