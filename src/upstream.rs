@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{self, FalCredentials, FalHeaderRules, Pass, Priority, StoreIo};
 use crate::error::{causes, GateError};
 use crate::fal::headers::{self, Lifecycle, RequestTimeout};
-use crate::fal::{AnswerSize, Call, Host, Retention, Unknown};
+use crate::fal::{Answer, Call, Host, Retention, Unknown};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{self, UpstreamOutcome};
 use crate::telemetry::trace_context::{self, TraceParent};
@@ -127,8 +127,8 @@ impl Upstream {
     /// The largest answer read whole for this call: model output may be larger than control answers.
     pub fn max_answer_bytes(&self, call: &Call) -> usize {
         match call.facts().answer {
-            AnswerSize::Output => self.config.max_result_bytes,
-            AnswerSize::Control => self.config.max_response_bytes,
+            Answer::Output => self.config.max_result_bytes,
+            Answer::Control | Answer::Json | Answer::Stream | Answer::StreamWhenTaken => self.config.max_response_bytes,
         }
     }
 

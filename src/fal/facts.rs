@@ -5,17 +5,20 @@
 //! forwarded headers read these facts instead of matching on operations themselves, so a new
 //! operation cannot compile until every question below is answered for it.
 //!
-//! | op | class | price | endpoint rates | retention header | slot | drain | outcome unknown | job |
-//! | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-//! | submit (idempotent) | submit | endpoint | yes | `-preference` | — | 424 | keep | starts (reconciled) |
-//! | status | poll | — | no | — | — | served | — | may end |
-//! | status stream | poll | — | no | — | stream | cut | — | — |
-//! | result | poll | — | no | — | relay | served | — | may end |
-//! | cancel | cancel | — | no | — | — | served | — | may end |
-//! | run | submit | endpoint | yes | `-preference` | relay | 424 | keep | runs |
-//! | run stream | submit | endpoint | yes | `-preference` | stream | 424 | keep | runs |
-//! | upload initiate | upload | free | no | `x-fal-object-lifecycle` | — | 424 | refund | — |
-//! | client token | token | `client_token_cost` | no | — | — | 424 | refund | — |
+//! | op | class | price | endpoint rates | retention header | slot | drain | outcome unknown | job | answer |
+//! | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+//! | submit (idempotent) | submit | endpoint | yes | `-preference` | — | 424 | keep | starts (reconciled) | control |
+//! | status | poll | — | no | — | — | served | — | may end | control |
+//! | status stream | poll | — | no | — | stream | cut | — | — | stream |
+//! | result | poll | — | no | — | relay | served | — | may end | output |
+//! | cancel | cancel | — | no | — | — | served | — | may end | control |
+//! | run | submit | endpoint | yes | `-preference` | relay | 424 | keep | runs | output |
+//! | run stream | submit | endpoint | yes | `-preference` | stream | 424 | keep | runs | stream when taken |
+//! | upload initiate | upload | free | no | `x-fal-object-lifecycle` | — | 424 | refund | — | control |
+//! | client token | token | `client_token_cost` | no | — | — | 424 | refund | — | JSON |
+//!
+//! The relay (`upstream/relay.rs`) reads the answer column too: whether fal's answer is streamed,
+//! its size cap, what a 2xx must hold, and how a stream ends at its lifetime.
 
 use http::Method;
 
@@ -159,13 +162,25 @@ pub enum Job {
     None,
 }
 
-/// How large an answer read whole may be.
+/// How fal's answer is relayed: streamed or read whole, how large it may be, what a 2xx must
+/// hold, and how a stream ends at its lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AnswerSize {
-    /// Model output: `upstream.max_result_bytes`.
-    Output,
-    /// A control answer: `upstream.max_response_bytes`.
+pub enum Answer {
+    /// fal's control JSON, read whole (`upstream.max_response_bytes`): a 2xx must be JSON with
+    /// fal's fields (a submit's must name a request id); a refusal's fields are read, never
+    /// required (a cancel's `ALREADY_COMPLETED`).
     Control,
+    /// Model output, read whole (`upstream.max_result_bytes`), relayed as it comes once the
+    /// buffer budget is out; a 2xx is checked to be JSON when it says it is.
+    Output,
+    /// A JSON value read whole (`upstream.max_response_bytes`; a temporary token is a string),
+    /// only checked to be JSON.
+    Json,
+    /// An event stream relayed as it arrives, ended cleanly at its lifetime.
+    Stream,
+    /// Relayed as it arrives when fal took the call (a 2xx), else read like [`Answer::Control`];
+    /// broken off (not ended) at its lifetime, so a partial output never looks final.
+    StreamWhenTaken,
 }
 
 /// Everything that differs by operation.
@@ -197,8 +212,8 @@ pub struct OpFacts {
     pub unknown: Unknown,
     /// What it means for the caller's jobs (and the reconciler).
     pub job: Job,
-    /// The largest answer read whole.
-    pub answer: AnswerSize,
+    /// How fal's answer is relayed.
+    pub answer: Answer,
     /// Whether an `Idempotency-Key` replays the first answer (else the header is ignored).
     pub idempotent: bool,
 }
@@ -234,7 +249,7 @@ impl OpKind {
                 drain: Drain::AnswerUnknown,
                 unknown: Unknown::KeepSpend,
                 job: Job::Starts,
-                answer: AnswerSize::Control,
+                answer: Answer::Control,
                 idempotent: true,
             },
             Self::Status => OpFacts {
@@ -251,7 +266,7 @@ impl OpKind {
                 drain: Drain::Served,
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
-                answer: AnswerSize::Control,
+                answer: Answer::Control,
                 idempotent: false,
             },
             Self::StatusStream => OpFacts {
@@ -268,7 +283,7 @@ impl OpKind {
                 drain: Drain::Cut,
                 unknown: Unknown::NotPaid,
                 job: Job::None,
-                answer: AnswerSize::Control,
+                answer: Answer::Stream,
                 idempotent: false,
             },
             Self::Result => OpFacts {
@@ -285,7 +300,7 @@ impl OpKind {
                 drain: Drain::Served,
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
-                answer: AnswerSize::Output,
+                answer: Answer::Output,
                 idempotent: false,
             },
             Self::Cancel => OpFacts {
@@ -302,7 +317,7 @@ impl OpKind {
                 drain: Drain::Served,
                 unknown: Unknown::NotPaid,
                 job: Job::MayEnd,
-                answer: AnswerSize::Control,
+                answer: Answer::Control,
                 idempotent: false,
             },
             Self::Run => OpFacts {
@@ -319,7 +334,7 @@ impl OpKind {
                 drain: Drain::AnswerUnknown,
                 unknown: Unknown::KeepSpend,
                 job: Job::Runs,
-                answer: AnswerSize::Output,
+                answer: Answer::Output,
                 idempotent: false,
             },
             // A sync run answered as an event stream: the same rules as a run, a stream slot.
@@ -337,7 +352,7 @@ impl OpKind {
                 drain: Drain::AnswerUnknown,
                 unknown: Unknown::KeepSpend,
                 job: Job::Runs,
-                answer: AnswerSize::Control,
+                answer: Answer::StreamWhenTaken,
                 idempotent: false,
             },
             Self::StorageInitiate => OpFacts {
@@ -354,7 +369,7 @@ impl OpKind {
                 drain: Drain::AnswerUnknown,
                 unknown: Unknown::Refund,
                 job: Job::None,
-                answer: AnswerSize::Control,
+                answer: Answer::Control,
                 idempotent: false,
             },
             Self::ClientToken => OpFacts {
@@ -371,7 +386,7 @@ impl OpKind {
                 drain: Drain::AnswerUnknown,
                 unknown: Unknown::Refund,
                 job: Job::None,
-                answer: AnswerSize::Control,
+                answer: Answer::Json,
                 idempotent: false,
             },
         }

@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use http_body_util::BodyDataStream;
 
 use crate::error::GateError;
-use crate::fal::{Call, FalRequestId, Op};
+use crate::fal::{Answer, Call, FalRequestId, Job};
 use crate::telemetry::metrics;
 use crate::upstream::budget::Charge;
 use crate::upstream::{after_sent, FalResponse, Upstream};
@@ -104,16 +104,10 @@ impl Buffered {
 /// when fal took it (a 2xx; its refusals are small JSON, read and checked like a sync run's).
 /// Every other answer is read whole.
 pub fn is_streamed(call: &Call, status: StatusCode) -> bool {
-    match call.op {
-        Op::StatusStream { .. } => true,
-        Op::RunStream { .. } => status.is_success(),
-        Op::Submit { .. }
-        | Op::Status { .. }
-        | Op::Result { .. }
-        | Op::Cancel { .. }
-        | Op::Run { .. }
-        | Op::StorageInitiate
-        | Op::ClientToken => false,
+    match call.facts().answer {
+        Answer::Stream => true,
+        Answer::StreamWhenTaken => status.is_success(),
+        Answer::Control | Answer::Output | Answer::Json => false,
     }
 }
 
@@ -123,6 +117,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     let status = response.status();
     refuse_credential_failure(status)?;
     let headers = relayed_headers(response.headers());
+    let facts = call.facts();
     let limit = upstream.max_answer_bytes(call);
     let mut body = BytesMut::new();
     let mut charge = Charge::default();
@@ -140,7 +135,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
             ));
         }
         if !upstream.budget().try_grow(&mut charge, size) {
-            if status.is_success() && matches!(call.op, Op::Result { .. } | Op::Run { .. }) {
+            if status.is_success() && facts.answer == Answer::Output {
                 // Out of budget: relay the model output as it comes instead of holding it.
                 body.extend_from_slice(&chunk);
                 let rest = Body::from_stream(chunks);
@@ -162,24 +157,31 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         body.extend_from_slice(&chunk);
     }
     let body = body.freeze();
-    let must_be_json = !matches!(call.op, Op::Result { .. } | Op::Run { .. }) || is_json(&headers);
+    let must_be_json = facts.answer != Answer::Output || is_json(&headers);
     let not_json = || {
         after_sent(
             call,
             GateError::UpstreamBadResponse(format!("{} answer with status {status} is not JSON", call.op_name())),
         )
     };
-    let fields = match (status.is_success() && must_be_json, &call.op) {
-        // A refused cancel may say the job already ended (`ALREADY_COMPLETED`); read, never required.
-        (false, Op::Cancel { .. }) => serde_json::from_slice::<Fields>(&body).unwrap_or_default(),
-        (false, _) => Fields::default(),
+    let fields = match (status.is_success(), facts.answer) {
+        // A refusal's fields are read, never required: a refused cancel may say the job already
+        // ended (`ALREADY_COMPLETED`).
+        (false, Answer::Control | Answer::StreamWhenTaken) => {
+            serde_json::from_slice::<Fields>(&body).unwrap_or_default()
+        }
+        (false, Answer::Output | Answer::Json | Answer::Stream) => Fields::default(),
+        // Model output saying it is not JSON is relayed as it is.
+        (true, Answer::Output) if !must_be_json => Fields::default(),
         // Model output is only checked to be JSON: its fields are the model's, not fal's. A
         // temporary token is a JSON string.
-        (true, Op::Result { .. } | Op::Run { .. } | Op::ClientToken) => {
+        (true, Answer::Output | Answer::Json) => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|_| not_json())?;
             Fields::default()
         }
-        (true, _) => serde_json::from_slice::<Fields>(&body).map_err(|_| not_json())?,
+        (true, Answer::Control | Answer::Stream | Answer::StreamWhenTaken) => {
+            serde_json::from_slice::<Fields>(&body).map_err(|_| not_json())?
+        }
     };
     let buffered = Buffered {
         status,
@@ -189,7 +191,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         charge,
         rest: None,
     };
-    if status.is_success() && matches!(call.op, Op::Submit { .. }) && buffered.submitted_id().is_none() {
+    if status.is_success() && facts.job == Job::Starts && buffered.submitted_id().is_none() {
         return Err(after_sent(
             call,
             GateError::UpstreamBadResponse("submit answer has no valid request_id".into()),
@@ -217,9 +219,9 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, call: &Call, response: Fal
     let open = metrics::StreamGuard::open();
     let body = idle_limited(BodyDataStream::new(response.into_body()), upstream.idle_timeout());
     // A run cut short must not look finished: `fal.stream` would take its last partial as the output.
-    let at_lifetime = match call.op {
-        Op::RunStream { .. } => AtLifetime::Abort,
-        _ => AtLifetime::End,
+    let at_lifetime = match call.facts().answer {
+        Answer::StreamWhenTaken => AtLifetime::Abort,
+        Answer::Stream | Answer::Control | Answer::Output | Answer::Json => AtLifetime::End,
     };
     let body = lifetime_limited(body, upstream.max_stream_lifetime(), at_lifetime).map(move |chunk| {
         let _held = (&hold, &open);
