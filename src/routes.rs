@@ -92,7 +92,10 @@ fn learn(facts: &mut CallFacts, call: &Call) {
         Op::Submit { endpoint, .. } | Op::Run { endpoint } | Op::RunStream { endpoint } => {
             Some(endpoint.as_str().to_owned())
         }
-        _ => call.app().map(|app| app.as_str().to_owned()),
+        Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
+            Some(app.as_str().to_owned())
+        }
+        Op::StorageInitiate | Op::ClientToken => None,
     };
 }
 

@@ -71,7 +71,14 @@ pub(super) async fn rewrite(response: Response, call: &Call, base: &Base) -> Res
     let (app, known_id) = match &call.op {
         Op::Submit { endpoint, .. } => (endpoint.app(), None),
         Op::Status { app, id, .. } => (app.clone(), Some(id.clone())),
-        _ => return response,
+        // Their answers carry no links of fal's queue (or keep fal's: event streams).
+        Op::StatusStream { .. }
+        | Op::Result { .. }
+        | Op::Cancel { .. }
+        | Op::Run { .. }
+        | Op::RunStream { .. }
+        | Op::StorageInitiate
+        | Op::ClientToken => return response,
     };
     if !response.status().is_success() || response.extensions().get::<std::sync::Arc<GateError>>().is_some() {
         return response;
