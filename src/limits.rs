@@ -473,7 +473,8 @@ impl Limiter {
     /// The credit cost of a call to `endpoint` (the path called, not its policy entry) with
     /// `input`, by the longest `credits.endpoints` key covering it: the value of the configured
     /// field if it has a cost, else that key's cost, else `default_cost`.
-    pub fn credits_for(&self, endpoint: &str, input: &serde_json::Value) -> u64 {
+    pub fn credits_for<'a>(&self, endpoint: &str, input: impl Into<crate::schema::Ruled<'a>>) -> u64 {
+        let input = input.into();
         let Some((_, costs)) = config::longest(&self.config.credits.endpoints, endpoint) else {
             return self.config.credits.default_cost;
         };

@@ -179,7 +179,8 @@ impl Grant<'_> {
     /// Refuses input options the tier may not use (e.g. a premium `model`), naming the field.
     /// `input` is the input as fal will see it: the schema's defaults applied for absent fields
     /// (`schema::ValidInput::ruled`), so a default the tier may not use is refused too.
-    pub fn check_options(&self, input: &Value) -> Result<(), GateError> {
+    pub fn check_options<'a>(&self, input: impl Into<crate::schema::Ruled<'a>>) -> Result<(), GateError> {
+        let input = input.into();
         let Some(fields) = self.endpoint.as_ref().and_then(|entry| self.tier.options.get(entry)) else {
             return Ok(());
         };

@@ -11,6 +11,7 @@ mod variant;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -101,9 +102,37 @@ pub struct ValidInput {
     pub bytes: Bytes,
     /// The parsed input (always a JSON object).
     pub value: Value,
-    /// `value` with the schema's top-level `default`s written in for the fields it lacks, when
-    /// there were any: the input as fal runs it, which prices and option rules read.
-    defaulted: Option<Value>,
+    /// The schema's top-level `default`s, shared with the compiled schema (no copy per call):
+    /// read through [`Self::ruled`] for the fields `value` lacks.
+    defaults: Arc<[(String, Value)]>,
+}
+
+/// The input as fal runs it: a top-level field is the caller's value, else the schema's
+/// `default`. What `Limiter::credits_for` and `Grant::check_options` read (they name top-level
+/// fields only); a lookup over the parsed input and the compiled defaults, so nothing is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Ruled<'a> {
+    value: &'a Value,
+    defaults: &'a [(String, Value)],
+}
+
+impl<'a> Ruled<'a> {
+    /// The field `name` as fal runs it.
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
+        self.value.get(name).or_else(|| {
+            self.defaults
+                .iter()
+                .find(|(field, _)| field == name)
+                .map(|(_, default)| default)
+        })
+    }
+}
+
+/// An input read as it is (no defaults): tests, and inputs the gate wrote itself.
+impl<'a> From<&'a Value> for Ruled<'a> {
+    fn from(value: &'a Value) -> Self {
+        Self { value, defaults: &[] }
+    }
 }
 
 impl ValidInput {
@@ -112,14 +141,17 @@ impl ValidInput {
         Self {
             bytes,
             value,
-            defaulted: None,
+            defaults: Arc::from([]),
         }
     }
 
     /// The input as fal runs it: the schema's defaults applied for absent top-level fields.
     /// What `Limiter::credits_for` and `Grant::check_options` read; never forwarded.
-    pub fn ruled(&self) -> &Value {
-        self.defaulted.as_ref().unwrap_or(&self.value)
+    pub fn ruled(&self) -> Ruled<'_> {
+        Ruled {
+            value: &self.value,
+            defaults: &self.defaults,
+        }
     }
 }
 
@@ -202,7 +234,7 @@ struct Endpoint {
     tier_schemas: HashMap<String, Value>,
     /// The top-level fields the endpoint's own schema gives a `default` (before overlays: a
     /// field a tier may not send still runs with fal's default), found once at compile time.
-    defaults: Vec<(String, Value)>,
+    defaults: Arc<[(String, Value)]>,
 }
 
 impl Default for Limits {
@@ -264,11 +296,10 @@ impl Schemas {
         let value = Value::Object(strict::parse_object(body, &limits.shape())?);
         let failures = variant.check(&value);
         if failures.is_empty() {
-            let defaulted = compiled.defaulted(&value);
             Ok(ValidInput {
                 bytes: Bytes::copy_from_slice(body),
                 value,
-                defaulted,
+                defaults: Arc::clone(&compiled.defaults),
             })
         } else {
             Err(Rejection::Invalid(failures))
@@ -312,7 +343,7 @@ impl Endpoint {
             UnknownFields::Refuse => root.insert("additionalProperties".into(), Value::Bool(false)),
             UnknownFields::Allow => root.remove("additionalProperties"),
         };
-        let defaults = top_level_defaults(&schema);
+        let defaults = Arc::from(top_level_defaults(&schema));
         let mut urls = BTreeMap::new();
         if let Some(overlay) = &source.overlay {
             overlay::apply(&mut schema, &mut urls, overlay)
@@ -341,20 +372,6 @@ impl Endpoint {
             tier_schemas,
             defaults,
         })
-    }
-
-    /// `input` with the defaults of the fields it lacks, when it lacks any with one.
-    fn defaulted(&self, input: &Value) -> Option<Value> {
-        let Value::Object(fields) = input else { return None };
-        let mut missing = self
-            .defaults
-            .iter()
-            .filter(|(name, _)| !fields.contains_key(name))
-            .peekable();
-        missing.peek()?;
-        let mut with = fields.clone();
-        with.extend(missing.map(|(name, default)| (name.clone(), default.clone())));
-        Some(Value::Object(with))
     }
 }
 
