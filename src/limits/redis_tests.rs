@@ -187,16 +187,22 @@ async fn until_ready(limiter: &Limiter) {
 async fn d59_redis_cut_with_deny_is_a_prompt_503_and_recovers_by_itself() {
     let (proxy, limiter) = behind_proxy(OnStoreError::Deny).await;
     limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
+    assert_eq!(limiter.errors.seen(), 0);
     proxy.cut();
-    let started = std::time::Instant::now();
-    for _ in 0..5 {
-        let refused = limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err();
+    // Prompt means bounded by the store timeout (200 ms) on every call, never a hang: the bound
+    // here only turns a hang into a named failure, it measures nothing.
+    for call in 1..=5 {
+        let refused = tokio::time::timeout(Duration::from_secs(30), limiter.admit(&ALICE, OpClass::Submit, None, 1))
+            .await
+            .expect("an admission hung on a cut Redis instead of failing at the store timeout")
+            .unwrap_err();
         assert_eq!(
             (refused.status().as_u16(), refused.code()),
             (503, "dependency_unavailable")
         );
+        // The refusal is the store-error path's (`deny`): one store error per call, no more.
+        assert_eq!(limiter.errors.seen(), call);
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(limiter.ready().await, Readiness::Unavailable);
     proxy.restore();
     until_ready(&limiter).await;
@@ -282,7 +288,7 @@ async fn stream_slots_are_shared_by_replicas_and_freed_when_dropped() {
     let _relay = a.open_slot(&ALICE, SlotKind::Relay).await.unwrap();
     drop(on_a);
     // The keeper task closes the slot on Redis; poll for it with a deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let _again = loop {
         match b.open_slot(&ALICE, SlotKind::Stream).await {
             Ok(slot) => break slot,

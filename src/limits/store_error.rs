@@ -13,6 +13,8 @@ const STORE_ERROR_LOG_INTERVAL_S: u64 = 30;
 #[derive(Debug, Default)]
 pub(crate) struct StoreErrorLog {
     last_logged_s: AtomicU64,
+    /// Every store error seen, logged or not (tests count the calls a down store refused).
+    seen: AtomicU64,
 }
 
 impl StoreErrorLog {
@@ -26,6 +28,7 @@ impl StoreErrorLog {
     }
 
     pub(crate) fn log(&self, err: &StoreError) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         let now_s = micros(SystemTime::now()) / 1_000_000;
         let last = self.last_logged_s.load(Ordering::Relaxed);
         let due = now_s >= last + STORE_ERROR_LOG_INTERVAL_S;
@@ -37,5 +40,11 @@ impl StoreErrorLog {
         {
             tracing::warn!(error = %err, "limits store unavailable; repeats are not logged for 30 s");
         }
+    }
+
+    /// How many store errors were seen since start.
+    #[cfg(test)]
+    pub(crate) fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
     }
 }
