@@ -384,3 +384,8 @@ mod tests {
         assert_ne!(request_id(&observer, &request("10.1.2.3:1", "a;b")), "a;b");
     }
 }
+
+#[cfg(test)]
+mod tests_lines;
+#[cfg(test)]
+mod tests_trace;
