@@ -24,6 +24,10 @@ mod slots;
 mod store_error;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_admission;
+#[cfg(test)]
+mod tests_admission_redis;
 mod usage;
 
 use std::net::IpAddr;

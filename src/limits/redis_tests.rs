@@ -49,7 +49,7 @@ async fn within_a_refill<T>(burst: impl std::future::Future<Output = T>) -> T {
         .expect("the burst ran into the next refill (one call a minute)")
 }
 
-fn replicas(edit: impl Fn(&mut LimitsConfig)) -> (Arc<Limiter>, Arc<Limiter>) {
+pub(super) fn replicas(edit: impl Fn(&mut LimitsConfig)) -> (Arc<Limiter>, Arc<Limiter>) {
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let mut config = no_refill();
     edit(&mut config);
@@ -57,7 +57,7 @@ fn replicas(edit: impl Fn(&mut LimitsConfig)) -> (Arc<Limiter>, Arc<Limiter>) {
     (replica(), replica())
 }
 
-const ALICE: Subject<'static> = Subject {
+pub(super) const ALICE: Subject<'static> = Subject {
     principal: "iss|alice",
     tier: "pro",
 };

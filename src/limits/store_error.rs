@@ -28,8 +28,13 @@ impl StoreErrorLog {
     }
 
     pub(crate) fn log(&self, err: &StoreError) {
+        self.log_at(err, SystemTime::now());
+    }
+
+    /// [`Self::log`] at `now`.
+    fn log_at(&self, err: &StoreError, now: SystemTime) {
         self.seen.fetch_add(1, Ordering::Relaxed);
-        let now_s = micros(SystemTime::now()) / 1_000_000;
+        let now_s = micros(now) / 1_000_000;
         let last = self.last_logged_s.load(Ordering::Relaxed);
         let due = now_s >= last + STORE_ERROR_LOG_INTERVAL_S;
         if due
@@ -46,5 +51,47 @@ impl StoreErrorLog {
     #[cfg(test)]
     pub(crate) fn seen(&self) -> u64 {
         self.seen.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::telemetry::captured::Captured;
+
+    #[test]
+    fn a_down_store_is_logged_once_per_interval_and_every_error_is_counted() {
+        let captured = Captured::default();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(captured.clone())
+                .finish(),
+        );
+        let log = StoreErrorLog::default();
+        let err = StoreError::Timeout(Duration::from_millis(200));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lines = |at: SystemTime| {
+            tracing::dispatcher::with_default(&dispatch, || log.log_at(&err, at));
+            captured.text().matches("limits store unavailable").count()
+        };
+        assert_eq!(lines(t0), 1, "the first error is logged");
+        assert_eq!(
+            lines(t0 + Duration::from_millis(29_999)),
+            1,
+            "repeats within 30 s are not"
+        );
+        assert_eq!(lines(t0 + Duration::from_secs(30)), 2, "the next one 30 s on is");
+        assert_eq!(lines(t0 + Duration::from_secs(59)), 2);
+        assert_eq!(lines(t0 + Duration::from_secs(60)), 3);
+        assert_eq!(log.seen(), 5);
+        // Mode decides what an error means for the call.
+        assert!(log.fallback(OnStoreError::Allow, &err).is_ok());
+        assert_eq!(
+            log.fallback(OnStoreError::Deny, &err).unwrap_err().code(),
+            "dependency_unavailable"
+        );
     }
 }
