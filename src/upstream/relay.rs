@@ -363,3 +363,6 @@ mod tests {
         assert_eq!(chunks[1].as_ref().unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 }
+
+#[cfg(test)]
+mod tests_buffer;
