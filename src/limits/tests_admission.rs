@@ -196,3 +196,57 @@ fn ipv6_clients_are_keyed_by_their_64_bit_prefix_and_ipv4_by_address() {
     assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
     assert_eq!(key("192.0.2.77"), "192.0.2.77");
 }
+
+#[tokio::test]
+async fn only_a_submit_precheck_counts_the_jobs_in_flight() {
+    let mut config = config();
+    config.tiers.get_mut("free").unwrap().max_inflight_jobs = Some(Limit::Max(1));
+    let limiter = Limiter::new(config, None).unwrap();
+    let alice = who("iss|alice");
+    let _held = limiter.admit_at(&alice, OpClass::Submit, None, 1, t0()).await.unwrap();
+    let refused = limiter
+        .precheck_at(&alice, OpClass::Submit, None, t0())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "concurrency_limited");
+    // A poll or a cancel of the running job is not a new job.
+    limiter.precheck_at(&alice, OpClass::Poll, None, t0()).await.unwrap();
+    limiter.precheck_at(&alice, OpClass::Cancel, None, t0()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_priced_precheck_refuses_a_call_costing_more_than_the_credits_left() {
+    let manual = ManualClock::new();
+    let limiter = Limiter::with_clock(config(), None, manual.clock()).unwrap();
+    let alice = who("iss|alice");
+    // free: 10 credits a day.
+    limiter.precheck_priced(&alice, OpClass::Token, None, 10).await.unwrap();
+    let refused = limiter
+        .precheck_priced(&alice, OpClass::Token, None, 11)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "quota_exceeded");
+}
+
+#[test]
+fn the_cheapest_price_of_an_endpoint_is_its_lowest_cost() {
+    let mut config = config();
+    config.credits.endpoints.insert(
+        "fal-ai/priced".into(),
+        EndpointCredits {
+            cost: 4,
+            field: Some("size".into()),
+            values: [("small".to_owned(), 3), ("large".to_owned(), 7)].into_iter().collect(),
+        },
+    );
+    let limiter = Limiter::new(config, None).unwrap();
+    assert_eq!(limiter.min_credits(None), 0, "a call to no endpoint");
+    assert_eq!(limiter.min_credits(Some("fal-ai/flux/dev")), 2);
+    assert_eq!(
+        limiter.min_credits(Some("fal-ai/flux/dev/sub")),
+        2,
+        "a sub path shares its key"
+    );
+    assert_eq!(limiter.min_credits(Some("fal-ai/priced")), 3);
+    assert_eq!(limiter.min_credits(Some("fal-ai/other")), 1, "the default cost");
+}
