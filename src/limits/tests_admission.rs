@@ -250,3 +250,10 @@ fn the_cheapest_price_of_an_endpoint_is_its_lowest_cost() {
     assert_eq!(limiter.min_credits(Some("fal-ai/priced")), 3);
     assert_eq!(limiter.min_credits(Some("fal-ai/other")), 1, "the default cost");
 }
+
+#[test]
+fn a_shared_slot_lives_a_minute_without_a_refresh_and_is_refreshed_well_within_it() {
+    // The Redis scripts take the TTL in milliseconds.
+    assert_eq!(slots::ttl_ms(), 60_000);
+    assert!(slots::SLOT_TTL >= Duration::from_secs(60));
+}
