@@ -1,6 +1,6 @@
 //! fal's `x-fal-*` request header values, parsed and bounded, and written back in one canonical
 //! form: what fal receives is always the value that was checked, never the caller's bytes
-//! (`shared/fal-protocol.md` §2.3). The per-tier rules over them are `config::FalHeaderRules`.
+//! (`shared/fal-protocol.md` §2.3). The per-tier rules over them are `policy::FalHeaderRules`.
 
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +151,32 @@ pub fn parse_store_io(raw: &str) -> Result<bool, HeaderValueError> {
         "1" => Ok(true),
         "0" => Ok(false),
         _ => Err(HeaderValueError),
+    }
+}
+
+/// fal's queue priorities, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+}
+
+impl Priority {
+    /// Parses fal's header value.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "low" => Some(Self::Low),
+            "normal" => Some(Self::Normal),
+            _ => None,
+        }
+    }
+
+    /// fal's header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+        }
     }
 }
 
