@@ -301,6 +301,25 @@ pub fn render(error: &GateError, request_id: &str) -> serde_json::Value {
     body
 }
 
+impl From<crate::input::BodyError> for GateError {
+    fn from(err: crate::input::BodyError) -> Self {
+        use crate::input::BodyError;
+        match err {
+            BodyError::NotJson => Self::NotJson,
+            BodyError::TooLarge(limit) => Self::BodyTooLarge(limit),
+            BodyError::Busy { message, retry_after } => crate::limits::LimitError::SlotsTaken {
+                message,
+                retry_after,
+                policy: None,
+            }
+            .into(),
+            BodyError::Timeout => Self::BodyTimeout,
+            BodyError::Unreadable => Self::Malformed("the request body could not be read".into()),
+            BodyError::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
 impl From<crate::schema::Rejection> for GateError {
     fn from(rejection: crate::schema::Rejection) -> Self {
         use crate::schema::Rejection;

@@ -90,7 +90,7 @@ pub async fn handle(
             let (bytes, charge) = match read {
                 // A body that did not arrive in time counts against its caller: it spends the
                 // call's rate (input::read_body).
-                Err(GateError::BodyTimeout) => {
+                Err(input::BodyError::Timeout) => {
                     gate.limiter.spend_rate(&subject, facts.class).await;
                     return Err(GateError::BodyTimeout);
                 }
