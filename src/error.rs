@@ -66,6 +66,9 @@ pub enum GateError {
     Overloaded,
     #[error(transparent)]
     Limited(#[from] crate::limits::LimitError),
+    /// A fal webhook delivery refused by the receiver (`webhooks`).
+    #[error(transparent)]
+    Webhook(crate::webhooks::Refusal),
     #[error("an internal error occurred")]
     Internal(String),
 }
@@ -102,6 +105,7 @@ impl GateError {
             Self::SubmitOutcomeUnknown(_) => StatusCode::FAILED_DEPENDENCY,
             Self::DependencyDown(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Limited(limit) => limit.status(),
+            Self::Webhook(refusal) => webhook_status(*refusal),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +136,7 @@ impl GateError {
             Self::DependencyDown(_) => "dependency_unavailable",
             Self::Overloaded => "overloaded",
             Self::Limited(limit) => limit.code(),
+            Self::Webhook(refusal) => webhook_code(*refusal),
             Self::Internal(_) => "internal",
         }
     }
@@ -161,6 +166,45 @@ impl GateError {
             Self::Unauthenticated(err) | Self::UnauthenticatedExplained(err) => Some(err.log_reason().to_owned()),
             _ => None,
         }
+    }
+}
+
+impl From<crate::webhooks::Refusal> for GateError {
+    fn from(refusal: crate::webhooks::Refusal) -> Self {
+        use crate::webhooks::Refusal;
+        match refusal {
+            Refusal::Malformed(header) => Self::Malformed(format!("the {header} header is missing or invalid")),
+            Refusal::KeysUnavailable => Self::DependencyDown("fal's webhook signing keys"),
+            Refusal::StoreDown => Self::DependencyDown("the shared state store"),
+            Refusal::Stale | Refusal::WrongUser | Refusal::BadSignature | Refusal::UnknownRequest => {
+                Self::Webhook(refusal)
+            }
+        }
+    }
+}
+
+/// The status of a webhook refusal (the ones `From` does not turn into another variant).
+fn webhook_status(refusal: crate::webhooks::Refusal) -> StatusCode {
+    use crate::webhooks::Refusal;
+    match refusal {
+        Refusal::Stale | Refusal::BadSignature => StatusCode::UNAUTHORIZED,
+        Refusal::WrongUser => StatusCode::FORBIDDEN,
+        Refusal::UnknownRequest => StatusCode::NOT_FOUND,
+        Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        Refusal::KeysUnavailable | Refusal::StoreDown => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The code of a webhook refusal.
+fn webhook_code(refusal: crate::webhooks::Refusal) -> &'static str {
+    use crate::webhooks::Refusal;
+    match refusal {
+        Refusal::Stale => "webhook_timestamp_out_of_range",
+        Refusal::WrongUser => "webhook_user_mismatch",
+        Refusal::BadSignature => "webhook_signature_invalid",
+        Refusal::UnknownRequest => "webhook_request_unknown",
+        Refusal::Malformed(_) => "malformed_request",
+        Refusal::KeysUnavailable | Refusal::StoreDown => "dependency_unavailable",
     }
 }
 

@@ -34,6 +34,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -153,10 +153,12 @@ async fn admitted(
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
         gate.ownership.check(principal, &app, id).await?;
     }
+    // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
+    let hooked = gate.webhooks.hooked(call);
     let forward = async {
         let sent = gate
             .upstream
-            .send(call, forwarded, input.map(|input| input.bytes))
+            .send(&hooked, forwarded, input.map(|input| input.bytes))
             .await;
         match sent {
             Ok(response) if relay::is_streamed(call, response.status()) => {
@@ -191,7 +193,8 @@ async fn admitted(
 /// What fal's answer means for ownership and limits (decided before any await, since an answer
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    /// A job fal took, with the caller's own `fal_webhook` (forwarded to by `webhooks`).
+    Submitted(crate::fal::AppId, crate::fal::FalRequestId, Option<crate::fal::Webhook>),
     Refund,
     Finished(crate::fal::AppId, crate::fal::FalRequestId),
     RunDone,
@@ -229,9 +232,9 @@ impl Bookkeeping {
             return refund_if_paid;
         }
         match (facts.job, &call.op, answer) {
-            (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
+            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => buffered
                 .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id, webhook.clone())),
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -244,9 +247,16 @@ impl Bookkeeping {
 /// job, or the refund of a paid call fal did not take.
 async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id) => {
+        Bookkeeping::Submitted(app, id, hook) => {
             gate.ownership.record(subject.principal, &app, &id).await;
             gate.limiter.job_started(admission, &app, &id).await;
+            let job = crate::webhooks::Submitted {
+                tag: admission.tag().to_owned(),
+                app: app.as_str().to_owned(),
+                spend: admission.spend(),
+                hook: hook.map(|hook| hook.as_str().to_owned()),
+            };
+            gate.webhooks.submitted(&id, job).await;
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(app, id) => gate.limiter.job_finished(subject, &app, &id).await,
