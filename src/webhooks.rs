@@ -314,7 +314,7 @@ impl Webhooks {
         }
         let outcome = Outcome::of(body);
         apply(limiter, self.ended.as_ref(), &signed.request_id, &job, &outcome).await;
-        if let Some(url) = job.hook.as_deref().and_then(|hook| url::Url::parse(hook).ok()) {
+        if let Some(url) = job.hook.as_deref().and_then(|hook| self.forward_url(hook)) {
             self.forwarder.enqueue(forward::Forward {
                 url,
                 headers: forwarded_headers(headers),
@@ -322,6 +322,18 @@ impl Webhooks {
             });
         }
         Ok(Received::Applied)
+    }
+
+    /// Where a forward to `hook` goes: the hook, or its path and query on `forward_via`.
+    fn forward_url(&self, hook: &str) -> Option<url::Url> {
+        let hook = url::Url::parse(hook).ok()?;
+        let Some(via) = &self.config.forward_via else {
+            return Some(hook);
+        };
+        let mut url = via.clone();
+        url.set_path(hook.path());
+        url.set_query(hook.query());
+        Some(url)
     }
 
     /// Any key of fal's JWKS verifies `signed`; an unknown signature asks for one refetch

@@ -71,13 +71,15 @@ pub(crate) fn status_body(snapshot: &Snapshot, urls: &Urls, logs: Option<&[Value
 }
 
 /// The `error`/`error_type` pair of a completed request that did not succeed.
-fn failure(snapshot: &Snapshot) -> Option<(&'static str, &'static str)> {
+pub(crate) fn failure(snapshot: &Snapshot) -> Option<(&'static str, String)> {
+    use super::model::Outcome;
     if snapshot.cancelled {
-        Some(("Request was cancelled", "request_cancelled"))
-    } else if matches!(snapshot.outcome, super::model::Outcome::Invalid(_)) {
-        Some(("Invalid status code: 422", "validation_error"))
-    } else {
-        None
+        return Some(("Request was cancelled", "request_cancelled".into()));
+    }
+    match &snapshot.outcome {
+        Outcome::Invalid(_) => Some(("Invalid status code: 422", "validation_error".into())),
+        Outcome::Failed(error_type) => Some(("Invalid status code: 500", error_type.clone())),
+        Outcome::Output(_) => None,
     }
 }
 

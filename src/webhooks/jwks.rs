@@ -8,16 +8,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use ed25519_dalek::VerifyingKey;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use url::Url;
 
 use crate::clock::Clock;
-
-/// Most keys kept from one document.
-const MAX_KEYS: usize = 16;
 
 /// The cached key set.
 pub(crate) struct FalKeys {
@@ -122,7 +118,7 @@ impl FalKeys {
             }
             body.extend_from_slice(&chunk);
         }
-        let keys = parse(&body)?;
+        let keys = crate::fal::signature::jwks_keys(&body)?;
         if keys.is_empty() {
             return Err("no OKP/Ed25519 key in the document".into());
         }
@@ -137,61 +133,9 @@ fn jwks_url(storage_url: &Url) -> Result<Url, String> {
     Url::parse(&joined).map_err(|err| err.to_string())
 }
 
-/// The Ed25519 keys of a JWKS document (`kty` `OKP`, `crv` `Ed25519`, `x` base64url); other
-/// keys are skipped, at most [`MAX_KEYS`] kept.
-pub(crate) fn parse(document: &[u8]) -> Result<Vec<VerifyingKey>, String> {
-    #[derive(serde::Deserialize)]
-    struct Document {
-        keys: Vec<serde_json::Value>,
-    }
-    let document: Document = serde_json::from_slice(document).map_err(|err| format!("not a JWKS: {err}"))?;
-    let key = |jwk: &serde_json::Value| -> Option<VerifyingKey> {
-        if jwk.get("kty")?.as_str()? != "OKP" || jwk.get("crv")?.as_str()? != "Ed25519" {
-            return None;
-        }
-        let x = jwk.get("x")?.as_str()?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(x.trim_end_matches('='))
-            .ok()?;
-        VerifyingKey::from_bytes(&<[u8; 32]>::try_from(bytes).ok()?).ok()
-    };
-    Ok(document.keys.iter().filter_map(key).take(MAX_KEYS).collect())
-}
-
-/// The JWKS document serving `keys` (what the emulator serves; also the tests').
-pub fn document(keys: &[VerifyingKey]) -> serde_json::Value {
-    let keys: Vec<_> = keys
-        .iter()
-        .map(|key| {
-            let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_bytes());
-            serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig", "alg": "EdDSA", "kid": &x[..16] })
-        })
-        .collect();
-    serde_json::json!({ "keys": keys })
-}
-
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::SigningKey;
-
     use super::*;
-
-    #[test]
-    fn only_ed25519_keys_are_read() {
-        let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        let mut doc = document(&[key]);
-        doc["keys"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}));
-        doc["keys"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"kty": "OKP", "crv": "X25519", "x": "AAAA"}));
-        let keys = parse(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(keys, vec![key]);
-        assert!(parse(b"[]").is_err());
-    }
 
     #[test]
     fn the_jwks_is_under_the_rest_host_path() {

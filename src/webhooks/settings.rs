@@ -43,6 +43,10 @@ pub struct WebhooksConfig {
     pub forward_timeout: Duration,
     pub forward_backoff: Duration,
     pub forward_queue: usize,
+    /// Not a config key (set in code only, by tests): every forward is sent to this origin
+    /// instead of its hook's (path and query kept), as if the hook's host resolved there. The
+    /// policy only lets https hooks on allowlisted hosts through, which a test cannot serve.
+    pub forward_via: Option<Url>,
 }
 
 impl WebhooksConfig {
@@ -92,6 +96,7 @@ impl WebhooksConfig {
             forward_timeout: Duration::from_millis(positive("forward_timeout_ms", raw.forward_timeout_ms)?),
             forward_backoff: Duration::from_millis(raw.forward_backoff_ms),
             forward_queue: positive("forward_queue", raw.forward_queue as u64)? as usize,
+            forward_via: None,
         })
     }
 }
