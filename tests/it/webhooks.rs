@@ -439,3 +439,35 @@ async fn the_callers_own_hook_gets_the_delivery_with_fals_signature() {
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "OK");
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_key_fal_rotated_in_is_fetched_once_per_cooldown_and_forgeries_cost_no_more_fetches() {
+    let manual = falgate::clock::ManualClock::new();
+    let gate = receiver().job_ms(600_000, 0).clock(&manual).spawn().await;
+    let id = submitted(&gate, "alice").await;
+    let body = ok_body(&id);
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let time = || manual.clock().unix_seconds();
+    for _ in 0..3 {
+        let forged = deliver(
+            &gate,
+            &signed_by(&stranger, &id, WEBHOOK_USER_ID, time(), &body),
+            body.clone(),
+        )
+        .await;
+        gate.assert_refused(forged, 401, "webhook_signature_invalid").await;
+    }
+    assert_eq!(gate.emulator.jwks_served(), 1, "fetched once, not once per forgery");
+    // fal signs with a new key: within the cooldown of the last fetch it is not known yet.
+    gate.emulator.rotate_webhook_key();
+    let rotated = gate.emulator.sign_webhook(&id, WEBHOOK_USER_ID, time(), &body);
+    let early = deliver(&gate, &rotated, body.clone()).await;
+    gate.assert_refused(early, 401, "webhook_signature_invalid").await;
+    assert_slot_held(&gate, "alice").await;
+    manual.advance(Duration::from_secs(31));
+    let rotated = gate.emulator.sign_webhook(&id, WEBHOOK_USER_ID, time(), &body);
+    let accepted = deliver(&gate, &rotated, body.clone()).await;
+    assert_eq!(accepted.status(), 200);
+    assert_eq!(gate.emulator.jwks_served(), 2);
+    submitted(&gate, "alice").await;
+}
