@@ -22,7 +22,6 @@ use url::Url;
 pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
-pub(crate) use file::RawWebhooks;
 pub use file::Toggle;
 pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
@@ -269,7 +268,8 @@ impl Config {
             .as_deref()
             .map(|raw| base_url("public_url", raw))
             .transpose()?;
-        let webhooks = crate::webhooks::WebhooksConfig::parse(&raw.webhooks, public_url.as_ref())?;
+        let webhooks =
+            crate::webhooks::WebhooksConfig::parse(&raw.webhooks, public_url.as_ref()).map_err(ConfigError)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,

@@ -32,15 +32,14 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::error::GateError;
 use crate::fal::{AppId, Call, FalRequestId, Op};
 use crate::limits::{Limiter, OnStoreError};
 use crate::redis::RedisStore;
 pub use jobs::Submitted;
-pub use settings::{WebhooksConfig, RECEIVER_PATH};
+pub use settings::{RawWebhooks, WebhooksConfig, RECEIVER_PATH};
 use verify::Signed;
 
-/// Why a delivery was refused (each becomes a [`GateError`], so its answer is the contract's).
+/// Why a delivery was refused (each becomes a `GateError`, so its answer is the contract's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// A signed header other than the timestamp and signature is missing or garbled.
@@ -67,11 +66,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The contract's code of this refusal.
-    pub fn code(self) -> &'static str {
-        GateError::from(self).code()
-    }
-
     /// Whether the refusal is a failed authentication (it spends the IP's failed-auth rate).
     fn unauthenticated(self) -> bool {
         match self {

@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
-use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
+use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier};
 use super::{ConfigError, EndpointPolicy};
 pub use crate::fal::Operation;
 use crate::fal::{EndpointId, Lifecycle, RequestTimeout};
+use crate::webhooks::RawWebhooks;
 
 /// fal's queue priorities, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

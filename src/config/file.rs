@@ -36,7 +36,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
-    pub(crate) webhooks: RawWebhooks,
+    pub(crate) webhooks: crate::webhooks::RawWebhooks,
     #[serde(default)]
     pub(crate) cors: RawCors,
     #[serde(default)]
@@ -208,48 +208,6 @@ pub(crate) struct RawFalHeaders {
     pub(crate) object_lifecycle: Option<crate::fal::Lifecycle>,
     /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
     pub(crate) store_io: Option<String>,
-}
-
-/// `[webhooks]`: where fal may deliver a caller's `fal_webhook` callbacks, and falgate's own
-/// receiver of fal's signed deliveries (`webhooks::WebhooksConfig`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawWebhooks {
-    pub(crate) allowed_hosts: Vec<String>,
-    pub(crate) receive: bool,
-    pub(crate) fal_user_id: Option<String>,
-    pub(crate) max_skew_seconds: u64,
-    pub(crate) max_body_bytes: usize,
-    pub(crate) jwks_timeout_ms: u64,
-    pub(crate) jwks_max_bytes: usize,
-    pub(crate) jwks_cooldown_seconds: u64,
-    pub(crate) dedup_ttl_seconds: u64,
-    pub(crate) max_tracked: u64,
-    pub(crate) forward_attempts: u32,
-    pub(crate) forward_timeout_ms: u64,
-    pub(crate) forward_backoff_ms: u64,
-    pub(crate) forward_queue: usize,
-}
-
-impl Default for RawWebhooks {
-    fn default() -> Self {
-        Self {
-            allowed_hosts: Vec::new(),
-            receive: false,
-            fal_user_id: None,
-            max_skew_seconds: 300,
-            max_body_bytes: 1024 * 1024,
-            jwks_timeout_ms: 3000,
-            jwks_max_bytes: 64 * 1024,
-            jwks_cooldown_seconds: 30,
-            dedup_ttl_seconds: 24 * 3600,
-            max_tracked: 100_000,
-            forward_attempts: 5,
-            forward_timeout_ms: 5000,
-            forward_backoff_ms: 1000,
-            forward_queue: 1024,
-        }
-    }
 }
 
 /// `[cors]`: which browser origins may call falgate.

@@ -9,11 +9,52 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::config::{ConfigError, RawWebhooks};
 use crate::fal::Webhook;
 
 /// The path of the receiver on falgate's public listener.
 pub const RECEIVER_PATH: &str = "/api/fal/webhook";
+
+/// `[webhooks]`: where fal may deliver a caller's `fal_webhook` callbacks, and falgate's own
+/// receiver of fal's signed deliveries (`webhooks::WebhooksConfig`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhooks {
+    pub allowed_hosts: Vec<String>,
+    pub receive: bool,
+    pub fal_user_id: Option<String>,
+    pub max_skew_seconds: u64,
+    pub max_body_bytes: usize,
+    pub jwks_timeout_ms: u64,
+    pub jwks_max_bytes: usize,
+    pub jwks_cooldown_seconds: u64,
+    pub dedup_ttl_seconds: u64,
+    pub max_tracked: u64,
+    pub forward_attempts: u32,
+    pub forward_timeout_ms: u64,
+    pub forward_backoff_ms: u64,
+    pub forward_queue: usize,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            receive: false,
+            fal_user_id: None,
+            max_skew_seconds: 300,
+            max_body_bytes: 1024 * 1024,
+            jwks_timeout_ms: 3000,
+            jwks_max_bytes: 64 * 1024,
+            jwks_cooldown_seconds: 30,
+            dedup_ttl_seconds: 24 * 3600,
+            max_tracked: 100_000,
+            forward_attempts: 5,
+            forward_timeout_ms: 5000,
+            forward_backoff_ms: 1000,
+            forward_queue: 1024,
+        }
+    }
+}
 
 /// The receiver's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,17 +97,17 @@ impl WebhooksConfig {
     }
 
     /// `[webhooks]` read against `public_url` (falgate's own address).
-    pub(crate) fn parse(raw: &RawWebhooks, public_url: Option<&Url>) -> Result<Self, ConfigError> {
+    pub fn parse(raw: &RawWebhooks, public_url: Option<&Url>) -> Result<Self, String> {
         let positive = |key: &str, value: u64| match value {
-            0 => Err(ConfigError(format!("`webhooks.{key}` must be greater than zero"))),
+            0 => Err(format!("`webhooks.{key}` must be greater than zero")),
             value => Ok(value),
         };
         let hook_url = match (raw.receive, public_url) {
             (false, _) => None,
             (true, None) => {
-                return Err(ConfigError(
+                return Err(
                     "`webhooks.receive` needs `public_url`: fal must be told where falgate's receiver is".into(),
-                ))
+                )
             }
             (true, Some(base)) => Some(receiver_url(base)?),
         };
@@ -76,9 +117,7 @@ impl WebhooksConfig {
                 Some(id.to_owned())
             }
             Some(_) => {
-                return Err(ConfigError(
-                    "`webhooks.fal_user_id` must be fal's user id (printable ASCII, at most 256 bytes)".into(),
-                ))
+                return Err("`webhooks.fal_user_id` must be fal's user id (printable ASCII, at most 256 bytes)".into())
             }
         };
         Ok(Self {
@@ -103,9 +142,9 @@ impl WebhooksConfig {
 
 /// `<public_url>/api/fal/webhook` (a path prefix of `public_url` kept), in the canonical form
 /// fal receives.
-fn receiver_url(base: &Url) -> Result<Webhook, ConfigError> {
+fn receiver_url(base: &Url) -> Result<Webhook, String> {
     let joined = format!("{}{RECEIVER_PATH}", base.as_str().trim_end_matches('/'));
-    Webhook::parse(&joined).map_err(|err| ConfigError(format!("`public_url` cannot hold the webhook receiver: {err}")))
+    Webhook::parse(&joined).map_err(|err| format!("`public_url` cannot hold the webhook receiver: {err}"))
 }
 
 #[cfg(test)]
@@ -119,7 +158,7 @@ mod tests {
             ..RawWebhooks::default()
         };
         let err = WebhooksConfig::parse(&raw, None).unwrap_err();
-        assert!(err.0.contains("public_url"), "{err}");
+        assert!(err.contains("public_url"), "{err}");
         let base = Url::parse("https://gate.example.com/prefix/").unwrap();
         let config = WebhooksConfig::parse(&raw, Some(&base)).unwrap();
         assert_eq!(
@@ -137,6 +176,6 @@ mod tests {
             ..RawWebhooks::default()
         };
         let err = WebhooksConfig::parse(&raw, None).unwrap_err();
-        assert!(err.0.contains("webhooks.max_body_bytes"), "{err}");
+        assert!(err.contains("webhooks.max_body_bytes"), "{err}");
     }
 }

@@ -159,7 +159,7 @@ mod tests {
                 ),
                 None => headers.remove(name),
             };
-            Signed::parse(&headers).unwrap_err().code()
+            crate::error::GateError::from(Signed::parse(&headers).unwrap_err()).code()
         };
         assert_eq!(case(REQUEST_ID, None), "malformed_request");
         assert_eq!(case(REQUEST_ID, Some("../x")), "malformed_request");
