@@ -150,7 +150,7 @@ async fn serve_jwks(State(emulator): State<Emulator>) -> Response {
 }
 
 /// What a submit's fault asks of its deliveries.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Spoil {
     pub(crate) tamper: Option<Tamper>,
 }

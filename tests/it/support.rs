@@ -48,6 +48,9 @@ pub(crate) struct TestGate {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A change to the parsed config ([`Builder::edit`]).
+type ConfigEdit = Box<dyn FnOnce(&mut Config) + Send>;
+
 #[derive(Default)]
 pub(crate) struct Builder {
     queue_url: Option<String>,
@@ -62,7 +65,7 @@ pub(crate) struct Builder {
     /// `public_url` is the gate's own address (fal's webhooks reach it there).
     own_public_url: bool,
     /// Changes to the parsed config (settings no file key reaches).
-    edit: Option<Box<dyn FnOnce(&mut Config) + Send>>,
+    edit: Option<ConfigEdit>,
 }
 
 impl Builder {

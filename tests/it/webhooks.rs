@@ -164,6 +164,9 @@ async fn a_submit_carries_falgates_hook_and_its_delivery_frees_the_slot_without_
     assert_eq!(status_polls_fal_saw(&gate), 0, "no poll freed it");
 }
 
+/// A bad delivery: what it is, its headers and body, and falgate's status and code for it.
+type Case = (&'static str, Vec<(String, String)>, Vec<u8>, u16, &'static str);
+
 #[tokio::test]
 async fn every_bad_delivery_is_refused_with_its_code_and_frees_or_refunds_nothing() {
     let gate = long_jobs().await;
@@ -177,7 +180,7 @@ async fn every_bad_delivery_is_refused_with_its_code_and_frees_or_refunds_nothin
     bad_signature[3].1.replace_range(0..1, flipped);
     let stranger = SigningKey::from_bytes(&[9; 32]);
     let unknown = "00000000-0000-4000-8000-000000000001";
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "bad signature",
             bad_signature,
@@ -469,5 +472,34 @@ async fn a_key_fal_rotated_in_is_fetched_once_per_cooldown_and_forgeries_cost_no
     let accepted = deliver(&gate, &rotated, body.clone()).await;
     assert_eq!(accepted.status(), 200);
     assert_eq!(gate.emulator.jwks_served(), 2);
+    submitted(&gate, "alice").await;
+}
+
+#[tokio::test]
+async fn forged_deliveries_spend_the_ips_failed_auth_rate_and_never_lock_out_a_genuine_one() {
+    let config = RECEIVER.replace(
+        "reconcile_interval_ms = 0",
+        "reconcile_interval_ms = 0\nunauthenticated_ip_rate = { burst = 2, per_minute = 1 }",
+    );
+    let gate = TestGate::builder()
+        .own_public_url()
+        .config(&config)
+        .job_ms(600_000, 0)
+        .spawn()
+        .await;
+    let id = submitted(&gate, "alice").await;
+    let body = ok_body(&id);
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let forged = || signed_by(&stranger, &id, WEBHOOK_USER_ID, now(), &body);
+    for _ in 0..2 {
+        let refused = deliver(&gate, &forged(), body.clone()).await;
+        gate.assert_refused(refused, 401, "webhook_signature_invalid").await;
+    }
+    let limited = deliver(&gate, &forged(), body.clone()).await;
+    gate.assert_refused(limited, 429, "rate_limited").await;
+    // The IP's bucket is empty, yet fal's genuine delivery from it is verified and applied.
+    let genuine = gate.emulator.sign_webhook(&id, WEBHOOK_USER_ID, now(), &body);
+    let applied = deliver(&gate, &genuine, body.clone()).await;
+    assert_eq!(applied.status(), 200);
     submitted(&gate, "alice").await;
 }
