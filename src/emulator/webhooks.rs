@@ -263,3 +263,55 @@ async fn send(
         Err(_) => (None, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(outcome: Outcome, cancelled: bool) -> Snapshot {
+        Snapshot {
+            phase: super::super::queue::Phase::Completed,
+            queue_position: 0,
+            logs: Vec::new(),
+            cancelled,
+            outcome,
+            inference_time: None,
+        }
+    }
+
+    #[test]
+    fn deliveries_carry_fals_payload_shapes() {
+        let ok = payload("r1", &snapshot(Outcome::Output(json!({"prompt": "p"})), false));
+        assert_eq!(
+            (ok["status"].as_str(), &ok["payload"]),
+            (Some("OK"), &json!({"prompt": "p"}))
+        );
+        assert_eq!(ok["request_id"], "r1");
+        let invalid = payload("r1", &snapshot(Outcome::Invalid(json!([{"loc": ["body"]}])), false));
+        assert_eq!(invalid["status"], "ERROR");
+        assert_eq!(invalid["error_type"], "validation_error");
+        assert_eq!(invalid["payload"]["detail"][0]["loc"][0], "body");
+        let failed = payload("r1", &snapshot(Outcome::Failed("runner_disconnected".into()), false));
+        assert_eq!(
+            (failed["status"].as_str(), failed["error_type"].as_str()),
+            (Some("ERROR"), Some("runner_disconnected"))
+        );
+        let cancelled = payload("r1", &snapshot(Outcome::Output(json!({})), true));
+        assert_eq!(cancelled["error_type"], "request_cancelled");
+    }
+
+    #[test]
+    fn a_signature_verifies_with_the_served_keys_and_rotation_keeps_old_ones() {
+        let hooks = Hooks::default();
+        let headers = hooks.sign("r1", WEBHOOK_USER_ID, 1_700_000_000, b"{}");
+        let signature: [u8; 64] = hex::decode(&headers[3].1).unwrap().try_into().unwrap();
+        let message = verify::message("r1", WEBHOOK_USER_ID, "1700000000", b"{}");
+        let served = verify::jwks_keys(verify::jwks_document(&hooks.public_keys()).to_string().as_bytes()).unwrap();
+        let signature = ed25519_dalek::Signature::from_bytes(&signature);
+        assert!(served.iter().any(|key| key.verify_strict(&message, &signature).is_ok()));
+        hooks.rotate();
+        assert_eq!(hooks.public_keys().len(), 2);
+        let rotated = hooks.sign("r1", WEBHOOK_USER_ID, 1_700_000_000, b"{}");
+        assert_ne!(rotated[3].1, headers[3].1, "signed with the new key");
+    }
+}
