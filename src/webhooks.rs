@@ -304,8 +304,10 @@ impl Webhooks {
             return Err(Refusal::UnknownRequest);
         };
         if !self.deliveries.first(&signed.request_id).await? {
+            crate::telemetry::metrics::webhook_delivered(false);
             return Ok(Received::Duplicate);
         }
+        crate::telemetry::metrics::webhook_delivered(true);
         let outcome = Outcome::of(body);
         apply(limiter, self.ended.as_ref(), &signed.request_id, &job, &outcome).await;
         if let Some(url) = job.hook.as_deref().and_then(|hook| self.forward_url(hook)) {

@@ -64,6 +64,7 @@ impl Forwarder {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!("webhook forward queue full: a caller's hook misses one delivery");
+                crate::telemetry::metrics::webhook_forwarded("dropped");
                 false
             }
         }
@@ -79,7 +80,10 @@ async fn deliver(client: &reqwest::Client, terms: &Terms, forward: Forward) {
             request = request.header(name, value);
         }
         let outcome = match request.send().await {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => {
+                crate::telemetry::metrics::webhook_forwarded("ok");
+                return;
+            }
             Ok(response) => format!("status {}", response.status()),
             Err(err) => format!("not sent: {err}"),
         };
@@ -91,6 +95,7 @@ async fn deliver(client: &reqwest::Client, terms: &Terms, forward: Forward) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+    crate::telemetry::metrics::webhook_forwarded("failed");
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use url::Url;
 
 use crate::clock::Clock;
 
+/// The `issuer` label of fal's JWKS fetches in `falgate_jwks_refresh_total`.
+const ISSUER_LABEL: &str = "fal-webhooks";
+
 /// The cached key set.
 pub(crate) struct FalKeys {
     url: Url,
@@ -78,7 +81,9 @@ impl FalKeys {
         let fresh = last.is_some_and(|at| now.saturating_duration_since(at) < self.cooldown);
         if !fresh {
             *last = Some(now);
-            match self.fetch().await {
+            let fetched = self.fetch().await;
+            crate::telemetry::metrics::jwks_refreshed(ISSUER_LABEL, fetched.is_ok());
+            match fetched {
                 Ok(keys) => *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys),
                 Err(why) => {
                     tracing::warn!(jwks = %self.url, error = %why, "fal's webhook keys could not be fetched; keeping the last ones")

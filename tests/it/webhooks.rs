@@ -258,6 +258,19 @@ async fn every_bad_delivery_is_refused_with_its_code_and_frees_or_refunds_nothin
     assert_eq!(replay.json::<Value>().await.unwrap()["status"], "duplicate");
     assert_slot_held(&gate, "alice").await;
     assert_ne!(second, id);
+    let metrics = crate::support::get(format!("{}/metrics", gate.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"falgate_webhook_deliveries_total{result="applied"}"#,
+        r#"falgate_webhook_deliveries_total{result="duplicate"}"#,
+        r#"falgate_refusals_total{code="webhook_signature_invalid"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test]
