@@ -293,8 +293,8 @@ impl Webhooks {
     }
 
     /// Checks one delivery and, verified, applies it once ([`apply`]) and queues its forward
-    /// to the caller's own hook. Errs with why it was refused, and whether that refusal is a
-    /// failed authentication (the route spends the IP's failed-auth rate then).
+    /// to the caller's own hook. Errs with why it was refused; the route spends the IP's
+    /// failed-auth rate when [`is_failed_authentication`] says so.
     pub async fn receive(&self, limiter: &Limiter, headers: &HeaderMap, body: &Bytes) -> Result<Received, Refusal> {
         let signed = Signed::parse(headers)?;
         signed.check_time(self.clock.unix_seconds(), self.config.max_skew)?;
