@@ -37,6 +37,6 @@ pub mod upstream;
 pub mod webhooks;
 
 #[cfg(test)]
-mod fuzz_tests;
+mod tests_fuzz;
 #[cfg(test)]
-mod layering_tests;
+mod tests_layering;

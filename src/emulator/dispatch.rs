@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, FaultAction, Op};
-use super::model::{self, Outcome};
+use super::model::{self, ModelResult};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
@@ -122,7 +122,7 @@ fn submit(ctx: &Ctx, call: &Call, bytes: &Bytes, (tamper, fail): WebhookFault) -
     };
     // fal accepts any JSON object on submit; schema errors only surface at result time.
     let outcome = match fail {
-        Some(error_type) => Outcome::Failed(error_type),
+        Some(error_type) => ModelResult::Failed(error_type),
         None => model::run(&call.endpoint, &input),
     };
     let (id, position) = ctx.emulator.inner.queue.submit(&call.app, outcome);
@@ -162,9 +162,11 @@ fn result(ctx: &Ctx, call: &Call, id: &str) -> Response {
     let response = match (snapshot.phase, snapshot.cancelled, &snapshot.outcome) {
         (Phase::InQueue | Phase::InProgress, _, _) => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),
         (Phase::Completed, true, _) => detail(StatusCode::BAD_REQUEST, "Request was cancelled"),
-        (Phase::Completed, false, Outcome::Invalid(errors)) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone()),
-        (Phase::Completed, false, Outcome::Output(output)) => json_response(StatusCode::OK, output),
-        (Phase::Completed, false, Outcome::Failed(error_type)) => {
+        (Phase::Completed, false, ModelResult::Invalid(errors)) => {
+            detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone())
+        }
+        (Phase::Completed, false, ModelResult::Output(output)) => json_response(StatusCode::OK, output),
+        (Phase::Completed, false, ModelResult::Failed(error_type)) => {
             let mut response = detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
             if let Ok(value) = axum::http::HeaderValue::from_str(error_type) {
                 response.headers_mut().insert("x-fal-error-type", value);
@@ -187,10 +189,10 @@ fn cancel(ctx: &Ctx, call: &Call, id: &str) -> Response {
 fn run(call: &Call, bytes: &Bytes) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let response = match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => json_response(StatusCode::OK, &output),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
+        Ok(ModelResult::Output(output)) => json_response(StatusCode::OK, &output),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
         // `model::run` never fails a job: only a fault does, on a queued one.
-        Ok(Outcome::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        Ok(ModelResult::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     };
     with_request_id(response, &id)
 }
@@ -198,9 +200,9 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
 /// A streaming run: fal's 422 for an invalid input (not a stream), else partial outputs.
 fn run_stream(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
     match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
-        Ok(Outcome::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => {
+        Ok(ModelResult::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
+        Ok(ModelResult::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => {
             let id = uuid::Uuid::new_v4().to_string();
             with_request_id(detail(StatusCode::UNPROCESSABLE_ENTITY, errors), &id)
         }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::faults::Tamper;
-use super::model::Outcome;
-use super::queue::Snapshot;
+use super::model::ModelResult;
+use super::queue::JobView;
 use super::{lock, Emulator};
 use crate::fal::signature as verify;
 
@@ -170,10 +170,10 @@ pub(crate) fn schedule(emulator: &Emulator, app: String, id: String, url: String
 
 /// fal's delivery body: `status` `OK` with the output as `payload`, or `ERROR` with `error`,
 /// `error_type` and what fal had as `payload`.
-fn payload(id: &str, snapshot: &Snapshot) -> Value {
+fn payload(id: &str, snapshot: &JobView) -> Value {
     let mut body = json!({ "request_id": id, "gateway_request_id": id });
     match (super::status::failure(snapshot), &snapshot.outcome) {
-        (None, Outcome::Output(output)) => {
+        (None, ModelResult::Output(output)) => {
             body["status"] = json!("OK");
             body["payload"] = output.clone();
         }
@@ -183,8 +183,8 @@ fn payload(id: &str, snapshot: &Snapshot) -> Value {
             body["error"] = json!(error);
             body["error_type"] = json!(error_type);
             body["payload"] = match outcome {
-                Outcome::Invalid(detail) => json!({ "detail": detail }),
-                Outcome::Output(_) | Outcome::Failed(_) => Value::Null,
+                ModelResult::Invalid(detail) => json!({ "detail": detail }),
+                ModelResult::Output(_) | ModelResult::Failed(_) => Value::Null,
             };
         }
     }
@@ -268,8 +268,8 @@ async fn send(
 mod tests {
     use super::*;
 
-    fn snapshot(outcome: Outcome, cancelled: bool) -> Snapshot {
-        Snapshot {
+    fn snapshot(outcome: ModelResult, cancelled: bool) -> JobView {
+        JobView {
             phase: super::super::queue::Phase::Completed,
             queue_position: 0,
             logs: Vec::new(),
@@ -281,22 +281,25 @@ mod tests {
 
     #[test]
     fn deliveries_carry_fals_payload_shapes() {
-        let ok = payload("r1", &snapshot(Outcome::Output(json!({"prompt": "p"})), false));
+        let ok = payload("r1", &snapshot(ModelResult::Output(json!({"prompt": "p"})), false));
         assert_eq!(
             (ok["status"].as_str(), &ok["payload"]),
             (Some("OK"), &json!({"prompt": "p"}))
         );
         assert_eq!(ok["request_id"], "r1");
-        let invalid = payload("r1", &snapshot(Outcome::Invalid(json!([{"loc": ["body"]}])), false));
+        let invalid = payload("r1", &snapshot(ModelResult::Invalid(json!([{"loc": ["body"]}])), false));
         assert_eq!(invalid["status"], "ERROR");
         assert_eq!(invalid["error_type"], "validation_error");
         assert_eq!(invalid["payload"]["detail"][0]["loc"][0], "body");
-        let failed = payload("r1", &snapshot(Outcome::Failed("runner_disconnected".into()), false));
+        let failed = payload(
+            "r1",
+            &snapshot(ModelResult::Failed("runner_disconnected".into()), false),
+        );
         assert_eq!(
             (failed["status"].as_str(), failed["error_type"].as_str()),
             (Some("ERROR"), Some("runner_disconnected"))
         );
-        let cancelled = payload("r1", &snapshot(Outcome::Output(json!({})), true));
+        let cancelled = payload("r1", &snapshot(ModelResult::Output(json!({})), true));
         assert_eq!(cancelled["error_type"], "request_cancelled");
     }
 
