@@ -246,12 +246,7 @@ impl Webhooks {
             queue: config.forward_queue,
         })?;
         Ok(Self {
-            deliveries: dedup::Deliveries::new(
-                config.max_tracked,
-                config.dedup_ttl,
-                parts.redis.clone(),
-                parts.on_store_error,
-            ),
+            deliveries: dedup::Deliveries::new(config.max_tracked, config.dedup_ttl, parts.redis.clone()),
             jobs: jobs::Submissions::new(config.max_tracked, parts.job_ttl, parts.redis, parts.on_store_error),
             keys,
             forwarder,
