@@ -1,5 +1,5 @@
 //! Every refusal falgate makes is one [`GateError`], and this is the edge where refusals become
-//! HTTP: one table ([`GateError::refusal`], one `match` without a wildcard arm, an arm per
+//! HTTP: one table (`GateError::refusal`, one `match` without a wildcard arm, an arm per
 //! refusal of every domain) gives each its status, code and headers, and [`render`] is the only
 //! place that writes the contract's JSON error body. The domains' errors ([`PolicyError`],
 //! [`LimitError`], `auth::AuthError`, `schema::Rejection`) know nothing of HTTP.
@@ -156,15 +156,16 @@ impl GateError {
             Self::UpstreamUnreachable(_) => refusal(S::BAD_GATEWAY, "upstream_unreachable", none),
             Self::UpstreamBadResponse(_) => refusal(S::BAD_GATEWAY, "upstream_bad_response", none),
             Self::UpstreamTimeout => refusal(S::GATEWAY_TIMEOUT, "upstream_timeout", none),
-            // 424, not 502/504: `@fal-ai/client` retries those on submit, and a retry of a submit
-            // that fal may already have queued would make a second paid job (fal-protocol §4.5).
+            // 424, not 502/504: `@fal-ai/client` retries those on submit (`libs/client/src/retry.ts`
+            // in `fal-ai/fal-js`), and a retry of a submit that fal may already have queued would
+            // make a second paid job.
             Self::SubmitOutcomeUnknown(_) => refusal(S::FAILED_DEPENDENCY, "submit_outcome_unknown", none),
             Self::DependencyDown(_) => refusal(S::SERVICE_UNAVAILABLE, "dependency_unavailable", none),
             Self::Overloaded => refusal(S::SERVICE_UNAVAILABLE, "overloaded", RetryAfter(second)),
             // The limits step: 429 for rates and concurrency, 403 for a used-up quota (not
             // retried by the fal clients), 503 for a down store, 422 / 409 for idempotency.
-            // `Retry-After` is advisory (the fal JS client retries 429 up to three times,
-            // fal-protocol §4.3), so a refusal must be cheap and consume nothing.
+            // `Retry-After` is advisory (`@fal-ai/client` retries 429 up to three times and never
+            // reads it, `libs/client/src/retry.ts`), so a refusal must be cheap and consume nothing.
             Self::Limited(LimitError::RateLimited { retry_after, policy }) => refusal(
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -221,17 +222,17 @@ impl GateError {
         }
     }
 
-    /// The HTTP status of this refusal (from [`Self::refusal`]).
+    /// The HTTP status of this refusal (from `Self::refusal`).
     pub fn status(&self) -> StatusCode {
         self.refusal().status
     }
 
-    /// The stable snake_case code; also the `code` metric label (from [`Self::refusal`]).
+    /// The stable snake_case code; also the `code` metric label (from `Self::refusal`).
     pub fn code(&self) -> &'static str {
         self.refusal().code
     }
 
-    /// The headers this refusal carries besides `x-falgate-error` (from [`Self::refusal`]).
+    /// The headers this refusal carries besides `x-falgate-error` (from `Self::refusal`).
     pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self.refusal().headers {
             Extra::None => Vec::new(),

@@ -1,9 +1,24 @@
-//! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → precheck limits (calls with a body) → read and validate input → claim the
-//! idempotency key → open a stream / relay slot → admit (rates, quota, concurrency) → check
-//! ownership → forward → record ownership and the job → relay.
-//! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
-//! Each step returns a proof value or a [`GateError`]; none writes a response.
+//! The ordered steps every call goes through, whichever route family it came from. This is
+//! the one description of them (`lib.rs` and ARCHITECTURE.md point here); each step returns a
+//! proof value or a [`GateError`] (its status in brackets), and none writes a response.
+//! Authentication happened before: [`handle`] takes a [`Caller`], so nothing reaches fal without
+//! one.
+//!
+//! | step | what | proof, refusal |
+//! | --- | --- | --- |
+//! | authorize | `Policy::authorize(&caller, &call)` | `Grant` (403) |
+//! | headers | `upstream::forwarded_headers` and the tier's priority cap | the headers fal sees (400) |
+//! | precheck | calls with a body: `Limiter::precheck_priced` at the endpoint's cheapest price, consuming nothing (a submit whose `Idempotency-Key` was answered goes on, to be replayed) | (429 / 403 / 503) |
+//! | read | `input::read_body`: declared JSON, size- and time-bounded, charged to the body budget; a body that times out spends its caller's rate | bytes (413 / 415 / 408 / 429 / 503) |
+//! | validate | `Schemas::validate` (a storage upload: a strict JSON object); a token request checked and re-serialised (`client_token`) | `ValidInput` (400 / 413 / 422 / 403) |
+//! | options | `Grant::check_options` on the input as fal runs it | (403) |
+//! | idempotency | claim the submit's `Idempotency-Key` (`idempotency`) | new, or a replay of the first answer (409 / 422) |
+//! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
+//! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price | `Admission` (429 / 403 / 503) |
+//! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
+//! | forward | `Upstream::send` with the server-held key | fal's response (502 / 504 / 424) |
+//! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
+//! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; the idempotency key settled | |
 //!
 //! Input is validated before admission because a call's credit cost depends on it (e.g. the
 //! `model` field); a refused input consumes nothing. Reading and validating a body (up to

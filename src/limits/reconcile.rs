@@ -2,7 +2,8 @@
 //! only when falgate learns from fal that the job ended — a poll that sees `COMPLETED` or is
 //! served the result, a cancel fal answers `ALREADY_COMPLETED` (pipeline), or a pass of the
 //! reconciler here. A cancel fal accepts (2xx) frees nothing: for a running job it is a request
-//! the app may take its time to honour (`shared/fal-protocol.md` §3.5).
+//! the app may take its time to honour (fal's docs: a running job's app receives a cancel signal,
+//! <https://docs.fal.ai/documentation/development/handle-cancellations>).
 //!
 //! Where the concern lives: each submit that holds a slot is also written to an index of jobs in
 //! flight, with the app id that addresses its status (`[ns/]owner/alias`) and the time it is next
