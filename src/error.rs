@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::limits::{ratelimit_headers, retry_after, LimitError, PolicyState};
 use crate::policy::PolicyError;
+use crate::webhooks::Refusal as WebhookRefusal;
 
 /// The response header that marks a refusal as falgate's own, not fal's.
 pub const ERROR_HEADER: &str = "x-falgate-error";
@@ -71,6 +72,9 @@ pub enum GateError {
     Overloaded,
     #[error(transparent)]
     Limited(#[from] LimitError),
+    /// A fal webhook delivery refused by the receiver (`webhooks`).
+    #[error(transparent)]
+    Webhook(WebhookRefusal),
     #[error("an internal error occurred")]
     Internal(String),
 }
@@ -205,6 +209,15 @@ impl GateError {
             Self::Limited(LimitError::IdempotencyInFlight) => {
                 refusal(S::CONFLICT, "idempotency_in_flight", RetryAfter(second))
             }
+            Self::Webhook(WebhookRefusal::Stale) => refusal(S::UNAUTHORIZED, "webhook_timestamp_out_of_range", none),
+            Self::Webhook(WebhookRefusal::BadSignature) => refusal(S::UNAUTHORIZED, "webhook_signature_invalid", none),
+            Self::Webhook(WebhookRefusal::WrongUser) => refusal(S::FORBIDDEN, "webhook_user_mismatch", none),
+            Self::Webhook(WebhookRefusal::UnknownRequest) => refusal(S::NOT_FOUND, "webhook_request_unknown", none),
+            // `From` makes these the generic refusals; answered alike if ever built directly.
+            Self::Webhook(WebhookRefusal::Malformed(_)) => refusal(S::BAD_REQUEST, "malformed_request", none),
+            Self::Webhook(WebhookRefusal::KeysUnavailable | WebhookRefusal::StoreDown) => {
+                refusal(S::SERVICE_UNAVAILABLE, "dependency_unavailable", none)
+            }
             Self::Internal(_) => refusal(S::INTERNAL_SERVER_ERROR, "internal", none),
         }
     }
@@ -316,6 +329,20 @@ impl From<crate::input::BodyError> for GateError {
             BodyError::Timeout => Self::BodyTimeout,
             BodyError::Unreadable => Self::Malformed("the request body could not be read".into()),
             BodyError::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
+impl From<WebhookRefusal> for GateError {
+    fn from(refusal: WebhookRefusal) -> Self {
+        match refusal {
+            WebhookRefusal::Malformed(header) => Self::Malformed(format!("the {header} header is missing or invalid")),
+            WebhookRefusal::KeysUnavailable => Self::DependencyDown("fal's webhook signing keys"),
+            WebhookRefusal::StoreDown => Self::DependencyDown("the shared state store"),
+            WebhookRefusal::Stale
+            | WebhookRefusal::WrongUser
+            | WebhookRefusal::BadSignature
+            | WebhookRefusal::UnknownRequest => Self::Webhook(refusal),
         }
     }
 }
@@ -451,6 +478,33 @@ mod tests {
                 &[],
             ),
             (GateError::RouteNotFound, 404, "route_not_found", &[]),
+            (
+                WebhookRefusal::BadSignature.into(),
+                401,
+                "webhook_signature_invalid",
+                &[],
+            ),
+            (WebhookRefusal::Stale.into(), 401, "webhook_timestamp_out_of_range", &[]),
+            (WebhookRefusal::WrongUser.into(), 403, "webhook_user_mismatch", &[]),
+            (
+                WebhookRefusal::UnknownRequest.into(),
+                404,
+                "webhook_request_unknown",
+                &[],
+            ),
+            (
+                WebhookRefusal::Malformed("x-fal-webhook-user-id").into(),
+                400,
+                "malformed_request",
+                &[],
+            ),
+            (
+                WebhookRefusal::KeysUnavailable.into(),
+                503,
+                "dependency_unavailable",
+                &[],
+            ),
+            (WebhookRefusal::StoreDown.into(), 503, "dependency_unavailable", &[]),
             (GateError::RequestNotFound, 404, "request_not_found", &[]),
             (
                 GateError::MethodNotAllowed,

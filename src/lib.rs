@@ -33,6 +33,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests_fuzz;

@@ -177,9 +177,28 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
         gate.ownership.check(subject.principal, &app, id).await?;
     }
     let body = input.map(|input| input.bytes);
-    let answer = forward(&gate.upstream, &gate.lifecycle, call, forwarded, body, slot, &admission).await;
+    // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
+    let hooked = gate.webhooks.hooked(call);
+    let answer = forward(
+        &gate.upstream,
+        &gate.lifecycle,
+        &hooked,
+        forwarded,
+        body,
+        slot,
+        &admission,
+    )
+    .await;
     let bookkeeping = Bookkeeping::of(call, &facts, &answer);
-    account(&gate.limiter, &gate.ownership, &subject, &admission, bookkeeping).await;
+    account(
+        &gate.limiter,
+        &gate.ownership,
+        &gate.webhooks,
+        &subject,
+        &admission,
+        bookkeeping,
+    )
+    .await;
     if let Some(guard) = guard {
         guard.disarm();
     }
@@ -251,7 +270,8 @@ async fn forward(
 /// What fal's answer means for ownership and limits (decided before any await, since an answer
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    /// A job fal took, with the caller's own `fal_webhook` (forwarded to by `webhooks`).
+    Submitted(crate::fal::AppId, crate::fal::FalRequestId, Option<crate::fal::Webhook>),
     Refund,
     Finished(crate::fal::AppId, crate::fal::FalRequestId),
     RunDone,
@@ -289,9 +309,9 @@ impl Bookkeeping {
             return refund_if_paid;
         }
         match (facts.job, &call.op, answer) {
-            (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
+            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => buffered
                 .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id, webhook.clone())),
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -305,14 +325,22 @@ impl Bookkeeping {
 async fn account(
     limiter: &Limiter,
     ownership: &Ownership,
+    webhooks: &crate::webhooks::Webhooks,
     subject: &Subject<'_>,
     admission: &Admission,
     bookkeeping: Bookkeeping,
 ) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id) => {
+        Bookkeeping::Submitted(app, id, hook) => {
             ownership.record(subject.principal, &app, &id).await;
             limiter.job_started(admission, &app, &id).await;
+            let job = crate::webhooks::Submitted {
+                tag: admission.tag().to_owned(),
+                app: app.as_str().to_owned(),
+                spend: admission.spend(),
+                hook: hook.map(|hook| hook.as_str().to_owned()),
+            };
+            webhooks.submitted(&id, job).await;
         }
         Bookkeeping::Refund => limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(app, id) => limiter.job_finished(subject, &app, &id).await,
