@@ -120,6 +120,12 @@ impl WebhooksConfig {
                 return Err("`webhooks.fal_user_id` must be fal's user id (printable ASCII, at most 256 bytes)".into())
             }
         };
+        // A delivery is accepted while its timestamp is within `max_skew` of the clock, so its
+        // mark must outlive that window: else a replay of a captured delivery (its forward to the
+        // caller's own hook carries fal's signature) after the mark expired would apply again.
+        if raw.dedup_ttl_seconds < raw.max_skew_seconds {
+            return Err("`webhooks.dedup_ttl_seconds` must be at least `webhooks.max_skew_seconds`".into());
+        }
         Ok(Self {
             receive: raw.receive,
             hook_url,
@@ -128,7 +134,8 @@ impl WebhooksConfig {
             max_body_bytes: positive("max_body_bytes", raw.max_body_bytes as u64)? as usize,
             jwks_timeout: Duration::from_millis(positive("jwks_timeout_ms", raw.jwks_timeout_ms)?),
             jwks_max_bytes: positive("jwks_max_bytes", raw.jwks_max_bytes as u64)? as usize,
-            jwks_cooldown: Duration::from_secs(raw.jwks_cooldown_seconds),
+            // Zero would let every forged delivery refetch fal's JWKS.
+            jwks_cooldown: Duration::from_secs(positive("jwks_cooldown_seconds", raw.jwks_cooldown_seconds)?),
             dedup_ttl: Duration::from_secs(positive("dedup_ttl_seconds", raw.dedup_ttl_seconds)?),
             max_tracked: positive("max_tracked", raw.max_tracked)?,
             forward_attempts: positive("forward_attempts", u64::from(raw.forward_attempts))? as u32,
@@ -177,5 +184,27 @@ mod tests {
         };
         let err = WebhooksConfig::parse(&raw, None).unwrap_err();
         assert!(err.contains("webhooks.max_body_bytes"), "{err}");
+        let raw = RawWebhooks {
+            jwks_cooldown_seconds: 0,
+            ..RawWebhooks::default()
+        };
+        let err = WebhooksConfig::parse(&raw, None).unwrap_err();
+        assert!(err.contains("webhooks.jwks_cooldown_seconds"), "{err}");
+    }
+
+    #[test]
+    fn a_delivery_is_remembered_at_least_as_long_as_its_timestamp_is_accepted() {
+        let raw = RawWebhooks {
+            max_skew_seconds: 300,
+            dedup_ttl_seconds: 299,
+            ..RawWebhooks::default()
+        };
+        let err = WebhooksConfig::parse(&raw, None).unwrap_err();
+        assert!(err.contains("webhooks.dedup_ttl_seconds"), "{err}");
+        let raw = RawWebhooks {
+            dedup_ttl_seconds: 300,
+            ..raw
+        };
+        assert!(WebhooksConfig::parse(&raw, None).is_ok());
     }
 }
