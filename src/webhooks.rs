@@ -14,7 +14,10 @@
 //! falgate never submitted its request (404). Each refusal before the signature verified spends
 //! the IP's failed-authentication rate, like a bad token; none has any effect. A verified
 //! delivery is applied once per request id, whichever replica receives it ([`dedup`]): a
-//! repeat answers 200 and does nothing. [`apply`] is everything a verified delivery does.
+//! repeat answers 200 and does nothing. The first one also consumes the job's record
+//! ([`jobs`]), so a copy arriving after its mark is gone (evicted from a full in-process set,
+//! expired) finds no job and has no effect either. [`apply`] is everything a verified delivery
+//! does.
 
 mod dedup;
 mod forward;
@@ -296,9 +299,16 @@ impl Webhooks {
         signed.check_user(self.config.fal_user_id.as_deref())?;
         self.check_signature(&signed, body).await?;
         let Some(job) = self.jobs.lookup(&signed.request_id).await? else {
+            // Its first delivery consumed the record: a copy (fal's retry) answers 200.
+            if self.deliveries.seen(&signed.request_id).await? {
+                crate::telemetry::metrics::webhook_delivered(false);
+                return Ok(Received::Duplicate);
+            }
             return Err(Refusal::UnknownRequest);
         };
-        if !self.deliveries.first(&signed.request_id).await? {
+        // The mark answers fal's retries; consuming the job's record guards the effect even
+        // when the mark is gone (a full in-process set evicts, a mark expires).
+        if !self.deliveries.first(&signed.request_id).await? || !self.jobs.take(&signed.request_id).await {
             crate::telemetry::metrics::webhook_delivered(false);
             return Ok(Received::Duplicate);
         }

@@ -30,6 +30,23 @@ impl Deliveries {
         }
     }
 
+    /// Whether a delivery of request `id` was marked (a copy of one already applied, whose
+    /// job record it consumed). Redis down: refused, as [`Self::first`].
+    pub(crate) async fn seen(&self, id: &FalRequestId) -> Result<bool, Refusal> {
+        let Some(redis) = &self.redis else {
+            return Ok(self.local.contains_key(id.as_str()));
+        };
+        let key = redis.key(&format!("webhook|{id}"), "delivered");
+        let mut connection = redis.connection();
+        let exists: Result<u64, _> = redis
+            .timed_as("exists", redis::cmd("EXISTS").arg(&key).query_async(&mut connection))
+            .await;
+        exists.map(|count| count > 0).map_err(|err| {
+            tracing::warn!(error = %err, "webhook delivery store unavailable");
+            Refusal::StoreDown
+        })
+    }
+
     /// Marks request `id` delivered; true when no delivery of it was marked before. Redis down:
     /// refused whatever `on_store_error` says (fal retries later): the mark guards a refund,
     /// and this replica's own set cannot tell whether another replica applied it.
@@ -77,6 +94,8 @@ mod tests {
         assert!(deliveries.first(&id(1)).await.unwrap());
         assert!(!deliveries.first(&id(1)).await.unwrap());
         assert!(deliveries.first(&id(2)).await.unwrap());
+        assert!(deliveries.seen(&id(1)).await.unwrap());
+        assert!(!deliveries.seen(&id(3)).await.unwrap());
     }
 
     #[tokio::test]
@@ -94,6 +113,7 @@ mod tests {
         assert!(a.first(&id(3)).await.unwrap());
         assert!(!b.first(&id(3)).await.unwrap(), "the other replica saw it");
         assert!(b.first(&id(4)).await.unwrap());
+        assert!(a.seen(&id(4)).await.unwrap(), "marked by the other replica");
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! (the caller's hash tag, never the principal), its app, what it spent of the day quota, and
 //! the caller's own `fal_webhook` to forward the delivery to. Written when fal accepts the
 //! submit (`pipeline`), read when a delivery arrives: a delivery for a request id falgate never
-//! submitted is refused. With `[redis]`, one key per job, `<prefix>:{<tag>}:job` (JSON, expiring
+//! submitted is refused, and the first delivery applied consumes the record. With `[redis]`, one key per job, `<prefix>:{<tag>}:job` (JSON, expiring
 //! with the ownership record, `ownership.ttl_seconds`), so any replica can receive its
 //! delivery; each replica also keeps its own (bounded by `max_tracked`).
 
@@ -102,6 +102,56 @@ impl Submissions {
     }
 }
 
+impl Submissions {
+    /// Consumes job `id`'s record once its first delivery is applied: true when this call
+    /// removed it (from this replica or from Redis). A delivery that consumes nothing applies
+    /// nothing, so a copy of a delivery whose mark is gone (evicted from a full in-process set,
+    /// or expired) cannot free or refund twice. Redis down: true (the delivery mark just set
+    /// in Redis decides).
+    pub(crate) async fn take(&self, id: &FalRequestId) -> bool {
+        let local = self.local.remove(id.as_str()).is_some();
+        let Some(redis) = &self.redis else {
+            return local;
+        };
+        let mut connection = redis.connection();
+        let deleted: Result<u64, _> = redis
+            .timed_as(
+                "del",
+                redis::cmd("DEL").arg(key(redis, id)).query_async(&mut connection),
+            )
+            .await;
+        match deleted {
+            Ok(count) => local || count > 0,
+            Err(err) => {
+                tracing::warn!(error = %err, "webhook job store unavailable: the delivery mark decides");
+                true
+            }
+        }
+    }
+}
+
 fn key(redis: &RedisStore, id: &FalRequestId) -> String {
     redis.key(&format!("webhook|{id}"), "job")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_record_is_consumed_once() {
+        let jobs = Submissions::new(10, Duration::from_secs(60), None, OnStoreError::Deny);
+        let id = FalRequestId::parse("764cabcf-b745-4b3e-ae38-1200304cf45b").unwrap();
+        let job = Submitted {
+            tag: "t".into(),
+            app: "fal-ai/flux".into(),
+            spend: None,
+            hook: None,
+        };
+        jobs.record(&id, job.clone()).await;
+        assert_eq!(jobs.lookup(&id).await.unwrap().as_deref(), Some(&job));
+        assert!(jobs.take(&id).await);
+        assert!(!jobs.take(&id).await, "consumed");
+        assert_eq!(jobs.lookup(&id).await.unwrap(), None);
+    }
 }

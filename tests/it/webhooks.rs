@@ -516,3 +516,51 @@ async fn forged_deliveries_spend_the_ips_failed_auth_rate_and_never_lock_out_a_g
     assert_eq!(applied.status(), 200);
     submitted(&gate, "alice").await;
 }
+
+/// The delivery marks under `prefix` in the test Redis, deleted (as if they had expired or
+/// been evicted); how many there were.
+async fn forget_delivery_marks(prefix: &str) -> usize {
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:delivered"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    for mark in &marks {
+        let _: u64 = redis::cmd("DEL").arg(mark).query_async(&mut connection).await.unwrap();
+    }
+    marks.len()
+}
+
+#[tokio::test]
+async fn a_copy_of_an_applied_delivery_whose_mark_is_gone_refunds_nothing_more() {
+    let prefix = format!("it-wh-{}", uuid::Uuid::new_v4());
+    let gate = receiver()
+        .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
+        .env("FALGATE_REDIS__KEY_PREFIX", &prefix)
+        .job_ms(600_000, 0)
+        .spawn()
+        .await;
+    let id = submitted(&gate, "alice").await;
+    assert_eq!(credits_left(&gate, "alice").await, 90);
+    let body = json!({"request_id": id, "status": "ERROR", "error": "Invalid status code: 500",
+        "error_type": "runner_disconnected", "payload": null})
+    .to_string()
+    .into_bytes();
+    // What the caller's own hook would have received: fal's signed delivery, replayable while
+    // its timestamp is within the skew.
+    let headers = gate.emulator.sign_webhook(&id, WEBHOOK_USER_ID, now(), &body);
+    let applied = deliver(&gate, &headers, body.clone()).await;
+    assert_eq!(applied.json::<Value>().await.unwrap()["status"], "applied");
+    assert_eq!(credits_left(&gate, "alice").await, 100, "refunded once");
+    // The slot is free again: a new job takes it.
+    submitted(&gate, "alice").await;
+    assert_eq!(credits_left(&gate, "alice").await, 90);
+    assert_eq!(forget_delivery_marks(&prefix).await, 1);
+    // Its first delivery consumed the job's record: the copy is for no job falgate knows.
+    let replay = deliver(&gate, &headers, body).await;
+    gate.assert_refused(replay, 404, "webhook_request_unknown").await;
+    assert_eq!(credits_left(&gate, "alice").await, 90, "no second refund");
+    assert_slot_held(&gate, "alice").await;
+}
