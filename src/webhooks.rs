@@ -7,12 +7,12 @@
 //! `fal_webhook` is recorded with the job ([`jobs`]) and the delivery is forwarded there once
 //! verified ([`forward`]). A delivery has no JWT: fal's Ed25519 signature is its credential
 //! ([`verify`], keys from fal's JWKS: [`jwks`]). In order, a delivery is refused when: the
-//! receiver is off (404), its IP is over the failed-authentication rate (429, checked without
-//! spending), a signed header is missing or garbled, its timestamp is more than
-//! `max_skew_seconds` away, it names another fal user than `fal_user_id`, its body is over
-//! `max_body_bytes`, no key of fal's JWKS verifies it (after at most one bounded refetch), or
-//! falgate never submitted its request (404). Each refusal before the signature verified spends
-//! the IP's failed-authentication rate, like a bad token; none has any effect. A verified
+//! receiver is off (404), its body is over `max_body_bytes` or slower than the body timeout
+//! (the route reads it), a signed header is missing or garbled, its timestamp is more than
+//! `max_skew_seconds` away, it names another fal user than `fal_user_id`, no key of fal's JWKS
+//! verifies it (after at most one bounded refetch), or falgate never submitted its request
+//! (404). Each refusal before the signature verified spends the IP's failed-authentication
+//! rate, like a bad token (past it the answer is 429 instead); none has any effect. A verified
 //! delivery is applied once per request id, whichever replica receives it ([`dedup`]): a
 //! repeat answers 200 and does nothing. The first one also consumes the job's record
 //! ([`jobs`]), so a copy arriving after its mark is gone (evicted from a full in-process set,

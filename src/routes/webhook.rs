@@ -1,8 +1,8 @@
 //! `POST /api/fal/webhook`: fal's signed delivery of a job's end (`webhooks`). No JWT: fal's
 //! signature is the credential. The body is read up to `[webhooks] max_body_bytes` within
 //! `request.body_timeout_ms`, then checked and applied by [`crate::webhooks::Webhooks::receive`].
-//! A delivery refused as unauthenticated (garbled headers, stale, another fal user, a signature
-//! no key of fal verifies) spends its IP's failed-authentication rate, like a bad token
+//! A delivery refused as unauthenticated (a body too large, too slow or cut, garbled headers,
+//! stale, another fal user, a signature no key of fal verifies) spends its IP's failed-authentication rate, like a bad token
 //! (`limits.unauthenticated_ip_rate`); past it the answer is 429. A well-formed delivery is
 //! always verified, never refused by the IP's bucket first: behind a proxy falgate does not
 //! trust, fal and strangers share one address (issue 20). 404 while `[webhooks] receive` is off.
@@ -40,7 +40,14 @@ async fn handle(
     if !gate.webhooks.receiving() {
         return Err(GateError::RouteNotFound);
     }
-    let body = read(gate, headers, body).await?;
+    // A body too large, too slow or cut is no more authenticated than a bad signature.
+    let body = match read(gate, headers, body).await {
+        Ok(body) => body,
+        Err(refused) => {
+            failed_authentication(gate, peer, headers).await?;
+            return Err(refused);
+        }
+    };
     match gate.webhooks.receive(&gate.limiter, headers, &body).await {
         Ok(received) => {
             let status = match received {
@@ -51,14 +58,24 @@ async fn handle(
         }
         Err(refusal) => {
             if webhooks::is_failed_authentication(refusal) {
-                if let Some(ConnectInfo(peer)) = peer {
-                    let ip = crate::limits::client_ip(peer, headers, gate.limiter.trusted_proxies());
-                    gate.limiter.admit_unauthenticated(ip).await?;
-                }
+                failed_authentication(gate, peer, headers).await?;
             }
             Err(refusal.into())
         }
     }
+}
+
+/// Spends the sender IP's failed-authentication rate; past it, the 429 to answer instead.
+async fn failed_authentication(
+    gate: &Gate,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    headers: &HeaderMap,
+) -> Result<(), GateError> {
+    if let Some(ConnectInfo(peer)) = peer {
+        let ip = crate::limits::client_ip(peer, headers, gate.limiter.trusted_proxies());
+        gate.limiter.admit_unauthenticated(ip).await?;
+    }
+    Ok(())
 }
 
 /// The delivery's body, at most `max_body_bytes` (a larger declared length is refused unread).

@@ -564,3 +564,41 @@ async fn a_copy_of_an_applied_delivery_whose_mark_is_gone_refunds_nothing_more()
     assert_eq!(credits_left(&gate, "alice").await, 90, "no second refund");
     assert_slot_held(&gate, "alice").await;
 }
+
+#[tokio::test]
+async fn oversize_deliveries_spend_the_ips_failed_auth_rate_too() {
+    let config = RECEIVER.replace(
+        "reconcile_interval_ms = 0",
+        "reconcile_interval_ms = 0\nunauthenticated_ip_rate = { burst = 2, per_minute = 1 }",
+    );
+    let gate = TestGate::builder()
+        .own_public_url()
+        .config(&config)
+        .job_ms(600_000, 0)
+        .spawn()
+        .await;
+    let id = submitted(&gate, "alice").await;
+    let saw = gate.fal_saw().len();
+    let body = ok_body(&id);
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    for _ in 0..2 {
+        let oversize = deliver(
+            &gate,
+            &signed_by(&stranger, &id, WEBHOOK_USER_ID, now(), &body),
+            vec![b' '; 4096],
+        )
+        .await;
+        gate.assert_refused(oversize, 413, "body_too_large").await;
+    }
+    // The two oversize bodies spent the IP's bucket: the next forgery is refused for its rate.
+    let forged = deliver(
+        &gate,
+        &signed_by(&stranger, &id, WEBHOOK_USER_ID, now(), &body),
+        body.clone(),
+    )
+    .await;
+    gate.assert_refused(forged, 429, "rate_limited").await;
+    assert_slot_held(&gate, "alice").await;
+    assert_eq!(credits_left(&gate, "alice").await, 90);
+    assert_eq!(gate.fal_saw().len(), saw, "fal saw nothing more");
+}
