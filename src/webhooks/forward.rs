@@ -4,8 +4,12 @@
 //! falgate. In the background, off the receiver's answer: a bounded queue (`forward_queue`;
 //! a delivery that finds it full is dropped and logged), at most [`CONCURRENCY`] sends at once,
 //! each attempt bounded by `forward_timeout`, at most `forward_attempts` attempts with a
-//! doubling backoff from `forward_backoff`; no redirects followed.
+//! doubling backoff from `forward_backoff`; no redirects followed. A hook's host must resolve to
+//! a public address ([`PublicOnly`]): fal posted to the caller's hook from the internet before
+//! falgate took the delivery, and falgate must not post from inside its own network instead.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,11 +48,7 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     /// Starts the worker (inside a Tokio runtime).
     pub(crate) fn start(terms: Terms) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(terms.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|err| err.to_string())?;
+        let client = client(&terms)?;
         let (queue, waiting) = mpsc::channel(terms.queue.max(1));
         tokio::spawn(async move {
             tokio_stream::wrappers::ReceiverStream::new(waiting)
@@ -68,6 +68,67 @@ impl Forwarder {
                 false
             }
         }
+    }
+}
+
+/// The forwards' client: per-attempt timeout, no redirects, public addresses only.
+fn client(terms: &Terms) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(terms.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PublicOnly))
+        .build()
+        .map_err(|err| err.to_string())
+}
+
+/// Resolves a hook's host to its public addresses only: one that resolves to loopback, private,
+/// shared (CGNAT), link-local (cloud metadata) or other non-public addresses would make the
+/// forward a request into falgate's own network (SSRF). None left: the attempt fails. (An IP
+/// literal never gets here: the policy allows hooks on host names only.)
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| is_public(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is a public unicast address.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
     }
 }
 
@@ -176,6 +237,47 @@ mod tests {
         // Taken at the third attempt: no fourth.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_hook_whose_host_resolves_to_a_private_address_is_never_reached() {
+        let (url, calls, _) = hook(0).await;
+        let port = url.port().unwrap();
+        let forward = |host: &str| Forward {
+            url: Url::parse(&format!("http://{host}:{port}/hook")).unwrap(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        let client = client(&terms(1)).unwrap();
+        // `localhost` resolves to loopback only: refused before any connection.
+        deliver(&client, &terms(1), forward("localhost")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // The hook itself answers (an IP literal is not resolved: only tests forward to one).
+        deliver(&client, &terms(1), forward("127.0.0.1")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_public_unicast_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "34.120.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
     }
 
     #[tokio::test]
