@@ -155,6 +155,12 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
             for warning in &config.warnings {
                 eprintln!("falgate: warning: {warning}");
             }
+            // The store's mode, so a deployment sees which one one setting picked.
+            match config.redis.as_ref().map(crate::redis::RedisConfig::mode) {
+                None => println!("shared state: in process (no [redis]): limits are per replica"),
+                Some(Ok(mode)) => println!("shared state: {} ({})", mode.name(), mode.describe()),
+                Some(Err(err)) => problem(Failure::Config(format!("[redis]: {err}"))),
+            }
         }
         Err(failure) => problem(failure),
     }

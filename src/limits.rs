@@ -543,6 +543,12 @@ impl Limiter {
         readiness
     }
 
+    /// Where the limits live: `memory` (no `[redis]`), or the Redis mode (`single`,
+    /// `sentinel`, `cluster`).
+    pub fn store_mode(&self) -> &'static str {
+        self.redis.as_ref().map_or("memory", |redis| redis.store().mode())
+    }
+
     /// The idempotency store for submits carrying `Idempotency-Key`.
     pub fn idempotency(&self) -> &Idempotency {
         &self.idempotency

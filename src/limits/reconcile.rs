@@ -545,12 +545,7 @@ mod tests {
     }
 
     fn redis_limiter(prefix: &str) -> Limiter {
-        let store = RedisStore::connect(&RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout_ms: 500,
-            key_prefix: prefix.into(),
-        })
-        .unwrap();
+        let store = RedisStore::connect(&RedisConfig::single("redis://127.0.0.1:6379").with(500, prefix)).unwrap();
         Limiter::new(config(), Some(store)).unwrap()
     }
 
@@ -718,12 +713,8 @@ mod tests {
     async fn a_pass_longer_than_the_lease_keeps_it() {
         let prefix = format!("test-{}", uuid::Uuid::new_v4());
         let clock = crate::clock::ManualClock::new();
-        let store = RedisStore::connect(&RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout_ms: 500,
-            key_prefix: prefix.clone(),
-        })
-        .unwrap();
+        let store =
+            RedisStore::connect(&RedisConfig::single("redis://127.0.0.1:6379").with(500, prefix.clone())).unwrap();
         let a = Limiter::with_clock(config(), Some(store.clone()), clock.clock()).unwrap();
         let b = redis_limiter(&prefix);
         let start = SystemTime::now();

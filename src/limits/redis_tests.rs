@@ -19,11 +19,7 @@ const PATIENT_MS: u64 = 30_000;
 const CUT_MS: u64 = 200;
 
 fn store(addr: &str, prefix: &str, timeout_ms: u64) -> RedisStore {
-    let config = RedisConfig {
-        url: format!("redis://{addr}"),
-        timeout_ms,
-        key_prefix: prefix.into(),
-    };
+    let config = RedisConfig::single(format!("redis://{addr}")).with(timeout_ms, prefix);
     RedisStore::connect(&config).unwrap()
 }
 
