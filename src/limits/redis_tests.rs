@@ -95,6 +95,56 @@ async fn the_credit_quota_is_exact_under_a_concurrent_burst() {
     assert!(a.admit(&ALICE, OpClass::Submit, None, 1).await.is_err());
 }
 
+/// Issue 25: an endpoint's global rate is a second single-slot step beside the caller's own.
+/// It admits exactly its burst across two replicas, and every call it refuses is undone on the
+/// caller's side exactly: no place in the caller's rate, no request or credit of the day, no
+/// slot in flight is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_rate_is_exact_and_the_calls_it_refuses_cost_the_caller_nothing() {
+    let (a, b) = replicas(|config| {
+        let pro = config.tiers.get_mut("pro").unwrap();
+        pro.max_inflight_jobs = Some(Limit::Max(5));
+        config.endpoint_rates.get_mut("fal-ai/flux/dev").unwrap().per_minute = 1;
+    });
+    let calls = (0..10).map(|n| {
+        let replica = if n % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { replica.admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 2).await })
+    });
+    let results = within_a_refill(futures_util::future::join_all(calls)).await;
+    let admitted = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    // endpoint_rates."fal-ai/flux/dev": burst 4.
+    assert_eq!(admitted, 4);
+    // A call may also meet the slot of a concurrent call that is being undone (the one round
+    // trip of extra strictness): refused, never admitted.
+    let codes: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().unwrap().as_ref().err().map(LimitError::code))
+        .collect();
+    assert!(codes.contains(&"rate_limited"), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|code| ["rate_limited", "concurrency_limited"].contains(code)),
+        "{codes:?}"
+    );
+    let usage = b.usage(&ALICE).await.unwrap();
+    let left = |name: &str| usage.iter().find(|state| state.name == name).unwrap().remaining;
+    assert_eq!(left("daily-requests"), 2000 - 4, "refused calls kept their request");
+    assert_eq!(left("daily-credits"), 5000 - 8, "refused calls kept their credits");
+    assert_eq!(left("inflight"), 5 - 4, "refused calls kept their slot");
+    // The caller's own submit rate (burst 20) lost exactly the 4 admitted calls.
+    let fifth = a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
+    let header = fifth
+        .headers()
+        .into_iter()
+        .find(|(name, _)| name == RATELIMIT)
+        .unwrap()
+        .1;
+    assert_eq!(remaining(&header, "submit"), 20 - 5);
+    let full = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err();
+    assert_eq!(full.code(), "concurrency_limited");
+}
+
 #[tokio::test]
 async fn d61_replica_clock_skew_does_not_change_the_shared_count() {
     let (a, b) = replicas(|_| {});

@@ -25,6 +25,16 @@ pub enum Connection {
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        // Debug builds (every test) refuse what a Redis Cluster would refuse with `CROSSSLOT`,
+        // in every mode, so a script that spans two hash tags fails on a laptop's one Redis.
+        #[cfg(debug_assertions)]
+        if let Err(message) = one_slot(cmd) {
+            return Box::pin(std::future::ready(Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "falgate: keys of two hash tags in one command",
+                message,
+            )))));
+        }
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
@@ -113,5 +123,105 @@ impl Opener {
             }
             Self::Sentinel(target) => Connection::Sentinel(target.open()?),
         })
+    }
+}
+
+/// The hash tag Redis Cluster hashes a key by: the text between the first `{` and the next `}`
+/// when it is not empty, else the whole key.
+pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// Whether every key `cmd` names shares one hash tag (scripts: their declared `KEYS`; the
+/// multi-key commands falgate could send). Other commands name one key.
+pub(crate) fn one_slot(cmd: &Cmd) -> Result<(), String> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let Some(name) = args.first().map(|name| name.to_ascii_uppercase()) else {
+        return Ok(());
+    };
+    let keys: &[&[u8]] = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            let count = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            args.get(3..3 + count).unwrap_or(&[])
+        }
+        b"MGET" | b"DEL" | b"EXISTS" | b"UNLINK" | b"TOUCH" | b"WATCH" => &args[1..],
+        _ => return Ok(()),
+    };
+    let mut tags = keys.iter().map(|key| hash_tag(key));
+    let Some(first) = tags.next() else { return Ok(()) };
+    match tags.find(|tag| tag != &first) {
+        None => Ok(()),
+        Some(other) => Err(format!(
+            "{} names keys of tags {{{}}} and {{{}}}",
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_tag_is_what_redis_cluster_hashes() {
+        assert_eq!(hash_tag(b"falgate:{abc}:quota"), b"abc");
+        assert_eq!(hash_tag(b"falgate:{}:quota"), b"falgate:{}:quota");
+        assert_eq!(hash_tag(b"plain"), b"plain");
+        assert_eq!(hash_tag(b"a{b}{c}"), b"b");
+    }
+
+    #[test]
+    fn a_command_whose_keys_span_two_tags_is_named() {
+        let mut script = redis::cmd("EVALSHA");
+        script
+            .arg("sha")
+            .arg(2)
+            .arg("p:{a}:rate")
+            .arg("p:{a}:quota")
+            .arg("p:{b}:not-a-key");
+        assert!(one_slot(&script).is_ok(), "only the declared KEYS count");
+        let mut spanning = redis::cmd("EVALSHA");
+        spanning.arg("sha").arg(2).arg("p:{a}:rate").arg("p:{b}:ep-rate");
+        let err = one_slot(&spanning).unwrap_err();
+        assert!(err.contains("{a}") && err.contains("{b}"), "{err}");
+        let mut del = redis::cmd("DEL");
+        del.arg("p:{a}:x").arg("p:{c}:y");
+        assert!(one_slot(&del).is_err());
+        assert!(one_slot(redis::cmd("GET").arg("p:{a}:x")).is_ok());
+    }
+
+    /// Every script falgate runs goes through `Connection`, which refuses spanning keys in
+    /// debug builds: this proves the refusal reaches the caller as an error, before Redis.
+    #[tokio::test]
+    async fn a_connection_refuses_a_script_spanning_two_tags() {
+        let store =
+            super::super::RedisStore::connect(&super::super::RedisConfig::single("redis://127.0.0.1:6379")).unwrap();
+        let mut connection = store.connection();
+        let script = redis::Script::new("return #KEYS");
+        let mut spanning = script.prepare_invoke();
+        spanning.key("t:{a}:1").key("t:{b}:2");
+        let err = spanning.invoke_async::<i64>(&mut connection).await.unwrap_err();
+        assert!(err.to_string().contains("two hash tags"), "{err}");
+        let mut one = script.prepare_invoke();
+        one.key("t:{a}:1").key("t:{a}:2");
+        assert_eq!(one.invoke_async::<i64>(&mut connection).await.unwrap(), 2);
     }
 }
