@@ -94,9 +94,10 @@ pub struct Admission {
 pub enum Readiness {
     /// In-process limits, or Redis answering.
     Ready,
-    /// Redis is not answering and `on_store_error = "allow"`: limits are per replica for now.
+    /// Redis is not answering and `on_store_error = "allow"`: rates are let through unmetered,
+    /// calls with a quota or a job cap get 503.
     Degraded,
-    /// Redis is not answering and `on_store_error = "deny"`: paid calls get 503.
+    /// Redis is not answering and `on_store_error = "deny"`: calls it meters get 503.
     Unavailable,
 }
 
@@ -151,13 +152,7 @@ impl Limiter {
     ) -> Result<Self, LimitsConfigError> {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
-        let idempotency = Idempotency::with_clock(
-            ttl,
-            config.max_tracked_callers,
-            redis.clone(),
-            config.on_store_error,
-            clock.clone(),
-        );
+        let idempotency = Idempotency::with_clock(ttl, config.max_tracked_callers, redis.clone(), clock.clone());
         let jobs = Arc::new(reconcile::Jobs::new(redis.clone()));
         let (tiers, default_caps) = config.caps();
         Ok(Self {
@@ -308,8 +303,9 @@ impl Limiter {
         self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
     }
 
-    /// Runs `plan` on the store (Redis, or memory when there is none or it is down and
-    /// `on_store_error = "allow"`), consuming only in `Mode::Consume`.
+    /// Runs `plan` on the store (Redis, or memory when there is none), consuming only in
+    /// `Mode::Consume`. Redis down: 503 for a money-like plan, else `on_store_error` decides
+    /// (`allow`: admitted unmetered).
     async fn evaluate(
         &self,
         plan: &Plan<'_>,
@@ -317,19 +313,20 @@ impl Limiter {
         mode: Mode,
         now: SystemTime,
     ) -> Result<plan::Granted, LimitError> {
-        let in_memory = || match mode {
-            Mode::Consume => self.memory.admit(plan, micros(now)),
-            Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
-        };
         let outcome = match &self.redis {
             Some(redis) => match redis.admit(plan, mode).await {
                 Ok(outcome) => outcome,
+                // A quota or a job cap: never let through uncounted (store_error.rs).
+                Err(err) if plan.money_like() => return Err(self.errors.fail_closed(&err)),
                 Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
+                    self.errors.fail_open(self.config.on_store_error, "rate", &err)?;
+                    Outcome::Admitted(plan::Granted::default())
                 }
             },
-            None => in_memory(),
+            None => match mode {
+                Mode::Consume => self.memory.admit(plan, micros(now)),
+                Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
+            },
         };
         match outcome {
             Outcome::Admitted(granted) => Ok(granted),
@@ -377,15 +374,18 @@ impl Limiter {
             let open = shared
                 .run(&key, &id, SlotOp::Open { max: per_caller }, slots::ttl_ms(), None)
                 .await;
-            match open {
+            return match open {
                 Ok(true) => {
                     slot.share(shared.clone(), key, id);
-                    return Ok(slot);
+                    Ok(slot)
                 }
-                Ok(false) => return Err(full()),
-                // Fall back to this replica's own count (`allow`), or refuse (`deny`).
-                Err(err) => self.errors.fallback(self.config.on_store_error, &err)?,
-            }
+                Ok(false) => Err(full()),
+                // Only the replica's own cap holds (`allow`), or refuse (`deny`).
+                Err(err) => {
+                    self.errors.fail_open(self.config.on_store_error, "slot", &err)?;
+                    Ok(slot)
+                }
+            };
         }
         match self.slots.enter(&mut slot, &tag, per_caller) {
             true => Ok(slot),
@@ -453,16 +453,15 @@ impl Limiter {
 
     async fn unauthenticated(&self, ip: IpAddr, rate: Rate, mode: Mode, now: SystemTime) -> Result<(), LimitError> {
         let ip = ip_key(ip);
-        let in_memory = || self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume);
         let answer = match &self.redis {
             Some(redis) => match redis.admit_ip(ip, rate, mode).await {
                 Ok(answer) => answer,
                 Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
+                    self.errors.fail_open(self.config.on_store_error, "ip_rate", &err)?;
+                    return Ok(());
                 }
             },
-            None => in_memory(),
+            None => self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume),
         };
         answer.map(drop).map_err(|retry_us| LimitError::RateLimited {
             retry_after: Duration::from_micros(retry_us),

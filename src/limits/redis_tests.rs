@@ -249,26 +249,37 @@ async fn d59_redis_cut_with_deny_is_a_prompt_503_and_recovers_by_itself() {
     limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
 }
 
+/// Issue 25: with `allow`, a rate-only call passes unmetered while Redis is down (never counted
+/// in this replica's memory, which would multiply the limit by the replica count), and a call
+/// with money-like state (pro submits: a day quota and a jobs cap) is refused 503 anyway.
 #[tokio::test]
-async fn d59_redis_cut_with_allow_falls_back_to_bounded_local_limits_and_recovers() {
+async fn d59_redis_cut_with_allow_lets_rates_through_unmetered_and_fails_money_closed() {
     let (proxy, limiter) = behind_proxy(OnStoreError::Allow).await;
     limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
     proxy.cut();
-    // The local limiter still limits: pro cancel burst is 20, never unlimited. Its clock is
-    // the one given (one instant for every call), so however long each call waits out the store
-    // timeout, nothing refills.
     let now = SystemTime::now();
     let mut admitted = 0;
     for _ in 0..40 {
         admitted += usize::from(limiter.admit_at(&ALICE, OpClass::Cancel, None, 0, now).await.is_ok());
     }
-    assert_eq!(admitted, 20);
+    // Pro cancel burst is 20: all 40 pass, none of them counted anywhere.
+    assert_eq!(admitted, 40);
+    for class in [OpClass::Submit, OpClass::Upload] {
+        let refused = limiter.admit(&ALICE, class, None, 1).await.unwrap_err();
+        assert_eq!(
+            (refused.status().as_u16(), refused.code()),
+            (503, "dependency_unavailable")
+        );
+    }
+    assert_eq!(
+        limiter.usage(&ALICE).await.unwrap_err().code(),
+        "dependency_unavailable"
+    );
     assert_eq!(limiter.ready().await, Readiness::Degraded);
     proxy.restore();
     until_ready(&limiter).await;
-    // Back on Redis, which saw one call before the cut.
+    // Back on Redis, which saw one call before the cut and none during it.
     let admission = limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
-    // Burst 20, no refill: 18 left; the local store that admitted 20 meanwhile would leave 0.
     let left = remaining(&admission.headers()[1].1, "cancel");
     assert_eq!(left, 18);
 }

@@ -71,10 +71,8 @@ impl Limiter {
                     shared.relays += self.slots.held(SlotKind::Relay, &tag);
                     shared
                 }
-                Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
-                }
+                // What was spent lives in Redis only: no answer is better than a wrong one.
+                Err(err) => return Err(self.errors.fail_closed(&err)),
             },
             None => in_memory(),
         };
