@@ -608,12 +608,15 @@ impl Limiter {
     }
 
     async fn release(&self, tag: &str, from: &str, to: Option<&str>, refund: Option<(i64, u64)>) {
-        // Also release in memory: the call may have been admitted there while Redis was down.
-        self.memory.release(tag, from, to, refund);
-        if let Some(redis) = &self.redis {
-            if let Err(err) = redis.release(tag, from, to, refund).await {
-                self.errors.log(&err);
+        // Each call is admitted where its store is: Redis when configured (never in memory,
+        // not even while Redis is down), else this replica's memory.
+        match &self.redis {
+            Some(redis) => {
+                if let Err(err) = redis.release(tag, from, to, refund).await {
+                    self.errors.log(&err);
+                }
             }
+            None => self.memory.release(tag, from, to, refund),
         }
     }
 }
@@ -645,8 +648,10 @@ impl RunGuard {
 impl Drop for RunGuard {
     fn drop(&mut self) {
         let Some(held) = self.held.take() else { return };
-        held.memory.release(&held.tag, &held.reservation, None, None);
-        let Some(redis) = held.redis.clone() else { return };
+        let Some(redis) = held.redis.clone() else {
+            held.memory.release(&held.tag, &held.reservation, None, None);
+            return;
+        };
         // Drop cannot wait: the shared release runs on its own (bounded by the store timeout).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

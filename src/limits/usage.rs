@@ -66,7 +66,8 @@ impl Limiter {
         let spent = match &self.redis {
             Some(redis) => match redis.usage(&tag, ttl_us).await {
                 Ok(mut shared) => {
-                    // Slots opened while Redis was down are counted only here.
+                    // Slots this replica holds for the caller outside Redis (none with
+                    // `[redis]` today: a slot opened while it was down is not counted).
                     shared.streams += self.slots.held(SlotKind::Stream, &tag);
                     shared.relays += self.slots.held(SlotKind::Relay, &tag);
                     shared
