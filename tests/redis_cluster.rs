@@ -253,9 +253,11 @@ fn within_the_bound(
         count(true, 503)
     );
     let mut admitted_total = 0;
+    let mut over = 0;
     for (sub, calls) in seen {
         let admitted = before + calls.iter().filter(|(status, _)| *status == 200).count();
         admitted_total += admitted;
+        over = over.max(admitted.saturating_sub(BURST));
         // At least the limit: every caller had admissions left at the kill, and got them after
         // it (from the new primary, for the callers whose slot the dead one served).
         // At most one more: SCALING.md: an asynchronous failover loses at most the writes the
@@ -266,6 +268,7 @@ fn within_the_bound(
             "{sub}: admitted {admitted} of {BURST}: {calls:?}"
         );
     }
+    eprintln!("largest over-admission of one caller: {over}");
     assert_eq!(
         submits_fal_saw(a),
         fal_before + admitted_total,
@@ -340,4 +343,148 @@ async fn behind_sentinel_limits_hold_and_a_killed_primary_fails_closed_then_resu
     };
     let (seen, ()) = tokio::join!(load_through_a_failover(&a, &b, &callers, over), watcher);
     within_the_bound(&seen, 2, &a, before, started);
+}
+
+/// The figures behind SCALING.md, measured on the machine that runs it (not a check: run it
+/// by hand, `cargo test --test redis_cluster capacity -- --ignored --nocapture`; the figures are
+/// Redis's own, so falgate's build profile does not change them):
+/// Redis commands (round trips) and Redis CPU per request kind, from `INFO commandstats` of a
+/// server only this test uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: prints SCALING.md's figures"]
+async fn capacity_figures_per_request_kind() {
+    require_redis!();
+    let single = servers::Single::start().await;
+    let port = single.server.port;
+    let paid = r#"
+[limits]
+default_tier = "default"
+[limits.tiers.default]
+submit = { burst = 100000, per_minute = 100000 }
+poll = { burst = 100000, per_minute = 100000 }
+max_inflight_jobs = 100000
+daily_requests = 1000000
+daily_credits = 1000000
+[limits.endpoint_rates."fal-ai/echo"]
+burst = 100000
+per_minute = 100000
+"#;
+    let gate = TestGate::builder()
+        .config(paid)
+        .env("FALGATE_REDIS__URL", &single.server.url())
+        .spawn()
+        .await;
+    const N: u64 = 200;
+    // What is read before and after each kind: falgate's own count of its Redis calls by
+    // operation (round trips), Redis's CPU (user + system), and its per-command statistics.
+    let sample = || async {
+        let metrics = gate
+            .client
+            .get(format!("{}/metrics", gate.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let round_trips: std::collections::BTreeMap<String, f64> = metrics
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("falgate_redis_duration_seconds_count{op=\"")?;
+                let (op, value) = rest.split_once("\"} ")?;
+                Some((op.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        let cpu = match servers::ask(port, redis::cmd("INFO").arg("cpu")).await.unwrap() {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    ["used_cpu_sys", "used_cpu_user"]
+                        .contains(&key)
+                        .then(|| value.trim().parse::<f64>().ok())?
+                })
+                .sum::<f64>(),
+            other => panic!("INFO cpu answered {other:?}"),
+        };
+        (round_trips, cpu, servers::command_stats(port).await)
+    };
+    let measure = |name: &'static str, before: (std::collections::BTreeMap<String, f64>, f64, _)| async move {
+        let (trips, cpu, stats) = sample().await;
+        let (trips0, cpu0, stats0): (
+            std::collections::BTreeMap<String, f64>,
+            f64,
+            std::collections::BTreeMap<String, (u64, u64)>,
+        ) = before;
+        let per = |x: f64| x / N as f64;
+        let mut ops = Vec::new();
+        let mut total = 0.0;
+        for (op, count) in &trips {
+            let delta = count - trips0.get(op).copied().unwrap_or(0.0);
+            if delta > 0.0 {
+                total += delta;
+                ops.push(format!("{op} {:.2}", per(delta)));
+            }
+        }
+        let (calls, usec) = stats.get("evalsha").copied().unwrap_or_default();
+        let (calls0, usec0) = stats0.get("evalsha").copied().unwrap_or_default();
+        eprintln!(
+            "{name}: {:.2} Redis round trips [{}], {:.0} µs of Redis CPU per request (INFO cpu), scripts {:.1} µs per EVALSHA",
+            per(total),
+            ops.join(", "),
+            per((cpu - cpu0) * 1e6),
+            (usec - usec0) as f64 / (calls - calls0).max(1) as f64
+        );
+    };
+    // Warm the scripts (the first call of each loads it: NOSCRIPT, SCRIPT LOAD).
+    let (_, id) = submit(&gate, "warm", VPG).await;
+    let id = id.unwrap();
+    submit(&gate, "warm", "fal-ai/echo").await;
+    support::wait_completed_as(&gate, "warm", &id).await;
+
+    let before = sample().await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        let (status, id) = submit(&gate, &format!("caller{}", n % 20), VPG).await;
+        assert_eq!(status, 200);
+        ids.push((format!("caller{}", n % 20), id.unwrap()));
+    }
+    measure("submit (queue, no endpoint rate)", before).await;
+
+    let before = sample().await;
+    for n in 0..N {
+        assert_eq!(submit(&gate, &format!("caller{}", n % 20), "fal-ai/echo").await.0, 200);
+    }
+    measure("submit (queue, with an endpoint rate)", before).await;
+
+    // Polls of jobs still running, then of finished ones (the poll that sees the end frees the
+    // slot and the reconciler's entry).
+    let before = sample().await;
+    for (sub, id) in ids.iter().take(N as usize) {
+        let response = gate
+            .client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", gate.url))
+            .bearer_auth(gate.token(sub))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    measure("status poll", before).await;
+
+    let (sub, id) = ids.last().unwrap().clone();
+    support::wait_completed_as(&gate, &sub, &id).await;
+    let before = sample().await;
+    for _ in 0..N {
+        let mut stream = gate
+            .client
+            .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status/stream", gate.url))
+            .bearer_auth(gate.token(&sub))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        while stream.chunk().await.unwrap().is_some() {}
+    }
+    measure("status stream of a finished job (slot open + close)", before).await;
 }

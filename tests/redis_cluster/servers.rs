@@ -171,6 +171,51 @@ async fn until_replicas_synced(ports: &[u16]) {
     .await;
 }
 
+/// One plain server (the capacity figures).
+pub(crate) struct Single {
+    pub(crate) server: Server,
+    _dir: TempDir,
+}
+
+impl Single {
+    pub(crate) async fn start() -> Self {
+        let dir = TempDir::new("single");
+        let port = free_port();
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let server = Server::spawn(&dir.0, port, &args);
+        answers_ping(&server).await;
+        Self { server, _dir: dir }
+    }
+}
+
+/// `INFO commandstats` as command → (calls, CPU µs).
+pub(crate) async fn command_stats(port: u16) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let info = text(&ask(port, redis::cmd("INFO").arg("commandstats")).await.unwrap());
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
+}
+
 /// Three primaries and three replicas (`redis-cli --cluster create … --cluster-replicas 1`).
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<Server>,
