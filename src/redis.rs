@@ -117,7 +117,10 @@ impl RedisMode<'_> {
             Self::Sentinel { sentinels, master } => {
                 format!("Redis Sentinel: primary {master:?}, {} sentinels", sentinels.len())
             }
-            Self::Cluster { nodes } => format!("Redis Cluster, {} seed nodes", nodes.len()),
+            Self::Cluster { nodes } => match nodes.len() {
+                1 => "Redis Cluster, 1 seed node".into(),
+                n => format!("Redis Cluster, {n} seed nodes"),
+            },
         }
     }
 }
