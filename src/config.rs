@@ -22,15 +22,17 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
-pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
-pub use endpoints::EndpointPolicy;
+pub use crate::auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
+pub use crate::cors::Cors;
+pub use crate::fal::Priority;
+pub use crate::ownership::OwnershipConfig;
+pub use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+pub use crate::upstream::{EgressProxy, Settings as UpstreamSettings};
+pub use access::Operation;
 pub use env::{ProcessEnv, Sources};
 pub use file::Toggle;
-pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
 pub use serving::Drain;
-pub use upstream::{EgressProxy, Upstream};
 
 use self::endpoints::{endpoints, schema_sources};
 use self::serving::{connections, socket, workers};
@@ -59,7 +61,7 @@ pub struct Config {
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     pub auth: Auth,
     pub max_body_bytes: usize,
     /// Bytes of request bodies held at once, all calls together.
@@ -118,6 +120,16 @@ enum Source {
 }
 
 impl Config {
+    /// The policy's settings, from `[endpoints]`, `[tiers]`, `[webhooks]` and `[storage]`.
+    pub fn policy(&self) -> crate::policy::Settings<'_> {
+        crate::policy::Settings {
+            endpoints: &self.endpoints,
+            tiers: &self.tiers,
+            webhook_hosts: &self.webhook_hosts,
+            uploads: self.storage_uploads == Toggle::Allow,
+        }
+    }
+
     /// Reads the file named by `--config`, `FALGATE_CONFIG` or the default, then applies env.
     pub fn load(path: Option<&Path>, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let path = resolve_path(path, sources);

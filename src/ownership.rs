@@ -10,13 +10,21 @@
 mod local;
 pub mod redis;
 
+use std::time::Duration;
+
 use crate::clock::Clock;
-use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
 use crate::limits::OnStoreError;
 use local::LocalRecords;
 use redis::RedisOwnership;
+
+/// Ownership memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnershipConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
 
 /// The ownership store.
 pub struct Ownership {

@@ -80,7 +80,7 @@ impl Gate {
         // The log's principal hash: the configured key, else one derived from the fal key, so
         // every replica hashes a caller alike (restart-only: the first gate of the process sets it).
         let principal_key = match &config.principal_hash_key {
-            Some(key) => crate::config::keyed_digest(
+            Some(key) => crate::upstream::keyed_digest(
                 secrecy::ExposeSecret::expose_secret(key).as_bytes(),
                 b"falgate principal hash",
             ),
@@ -91,7 +91,7 @@ impl Gate {
         let on_store_error = config.limits.on_store_error;
         Ok(Self {
             auth,
-            policy: Policy::new(&config),
+            policy: Policy::new(&config.policy()),
             upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
             ownership: Arc::new(Ownership::with_clock(
                 config.ownership,
@@ -113,7 +113,7 @@ impl Gate {
     pub fn next(&self, config: Config) -> Result<Self, BuildError> {
         Ok(Self {
             auth: self.auth.next(&config.auth)?,
-            policy: Policy::new(&config),
+            policy: Policy::new(&config.policy()),
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: self.limiter.reconfigured(config.limits.clone())?,
             upstream: self.upstream.clone(),

@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use super::answer::{admitted_states, refused};
-use super::plan::{self, InflightPlan, Outcome, Plan, QuotaPlan, Rate};
+use super::plan::{self, InflightPlan, Plan, QuotaPlan, Rate, Verdict};
 use super::redis::Mode;
 use super::{config, micros, Admission, LimitError, Limiter, OpClass, Subject, TierCaps};
 use crate::redis::tag_of;
@@ -140,7 +140,7 @@ impl Limiter {
                 Err(err) if plan.money_like() => return Err(self.errors.fail_closed(&err)),
                 Err(err) => {
                     self.errors.fail_open(self.config.on_store_error, "rate", &err)?;
-                    Outcome::Admitted(plan::Granted::default())
+                    Verdict::Admitted(plan::Granted::default())
                 }
             },
             None => match mode {
@@ -149,8 +149,8 @@ impl Limiter {
             },
         };
         match outcome {
-            Outcome::Admitted(granted) => Ok(granted),
-            Outcome::Refused(refusal) => Err(refused(plan, tier, refusal)),
+            Verdict::Admitted(granted) => Ok(granted),
+            Verdict::Refused(refusal) => Err(refused(plan, tier, refusal)),
         }
     }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use redis::Script;
 
-use super::plan::{Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::plan::{Exceeded, Gauge, Granted, Plan, QuotaUse, Rate, Verdict};
 use super::usage::Spent;
 use super::{OpClass, SlotKind};
 use crate::redis::{RedisStore, StoreError};
@@ -84,7 +84,7 @@ impl RedisLimits {
     /// Checks every limit of `plan`, and consumes them all if all pass (`Mode::Consume`) or
     /// nothing (`Mode::CheckOnly`): the caller's in one atomic script, an endpoint's rate in a
     /// second single-slot step compensated when it refuses (see the module's notes).
-    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Outcome, StoreError> {
+    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Verdict, StoreError> {
         let Some((name, endpoint_rate)) = plan.endpoint else {
             return self.admit_caller(plan, mode).await;
         };
@@ -99,21 +99,21 @@ impl RedisLimits {
             }
             Mode::Consume => {
                 let caller = self.admit_caller(plan, mode).await?;
-                if matches!(caller, Outcome::Refused(_)) {
+                if matches!(caller, Verdict::Refused(_)) {
                     return Ok(caller);
                 }
                 (caller, self.rate_step(&endpoint_key, endpoint_rate, mode).await)
             }
         };
-        let Outcome::Admitted(mut granted) = caller else {
+        let Verdict::Admitted(mut granted) = caller else {
             return Ok(caller);
         };
         let refused = match endpoint {
             Ok(Ok(gauge)) => {
                 granted.endpoint = Some(gauge);
-                return Ok(Outcome::Admitted(granted));
+                return Ok(Verdict::Admitted(granted));
             }
-            Ok(Err(retry_us)) => Ok(Outcome::Refused(Refusal::Endpoint { retry_us })),
+            Ok(Err(retry_us)) => Ok(Verdict::Refused(Exceeded::Endpoint { retry_us })),
             Err(err) => Err(err),
         };
         if mode == Mode::Consume {
@@ -123,7 +123,7 @@ impl RedisLimits {
     }
 
     /// The caller's own limits: one `admit.lua` on the caller's keys.
-    async fn admit_caller(&self, plan: &Plan<'_>, mode: Mode) -> Result<Outcome, StoreError> {
+    async fn admit_caller(&self, plan: &Plan<'_>, mode: Mode) -> Result<Verdict, StoreError> {
         let mut invocation = self.admit.prepare_invoke();
         invocation
             .key(self.store.tagged(plan.tag, plan.class.rate_key()))
@@ -320,7 +320,7 @@ fn parse_usage(reply: &[i64]) -> Result<Spent, StoreError> {
     }
 }
 
-fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
+fn parse_admit(reply: &[i64]) -> Result<Verdict, StoreError> {
     let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
     let gauge = |i: usize| {
         Some(Gauge {
@@ -329,7 +329,7 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
         })
     };
     let outcome = match (reply.first(), unsigned(1)) {
-        (Some(0), _) if reply.len() == 10 => Outcome::Admitted(Granted {
+        (Some(0), _) if reply.len() == 10 => Verdict::Admitted(Granted {
             rate: gauge(1),
             endpoint: gauge(3),
             quota: reply[5].ge(&0).then(|| QuotaUse {
@@ -340,11 +340,11 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
             }),
             inflight: unsigned(9),
         }),
-        (Some(1), Some(retry_us)) => Outcome::Refused(Refusal::Rate { retry_us }),
-        (Some(2), Some(retry_us)) => Outcome::Refused(Refusal::Endpoint { retry_us }),
-        (Some(3), Some(reset_us)) => Outcome::Refused(Refusal::Requests { reset_us }),
-        (Some(4), Some(reset_us)) => Outcome::Refused(Refusal::Credits { reset_us }),
-        (Some(5), Some(count)) => Outcome::Refused(Refusal::Inflight { count }),
+        (Some(1), Some(retry_us)) => Verdict::Refused(Exceeded::Rate { retry_us }),
+        (Some(2), Some(retry_us)) => Verdict::Refused(Exceeded::Endpoint { retry_us }),
+        (Some(3), Some(reset_us)) => Verdict::Refused(Exceeded::Requests { reset_us }),
+        (Some(4), Some(reset_us)) => Verdict::Refused(Exceeded::Credits { reset_us }),
+        (Some(5), Some(count)) => Verdict::Refused(Exceeded::Inflight { count }),
         _ => return Err(StoreError::Protocol(format!("admit script answered {reply:?}"))),
     };
     Ok(outcome)
