@@ -147,6 +147,30 @@ impl RedisConfig {
         self
     }
 
+    /// The shared Redis of the Redis-backed unit tests: 127.0.0.1:6379, or the Redis Cluster
+    /// whose seed URLs `FALGATE_TEST_REDIS_CLUSTER` lists (a TOML inline list; `scripts/test`
+    /// runs the limits and ownership tests once more on a 3 + 3 cluster it starts).
+    #[cfg(test)]
+    pub(crate) fn for_tests(timeout_ms: u64, key_prefix: impl Into<String>) -> Self {
+        let cluster = std::env::var("FALGATE_TEST_REDIS_CLUSTER").ok().map(|list| {
+            let parsed: toml::Table = format!("v = {list}")
+                .parse()
+                .expect("FALGATE_TEST_REDIS_CLUSTER is a TOML list");
+            parsed["v"]
+                .as_array()
+                .expect("FALGATE_TEST_REDIS_CLUSTER is a TOML list")
+                .iter()
+                .map(|url| url.as_str().expect("a URL").to_owned())
+                .collect::<Vec<_>>()
+        });
+        let mut config = Self::single("redis://127.0.0.1:6379").with(timeout_ms, key_prefix);
+        if let Some(nodes) = cluster {
+            config.url = None;
+            config.cluster = nodes;
+        }
+        config
+    }
+
     /// The mode the keys set, or why they do not name exactly one.
     pub fn mode(&self) -> Result<RedisMode<'_>, String> {
         let sentinel_only =

@@ -21,7 +21,11 @@ const PATIENT_MS: u64 = 30_000;
 const CUT_MS: u64 = 200;
 
 fn store(addr: &str, prefix: &str, timeout_ms: u64) -> RedisStore {
-    let config = RedisConfig::single(format!("redis://{addr}")).with(timeout_ms, prefix);
+    // The shared Redis (or the cluster the tests run on), or a chaos proxy in front of it.
+    let config = match addr {
+        REDIS => RedisConfig::for_tests(timeout_ms, prefix),
+        _ => RedisConfig::single(format!("redis://{addr}")).with(timeout_ms, prefix),
+    };
     RedisStore::connect(&config).unwrap()
 }
 

@@ -59,7 +59,7 @@ mod tests {
     use crate::redis::RedisConfig;
 
     fn ownership(prefix: &str) -> RedisOwnership {
-        let config = RedisConfig::single("redis://127.0.0.1:6379").with(500, prefix);
+        let config = RedisConfig::for_tests(500, prefix);
         RedisOwnership::new(RedisStore::connect(&config).unwrap())
     }
 
