@@ -345,6 +345,13 @@ async fn behind_sentinel_limits_hold_and_a_killed_primary_fails_closed_then_resu
     within_the_bound(&seen, 2, &a, before, started);
 }
 
+/// Falgate's Redis calls by operation, Redis's CPU seconds, and its per-command statistics.
+type Sample = (
+    std::collections::BTreeMap<String, f64>,
+    f64,
+    std::collections::BTreeMap<String, (u64, u64)>,
+);
+
 /// The figures behind SCALING.md, measured on the machine that runs it (not a check: run it
 /// by hand, `cargo test --test redis_cluster capacity -- --ignored --nocapture`; the figures are
 /// Redis's own, so falgate's build profile does not change them):
@@ -409,13 +416,9 @@ per_minute = 100000
         };
         (round_trips, cpu, servers::command_stats(port).await)
     };
-    let measure = |name: &'static str, before: (std::collections::BTreeMap<String, f64>, f64, _)| async move {
+    let measure = |name: &'static str, before: Sample| async move {
         let (trips, cpu, stats) = sample().await;
-        let (trips0, cpu0, stats0): (
-            std::collections::BTreeMap<String, f64>,
-            f64,
-            std::collections::BTreeMap<String, (u64, u64)>,
-        ) = before;
+        let (trips0, cpu0, stats0): Sample = before;
         let per = |x: f64| x / N as f64;
         let mut ops = Vec::new();
         let mut total = 0.0;

@@ -298,7 +298,7 @@ impl Cluster {
             .collect();
         until("cluster healthy", || async {
             for port in &live {
-                let Ok(info) = ask(*port, &redis::cmd("CLUSTER").arg("INFO")).await else {
+                let Ok(info) = ask(*port, redis::cmd("CLUSTER").arg("INFO")).await else {
                     return false;
                 };
                 if !text(&info).contains("cluster_state:ok") {
@@ -318,7 +318,7 @@ impl Cluster {
 
     /// The primaries' ports as `port` sees the slot map.
     async fn primaries(&self, port: u16) -> redis::RedisResult<Vec<u16>> {
-        let slots = ask(port, &redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let slots = ask(port, redis::cmd("CLUSTER").arg("SLOTS")).await?;
         let mut ports: Vec<u16> = slot_ranges(&slots).into_iter().map(|(_, _, port)| port).collect();
         ports.sort_unstable();
         ports.dedup();
@@ -332,7 +332,7 @@ impl Cluster {
             Value::Int(slot) => slot,
             other => panic!("CLUSTER KEYSLOT answered {other:?}"),
         };
-        let slots = ask(port, &redis::cmd("CLUSTER").arg("SLOTS")).await.unwrap();
+        let slots = ask(port, redis::cmd("CLUSTER").arg("SLOTS")).await.unwrap();
         slot_ranges(&slots)
             .into_iter()
             .find(|(start, end, _)| (*start..=*end).contains(&slot))
