@@ -151,6 +151,34 @@ async fn an_endpoint_rate_is_exact_and_the_calls_it_refuses_cost_the_caller_noth
     assert_eq!(full.code(), "concurrency_limited");
 }
 
+/// Issue 25: a restarted or newly promoted Redis has no scripts loaded; an admission still
+/// runs (`NOSCRIPT`: the script is loaded, on every primary in Cluster mode, and run again).
+#[tokio::test]
+async fn an_admission_survives_a_redis_that_lost_its_scripts() {
+    let (a, _) = replicas(|_| {});
+    a.admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 1)
+        .await
+        .unwrap();
+    let store = a.redis.as_ref().unwrap().store().clone();
+    let mut connection = store.connection();
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let again = a
+        .admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 1)
+        .await
+        .unwrap();
+    // The second admission counted on the first: the same keys, through reloaded scripts.
+    assert_eq!(
+        remaining(&again.headers()[1].1, "submit"),
+        20 - 2,
+        "{:?}",
+        again.headers()
+    );
+}
+
 #[tokio::test]
 async fn d61_replica_clock_skew_does_not_change_the_shared_count() {
     let (a, b) = replicas(|_| {});
