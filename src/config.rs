@@ -89,6 +89,8 @@ pub struct Config {
     pub tiers: BTreeMap<String, Tier>,
     /// Hosts `fal_webhook` URLs may point at; empty = webhooks refused.
     pub webhook_hosts: std::collections::BTreeSet<String>,
+    /// The receiver of fal's signed deliveries (`[webhooks]` but `allowed_hosts`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
@@ -216,14 +218,18 @@ impl Config {
                 EndpointId::parse(key).is_ok_and(|id| endpoints.keys().any(|entry| entry.covers(&id)))
             })
             .map_err(|err| ConfigError(err.0))?;
+        let public_url = raw
+            .public_url
+            .as_deref()
+            .map(|raw| base_url("public_url", raw))
+            .transpose()?;
+        let webhooks =
+            crate::webhooks::WebhooksConfig::parse(&raw.webhooks, public_url.as_ref()).map_err(ConfigError)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
-            public_url: raw
-                .public_url
-                .as_deref()
-                .map(|raw| base_url("public_url", raw))
-                .transpose()?,
+            public_url,
+            webhooks,
             workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,

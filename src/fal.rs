@@ -11,6 +11,7 @@
 mod facts;
 pub mod headers;
 mod path;
+pub mod signature;
 mod target;
 mod webhook;
 

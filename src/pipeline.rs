@@ -1,9 +1,24 @@
-//! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → precheck limits (calls with a body) → read and validate input → claim the
-//! idempotency key → open a stream / relay slot → admit (rates, quota, concurrency) → check
-//! ownership → forward → record ownership and the job → relay.
-//! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
-//! Each step returns a proof value or a [`GateError`]; none writes a response.
+//! The ordered steps every call goes through, whichever route family it came from. This is
+//! the one description of them (`lib.rs` and ARCHITECTURE.md point here); each step returns a
+//! proof value or a [`GateError`] (its status in brackets), and none writes a response.
+//! Authentication happened before: [`handle`] takes a [`Caller`], so nothing reaches fal without
+//! one.
+//!
+//! | step | what | proof, refusal |
+//! | --- | --- | --- |
+//! | authorize | `Policy::authorize(&caller, &call)` | `Grant` (403) |
+//! | headers | `upstream::forwarded_headers` and the tier's priority cap | the headers fal sees (400) |
+//! | precheck | calls with a body: `Limiter::precheck_priced` at the endpoint's cheapest price, consuming nothing (a submit whose `Idempotency-Key` was answered goes on, to be replayed) | (429 / 403 / 503) |
+//! | read | `input::read_body`: declared JSON, size- and time-bounded, charged to the body budget; a body that times out spends its caller's rate | bytes (413 / 415 / 408 / 429 / 503) |
+//! | validate | `Schemas::validate` (a storage upload: a strict JSON object); a token request checked and re-serialised (`client_token`) | `ValidInput` (400 / 413 / 422 / 403) |
+//! | options | `Grant::check_options` on the input as fal runs it | (403) |
+//! | idempotency | claim the submit's `Idempotency-Key` (`idempotency`) | new, or a replay of the first answer (409 / 422) |
+//! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
+//! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price | `Admission` (429 / 403 / 503) |
+//! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
+//! | forward | `Upstream::send` with the server-held key | fal's response (502 / 504 / 424) |
+//! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
+//! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; the idempotency key settled | |
 //!
 //! Input is validated before admission because a call's credit cost depends on it (e.g. the
 //! `model` field); a refused input consumes nothing. Reading and validating a body (up to
@@ -75,7 +90,7 @@ pub async fn handle(
             let (bytes, charge) = match read {
                 // A body that did not arrive in time counts against its caller: it spends the
                 // call's rate (input::read_body).
-                Err(GateError::BodyTimeout) => {
+                Err(input::BodyError::Timeout) => {
                     gate.limiter.spend_rate(&subject, facts.class).await;
                     return Err(GateError::BodyTimeout);
                 }
@@ -162,9 +177,28 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
         gate.ownership.check(subject.principal, &app, id).await?;
     }
     let body = input.map(|input| input.bytes);
-    let answer = forward(&gate.upstream, &gate.lifecycle, call, forwarded, body, slot, &admission).await;
+    // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
+    let hooked = gate.webhooks.hooked(call);
+    let answer = forward(
+        &gate.upstream,
+        &gate.lifecycle,
+        &hooked,
+        forwarded,
+        body,
+        slot,
+        &admission,
+    )
+    .await;
     let bookkeeping = Bookkeeping::of(call, &facts, &answer);
-    account(&gate.limiter, &gate.ownership, &subject, &admission, bookkeeping).await;
+    account(
+        &gate.limiter,
+        &gate.ownership,
+        &gate.webhooks,
+        &subject,
+        &admission,
+        bookkeeping,
+    )
+    .await;
     if let Some(guard) = guard {
         guard.disarm();
     }
@@ -236,7 +270,8 @@ async fn forward(
 /// What fal's answer means for ownership and limits (decided before any await, since an answer
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    /// A job fal took, with the caller's own `fal_webhook` (forwarded to by `webhooks`).
+    Submitted(crate::fal::AppId, crate::fal::FalRequestId, Option<crate::fal::Webhook>),
     Refund,
     Finished(crate::fal::AppId, crate::fal::FalRequestId),
     RunDone,
@@ -274,9 +309,9 @@ impl Bookkeeping {
             return refund_if_paid;
         }
         match (facts.job, &call.op, answer) {
-            (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
+            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => buffered
                 .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id, webhook.clone())),
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -290,14 +325,22 @@ impl Bookkeeping {
 async fn account(
     limiter: &Limiter,
     ownership: &Ownership,
+    webhooks: &crate::webhooks::Webhooks,
     subject: &Subject<'_>,
     admission: &Admission,
     bookkeeping: Bookkeeping,
 ) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id) => {
+        Bookkeeping::Submitted(app, id, hook) => {
             ownership.record(subject.principal, &app, &id).await;
             limiter.job_started(admission, &app, &id).await;
+            let job = crate::webhooks::Submitted {
+                tag: admission.tag().to_owned(),
+                app: app.as_str().to_owned(),
+                spend: admission.spend(),
+                hook: hook.map(|hook| hook.as_str().to_owned()),
+            };
+            webhooks.submitted(&id, job).await;
         }
         Bookkeeping::Refund => limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(app, id) => limiter.job_finished(subject, &app, &id).await,

@@ -49,6 +49,9 @@ pub struct Gate {
     pub lifecycle: Arc<Lifecycle>,
     /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
     pub body_budget: crate::input::Bodies,
+    /// Lives for the process: fal's webhook receiver (keys, delivered and submitted jobs, the
+    /// forward queue).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// Why a gate could not be built from a config.
@@ -64,6 +67,8 @@ pub enum BuildError {
     Redis(#[from] StoreError),
     #[error("[limits]: {0}")]
     Limits(#[from] LimitsConfigError),
+    #[error("[webhooks]: {0}")]
+    Webhooks(String),
 }
 
 impl Gate {
@@ -89,7 +94,20 @@ impl Gate {
         crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
+        let webhooks = crate::webhooks::Webhooks::new(
+            config.webhooks.clone(),
+            crate::webhooks::Parts {
+                storage_url: &config.upstream.storage_url,
+                redis: redis.clone(),
+                on_store_error,
+                job_ttl: config.ownership.ttl,
+                clock: clock.clone(),
+                ended: Arc::new(crate::webhooks::Counting::default()),
+            },
+        )
+        .map_err(BuildError::Webhooks)?;
         Ok(Self {
+            webhooks: Arc::new(webhooks),
             auth,
             policy: Policy::new(&config.policy()),
             upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
@@ -121,6 +139,7 @@ impl Gate {
             lifecycle: self.lifecycle.clone(),
             // A clone shares the one budget (its count is behind an `Arc`).
             body_budget: self.body_budget.clone(),
+            webhooks: self.webhooks.clone(),
             config,
         })
     }

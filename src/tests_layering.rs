@@ -27,6 +27,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
             "error",
             "policy",
             "auth",
+            "webhooks",
             "limits",
             "redis",
             "server",
@@ -34,7 +35,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
     ),
     (
         "leaves",
-        &["telemetry", "schema", "fal", "clock", "lifecycle", "body", "emulator"],
+        &["emulator", "telemetry", "schema", "fal", "clock", "lifecycle", "body"],
     ),
 ];
 

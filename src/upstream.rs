@@ -13,7 +13,8 @@
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
 //! Every call to fal carries a W3C `traceparent` (the caller's or falgate's span when valid,
 //! else a fresh one) and the falgate request id as `x-request-id` (fal documents no meaning for
-//! that header and ignores headers it does not know; see `shared/fal-protocol.md` §2.3).
+//! that header and ignores headers it does not know: `@fal-ai/client` sends a caller's own
+//! `headers` to it, `libs/client/src/queue.ts` in `fal-ai/fal-js`).
 
 pub mod budget;
 mod client;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
+use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier};
 use super::ConfigError;
 use crate::cors::Cors;
 pub use crate::fal::Operation;
@@ -13,6 +13,7 @@ use crate::fal::Priority;
 use crate::fal::{EndpointId, RequestTimeout};
 use crate::ownership::OwnershipConfig;
 use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+use crate::webhooks::RawWebhooks;
 
 impl Operation {
     fn parse(raw: &str) -> Option<Self> {

@@ -1,6 +1,8 @@
 //! fal's `x-fal-*` request header values, parsed and bounded, and written back in one canonical
 //! form: what fal receives is always the value that was checked, never the caller's bytes
-//! (`shared/fal-protocol.md` §2.3). The per-tier rules over them are `policy::FalHeaderRules`.
+//! (the headers `@fal-ai/client` sends, `libs/client/src/queue.ts` and `storage.ts` in
+//! `fal-ai/fal-js`; `x-fal-no-retry`: <https://docs.fal.ai/model-apis/model-endpoints/reliability>).
+//! The per-tier rules over them are `policy::FalHeaderRules`.
 
 use serde::{Deserialize, Serialize};
 
