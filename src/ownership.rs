@@ -150,11 +150,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_entries: 10,
         };
-        let redis = RedisConfig {
-            url: format!("redis://{}", proxy.addr),
-            timeout_ms: 200,
-            key_prefix: format!("test-own-{}", uuid::Uuid::new_v4()),
-        };
+        let redis = RedisConfig::single(format!("redis://{}", proxy.addr))
+            .with(200, format!("test-own-{}", uuid::Uuid::new_v4()));
         for (mode, unknown_code) in [
             (OnStoreError::Deny, "dependency_unavailable"),
             (OnStoreError::Allow, "request_not_found"),
