@@ -16,7 +16,10 @@ use crate::fal::FalRequestId;
 /// A delivery's signed headers, parsed (nothing checked against keys, clock or config yet).
 #[derive(Debug, Clone)]
 pub struct Signed {
+    /// The request id, canonical (lower case: one request, one name for its records).
     pub request_id: FalRequestId,
+    /// The request id as sent: what fal signed.
+    pub request_id_raw: String,
     pub user_id: String,
     /// The timestamp as sent (what was signed) and as a number.
     pub timestamp_raw: String,
@@ -37,9 +40,8 @@ impl Signed {
                 .map(str::trim)
                 .filter(|value| !value.is_empty())
         };
-        let request_id = text(REQUEST_ID)
-            .and_then(|raw| FalRequestId::parse(raw).ok())
-            .ok_or(Refusal::Malformed(REQUEST_ID))?;
+        let request_id_raw = text(REQUEST_ID).ok_or(Refusal::Malformed(REQUEST_ID))?;
+        let request_id = FalRequestId::parse(request_id_raw).map_err(|_| Refusal::Malformed(REQUEST_ID))?;
         let user_id = text(USER_ID)
             .filter(|id| id.len() <= MAX_USER_ID)
             .ok_or(Refusal::Malformed(USER_ID))?;
@@ -55,6 +57,7 @@ impl Signed {
             .ok_or(Refusal::BadSignature)?;
         Ok(Self {
             request_id,
+            request_id_raw: request_id_raw.to_owned(),
             user_id: user_id.to_owned(),
             timestamp_raw: timestamp_raw.to_owned(),
             timestamp,
@@ -80,7 +83,8 @@ impl Signed {
 
     /// Whether any of `keys` signed this delivery of `body`.
     pub fn verified_by(&self, keys: &[VerifyingKey], body: &[u8]) -> bool {
-        let message = message(self.request_id.as_str(), &self.user_id, &self.timestamp_raw, body);
+        // The bytes fal signed, not their canonical form.
+        let message = message(&self.request_id_raw, &self.user_id, &self.timestamp_raw, body);
         keys.iter()
             .any(|key| key.verify_strict(&message, &self.signature).is_ok())
     }
@@ -129,6 +133,22 @@ mod tests {
         forged.insert(USER_ID, HeaderValue::from_static("u2"));
         let forged = Signed::parse(&forged).unwrap();
         assert!(!forged.verified_by(&[fal.verifying_key()], BODY));
+    }
+
+    #[test]
+    fn the_request_id_is_verified_as_sent_and_kept_canonical() {
+        let fal = key(1);
+        let upper = ID.to_ascii_uppercase();
+        let signature = fal.sign(&message(&upper, "u1", "1000", BODY));
+        let mut sent = headers(&fal, "u1", "1000", BODY);
+        sent.insert(REQUEST_ID, HeaderValue::from_str(&upper).unwrap());
+        sent.insert(
+            SIGNATURE,
+            HeaderValue::from_str(&hex::encode(signature.to_bytes())).unwrap(),
+        );
+        let signed = Signed::parse(&sent).unwrap();
+        assert!(signed.verified_by(&[fal.verifying_key()], BODY));
+        assert_eq!(signed.request_id.as_str(), ID);
     }
 
     #[test]
