@@ -602,3 +602,29 @@ async fn oversize_deliveries_spend_the_ips_failed_auth_rate_too() {
     assert_eq!(credits_left(&gate, "alice").await, 90);
     assert_eq!(gate.fal_saw().len(), saw, "fal saw nothing more");
 }
+
+#[tokio::test]
+async fn with_fals_keys_unreachable_a_genuine_delivery_is_refused_503_and_changes_nothing() {
+    let config = RECEIVER.replace(
+        "reconcile_interval_ms = 0",
+        "reconcile_interval_ms = 0\nunauthenticated_ip_rate = { burst = 1, per_minute = 1 }",
+    );
+    let gate = TestGate::builder()
+        .own_public_url()
+        .config(&config)
+        .job_ms(600_000, 0)
+        // fal's REST host, where its JWKS is, does not answer (nothing listens on port 1).
+        .edit(|config| config.upstream.storage_url = url::Url::parse("http://127.0.0.1:1/rest.fal.ai").unwrap())
+        .spawn()
+        .await;
+    let id = submitted(&gate, "alice").await;
+    let body = ok_body(&id);
+    for _ in 0..3 {
+        let genuine = gate.emulator.sign_webhook(&id, WEBHOOK_USER_ID, now(), &body);
+        let refused = deliver(&gate, &genuine, body.clone()).await;
+        // fal retries it later; the IP's failed-auth bucket (one) is not spent by it.
+        gate.assert_refused(refused, 503, "dependency_unavailable").await;
+    }
+    assert_slot_held(&gate, "alice").await;
+    assert_eq!(credits_left(&gate, "alice").await, 90);
+}
