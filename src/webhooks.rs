@@ -247,6 +247,7 @@ impl Webhooks {
             timeout: config.forward_timeout,
             backoff: config.forward_backoff,
             queue: config.forward_queue,
+            queue_bytes: config.forward_queue_bytes,
         })?;
         Ok(Self {
             deliveries: dedup::Deliveries::new(config.max_tracked, config.dedup_ttl, parts.redis.clone()),

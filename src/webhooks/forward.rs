@@ -1,8 +1,9 @@
 //! Forwarding a verified delivery to the caller's own hook (the allowlisted `fal_webhook` the
 //! caller submitted with, which falgate replaced by its own): the body and fal's four signature
 //! headers unchanged, so the caller's backend verifies fal's signature as it would without
-//! falgate. In the background, off the receiver's answer: a bounded queue (`forward_queue`;
-//! a delivery that finds it full is dropped and logged), at most [`CONCURRENCY`] sends at once,
+//! falgate. In the background, off the receiver's answer: a bounded queue (`forward_queue`
+//! deliveries and `forward_queue_bytes` of bodies, held until each forward ends; a delivery
+//! that finds either full is dropped and logged), at most [`CONCURRENCY`] sends at once,
 //! each attempt bounded by `forward_timeout`, at most `forward_attempts` attempts with a
 //! doubling backoff from `forward_backoff`; no redirects followed. A hook's host must resolve to
 //! a public address ([`PublicOnly`]): fal posted to the caller's hook from the internet before
@@ -31,6 +32,12 @@ pub(crate) struct Forward {
     pub(crate) body: Bytes,
 }
 
+/// A queued forward with its share of the byte budget (given back when it ends).
+struct Queued {
+    forward: Forward,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// How forwards are sent.
 #[derive(Debug, Clone)]
 pub(crate) struct Terms {
@@ -38,11 +45,14 @@ pub(crate) struct Terms {
     pub(crate) timeout: Duration,
     pub(crate) backoff: Duration,
     pub(crate) queue: usize,
+    /// Body bytes queued or being sent at once.
+    pub(crate) queue_bytes: usize,
 }
 
 /// The queue's sending end; the worker ends when it is dropped.
 pub(crate) struct Forwarder {
-    queue: mpsc::Sender<Forward>,
+    queue: mpsc::Sender<Queued>,
+    bytes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Forwarder {
@@ -50,19 +60,26 @@ impl Forwarder {
     pub(crate) fn start(terms: Terms) -> Result<Self, String> {
         let client = client(&terms)?;
         let (queue, waiting) = mpsc::channel(terms.queue.max(1));
+        let bytes = Arc::new(tokio::sync::Semaphore::new(
+            terms.queue_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         tokio::spawn(async move {
             tokio_stream::wrappers::ReceiverStream::new(waiting)
-                .for_each_concurrent(CONCURRENCY, |forward| deliver(&client, &terms, forward))
+                .for_each_concurrent(CONCURRENCY, |queued: Queued| deliver(&client, &terms, queued.forward))
                 .await;
         });
-        Ok(Self { queue })
+        Ok(Self { queue, bytes })
     }
 
     /// Queues `forward`; false (and logged) when the queue is full.
     pub(crate) fn enqueue(&self, forward: Forward) -> bool {
-        match self.queue.try_send(forward) {
-            Ok(()) => true,
-            Err(_) => {
+        let permit = u32::try_from(forward.body.len())
+            .ok()
+            .and_then(|len| self.bytes.clone().try_acquire_many_owned(len).ok());
+        let queued = permit.map(|bytes| Queued { forward, _bytes: bytes });
+        match queued.map(|queued| self.queue.try_send(queued)) {
+            Some(Ok(())) => true,
+            Some(Err(_)) | None => {
                 tracing::warn!("webhook forward queue full: a caller's hook misses one delivery");
                 crate::telemetry::metrics::webhook_forwarded("dropped");
                 false
@@ -205,6 +222,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             backoff: Duration::from_millis(1),
             queue: 4,
+            queue_bytes: 1024,
         }
     }
 
@@ -278,6 +296,29 @@ mod tests {
         for public in ["1.1.1.1", "34.120.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[tokio::test]
+    async fn queued_bodies_are_bounded_in_bytes_and_given_back_when_sent() {
+        let (url, calls, _) = hook(0).await;
+        let forwarder = Forwarder::start(terms(1)).unwrap();
+        let forward = |len: usize| Forward {
+            url: url.clone(),
+            headers: Vec::new(),
+            body: Bytes::from(vec![b' '; len]),
+        };
+        assert!(!forwarder.enqueue(forward(1025)), "over the byte budget: dropped");
+        assert!(forwarder.enqueue(forward(1024)));
+        until(&calls, 1).await;
+        // Its bytes come back once sent: the budget takes a whole one again.
+        for _ in 0..500 {
+            if forwarder.bytes.available_permits() == 1024 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(forwarder.enqueue(forward(1024)));
+        until(&calls, 2).await;
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ pub struct RawWebhooks {
     pub forward_timeout_ms: u64,
     pub forward_backoff_ms: u64,
     pub forward_queue: usize,
+    pub forward_queue_bytes: usize,
 }
 
 impl Default for RawWebhooks {
@@ -52,6 +53,7 @@ impl Default for RawWebhooks {
             forward_timeout_ms: 5000,
             forward_backoff_ms: 1000,
             forward_queue: 1024,
+            forward_queue_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -79,11 +81,13 @@ pub struct WebhooksConfig {
     /// In-process bound of remembered deliveries and of submitted jobs (per replica).
     pub max_tracked: u64,
     /// Forwarding a verified delivery to the caller's own hook: attempts, per-attempt timeout,
-    /// first backoff (doubled per attempt), and deliveries waiting at once (more are dropped).
+    /// first backoff (doubled per attempt), deliveries waiting at once and their body bytes
+    /// (more are dropped).
     pub forward_attempts: u32,
     pub forward_timeout: Duration,
     pub forward_backoff: Duration,
     pub forward_queue: usize,
+    pub forward_queue_bytes: usize,
     /// Not a config key (set in code only, by tests): every forward is sent to this origin
     /// instead of its hook's (path and query kept), as if the hook's host resolved there. The
     /// policy only lets https hooks on allowlisted hosts through, which a test cannot serve.
@@ -123,6 +127,9 @@ impl WebhooksConfig {
         // A delivery is accepted while its timestamp is within `max_skew` of the clock, so its
         // mark must outlive that window: else a replay of a captured delivery (its forward to the
         // caller's own hook carries fal's signature) after the mark expired would apply again.
+        if raw.forward_queue_bytes < raw.max_body_bytes {
+            return Err("`webhooks.forward_queue_bytes` must be at least `webhooks.max_body_bytes`".into());
+        }
         if raw.dedup_ttl_seconds < raw.max_skew_seconds {
             return Err("`webhooks.dedup_ttl_seconds` must be at least `webhooks.max_skew_seconds`".into());
         }
@@ -142,6 +149,7 @@ impl WebhooksConfig {
             forward_timeout: Duration::from_millis(positive("forward_timeout_ms", raw.forward_timeout_ms)?),
             forward_backoff: Duration::from_millis(raw.forward_backoff_ms),
             forward_queue: positive("forward_queue", raw.forward_queue as u64)? as usize,
+            forward_queue_bytes: raw.forward_queue_bytes,
             forward_via: None,
         })
     }
@@ -190,6 +198,13 @@ mod tests {
         };
         let err = WebhooksConfig::parse(&raw, None).unwrap_err();
         assert!(err.contains("webhooks.jwks_cooldown_seconds"), "{err}");
+        let raw = RawWebhooks {
+            forward_queue_bytes: 1024,
+            max_body_bytes: 1025,
+            ..RawWebhooks::default()
+        };
+        let err = WebhooksConfig::parse(&raw, None).unwrap_err();
+        assert!(err.contains("webhooks.forward_queue_bytes"), "{err}");
     }
 
     #[test]
