@@ -71,20 +71,18 @@ impl Forwarder {
         Ok(Self { queue, bytes })
     }
 
-    /// Queues `forward`; false (and logged) when the queue is full.
+    /// Queues `forward`; false (and logged) when the queue or its byte budget is full.
     pub(crate) fn enqueue(&self, forward: Forward) -> bool {
         let permit = u32::try_from(forward.body.len())
             .ok()
             .and_then(|len| self.bytes.clone().try_acquire_many_owned(len).ok());
         let queued = permit.map(|bytes| Queued { forward, _bytes: bytes });
-        match queued.map(|queued| self.queue.try_send(queued)) {
-            Some(Ok(())) => true,
-            Some(Err(_)) | None => {
-                tracing::warn!("webhook forward queue full: a caller's hook misses one delivery");
-                crate::telemetry::metrics::webhook_forwarded("dropped");
-                false
-            }
+        let sent = queued.is_some_and(|queued| self.queue.try_send(queued).is_ok());
+        if !sent {
+            tracing::warn!("webhook forward queue full: a caller's hook misses one delivery");
+            crate::telemetry::metrics::webhook_forwarded("dropped");
         }
+        sent
     }
 }
 
