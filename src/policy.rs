@@ -128,6 +128,13 @@ impl Policy {
             .ok_or_else(|| PolicyError::EndpointNotAllowed(app.as_str().to_owned()))
     }
 
+    /// Whether the policy (as it is now) lets a job's recorded `fal_webhook` be posted to: the
+    /// webhook receiver asks again before forwarding a delivery, so a host dropped from
+    /// `webhooks.allowed_hosts` by a reload gets nothing more.
+    pub fn allows_webhook(&self, hook: &str) -> bool {
+        Webhook::parse(hook).is_ok_and(|hook| self.check_webhook(&hook).is_ok())
+    }
+
     /// `fal_webhook` must be an https URL on an allowed host (fal would POST results there). The
     /// check reads the same parsed, canonical URL that is forwarded (`fal::Webhook`).
     fn check_webhook(&self, hook: &Webhook) -> Result<(), PolicyError> {

@@ -292,9 +292,16 @@ impl Webhooks {
     }
 
     /// Checks one delivery and, verified, applies it once ([`apply`]) and queues its forward
-    /// to the caller's own hook. Errs with why it was refused; the route spends the IP's
-    /// failed-auth rate when [`is_failed_authentication`] says so.
-    pub async fn receive(&self, limiter: &Limiter, headers: &HeaderMap, body: &Bytes) -> Result<Received, Refusal> {
+    /// to the caller's own hook when `allowed` (the policy now) still allows that hook. Errs
+    /// with why it was refused; the route spends the IP's failed-auth rate when
+    /// [`is_failed_authentication`] says so.
+    pub async fn receive(
+        &self,
+        limiter: &Limiter,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Received, Refusal> {
         let signed = Signed::parse(headers)?;
         signed.check_time(self.clock.unix_seconds(), self.config.max_skew)?;
         signed.check_user(self.config.fal_user_id.as_deref())?;
@@ -316,7 +323,7 @@ impl Webhooks {
         crate::telemetry::metrics::webhook_delivered(true);
         let outcome = Outcome::of(body);
         apply(limiter, self.ended.as_ref(), &signed.request_id, &job, &outcome).await;
-        if let Some(url) = job.hook.as_deref().and_then(|hook| self.forward_url(hook)) {
+        if let Some(url) = job.hook.as_deref().and_then(|hook| self.forward_url(hook, allowed)) {
             self.forwarder.enqueue(forward::Forward {
                 url,
                 headers: forwarded_headers(headers),
@@ -326,8 +333,12 @@ impl Webhooks {
         Ok(Received::Applied)
     }
 
-    /// Where a forward to `hook` goes: the hook, or its path and query on `forward_via`.
-    fn forward_url(&self, hook: &str) -> Option<url::Url> {
+    /// Where a forward to `hook` goes: the hook, or its path and query on `forward_via`; None
+    /// when `allowed` no longer allows it.
+    fn forward_url(&self, hook: &str, allowed: &(dyn Fn(&str) -> bool + Sync)) -> Option<url::Url> {
+        if !allowed(hook) {
+            return None;
+        }
         let hook = url::Url::parse(hook).ok()?;
         let Some(via) = &self.config.forward_via else {
             return Some(hook);

@@ -150,7 +150,9 @@ fn webhooks_only_reach_allowed_https_hosts() {
             .authorize(&caller("pro"), &call("/fal-ai/flux/dev", Some(&query)))
             .unwrap_err();
         assert_eq!(err.code(), "webhook_not_allowed", "{hook}");
+        assert!(!policy.allows_webhook(hook), "{hook}");
     }
+    assert!(policy.allows_webhook("https://hooks.example.com/h"));
 }
 
 #[test]

@@ -48,7 +48,8 @@ async fn handle(
             return Err(refused);
         }
     };
-    match gate.webhooks.receive(&gate.limiter, headers, &body).await {
+    let allowed = |hook: &str| gate.policy.allows_webhook(hook);
+    match gate.webhooks.receive(&gate.limiter, &allowed, headers, &body).await {
         Ok(received) => {
             let status = match received {
                 Received::Applied => "applied",

@@ -107,3 +107,27 @@ fn fal_payloads_are_read_as_documented() {
     assert_eq!(Outcome::of(b"not json"), Outcome::Unknown);
     assert_eq!(Outcome::of(br#"{"status":"WHATEVER"}"#), Outcome::Unknown);
 }
+
+#[tokio::test]
+async fn a_delivery_is_forwarded_only_to_a_hook_the_policy_still_allows() {
+    let storage = url::Url::parse("http://127.0.0.1:9/rest.fal.ai").unwrap();
+    let webhooks = Webhooks::new(
+        WebhooksConfig::off(),
+        Parts {
+            storage_url: &storage,
+            redis: None,
+            on_store_error: OnStoreError::default(),
+            job_ttl: std::time::Duration::from_secs(60),
+            clock: Clock::system(),
+            ended: Arc::new(Counting::default()),
+        },
+    )
+    .unwrap();
+    let hook = "https://hooks.example.com/hooks/fal?app=1";
+    assert_eq!(
+        webhooks.forward_url(hook, &|_| true).map(String::from),
+        Some(hook.to_owned())
+    );
+    // A reload dropped its host from `webhooks.allowed_hosts` after the job was submitted.
+    assert_eq!(webhooks.forward_url(hook, &|_| false), None);
+}
