@@ -80,10 +80,25 @@ impl Drop for TelemetryGuard {
 /// Lines go to stderr in batches from a writer thread ([`writer`]), so no request waits on a
 /// write syscall or wakes another thread per line; keep the returned guard alive until exit.
 pub fn init(format: LogFormat, telemetry: &Telemetry) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = writer::batch_writer(std::io::stderr());
     // Colour codes only for a person at a terminal; log files and pipelines get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    install(format, telemetry, std::io::stderr(), ansi)
+}
+
+/// [`init`] writing to `out` instead of stderr, without colour codes: the allocation-count test
+/// (`tests/alloc.rs`) formats every line as `serve` does, into a sink.
+pub fn init_to(format: LogFormat, telemetry: &Telemetry, out: impl std::io::Write + Send + 'static) -> TelemetryGuard {
+    install(format, telemetry, out, false)
+}
+
+fn install(
+    format: LogFormat,
+    telemetry: &Telemetry,
+    out: impl std::io::Write + Send + 'static,
+    ansi: bool,
+) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = writer::batch_writer(out);
     let not_otel = filter_fn(|meta| meta.target() != OTEL_TARGET);
     let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
     let logs = match format {
