@@ -64,6 +64,17 @@ impl PrincipalHash {
     }
 }
 
+impl PrincipalHash {
+    /// The 16 lowercase hex digits, appended to `out` (what `Display` writes).
+    pub fn hex(self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in self.0 {
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        }
+    }
+}
+
 impl fmt::Display for PrincipalHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
