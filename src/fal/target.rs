@@ -38,6 +38,12 @@ pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
     if raw.len() > MAX_TARGET_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) || raw.contains('\\') {
         return Err(TargetError::NotCanonical);
     }
+    // The common case without the URL parser: a plain queue URL it would leave as written.
+    if let Some((path, query)) = plain_queue_target(raw) {
+        return Ok(Call {
+            op: parse_queue_path(path, query)?,
+        });
+    }
     let url = Url::parse(raw).map_err(|_| TargetError::NotCanonical)?;
     if url.as_str() != raw || url.fragment().is_some() {
         return Err(TargetError::NotCanonical);
@@ -57,6 +63,34 @@ pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
         _ => return Err(TargetError::Host),
     };
     Ok(Call { op })
+}
+
+/// The path and query of a target on `https://queue.fal.run/` whose every byte the WHATWG
+/// parser keeps as written, so that its canonical form is the target itself, its host is
+/// `queue.fal.run`, and its path and query are these slices (issue 23: `Url::parse` and its
+/// IDNA pass were the costliest step of a proxied call). None when not sure: the parser decides.
+///
+/// The path is unreserved characters and `/`, with no `.` or `..` segment (what the parser
+/// would remove) and no `%` (`%2e` is a dot to it); the query is any printable ASCII the
+/// parser does not percent-encode in the query of an `https` URL (`"`, `#`, `<`, `>`, `'`),
+/// and no backslash (refused before this).
+fn plain_queue_target(raw: &str) -> Option<(&str, Option<&str>)> {
+    let rest = raw.strip_prefix("https://queue.fal.run/")?;
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let path_plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+        && path.split('/').all(|segment| segment != "." && segment != "..");
+    let query_plain = query.is_none_or(|query| {
+        query
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\'' | b'\\'))
+    });
+    // The path keeps its leading `/`.
+    (path_plain && query_plain).then(|| (&raw["https://queue.fal.run".len()..][..path.len() + 1], query))
 }
 
 fn run_op(url: &Url) -> Result<Op, TargetError> {
@@ -100,6 +134,34 @@ mod tests {
             (token.op.clone(), token.path_and_query()),
             (Op::ClientToken, "/tokens/".to_owned())
         );
+    }
+
+    #[test]
+    fn plain_queue_targets_skip_the_parser_and_anything_else_does_not() {
+        let id = "764cabcf-b745-4b3e-ae38-1200304cf45b";
+        let status = format!("https://queue.fal.run/fal-ai/flux/requests/{id}/status?logs=1");
+        assert_eq!(
+            plain_queue_target(&status),
+            Some((format!("/fal-ai/flux/requests/{id}/status").as_str(), Some("logs=1")))
+        );
+        assert_eq!(
+            plain_queue_target("https://queue.fal.run/fal-ai/flux/dev"),
+            Some(("/fal-ai/flux/dev", None))
+        );
+        for unsure in [
+            "https://queue.fal.run/fal-ai/./flux",
+            "https://queue.fal.run/fal-ai/../flux",
+            "https://queue.fal.run/fal-ai/%2e%2e/flux",
+            "https://queue.fal.run/fal-ai/flux#x",
+            "https://queue.fal.run/fal-ai/flux?a=<b>",
+            "https://queue.fal.run/fal ai",
+            "https://queue.fal.run:443/fal-ai/flux",
+            "https://queue.fal.run.evil.com/fal-ai/flux",
+            "https://QUEUE.fal.run/fal-ai/flux",
+            "https://fal.run/fal-ai/flux",
+        ] {
+            assert_eq!(plain_queue_target(unsure), None, "{unsure}");
+        }
     }
 
     /// SECURITY-CASES group A: every trick is refused before any connection.
@@ -228,6 +290,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The parser-free path agrees with the URL parser wherever it answers: the target is
+        /// its own canonical form on `queue.fal.run`, with the same path and query.
+        #[test]
+        fn a_plain_queue_target_is_what_the_url_parser_reads(
+            rest in "((\\.|\\.\\.|%2[eE]|[a-z~_-]{1,3}|)/){0,5}[a-zA-Z0-9/._~%@#?=&:'\"<>{}`|^\\\\\\- ]{0,30}",
+        ) {
+            let raw = format!("https://queue.fal.run/{rest}");
+            if let Some((path, query)) = plain_queue_target(&raw) {
+                let url = Url::parse(&raw).unwrap();
+                proptest::prop_assert_eq!(url.as_str(), raw.as_str());
+                proptest::prop_assert_eq!(url.host_str(), Some("queue.fal.run"));
+                proptest::prop_assert_eq!(url.path(), path);
+                proptest::prop_assert_eq!(url.query(), query);
+                proptest::prop_assert!(url.fragment().is_none());
+            }
+        }
+
         /// SECURITY-CASES invariant I1: whatever is accepted names an allowed host, and what is
         /// forwarded is rebuilt from parsed parts with no dot segments, encodings or authority tricks.
         #[test]
