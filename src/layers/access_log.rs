@@ -39,6 +39,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::{render, GateError};
+use crate::telemetry::access_line::{millis_f64, Answered, ACCESS_TARGET};
 use crate::telemetry::access_log::{CallFacts, REQUEST_ID_HEADER, X_REQUEST_ID};
 use crate::telemetry::metrics::{self, InFlightGuard};
 use crate::telemetry::trace_context::{self, TraceParent};
@@ -243,26 +244,45 @@ impl AccessLine {
         let request_id = request_id.to_str().unwrap_or_default();
         let operation = facts.operation.unwrap_or("none");
         let endpoint = facts.endpoint.as_deref().unwrap_or("-");
-        let principal = facts.principal.map(tracing::field::display);
         let fal_request_id = fal_request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
-        let headers_ms = millis(to_headers);
-        let total_ms = millis(total);
         let outcome = outcome.as_str();
         match &refusal {
-            Some(error) if error.status().is_server_error() => tracing::warn!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                detail = error.log_detail(), "refused"
-            ),
-            Some(error) => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                reason = %error, detail = error.log_detail(), "refused"
-            ),
-            None => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status,
-                headers_ms, total_ms, bytes, principal, fal_request_id, outcome, "answered"
-            ),
+            Some(error) => {
+                let principal = facts.principal.map(tracing::field::display);
+                let headers_ms = millis_f64(to_headers);
+                let total_ms = millis_f64(total);
+                if error.status().is_server_error() {
+                    tracing::warn!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        detail = error.log_detail(), "refused"
+                    );
+                } else {
+                    tracing::info!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        reason = %error, detail = error.log_detail(), "refused"
+                    );
+                }
+            }
+            // The common line, without the formatter (`telemetry::access_line`).
+            None => Answered {
+                request_id,
+                method: method.as_str(),
+                route,
+                endpoint,
+                operation,
+                status,
+                headers: to_headers,
+                total,
+                bytes,
+                principal: facts.principal,
+                fal_request_id,
+                outcome,
+            }
+            .log(),
         }
         let code = refusal.as_deref().map(GateError::code);
         metrics::request_finished(route, operation, status, total, code);
@@ -281,11 +301,6 @@ impl AccessLine {
             }
         }
     }
-}
-
-/// Milliseconds to the microsecond (`0.317`, not `0.31690199999999996`).
-fn millis(elapsed: Duration) -> f64 {
-    f64::from(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)) / 1000.0
 }
 
 /// A streamed answer's body, counting bytes and writing the access line when it ends (or is

@@ -188,8 +188,9 @@ impl Answered<'_> {
     }
 }
 
-/// Milliseconds to the microsecond, as the `f64` the line has always carried.
-pub(crate) fn millis_f64(elapsed: Duration) -> f64 {
+/// Milliseconds to the microsecond, as the `f64` the line has always carried (`0.317`, not
+/// `0.31690199999999996`).
+pub fn millis_f64(elapsed: Duration) -> f64 {
     f64::from(micros(elapsed)) / 1000.0
 }
 
