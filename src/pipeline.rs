@@ -66,7 +66,7 @@ pub async fn handle(
                     return Err(refused.into());
                 }
             }
-            let (mut input, charge) = match read_input(gate, &caller, &grant, headers, body).await {
+            let (mut input, charge) = match read_input(gate, &caller, &principal, &grant, headers, body).await {
                 // A body that did not arrive in time counts against its caller: it spends the
                 // call's rate (input::read_body).
                 Err(GateError::BodyTimeout) => {
@@ -277,6 +277,7 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
 async fn read_input(
     gate: &Gate,
     caller: &Caller,
+    principal: &str,
     grant: &Grant<'_>,
     headers: &HeaderMap,
     body: Body,
@@ -291,7 +292,7 @@ async fn read_input(
         timeout: gate.config.body_timeout,
         per_caller: gate.config.body_reads_per_caller,
     };
-    let read = input::read_body(headers, body, limits, &gate.body_budget, &caller.principal()).await;
+    let read = input::read_body(headers, body, limits, &gate.body_budget, principal).await;
     let (bytes, charge) = read?;
     let limits = Limits {
         max_body_bytes: cap,
