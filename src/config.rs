@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
+pub use access::{Cors, FalHeaderRules, Forward, Operation, OwnershipConfig, Priority, StoreIo, Tier};
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use endpoints::EndpointPolicy;
 pub use env::{ProcessEnv, Sources};
@@ -30,7 +30,7 @@ pub use file::Toggle;
 pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
 pub use serving::Drain;
-pub use upstream::{EgressProxy, Upstream};
+pub use upstream::{EgressProxy, UpstreamSettings};
 
 use self::endpoints::{endpoints, schema_sources};
 use self::serving::{connections, socket, workers};
@@ -59,7 +59,7 @@ pub struct Config {
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     pub auth: Auth,
     pub max_body_bytes: usize,
     /// Bytes of request bodies held at once, all calls together.

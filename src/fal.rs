@@ -17,7 +17,7 @@ mod webhook;
 use std::fmt;
 
 pub use facts::{Answer, Drain, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, SlotKind, Unknown};
-pub use headers::{Lifecycle, RequestTimeout};
+pub use headers::{ObjectLifecycle, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
 pub use webhook::{Webhook, WebhookError};

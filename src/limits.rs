@@ -40,6 +40,7 @@ pub use config::{
     TierLimits, UNLIMITED,
 };
 pub use error::LimitError;
+pub(crate) use headers::{ratelimit_headers, retry_after};
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
 pub use idempotency::{IdemState, Idempotency, PENDING_TTL};
 pub use run_guard::RunGuard;

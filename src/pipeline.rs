@@ -24,7 +24,7 @@ use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
 use crate::limits::{Admission, Slot, Subject};
 use crate::policy::Grant;
-use crate::schema::{self, Limits, ValidInput};
+use crate::schema::{self, ValidInput, ValidationLimits};
 use crate::state::Gate;
 use crate::upstream::budget::Charge;
 use crate::upstream::{self, relay};
@@ -294,10 +294,10 @@ async fn read_input(
     };
     let read = input::read_body(headers, body, limits, &gate.body_budget, principal).await;
     let (bytes, charge) = read?;
-    let limits = Limits {
+    let limits = ValidationLimits {
         max_body_bytes: cap,
         json: gate.config.json,
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     let input = match &grant.endpoint {
         Some(entry) => gate

@@ -27,7 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::config::{self, FalCredentials};
+use crate::config::{FalCredentials, UpstreamSettings};
 use crate::error::{causes, GateError};
 use crate::fal::{Answer, Call, Host, Unknown};
 use crate::telemetry::metrics::{self, UpstreamOutcome};
@@ -53,7 +53,7 @@ pub struct Upstream {
     user_agent: HeaderValue,
     /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
     authorization: HeaderValue,
-    config: config::Upstream,
+    config: UpstreamSettings,
     /// Bytes of answers read whole at once, all workers together.
     budget: budget::Budget,
 }
@@ -61,7 +61,7 @@ pub struct Upstream {
 impl Upstream {
     /// Builds one pooled client per worker.
     pub fn new(
-        config: config::Upstream,
+        config: UpstreamSettings,
         credentials: &FalCredentials,
         workers: usize,
     ) -> Result<Self, UpstreamBuildError> {

@@ -9,7 +9,7 @@ use url::Url;
 use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
 use super::{ConfigError, EndpointPolicy};
 pub use crate::fal::Operation;
-use crate::fal::{EndpointId, Lifecycle, RequestTimeout};
+use crate::fal::{EndpointId, ObjectLifecycle, RequestTimeout};
 
 /// fal's queue priorities, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,19 +36,19 @@ pub struct Tier {
 /// (once parsed and canonical), dropped, capped or replaced by the operator's.
 #[derive(Debug, Clone, Default)]
 pub struct FalHeaderRules {
-    pub runner_hint: Pass,
-    pub no_retry: Pass,
+    pub runner_hint: Forward,
+    pub no_retry: Forward,
     pub max_request_timeout: Option<RequestTimeout>,
     pub max_object_expiration_seconds: Option<u64>,
     /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads
     /// (`x-fal-object-lifecycle`), whatever the caller sent.
-    pub object_lifecycle: Option<Lifecycle>,
+    pub object_lifecycle: Option<ObjectLifecycle>,
     pub store_io: StoreIo,
 }
 
 /// Whether a caller's header reaches fal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Pass {
+pub enum Forward {
     #[default]
     Allow,
     Drop,
@@ -175,8 +175,8 @@ fn tier_of(name: &str, raw: RawTier, endpoints: &BTreeMap<EndpointId, EndpointPo
 fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigError> {
     let key = |key: &str| format!("`tiers.{name}.fal_headers.{key}`");
     let pass = |value: Option<String>, field: &str| match value.as_deref() {
-        None | Some("allow") => Ok(Pass::Allow),
-        Some("drop") => Ok(Pass::Drop),
+        None | Some("allow") => Ok(Forward::Allow),
+        Some("drop") => Ok(Forward::Drop),
         Some(_) => Err(ConfigError(format!("{} must be \"allow\" or \"drop\"", key(field)))),
     };
     let store_io = match raw.store_io.as_deref() {

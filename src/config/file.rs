@@ -205,7 +205,7 @@ pub(crate) struct RawFalHeaders {
     /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
     pub(crate) max_object_expiration_seconds: Option<u64>,
     /// Replaces the caller's object lifecycle on every submit, run and upload.
-    pub(crate) object_lifecycle: Option<crate::fal::Lifecycle>,
+    pub(crate) object_lifecycle: Option<crate::fal::ObjectLifecycle>,
     /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
     pub(crate) store_io: Option<String>,
 }

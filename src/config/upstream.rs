@@ -9,7 +9,7 @@ use super::{base_url, file, millis, positive, ConfigError, Sources};
 
 /// Where fal is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
+pub struct UpstreamSettings {
     pub queue_url: Url,
     pub run_url: Url,
     pub storage_url: Url,
@@ -46,8 +46,8 @@ impl std::fmt::Debug for EgressProxy {
     }
 }
 
-pub(super) fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {
-    Ok(Upstream {
+pub(super) fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<UpstreamSettings, ConfigError> {
+    Ok(UpstreamSettings {
         egress_proxy: egress_proxy(sources)?,
         queue_url: fal_url("upstream.queue_url", &raw.queue_url)?,
         run_url: fal_url("upstream.run_url", &raw.run_url)?,

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, FaultAction, Op};
-use super::model::{self, Outcome};
+use super::model::{self, ModelResult};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
@@ -148,8 +148,10 @@ fn result(ctx: &Ctx, call: &Call, id: &str) -> Response {
     let response = match (snapshot.phase, snapshot.cancelled, &snapshot.outcome) {
         (Phase::InQueue | Phase::InProgress, _, _) => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),
         (Phase::Completed, true, _) => detail(StatusCode::BAD_REQUEST, "Request was cancelled"),
-        (Phase::Completed, false, Outcome::Invalid(errors)) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone()),
-        (Phase::Completed, false, Outcome::Output(output)) => json_response(StatusCode::OK, output),
+        (Phase::Completed, false, ModelResult::Invalid(errors)) => {
+            detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone())
+        }
+        (Phase::Completed, false, ModelResult::Output(output)) => json_response(StatusCode::OK, output),
     };
     with_request_id(response, id)
 }
@@ -166,8 +168,8 @@ fn cancel(ctx: &Ctx, call: &Call, id: &str) -> Response {
 fn run(call: &Call, bytes: &Bytes) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let response = match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => json_response(StatusCode::OK, &output),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
+        Ok(ModelResult::Output(output)) => json_response(StatusCode::OK, &output),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
     };
     with_request_id(response, &id)
 }
@@ -175,8 +177,8 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
 /// A streaming run: fal's 422 for an invalid input (not a stream), else partial outputs.
 fn run_stream(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
     match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => {
+        Ok(ModelResult::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => {
             let id = uuid::Uuid::new_v4().to_string();
             with_request_id(detail(StatusCode::UNPROCESSABLE_ENTITY, errors), &id)
         }

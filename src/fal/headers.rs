@@ -52,7 +52,7 @@ impl RequestTimeout {
 /// objects a call makes, and who may read them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lifecycle {
+pub struct ObjectLifecycle {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_duration_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +86,7 @@ pub enum Decision {
     Allow,
 }
 
-impl Lifecycle {
+impl ObjectLifecycle {
     /// Parses the header's JSON (unknown or duplicate fields refused) and checks its bounds.
     pub fn parse(raw: &str) -> Result<Self, HeaderValueError> {
         // serde would also read a struct from an array; fal's format is an object.
@@ -172,7 +172,7 @@ mod tests {
     fn lifecycles_are_strict_bounded_and_rewritten_canonically() {
         let raw = r#" { "initial_acl": {"rules": [{"decision": "allow", "user": "u1"}], "default": "forbid"},
                        "expiration_duration_seconds": 3600 } "#;
-        let lifecycle = Lifecycle::parse(raw).unwrap();
+        let lifecycle = ObjectLifecycle::parse(raw).unwrap();
         assert_eq!(
             lifecycle.to_header(),
             r#"{"expiration_duration_seconds":3600,"initial_acl":{"default":"forbid","rules":[{"user":"u1","decision":"allow"}]}}"#
@@ -188,24 +188,24 @@ mod tests {
             r#"[]"#,
             "",
         ] {
-            assert!(Lifecycle::parse(bad).is_err(), "{bad}");
+            assert!(ObjectLifecycle::parse(bad).is_err(), "{bad}");
         }
         let many = format!(
             r#"{{"initial_acl":{{"rules":[{}]}}}}"#,
             vec![r#"{"user":"u","decision":"hide"}"#; 33].join(",")
         );
-        assert!(Lifecycle::parse(&many).is_err());
+        assert!(ObjectLifecycle::parse(&many).is_err());
     }
 
     #[test]
     fn an_expiration_cap_lowers_or_sets_the_expiration() {
-        let mut long = Lifecycle::parse(r#"{"expiration_duration_seconds":604800}"#).unwrap();
+        let mut long = ObjectLifecycle::parse(r#"{"expiration_duration_seconds":604800}"#).unwrap();
         long.cap_expiration(3600);
         assert_eq!(long.expiration_duration_seconds, Some(3600));
-        let mut forever = Lifecycle::parse(r#"{"initial_acl":{"default":"hide"}}"#).unwrap();
+        let mut forever = ObjectLifecycle::parse(r#"{"initial_acl":{"default":"hide"}}"#).unwrap();
         forever.cap_expiration(3600);
         assert_eq!(forever.expiration_duration_seconds, Some(3600));
-        let mut short = Lifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
+        let mut short = ObjectLifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
         short.cap_expiration(3600);
         assert_eq!(short.expiration_duration_seconds, Some(60));
     }

@@ -5,6 +5,7 @@ use axum::http::HeaderValue;
 use serde_json::json;
 
 use super::*;
+use crate::error::OnTheWire;
 use crate::fal::{parse_queue_path, FalRequestId};
 
 const CONFIG: &str = r#"
