@@ -25,13 +25,13 @@ ratelimit, ratelimit-policy, x-falgate-error, x-falgate-request-id";
 /// The first half of the middleware, with the request's `[cors]` config: a preflight is
 /// answered here (`Err`, the answer), any other request goes on with the origin its answer
 /// will allow (if any).
-pub fn before(config: &Cors, request: &Request) -> Result<Option<HeaderValue>, Response> {
+pub fn before(config: &Cors, request: &Request) -> Result<Option<HeaderValue>, Box<Response>> {
     let origin = allowed_origin(config, request.headers());
     let preflight = request.method() == Method::OPTIONS
         && request.headers().contains_key(header::ORIGIN)
         && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
-        return Err(preflight_response(config, origin));
+        return Err(Box::new(preflight_response(config, origin)));
     }
     Ok(origin)
 }

@@ -25,13 +25,23 @@ pub fn wrap(router: Router, current: Arc<Current>, observer: access_log::Observe
     router.layer(
         ServiceBuilder::new()
             // Request id, trace context, spans, one access-log line, metrics, and the JSON body of
-            // every refusal.
-            .layer(from_fn_with_state(Arc::new(observer), access_log::observe))
-            // Host and header-size checks, CORS, private answers: one layer (see [`edge`]).
-            .layer(from_fn_with_state(current, edge))
+            // every refusal (`access_log::observe_with`); then the host and header-size checks,
+            // CORS and private answers ([`edge`]). One layer: each `from_fn` layer boxes its
+            // future and its inner service per request.
+            .layer(from_fn_with_state(Arc::new((observer, current)), outer))
             // A panic becomes a 500 in the contract's shape instead of a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response)),
     )
+}
+
+/// The access log around [`edge`].
+async fn outer(
+    State(state): State<Arc<(access_log::Observer, Arc<Current>)>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (observer, current) = &*state;
+    access_log::observe_with(observer, request, |request| edge(current, request, next)).await
 }
 
 /// What every request meets after the access log, in one middleware (each `from_fn` layer
@@ -42,13 +52,13 @@ pub fn wrap(router: Router, current: Arc<Current>, observer: access_log::Observe
 /// - 400 for a repeated Host, 431 for oversized headers ([`header_sizes`]): hyper caps their
 ///   count, not their size. The first reader of config: it attaches the request's snapshot;
 /// - CORS: preflights answered here (before auth); allowed origins on every response.
-async fn edge(State(current): State<Arc<Current>>, mut request: Request, next: Next) -> Response {
+async fn edge(current: &Current, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let private = PRIVATE_PREFIXES.iter().any(|prefix| path.starts_with(prefix));
-    let mut response = match header_sizes(&current, &mut request) {
-        Err(refused) => refused,
+    let mut response = match header_sizes(current, &mut request) {
+        Err(refused) => *refused,
         Ok(gate) => match cors::before(&gate.config.cors, &request) {
-            Err(preflight) => preflight,
+            Err(preflight) => *preflight,
             Ok(origin) => {
                 let mut response = next.run(request).await;
                 cors::after(&gate.config.cors, response.headers_mut(), origin);
@@ -66,9 +76,11 @@ async fn edge(State(current): State<Arc<Current>>, mut request: Request, next: N
 /// readers could each pick another); 431 when one header is over `request.max_header_bytes` or
 /// all together are over `request.max_headers_total_bytes`. Attaches the request's snapshot of
 /// the gate, and gives it back.
-fn header_sizes(current: &Current, request: &mut Request) -> Result<Arc<crate::state::Gate>, Response> {
+fn header_sizes(current: &Current, request: &mut Request) -> Result<Arc<crate::state::Gate>, Box<Response>> {
     if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(GateError::Malformed("the Host header may be sent only once".into()).into_response());
+        return Err(Box::new(
+            GateError::Malformed("the Host header may be sent only once".into()).into_response(),
+        ));
     }
     let gate = current.of(request.extensions_mut());
     let (per_header, all) = (gate.config.max_header_bytes, gate.config.max_headers_total_bytes);
@@ -77,7 +89,7 @@ fn header_sizes(current: &Current, request: &mut Request) -> Result<Arc<crate::s
         let size = name.as_str().len() + value.len();
         total += size;
         if size > per_header || total > all {
-            return Err(GateError::HeadersTooLarge.into_response());
+            return Err(Box::new(GateError::HeadersTooLarge.into_response()));
         }
     }
     Ok(gate)

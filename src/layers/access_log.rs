@@ -57,12 +57,22 @@ pub struct Observer {
 }
 
 /// The middleware function.
-pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request, next: Next) -> Response {
+pub async fn observe(State(observer): State<Arc<Observer>>, request: Request, next: Next) -> Response {
+    observe_with(&observer, request, |request| next.run(request)).await
+}
+
+/// [`observe`] around any inner handler (`layers` runs its own middleware inside it, as one
+/// layer: each `from_fn` layer boxes its future and its inner service per request).
+pub async fn observe_with<F, Fut>(observer: &Observer, mut request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let in_flight = InFlightGuard::start();
     let route = route_family(request.uri().path());
     let method = request.method().clone();
-    let request_id = request_id(&observer, &request);
+    let request_id = request_id(observer, &request);
     let headers = request.headers_mut();
     headers.remove(FALGATE_REQUEST_ID);
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -70,7 +80,7 @@ pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request
     // Every log line inside the request names it (the access line names it itself).
     let id = request_id.to_str().unwrap_or_default();
     let span = tracing::info_span!("request", request_id = id);
-    let mut response = next.run(request).instrument(span).instrument(trace.clone()).await;
+    let mut response = inner(request).instrument(span).instrument(trace.clone()).await;
     let to_headers = started.elapsed();
     let refusal = response.extensions().get::<Arc<GateError>>().cloned();
     if let Some(error) = &refusal {

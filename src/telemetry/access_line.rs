@@ -211,7 +211,7 @@ fn millis(out: &mut Vec<u8>, elapsed: Duration) {
         return;
     }
     let mut digits = 3;
-    while fraction % 10 == 0 {
+    while fraction.is_multiple_of(10) {
         fraction /= 10;
         digits -= 1;
     }
