@@ -36,6 +36,9 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes freed on the worker threads (what they allocated and freed: their heap still held is
+/// `BYTES - FREED`, what an open event stream keeps).
+static FREED: AtomicU64 = AtomicU64::new(0);
 
 fn note(size: usize) {
     // A `const` thread-local `Cell`: reading it never allocates.
@@ -45,6 +48,12 @@ fn note(size: usize) {
         if TRACING.load(Ordering::Relaxed) {
             trace();
         }
+    }
+}
+
+fn freed(size: usize) {
+    if falgate::server::current_worker().is_some() {
+        FREED.fetch_add(size as u64, Ordering::Relaxed);
     }
 }
 
@@ -124,10 +133,12 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        freed(layout.size());
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        freed(layout.size());
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -174,6 +185,12 @@ per_minute = 60000
 [limits.credits]
 default_cost = 1
 "#;
+
+/// Heap bytes an open event stream may hold on the worker (issue 23: ≤ 16 KB of RSS per stream
+/// through falgate); RSS adds the kernel's socket buffers and allocator slack on top.
+const STREAM_HEAP_CEILING: u64 = 72 * 1024;
+/// Event streams held open to measure one's heap.
+const STREAMS: u64 = 50;
 
 /// Requests measured per kind, after as many to warm up (pools, caches, thread-local handles).
 const ROUNDS: u64 = 200;
@@ -298,6 +315,28 @@ async fn proxied_get_status_and_post_submit_allocate_at_most_their_ceilings() {
         submit().await;
     })
     .await;
+    // Heap held per open event stream: the worker's heap before and with STREAMS streams open
+    // (each has delivered its first event, so the relay is running).
+    let stream_url = format!(
+        "{}/api/fal/queue/fal-ai/video-prompt-generator/requests/{id}/status/stream",
+        url.trim_end_matches("/api/fal/proxy")
+    );
+    let held = |counts: &Counts| counts.bytes - FREED.load(Ordering::Relaxed);
+    let before = quiet().await;
+    let before_held = held(&before);
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let stream_client = reqwest::Client::new();
+        let mut answer = stream_client.get(&stream_url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let first = tokio::time::timeout(Duration::from_secs(10), answer.chunk()).await;
+        assert!(matches!(first, Ok(Ok(Some(_)))), "no first event");
+        streams.push((stream_client, answer));
+    }
+    let open = quiet().await;
+    let per_stream = held(&open).saturating_sub(before_held) / STREAMS;
+    drop(streams);
+
     if std::env::var_os("ALLOC_TRACE").is_some() {
         for (title, traced) in [("GET status", true), ("POST submit", false)] {
             quiet().await;
@@ -313,6 +352,11 @@ async fn proxied_get_status_and_post_submit_allocate_at_most_their_ceilings() {
         }
     }
     println!("allocations per request: GET status {get} ({get_bytes} bytes), POST submit {post} ({post_bytes} bytes)");
+    println!("heap held per open event stream on the worker: {per_stream} bytes");
+    assert!(
+        per_stream <= STREAM_HEAP_CEILING,
+        "an open event stream holds {per_stream} heap bytes on the worker (ceiling {STREAM_HEAP_CEILING})"
+    );
     assert!(
         get > 0 && post > 0,
         "nothing was counted: are requests served on worker threads?"
