@@ -27,9 +27,9 @@ use tokio::net::TcpListener;
 
 /// Allocations (`alloc`, `alloc_zeroed`, `realloc`) per proxied GET status, at most. Exact:
 /// the count is deterministic (the same in every run), so any new allocation fails the test.
-const GET_STATUS_CEILING: u64 = 96;
+const GET_STATUS_CEILING: u64 = 94;
 /// Allocations per proxied POST submit (schema validation, ownership record), at most.
-const POST_SUBMIT_CEILING: u64 = 124;
+const POST_SUBMIT_CEILING: u64 = 122;
 
 /// Counts the allocations made on falgate's worker threads; everything is served by `System`.
 struct Counting;
@@ -336,6 +336,8 @@ async fn proxied_get_status_and_post_submit_allocate_at_most_their_ceilings() {
     let open = quiet().await;
     let per_stream = held(&open).saturating_sub(before_held) / STREAMS;
     drop(streams);
+    // The streams' access lines are written as they end: into the sink, not after it is closed.
+    quiet().await;
 
     if std::env::var_os("ALLOC_TRACE").is_some() {
         for (title, traced) in [("GET status", true), ("POST submit", false)] {
