@@ -10,7 +10,8 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 
-use crate::config::Cors;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Request headers a browser may send.
 const ALLOWED_HEADERS: &str = "authorization, content-type, accept, idempotency-key, x-fal-target-url, \
@@ -21,6 +22,15 @@ const ALLOWED_METHODS: &str = "GET, POST, PUT";
 /// Response headers a browser script may read.
 const EXPOSED_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, retry-after, \
 ratelimit, ratelimit-policy, x-falgate-error, x-falgate-request-id";
+
+/// Browser origins allowed to call falgate.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact serialised origins (`https://app.example.com`).
+    pub allowed_origins: BTreeSet<String>,
+    pub allow_credentials: bool,
+    pub max_age: Duration,
+}
 
 /// The first half of the middleware, with the request's `[cors]` config: a preflight is
 /// answered here (`Err`, the answer), any other request goes on with the origin its answer

@@ -1,5 +1,5 @@
 //! Every refusal falgate makes is one [`GateError`], and this is the edge where refusals become
-//! HTTP: one table ([`GateError::refusal`], one `match` without a wildcard arm, an arm per
+//! HTTP: one table (`GateError::refusal`, one `match` without a wildcard arm, an arm per
 //! refusal of every domain) gives each its status, code and headers, and [`render`] is the only
 //! place that writes the contract's JSON error body. The domains' errors ([`PolicyError`],
 //! [`LimitError`], `auth::AuthError`, `schema::Rejection`) know nothing of HTTP.
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::limits::{ratelimit_headers, retry_after, LimitError, PolicyState};
 use crate::policy::PolicyError;
+use crate::webhooks::Refusal as WebhookRefusal;
 
 /// The response header that marks a refusal as falgate's own, not fal's.
 pub const ERROR_HEADER: &str = "x-falgate-error";
@@ -71,6 +72,9 @@ pub enum GateError {
     Overloaded,
     #[error(transparent)]
     Limited(#[from] LimitError),
+    /// A fal webhook delivery refused by the receiver (`webhooks`).
+    #[error(transparent)]
+    Webhook(WebhookRefusal),
     #[error("an internal error occurred")]
     Internal(String),
 }
@@ -152,15 +156,16 @@ impl GateError {
             Self::UpstreamUnreachable(_) => refusal(S::BAD_GATEWAY, "upstream_unreachable", none),
             Self::UpstreamBadResponse(_) => refusal(S::BAD_GATEWAY, "upstream_bad_response", none),
             Self::UpstreamTimeout => refusal(S::GATEWAY_TIMEOUT, "upstream_timeout", none),
-            // 424, not 502/504: `@fal-ai/client` retries those on submit, and a retry of a submit
-            // that fal may already have queued would make a second paid job (fal-protocol §4.5).
+            // 424, not 502/504: `@fal-ai/client` retries those on submit (`libs/client/src/retry.ts`
+            // in `fal-ai/fal-js`), and a retry of a submit that fal may already have queued would
+            // make a second paid job.
             Self::SubmitOutcomeUnknown(_) => refusal(S::FAILED_DEPENDENCY, "submit_outcome_unknown", none),
             Self::DependencyDown(_) => refusal(S::SERVICE_UNAVAILABLE, "dependency_unavailable", none),
             Self::Overloaded => refusal(S::SERVICE_UNAVAILABLE, "overloaded", RetryAfter(second)),
             // The limits step: 429 for rates and concurrency, 403 for a used-up quota (not
             // retried by the fal clients), 503 for a down store, 422 / 409 for idempotency.
-            // `Retry-After` is advisory (the fal JS client retries 429 up to three times,
-            // fal-protocol §4.3), so a refusal must be cheap and consume nothing.
+            // `Retry-After` is advisory (`@fal-ai/client` retries 429 up to three times and never
+            // reads it, `libs/client/src/retry.ts`), so a refusal must be cheap and consume nothing.
             Self::Limited(LimitError::RateLimited { retry_after, policy }) => refusal(
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -204,21 +209,30 @@ impl GateError {
             Self::Limited(LimitError::IdempotencyInFlight) => {
                 refusal(S::CONFLICT, "idempotency_in_flight", RetryAfter(second))
             }
+            Self::Webhook(WebhookRefusal::Stale) => refusal(S::UNAUTHORIZED, "webhook_timestamp_out_of_range", none),
+            Self::Webhook(WebhookRefusal::BadSignature) => refusal(S::UNAUTHORIZED, "webhook_signature_invalid", none),
+            Self::Webhook(WebhookRefusal::WrongUser) => refusal(S::FORBIDDEN, "webhook_user_mismatch", none),
+            Self::Webhook(WebhookRefusal::UnknownRequest) => refusal(S::NOT_FOUND, "webhook_request_unknown", none),
+            // `From` makes these the generic refusals; answered alike if ever built directly.
+            Self::Webhook(WebhookRefusal::Malformed(_)) => refusal(S::BAD_REQUEST, "malformed_request", none),
+            Self::Webhook(WebhookRefusal::KeysUnavailable | WebhookRefusal::StoreDown) => {
+                refusal(S::SERVICE_UNAVAILABLE, "dependency_unavailable", none)
+            }
             Self::Internal(_) => refusal(S::INTERNAL_SERVER_ERROR, "internal", none),
         }
     }
 
-    /// The HTTP status of this refusal (from [`Self::refusal`]).
+    /// The HTTP status of this refusal (from `Self::refusal`).
     pub fn status(&self) -> StatusCode {
         self.refusal().status
     }
 
-    /// The stable snake_case code; also the `code` metric label (from [`Self::refusal`]).
+    /// The stable snake_case code; also the `code` metric label (from `Self::refusal`).
     pub fn code(&self) -> &'static str {
         self.refusal().code
     }
 
-    /// The headers this refusal carries besides `x-falgate-error` (from [`Self::refusal`]).
+    /// The headers this refusal carries besides `x-falgate-error` (from `Self::refusal`).
     pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
         match self.refusal().headers {
             Extra::None => Vec::new(),
@@ -298,6 +312,39 @@ pub fn render(error: &GateError, request_id: &str) -> serde_json::Value {
         body["detail"] = json!(detail);
     }
     body
+}
+
+impl From<crate::input::BodyError> for GateError {
+    fn from(err: crate::input::BodyError) -> Self {
+        use crate::input::BodyError;
+        match err {
+            BodyError::NotJson => Self::NotJson,
+            BodyError::TooLarge(limit) => Self::BodyTooLarge(limit),
+            BodyError::Busy { message, retry_after } => crate::limits::LimitError::SlotsTaken {
+                message,
+                retry_after,
+                policy: None,
+            }
+            .into(),
+            BodyError::Timeout => Self::BodyTimeout,
+            BodyError::Unreadable => Self::Malformed("the request body could not be read".into()),
+            BodyError::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
+impl From<WebhookRefusal> for GateError {
+    fn from(refusal: WebhookRefusal) -> Self {
+        match refusal {
+            WebhookRefusal::Malformed(header) => Self::Malformed(format!("the {header} header is missing or invalid")),
+            WebhookRefusal::KeysUnavailable => Self::DependencyDown("fal's webhook signing keys"),
+            WebhookRefusal::StoreDown => Self::DependencyDown("the shared state store"),
+            WebhookRefusal::Stale
+            | WebhookRefusal::WrongUser
+            | WebhookRefusal::BadSignature
+            | WebhookRefusal::UnknownRequest => Self::Webhook(refusal),
+        }
+    }
 }
 
 impl From<crate::schema::Rejection> for GateError {
@@ -431,6 +478,33 @@ mod tests {
                 &[],
             ),
             (GateError::RouteNotFound, 404, "route_not_found", &[]),
+            (
+                WebhookRefusal::BadSignature.into(),
+                401,
+                "webhook_signature_invalid",
+                &[],
+            ),
+            (WebhookRefusal::Stale.into(), 401, "webhook_timestamp_out_of_range", &[]),
+            (WebhookRefusal::WrongUser.into(), 403, "webhook_user_mismatch", &[]),
+            (
+                WebhookRefusal::UnknownRequest.into(),
+                404,
+                "webhook_request_unknown",
+                &[],
+            ),
+            (
+                WebhookRefusal::Malformed("x-fal-webhook-user-id").into(),
+                400,
+                "malformed_request",
+                &[],
+            ),
+            (
+                WebhookRefusal::KeysUnavailable.into(),
+                503,
+                "dependency_unavailable",
+                &[],
+            ),
+            (WebhookRefusal::StoreDown.into(), 503, "dependency_unavailable", &[]),
             (GateError::RequestNotFound, 404, "request_not_found", &[]),
             (
                 GateError::MethodNotAllowed,

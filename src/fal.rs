@@ -11,13 +11,14 @@
 mod facts;
 pub mod headers;
 mod path;
+pub mod signature;
 mod target;
 mod webhook;
 
 use std::fmt;
 
 pub use facts::{Answer, Drain, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, SlotKind, Unknown};
-pub use headers::{ObjectLifecycle, RequestTimeout};
+pub use headers::{ObjectLifecycle, Priority, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
 pub use webhook::{Webhook, WebhookError};

@@ -10,13 +10,21 @@
 mod local;
 pub mod redis;
 
+use std::time::Duration;
+
 use crate::clock::Clock;
-use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, FalRequestId};
 use crate::limits::OnStoreError;
 use local::LocalRecords;
 use redis::RedisOwnership;
+
+/// Ownership memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnershipConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
 
 /// The ownership store.
 pub struct Ownership {
@@ -142,11 +150,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_entries: 10,
         };
-        let redis = RedisConfig {
-            url: format!("redis://{}", proxy.addr),
-            timeout_ms: 200,
-            key_prefix: format!("test-own-{}", uuid::Uuid::new_v4()),
-        };
+        let redis = RedisConfig::single(format!("redis://{}", proxy.addr))
+            .with(200, format!("test-own-{}", uuid::Uuid::new_v4()));
         for (mode, unknown_code) in [
             (OnStoreError::Deny, "dependency_unavailable"),
             (OnStoreError::Allow, "request_not_found"),

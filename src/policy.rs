@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::config::{Config, EndpointPolicy, FalHeaderRules, Priority, Tier, Toggle};
-use crate::fal::{AppId, Call, EndpointId, Op, Webhook};
+use crate::fal::{AppId, Call, EndpointId, Op, Priority, Webhook};
 
 pub use self::error::PolicyError;
+pub use self::settings::{EndpointPolicy, FalHeaderRules, Forward, Settings, StoreIo, Tier};
 
 /// The header fal reads the queue priority from.
 const PRIORITY_HEADER: &str = "x-fal-queue-priority";
@@ -25,7 +25,7 @@ pub struct Policy {
     /// Used when no tiers are configured: everything `endpoints` allows.
     open_tier: Tier,
     webhook_hosts: BTreeSet<String>,
-    uploads: Toggle,
+    uploads: bool,
 }
 
 /// Proof that a call passed the policy, with what the tier still constrains.
@@ -41,19 +41,19 @@ pub struct Grant<'a> {
 }
 
 impl Policy {
-    /// Builds the policy from the validated config.
-    pub fn new(config: &Config) -> Self {
+    /// Builds the policy from its settings (`config` assembles them: `Config::policy`).
+    pub fn new(settings: &Settings<'_>) -> Self {
         Self {
-            endpoints: config.endpoints.clone(),
-            apps: config
+            endpoints: settings.endpoints.clone(),
+            apps: settings
                 .endpoints
                 .keys()
                 .map(|entry| (entry.app(), entry.clone()))
                 .collect(),
-            tiers: config.tiers.clone(),
+            tiers: settings.tiers.clone(),
             open_tier: Tier::default(),
-            webhook_hosts: config.webhook_hosts.clone(),
-            uploads: config.storage_uploads,
+            webhook_hosts: settings.webhook_hosts.clone(),
+            uploads: settings.uploads,
         }
     }
 
@@ -90,7 +90,7 @@ impl Policy {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(self.app(tier, app)?)
             }
-            Op::StorageInitiate if self.uploads == Toggle::Allow => None,
+            Op::StorageInitiate if self.uploads => None,
             Op::StorageInitiate => return Err(PolicyError::UploadsNotAllowed),
             // The apps are in the body: `check_token_apps` once it is read.
             Op::ClientToken => None,
@@ -194,6 +194,7 @@ fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {
 }
 
 mod error;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod tokens;

@@ -8,6 +8,7 @@ mod links;
 mod proxy;
 mod queue;
 mod usage;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -30,6 +31,9 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/queue/{*path}", any(queue::queue))
         .route("/api/fal/run/{*path}", any(queue::run))
         .route("/api/fal/usage", get(usage::handle))
+        // fal's signed deliveries (no JWT: the signature is the credential; 404 unless
+        // `[webhooks] receive`).
+        .route(crate::webhooks::RECEIVER_PATH, axum::routing::post(webhook::receive))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         // The playground (404 unless `falgate dev` or `[playground] enabled`).

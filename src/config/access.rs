@@ -3,83 +3,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::Value;
 use url::Url;
 
-use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
-use super::{ConfigError, EndpointPolicy};
+use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier};
+use super::ConfigError;
+use crate::cors::Cors;
 pub use crate::fal::Operation;
-use crate::fal::{EndpointId, ObjectLifecycle, RequestTimeout};
-
-/// fal's queue priorities, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
-    Low,
-    Normal,
-}
-
-/// What callers of one tier may do.
-#[derive(Debug, Clone, Default)]
-pub struct Tier {
-    /// Endpoint entries allowed; None = all configured endpoints.
-    pub endpoints: Option<BTreeSet<EndpointId>>,
-    /// Operations allowed; None = all.
-    pub operations: Option<BTreeSet<Operation>>,
-    pub max_queue_priority: Option<Priority>,
-    /// Per endpoint entry, per input field: the values allowed.
-    pub options: BTreeMap<EndpointId, BTreeMap<String, Vec<Value>>>,
-    /// What becomes of the `x-fal-*` headers callers of this tier send.
-    pub fal_headers: FalHeaderRules,
-}
-
-/// A tier's rules over the `x-fal-*` headers (`[tiers.NAME.fal_headers]`): a value is passed
-/// (once parsed and canonical), dropped, capped or replaced by the operator's.
-#[derive(Debug, Clone, Default)]
-pub struct FalHeaderRules {
-    pub runner_hint: Forward,
-    pub no_retry: Forward,
-    pub max_request_timeout: Option<RequestTimeout>,
-    pub max_object_expiration_seconds: Option<u64>,
-    /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads
-    /// (`x-fal-object-lifecycle`), whatever the caller sent.
-    pub object_lifecycle: Option<ObjectLifecycle>,
-    pub store_io: StoreIo,
-}
-
-/// Whether a caller's header reaches fal.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Forward {
-    #[default]
-    Allow,
-    Drop,
-}
-
-/// `X-Fal-Store-IO`: the caller's valid value, or one the operator forces.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StoreIo {
-    #[default]
-    Caller,
-    /// `X-Fal-Store-IO: 0` on every call: fal keeps no input or output payloads.
-    Off,
-    /// `X-Fal-Store-IO: 1` on every call.
-    On,
-}
-
-/// Browser origins allowed to call falgate.
-#[derive(Debug, Clone)]
-pub struct Cors {
-    /// Exact serialised origins (`https://app.example.com`).
-    pub allowed_origins: BTreeSet<String>,
-    pub allow_credentials: bool,
-    pub max_age: Duration,
-}
-
-/// Ownership memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnershipConfig {
-    pub ttl: Duration,
-    pub max_entries: u64,
-}
+use crate::fal::Priority;
+use crate::fal::{EndpointId, RequestTimeout};
+use crate::ownership::OwnershipConfig;
+use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+use crate::webhooks::RawWebhooks;
 
 impl Operation {
     fn parse(raw: &str) -> Option<Self> {
@@ -94,25 +28,6 @@ impl Operation {
             "token" => Self::Token,
             _ => return None,
         })
-    }
-}
-
-impl Priority {
-    /// Parses fal's header value.
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "low" => Some(Self::Low),
-            "normal" => Some(Self::Normal),
-            _ => None,
-        }
-    }
-
-    /// fal's header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Normal => "normal",
-        }
     }
 }
 

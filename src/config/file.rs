@@ -36,7 +36,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
-    pub(crate) webhooks: RawWebhooks,
+    pub(crate) webhooks: crate::webhooks::RawWebhooks,
     #[serde(default)]
     pub(crate) cors: RawCors,
     #[serde(default)]
@@ -208,13 +208,6 @@ pub(crate) struct RawFalHeaders {
     pub(crate) object_lifecycle: Option<crate::fal::ObjectLifecycle>,
     /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
     pub(crate) store_io: Option<String>,
-}
-
-/// `[webhooks]`: where fal may deliver `fal_webhook` callbacks.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawWebhooks {
-    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// `[cors]`: which browser origins may call falgate.

@@ -32,7 +32,7 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "request" => fields_of::<super::file::RawRequest>(),
         "storage" => fields_of::<super::file::RawStorage>(),
         "log" => fields_of::<super::file::RawLog>(),
-        "webhooks" => fields_of::<super::file::RawWebhooks>(),
+        "webhooks" => fields_of::<crate::webhooks::RawWebhooks>(),
         "cors" => fields_of::<super::file::RawCors>(),
         "ownership" => fields_of::<super::file::RawOwnership>(),
         "connections" => fields_of::<super::file::RawConnections>(),

@@ -18,6 +18,9 @@ pub(crate) enum ModelResult {
     Output(Value),
     /// 422 with this `detail` array.
     Invalid(Value),
+    /// fal failed the job on its side with this `error_type` (a `webhook` fault's `fail`):
+    /// the result is a 500, the status and the webhook carry the error type.
+    Failed(String),
 }
 
 /// Runs `endpoint` on a JSON object input.

@@ -71,13 +71,15 @@ pub(crate) fn status_body(snapshot: &JobView, urls: &Urls, logs: Option<&[Value]
 }
 
 /// The `error`/`error_type` pair of a completed request that did not succeed.
-fn failure(snapshot: &JobView) -> Option<(&'static str, &'static str)> {
+pub(crate) fn failure(snapshot: &JobView) -> Option<(&'static str, String)> {
+    use super::model::ModelResult;
     if snapshot.cancelled {
-        Some(("Request was cancelled", "request_cancelled"))
-    } else if matches!(snapshot.outcome, super::model::ModelResult::Invalid(_)) {
-        Some(("Invalid status code: 422", "validation_error"))
-    } else {
-        None
+        return Some(("Request was cancelled", "request_cancelled".into()));
+    }
+    match &snapshot.outcome {
+        ModelResult::Invalid(_) => Some(("Invalid status code: 422", "validation_error".into())),
+        ModelResult::Failed(error_type) => Some(("Invalid status code: 500", error_type.clone())),
+        ModelResult::Output(_) => None,
     }
 }
 

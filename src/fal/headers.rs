@@ -1,6 +1,8 @@
 //! fal's `x-fal-*` request header values, parsed and bounded, and written back in one canonical
 //! form: what fal receives is always the value that was checked, never the caller's bytes
-//! (`shared/fal-protocol.md` §2.3). The per-tier rules over them are `config::FalHeaderRules`.
+//! (the headers `@fal-ai/client` sends, `libs/client/src/queue.ts` and `storage.ts` in
+//! `fal-ai/fal-js`; `x-fal-no-retry`: <https://docs.fal.ai/model-apis/model-endpoints/reliability>).
+//! The per-tier rules over them are `policy::FalHeaderRules`.
 
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +153,32 @@ pub fn parse_store_io(raw: &str) -> Result<bool, HeaderValueError> {
         "1" => Ok(true),
         "0" => Ok(false),
         _ => Err(HeaderValueError),
+    }
+}
+
+/// fal's queue priorities, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+}
+
+impl Priority {
+    /// Parses fal's header value.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "low" => Some(Self::Low),
+            "normal" => Some(Self::Normal),
+            _ => None,
+        }
+    }
+
+    /// fal's header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+        }
     }
 }
 

@@ -3,10 +3,10 @@
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{FalHeaderRules, Forward, Priority, StoreIo};
 use crate::error::GateError;
 use crate::fal::headers::{self, ObjectLifecycle, RequestTimeout};
-use crate::fal::{Call, Retention};
+use crate::fal::{Call, Priority, Retention};
+use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::access_log;
 use crate::telemetry::trace_context::{self, TraceParent};
 

@@ -7,8 +7,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::client::refused_unprocessed;
 use super::*;
-use crate::config::{FalHeaderRules, Forward, StoreIo};
 use crate::fal::headers::{ObjectLifecycle, RequestTimeout};
+use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::trace_context::TraceParent;
 
 /// An HTTP/2 (cleartext) server that answers stream `n` (from 0) with `reset(n)`'s reason,

@@ -28,3 +28,4 @@ mod schema;
 mod target;
 mod tokens;
 mod usage;
+mod webhooks;
