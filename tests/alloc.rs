@@ -28,8 +28,10 @@ use tokio::net::TcpListener;
 /// Allocations (`alloc`, `alloc_zeroed`, `realloc`) per proxied GET status, at most. Exact:
 /// the count is deterministic (the same in every run), so any new allocation fails the test.
 const GET_STATUS_CEILING: u64 = 94;
-/// Allocations per proxied POST submit (schema validation, ownership record), at most.
-const POST_SUBMIT_CEILING: u64 = 122;
+/// Allocations per proxied POST submit (schema validation, ownership record), at most. 122 on
+/// the perf branch; main at 6074828 (the pipeline's body bounds and errors, the ownership
+/// index of webhooks and events) added 2 per submit when merged.
+const POST_SUBMIT_CEILING: u64 = 124;
 
 /// Counts the allocations made on falgate's worker threads; everything is served by `System`.
 struct Counting;
