@@ -79,6 +79,8 @@ pub struct Config {
     pub webhook_hosts: std::collections::BTreeSet<String>,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
+    /// The per-caller event stream (`GET /api/fal/events`).
+    pub events: crate::events::EventsConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
     /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).
@@ -298,6 +300,10 @@ impl Config {
             webhook_hosts: access::webhooks(raw.webhooks)?,
             cors: access::cors(raw.cors)?,
             ownership: access::ownership(&raw.ownership)?,
+            events: {
+                raw.events.check().map_err(ConfigError)?;
+                raw.events
+            },
             endpoints,
             schema_sources,
             limits,

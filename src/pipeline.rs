@@ -23,6 +23,7 @@ use crate::error::GateError;
 use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
 use crate::limits::{Admission, Slot, Subject};
+use crate::ownership::Outcome;
 use crate::policy::Grant;
 use crate::schema::{self, Limits, ValidInput};
 use crate::state::Gate;
@@ -191,9 +192,9 @@ async fn admitted(
 /// What fal's answer means for ownership and limits (decided before any await, since an answer
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    Submitted(crate::fal::EndpointId, crate::fal::FalRequestId),
     Refund,
-    Finished(crate::fal::AppId, crate::fal::FalRequestId),
+    Finished(crate::fal::AppId, crate::fal::FalRequestId, Outcome),
     RunDone,
     Nothing,
 }
@@ -217,7 +218,9 @@ impl Bookkeeping {
         // A refused cancel may still show the end (`ALREADY_COMPLETED`): `finished` reads the status.
         if let (Job::MayEnd, Answer::Buffered(buffered, ..)) = (facts.job, answer) {
             return match (call.app(), call.request_id()) {
-                (Some(app), Some(id)) if finished(call, buffered) => Self::Finished(app, id.clone()),
+                (Some(app), Some(id)) if finished(call, buffered) => {
+                    Self::Finished(app, id.clone(), outcome(call, buffered))
+                }
                 _ => Self::Nothing,
             };
         }
@@ -231,7 +234,7 @@ impl Bookkeeping {
         match (facts.job, &call.op, answer) {
             (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
                 .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.clone(), id)),
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -244,12 +247,20 @@ impl Bookkeeping {
 /// job, or the refund of a paid call fal did not take.
 async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id) => {
-            gate.ownership.record(subject.principal, &app, &id).await;
-            gate.limiter.job_started(admission, &app, &id).await;
+        Bookkeeping::Submitted(endpoint, id) => {
+            let summary = gate.ownership.record(subject.principal, &endpoint, &id).await;
+            gate.limiter.job_started(admission, &endpoint.app(), &id).await;
+            gate.events
+                .submitted(&crate::redis::tag_of(subject.principal), &summary)
+                .await;
         }
         Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
-        Bookkeeping::Finished(app, id) => gate.limiter.job_finished(subject, &app, &id).await,
+        Bookkeeping::Finished(app, id, outcome) => {
+            gate.limiter.job_finished(subject, &app, &id).await;
+            gate.events
+                .finished(&crate::redis::tag_of(subject.principal), &id, outcome)
+                .await;
+        }
         Bookkeeping::RunDone => gate.limiter.run_finished(admission).await,
         Bookkeeping::Nothing => {}
     }
@@ -269,6 +280,25 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         | Op::RunStream { .. }
         | Op::StorageInitiate
         | Op::ClientToken => false,
+    }
+}
+
+/// How a job `finished` says is over ended: a served result is an output; a completed status
+/// names its failure, if any; a cancel's `ALREADY_COMPLETED` does not say.
+fn outcome(call: &Call, answer: &relay::Buffered) -> Outcome {
+    match (&call.op, answer.failure()) {
+        (Op::Status { .. }, Some(kind)) => Outcome::error(kind),
+        (Op::Status { .. }, None) | (Op::Result { .. }, _) => Outcome::Ok,
+        (
+            Op::Cancel { .. }
+            | Op::Submit { .. }
+            | Op::StatusStream { .. }
+            | Op::Run { .. }
+            | Op::RunStream { .. }
+            | Op::StorageInitiate
+            | Op::ClientToken,
+            _,
+        ) => Outcome::Unknown,
     }
 }
 

@@ -23,6 +23,8 @@ use axum::http::Extensions;
 use crate::auth::{Authenticator, KeyError};
 use crate::clock::Clock;
 use crate::config::{Config, FalCredentials};
+use crate::events::redis::RedisEvents;
+use crate::events::Events;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Limiter, LimitsConfigError};
 use crate::ownership::redis::RedisOwnership;
@@ -45,6 +47,8 @@ pub struct Gate {
     pub upstream: Arc<Upstream>,
     /// Lives for the process: who submitted which request.
     pub ownership: Arc<Ownership>,
+    /// Lives for the process: each caller's request events.
+    pub events: Arc<Events>,
     /// Lives for the process: serving or draining.
     pub lifecycle: Arc<Lifecycle>,
     /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
@@ -89,16 +93,23 @@ impl Gate {
         crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
+        let ownership = Arc::new(Ownership::with_clock(
+            config.ownership,
+            redis.clone().map(RedisOwnership::new),
+            on_store_error,
+            clock.clone(),
+        ));
         Ok(Self {
             auth,
             policy: Policy::new(&config),
             upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
-            ownership: Arc::new(Ownership::with_clock(
-                config.ownership,
-                redis.clone().map(RedisOwnership::new),
+            events: Arc::new(Events::new(
+                config.events.clone(),
+                ownership.clone(),
+                redis.clone().map(RedisEvents::new),
                 on_store_error,
-                clock.clone(),
             )),
+            ownership,
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
@@ -118,6 +129,7 @@ impl Gate {
             limiter: self.limiter.reconfigured(config.limits.clone())?,
             upstream: self.upstream.clone(),
             ownership: self.ownership.clone(),
+            events: self.events.clone(),
             lifecycle: self.lifecycle.clone(),
             // A clone shares the one budget (its count is behind an `Arc`).
             body_budget: self.body_budget.clone(),
@@ -128,6 +140,7 @@ impl Gate {
     /// Starts the background tasks (JWKS refresh); each runs while its part is in use.
     pub fn start(&self) {
         self.auth.start();
+        self.events.start();
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Cors {
 pub struct OwnershipConfig {
     pub ttl: Duration,
     pub max_entries: u64,
+    /// Requests indexed per caller (`GET /api/fal/requests`).
+    pub per_caller: usize,
 }
 
 impl Operation {
@@ -254,8 +256,12 @@ pub(super) fn ownership(raw: &RawOwnership) -> Result<OwnershipConfig, ConfigErr
             "`ownership.ttl_seconds` and `ownership.max_entries` must be greater than zero".into(),
         ));
     }
+    if !(1..=10_000).contains(&raw.per_caller) {
+        return Err(ConfigError("`ownership.per_caller` must be between 1 and 10000".into()));
+    }
     Ok(OwnershipConfig {
         ttl: Duration::from_secs(raw.ttl_seconds),
         max_entries: raw.max_entries,
+        per_caller: raw.per_caller,
     })
 }

@@ -42,6 +42,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
     #[serde(default)]
+    pub(crate) events: crate::events::EventsConfig,
+    #[serde(default)]
     pub(crate) connections: RawConnections,
     #[serde(default)]
     pub(crate) drain: RawDrain,
@@ -242,6 +244,7 @@ impl Default for RawCors {
 pub(crate) struct RawOwnership {
     pub(crate) ttl_seconds: u64,
     pub(crate) max_entries: u64,
+    pub(crate) per_caller: usize,
 }
 
 impl Default for RawOwnership {
@@ -249,6 +252,7 @@ impl Default for RawOwnership {
         Self {
             ttl_seconds: 7 * 86_400,
             max_entries: 1_000_000,
+            per_caller: 200,
         }
     }
 }
