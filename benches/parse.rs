@@ -55,6 +55,8 @@ fn ownership(c: &mut Criterion) {
         ttl: Duration::from_secs(604_800),
         max_entries: 1_000_000,
         per_caller: 200,
+        list_limit: 20,
+        list_max: 100,
     };
     let store = Ownership::new(config, None, OnStoreError::Deny);
     let app = AppId::from_segments(&["fal-ai", "video-prompt-generator"]).unwrap();

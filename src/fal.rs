@@ -16,7 +16,9 @@ mod webhook;
 
 use std::fmt;
 
-pub use facts::{Answer, Drain, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, SlotKind, Unknown};
+pub use facts::{
+    Answer, Drain, GateRoute, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, RouteFacts, SlotKind, Unknown,
+};
 pub use headers::{Lifecycle, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};

@@ -302,6 +302,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_entries: 10,
             per_caller: 10,
+            list_limit: 20,
+            list_max: 100,
         };
         let store = Ownership::new(config, None, OnStoreError::Deny);
         let app = AppId::from_segments(&["fal-ai", "flux"]).unwrap();
@@ -346,6 +348,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_entries: 10,
             per_caller: 10,
+            list_limit: 20,
+            list_max: 100,
         };
         let redis = RedisConfig {
             url: format!("redis://{}", proxy.addr),

@@ -3,22 +3,24 @@
 //! [`crate::state::Snapshot`] of the gate and its [`Caller`] (extracted in `caller`).
 
 mod caller;
+mod events;
 mod health;
 mod links;
 mod proxy;
 mod queue;
+mod requests;
 mod usage;
 
 use std::sync::Arc;
 
-use axum::routing::{any, get};
+use axum::routing::{any, get, MethodRouter};
 use axum::Router;
 
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::GateError;
-use crate::fal::{Call, Op};
+use crate::fal::{Call, GateRoute, Op};
 use crate::playground;
 use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
@@ -29,7 +31,18 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/proxy", any(proxy::handle))
         .route("/api/fal/queue/{*path}", any(queue::queue))
         .route("/api/fal/run/{*path}", any(queue::run))
-        .route("/api/fal/usage", get(usage::handle))
+        .route(
+            GateRoute::Usage.facts().path,
+            gate_route(GateRoute::Usage, get(usage::handle)),
+        )
+        .route(
+            GateRoute::Requests.facts().path,
+            gate_route(GateRoute::Requests, get(requests::handle)),
+        )
+        .route(
+            GateRoute::Events.facts().path,
+            gate_route(GateRoute::Events, get(events::handle)),
+        )
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         // The playground (404 unless `falgate dev` or `[playground] enabled`).
@@ -46,6 +59,16 @@ pub fn router(current: Arc<Current>) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)
+}
+
+/// A gate route's handler, checked against the method its row of the table names.
+fn gate_route(route: GateRoute, handler: MethodRouter<Arc<Current>>) -> MethodRouter<Arc<Current>> {
+    debug_assert_eq!(
+        route.facts().method,
+        axum::http::Method::GET,
+        "{route:?} is served with get()"
+    );
+    handler
 }
 
 /// A path no route serves: 404, and a log line naming the path (a typo'd client URL is found

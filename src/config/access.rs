@@ -81,6 +81,10 @@ pub struct OwnershipConfig {
     pub max_entries: u64,
     /// Requests indexed per caller (`GET /api/fal/requests`).
     pub per_caller: usize,
+    /// Requests listed per page when the query names no `limit`.
+    pub list_limit: usize,
+    /// The largest `limit` a query may name (at most 100).
+    pub list_max: usize,
 }
 
 impl Operation {
@@ -259,9 +263,16 @@ pub(super) fn ownership(raw: &RawOwnership) -> Result<OwnershipConfig, ConfigErr
     if !(1..=10_000).contains(&raw.per_caller) {
         return Err(ConfigError("`ownership.per_caller` must be between 1 and 10000".into()));
     }
+    if !(1..=100).contains(&raw.list_max) || !(1..=raw.list_max).contains(&raw.list_limit) {
+        return Err(ConfigError(
+            "`ownership.list_max` must be between 1 and 100, and `ownership.list_limit` between 1 and it".into(),
+        ));
+    }
     Ok(OwnershipConfig {
         ttl: Duration::from_secs(raw.ttl_seconds),
         max_entries: raw.max_entries,
         per_caller: raw.per_caller,
+        list_limit: raw.list_limit,
+        list_max: raw.list_max,
     })
 }

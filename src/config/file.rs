@@ -245,6 +245,8 @@ pub(crate) struct RawOwnership {
     pub(crate) ttl_seconds: u64,
     pub(crate) max_entries: u64,
     pub(crate) per_caller: usize,
+    pub(crate) list_limit: usize,
+    pub(crate) list_max: usize,
 }
 
 impl Default for RawOwnership {
@@ -253,6 +255,8 @@ impl Default for RawOwnership {
             ttl_seconds: 7 * 86_400,
             max_entries: 1_000_000,
             per_caller: 200,
+            list_limit: 20,
+            list_max: 100,
         }
     }
 }

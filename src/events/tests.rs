@@ -12,6 +12,8 @@ fn ownership(shared: Option<RedisStore>) -> Arc<Ownership> {
         ttl: Duration::from_secs(600),
         max_entries: 1_000,
         per_caller: 10,
+        list_limit: 20,
+        list_max: 100,
     };
     Arc::new(Ownership::with_clock(
         config,

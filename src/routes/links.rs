@@ -60,7 +60,7 @@ impl Base {
         }
     }
 
-    fn request(&self, app: &AppId, id: &FalRequestId) -> String {
+    pub(super) fn request(&self, app: &AppId, id: &FalRequestId) -> String {
         format!("{}/api/fal/queue/{app}/requests/{id}", self.0)
     }
 }
