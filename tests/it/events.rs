@@ -153,7 +153,10 @@ async fn the_listing_shows_only_the_callers_own_requests_newest_first_with_links
     wait_completed(&gate, &first).await;
     let page = listed(&gate, "alice", "").await;
     let ended = &page["requests"][2];
-    assert_eq!((ended["request_id"].as_str(), ended["status"].as_str()), (Some(&*first), Some("COMPLETED")));
+    assert_eq!(
+        (ended["request_id"].as_str(), ended["status"].as_str()),
+        (Some(&*first), Some("COMPLETED"))
+    );
     assert_eq!(ended["outcome"], "ok");
     assert!(ended["completed_at"].is_string());
 }
@@ -224,7 +227,10 @@ async fn the_owner_sees_submitted_then_finished_and_another_caller_never_does() 
     assert_eq!(submitted.data["status_url"], format!("{request}/status").as_str());
     wait_completed(&gate, &id).await;
     let finished = alice.next().await;
-    assert_eq!((finished.event.as_str(), &finished.data["request_id"]), ("finished", &json!(id)));
+    assert_eq!(
+        (finished.event.as_str(), &finished.data["request_id"]),
+        ("finished", &json!(id))
+    );
     assert_eq!(finished.data["status"], "COMPLETED");
     assert_eq!(finished.data["outcome"], "ok");
     // Polling it again is no news: the next event alice sees is her next submit's.
@@ -234,7 +240,10 @@ async fn the_owner_sees_submitted_then_finished_and_another_caller_never_does() 
     // Bob's stream saw none of it: its first event is his own submit.
     let his = gate.submit("bob", json!({"input_concept": "bob's"})).await;
     let first = bob.next().await;
-    assert_eq!((first.event.as_str(), &first.data["request_id"]), ("submitted", &json!(his)));
+    assert_eq!(
+        (first.event.as_str(), &first.data["request_id"]),
+        ("submitted", &json!(his))
+    );
 }
 
 #[tokio::test]
@@ -248,7 +257,10 @@ async fn last_event_id_resumes_from_the_callers_history() {
     drop(alice);
     let mut resumed = Events::open(&gate, "alice", Some(&submitted.id)).await;
     let again = resumed.next().await;
-    assert_eq!((again.id.as_str(), again.event.as_str()), (finished.id.as_str(), "finished"));
+    assert_eq!(
+        (again.id.as_str(), again.event.as_str()),
+        (finished.id.as_str(), "finished")
+    );
     // Bob resuming from alice's ids gets nothing of hers: his own submit comes first.
     let mut bob = Events::open(&gate, "bob", Some("0-0")).await;
     let his = gate.submit("bob", json!({"input_concept": "bob's"})).await;
@@ -271,6 +283,8 @@ async fn an_event_published_on_one_gate_reaches_a_stream_on_another_through_redi
             .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
             .env("FALGATE_REDIS__KEY_PREFIX", &prefix)
             .env("FALGATE_EVENTS__FEED_POLL_MS", "50")
+            // Keepalives (which also re-read the history) far apart: the feed must wake B.
+            .env("FALGATE_UPSTREAM__IDLE_TIMEOUT_MS", "120000")
     };
     let a = on_redis(TestGate::builder()).spawn().await;
     let b = on_redis(TestGate::builder().share_fal(&a)).spawn().await;
@@ -278,7 +292,10 @@ async fn an_event_published_on_one_gate_reaches_a_stream_on_another_through_redi
     let mut bob_on_b = Events::open(&b, "bob", None).await;
     let id = a.submit("alice", json!({"input_concept": "a lighthouse"})).await;
     let submitted = on_b.next().await;
-    assert_eq!((submitted.event.as_str(), &submitted.data["request_id"]), ("submitted", &json!(id)));
+    assert_eq!(
+        (submitted.event.as_str(), &submitted.data["request_id"]),
+        ("submitted", &json!(id))
+    );
     // Links are the stream's own gate's.
     assert!(submitted.data["status_url"].as_str().unwrap().starts_with(&b.url));
     wait_completed(&a, &id).await;
@@ -319,7 +336,10 @@ async fn the_event_stream_takes_one_of_the_callers_stream_slots_and_ends_at_its_
             break;
         }
         assert_eq!(response.status(), 429);
-        assert!(std::time::Instant::now() < deadline, "the ended stream's slot was never freed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended stream's slot was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
