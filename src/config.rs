@@ -6,6 +6,7 @@
 mod access;
 mod auth;
 mod env;
+mod events;
 mod file;
 mod keys;
 mod secrets;
@@ -22,6 +23,7 @@ use url::Url;
 pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
 pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
 pub use env::{ProcessEnv, Sources};
+pub use events::EventsConfig;
 pub use file::Toggle;
 pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
@@ -80,7 +82,7 @@ pub struct Config {
     pub cors: Cors,
     pub ownership: OwnershipConfig,
     /// The per-caller event stream (`GET /api/fal/events`).
-    pub events: crate::events::EventsConfig,
+    pub events: EventsConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
     /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).

@@ -42,7 +42,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
     #[serde(default)]
-    pub(crate) events: crate::events::EventsConfig,
+    pub(crate) events: super::EventsConfig,
     #[serde(default)]
     pub(crate) connections: RawConnections,
     #[serde(default)]
