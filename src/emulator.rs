@@ -15,6 +15,14 @@ mod storage;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faults;
+#[cfg(test)]
+mod tests_realtime;
+#[cfg(test)]
+mod tests_results;
+#[cfg(test)]
+mod tests_stream_storage;
 mod tokens;
 
 use std::future::Future;

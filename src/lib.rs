@@ -37,6 +37,6 @@ pub mod telemetry;
 pub mod upstream;
 
 #[cfg(test)]
-mod fuzz_tests;
+mod tests_fuzz;
 #[cfg(test)]
-mod layering_tests;
+mod tests_layering;

@@ -1,7 +1,11 @@
 //! Edges of the forwarded-header allowlist that the main tests do not pin, each found by mutation
 //! testing (`scripts/mutants upstream`, see TESTING.md).
 
+use axum::http::HeaderName;
+
+use super::forwarded::MAX_HEADER_VALUE;
 use super::*;
+use crate::config::FalHeaderRules;
 
 fn forwarded(pairs: &[(&'static str, &str)]) -> Result<HeaderMap, GateError> {
     let mut inbound = HeaderMap::new();

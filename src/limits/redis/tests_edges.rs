@@ -1,4 +1,4 @@
-//! Edges of the Redis glue that the replica tests (`limits/redis_tests.rs`) do not pin, found by
+//! Edges of the Redis glue that the replica tests (`limits/tests_redis.rs`) do not pin, found by
 //! mutation testing (`scripts/mutants limits-redis`, see TESTING.md): the "none" placeholders
 //! the scripts read, and the parsing of their replies. The admissions run against the Redis on
 //! 127.0.0.1:6379, each test under its own key prefix.

@@ -6,7 +6,7 @@
 //! Why proptest and not cargo-fuzz: libFuzzer needs nightly's sanitizer flags, and CI and new
 //! machines have only the stable toolchain. The case count comes from `FALGATE_FUZZ_CASES`
 //! (default 256 per harness, a few seconds in CI); a long run by hand:
-//! `FALGATE_FUZZ_CASES=200000 cargo test --release --lib fuzz_tests::`. A failure found this way
+//! `FALGATE_FUZZ_CASES=200000 cargo test --release --lib tests_fuzz::`. A failure found this way
 //! becomes a named regression test at the end of this file.
 
 use std::sync::LazyLock;

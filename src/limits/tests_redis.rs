@@ -1,10 +1,11 @@
 //! Redis backend tests against the Redis at 127.0.0.1:6379, each under its own key prefix.
 //! Two `Limiter`s sharing one Redis stand for two replicas.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::redis::SlotOp;
 use super::tests::{app, config, remaining, req};
 use super::*;
 use crate::redis::chaos::ChaosProxy;
