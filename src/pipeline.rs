@@ -1,7 +1,8 @@
 //! The ordered steps every call goes through, whichever route family it came from:
 //! authorize → precheck limits (calls with a body) → read and validate input → claim the
 //! idempotency key → open a stream / relay slot → admit (rates, quota, concurrency) → check
-//! ownership → forward → record ownership and the job → relay.
+//! ownership → forward → record ownership and the job → relay. What fal's answer shows of a job
+//! (its submit, its end) also goes to the owner's events and request index (`crate::events`).
 //! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
 //! Each step returns a proof value or a [`GateError`]; none writes a response.
 //!
@@ -13,6 +14,7 @@
 
 mod client_token;
 mod idempotency;
+mod stream_end;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -186,7 +188,16 @@ async fn admitted(
     if let Some(guard) = guard {
         guard.disarm();
     }
-    answer
+    // A status stream that shows the end tells the owner's events, as a poll does.
+    match (answer, &call.op) {
+        (Ok(Answer::Streamed(response, admission)), Op::StatusStream { id, .. }) if response.status().is_success() => {
+            let tag = crate::redis::tag_of(principal);
+            let watched = stream_end::watch(response, gate.events.clone(), tag, id.clone());
+
+            Ok(Answer::Streamed(watched, admission))
+        }
+        (answer, _) => answer,
+    }
 }
 
 /// What fal's answer means for ownership and limits (decided before any await, since an answer

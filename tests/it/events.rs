@@ -343,3 +343,31 @@ async fn the_event_stream_takes_one_of_the_callers_stream_slots_and_ends_at_its_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_status_stream_that_shows_the_end_sends_the_finished_event() {
+    let gate = TestGate::spawn().await;
+    let mut alice = Events::open(&gate, "alice", None).await;
+    let id = gate
+        .submit("alice", json!({"input_concept": "streamed to its end"}))
+        .await;
+    assert_eq!(alice.next().await.event, "submitted");
+    let stream = gate
+        .get_as_alice(&format!("/api/fal/queue/{VPG}/requests/{id}/status/stream"))
+        .await;
+    assert_eq!(stream.status(), 200);
+    let relayed = String::from_utf8(stream.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(relayed.contains("COMPLETED"), "{relayed}");
+    let finished = alice.next().await;
+    assert_eq!(
+        (finished.event.as_str(), &finished.data["request_id"]),
+        ("finished", &json!(id))
+    );
+    assert_eq!(finished.data["outcome"], "ok");
+    let polls = gate
+        .fal_saw()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/status"))
+        .count();
+    assert_eq!(polls, 0, "the end came from the stream, not a poll");
+}
