@@ -435,7 +435,7 @@ pub struct RouteFacts {
 
 impl GateRoute {
     /// Every gate route.
-    pub const ALL: &'static [GateRoute] = &[Self::Usage, Self::Requests, Self::Events];
+    pub const ALL: &'static [Self] = &[Self::Usage, Self::Requests, Self::Events];
 
     /// The table's second half. No wildcard arm: a new route answers every question here.
     pub fn facts(self) -> RouteFacts {

@@ -301,7 +301,7 @@ async fn an_event_published_on_one_gate_reaches_a_stream_on_another_through_redi
     wait_completed(&a, &id).await;
     assert_eq!(on_b.next().await.event, "finished");
     // B lists what A recorded, for alice only.
-    assert_eq!(ids(&listed(&b, "alice", "").await), [id.clone()]);
+    assert_eq!(ids(&listed(&b, "alice", "").await), [id]);
     assert!(ids(&listed(&b, "bob", "").await).is_empty());
     let his = a.submit("bob", json!({"input_concept": "bob's"})).await;
     assert_eq!(bob_on_b.next().await.data["request_id"], his.as_str());
