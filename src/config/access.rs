@@ -38,6 +38,7 @@ pub struct Tier {
 pub struct FalHeaderRules {
     pub runner_hint: Pass,
     pub no_retry: Pass,
+    pub disable_fallbacks: Pass,
     pub max_request_timeout: Option<RequestTimeout>,
     pub max_object_expiration_seconds: Option<u64>,
     /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads
@@ -215,6 +216,7 @@ fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigE
     Ok(FalHeaderRules {
         runner_hint: pass(raw.runner_hint, "runner_hint")?,
         no_retry: pass(raw.no_retry, "no_retry")?,
+        disable_fallbacks: pass(raw.disable_fallbacks, "disable_fallbacks")?,
         max_request_timeout,
         max_object_expiration_seconds: raw.max_object_expiration_seconds,
         object_lifecycle: raw.object_lifecycle,

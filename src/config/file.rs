@@ -202,6 +202,8 @@ pub(crate) struct RawFalHeaders {
     pub(crate) runner_hint: Option<String>,
     /// `"allow"` (default) or `"drop"`: whether `x-fal-no-retry` reaches fal.
     pub(crate) no_retry: Option<String>,
+    /// `"allow"` (default) or `"drop"`: whether `x-fal-disable-fallbacks` reaches fal.
+    pub(crate) disable_fallbacks: Option<String>,
     /// A longer `x-fal-request-timeout` is lowered to this.
     pub(crate) max_request_timeout_seconds: Option<f64>,
     /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
