@@ -289,7 +289,7 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         | Op::StatusStream { .. }
         | Op::Run { .. }
         | Op::RunStream { .. }
-        | Op::StorageInitiate
+        | Op::StorageInitiate { .. }
         | Op::ClientToken => false,
     }
 }
@@ -306,7 +306,7 @@ fn outcome(call: &Call, answer: &relay::Buffered) -> Outcome {
             | Op::StatusStream { .. }
             | Op::Run { .. }
             | Op::RunStream { .. }
-            | Op::StorageInitiate
+            | Op::StorageInitiate { .. }
             | Op::ClientToken,
             _,
         ) => Outcome::Unknown,

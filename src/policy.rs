@@ -95,8 +95,10 @@ impl Policy {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(self.app(tier, app)?)
             }
-            Op::StorageInitiate if self.uploads == Toggle::Allow => None,
-            Op::StorageInitiate => return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into())),
+            Op::StorageInitiate { .. } if self.uploads == Toggle::Allow => None,
+            Op::StorageInitiate { .. } => {
+                return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into()))
+            }
             // The apps are in the body: `check_token_apps` once it is read.
             Op::ClientToken => None,
         };

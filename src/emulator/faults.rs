@@ -36,6 +36,8 @@ pub enum Op {
     RunStream,
     /// `POST rest.fal.ai/storage/upload/initiate`.
     StorageInitiate,
+    /// `POST rest.fal.ai/storage/upload/initiate-multipart`.
+    StorageInitiateMultipart,
     /// `POST rest.fal.ai/tokens/`.
     Token,
 }

@@ -482,7 +482,7 @@ impl Op {
             Self::Cancel { .. } => OpKind::Cancel,
             Self::Run { .. } => OpKind::Run,
             Self::RunStream { .. } => OpKind::RunStream,
-            Self::StorageInitiate => OpKind::StorageInitiate,
+            Self::StorageInitiate { .. } => OpKind::StorageInitiate,
             Self::ClientToken => OpKind::ClientToken,
         }
     }

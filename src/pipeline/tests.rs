@@ -509,7 +509,7 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
             Some(SlotKind::Relay),
         ),
         (Op::Cancel { app: app(), id: id() }, OpClass::Cancel, None),
-        (Op::StorageInitiate, OpClass::Upload, None),
+        (Op::StorageInitiate { multipart: false }, OpClass::Upload, None),
         (Op::ClientToken, OpClass::Token, None),
     ];
     for (op, op_class, slot) in cases {

@@ -116,7 +116,7 @@ fn status_of_an_unlisted_app_and_denied_uploads_are_refused() {
             .authorize(
                 &caller("pro"),
                 &Call {
-                    op: Op::StorageInitiate
+                    op: Op::StorageInitiate { multipart: false }
                 }
             )
             .unwrap_err()

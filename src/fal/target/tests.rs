@@ -10,7 +10,23 @@ fn allowed_targets_parse_into_calls() {
         "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
         "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
     ] {
-        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate);
+        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate { multipart: false });
+    }
+    let multipart =
+        parse_target("https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3").unwrap();
+    assert_eq!(
+        (multipart.op.clone(), multipart.path_and_query()),
+        (
+            Op::StorageInitiate { multipart: true },
+            "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3".to_owned()
+        )
+    );
+    for refused in [
+        "https://rest.fal.ai/storage/upload/initiate-multipart",
+        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs",
+        "https://rest.fal.ai/storage/upload/complete-multipart?storage_type=fal-cdn-v3",
+    ] {
+        assert!(parse_target(refused).is_err(), "{refused}");
     }
     let token = parse_target("https://rest.fal.ai/tokens/").unwrap();
     assert_eq!(
@@ -140,7 +156,7 @@ fn host_look_alikes_with_valid_paths_are_refused_by_the_host_rule() {
     }
     assert_eq!(
         parse_target(&format!("https://rest.fal.ai{storage}")).map(|c| c.op),
-        Ok(Op::StorageInitiate)
+        Ok(Op::StorageInitiate { multipart: false })
     );
 }
 
