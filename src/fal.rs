@@ -192,7 +192,7 @@ pub enum Op {
     StorageInitiate { multipart: bool },
     /// `POST rest.fal.ai/tokens/`: a temporary fal token for `fal.realtime` and client-mode
     /// streams (`pipeline::client_token` checks and rewrites its body).
-    ClientToken,
+    ClientToken { realtime: bool },
 }
 
 impl Op {
@@ -205,7 +205,7 @@ impl Op {
             | Self::Result { .. }
             | Self::Cancel { .. }
             | Self::StorageInitiate { .. }
-            | Self::ClientToken => None,
+            | Self::ClientToken { .. } => None,
         }
     }
 
@@ -265,7 +265,7 @@ impl Call {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(app.clone())
             }
-            Op::StorageInitiate { .. } | Op::ClientToken => None,
+            Op::StorageInitiate { .. } | Op::ClientToken { .. } => None,
         }
     }
 
@@ -279,7 +279,7 @@ impl Call {
             | Op::Run { .. }
             | Op::RunStream { .. }
             | Op::StorageInitiate { .. }
-            | Op::ClientToken => None,
+            | Op::ClientToken { .. } => None,
         }
     }
 
@@ -313,7 +313,8 @@ impl Call {
             Op::StorageInitiate { multipart: true } => {
                 "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3".to_owned()
             }
-            Op::ClientToken => "/tokens/".to_owned(),
+            Op::ClientToken { realtime: false } => "/tokens/".to_owned(),
+            Op::ClientToken { realtime: true } => "/tokens/realtime".to_owned(),
         }
     }
 

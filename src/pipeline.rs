@@ -78,8 +78,8 @@ pub async fn handle(
                 }
                 read => read?,
             };
-            if call.op == Op::ClientToken {
-                input = client_token::canonical(gate, &grant, &input)?;
+            if let Op::ClientToken { realtime } = call.op {
+                input = client_token::canonical(gate, &grant, &input, realtime)?;
             }
             (Some(input), Some(charge))
         }
@@ -290,7 +290,7 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         | Op::Run { .. }
         | Op::RunStream { .. }
         | Op::StorageInitiate { .. }
-        | Op::ClientToken => false,
+        | Op::ClientToken { .. } => false,
     }
 }
 
@@ -307,7 +307,7 @@ fn outcome(call: &Call, answer: &relay::Buffered) -> Outcome {
             | Op::Run { .. }
             | Op::RunStream { .. }
             | Op::StorageInitiate { .. }
-            | Op::ClientToken,
+            | Op::ClientToken { .. },
             _,
         ) => Outcome::Unknown,
     }

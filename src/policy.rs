@@ -100,7 +100,7 @@ impl Policy {
                 return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into()))
             }
             // The apps are in the body: `check_token_apps` once it is read.
-            Op::ClientToken => None,
+            Op::ClientToken { .. } => None,
         };
         Ok(Grant { endpoint, called, tier })
     }

@@ -118,7 +118,7 @@ fn learn(facts: &mut CallFacts, call: &Call) {
         Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
             Some(app.as_str().to_owned())
         }
-        Op::StorageInitiate { .. } | Op::ClientToken => None,
+        Op::StorageInitiate { .. } | Op::ClientToken { .. } => None,
     };
 }
 

@@ -108,6 +108,7 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Respon
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
         Op::StorageInitiateMultipart => storage::initiate_multipart(&ctx.emulator.inner.storage, &ctx.base, bytes),
         Op::Token => tokens::issue(&ctx.emulator, bytes),
+        Op::RealtimeToken => tokens::issue_realtime(&ctx.emulator, bytes),
     }
 }
 

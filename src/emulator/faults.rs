@@ -40,6 +40,8 @@ pub enum Op {
     StorageInitiateMultipart,
     /// `POST rest.fal.ai/tokens/`.
     Token,
+    /// `POST rest.fal.ai/tokens/realtime`.
+    RealtimeToken,
 }
 
 /// One injected failure.

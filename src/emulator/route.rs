@@ -63,6 +63,7 @@ pub(crate) fn rest(method: &Method, path: &str) -> Result<Call, RouteError> {
             "storage/upload/initiate-multipart".to_owned(),
         ),
         "/tokens/" => (Op::Token, "tokens".to_owned()),
+        "/tokens/realtime" => (Op::RealtimeToken, "tokens/realtime".to_owned()),
         _ => return Err(RouteError::NotFound),
     };
     require(method, &Method::POST)?;

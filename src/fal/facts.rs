@@ -483,7 +483,7 @@ impl Op {
             Self::Run { .. } => OpKind::Run,
             Self::RunStream { .. } => OpKind::RunStream,
             Self::StorageInitiate { .. } => OpKind::StorageInitiate,
-            Self::ClientToken => OpKind::ClientToken,
+            Self::ClientToken { .. } => OpKind::ClientToken,
         }
     }
 

@@ -77,8 +77,10 @@ fn storage_op(url: &Url) -> Result<Op, TargetError> {
     };
     if let (Some(multipart), Some("storage_type=fal-cdn-v3")) = (multipart, url.query()) {
         Ok(Op::StorageInitiate { multipart })
-    } else if url.path() == "/tokens/" && url.query().is_none() {
-        Ok(Op::ClientToken)
+    } else if url.query().is_none() && matches!(url.path(), "/tokens/" | "/tokens/realtime") {
+        Ok(Op::ClientToken {
+            realtime: url.path() == "/tokens/realtime",
+        })
     } else {
         Err(TargetError::RestPath)
     }

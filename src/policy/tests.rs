@@ -202,7 +202,9 @@ client_tokens = true
 "#;
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
     let policy = Policy::new(&Config::from_toml(config, &env).unwrap());
-    let token = Call { op: Op::ClientToken };
+    let token = Call {
+        op: Op::ClientToken { realtime: false },
+    };
     let grant = policy.authorize(&caller("any"), &token).unwrap();
     assert!(policy.check_token_apps(&grant, &["sdxl".into()]).is_ok());
     for refused in [

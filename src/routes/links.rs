@@ -78,7 +78,7 @@ pub(super) async fn rewrite(response: Response, call: &Call, base: &Base) -> Res
         | Op::Run { .. }
         | Op::RunStream { .. }
         | Op::StorageInitiate { .. }
-        | Op::ClientToken => return response,
+        | Op::ClientToken { .. } => return response,
     };
     if !response.status().is_success() || response.extensions().get::<std::sync::Arc<GateError>>().is_some() {
         return response;
