@@ -7,7 +7,6 @@ mod access;
 mod auth;
 mod endpoints;
 mod env;
-mod events;
 mod file;
 mod keys;
 mod secrets;
@@ -23,16 +22,17 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
-pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
-pub use endpoints::EndpointPolicy;
+pub use crate::auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
+pub use crate::cors::Cors;
+pub use crate::fal::Priority;
+pub use crate::ownership::OwnershipConfig;
+pub use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+pub use crate::upstream::{EgressProxy, Settings as UpstreamSettings};
+pub use access::Operation;
 pub use env::{ProcessEnv, Sources};
-pub use events::EventsConfig;
 pub use file::Toggle;
-pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
 pub use serving::Drain;
-pub use upstream::{EgressProxy, Upstream};
 
 use self::endpoints::{endpoints, schema_sources};
 use self::serving::{connections, socket, workers};
@@ -61,7 +61,7 @@ pub struct Config {
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     pub auth: Auth,
     pub max_body_bytes: usize,
     /// Bytes of request bodies held at once, all calls together.
@@ -89,10 +89,12 @@ pub struct Config {
     pub tiers: BTreeMap<String, Tier>,
     /// Hosts `fal_webhook` URLs may point at; empty = webhooks refused.
     pub webhook_hosts: std::collections::BTreeSet<String>,
+    /// The receiver of fal's signed deliveries (`[webhooks]` but `allowed_hosts`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
     /// The per-caller event stream (`GET /api/fal/events`).
-    pub events: EventsConfig,
+    pub events: crate::events::EventsConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
     /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).
@@ -122,6 +124,16 @@ enum Source {
 }
 
 impl Config {
+    /// The policy's settings, from `[endpoints]`, `[tiers]`, `[webhooks]` and `[storage]`.
+    pub fn policy(&self) -> crate::policy::Settings<'_> {
+        crate::policy::Settings {
+            endpoints: &self.endpoints,
+            tiers: &self.tiers,
+            webhook_hosts: &self.webhook_hosts,
+            uploads: self.storage_uploads == Toggle::Allow,
+        }
+    }
+
     /// Reads the file named by `--config`, `FALGATE_CONFIG` or the default, then applies env.
     pub fn load(path: Option<&Path>, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let path = resolve_path(path, sources);
@@ -208,14 +220,18 @@ impl Config {
                 EndpointId::parse(key).is_ok_and(|id| endpoints.keys().any(|entry| entry.covers(&id)))
             })
             .map_err(|err| ConfigError(err.0))?;
+        let public_url = raw
+            .public_url
+            .as_deref()
+            .map(|raw| base_url("public_url", raw))
+            .transpose()?;
+        let webhooks =
+            crate::webhooks::WebhooksConfig::parse(&raw.webhooks, public_url.as_ref()).map_err(ConfigError)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
-            public_url: raw
-                .public_url
-                .as_deref()
-                .map(|raw| base_url("public_url", raw))
-                .transpose()?,
+            public_url,
+            webhooks,
             workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,

@@ -11,7 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::config::Cors;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Request headers a browser may send.
 const ALLOWED_HEADERS: &str = "authorization, content-type, accept, idempotency-key, x-fal-target-url, \
@@ -22,6 +23,15 @@ const ALLOWED_METHODS: &str = "GET, POST, PUT";
 /// Response headers a browser script may read.
 const EXPOSED_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, retry-after, \
 ratelimit, ratelimit-policy, x-falgate-error, x-falgate-request-id";
+
+/// Browser origins allowed to call falgate.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact serialised origins (`https://app.example.com`).
+    pub allowed_origins: BTreeSet<String>,
+    pub allow_credentials: bool,
+    pub max_age: Duration,
+}
 
 /// The middleware, with the request's `[cors]` config.
 pub async fn cors(config: &Cors, request: Request, next: Next) -> Response {

@@ -101,7 +101,17 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let env = process_env();
     let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "").await?;
     let emulator_url = format!("http://{}", emulator_listener.local_addr().context("emulator address")?);
-    let settings = Settings::resolve(&options, &env, &emulator_url)?;
+    let mut settings = Settings::resolve(&options, &env, &emulator_url)?;
+    // Bound before the config is read: the receiver of the emulator's webhooks is this address.
+    let listen: SocketAddr = settings.overrides["FALGATE_LISTEN"]
+        .parse()
+        .map_err(|_| Failure::Config("FALGATE_LISTEN: expected an address like 127.0.0.1:8080".into()))?;
+    let public = bind(
+        listen,
+        "--listen ADDR, e.g. `--listen 127.0.0.1:8090` (or FALGATE_LISTEN=127.0.0.1:8090)",
+    )
+    .await?;
+    settings.receive_webhooks(&format!("http://{}", public.local_addr().context("local address")?));
     // Dropped on every way out of this function, so the folder never outlives the process.
     let mut _unpacked = None;
     let source = match options
@@ -121,15 +131,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let config = source
         .load(&settings.overrides, &trusted)
         .map_err(|err| Failure::Config(format!("{err:#}")))?;
-    let listen = config.listen;
     let admin_listen = config.admin_listen;
     let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))
         .map_err(|err| Failure::Config(err.to_string()))?;
-    let public = bind(
-        listen,
-        "--listen ADDR, e.g. `--listen 127.0.0.1:8090` (or FALGATE_LISTEN=127.0.0.1:8090)",
-    )
-    .await?;
     let admin = bind(admin_listen, "FALGATE_ADMIN_LISTEN=127.0.0.1:PORT").await?;
     let loaded = app.state.load();
     let _log_guard = telemetry::init(loaded.config.log_format, &loaded.config.telemetry);
@@ -266,6 +270,18 @@ impl Settings {
             origins,
             notes,
         })
+    }
+}
+
+impl Settings {
+    /// Turns falgate's webhook receiver on (`[webhooks] receive`), fal's deliveries (the
+    /// emulator's) reaching the gate at `gate` unless `FALGATE_PUBLIC_URL` says otherwise.
+    fn receive_webhooks(&mut self, gate: &str) {
+        self.overrides
+            .entry("FALGATE_PUBLIC_URL".to_owned())
+            .or_insert_with(|| gate.to_owned());
+        self.overrides
+            .insert("FALGATE_WEBHOOKS__RECEIVE".to_owned(), "true".to_owned());
     }
 }
 

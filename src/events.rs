@@ -31,12 +31,52 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::config::EventsConfig;
 use crate::error::GateError;
 use crate::fal::FalRequestId;
 use crate::limits::OnStoreError;
 use crate::ownership::{Outcome, Ownership, Summary};
 use redis::RedisEvents;
+
+/// `[events]`: the per-caller event stream.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept per caller for `Last-Event-ID` to resume from.
+    pub history: usize,
+    /// Callers whose history is kept in process (without `[redis]`).
+    pub max_callers: usize,
+    /// A comment line is sent when a stream was quiet this long (and the history read again).
+    pub keepalive_seconds: u64,
+    /// How often each replica reads the shared feed of news (with `[redis]`).
+    pub feed_poll_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            history: 100,
+            max_callers: 100_000,
+            keepalive_seconds: 15,
+            feed_poll_ms: 200,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Refuses settings that cannot work.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.history) {
+            return Err("`events.history` must be between 1 and 10000".into());
+        }
+        if self.max_callers == 0 || self.keepalive_seconds == 0 || self.feed_poll_ms == 0 {
+            return Err(
+                "`events.max_callers`, `events.keepalive_seconds` and `events.feed_poll_ms` must be greater than zero"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
 
 /// An event's id: `<ms>-<seq>`, growing per caller (a Redis stream id with `[redis]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -294,6 +334,22 @@ impl Events {
 
     fn lock(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// fal's verified webhook deliveries (`webhooks::apply`) report each job's end here: the
+/// ownership index learns the outcome and the owner's stream gets its `finished` event (once,
+/// whoever learned the end first).
+impl crate::webhooks::JobEnded for Events {
+    fn job_ended<'a>(&'a self, ended: crate::webhooks::Ended<'a>) -> futures_util::future::BoxFuture<'a, ()> {
+        let outcome = match ended.outcome {
+            crate::webhooks::Outcome::Ok => Outcome::Ok,
+            crate::webhooks::Outcome::Error { error_type } => Outcome::error(error_type.as_deref().unwrap_or("error")),
+            crate::webhooks::Outcome::Unknown => Outcome::Unknown,
+        };
+        Box::pin(async move {
+            self.finished(ended.caller_tag, ended.request_id, outcome).await;
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 mod facts;
 pub mod headers;
 mod path;
+pub mod signature;
 mod target;
 mod webhook;
 
@@ -19,7 +20,7 @@ use std::fmt;
 pub use facts::{
     Answer, Drain, GateRoute, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, RouteFacts, SlotKind, Unknown,
 };
-pub use headers::{Lifecycle, RequestTimeout};
+pub use headers::{ObjectLifecycle, Priority, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
 pub use webhook::{Webhook, WebhookError};

@@ -24,8 +24,6 @@ use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use bytes::BytesMut;
 
-use crate::error::GateError;
-use crate::limits::LimitError;
 use crate::upstream::budget::{Budget, Charge};
 
 /// The share of the budget one caller's bodies may hold while they arrive: 1/BODY_SHARE.
@@ -141,6 +139,25 @@ impl Drop for Reading<'_> {
     }
 }
 
+/// Why a body was not read. Free of HTTP: the edge's refusal table (`GateError::refusal` in
+/// `error`, through `From<BodyError>`) gives each its status, code and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not declared `application/json`, or compressed (415 `unsupported_media_type`).
+    NotJson,
+    /// Longer than this many bytes, declared or sent (413 `body_too_large`).
+    TooLarge(usize),
+    /// The caller's bodies in flight are at their cap or hold their share of the budget
+    /// (429 `concurrency_limited`, retried after `retry_after`).
+    Busy { message: String, retry_after: Duration },
+    /// Not all of it arrived within the read timeout (408 `body_timeout`).
+    Timeout,
+    /// The connection failed while it was read (400 `malformed_request`).
+    Unreadable,
+    /// The process's body budget had no room within the timeout (503 `overloaded`).
+    Overloaded,
+}
+
 /// Reads the body of `caller` (its principal): 415 unless declared JSON, 413 past
 /// `limits.max_bytes`, 429 `concurrency_limited` when the caller already has
 /// `limits.per_caller` bodies in flight, 408 past `limits.timeout`, 503 when the budget has no
@@ -152,27 +169,25 @@ pub async fn read_body(
     limits: BodyLimits,
     bodies: &Bodies,
     caller: &str,
-) -> Result<(Bytes, Charge), GateError> {
+) -> Result<(Bytes, Charge), BodyError> {
     let max_bytes = limits.max_bytes;
     if !is_json(headers) {
-        return Err(GateError::NotJson);
+        return Err(BodyError::NotJson);
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_bytes as u64) {
-        return Err(GateError::BodyTooLarge(max_bytes));
+        return Err(BodyError::TooLarge(max_bytes));
     }
     let Some(mut reading) = bodies.start(caller, limits.per_caller) else {
-        return Err(LimitError::SlotsTaken {
+        return Err(BodyError::Busy {
             message: format!(
                 "{} request bodies of this caller are being received already; retry when one is done",
                 limits.per_caller
             ),
             retry_after: READS_RETRY,
-            policy: None,
-        }
-        .into());
+        });
     };
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut charge = Charge::default();
@@ -180,23 +195,21 @@ pub async fn read_body(
     let mut body = body.into_data_stream();
     loop {
         let chunk = match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut body)).await {
-            Err(_) => return Err(GateError::BodyTimeout),
+            Err(_) => return Err(BodyError::Timeout),
             Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(GateError::Malformed("the request body could not be read".into())),
+            Ok(Some(Err(_))) => return Err(BodyError::Unreadable),
             Ok(Some(Ok(chunk))) => chunk,
         };
         let size = bytes.len() + chunk.len();
         if size > max_bytes {
-            return Err(GateError::BodyTooLarge(max_bytes));
+            return Err(BodyError::TooLarge(max_bytes));
         }
         // A caller's bodies hold at most its share of the budget (one body's cap at least).
         if !reading.grow_to(size, bodies.share.max(max_bytes)) {
-            return Err(LimitError::SlotsTaken {
+            return Err(BodyError::Busy {
                 message: "this caller's request bodies being received hold their share of the body budget; retry when one is done".into(),
                 retry_after: READS_RETRY,
-                policy: None,
-            }
-            .into());
+            });
         }
         // Charged for bytes received, before they are kept.
         reserve(&bodies.budget, &mut charge, size, deadline).await?;
@@ -211,7 +224,7 @@ async fn reserve(
     charge: &mut Charge,
     size: usize,
     deadline: tokio::time::Instant,
-) -> Result<(), GateError> {
+) -> Result<(), BodyError> {
     if budget.try_grow(charge, size) {
         return Ok(());
     }
@@ -219,7 +232,7 @@ async fn reserve(
     budget
         .grow(charge, size, wait)
         .await
-        .map_err(|()| GateError::Overloaded)
+        .map_err(|()| BodyError::Overloaded)
 }
 
 /// `application/json` (parameters allowed), not compressed.

@@ -40,6 +40,7 @@ pub use config::{
     TierLimits, UNLIMITED,
 };
 pub use error::LimitError;
+pub(crate) use headers::{ratelimit_headers, retry_after};
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
 pub use idempotency::{IdemState, Idempotency, PENDING_TTL};
 pub use run_guard::RunGuard;
@@ -133,6 +134,16 @@ impl Readiness {
 }
 
 impl Admission {
+    /// The caller's hash tag (`redis::tag_of` of the principal): the key of their limits.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// What the call spent of the day quota (None when its tier counts none).
+    pub fn spend(&self) -> Option<reconcile::JobSpend> {
+        self.refund.map(|(day, credits)| reconcile::JobSpend { day, credits })
+    }
+
     /// `RateLimit-Policy` and `RateLimit` for the success response.
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         headers::ratelimit_headers(&self.states)

@@ -19,16 +19,30 @@ mod index;
 mod local;
 pub mod redis;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::config::OwnershipConfig;
 use crate::error::GateError;
 use crate::fal::{AppId, EndpointId, FalRequestId};
 use crate::limits::OnStoreError;
 use index::LocalIndex;
 use local::LocalRecords;
 use redis::RedisOwnership;
+
+/// Ownership memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnershipConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+    /// Requests indexed per caller (`GET /api/fal/requests`).
+    pub per_caller: usize,
+    /// Requests listed per page when the query names no `limit`.
+    pub list_limit: usize,
+    /// The largest `limit` a query may name (at most 100).
+    pub list_max: usize,
+}
 
 /// The ownership store.
 pub struct Ownership {

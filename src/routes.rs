@@ -10,6 +10,7 @@ mod proxy;
 mod queue;
 mod requests;
 mod usage;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -33,15 +34,21 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/run/{*path}", any(queue::run))
         .route(
             GateRoute::Usage.facts().path,
-            gate_route(GateRoute::Usage, get(usage::handle)),
+            gate_route(GateRoute::Usage, usage::handle),
         )
         .route(
             GateRoute::Requests.facts().path,
-            gate_route(GateRoute::Requests, get(requests::handle)),
+            gate_route(GateRoute::Requests, requests::handle),
         )
         .route(
             GateRoute::Events.facts().path,
-            gate_route(GateRoute::Events, get(events::handle)),
+            gate_route(GateRoute::Events, events::handle),
+        )
+        // fal's signed deliveries (no JWT: the signature is the credential; 404 unless
+        // `[webhooks] receive`).
+        .route(
+            GateRoute::Webhook.facts().path,
+            gate_route(GateRoute::Webhook, webhook::receive),
         )
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
@@ -61,14 +68,16 @@ pub fn router(current: Arc<Current>) -> Router {
         .with_state(current)
 }
 
-/// A gate route's handler, checked against the method its row of the table names.
-fn gate_route(route: GateRoute, handler: MethodRouter<Arc<Current>>) -> MethodRouter<Arc<Current>> {
-    debug_assert_eq!(
-        route.facts().method,
-        axum::http::Method::GET,
-        "{route:?} is served with get()"
-    );
-    handler
+/// A gate route's handler, served on the method its row of the table names.
+fn gate_route<H, T>(route: GateRoute, handler: H) -> MethodRouter<Arc<Current>>
+where
+    H: axum::handler::Handler<T, Arc<Current>>,
+    T: 'static,
+{
+    // The table's methods are plain ones (GET, POST): always a filter.
+    let filter =
+        axum::routing::MethodFilter::try_from(route.facts().method).unwrap_or(axum::routing::MethodFilter::GET);
+    axum::routing::on(filter, handler)
 }
 
 /// A path no route serves: 404, and a log line naming the path (a typo'd client URL is found
@@ -141,6 +150,11 @@ fn check_method(request: &axum::extract::Request, call: &crate::fal::Call) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_row_of_the_table_is_the_receivers_path() {
+        assert_eq!(GateRoute::Webhook.facts().path, crate::webhooks::RECEIVER_PATH);
+    }
 
     #[test]
     fn a_long_unmatched_path_is_cut_at_a_character_boundary() {

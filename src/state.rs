@@ -53,6 +53,9 @@ pub struct Gate {
     pub lifecycle: Arc<Lifecycle>,
     /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
     pub body_budget: crate::input::Bodies,
+    /// Lives for the process: fal's webhook receiver (keys, delivered and submitted jobs, the
+    /// forward queue).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// Why a gate could not be built from a config.
@@ -68,6 +71,8 @@ pub enum BuildError {
     Redis(#[from] StoreError),
     #[error("[limits]: {0}")]
     Limits(#[from] LimitsConfigError),
+    #[error("[webhooks]: {0}")]
+    Webhooks(String),
 }
 
 impl Gate {
@@ -84,7 +89,7 @@ impl Gate {
         // The log's principal hash: the configured key, else one derived from the fal key, so
         // every replica hashes a caller alike (restart-only: the first gate of the process sets it).
         let principal_key = match &config.principal_hash_key {
-            Some(key) => crate::config::keyed_digest(
+            Some(key) => crate::upstream::keyed_digest(
                 secrecy::ExposeSecret::expose_secret(key).as_bytes(),
                 b"falgate principal hash",
             ),
@@ -99,16 +104,30 @@ impl Gate {
             on_store_error,
             clock.clone(),
         ));
-        Ok(Self {
-            auth,
-            policy: Policy::new(&config),
-            upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
-            events: Arc::new(Events::new(
-                config.events.clone(),
-                ownership.clone(),
-                redis.clone().map(RedisEvents::new),
+        let events = Arc::new(Events::new(
+            config.events.clone(),
+            ownership.clone(),
+            redis.clone().map(RedisEvents::new),
+            on_store_error,
+        ));
+        let webhooks = crate::webhooks::Webhooks::new(
+            config.webhooks.clone(),
+            crate::webhooks::Parts {
+                storage_url: &config.upstream.storage_url,
+                redis: redis.clone(),
                 on_store_error,
-            )),
+                job_ttl: config.ownership.ttl,
+                clock: clock.clone(),
+                ended: events.clone(),
+            },
+        )
+        .map_err(BuildError::Webhooks)?;
+        Ok(Self {
+            webhooks: Arc::new(webhooks),
+            auth,
+            policy: Policy::new(&config.policy()),
+            upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
+            events,
             ownership,
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
@@ -124,7 +143,7 @@ impl Gate {
     pub fn next(&self, config: Config) -> Result<Self, BuildError> {
         Ok(Self {
             auth: self.auth.next(&config.auth)?,
-            policy: Policy::new(&config),
+            policy: Policy::new(&config.policy()),
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: self.limiter.reconfigured(config.limits.clone())?,
             upstream: self.upstream.clone(),
@@ -133,6 +152,7 @@ impl Gate {
             lifecycle: self.lifecycle.clone(),
             // A clone shares the one budget (its count is behind an `Arc`).
             body_budget: self.body_budget.clone(),
+            webhooks: self.webhooks.clone(),
             config,
         })
     }

@@ -10,6 +10,41 @@ use std::path::Path;
 /// The leaves: they use no other falgate module.
 const LEAVES: [&str; 6] = ["body", "clock", "fal", "lifecycle", "schema", "telemetry"];
 
+/// ARCHITECTURE.md's layers table, top down, each layer's modules in its order: a module uses
+/// only modules after it.
+const LAYERS: [(&str, &[&str]); 6] = [
+    ("entry", &["cli", "dev", "process"]),
+    ("serving", &["app", "layers", "routes", "pipeline", "playground"]),
+    ("snapshot", &["state"]),
+    ("settings", &["config"]),
+    (
+        "domains",
+        &[
+            "input",
+            "upstream",
+            "events",
+            "ownership",
+            "cors",
+            "error",
+            "policy",
+            "auth",
+            "webhooks",
+            "limits",
+            "redis",
+            "server",
+        ],
+    ),
+    (
+        "leaves",
+        &["emulator", "telemetry", "schema", "fal", "clock", "lifecycle", "body"],
+    ),
+];
+
+/// The domains: each owns its settings type, which `config` fills; none reads `config`.
+fn domains() -> &'static [&'static str] {
+    LAYERS[4].1
+}
+
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Every top-level module's `crate::` uses of the others, in product code.
@@ -234,6 +269,41 @@ fn limits_reaches_neither_the_snapshot_nor_upstream() {
     let used = uses(&graph(), "limits");
     for above in ["app", "layers", "pipeline", "routes", "state", "upstream"] {
         assert!(!used.contains(above), "limits uses `{above}`: {used:?}");
+    }
+}
+
+/// Issue 21: each domain owns its settings (`Tier`, `Cors`, `Auth`, `upstream::Settings`, …);
+/// `config` parses and assembles them, above every domain, and no domain reads it.
+#[test]
+fn no_domain_uses_config() {
+    let graph = graph();
+    for domain in domains().iter().chain(LEAVES.iter()) {
+        assert!(
+            !uses(&graph, domain).contains("config"),
+            "`{domain}` uses `config`: a domain owns its settings type and `config` fills it (ARCHITECTURE.md, \"Dependency direction\")"
+        );
+    }
+}
+
+/// Every top-level module has its place in the layers table, and uses only modules after it.
+#[test]
+fn every_module_uses_only_modules_below_it() {
+    let graph = graph();
+    let order: Vec<&str> = LAYERS.iter().flat_map(|(_, modules)| modules.iter().copied()).collect();
+    for module in graph.keys() {
+        assert!(
+            order.contains(&module.as_str()),
+            "`{module}` has no place in ARCHITECTURE.md's layers table (and in `LAYERS` here)"
+        );
+    }
+    for (at, module) in order.iter().enumerate() {
+        for used in uses(&graph, module) {
+            let below = order.iter().position(|m| *m == used).is_some_and(|to| to > at);
+            assert!(
+                below,
+                "`{module}` uses `{used}`, which is not below it in ARCHITECTURE.md's layers table"
+            );
+        }
     }
 }
 

@@ -13,13 +13,16 @@
 //! is decided in [`forwarded_headers`]: an allowlist, never the caller's credentials or cookies.
 //! Every call to fal carries a W3C `traceparent` (the caller's or falgate's span when valid,
 //! else a fresh one) and the falgate request id as `x-request-id` (fal documents no meaning for
-//! that header and ignores headers it does not know; see `shared/fal-protocol.md` §2.3).
+//! that header and ignores headers it does not know: `@fal-ai/client` sends a caller's own
+//! `headers` to it, `libs/client/src/queue.ts` in `fal-ai/fal-js`).
 
 pub mod budget;
 mod client;
+mod credentials;
 mod forwarded;
 mod job_status;
 pub mod relay;
+mod settings;
 
 use std::time::Duration;
 
@@ -27,10 +30,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::config::{self, FalCredentials};
 use crate::error::{causes, GateError};
 use crate::fal::{Answer, Call, Host, Unknown};
 use crate::telemetry::metrics::{self, UpstreamOutcome};
+
+pub(crate) use self::credentials::keyed_digest;
+pub use self::credentials::FalCredentials;
+pub use self::settings::{EgressProxy, Settings};
 
 use self::client::{client, send_retrying_refused, tls_config, FalClient};
 pub use self::forwarded::forwarded_headers;
@@ -53,18 +59,14 @@ pub struct Upstream {
     user_agent: HeaderValue,
     /// `Key …`, built once and marked sensitive so no debug or trace output prints it.
     authorization: HeaderValue,
-    config: config::Upstream,
+    config: Settings,
     /// Bytes of answers read whole at once, all workers together.
     budget: budget::Budget,
 }
 
 impl Upstream {
     /// Builds one pooled client per worker.
-    pub fn new(
-        config: config::Upstream,
-        credentials: &FalCredentials,
-        workers: usize,
-    ) -> Result<Self, UpstreamBuildError> {
+    pub fn new(config: Settings, credentials: &FalCredentials, workers: usize) -> Result<Self, UpstreamBuildError> {
         let tls = tls_config()?;
         let clients = (0..workers.max(1)).map(|_| client(&config, tls.clone())).collect();
         let mut authorization =

@@ -4,18 +4,8 @@ use std::collections::BTreeMap;
 
 use super::{file, ConfigError};
 use crate::fal::EndpointId;
+use crate::policy::EndpointPolicy;
 use crate::schema::SchemaSource;
-
-/// What is allowed for one configured endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointPolicy {
-    pub sync_run: bool,
-    /// Callers may mint temporary fal tokens for this endpoint's app (`fal.realtime`, client-mode
-    /// streams): `POST rest.fal.ai/tokens/` through the proxy.
-    pub client_tokens: bool,
-    /// Body cap for this endpoint, when it differs from `request.max_body_bytes`.
-    pub max_body_bytes: Option<usize>,
-}
 
 pub(super) fn endpoints(
     raw: BTreeMap<String, file::RawEndpoint>,

@@ -36,13 +36,13 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
-    pub(crate) webhooks: RawWebhooks,
+    pub(crate) webhooks: crate::webhooks::RawWebhooks,
     #[serde(default)]
     pub(crate) cors: RawCors,
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
     #[serde(default)]
-    pub(crate) events: super::EventsConfig,
+    pub(crate) events: crate::events::EventsConfig,
     #[serde(default)]
     pub(crate) connections: RawConnections,
     #[serde(default)]
@@ -209,16 +209,9 @@ pub(crate) struct RawFalHeaders {
     /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
     pub(crate) max_object_expiration_seconds: Option<u64>,
     /// Replaces the caller's object lifecycle on every submit, run and upload.
-    pub(crate) object_lifecycle: Option<crate::fal::Lifecycle>,
+    pub(crate) object_lifecycle: Option<crate::fal::ObjectLifecycle>,
     /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
     pub(crate) store_io: Option<String>,
-}
-
-/// `[webhooks]`: where fal may deliver `fal_webhook` callbacks.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawWebhooks {
-    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// `[cors]`: which browser origins may call falgate.

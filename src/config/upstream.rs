@@ -1,53 +1,12 @@
-//! `[upstream]`: where fal is and how long to wait for it, and the egress proxy from the
-//! environment.
-
-use std::time::Duration;
+//! `[upstream]` and the egress proxy from the environment, read into `upstream::Settings`.
 
 use url::Url;
 
 use super::{base_url, file, millis, positive, ConfigError, Sources};
+use crate::upstream::{EgressProxy, Settings as UpstreamSettings};
 
-/// Where fal is and how long to wait for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
-    pub queue_url: Url,
-    pub run_url: Url,
-    pub storage_url: Url,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub max_response_bytes: usize,
-    pub max_result_bytes: usize,
-    /// Bytes of answers read whole at once (all calls together); past it model output streams.
-    pub buffer_budget_bytes: usize,
-    /// A relayed event stream is ended cleanly once it has been open this long (the client
-    /// re-polls), so no stream holds its slot forever.
-    pub max_stream_lifetime: Duration,
-    /// The egress proxy for https connections to fal, from `HTTPS_PROXY` / `ALL_PROXY`, with the
-    /// hosts in `NO_PROXY` going direct (the conventions curl and reqwest follow).
-    pub egress_proxy: Option<EgressProxy>,
-}
-
-/// An egress proxy (`http://[user:pass@]host:port`); its URL may hold a password, so it is
-/// never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EgressProxy {
-    pub url: String,
-    pub no_proxy: String,
-}
-
-impl std::fmt::Debug for EgressProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EgressProxy")
-            .field("url", &"<redacted>")
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
-}
-
-pub(super) fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {
-    Ok(Upstream {
+pub(super) fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<UpstreamSettings, ConfigError> {
+    Ok(UpstreamSettings {
         egress_proxy: egress_proxy(sources)?,
         queue_url: fal_url("upstream.queue_url", &raw.queue_url)?,
         run_url: fal_url("upstream.run_url", &raw.run_url)?,

@@ -2,7 +2,6 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::Clock;
-use crate::config::EventsConfig;
 use crate::config::OwnershipConfig;
 use crate::fal::EndpointId;
 use crate::ownership::redis::RedisOwnership;

@@ -29,6 +29,7 @@
 //! | `/api/fal/usage` | GET | poll | — | served | JSON |
 //! | `/api/fal/requests` | GET | poll | — | served | JSON |
 //! | `/api/fal/events` | GET | poll | stream | cut | stream (its own events, ended cleanly at the lifetime) |
+//! | `/api/fal/webhook` | POST | — (refusals: the unauthenticated IP rate) | — | served | JSON |
 
 use http::Method;
 
@@ -412,6 +413,8 @@ pub enum GateRoute {
     Requests,
     /// `GET /api/fal/events`: the caller's request events (server-sent events).
     Events,
+    /// `POST /api/fal/webhook`: fal's signed webhook deliveries (no JWT; `webhooks`).
+    Webhook,
 }
 
 /// Everything that differs by gate route.
@@ -435,7 +438,7 @@ pub struct RouteFacts {
 
 impl GateRoute {
     /// Every gate route.
-    pub const ALL: &'static [Self] = &[Self::Usage, Self::Requests, Self::Events];
+    pub const ALL: &'static [Self] = &[Self::Usage, Self::Requests, Self::Events, Self::Webhook];
 
     /// The table's second half. No wildcard arm: a new route answers every question here.
     pub fn facts(self) -> RouteFacts {
@@ -466,6 +469,17 @@ impl GateRoute {
                 slot: Some(SlotKind::Stream),
                 drain: Drain::Cut,
                 answer: Answer::Stream,
+            },
+            // Refusals spend `limits.unauthenticated_ip_rate` per IP (the signature is the
+            // credential: no caller, no caller's rate).
+            Self::Webhook => RouteFacts {
+                name: "webhook",
+                path: "/api/fal/webhook",
+                method: Method::POST,
+                class: None,
+                slot: None,
+                drain: Drain::Served,
+                answer: Answer::Json,
             },
         }
     }
@@ -529,6 +543,7 @@ mod tests {
         assert_eq!(names.len(), count);
         for route in GateRoute::ALL {
             let facts = route.facts();
+            assert!(facts.path.starts_with("/api/fal/"), "{route:?}");
             assert_eq!(
                 facts.answer == Answer::Stream,
                 facts.slot == Some(SlotKind::Stream),

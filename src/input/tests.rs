@@ -1,6 +1,7 @@
 use axum::http::HeaderValue;
 
 use super::*;
+use crate::error::{GateError, OnTheWire};
 
 const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -16,6 +17,7 @@ async fn read(headers: &HeaderMap, body: Body, max_bytes: usize) -> Result<Bytes
     read_body(headers, body, limits(max_bytes), &Bodies::new(1 << 20), "alice")
         .await
         .map(|(bytes, _)| bytes)
+        .map_err(GateError::from)
 }
 
 fn json_headers() -> HeaderMap {

@@ -95,7 +95,7 @@ pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request
     match response.body().size_hint().exact() {
         // Read whole (a refusal, a control answer, model output): the answer has ended.
         Some(bytes) => {
-            line.write(Outcome::Complete, bytes, to_headers);
+            line.write(Ending::Complete, bytes, to_headers);
             response
         }
         None => response.map(|body| {
@@ -192,7 +192,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 
 /// How an answer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
+enum Ending {
     Complete,
     /// fal broke off or went silent mid-stream.
     Error,
@@ -200,7 +200,7 @@ enum Outcome {
     ClientGone,
 }
 
-impl Outcome {
+impl Ending {
     fn as_str(self) -> &'static str {
         match self {
             Self::Complete => "complete",
@@ -227,7 +227,7 @@ struct AccessLine {
 }
 
 impl AccessLine {
-    fn write(self, outcome: Outcome, bytes: u64, total: Duration) {
+    fn write(self, outcome: Ending, bytes: u64, total: Duration) {
         let Self {
             request_id,
             method,
@@ -297,7 +297,7 @@ struct Logged {
 }
 
 impl Logged {
-    fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: Ending) {
         if let Some(line) = self.line.take() {
             let total = line.started.elapsed();
             line.write(outcome, self.bytes, total);
@@ -317,8 +317,8 @@ impl HttpBody for Logged {
                     self.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Outcome::Error),
-            Poll::Ready(None) => self.finish(Outcome::Complete),
+            Poll::Ready(Some(Err(_))) => self.finish(Ending::Error),
+            Poll::Ready(None) => self.finish(Ending::Complete),
             Poll::Pending => {}
         }
         polled
@@ -335,7 +335,7 @@ impl HttpBody for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        self.finish(Outcome::ClientGone);
+        self.finish(Ending::ClientGone);
     }
 }
 

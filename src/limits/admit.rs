@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use super::answer::{admitted_states, refused};
-use super::plan::{self, InflightPlan, Outcome, Plan, QuotaPlan, Rate};
+use super::plan::{self, InflightPlan, Plan, QuotaPlan, Rate, Verdict};
 use super::redis::Mode;
 use super::{config, micros, Admission, LimitError, Limiter, OpClass, Subject, TierCaps};
 use crate::redis::tag_of;
@@ -147,8 +147,8 @@ impl Limiter {
             None => in_memory(),
         };
         match outcome {
-            Outcome::Admitted(granted) => Ok(granted),
-            Outcome::Refused(refusal) => Err(refused(plan, tier, refusal)),
+            Verdict::Admitted(granted) => Ok(granted),
+            Verdict::Refused(refusal) => Err(refused(plan, tier, refusal)),
         }
     }
 

@@ -69,6 +69,10 @@ pub struct LimitsConfig {
     /// a longer `token_expiration` is lowered to it. At most fal's default, 120.
     #[serde(default = "default_client_token_max_seconds")]
     pub client_token_max_seconds: u64,
+    /// Give a caller back the request and credits of a job fal reports (in a verified webhook,
+    /// `webhooks`) as failed for a server-side reason, which fal does not bill.
+    #[serde(default)]
+    pub refund_failed_jobs: bool,
 }
 
 /// The limits of one tier, as written. A limit left out inherits the default tier's value (the
@@ -335,6 +339,7 @@ impl LimitsConfig {
             max_streams: default_max_streams(),
             max_relays: default_max_relays(),
             client_token_max_seconds: default_client_token_max_seconds(),
+            refund_failed_jobs: false,
         }
     }
 

@@ -62,9 +62,9 @@ pub(crate) struct InflightPlan<'a> {
 
 /// The answer of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Verdict {
     Admitted(Granted),
-    Refused(Refusal),
+    Refused(Exceeded),
 }
 
 /// What an admitted call left, for the `RateLimit` header.
@@ -94,7 +94,7 @@ pub(crate) struct QuotaUse {
 
 /// Why a call was refused; nothing was consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum Exceeded {
     Rate { retry_us: u64 },
     Endpoint { retry_us: u64 },
     Requests { reset_us: u64 },

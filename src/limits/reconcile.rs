@@ -2,7 +2,8 @@
 //! only when falgate learns from fal that the job ended — a poll that sees `COMPLETED` or is
 //! served the result, a cancel fal answers `ALREADY_COMPLETED` (pipeline), or a pass of the
 //! reconciler here. A cancel fal accepts (2xx) frees nothing: for a running job it is a request
-//! the app may take its time to honour (`shared/fal-protocol.md` §3.5).
+//! the app may take its time to honour (fal's docs: a running job's app receives a cancel signal,
+//! <https://docs.fal.ai/documentation/development/handle-cancellations>).
 //!
 //! Where the concern lives: each submit that holds a slot is also written to an index of jobs in
 //! flight, with the app id that addresses its status (`[ns/]owner/alias`) and the time it is next
@@ -77,6 +78,14 @@ pub trait JobStatus: Sync {
     }
 }
 
+/// What a submitted job spent of its caller's day quota: the quota day it was counted in and
+/// its credits (one request with them), kept to give back if fal reports it failed on its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpend {
+    pub day: i64,
+    pub credits: u64,
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -148,6 +157,27 @@ impl Limiter {
             id: request_id.clone(),
         };
         self.forget(&job).await;
+    }
+
+    /// fal said in a verified webhook (`webhooks::apply`) that job `request_id` of app `app`,
+    /// held by the caller whose hash tag is `tag`, ended: free its slot, drop it from the
+    /// reconciler's index and, with `spend` (the job's quota day and credits), give back its
+    /// request and credits. Call it once per job (deliveries are deduplicated): a refund is
+    /// not idempotent.
+    pub async fn job_ended(&self, tag: &str, app: &AppId, request_id: &FalRequestId, spend: Option<JobSpend>) {
+        let refund = spend.map(|spend| (spend.day, spend.credits));
+        self.release(tag, request_id.as_str(), None, refund).await;
+        let job = Job {
+            tag: tag.to_owned(),
+            app: app.clone(),
+            id: request_id.clone(),
+        };
+        self.forget(&job).await;
+    }
+
+    /// Whether `[limits] refund_failed_jobs` is on.
+    pub fn refunds_failed_jobs(&self) -> bool {
+        self.config.refund_failed_jobs
     }
 
     /// How long the reconciler waits between passes; `None` when it is off.

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use redis::Script;
 
-use super::plan::{Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::plan::{Exceeded, Gauge, Granted, Plan, QuotaUse, Rate, Verdict};
 use super::usage::Spent;
 use super::{OpClass, SlotKind};
 use crate::redis::{RedisStore, StoreError};
@@ -72,7 +72,7 @@ impl RedisLimits {
 
     /// Checks every limit of `plan` in one atomic script, and consumes them all if all pass
     /// (`Mode::Consume`) or nothing (`Mode::CheckOnly`).
-    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Outcome, StoreError> {
+    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Verdict, StoreError> {
         let rate_key = self.store.tagged(plan.tag, plan.class.rate_key());
         let endpoint_key = plan.endpoint.map(|(name, _)| self.store.key(name, "ep-rate"));
         let mut invocation = self.admit.prepare_invoke();
@@ -137,8 +137,8 @@ impl RedisLimits {
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
         match parse_admit(&reply)? {
-            Outcome::Admitted(Granted { rate: Some(gauge), .. }) => Ok(Ok(gauge)),
-            Outcome::Refused(Refusal::Rate { retry_us }) => Ok(Err(retry_us)),
+            Verdict::Admitted(Granted { rate: Some(gauge), .. }) => Ok(Ok(gauge)),
+            Verdict::Refused(Exceeded::Rate { retry_us }) => Ok(Err(retry_us)),
             other => Err(StoreError::Protocol(format!("ip rate answered {other:?}"))),
         }
     }
@@ -254,7 +254,7 @@ fn parse_usage(reply: &[i64]) -> Result<Spent, StoreError> {
     }
 }
 
-fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
+fn parse_admit(reply: &[i64]) -> Result<Verdict, StoreError> {
     let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
     let gauge = |i: usize| {
         Some(Gauge {
@@ -263,7 +263,7 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
         })
     };
     let outcome = match (reply.first(), unsigned(1)) {
-        (Some(0), _) if reply.len() == 10 => Outcome::Admitted(Granted {
+        (Some(0), _) if reply.len() == 10 => Verdict::Admitted(Granted {
             rate: gauge(1),
             endpoint: gauge(3),
             quota: reply[5].ge(&0).then(|| QuotaUse {
@@ -274,11 +274,11 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
             }),
             inflight: unsigned(9),
         }),
-        (Some(1), Some(retry_us)) => Outcome::Refused(Refusal::Rate { retry_us }),
-        (Some(2), Some(retry_us)) => Outcome::Refused(Refusal::Endpoint { retry_us }),
-        (Some(3), Some(reset_us)) => Outcome::Refused(Refusal::Requests { reset_us }),
-        (Some(4), Some(reset_us)) => Outcome::Refused(Refusal::Credits { reset_us }),
-        (Some(5), Some(count)) => Outcome::Refused(Refusal::Inflight { count }),
+        (Some(1), Some(retry_us)) => Verdict::Refused(Exceeded::Rate { retry_us }),
+        (Some(2), Some(retry_us)) => Verdict::Refused(Exceeded::Endpoint { retry_us }),
+        (Some(3), Some(reset_us)) => Verdict::Refused(Exceeded::Requests { reset_us }),
+        (Some(4), Some(reset_us)) => Verdict::Refused(Exceeded::Credits { reset_us }),
+        (Some(5), Some(count)) => Verdict::Refused(Exceeded::Inflight { count }),
         _ => return Err(StoreError::Protocol(format!("admit script answered {reply:?}"))),
     };
     Ok(outcome)

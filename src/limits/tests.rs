@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::error::OnTheWire;
 
 /// The app of the test jobs.
 pub(super) fn app() -> crate::fal::AppId {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::redis::SlotOp;
 use super::tests::{app, config, remaining, req};
 use super::*;
+use crate::error::OnTheWire;
 use crate::redis::chaos::ChaosProxy;
 use crate::redis::RedisConfig;
 

@@ -15,21 +15,22 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::error::GateError;
-use crate::policy::Grant;
+use crate::limits::Limiter;
+use crate::policy::{Grant, Policy};
 use crate::schema::{FieldError, ValidInput};
-use crate::state::Gate;
 
 /// Most apps one token may name (the client names one).
 const MAX_APPS: usize = 8;
 
 /// Checks a token request and returns the canonical body to forward.
 pub(super) fn canonical(
-    gate: &Gate,
+    policy: &Policy,
+    limiter: &Limiter,
     grant: &Grant<'_>,
     input: &ValidInput,
     realtime: bool,
 ) -> Result<ValidInput, GateError> {
-    let (_, max_seconds) = gate.limiter.client_token_terms();
+    let (_, max_seconds) = limiter.client_token_terms();
     let invalid = |field: &str, msg: &str, kind: &str| {
         GateError::Invalid(vec![FieldError {
             loc: vec![Value::from("body"), Value::from(field)],
@@ -85,7 +86,7 @@ pub(super) fn canonical(
             .ok_or_else(|| invalid(field, "must be a positive integer", "type_error.integer"))?
             .min(max_seconds),
     };
-    gate.policy.check_token_apps(grant, &apps)?;
+    policy.check_token_apps(grant, &apps)?;
     let value = json!({ "allowed_apps": apps, lifetime: seconds });
     Ok(ValidInput::new(Bytes::from(value.to_string()), value))
 }

@@ -152,10 +152,10 @@ fn vpg_input() -> Option<Value> {
 }
 
 /// An answer's status, headers and JSON body, or the code of the gate's refusal.
-type Outcome = Result<(u16, HeaderMap, Value), &'static str>;
+type Answered = Result<(u16, HeaderMap, Value), &'static str>;
 
 impl Fixture {
-    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Outcome {
+    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Answered {
         let mut headers = headers.clone();
         let body = match body {
             Some(json) => {
@@ -175,7 +175,7 @@ impl Fixture {
         }
     }
 
-    async fn submit(&self, who: &str) -> Outcome {
+    async fn submit(&self, who: &str) -> Answered {
         self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(json!({"n": 1})))
             .await
     }

@@ -5,6 +5,8 @@ use axum::http::HeaderValue;
 use serde_json::json;
 
 use super::*;
+use crate::config::Config;
+use crate::error::OnTheWire;
 use crate::fal::{parse_queue_path, FalRequestId};
 
 const CONFIG: &str = r#"
@@ -26,7 +28,7 @@ model = ["google/gemini-flash-1.5", "meta-llama/llama-3.2-1b-instruct"]
 
 fn policy() -> Policy {
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
-    Policy::new(&Config::from_toml(CONFIG, &env).unwrap())
+    Policy::new(&Config::from_toml(CONFIG, &env).unwrap().policy())
 }
 
 fn caller(tier: &str) -> Caller {
@@ -201,7 +203,7 @@ schema = "sdxl.json"
 client_tokens = true
 "#;
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
-    let policy = Policy::new(&Config::from_toml(config, &env).unwrap());
+    let policy = Policy::new(&Config::from_toml(config, &env).unwrap().policy());
     let token = Call {
         op: Op::ClientToken { realtime: false },
     };

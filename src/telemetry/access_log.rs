@@ -27,7 +27,7 @@ pub struct CallFacts {
 /// together, never the subject itself (a subject may be an e-mail address), and, the hash
 /// being keyed, nobody holding the logs but not the key can test a guessed subject against
 /// them. The key is `log.principal_hash_key`, else derived from the fal key
-/// (`config::FalCredentials::derived_key`): the same on every replica, so their lines
+/// (`upstream::FalCredentials::derived_key`): the same on every replica, so their lines
 /// correlate. Set once per process ([`set_principal_key`]; restart-only).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PrincipalHash([u8; 8]);

@@ -11,8 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::FalResponse;
-use crate::config;
+use super::{FalResponse, Settings};
 use crate::error::causes;
 
 /// [`Upstream::send_once_or_twice`] on any client (tests give it an HTTP/2-only one).
@@ -141,7 +140,7 @@ pub(super) fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     Ok(Arc::new(config))
 }
 
-pub(super) fn client(config: &config::Upstream, tls: Arc<rustls::ClientConfig>) -> FalClient {
+pub(super) fn client(config: &Settings, tls: Arc<rustls::ClientConfig>) -> FalClient {
     let mut http = HttpConnector::new();
     // https for fal, plain http for the emulator and tests (the URLs are the operator's).
     http.enforce_http(false);

@@ -3,10 +3,10 @@
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{FalHeaderRules, Pass, Priority, StoreIo};
 use crate::error::GateError;
-use crate::fal::headers::{self, Lifecycle, RequestTimeout};
-use crate::fal::{Call, Retention};
+use crate::fal::headers::{self, ObjectLifecycle, RequestTimeout};
+use crate::fal::{Call, Priority, Retention};
+use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::access_log;
 use crate::telemetry::trace_context::{self, TraceParent};
 
@@ -101,7 +101,7 @@ pub(super) fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<
         "x-fal-request-timeout" => RequestTimeout::parse(text).map_err(|_| invalid())?.to_header(),
         "x-fal-runner-hint" => headers::check_runner_hint(text).map_err(|_| invalid())?.to_owned(),
         "x-fal-object-lifecycle-preference" | "x-fal-object-lifecycle" => {
-            Lifecycle::parse(text).map_err(|_| invalid())?.to_header()
+            ObjectLifecycle::parse(text).map_err(|_| invalid())?.to_header()
         }
         "x-fal-no-retry" => match headers::parse_no_retry(text).map_err(|_| invalid())? {
             true => "1".to_owned(),
@@ -124,13 +124,13 @@ pub(super) fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<
 /// The tier's rules: drop what it may not send, lower what is over its caps, force what the
 /// operator fixed. Run after the caller's values were made canonical, so a cap compares values.
 pub(super) fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderMap) {
-    if rules.runner_hint == Pass::Drop {
+    if rules.runner_hint == Forward::Drop {
         out.remove(RUNNER_HINT);
     }
-    if rules.no_retry == Pass::Drop {
+    if rules.no_retry == Forward::Drop {
         out.remove(NO_RETRY);
     }
-    if rules.disable_fallbacks == Pass::Drop {
+    if rules.disable_fallbacks == Forward::Drop {
         out.remove(DISABLE_FALLBACKS);
     }
     if let Some(max) = rules.max_request_timeout {
@@ -149,7 +149,9 @@ pub(super) fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderM
     };
     if let Some(max) = rules.max_object_expiration_seconds {
         for name in [LIFECYCLE_PREFERENCE, LIFECYCLE] {
-            let asked = out.get(&name).and_then(|v| Lifecycle::parse(v.to_str().ok()?).ok());
+            let asked = out
+                .get(&name)
+                .and_then(|v| ObjectLifecycle::parse(v.to_str().ok()?).ok());
             if let Some(mut lifecycle) = asked {
                 lifecycle.cap_expiration(max);
                 insert_text(out, name, &lifecycle.to_header());
@@ -160,7 +162,7 @@ pub(super) fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderM
         // ignored by fal on this operation) does not count as sent.
         let sent = retention.as_ref().is_some_and(|name| out.contains_key(name));
         if let (false, Some(name)) = (sent, &retention) {
-            let lifecycle = Lifecycle {
+            let lifecycle = ObjectLifecycle {
                 expiration_duration_seconds: Some(max),
                 initial_acl: None,
             };

@@ -7,8 +7,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::client::refused_unprocessed;
 use super::*;
-use crate::config::{FalHeaderRules, Pass, StoreIo};
-use crate::fal::headers::{Lifecycle, RequestTimeout};
+use crate::fal::headers::{ObjectLifecycle, RequestTimeout};
+use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::trace_context::TraceParent;
 
 /// An HTTP/2 (cleartext) server that answers stream `n` (from 0) with `reset(n)`'s reason,
@@ -125,9 +125,9 @@ fn fal_header_values_are_forwarded_in_canonical_form() {
 #[test]
 fn tier_rules_drop_cap_and_force_fal_headers() {
     let rules = FalHeaderRules {
-        runner_hint: Pass::Drop,
-        no_retry: Pass::Drop,
-        disable_fallbacks: Pass::Drop,
+        runner_hint: Forward::Drop,
+        no_retry: Forward::Drop,
+        disable_fallbacks: Forward::Drop,
         max_request_timeout: Some(RequestTimeout::new(60.0).unwrap()),
         max_object_expiration_seconds: Some(3600),
         object_lifecycle: None,
@@ -153,7 +153,7 @@ fn tier_rules_drop_cap_and_force_fal_headers() {
         "5"
     );
     let forced = FalHeaderRules {
-        object_lifecycle: Some(Lifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap()),
+        object_lifecycle: Some(ObjectLifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap()),
         ..FalHeaderRules::default()
     };
     let out = forwarded_headers(&inbound, &submit(), &forced).unwrap();

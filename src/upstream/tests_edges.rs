@@ -5,7 +5,7 @@ use axum::http::HeaderName;
 
 use super::forwarded::MAX_HEADER_VALUE;
 use super::*;
-use crate::config::FalHeaderRules;
+use crate::policy::FalHeaderRules;
 
 fn forwarded(pairs: &[(&'static str, &str)]) -> Result<HeaderMap, GateError> {
     let mut inbound = HeaderMap::new();

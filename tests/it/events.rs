@@ -371,3 +371,36 @@ async fn a_status_stream_that_shows_the_end_sends_the_finished_event() {
         .count();
     assert_eq!(polls, 0, "the end came from the stream, not a poll");
 }
+
+/// fal's verified webhook delivery (the emulator signs and delivers when a job ends) is how the
+/// owner's stream and listing learn the end, without any poll; never another caller's stream.
+#[tokio::test]
+async fn a_verified_webhook_delivery_sends_the_finished_event_without_any_poll() {
+    let gate = TestGate::builder()
+        .own_public_url()
+        .config("[webhooks]\nreceive = true\nfal_user_id = \"emulator-user\"\n[limits]\nreconcile_interval_ms = 0\n")
+        .spawn()
+        .await;
+    let mut alice = Events::open(&gate, "alice", None).await;
+    let mut bob = Events::open(&gate, "bob", None).await;
+    let id = gate
+        .submit("alice", json!({"input_concept": "told by fal's webhook"}))
+        .await;
+    assert_eq!(alice.next().await.event, "submitted");
+    let finished = alice.next().await;
+    assert_eq!(
+        (finished.event.as_str(), &finished.data["request_id"]),
+        ("finished", &json!(id))
+    );
+    assert_eq!(finished.data["outcome"], "ok");
+    let polls = gate
+        .fal_saw()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/requests/"))
+        .count();
+    assert_eq!(polls, 0, "the end came from the webhook, not a poll");
+    let listed = listed(&gate, "alice", "").await;
+    assert_eq!(listed["requests"][0]["status"], "COMPLETED");
+    let his = gate.submit("bob", json!({"input_concept": "bob's"})).await;
+    assert_eq!(bob.next().await.data["request_id"], his.as_str());
+}

@@ -29,3 +29,4 @@ mod schema;
 mod target;
 mod tokens;
 mod usage;
+mod webhooks;

@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::super::tests::{app, config, req};
 use super::super::{OpClass, Subject};
 use super::*;
+use crate::error::OnTheWire;
 use std::collections::HashMap;
 
 use crate::redis::{RedisConfig, RedisStore};
