@@ -24,7 +24,7 @@ use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use bytes::BytesMut;
 
-use crate::upstream::budget::{Budget, Charge};
+use crate::budget::{Budget, Charge};
 
 /// The share of the budget one caller's bodies may hold while they arrive: 1/BODY_SHARE.
 const BODY_SHARE: usize = 4;

@@ -97,9 +97,10 @@ pub struct Admission {
 pub enum Readiness {
     /// In-process limits, or Redis answering.
     Ready,
-    /// Redis is not answering and `on_store_error = "allow"`: limits are per replica for now.
+    /// Redis is not answering and `on_store_error = "allow"`: rates are let through unmetered,
+    /// calls with a quota or a job cap get 503.
     Degraded,
-    /// Redis is not answering and `on_store_error = "deny"`: paid calls get 503.
+    /// Redis is not answering and `on_store_error = "deny"`: calls it meters get 503.
     Unavailable,
 }
 
@@ -164,13 +165,7 @@ impl Limiter {
     ) -> Result<Self, LimitsConfigError> {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
-        let idempotency = Idempotency::with_clock(
-            ttl,
-            config.max_tracked_callers,
-            redis.clone(),
-            config.on_store_error,
-            clock.clone(),
-        );
+        let idempotency = Idempotency::with_clock(ttl, config.max_tracked_callers, redis.clone(), clock.clone());
         let jobs = Arc::new(reconcile::Jobs::new(redis.clone()));
         let (tiers, default_caps) = config.caps();
         Ok(Self {
@@ -282,6 +277,12 @@ impl Limiter {
         readiness
     }
 
+    /// Where the limits live: `memory` (no `[redis]`), or the Redis mode (`single`,
+    /// `sentinel`, `cluster`).
+    pub fn store_mode(&self) -> &'static str {
+        self.redis.as_ref().map_or("memory", |redis| redis.store().mode())
+    }
+
     /// The idempotency store for submits carrying `Idempotency-Key`.
     pub fn idempotency(&self) -> &Idempotency {
         &self.idempotency
@@ -303,12 +304,15 @@ impl Limiter {
     }
 
     async fn release(&self, tag: &str, from: &str, to: Option<&str>, refund: Option<(i64, u64)>) {
-        // Also release in memory: the call may have been admitted there while Redis was down.
-        self.memory.release(tag, from, to, refund);
-        if let Some(redis) = &self.redis {
-            if let Err(err) = redis.release(tag, from, to, refund).await {
-                self.errors.log(&err);
+        // Each call is admitted where its store is: Redis when configured (never in memory,
+        // not even while Redis is down), else this replica's memory.
+        match &self.redis {
+            Some(redis) => {
+                if let Err(err) = redis.release(tag, from, to, refund).await {
+                    self.errors.log(&err);
+                }
             }
+            None => self.memory.release(tag, from, to, refund),
         }
     }
 }

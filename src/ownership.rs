@@ -365,11 +365,8 @@ mod tests {
             list_limit: 20,
             list_max: 100,
         };
-        let redis = RedisConfig {
-            url: format!("redis://{}", proxy.addr),
-            timeout_ms: 200,
-            key_prefix: format!("test-own-{}", uuid::Uuid::new_v4()),
-        };
+        let redis = RedisConfig::single(format!("redis://{}", proxy.addr))
+            .with(200, format!("test-own-{}", uuid::Uuid::new_v4()));
         for (mode, unknown_code) in [
             (OnStoreError::Deny, "dependency_unavailable"),
             (OnStoreError::Allow, "request_not_found"),

@@ -17,9 +17,9 @@
 //! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
 //! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price | `Admission` (429 / 403 / 503) |
 //! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
-//! | forward | `Upstream::send` with the server-held key | fal's response (502 / 504 / 424) |
+//! | forward | `Upstream::send` with the server-held key; with `[webhooks] receive`, a submit carries falgate's own `fal_webhook` (`Webhooks::hooked`) | fal's response (502 / 504 / 424) |
 //! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
-//! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; the idempotency key settled | |
+//! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; with the webhook receiver on, the submitted job its delivery will name (`Webhooks::submitted`: caller tag, spend, the caller's own hook); the idempotency key settled | |
 //!
 //! Input is validated before admission because a call's credit cost depends on it (e.g. the
 //! `model` field); a refused input consumes nothing. Reading and validating a body (up to

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The leaves: they use no other falgate module.
-const LEAVES: [&str; 6] = ["body", "clock", "fal", "lifecycle", "schema", "telemetry"];
+const LEAVES: [&str; 7] = ["body", "budget", "clock", "fal", "lifecycle", "schema", "telemetry"];
 
 /// ARCHITECTURE.md's layers table, top down, each layer's modules in its order: a module uses
 /// only modules after it.
@@ -20,12 +20,12 @@ const LAYERS: [(&str, &[&str]); 6] = [
     (
         "domains",
         &[
-            "input",
             "upstream",
             "events",
             "ownership",
             "cors",
             "error",
+            "input",
             "policy",
             "auth",
             "webhooks",
@@ -36,7 +36,16 @@ const LAYERS: [(&str, &[&str]); 6] = [
     ),
     (
         "leaves",
-        &["emulator", "telemetry", "schema", "fal", "clock", "lifecycle", "body"],
+        &[
+            "emulator",
+            "telemetry",
+            "schema",
+            "fal",
+            "clock",
+            "lifecycle",
+            "body",
+            "budget",
+        ],
     ),
 ];
 

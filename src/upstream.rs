@@ -16,7 +16,6 @@
 //! that header and ignores headers it does not know: `@fal-ai/client` sends a caller's own
 //! `headers` to it, `libs/client/src/queue.ts` in `fal-ai/fal-js`).
 
-pub mod budget;
 mod client;
 mod credentials;
 mod forwarded;
@@ -61,7 +60,7 @@ pub struct Upstream {
     authorization: HeaderValue,
     config: Settings,
     /// Bytes of answers read whole at once, all workers together.
-    budget: budget::Budget,
+    budget: crate::budget::Budget,
 }
 
 impl Upstream {
@@ -76,7 +75,7 @@ impl Upstream {
             clients,
             user_agent: HeaderValue::from_static(concat!("falgate/", env!("CARGO_PKG_VERSION"))),
             authorization,
-            budget: budget::Budget::new(config.buffer_budget_bytes),
+            budget: crate::budget::Budget::new(config.buffer_budget_bytes),
             config,
         })
     }
@@ -87,7 +86,7 @@ impl Upstream {
     }
 
     /// The budget of answers read whole.
-    pub fn budget(&self) -> &budget::Budget {
+    pub fn budget(&self) -> &crate::budget::Budget {
         &self.budget
     }
 

@@ -123,8 +123,9 @@ impl Limiter {
         self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
     }
 
-    /// Runs `plan` on the store (Redis, or memory when there is none or it is down and
-    /// `on_store_error = "allow"`), consuming only in `Mode::Consume`.
+    /// Runs `plan` on the store (Redis, or memory when there is none), consuming only in
+    /// `Mode::Consume`. Redis down: 503 for a money-like plan, else `on_store_error` decides
+    /// (`allow`: admitted unmetered).
     async fn evaluate(
         &self,
         plan: &Plan<'_>,
@@ -132,19 +133,20 @@ impl Limiter {
         mode: Mode,
         now: SystemTime,
     ) -> Result<plan::Granted, LimitError> {
-        let in_memory = || match mode {
-            Mode::Consume => self.memory.admit(plan, micros(now)),
-            Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
-        };
         let outcome = match &self.redis {
             Some(redis) => match redis.admit(plan, mode).await {
                 Ok(outcome) => outcome,
+                // A quota or a job cap: never let through uncounted (store_error.rs).
+                Err(err) if plan.money_like() => return Err(self.errors.fail_closed(&err)),
                 Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
+                    self.errors.fail_open(self.config.on_store_error, "rate", &err)?;
+                    Verdict::Admitted(plan::Granted::default())
                 }
             },
-            None => in_memory(),
+            None => match mode {
+                Mode::Consume => self.memory.admit(plan, micros(now)),
+                Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
+            },
         };
         match outcome {
             Verdict::Admitted(granted) => Ok(granted),

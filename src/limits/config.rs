@@ -223,8 +223,10 @@ pub struct EndpointCredits {
     pub values: BTreeMap<String, u64>,
 }
 
-/// Redis unreachable or slow: refuse paid calls (`deny`, 503) or fall back to this replica's
-/// in-process limits (`allow`).
+/// Redis unreachable or slow, for short-term limits (rates, the per-IP rate, stream and relay
+/// slots per caller): refuse the call (`deny`, 503) or let it through unmetered (`allow`,
+/// counted in `falgate_limits_fail_open_total`). Money-like limits (day quotas, jobs in
+/// flight, idempotency keys) always refuse (`limits/store_error.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {

@@ -43,6 +43,17 @@ pub(crate) struct Plan<'a> {
     pub(crate) inflight: Option<InflightPlan<'a>>,
 }
 
+impl Plan<'_> {
+    /// Whether the plan holds money-like state (a day quota of requests or credits, a cap on
+    /// jobs in flight): such a call is never let through while the store is down.
+    pub(crate) fn money_like(&self) -> bool {
+        self.inflight.is_some()
+            || self
+                .quota
+                .is_some_and(|quota| quota.requests.is_some() || quota.credits.is_some())
+    }
+}
+
 /// The day quota of a paid call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QuotaPlan {

@@ -64,8 +64,10 @@ impl RunGuard {
 impl Drop for RunGuard {
     fn drop(&mut self) {
         let Some(held) = self.held.take() else { return };
-        held.memory.release(&held.tag, &held.reservation, None, None);
-        let Some(redis) = held.redis.clone() else { return };
+        let Some(redis) = held.redis.clone() else {
+            held.memory.release(&held.tag, &held.reservation, None, None);
+            return;
+        };
         // Drop cannot wait: the shared release runs on its own (bounded by the store timeout).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

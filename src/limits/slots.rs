@@ -213,15 +213,18 @@ impl Limiter {
             let open = shared
                 .run(&key, &id, SlotOp::Open { max: per_caller }, ttl_ms(), None)
                 .await;
-            match open {
+            return match open {
                 Ok(true) => {
                     slot.share(shared.clone(), key, id);
-                    return Ok(slot);
+                    Ok(slot)
                 }
-                Ok(false) => return Err(full()),
-                // Fall back to this replica's own count (`allow`), or refuse (`deny`).
-                Err(err) => self.errors.fallback(self.config.on_store_error, &err)?,
-            }
+                Ok(false) => Err(full()),
+                // Only the replica's own cap holds (`allow`), or refuse (`deny`).
+                Err(err) => {
+                    self.errors.fail_open(self.config.on_store_error, "slot", &err)?;
+                    Ok(slot)
+                }
+            };
         }
         match self.slots.enter(&mut slot, &tag, per_caller) {
             true => Ok(slot),

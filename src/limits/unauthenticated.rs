@@ -38,16 +38,15 @@ impl Limiter {
 
     async fn unauthenticated(&self, ip: IpAddr, rate: Rate, mode: Mode, now: SystemTime) -> Result<(), LimitError> {
         let ip = ip_key(ip);
-        let in_memory = || self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume);
         let answer = match &self.redis {
             Some(redis) => match redis.admit_ip(ip, rate, mode).await {
                 Ok(answer) => answer,
                 Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
+                    self.errors.fail_open(self.config.on_store_error, "ip_rate", &err)?;
+                    return Ok(());
                 }
             },
-            None => in_memory(),
+            None => self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume),
         };
         answer.map(drop).map_err(|retry_us| LimitError::RateLimited {
             retry_after: Duration::from_micros(retry_us),

@@ -156,11 +156,7 @@ mod tests {
     use crate::redis::RedisConfig;
 
     fn ownership(prefix: &str) -> RedisOwnership {
-        let config = RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout_ms: 500,
-            key_prefix: prefix.into(),
-        };
+        let config = RedisConfig::for_tests(500, prefix);
         RedisOwnership::new(RedisStore::connect(&config).unwrap())
     }
 

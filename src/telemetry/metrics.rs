@@ -41,6 +41,9 @@ pub const JWKS_REFRESH_TOTAL: &str = "falgate_jwks_refresh_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "falgate_config_reloads_total";
 /// Concurrency slots of jobs in flight freed by the reconciler (fal said the job ended).
 pub const INFLIGHT_RECONCILED_TOTAL: &str = "falgate_inflight_reconciled_total";
+/// Calls let through unmetered while Redis was down (`on_store_error = "allow"`), by `limit`
+/// (`rate`, `ip_rate`, `slot`): never money-like limits, which fail closed.
+pub const LIMITS_FAIL_OPEN_TOTAL: &str = "falgate_limits_fail_open_total";
 /// Verified fal webhook deliveries: `result` (`applied` / `duplicate`).
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "falgate_webhook_deliveries_total";
 /// Deliveries forwarded to a caller's own hook: `result` (`ok` / `failed` / `dropped`).
@@ -115,6 +118,10 @@ fn describe() {
     describe_counter!(
         INFLIGHT_RECONCILED_TOTAL,
         "Job slots freed by the reconciler after fal said the job ended."
+    );
+    describe_counter!(
+        LIMITS_FAIL_OPEN_TOTAL,
+        "Calls let through unmetered while the limits store was down, by limit."
     );
     describe_gauge!(BUILD_INFO, "The running build (always 1).");
 }
@@ -267,6 +274,12 @@ pub fn webhook_delivered(applied: bool) {
 pub fn webhook_forwarded(result: &'static str) {
     handle();
     metrics::counter!(WEBHOOK_FORWARDS_TOTAL, "result" => result).increment(1);
+}
+
+/// Records one call let through a short-term limit unmetered (the store down, `allow`).
+pub fn limits_fail_open(limit: &'static str) {
+    handle();
+    metrics::counter!(LIMITS_FAIL_OPEN_TOTAL, "limit" => limit).increment(1);
 }
 
 /// Records `freed` job slots freed by one pass of the reconciler.

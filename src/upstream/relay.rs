@@ -25,10 +25,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http_body_util::BodyDataStream;
 
+use crate::budget::Charge;
 use crate::error::GateError;
 use crate::fal::{Answer, Call, FalRequestId, Job};
 use crate::telemetry::metrics;
-use crate::upstream::budget::Charge;
 use crate::upstream::{after_sent, FalResponse, Upstream};
 
 /// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.

@@ -81,11 +81,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_redis_a_delivery_seen_by_another_replica_is_not_first() {
-        let config = crate::redis::RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout_ms: 500,
-            key_prefix: format!("test-wh-{}", uuid::Uuid::new_v4()),
-        };
+        let config = crate::redis::RedisConfig::for_tests(500, format!("test-wh-{}", uuid::Uuid::new_v4()));
         let replica = || {
             let store = RedisStore::connect(&config).unwrap();
             Deliveries::new(10, Duration::from_secs(60), Some(store))
@@ -100,11 +96,8 @@ mod tests {
     async fn with_redis_down_a_delivery_is_refused_not_decided_alone() {
         use crate::redis::chaos::ChaosProxy;
         let proxy = ChaosProxy::start("127.0.0.1:6379".parse().unwrap()).await.unwrap();
-        let config = crate::redis::RedisConfig {
-            url: format!("redis://{}", proxy.addr),
-            timeout_ms: 200,
-            key_prefix: format!("test-wh-{}", uuid::Uuid::new_v4()),
-        };
+        let config = crate::redis::RedisConfig::single(format!("redis://{}", proxy.addr))
+            .with(200, format!("test-wh-{}", uuid::Uuid::new_v4()));
         let deliveries = Deliveries::new(10, Duration::from_secs(60), Some(RedisStore::connect(&config).unwrap()));
         assert!(deliveries.first(&id(5)).await.unwrap());
         proxy.cut();

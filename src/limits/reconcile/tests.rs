@@ -47,12 +47,7 @@ fn at(seconds: u64) -> SystemTime {
 }
 
 fn redis_limiter(prefix: &str) -> Limiter {
-    let store = RedisStore::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 500,
-        key_prefix: prefix.into(),
-    })
-    .unwrap();
+    let store = RedisStore::connect(&RedisConfig::for_tests(500, prefix)).unwrap();
     Limiter::new(config(), Some(store)).unwrap()
 }
 
@@ -220,12 +215,7 @@ impl JobStatus for SlowFal {
 async fn a_pass_longer_than_the_lease_keeps_it() {
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let clock = crate::clock::ManualClock::new();
-    let store = RedisStore::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 500,
-        key_prefix: prefix.clone(),
-    })
-    .unwrap();
+    let store = RedisStore::connect(&RedisConfig::for_tests(500, prefix.clone())).unwrap();
     let a = Limiter::with_clock(config(), Some(store.clone()), clock.clock()).unwrap();
     let b = redis_limiter(&prefix);
     let start = SystemTime::now();

@@ -8,11 +8,7 @@ use crate::limits::plan::{InflightPlan, QuotaPlan};
 use crate::redis::RedisConfig;
 
 fn limits() -> RedisLimits {
-    let config = RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 500,
-        key_prefix: format!("test-edges-{}", uuid::Uuid::new_v4()),
-    };
+    let config = RedisConfig::for_tests(500, format!("test-edges-{}", uuid::Uuid::new_v4()));
     RedisLimits::new(RedisStore::connect(&config).unwrap())
 }
 
