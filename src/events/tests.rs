@@ -117,12 +117,7 @@ fn prefix() -> String {
 }
 
 fn store(prefix: &str) -> RedisStore {
-    RedisStore::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 500,
-        key_prefix: prefix.into(),
-    })
-    .unwrap()
+    RedisStore::connect(&RedisConfig::for_tests(500, prefix)).unwrap()
 }
 
 #[tokio::test]
