@@ -104,10 +104,17 @@ fn run_op(url: &Url) -> Result<Op, TargetError> {
 }
 
 fn storage_op(url: &Url) -> Result<Op, TargetError> {
-    if url.path() == "/storage/upload/initiate" && url.query() == Some("storage_type=fal-cdn-v3") {
-        Ok(Op::StorageInitiate)
-    } else if url.path() == "/tokens/" && url.query().is_none() {
-        Ok(Op::ClientToken)
+    let multipart = match url.path() {
+        "/storage/upload/initiate" => Some(false),
+        "/storage/upload/initiate-multipart" => Some(true),
+        _ => None,
+    };
+    if let (Some(multipart), Some("storage_type=fal-cdn-v3")) = (multipart, url.query()) {
+        Ok(Op::StorageInitiate { multipart })
+    } else if url.query().is_none() && matches!(url.path(), "/tokens/" | "/tokens/realtime") {
+        Ok(Op::ClientToken {
+            realtime: url.path() == "/tokens/realtime",
+        })
     } else {
         Err(TargetError::RestPath)
     }

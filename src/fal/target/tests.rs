@@ -10,13 +10,40 @@ fn allowed_targets_parse_into_calls() {
         "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
         "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
     ] {
-        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate);
+        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate { multipart: false });
+    }
+    let multipart =
+        parse_target("https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3").unwrap();
+    assert_eq!(
+        (multipart.op.clone(), multipart.path_and_query()),
+        (
+            Op::StorageInitiate { multipart: true },
+            "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3".to_owned()
+        )
+    );
+    for refused in [
+        "https://rest.fal.ai/storage/upload/initiate-multipart",
+        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs",
+        "https://rest.fal.ai/storage/upload/complete-multipart?storage_type=fal-cdn-v3",
+    ] {
+        assert!(parse_target(refused).is_err(), "{refused}");
     }
     let token = parse_target("https://rest.fal.ai/tokens/").unwrap();
     assert_eq!(
         (token.op.clone(), token.path_and_query()),
-        (Op::ClientToken, "/tokens/".to_owned())
+        (Op::ClientToken { realtime: false }, "/tokens/".to_owned())
     );
+    let realtime = parse_target("https://rest.fal.ai/tokens/realtime").unwrap();
+    assert_eq!(
+        (realtime.op.clone(), realtime.path_and_query()),
+        (Op::ClientToken { realtime: true }, "/tokens/realtime".to_owned())
+    );
+    for refused in [
+        "https://rest.fal.ai/tokens/realtime?x=1",
+        "https://rest.fal.ai/tokens/realtime/",
+    ] {
+        assert!(parse_target(refused).is_err(), "{refused}");
+    }
 }
 
 #[test]
@@ -108,7 +135,9 @@ fn target_url_tricks_are_refused() {
         "https://rest.fal.ai/tokens/x",
         "https://rest.fal.ai/tokens/#",
         "https://rest.fal.ai/Tokens/",
-        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+        // Multipart initiation is an upload like any other (issue 24), completion never passes.
+        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs",
+        "https://rest.fal.ai/storage/upload/complete-multipart?storage_type=fal-cdn-v3",
         "https://rest.fal.ai/storage/upload/initiate?storage_type=gcs",
         "https://fal.ai/a/b",
         "https://QUEUE.FAL.RUN/a/b",
@@ -168,7 +197,7 @@ fn host_look_alikes_with_valid_paths_are_refused_by_the_host_rule() {
     }
     assert_eq!(
         parse_target(&format!("https://rest.fal.ai{storage}")).map(|c| c.op),
-        Ok(Op::StorageInitiate)
+        Ok(Op::StorageInitiate { multipart: false })
     );
 }
 
