@@ -93,6 +93,8 @@ pub struct Config {
     pub webhooks: crate::webhooks::WebhooksConfig,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
+    /// The per-caller event stream (`GET /api/fal/events`).
+    pub events: crate::events::EventsConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
     /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).
@@ -259,6 +261,10 @@ impl Config {
             webhook_hosts: access::webhooks(raw.webhooks)?,
             cors: access::cors(raw.cors)?,
             ownership: access::ownership(&raw.ownership)?,
+            events: {
+                raw.events.check().map_err(ConfigError)?;
+                raw.events
+            },
             endpoints,
             schema_sources,
             limits,

@@ -17,6 +17,7 @@ pub mod cors;
 pub mod dev;
 pub mod emulator;
 pub mod error;
+pub mod events;
 pub mod fal;
 pub mod input;
 pub mod layers;

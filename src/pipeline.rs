@@ -2,7 +2,8 @@
 //! the one description of them (`lib.rs` and ARCHITECTURE.md point here); each step returns a
 //! proof value or a [`GateError`] (its status in brackets), and none writes a response.
 //! Authentication happened before: [`handle`] takes a [`Caller`], so nothing reaches fal without
-//! one.
+//! one. What fal's answer shows of a job (its submit, its end) also goes to the owner's events
+//! and request index (`crate::events`): a status stream that shows the end included.
 //!
 //! | step | what | proof, refusal |
 //! | --- | --- | --- |
@@ -28,6 +29,7 @@
 
 mod client_token;
 mod idempotency;
+mod stream_end;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -42,7 +44,7 @@ use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Admission, Limiter, Slot, Subject};
-use crate::ownership::Ownership;
+use crate::ownership::{Outcome, Ownership};
 use crate::policy::Grant;
 use crate::schema::{self, Schemas, ValidInput, ValidationLimits};
 use crate::state::Gate;
@@ -97,8 +99,8 @@ pub async fn handle(
                 read => read?,
             };
             let mut input = validate(&gate.schemas, &bounds.parse, &caller, &grant, bytes)?;
-            if call.op == Op::ClientToken {
-                input = client_token::canonical(&gate.policy, &gate.limiter, &grant, &input)?;
+            if let Op::ClientToken { realtime } = call.op {
+                input = client_token::canonical(&gate.policy, &gate.limiter, &grant, &input, realtime)?;
             }
             (Some(input), Some(charge))
         }
@@ -194,6 +196,7 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
         &gate.limiter,
         &gate.ownership,
         &gate.webhooks,
+        &gate.events,
         &subject,
         &admission,
         bookkeeping,
@@ -202,7 +205,16 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
     if let Some(guard) = guard {
         guard.disarm();
     }
-    answer
+    // A status stream that shows the end tells the owner's events, as a poll does.
+    match (answer, &call.op) {
+        (Ok(Answer::Streamed(response, admission)), Op::StatusStream { id, .. }) if response.status().is_success() => {
+            let tag = crate::redis::tag_of(subject.principal);
+            let watched = stream_end::watch(response, gate.events.clone(), tag, id.clone());
+
+            Ok(Answer::Streamed(watched, admission))
+        }
+        (answer, _) => answer,
+    }
 }
 
 /// Prices the call, opens its stream / relay slot (before admission, so a call refused for want
@@ -271,9 +283,13 @@ async fn forward(
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
     /// A job fal took, with the caller's own `fal_webhook` (forwarded to by `webhooks`).
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId, Option<crate::fal::Webhook>),
+    Submitted(
+        crate::fal::EndpointId,
+        crate::fal::FalRequestId,
+        Option<crate::fal::Webhook>,
+    ),
     Refund,
-    Finished(crate::fal::AppId, crate::fal::FalRequestId),
+    Finished(crate::fal::AppId, crate::fal::FalRequestId, Outcome),
     RunDone,
     Nothing,
 }
@@ -297,7 +313,9 @@ impl Bookkeeping {
         // A refused cancel may still show the end (`ALREADY_COMPLETED`): `finished` reads the status.
         if let (Job::MayEnd, Answer::Buffered(buffered, ..)) = (facts.job, answer) {
             return match (call.app(), call.request_id()) {
-                (Some(app), Some(id)) if finished(call, buffered) => Self::Finished(app, id.clone()),
+                (Some(app), Some(id)) if finished(call, buffered) => {
+                    Self::Finished(app, id.clone(), outcome(call, buffered))
+                }
                 _ => Self::Nothing,
             };
         }
@@ -309,9 +327,11 @@ impl Bookkeeping {
             return refund_if_paid;
         }
         match (facts.job, &call.op, answer) {
-            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => buffered
-                .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id, webhook.clone())),
+            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => {
+                buffered.submitted_id().map_or(Self::Nothing, |id| {
+                    Self::Submitted(endpoint.clone(), id, webhook.clone())
+                })
+            }
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -326,13 +346,15 @@ async fn account(
     limiter: &Limiter,
     ownership: &Ownership,
     webhooks: &crate::webhooks::Webhooks,
+    events: &crate::events::Events,
     subject: &Subject<'_>,
     admission: &Admission,
     bookkeeping: Bookkeeping,
 ) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id, hook) => {
-            ownership.record(subject.principal, &app, &id).await;
+        Bookkeeping::Submitted(endpoint, id, hook) => {
+            let app = endpoint.app();
+            let summary = ownership.record(subject.principal, &endpoint, &id).await;
             limiter.job_started(admission, &app, &id).await;
             let job = crate::webhooks::Submitted {
                 tag: admission.tag().to_owned(),
@@ -341,9 +363,17 @@ async fn account(
                 hook: hook.map(|hook| hook.as_str().to_owned()),
             };
             webhooks.submitted(&id, job).await;
+            events
+                .submitted(&crate::redis::tag_of(subject.principal), &summary)
+                .await;
         }
         Bookkeeping::Refund => limiter.refund_inflight(admission).await,
-        Bookkeeping::Finished(app, id) => limiter.job_finished(subject, &app, &id).await,
+        Bookkeeping::Finished(app, id, outcome) => {
+            limiter.job_finished(subject, &app, &id).await;
+            events
+                .finished(&crate::redis::tag_of(subject.principal), &id, outcome)
+                .await;
+        }
         Bookkeeping::RunDone => limiter.run_finished(admission).await,
         Bookkeeping::Nothing => {}
     }
@@ -361,8 +391,27 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         | Op::StatusStream { .. }
         | Op::Run { .. }
         | Op::RunStream { .. }
-        | Op::StorageInitiate
-        | Op::ClientToken => false,
+        | Op::StorageInitiate { .. }
+        | Op::ClientToken { .. } => false,
+    }
+}
+
+/// How a job `finished` says is over ended: a served result is an output; a completed status
+/// names its failure, if any; a cancel's `ALREADY_COMPLETED` does not say.
+fn outcome(call: &Call, answer: &relay::Buffered) -> Outcome {
+    match (&call.op, answer.failure()) {
+        (Op::Status { .. }, Some(kind)) => Outcome::error(kind),
+        (Op::Status { .. }, None) | (Op::Result { .. }, _) => Outcome::Ok,
+        (
+            Op::Cancel { .. }
+            | Op::Submit { .. }
+            | Op::StatusStream { .. }
+            | Op::Run { .. }
+            | Op::RunStream { .. }
+            | Op::StorageInitiate { .. }
+            | Op::ClientToken { .. },
+            _,
+        ) => Outcome::Unknown,
     }
 }
 

@@ -90,10 +90,10 @@ impl Policy {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(self.app(tier, app)?)
             }
-            Op::StorageInitiate if self.uploads => None,
-            Op::StorageInitiate => return Err(PolicyError::UploadsNotAllowed),
+            Op::StorageInitiate { .. } if self.uploads => None,
+            Op::StorageInitiate { .. } => return Err(PolicyError::UploadsNotAllowed),
             // The apps are in the body: `check_token_apps` once it is read.
-            Op::ClientToken => None,
+            Op::ClientToken { .. } => None,
         };
         Ok(Grant { endpoint, called, tier })
     }

@@ -23,6 +23,8 @@ use axum::http::Extensions;
 use crate::auth::{Authenticator, KeyError};
 use crate::clock::Clock;
 use crate::config::{Config, FalCredentials};
+use crate::events::redis::RedisEvents;
+use crate::events::Events;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Limiter, LimitsConfigError};
 use crate::ownership::redis::RedisOwnership;
@@ -45,6 +47,8 @@ pub struct Gate {
     pub upstream: Arc<Upstream>,
     /// Lives for the process: who submitted which request.
     pub ownership: Arc<Ownership>,
+    /// Lives for the process: each caller's request events.
+    pub events: Arc<Events>,
     /// Lives for the process: serving or draining.
     pub lifecycle: Arc<Lifecycle>,
     /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
@@ -94,6 +98,18 @@ impl Gate {
         crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
+        let ownership = Arc::new(Ownership::with_clock(
+            config.ownership,
+            redis.clone().map(RedisOwnership::new),
+            on_store_error,
+            clock.clone(),
+        ));
+        let events = Arc::new(Events::new(
+            config.events.clone(),
+            ownership.clone(),
+            redis.clone().map(RedisEvents::new),
+            on_store_error,
+        ));
         let webhooks = crate::webhooks::Webhooks::new(
             config.webhooks.clone(),
             crate::webhooks::Parts {
@@ -102,7 +118,7 @@ impl Gate {
                 on_store_error,
                 job_ttl: config.ownership.ttl,
                 clock: clock.clone(),
-                ended: Arc::new(crate::webhooks::Counting::default()),
+                ended: events.clone(),
             },
         )
         .map_err(BuildError::Webhooks)?;
@@ -111,12 +127,8 @@ impl Gate {
             auth,
             policy: Policy::new(&config.policy()),
             upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
-            ownership: Arc::new(Ownership::with_clock(
-                config.ownership,
-                redis.clone().map(RedisOwnership::new),
-                on_store_error,
-                clock.clone(),
-            )),
+            events,
+            ownership,
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
@@ -136,6 +148,7 @@ impl Gate {
             limiter: self.limiter.reconfigured(config.limits.clone())?,
             upstream: self.upstream.clone(),
             ownership: self.ownership.clone(),
+            events: self.events.clone(),
             lifecycle: self.lifecycle.clone(),
             // A clone shares the one budget (its count is behind an `Arc`).
             body_budget: self.body_budget.clone(),
@@ -147,6 +160,7 @@ impl Gate {
     /// Starts the background tasks (JWKS refresh); each runs while its part is in use.
     pub fn start(&self) {
         self.auth.start();
+        self.events.start();
     }
 }
 

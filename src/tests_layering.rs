@@ -21,6 +21,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
         "domains",
         &[
             "upstream",
+            "events",
             "ownership",
             "cors",
             "error",

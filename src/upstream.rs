@@ -120,10 +120,9 @@ impl Upstream {
 
     /// Sends a call to fal and waits for its response headers (bounded by the first-byte timeout).
     pub async fn send(&self, call: &Call, headers: HeaderMap, body: Option<Bytes>) -> Result<FalResponse, GateError> {
-        // Formatted from validated, canonical parts and the configured base URL: it parses.
-        let uri: Uri = self
-            .url(call)
-            .parse()
+        // Formatted from validated, canonical parts and the configured base URL: it parses
+        // (in place: the formatted text becomes the URI's buffer).
+        let uri = Uri::from_maybe_shared(Bytes::from(self.url(call)))
             .map_err(|err| GateError::Internal(format!("upstream URL: {err}")))?;
         let has_body = body.is_some();
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
@@ -166,6 +165,12 @@ impl Upstream {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<FalResponse, hyper_util::client::legacy::Error> {
+        // Only an HTTP/2 connection can refuse a request unprocessed, and this client gets one
+        // only over TLS (ALPN): a plain `http://` fal (a sidecar, the bench) needs no copy of
+        // the request kept for a retry.
+        if request.uri().scheme() != Some(&axum::http::uri::Scheme::HTTPS) {
+            return self.client().request(request).await;
+        }
         send_retrying_refused(self.client(), request).await
     }
 }

@@ -124,6 +124,7 @@ fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigE
     Ok(FalHeaderRules {
         runner_hint: pass(raw.runner_hint, "runner_hint")?,
         no_retry: pass(raw.no_retry, "no_retry")?,
+        disable_fallbacks: pass(raw.disable_fallbacks, "disable_fallbacks")?,
         max_request_timeout,
         max_object_expiration_seconds: raw.max_object_expiration_seconds,
         object_lifecycle: raw.object_lifecycle,
@@ -169,8 +170,19 @@ pub(super) fn ownership(raw: &RawOwnership) -> Result<OwnershipConfig, ConfigErr
             "`ownership.ttl_seconds` and `ownership.max_entries` must be greater than zero".into(),
         ));
     }
+    if !(1..=10_000).contains(&raw.per_caller) {
+        return Err(ConfigError("`ownership.per_caller` must be between 1 and 10000".into()));
+    }
+    if !(1..=100).contains(&raw.list_max) || !(1..=raw.list_max).contains(&raw.list_limit) {
+        return Err(ConfigError(
+            "`ownership.list_max` must be between 1 and 100, and `ownership.list_limit` between 1 and it".into(),
+        ));
+    }
     Ok(OwnershipConfig {
         ttl: Duration::from_secs(raw.ttl_seconds),
         max_entries: raw.max_entries,
+        per_caller: raw.per_caller,
+        list_limit: raw.list_limit,
+        list_max: raw.list_max,
     })
 }

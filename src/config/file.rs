@@ -42,6 +42,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
     #[serde(default)]
+    pub(crate) events: crate::events::EventsConfig,
+    #[serde(default)]
     pub(crate) connections: RawConnections,
     #[serde(default)]
     pub(crate) drain: RawDrain,
@@ -200,6 +202,8 @@ pub(crate) struct RawFalHeaders {
     pub(crate) runner_hint: Option<String>,
     /// `"allow"` (default) or `"drop"`: whether `x-fal-no-retry` reaches fal.
     pub(crate) no_retry: Option<String>,
+    /// `"allow"` (default) or `"drop"`: whether `x-fal-disable-fallbacks` reaches fal.
+    pub(crate) disable_fallbacks: Option<String>,
     /// A longer `x-fal-request-timeout` is lowered to this.
     pub(crate) max_request_timeout_seconds: Option<f64>,
     /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
@@ -235,6 +239,9 @@ impl Default for RawCors {
 pub(crate) struct RawOwnership {
     pub(crate) ttl_seconds: u64,
     pub(crate) max_entries: u64,
+    pub(crate) per_caller: usize,
+    pub(crate) list_limit: usize,
+    pub(crate) list_max: usize,
 }
 
 impl Default for RawOwnership {
@@ -242,6 +249,9 @@ impl Default for RawOwnership {
         Self {
             ttl_seconds: 7 * 86_400,
             max_entries: 1_000_000,
+            per_caller: 200,
+            list_limit: 20,
+            list_max: 100,
         }
     }
 }

@@ -35,6 +35,7 @@ fn section(key: &str) -> Option<&'static [&'static str]> {
         "webhooks" => fields_of::<crate::webhooks::RawWebhooks>(),
         "cors" => fields_of::<super::file::RawCors>(),
         "ownership" => fields_of::<super::file::RawOwnership>(),
+        "events" => fields_of::<crate::events::EventsConfig>(),
         "connections" => fields_of::<super::file::RawConnections>(),
         "drain" => fields_of::<super::file::RawDrain>(),
         "telemetry" => fields_of::<super::telemetry::RawTelemetry>(),

@@ -111,7 +111,9 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace, webhook: 
         Op::Run => run(call, bytes),
         Op::RunStream => run_stream(ctx, call, bytes, pace),
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
+        Op::StorageInitiateMultipart => storage::initiate_multipart(&ctx.emulator.inner.storage, &ctx.base, bytes),
         Op::Token => tokens::issue(&ctx.emulator, bytes),
+        Op::RealtimeToken => tokens::issue_realtime(&ctx.emulator, bytes),
     }
 }
 

@@ -36,8 +36,12 @@ pub enum Op {
     RunStream,
     /// `POST rest.fal.ai/storage/upload/initiate`.
     StorageInitiate,
+    /// `POST rest.fal.ai/storage/upload/initiate-multipart`.
+    StorageInitiateMultipart,
     /// `POST rest.fal.ai/tokens/`.
     Token,
+    /// `POST rest.fal.ai/tokens/realtime`.
+    RealtimeToken,
 }
 
 /// One injected failure.

@@ -147,6 +147,12 @@ pub fn parse_no_retry(raw: &str) -> Result<bool, HeaderValueError> {
     }
 }
 
+/// `x-fal-disable-fallbacks`: `1`/`true`/`yes` ask fal not to route the call to a fallback
+/// (canonically `true`); `0`/`false`/`no` are fal's default (nothing is sent).
+pub fn parse_disable_fallbacks(raw: &str) -> Result<bool, HeaderValueError> {
+    parse_no_retry(raw)
+}
+
 /// `x-fal-store-io`: `0` asks fal not to keep the call's input and output, `1` to keep them.
 pub fn parse_store_io(raw: &str) -> Result<bool, HeaderValueError> {
     match raw {

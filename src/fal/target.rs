@@ -38,6 +38,12 @@ pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
     if raw.len() > MAX_TARGET_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) || raw.contains('\\') {
         return Err(TargetError::NotCanonical);
     }
+    // The common case without the URL parser: a plain queue URL it would leave as written.
+    if let Some((path, query)) = plain_queue_target(raw) {
+        return Ok(Call {
+            op: parse_queue_path(path, query)?,
+        });
+    }
     let url = Url::parse(raw).map_err(|_| TargetError::NotCanonical)?;
     if url.as_str() != raw || url.fragment().is_some() {
         return Err(TargetError::NotCanonical);
@@ -59,6 +65,34 @@ pub fn parse_target(raw: &str) -> Result<Call, TargetError> {
     Ok(Call { op })
 }
 
+/// The path and query of a target on `https://queue.fal.run/` whose every byte the WHATWG
+/// parser keeps as written, so that its canonical form is the target itself, its host is
+/// `queue.fal.run`, and its path and query are these slices (issue 23: `Url::parse` and its
+/// IDNA pass were the costliest step of a proxied call). None when not sure: the parser decides.
+///
+/// The path is unreserved characters and `/`, with no `.` or `..` segment (what the parser
+/// would remove) and no `%` (`%2e` is a dot to it); the query is any printable ASCII the
+/// parser does not percent-encode in the query of an `https` URL (`"`, `#`, `<`, `>`, `'`),
+/// and no backslash (refused before this).
+fn plain_queue_target(raw: &str) -> Option<(&str, Option<&str>)> {
+    let rest = raw.strip_prefix("https://queue.fal.run/")?;
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let path_plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+        && path.split('/').all(|segment| segment != "." && segment != "..");
+    let query_plain = query.is_none_or(|query| {
+        query
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'\'' | b'\\'))
+    });
+    // The path keeps its leading `/`.
+    (path_plain && query_plain).then(|| (&raw["https://queue.fal.run".len()..][..path.len() + 1], query))
+}
+
 fn run_op(url: &Url) -> Result<Op, TargetError> {
     match parse_queue_path(url.path(), url.query())? {
         Op::Submit {
@@ -70,10 +104,17 @@ fn run_op(url: &Url) -> Result<Op, TargetError> {
 }
 
 fn storage_op(url: &Url) -> Result<Op, TargetError> {
-    if url.path() == "/storage/upload/initiate" && url.query() == Some("storage_type=fal-cdn-v3") {
-        Ok(Op::StorageInitiate)
-    } else if url.path() == "/tokens/" && url.query().is_none() {
-        Ok(Op::ClientToken)
+    let multipart = match url.path() {
+        "/storage/upload/initiate" => Some(false),
+        "/storage/upload/initiate-multipart" => Some(true),
+        _ => None,
+    };
+    if let (Some(multipart), Some("storage_type=fal-cdn-v3")) = (multipart, url.query()) {
+        Ok(Op::StorageInitiate { multipart })
+    } else if url.query().is_none() && matches!(url.path(), "/tokens/" | "/tokens/realtime") {
+        Ok(Op::ClientToken {
+            realtime: url.path() == "/tokens/realtime",
+        })
     } else {
         Err(TargetError::RestPath)
     }

@@ -39,6 +39,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::{render, GateError};
+use crate::telemetry::access_line::{millis_f64, Answered, ACCESS_TARGET};
 use crate::telemetry::access_log::{CallFacts, REQUEST_ID_HEADER, X_REQUEST_ID};
 use crate::telemetry::metrics::{self, InFlightGuard};
 use crate::telemetry::trace_context::{self, TraceParent};
@@ -56,12 +57,22 @@ pub struct Observer {
 }
 
 /// The middleware function.
-pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request, next: Next) -> Response {
+pub async fn observe(State(observer): State<Arc<Observer>>, request: Request, next: Next) -> Response {
+    observe_with(&observer, request, |request| next.run(request)).await
+}
+
+/// [`observe`] around any inner handler (`layers` runs its own middleware inside it, as one
+/// layer: each `from_fn` layer boxes its future and its inner service per request).
+pub async fn observe_with<F, Fut>(observer: &Observer, mut request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let in_flight = InFlightGuard::start();
     let route = route_family(request.uri().path());
     let method = request.method().clone();
-    let request_id = request_id(&observer, &request);
+    let request_id = request_id(observer, &request);
     let headers = request.headers_mut();
     headers.remove(FALGATE_REQUEST_ID);
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -69,7 +80,7 @@ pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request
     // Every log line inside the request names it (the access line names it itself).
     let id = request_id.to_str().unwrap_or_default();
     let span = tracing::info_span!("request", request_id = id);
-    let mut response = next.run(request).instrument(span).instrument(trace.clone()).await;
+    let mut response = inner(request).instrument(span).instrument(trace.clone()).await;
     let to_headers = started.elapsed();
     let refusal = response.extensions().get::<Arc<GateError>>().cloned();
     if let Some(error) = &refusal {
@@ -243,26 +254,45 @@ impl AccessLine {
         let request_id = request_id.to_str().unwrap_or_default();
         let operation = facts.operation.unwrap_or("none");
         let endpoint = facts.endpoint.as_deref().unwrap_or("-");
-        let principal = facts.principal.map(tracing::field::display);
         let fal_request_id = fal_request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
-        let headers_ms = millis(to_headers);
-        let total_ms = millis(total);
         let outcome = outcome.as_str();
         match &refusal {
-            Some(error) if error.status().is_server_error() => tracing::warn!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                detail = error.log_detail(), "refused"
-            ),
-            Some(error) => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                reason = %error, detail = error.log_detail(), "refused"
-            ),
-            None => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status,
-                headers_ms, total_ms, bytes, principal, fal_request_id, outcome, "answered"
-            ),
+            Some(error) => {
+                let principal = facts.principal.map(tracing::field::display);
+                let headers_ms = millis_f64(to_headers);
+                let total_ms = millis_f64(total);
+                if error.status().is_server_error() {
+                    tracing::warn!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        detail = error.log_detail(), "refused"
+                    );
+                } else {
+                    tracing::info!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        reason = %error, detail = error.log_detail(), "refused"
+                    );
+                }
+            }
+            // The common line, without the formatter (`telemetry::access_line`).
+            None => Answered {
+                request_id,
+                method: method.as_str(),
+                route,
+                endpoint,
+                operation,
+                status,
+                headers: to_headers,
+                total,
+                bytes,
+                principal: facts.principal,
+                fal_request_id,
+                outcome,
+            }
+            .log(),
         }
         let code = refusal.as_deref().map(GateError::code);
         metrics::request_finished(route, operation, status, total, code);
@@ -281,11 +311,6 @@ impl AccessLine {
             }
         }
     }
-}
-
-/// Milliseconds to the microsecond (`0.317`, not `0.31690199999999996`).
-fn millis(elapsed: Duration) -> f64 {
-    f64::from(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)) / 1000.0
 }
 
 /// A streamed answer's body, counting bytes and writing the access line when it ends (or is

@@ -69,6 +69,13 @@ pub enum JobState {
 pub trait JobStatus: Sync {
     /// The state of request `id` of app `app`.
     fn status(&self, app: &AppId, id: &FalRequestId) -> impl Future<Output = JobState> + Send;
+
+    /// Told when a pass learned that request `id` of the caller tagged `tag` ended (its slot
+    /// freed): the gate records the end and tells the owner's event stream (`crate::events`).
+    fn ended(&self, tag: &str, id: &FalRequestId) -> impl Future<Output = ()> + Send {
+        let _ = (tag, id);
+        std::future::ready(())
+    }
 }
 
 /// What a submitted job spent of its caller's day quota: the quota day it was counted in and
@@ -255,6 +262,7 @@ impl Limiter {
                 JobState::Ended => {
                     self.release(&job.tag, job.id.as_str(), None, None).await;
                     self.forget(&job).await;
+                    fal.ended(&job.tag, &job.id).await;
                     freed += 1;
                 }
                 JobState::Running | JobState::Unknown => self.postpone(&job, next_due_us).await,

@@ -509,8 +509,8 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
             Some(SlotKind::Relay),
         ),
         (Op::Cancel { app: app(), id: id() }, OpClass::Cancel, None),
-        (Op::StorageInitiate, OpClass::Upload, None),
-        (Op::ClientToken, OpClass::Token, None),
+        (Op::StorageInitiate { multipart: false }, OpClass::Upload, None),
+        (Op::ClientToken { realtime: false }, OpClass::Token, None),
     ];
     for (op, op_class, slot) in cases {
         let call = Call { op };
@@ -587,7 +587,9 @@ unknown_fields = "allow"
 "#;
     let fx = fixture(0, tokens).await;
     let body = || Some(json!({"allowed_apps": ["realtime-app"], "token_expiration": 60}));
-    let token = || Call { op: Op::ClientToken };
+    let token = || Call {
+        op: Op::ClientToken { realtime: false },
+    };
     let headers = HeaderMap::new();
     let mint = || fx.call("alice", token(), &headers, body());
     let (code, _, token) = mint().await.unwrap();

@@ -50,6 +50,7 @@ pub struct Tier {
 pub struct FalHeaderRules {
     pub runner_hint: Forward,
     pub no_retry: Forward,
+    pub disable_fallbacks: Forward,
     pub max_request_timeout: Option<RequestTimeout>,
     pub max_object_expiration_seconds: Option<u64>,
     /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads

@@ -118,7 +118,7 @@ fn status_of_an_unlisted_app_and_denied_uploads_are_refused() {
             .authorize(
                 &caller("pro"),
                 &Call {
-                    op: Op::StorageInitiate
+                    op: Op::StorageInitiate { multipart: false }
                 }
             )
             .unwrap_err()
@@ -206,7 +206,9 @@ client_tokens = true
 "#;
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
     let policy = Policy::new(&Config::from_toml(config, &env).unwrap().policy());
-    let token = Call { op: Op::ClientToken };
+    let token = Call {
+        op: Op::ClientToken { realtime: false },
+    };
     let grant = policy.authorize(&caller("any"), &token).unwrap();
     assert!(policy.check_token_apps(&grant, &["sdxl".into()]).is_ok());
     for refused in [

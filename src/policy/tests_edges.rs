@@ -34,7 +34,7 @@ fn uploads_allowed_by_config_pass_the_policy_with_no_endpoint_entry() {
         .authorize(
             &caller("any"),
             &Call {
-                op: Op::StorageInitiate,
+                op: Op::StorageInitiate { multipart: false },
             },
         )
         .expect("uploads are allowed by config");

@@ -23,7 +23,7 @@ use crate::webhooks::{self, Received};
 
 pub(super) async fn receive(Snapshot(gate): Snapshot, request: axum::extract::Request) -> Response {
     let facts = CallFacts {
-        operation: Some("webhook"),
+        operation: Some(crate::fal::GateRoute::Webhook.facts().name),
         ..CallFacts::default()
     };
     let (parts, body) = request.into_parts();

@@ -206,14 +206,19 @@ impl AsyncRead for Conn {
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
+                // With a request in flight nothing times out here; the timer is kept for the
+                // next idle wait, not polled (issue 23: one timer per connection, moved to each
+                // new deadline, instead of a new one armed per request).
                 let Some(deadline) = this.read_deadline() else {
-                    this.read_timer = None;
                     return Poll::Pending;
                 };
-                let timer = match &mut this.read_timer {
-                    Some((at, timer)) if *at == deadline => timer,
-                    slot => &mut slot.insert((deadline, Box::pin(tokio::time::sleep_until(deadline)))).1,
-                };
+                let (at, timer) = this
+                    .read_timer
+                    .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+                if *at != deadline {
+                    timer.as_mut().reset(deadline);
+                    *at = deadline;
+                }
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,

@@ -13,7 +13,7 @@ use crate::telemetry::trace_context::{self, TraceParent};
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
 /// `x-fal-target-url`, unknown `x-fal-*`) stays behind.
 /// (`HeaderName`s, not strings: a string key is parsed into a name on every lookup.)
-pub(super) const FORWARDED: [HeaderName; 8] = [
+pub(super) const FORWARDED: [HeaderName; 9] = [
     header::ACCEPT,
     HeaderName::from_static("x-fal-queue-priority"),
     RUNNER_HINT,
@@ -22,12 +22,15 @@ pub(super) const FORWARDED: [HeaderName; 8] = [
     LIFECYCLE,
     NO_RETRY,
     STORE_IO,
+    DISABLE_FALLBACKS,
 ];
 pub(super) const RUNNER_HINT: HeaderName = HeaderName::from_static("x-fal-runner-hint");
 pub(super) const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-fal-request-timeout");
 pub(super) const LIFECYCLE_PREFERENCE: HeaderName = HeaderName::from_static("x-fal-object-lifecycle-preference");
 pub(super) const LIFECYCLE: HeaderName = HeaderName::from_static("x-fal-object-lifecycle");
 pub(super) const NO_RETRY: HeaderName = HeaderName::from_static("x-fal-no-retry");
+/// fal's switch for not routing a call to a fallback app or machine.
+pub(super) const DISABLE_FALLBACKS: HeaderName = HeaderName::from_static("x-fal-disable-fallbacks");
 /// fal's switch for not keeping a call's input and output (`0`).
 pub(super) const STORE_IO: HeaderName = HeaderName::from_static("x-fal-store-io");
 
@@ -104,6 +107,10 @@ pub(super) fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<
             true => "1".to_owned(),
             false => return Ok(None),
         },
+        "x-fal-disable-fallbacks" => match headers::parse_disable_fallbacks(text).map_err(|_| invalid())? {
+            true => "true".to_owned(),
+            false => return Ok(None),
+        },
         "x-fal-store-io" => match headers::parse_store_io(text).map_err(|_| invalid())? {
             true => "1".to_owned(),
             false => "0".to_owned(),
@@ -122,6 +129,9 @@ pub(super) fn apply_rules(call: &Call, rules: &FalHeaderRules, out: &mut HeaderM
     }
     if rules.no_retry == Forward::Drop {
         out.remove(NO_RETRY);
+    }
+    if rules.disable_fallbacks == Forward::Drop {
+        out.remove(DISABLE_FALLBACKS);
     }
     if let Some(max) = rules.max_request_timeout {
         let asked = out

@@ -61,6 +61,17 @@ pub struct Buffered {
 struct Fields {
     request_id: Option<String>,
     status: Option<String>,
+    /// A completed status's failure (fal's `error_type`, and `error` without a type).
+    /// Read leniently: a field of unexpected type must not make the answer unreadable.
+    #[serde(default, deserialize_with = "lenient_string")]
+    error_type: Option<String>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// A string, or `None` for any other JSON value.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(value.as_str().map(str::to_owned))
 }
 
 impl Buffered {
@@ -72,6 +83,16 @@ impl Buffered {
     /// Whether a status answer says the job is `COMPLETED`.
     pub fn completed(&self) -> bool {
         self.fields.status.as_deref() == Some("COMPLETED")
+    }
+
+    /// A completed status answer's failure: fal's `error_type`, `"error"` when it only says
+    /// `error`, `None` when it names no failure.
+    pub fn failure(&self) -> Option<&str> {
+        match (self.fields.error_type.as_deref(), &self.fields.error) {
+            (Some(kind), _) => Some(kind),
+            (None, Some(_)) => Some("error"),
+            (None, None) => None,
+        }
     }
 
     /// Whether a cancel answer says the job had already ended (fal's `ALREADY_COMPLETED`).

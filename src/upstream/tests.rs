@@ -96,6 +96,7 @@ fn fal_header_values_are_forwarded_in_canonical_form() {
     let out = forwarded(&headers(&[
         ("x-fal-request-timeout", "30.0"),
         ("x-fal-no-retry", "yes"),
+        ("x-fal-disable-fallbacks", "1"),
         ("x-fal-store-io", "0"),
         ("x-fal-runner-hint", "session-42"),
         (
@@ -106,6 +107,7 @@ fn fal_header_values_are_forwarded_in_canonical_form() {
     .unwrap();
     assert_eq!(out["x-fal-request-timeout"], "30");
     assert_eq!(out["x-fal-no-retry"], "1");
+    assert_eq!(out["x-fal-disable-fallbacks"], "true");
     assert_eq!(out["x-fal-store-io"], "0");
     assert_eq!(out["x-fal-runner-hint"], "session-42");
     assert_eq!(
@@ -115,6 +117,9 @@ fn fal_header_values_are_forwarded_in_canonical_form() {
     assert!(!forwarded(&headers(&[("x-fal-no-retry", "0")]))
         .unwrap()
         .contains_key("x-fal-no-retry"));
+    assert!(!forwarded(&headers(&[("x-fal-disable-fallbacks", "false")]))
+        .unwrap()
+        .contains_key("x-fal-disable-fallbacks"));
 }
 
 #[test]
@@ -122,6 +127,7 @@ fn tier_rules_drop_cap_and_force_fal_headers() {
     let rules = FalHeaderRules {
         runner_hint: Forward::Drop,
         no_retry: Forward::Drop,
+        disable_fallbacks: Forward::Drop,
         max_request_timeout: Some(RequestTimeout::new(60.0).unwrap()),
         max_object_expiration_seconds: Some(3600),
         object_lifecycle: None,
@@ -130,12 +136,14 @@ fn tier_rules_drop_cap_and_force_fal_headers() {
     let inbound = headers(&[
         ("x-fal-runner-hint", "a"),
         ("x-fal-no-retry", "1"),
+        ("x-fal-disable-fallbacks", "true"),
         ("x-fal-request-timeout", "600"),
         ("x-fal-object-lifecycle", r#"{"expiration_duration_seconds":86400}"#),
         ("x-fal-store-io", "1"),
     ]);
     let out = forwarded_headers(&inbound, &submit(), &rules).unwrap();
     assert!(!out.contains_key("x-fal-runner-hint") && !out.contains_key("x-fal-no-retry"));
+    assert!(!out.contains_key("x-fal-disable-fallbacks"));
     assert_eq!(out["x-fal-request-timeout"], "60");
     assert_eq!(out["x-fal-object-lifecycle"], r#"{"expiration_duration_seconds":3600}"#);
     assert_eq!(out["x-fal-store-io"], "0");
@@ -184,6 +192,7 @@ fn invalid_fal_header_values_are_refused() {
         ("x-fal-request-timeout", "NaN"),
         ("x-fal-runner-hint", "has space"),
         ("x-fal-no-retry", "please"),
+        ("x-fal-disable-fallbacks", "please"),
         ("x-fal-store-io", "false"),
         (
             "x-fal-object-lifecycle-preference",

@@ -10,6 +10,7 @@ mod cli;
 mod dev;
 mod drain;
 mod errors;
+mod events;
 mod forwarding;
 mod identity;
 mod inflight;

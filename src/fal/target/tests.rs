@@ -10,13 +10,68 @@ fn allowed_targets_parse_into_calls() {
         "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
         "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
     ] {
-        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate);
+        assert_eq!(parse_target(rest).unwrap().op, Op::StorageInitiate { multipart: false });
+    }
+    let multipart =
+        parse_target("https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3").unwrap();
+    assert_eq!(
+        (multipart.op.clone(), multipart.path_and_query()),
+        (
+            Op::StorageInitiate { multipart: true },
+            "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3".to_owned()
+        )
+    );
+    for refused in [
+        "https://rest.fal.ai/storage/upload/initiate-multipart",
+        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs",
+        "https://rest.fal.ai/storage/upload/complete-multipart?storage_type=fal-cdn-v3",
+    ] {
+        assert!(parse_target(refused).is_err(), "{refused}");
     }
     let token = parse_target("https://rest.fal.ai/tokens/").unwrap();
     assert_eq!(
         (token.op.clone(), token.path_and_query()),
-        (Op::ClientToken, "/tokens/".to_owned())
+        (Op::ClientToken { realtime: false }, "/tokens/".to_owned())
     );
+    let realtime = parse_target("https://rest.fal.ai/tokens/realtime").unwrap();
+    assert_eq!(
+        (realtime.op.clone(), realtime.path_and_query()),
+        (Op::ClientToken { realtime: true }, "/tokens/realtime".to_owned())
+    );
+    for refused in [
+        "https://rest.fal.ai/tokens/realtime?x=1",
+        "https://rest.fal.ai/tokens/realtime/",
+    ] {
+        assert!(parse_target(refused).is_err(), "{refused}");
+    }
+}
+
+#[test]
+fn plain_queue_targets_skip_the_parser_and_anything_else_does_not() {
+    let id = "764cabcf-b745-4b3e-ae38-1200304cf45b";
+    let status = format!("https://queue.fal.run/fal-ai/flux/requests/{id}/status?logs=1");
+    assert_eq!(
+        plain_queue_target(&status),
+        Some((format!("/fal-ai/flux/requests/{id}/status").as_str(), Some("logs=1")))
+    );
+    assert_eq!(
+        plain_queue_target("https://queue.fal.run/fal-ai/flux/dev"),
+        Some(("/fal-ai/flux/dev", None))
+    );
+    for unsure in [
+        "https://queue.fal.run/fal-ai/./flux",
+        "https://queue.fal.run/fal-ai/../flux",
+        "https://queue.fal.run/fal-ai/%2e%2e/flux",
+        "https://queue.fal.run/fal-ai/flux#x",
+        "https://queue.fal.run/fal-ai/flux?a=<b>",
+        "https://queue.fal.run/fal ai",
+        "https://queue.fal.run:443/fal-ai/flux",
+        "https://queue.fal.run.evil.com/fal-ai/flux",
+        "https://QUEUE.fal.run/fal-ai/flux",
+        "https://fal.run/fal-ai/flux",
+    ] {
+        assert_eq!(plain_queue_target(unsure), None, "{unsure}");
+    }
 }
 
 /// SECURITY-CASES group A: every trick is refused before any connection.
@@ -80,7 +135,9 @@ fn target_url_tricks_are_refused() {
         "https://rest.fal.ai/tokens/x",
         "https://rest.fal.ai/tokens/#",
         "https://rest.fal.ai/Tokens/",
-        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+        // Multipart initiation is an upload like any other (issue 24), completion never passes.
+        "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs",
+        "https://rest.fal.ai/storage/upload/complete-multipart?storage_type=fal-cdn-v3",
         "https://rest.fal.ai/storage/upload/initiate?storage_type=gcs",
         "https://fal.ai/a/b",
         "https://QUEUE.FAL.RUN/a/b",
@@ -140,11 +197,28 @@ fn host_look_alikes_with_valid_paths_are_refused_by_the_host_rule() {
     }
     assert_eq!(
         parse_target(&format!("https://rest.fal.ai{storage}")).map(|c| c.op),
-        Ok(Op::StorageInitiate)
+        Ok(Op::StorageInitiate { multipart: false })
     );
 }
 
 proptest::proptest! {
+    /// The parser-free path agrees with the URL parser wherever it answers: the target is
+    /// its own canonical form on `queue.fal.run`, with the same path and query.
+    #[test]
+    fn a_plain_queue_target_is_what_the_url_parser_reads(
+        rest in "((\\.|\\.\\.|%2[eE]|[a-z~_-]{1,3}|)/){0,5}[a-zA-Z0-9/._~%@#?=&:'\"<>{}`|^\\\\\\- ]{0,30}",
+    ) {
+        let raw = format!("https://queue.fal.run/{rest}");
+        if let Some((path, query)) = plain_queue_target(&raw) {
+            let url = Url::parse(&raw).unwrap();
+            proptest::prop_assert_eq!(url.as_str(), raw.as_str());
+            proptest::prop_assert_eq!(url.host_str(), Some("queue.fal.run"));
+            proptest::prop_assert_eq!(url.path(), path);
+            proptest::prop_assert_eq!(url.query(), query);
+            proptest::prop_assert!(url.fragment().is_none());
+        }
+    }
+
     /// SECURITY-CASES invariant I1: whatever is accepted names an allowed host, and what is
     /// forwarded is rebuilt from parsed parts with no dot segments, encodings or authority tricks.
     #[test]
