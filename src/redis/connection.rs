@@ -127,7 +127,8 @@ impl Opener {
 }
 
 /// The hash tag Redis Cluster hashes a key by: the text between the first `{` and the next `}`
-/// when it is not empty, else the whole key.
+/// when it is not empty, else the whole key. Debug builds only, like its caller [`one_slot`].
+#[cfg(any(debug_assertions, test))]
 pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
@@ -140,7 +141,9 @@ pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
 }
 
 /// Whether every key `cmd` names shares one hash tag (scripts: their declared `KEYS`; the
-/// multi-key commands falgate could send). Other commands name one key.
+/// multi-key commands falgate could send). Other commands name one key. Debug builds only:
+/// release builds leave the check to the server (`CROSSSLOT`).
+#[cfg(any(debug_assertions, test))]
 pub(crate) fn one_slot(cmd: &Cmd) -> Result<(), String> {
     let args: Vec<&[u8]> = cmd
         .args_iter()
