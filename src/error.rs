@@ -333,6 +333,24 @@ impl From<crate::input::BodyError> for GateError {
     }
 }
 
+impl From<crate::ownership::OwnershipError> for GateError {
+    fn from(err: crate::ownership::OwnershipError) -> Self {
+        use crate::ownership::OwnershipError;
+        match err {
+            OwnershipError::NotFound => Self::RequestNotFound,
+            OwnershipError::StoreDown => Self::DependencyDown("the shared state store"),
+        }
+    }
+}
+
+impl From<crate::events::EventsError> for GateError {
+    fn from(err: crate::events::EventsError) -> Self {
+        match err {
+            crate::events::EventsError::StoreDown => Self::DependencyDown("the shared state store"),
+        }
+    }
+}
+
 impl From<WebhookRefusal> for GateError {
     fn from(refusal: WebhookRefusal) -> Self {
         match refusal {
