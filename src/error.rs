@@ -2,7 +2,10 @@
 //! HTTP: one table (`GateError::refusal`, one `match` without a wildcard arm, an arm per
 //! refusal of every domain) gives each its status, code and headers, and [`render`] is the only
 //! place that writes the contract's JSON error body. The domains' errors ([`PolicyError`],
-//! [`LimitError`], `auth::AuthError`, `schema::Rejection`) know nothing of HTTP.
+//! [`LimitError`], `auth::AuthError`, `schema::Rejection`, `input::BodyError`,
+//! `ownership::OwnershipError`, `events::EventsError`, `upstream::UpstreamError`,
+//! `webhooks::Refusal`) know nothing of HTTP, and none of them uses this module: it sits above
+//! the domains (ARCHITECTURE.md, "Dependency direction"; `tests_layering::no_domain_uses_error`).
 //!
 //! `IntoResponse` is pure: it sets status and headers and stores the error in the response
 //! extensions; the access log (`layers::access_log`) renders the body with the request id
@@ -269,25 +272,13 @@ impl GateError {
             Self::UpstreamCredentials(status) => Some(format!(
                 "fal answered {status}: FAL_KEY is missing, revoked or lacks access"
             )),
-            Self::UpstreamUnreachable(err) => Some(cause_chain(err.as_ref())),
+            Self::UpstreamUnreachable(err) => Some(crate::upstream::cause_chain(err.as_ref())),
             Self::UpstreamBadResponse(why) | Self::SubmitOutcomeUnknown(why) | Self::Internal(why) => Some(why.clone()),
             // Why the token was refused (expired, wrong audience, …): never the token itself.
             Self::Unauthenticated(err) | Self::UnauthenticatedExplained(err) => Some(err.log_reason().to_owned()),
             _ => None,
         }
     }
-}
-
-/// An error followed by its causes (`source()` after `source()`).
-pub(crate) fn causes<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |current| current.source())
-}
-
-/// The error and its causes on one line (fal's URLs carry no secret; no URL is printed anyway).
-fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    causes(err).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 impl IntoResponse for GateError {
@@ -329,6 +320,39 @@ impl From<crate::input::BodyError> for GateError {
             BodyError::Timeout => Self::BodyTimeout,
             BodyError::Unreadable => Self::Malformed("the request body could not be read".into()),
             BodyError::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
+impl From<crate::ownership::OwnershipError> for GateError {
+    fn from(err: crate::ownership::OwnershipError) -> Self {
+        use crate::ownership::OwnershipError;
+        match err {
+            OwnershipError::NotFound => Self::RequestNotFound,
+            OwnershipError::StoreDown => Self::DependencyDown("the shared state store"),
+        }
+    }
+}
+
+impl From<crate::events::EventsError> for GateError {
+    fn from(err: crate::events::EventsError) -> Self {
+        match err {
+            crate::events::EventsError::StoreDown => Self::DependencyDown("the shared state store"),
+        }
+    }
+}
+
+impl From<crate::upstream::UpstreamError> for GateError {
+    fn from(err: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError;
+        match err {
+            UpstreamError::Timeout => Self::UpstreamTimeout,
+            UpstreamError::Unreachable(source) => Self::UpstreamUnreachable(source),
+            UpstreamError::BadResponse(detail) => Self::UpstreamBadResponse(detail),
+            UpstreamError::Credentials(status) => Self::UpstreamCredentials(status),
+            UpstreamError::OutcomeUnknown(detail) => Self::SubmitOutcomeUnknown(detail),
+            UpstreamError::MalformedHeader(message) => Self::Malformed(message),
+            UpstreamError::Internal(detail) => Self::Internal(detail),
         }
     }
 }

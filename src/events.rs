@@ -31,11 +31,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::error::GateError;
 use crate::fal::FalRequestId;
 use crate::limits::OnStoreError;
 use crate::ownership::{Outcome, Ownership, Summary};
 use redis::RedisEvents;
+
+/// Why the event history could not be read (no HTTP: the edge, `error`, answers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventsError {
+    /// The shared store could not answer, under `on_store_error = "deny"`.
+    #[error("the shared state store is unavailable")]
+    StoreDown,
+}
 
 /// `[events]`: the per-caller event stream.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -248,7 +255,7 @@ impl Events {
 
     /// The id of the caller's newest event (`ZERO` when none): where a stream opened without
     /// `Last-Event-ID` starts.
-    pub async fn latest(&self, tag: &str) -> Result<EventId, GateError> {
+    pub async fn latest(&self, tag: &str) -> Result<EventId, EventsError> {
         match &self.shared {
             None => Ok(self
                 .lock()
@@ -264,7 +271,7 @@ impl Events {
     }
 
     /// The caller's events after `after`, oldest first (at most `events.history`).
-    pub async fn since(&self, tag: &str, after: EventId) -> Result<Vec<Event>, GateError> {
+    pub async fn since(&self, tag: &str, after: EventId) -> Result<Vec<Event>, EventsError> {
         match &self.shared {
             None => Ok(self
                 .lock()
@@ -279,10 +286,10 @@ impl Events {
         }
     }
 
-    fn store_failed(&self, err: &crate::redis::StoreError) -> Result<(), GateError> {
+    fn store_failed(&self, err: &crate::redis::StoreError) -> Result<(), EventsError> {
         tracing::warn!(error = %err, "event history unavailable");
         match self.on_error {
-            OnStoreError::Deny => Err(GateError::DependencyDown("the shared state store")),
+            OnStoreError::Deny => Err(EventsError::StoreDown),
             OnStoreError::Allow => Ok(()),
         }
     }

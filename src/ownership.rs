@@ -24,12 +24,23 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::error::GateError;
 use crate::fal::{AppId, EndpointId, FalRequestId};
 use crate::limits::OnStoreError;
 use index::LocalIndex;
 use local::LocalRecords;
 use redis::RedisOwnership;
+
+/// Why an ownership question was refused (no HTTP: the edge, `error`, answers it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OwnershipError {
+    /// No request with this id was submitted by this caller on this app (or, under
+    /// `on_store_error = "allow"`, the shared store could not say).
+    #[error("no request with this id exists for this caller")]
+    NotFound,
+    /// The shared store could not answer, under `on_store_error = "deny"`.
+    #[error("the shared state store is unavailable")]
+    StoreDown,
+}
 
 /// Ownership memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,22 +217,22 @@ impl Ownership {
     }
 
     /// Passes only when `principal` (a caller's `issuer|sub`) submitted request `id` on `app`.
-    pub async fn check(&self, principal: &str, app: &AppId, id: &FalRequestId) -> Result<(), GateError> {
+    pub async fn check(&self, principal: &str, app: &AppId, id: &FalRequestId) -> Result<(), OwnershipError> {
         // This replica's own records are authoritative for it, even while Redis is away.
         if self.local.owned_by(principal, app, id) {
             return Ok(());
         }
         let Some(shared) = &self.shared else {
-            return Err(GateError::RequestNotFound);
+            return Err(OwnershipError::NotFound);
         };
         match shared.check(principal, app.as_str(), id.as_str()).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(GateError::RequestNotFound),
+            Ok(false) => Err(OwnershipError::NotFound),
             Err(err) => {
                 tracing::warn!(error = %err, "ownership store unavailable");
                 match self.on_error {
-                    OnStoreError::Deny => Err(GateError::DependencyDown("the shared state store")),
-                    OnStoreError::Allow => Err(GateError::RequestNotFound),
+                    OnStoreError::Deny => Err(OwnershipError::StoreDown),
+                    OnStoreError::Allow => Err(OwnershipError::NotFound),
                 }
             }
         }
@@ -276,7 +287,7 @@ impl Ownership {
     /// The caller's live indexed requests, newest first (ties by id, descending). With Redis,
     /// the shared index; when it cannot answer, `limits.on_store_error` decides: `deny` → 503,
     /// `allow` → this replica's own index.
-    pub async fn recent(&self, tag: &str) -> Result<Vec<Summary>, GateError> {
+    pub async fn recent(&self, tag: &str) -> Result<Vec<Summary>, OwnershipError> {
         let now_ms = self.now_ms();
         let mut summaries = match &self.shared {
             None => self.index.recent(tag, now_ms),
@@ -285,7 +296,7 @@ impl Ownership {
                 Err(err) => {
                     tracing::warn!(error = %err, "request index unavailable");
                     match self.on_error {
-                        OnStoreError::Deny => return Err(GateError::DependencyDown("the shared state store")),
+                        OnStoreError::Deny => return Err(OwnershipError::StoreDown),
                         OnStoreError::Allow => self.index.recent(tag, now_ms),
                     }
                 }
@@ -305,6 +316,7 @@ mod tests {
 
     use super::*;
     use crate::auth::Caller;
+    use crate::error::OnTheWire;
 
     fn flux() -> EndpointId {
         EndpointId::parse("fal-ai/flux").unwrap()

@@ -259,11 +259,13 @@ async fn forward(
             Ok(response) if relay::is_streamed(call, response.status()) => {
                 relay::refuse_credential_failure(response.status())
                     .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.clone()))
+                    .map_err(GateError::from)
             }
             Ok(response) => relay::buffer(upstream, call, response)
                 .await
-                .map(|b| Answer::Buffered(b, admission.clone(), slot)),
-            Err(err) => Err(err),
+                .map(|b| Answer::Buffered(b, admission.clone(), slot))
+                .map_err(GateError::from),
+            Err(err) => Err(err.into()),
         }
     };
     match call.facts().drain {

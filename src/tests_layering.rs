@@ -12,11 +12,12 @@ const LEAVES: [&str; 7] = ["body", "budget", "clock", "fal", "lifecycle", "schem
 
 /// ARCHITECTURE.md's layers table, top down, each layer's modules in its order: a module uses
 /// only modules after it.
-const LAYERS: [(&str, &[&str]); 6] = [
+const LAYERS: [(&str, &[&str]); 7] = [
     ("entry", &["cli", "dev", "process"]),
     ("serving", &["app", "layers", "routes", "pipeline", "playground"]),
     ("snapshot", &["state"]),
     ("settings", &["config"]),
+    ("edge", &["error"]),
     (
         "domains",
         &[
@@ -24,7 +25,6 @@ const LAYERS: [(&str, &[&str]); 6] = [
             "events",
             "ownership",
             "cors",
-            "error",
             "input",
             "policy",
             "auth",
@@ -51,7 +51,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
 
 /// The domains: each owns its settings type, which `config` fills; none reads `config`.
 fn domains() -> &'static [&'static str] {
-    LAYERS[4].1
+    LAYERS[5].1
 }
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
@@ -290,6 +290,20 @@ fn no_domain_uses_config() {
         assert!(
             !uses(&graph, domain).contains("config"),
             "`{domain}` uses `config`: a domain owns its settings type and `config` fills it (ARCHITECTURE.md, \"Dependency direction\")"
+        );
+    }
+}
+
+/// Issue 21: the domains refuse with their own typed errors (`PolicyError`, `LimitError`,
+/// `UpstreamError`, …) and know nothing of HTTP; `error`, above them, is the one place a
+/// refusal becomes a status, a code and headers.
+#[test]
+fn no_domain_uses_error() {
+    let graph = graph();
+    for domain in domains().iter().chain(LEAVES.iter()) {
+        assert!(
+            !uses(&graph, domain).contains("error"),
+            "`{domain}` uses `error`: a domain refuses with its own typed error, which `error` maps (ARCHITECTURE.md, \"Dependency direction\")"
         );
     }
 }

@@ -18,6 +18,7 @@
 
 mod client;
 mod credentials;
+mod error;
 mod forwarded;
 mod job_status;
 pub mod relay;
@@ -29,12 +30,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::error::{causes, GateError};
 use crate::fal::{Answer, Call, Host, Unknown};
 use crate::telemetry::metrics::{self, UpstreamOutcome};
 
 pub(crate) use self::credentials::keyed_digest;
 pub use self::credentials::FalCredentials;
+pub use self::error::UpstreamError;
+pub(crate) use self::error::{cause_chain, causes};
 pub use self::settings::{EgressProxy, Settings};
 
 use self::client::{client, send_retrying_refused, tls_config, FalClient};
@@ -119,11 +121,16 @@ impl Upstream {
     }
 
     /// Sends a call to fal and waits for its response headers (bounded by the first-byte timeout).
-    pub async fn send(&self, call: &Call, headers: HeaderMap, body: Option<Bytes>) -> Result<FalResponse, GateError> {
+    pub async fn send(
+        &self,
+        call: &Call,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<FalResponse, UpstreamError> {
         // Formatted from validated, canonical parts and the configured base URL: it parses
         // (in place: the formatted text becomes the URI's buffer).
         let uri = Uri::from_maybe_shared(Bytes::from(self.url(call)))
-            .map_err(|err| GateError::Internal(format!("upstream URL: {err}")))?;
+            .map_err(|err| UpstreamError::Internal(format!("upstream URL: {err}")))?;
         let has_body = body.is_some();
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = call.method();
@@ -149,10 +156,7 @@ impl Upstream {
                     };
                     (Err(send_error(call, err)), outcome)
                 }
-                Err(_elapsed) => (
-                    Err(after_sent(call, GateError::UpstreamTimeout)),
-                    UpstreamOutcome::Timeout,
-                ),
+                Err(_elapsed) => (Err(after_sent(call, UpstreamError::Timeout)), UpstreamOutcome::Timeout),
             };
         metrics::upstream_answered(call.op_name(), outcome, started.elapsed());
         answer
@@ -180,13 +184,13 @@ pub type FalResponse = axum::http::Response<hyper::body::Incoming>;
 
 /// Maps a transport failure: before the request left (connect) it is safe to retry; after,
 /// a paid call's outcome is unknown.
-fn send_error(call: &Call, err: hyper_util::client::legacy::Error) -> GateError {
+fn send_error(call: &Call, err: hyper_util::client::legacy::Error) -> UpstreamError {
     if err.is_connect() && is_timeout(&err) {
-        GateError::UpstreamTimeout
+        UpstreamError::Timeout
     } else if err.is_connect() {
-        GateError::UpstreamUnreachable(Box::new(err))
+        UpstreamError::Unreachable(Box::new(err))
     } else {
-        after_sent(call, GateError::UpstreamUnreachable(Box::new(err)))
+        after_sent(call, UpstreamError::Unreachable(Box::new(err)))
     }
 }
 
@@ -201,9 +205,9 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The error for a failure after the request was sent: paid calls (submit, sync run) whose
 /// outcome is unknown get a status the fal client does not retry; other calls keep `err`.
-pub(crate) fn after_sent(call: &Call, err: GateError) -> GateError {
+pub(crate) fn after_sent(call: &Call, err: UpstreamError) -> UpstreamError {
     match call.facts().unknown {
-        Unknown::KeepSpend => GateError::SubmitOutcomeUnknown(err.log_detail().unwrap_or_else(|| err.to_string())),
+        Unknown::KeepSpend => UpstreamError::OutcomeUnknown(err.detail()),
         // A token or upload URL that never arrived reaches no one: the error stands (refunded).
         Unknown::Refund | Unknown::NotPaid => err,
     }

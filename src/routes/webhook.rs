@@ -90,7 +90,7 @@ async fn read(gate: &Gate, headers: &HeaderMap, body: Body) -> Result<Bytes, Gat
     }
     match tokio::time::timeout(gate.config.body_timeout, axum::body::to_bytes(body, max)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(err)) if crate::error::causes(&err).any(|cause| cause.is::<http_body_util::LengthLimitError>()) => {
+        Ok(Err(err)) if crate::upstream::causes(&err).any(|cause| cause.is::<http_body_util::LengthLimitError>()) => {
             Err(GateError::BodyTooLarge(max))
         }
         Ok(Err(_)) => Err(GateError::Malformed("the webhook's body did not arrive whole".into())),

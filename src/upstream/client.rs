@@ -11,8 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{FalResponse, Settings};
-use crate::error::causes;
+use super::{causes, FalResponse, Settings};
 
 /// [`Upstream::send_once_or_twice`] on any client (tests give it an HTTP/2-only one).
 pub(super) async fn send_retrying_refused<C>(

@@ -3,11 +3,12 @@
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::GateError;
 use crate::fal::headers::{self, ObjectLifecycle, RequestTimeout};
 use crate::fal::{Call, Priority, Retention};
 use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::access_log;
+
+use super::UpstreamError;
 use crate::telemetry::trace_context::{self, TraceParent};
 
 /// Caller headers passed on to fal; everything else (cookies, authorization, hop-by-hop,
@@ -44,13 +45,15 @@ pub(super) const MAX_HEADER_VALUE: usize = 2048;
 /// Picks the caller headers that fal may see, refusing malformed values and writing each one in
 /// its canonical form (`fal::headers`), applies the tier's rules over them (`rules`), and adds
 /// the trace context and request id every call to fal carries.
-pub fn forwarded_headers(inbound: &HeaderMap, call: &Call, rules: &FalHeaderRules) -> Result<HeaderMap, GateError> {
+pub fn forwarded_headers(inbound: &HeaderMap, call: &Call, rules: &FalHeaderRules) -> Result<HeaderMap, UpstreamError> {
     let mut out = HeaderMap::new();
     for name in &FORWARDED {
         let mut values = inbound.get_all(name).iter();
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
-            return Err(GateError::Malformed(format!("header {name} may be sent only once")));
+            return Err(UpstreamError::MalformedHeader(format!(
+                "header {name} may be sent only once"
+            )));
         }
         if let Some(canonical) = canonical_value(name, value)? {
             out.insert(name.clone(), canonical);
@@ -87,8 +90,8 @@ pub(super) fn trace_headers(inbound: &HeaderMap, out: &mut HeaderMap) {
 
 /// The value fal receives for a caller's header: parsed, bounded and rewritten canonically
 /// (None: nothing to send, e.g. `x-fal-no-retry: 0`); a value that does not parse is a 400.
-pub(super) fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<Option<HeaderValue>, GateError> {
-    let invalid = || GateError::Malformed(format!("header {name} has an invalid value"));
+pub(super) fn canonical_value(name: &HeaderName, value: &HeaderValue) -> Result<Option<HeaderValue>, UpstreamError> {
+    let invalid = || UpstreamError::MalformedHeader(format!("header {name} has an invalid value"));
     let text = value
         .to_str()
         .ok()

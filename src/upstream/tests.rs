@@ -7,6 +7,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::client::refused_unprocessed;
 use super::*;
+use crate::error::GateError;
 use crate::fal::headers::{ObjectLifecycle, RequestTimeout};
 use crate::policy::{FalHeaderRules, Forward, StoreIo};
 use crate::telemetry::trace_context::TraceParent;
@@ -81,7 +82,7 @@ fn submit() -> Call {
 }
 
 fn forwarded(inbound: &HeaderMap) -> Result<HeaderMap, GateError> {
-    forwarded_headers(inbound, &submit(), &FalHeaderRules::default())
+    forwarded_headers(inbound, &submit(), &FalHeaderRules::default()).map_err(GateError::from)
 }
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
