@@ -33,11 +33,9 @@ fn admission(c: &mut Criterion) {
             .iter(|| async { black_box(memory.admit(&who, OpClass::Submit, None, 1).await.is_ok()) })
     });
     let _runtime_context = runtime.enter();
-    let store = RedisStore::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 1000,
-        key_prefix: format!("bench-{}", std::process::id()),
-    })
+    let store = RedisStore::connect(
+        &RedisConfig::single("redis://127.0.0.1:6379").with(1000, format!("bench-{}", std::process::id())),
+    )
     .expect("redis url");
     let shared = limiter(Some(store));
     c.bench_function("admit_submit_redis_one_round_trip", |b| {

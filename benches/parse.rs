@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use falgate::auth::Caller;
 use falgate::config::OwnershipConfig;
-use falgate::fal::{parse_queue_path, parse_target, AppId, FalRequestId};
+use falgate::fal::{parse_queue_path, parse_target, AppId, EndpointId, FalRequestId};
 use falgate::limits::OnStoreError;
 use falgate::ownership::Ownership;
 
@@ -54,14 +54,18 @@ fn ownership(c: &mut Criterion) {
     let config = OwnershipConfig {
         ttl: Duration::from_secs(604_800),
         max_entries: 1_000_000,
+        per_caller: 200,
+        list_limit: 20,
+        list_max: 100,
     };
     let store = Ownership::new(config, None, OnStoreError::Deny);
     let app = AppId::from_segments(&["fal-ai", "video-prompt-generator"]).unwrap();
+    let endpoint = EndpointId::parse(app.as_str()).unwrap();
     let (owner, other) = (caller("owner"), caller("other"));
     let before = rss_kb();
     runtime.block_on(async {
         for n in 0..STORED {
-            store.record(&owner.principal(), &app, &request_id(n)).await;
+            store.record(&owner.principal(), &endpoint, &request_id(n)).await;
         }
     });
     println!(
@@ -94,8 +98,8 @@ fn ownership(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             n += 1;
             let id = request_id(n);
-            let (store, owner, app) = (&store, &owner, &app);
-            async move { store.record(&owner.principal(), app, &id).await }
+            let (store, owner, endpoint) = (&store, &owner, &endpoint);
+            async move { store.record(&owner.principal(), endpoint, &id).await }
         })
     });
 }

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use falgate::schema::{FieldOverlay, Limits, Overlay, Rejection, SchemaSource, Schemas, UnknownFields};
+use falgate::schema::{FieldOverlay, Overlay, Rejection, SchemaSource, Schemas, UnknownFields, ValidationLimits};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -46,7 +46,7 @@ fn data_uri_input() -> Vec<u8> {
 }
 
 /// Prints the allocations of one validation, counted by the global allocator above.
-fn report_allocations(name: &str, schemas: &Schemas, body: &[u8], limits: &Limits) {
+fn report_allocations(name: &str, schemas: &Schemas, body: &[u8], limits: &ValidationLimits) {
     let region = Region::new(GLOBAL);
     let result = schemas.validate(ENDPOINT, None, body, limits);
     let change = region.change();
@@ -60,10 +60,10 @@ fn report_allocations(name: &str, schemas: &Schemas, body: &[u8], limits: &Limit
 
 fn validation(c: &mut Criterion) {
     let schemas = schemas();
-    let limits = Limits {
+    let limits = ValidationLimits {
         max_depth: 32,
         max_body_bytes: 4 * 1024 * 1024,
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     let big = data_uri_input();
     assert!(schemas

@@ -100,15 +100,38 @@ fn spawn_reconciler(state: Weak<Current>, lifecycle: Arc<Lifecycle>) -> tokio::t
             let Some(gate) = state.upgrade().map(|current| current.load()) else {
                 return;
             };
-            let Some(wait) =
-                crate::limits::reconcile::tick(&gate.limiter, &*gate.upstream, lifecycle.is_draining()).await
-            else {
+            let fal = Reconciled {
+                upstream: &gate.upstream,
+                events: &gate.events,
+            };
+            let Some(wait) = crate::limits::reconcile::tick(&gate.limiter, &fal, lifecycle.is_draining()).await else {
                 return;
             };
             drop(gate);
             tokio::time::sleep(wait).await;
         }
     })
+}
+
+/// The reconciler's view of fal (the status of a job), and where the ends it learns go: the
+/// owner's request index and event stream.
+struct Reconciled<'a> {
+    upstream: &'a crate::upstream::Upstream,
+    events: &'a crate::events::Events,
+}
+
+impl crate::limits::reconcile::JobStatus for Reconciled<'_> {
+    fn status(
+        &self,
+        app: &crate::fal::AppId,
+        id: &crate::fal::FalRequestId,
+    ) -> impl std::future::Future<Output = crate::limits::reconcile::JobState> + Send {
+        self.upstream.status(app, id)
+    }
+
+    async fn ended(&self, tag: &str, id: &crate::fal::FalRequestId) {
+        self.events.finished(tag, id, crate::ownership::Outcome::Unknown).await;
+    }
 }
 
 /// Serves both routers until `shutdown` resolves, then drains: `/readyz` answers 503 at once,

@@ -13,7 +13,10 @@ mod issuer;
 mod jwks;
 mod keys;
 mod mint;
+mod settings;
 mod token;
+
+pub use self::settings::{Auth, IssuerConfig, DEFAULT_ISSUER};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +30,6 @@ pub use keys::KeyError;
 pub use mint::mint_hs256;
 
 use crate::clock::Clock;
-use crate::config;
 use issuer::Issuer;
 
 /// Longest a verified token stays cached, whatever its `exp` (bounds the effect of key removal).
@@ -171,13 +173,13 @@ struct Cached {
 
 impl Authenticator {
     /// Builds the issuers (loading key files; JWKS are fetched by [`Authenticator::start`]).
-    pub fn new(config: &config::Auth) -> Result<Self, KeyError> {
+    pub fn new(config: &Auth) -> Result<Self, KeyError> {
         Self::with_clock(config, Clock::system())
     }
 
     /// [`Self::new`] with cached verdicts judged at `clock`'s time. Signature and claim checks
     /// of an uncached token use the machine's time (the JWT library reads it).
-    pub fn with_clock(config: &config::Auth, clock: Clock) -> Result<Self, KeyError> {
+    pub fn with_clock(config: &Auth, clock: Clock) -> Result<Self, KeyError> {
         Self::build(config, &[], clock)
     }
 
@@ -185,11 +187,11 @@ impl Authenticator {
     /// cached caller may carry a tier or issuer the new config maps differently), and every
     /// JWKS whose URL and settings did not change taken over from `self` with its keys and
     /// refresh task. New JWKS are fetched by [`Self::load_new_keys`].
-    pub fn next(&self, config: &config::Auth) -> Result<Self, KeyError> {
+    pub fn next(&self, config: &Auth) -> Result<Self, KeyError> {
         Self::build(config, &self.issuers, self.clock.clone())
     }
 
-    fn build(config: &config::Auth, previous: &[Issuer], clock: Clock) -> Result<Self, KeyError> {
+    fn build(config: &Auth, previous: &[Issuer], clock: Clock) -> Result<Self, KeyError> {
         let client = jwks::client(config)?;
         let issuers = config
             .issuers

@@ -144,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     let mut problems = Vec::new();
     let mut problem = |failure: Failure| problems.push(failure.to_string());
+    let mut store = None;
     match load(path) {
         Ok(config) => {
             if let Err(err) = crate::schema::Schemas::compile(config.schema_sources.clone()) {
@@ -155,6 +156,12 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
             for warning in &config.warnings {
                 eprintln!("falgate: warning: {warning}");
             }
+            // The store's mode, so a deployment sees which one one setting picked.
+            match config.redis.as_ref().map(crate::redis::RedisConfig::mode) {
+                None => store = Some("in process (no [redis]): limits are per replica".to_owned()),
+                Some(Ok(mode)) => store = Some(format!("{} ({})", mode.name(), mode.describe())),
+                Some(Err(err)) => problem(Failure::Config(format!("[redis]: {err}"))),
+            }
         }
         Err(failure) => problem(failure),
     }
@@ -163,6 +170,9 @@ fn check_config(path: Option<&Path>) -> Result<(), Failure> {
     }
     match problems.as_slice() {
         [] => {
+            if let Some(store) = store {
+                println!("shared state: {store}");
+            }
             println!("configuration is valid");
             Ok(())
         }

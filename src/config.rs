@@ -5,11 +5,14 @@
 
 mod access;
 mod auth;
+mod endpoints;
 mod env;
 mod file;
 mod keys;
 mod secrets;
+mod serving;
 mod telemetry;
+mod upstream;
 mod warnings;
 
 use std::collections::BTreeMap;
@@ -19,12 +22,21 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use access::{Cors, FalHeaderRules, Operation, OwnershipConfig, Pass, Priority, StoreIo, Tier};
-pub use auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
+pub use crate::auth::{Auth, IssuerConfig, DEFAULT_ISSUER};
+pub use crate::cors::Cors;
+pub use crate::fal::Priority;
+pub use crate::ownership::OwnershipConfig;
+pub use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+pub use crate::upstream::{EgressProxy, Settings as UpstreamSettings};
+pub use access::Operation;
 pub use env::{ProcessEnv, Sources};
 pub use file::Toggle;
-pub(crate) use secrets::keyed_digest;
 pub use secrets::FalCredentials;
+pub use serving::Drain;
+
+use self::endpoints::{endpoints, schema_sources};
+use self::serving::{connections, socket, workers};
+use self::upstream::upstream;
 
 // The log settings are telemetry's own; re-exported here, where the file's sections are.
 pub use crate::telemetry::{LogFormat, Telemetry};
@@ -49,7 +61,7 @@ pub struct Config {
     /// Server threads (each a single-threaded runtime owning its connections and its own fal
     /// connection pool; see `server`); resolved at load, so never 0.
     pub workers: usize,
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     pub auth: Auth,
     pub max_body_bytes: usize,
     /// Bytes of request bodies held at once, all calls together.
@@ -77,8 +89,12 @@ pub struct Config {
     pub tiers: BTreeMap<String, Tier>,
     /// Hosts `fal_webhook` URLs may point at; empty = webhooks refused.
     pub webhook_hosts: std::collections::BTreeSet<String>,
+    /// The receiver of fal's signed deliveries (`[webhooks]` but `allowed_hosts`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
     pub cors: Cors,
     pub ownership: OwnershipConfig,
+    /// The per-caller event stream (`GET /api/fal/events`).
+    pub events: crate::events::EventsConfig,
     /// Every endpoint's schema settings, compiled at startup (`schema::Schemas::compile`).
     pub schema_sources: Vec<SchemaSource>,
     /// Rates, quotas, concurrency and idempotency (unlimited without a `[limits]` section).
@@ -92,73 +108,6 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// `[playground] enabled`: serve the playground page at `/` (its API needs a caller's token).
     pub playground_enabled: bool,
-}
-
-/// Where fal is and how long to wait for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
-    pub queue_url: Url,
-    pub run_url: Url,
-    pub storage_url: Url,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub max_response_bytes: usize,
-    pub max_result_bytes: usize,
-    /// Bytes of answers read whole at once (all calls together); past it model output streams.
-    pub buffer_budget_bytes: usize,
-    /// A relayed event stream is ended cleanly once it has been open this long (the client
-    /// re-polls), so no stream holds its slot forever.
-    pub max_stream_lifetime: Duration,
-    /// The egress proxy for https connections to fal, from `HTTPS_PROXY` / `ALL_PROXY`, with the
-    /// hosts in `NO_PROXY` going direct (the conventions curl and reqwest follow).
-    pub egress_proxy: Option<EgressProxy>,
-}
-
-/// An egress proxy (`http://[user:pass@]host:port`); its URL may hold a password, so it is
-/// never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EgressProxy {
-    pub url: String,
-    pub no_proxy: String,
-}
-
-impl std::fmt::Debug for EgressProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EgressProxy")
-            .field("url", &"<redacted>")
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
-}
-
-/// Graceful shutdown: `/readyz` answers 503 at once and new calls are still served for `delay`
-/// (so the balancer notices), then the listener closes and calls in flight get up to `timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drain {
-    pub delay: Duration,
-    pub timeout: Duration,
-}
-
-impl Default for Drain {
-    fn default() -> Self {
-        Self {
-            delay: Duration::from_secs(5),
-            timeout: Duration::from_secs(25),
-        }
-    }
-}
-
-/// What is allowed for one configured endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointPolicy {
-    pub sync_run: bool,
-    /// Callers may mint temporary fal tokens for this endpoint's app (`fal.realtime`, client-mode
-    /// streams): `POST rest.fal.ai/tokens/` through the proxy.
-    pub client_tokens: bool,
-    /// Body cap for this endpoint, when it differs from `request.max_body_bytes`.
-    pub max_body_bytes: Option<usize>,
 }
 
 /// A configuration that cannot be used, with a message naming the key.
@@ -175,6 +124,16 @@ enum Source {
 }
 
 impl Config {
+    /// The policy's settings, from `[endpoints]`, `[tiers]`, `[webhooks]` and `[storage]`.
+    pub fn policy(&self) -> crate::policy::Settings<'_> {
+        crate::policy::Settings {
+            endpoints: &self.endpoints,
+            tiers: &self.tiers,
+            webhook_hosts: &self.webhook_hosts,
+            uploads: self.storage_uploads == Toggle::Allow,
+        }
+    }
+
     /// Reads the file named by `--config`, `FALGATE_CONFIG` or the default, then applies env.
     pub fn load(path: Option<&Path>, sources: &dyn Sources) -> Result<Self, ConfigError> {
         let path = resolve_path(path, sources);
@@ -261,14 +220,18 @@ impl Config {
                 EndpointId::parse(key).is_ok_and(|id| endpoints.keys().any(|entry| entry.covers(&id)))
             })
             .map_err(|err| ConfigError(err.0))?;
+        let public_url = raw
+            .public_url
+            .as_deref()
+            .map(|raw| base_url("public_url", raw))
+            .transpose()?;
+        let webhooks =
+            crate::webhooks::WebhooksConfig::parse(&raw.webhooks, public_url.as_ref()).map_err(ConfigError)?;
         Ok(Self {
             listen: socket("listen", &raw.listen)?,
             admin_listen: socket("admin_listen", &raw.admin_listen)?,
-            public_url: raw
-                .public_url
-                .as_deref()
-                .map(|raw| base_url("public_url", raw))
-                .transpose()?,
+            public_url,
+            webhooks,
             workers: workers(raw.workers)?,
             upstream: upstream(&raw.upstream, sources)?,
             auth: auth::auth(raw.auth, sources)?,
@@ -298,6 +261,10 @@ impl Config {
             webhook_hosts: access::webhooks(raw.webhooks)?,
             cors: access::cors(raw.cors)?,
             ownership: access::ownership(&raw.ownership)?,
+            events: {
+                raw.events.check().map_err(ConfigError)?;
+                raw.events
+            },
             endpoints,
             schema_sources,
             limits,
@@ -313,45 +280,6 @@ fn resolve_path(path: Option<&Path>, sources: &dyn Sources) -> PathBuf {
     path.map(Path::to_path_buf)
         .or_else(|| sources.var("FALGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
-}
-
-fn socket(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
-    raw.parse()
-        .map_err(|_| ConfigError(format!("`{key}` must be an address like 0.0.0.0:8080, got {raw:?}")))
-}
-
-/// `workers = 0` means one per core (what the machine or its cgroup lets this process use).
-fn workers(raw: usize) -> Result<usize, ConfigError> {
-    const MAX: usize = crate::server::MAX_WORKERS;
-    match raw {
-        0 => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
-        n if n > MAX => Err(ConfigError(format!("`workers` must be at most {MAX}, got {n}"))),
-        n => Ok(n),
-    }
-}
-
-fn connections(raw: &file::RawConnections) -> Result<Connections, ConfigError> {
-    let streams = raw.http2_max_concurrent_streams;
-    if streams == 0 {
-        return Err(ConfigError(
-            "`connections.http2_max_concurrent_streams` must be greater than zero".into(),
-        ));
-    }
-    Ok(Connections {
-        max_open: positive("connections.max_open", raw.max_open)?,
-        header_read_timeout: millis("connections.header_read_timeout_ms", raw.header_read_timeout_ms)?,
-        keep_alive_timeout: millis("connections.keep_alive_timeout_ms", raw.keep_alive_timeout_ms)?,
-        write_timeout: millis("connections.write_timeout_ms", raw.write_timeout_ms)?,
-        send_buffer_bytes: raw.send_buffer_bytes,
-        http2_max_concurrent_streams: streams,
-        http2_keep_alive_interval: millis(
-            "connections.http2_keep_alive_interval_ms",
-            raw.http2_keep_alive_interval_ms,
-        )?,
-        min_send_bytes_per_second: raw.min_send_bytes_per_second,
-        admin_max_open: positive("connections.admin_max_open", raw.admin_max_open)?,
-        http2_max_open_streams: positive("connections.http2_max_open_streams", raw.http2_max_open_streams)?,
-    })
 }
 
 /// `log.principal_hash_key`: a secret of at least 16 bytes when set.
@@ -391,46 +319,6 @@ fn base_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// A base URL of fal's: fal's key travels with every call to it, so never in clear text beyond
-/// this machine (http only on loopback, e.g. the emulator). `public_url`, falgate's own address,
-/// may be http (a TLS terminator in front).
-fn fal_url(key: &str, raw: &str) -> Result<Url, ConfigError> {
-    let url = base_url(key, raw)?;
-    if url.scheme() == "http" && !is_loopback(&url) {
-        return Err(ConfigError(format!(
-            "`{key}` must be https: FAL_KEY is sent with every call to it (http is allowed only for a loopback address, such as the emulator): {raw:?}"
-        )));
-    }
-    Ok(url)
-}
-
-/// `localhost`, `127.0.0.0/8` or `::1`: traffic that never leaves the machine.
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-fn upstream(raw: &file::RawUpstream, sources: &dyn Sources) -> Result<Upstream, ConfigError> {
-    Ok(Upstream {
-        egress_proxy: egress_proxy(sources)?,
-        queue_url: fal_url("upstream.queue_url", &raw.queue_url)?,
-        run_url: fal_url("upstream.run_url", &raw.run_url)?,
-        storage_url: fal_url("upstream.storage_url", &raw.storage_url)?,
-        connect_timeout: millis("upstream.connect_timeout_ms", raw.connect_timeout_ms)?,
-        first_byte_timeout: millis("upstream.first_byte_timeout_ms", raw.first_byte_timeout_ms)?,
-        idle_timeout: millis("upstream.idle_timeout_ms", raw.idle_timeout_ms)?,
-        pool_idle_timeout: millis("upstream.pool_idle_timeout_ms", raw.pool_idle_timeout_ms)?,
-        max_response_bytes: positive("upstream.max_response_bytes", raw.max_response_bytes)?,
-        max_result_bytes: positive("upstream.max_result_bytes", raw.max_result_bytes)?,
-        buffer_budget_bytes: budget(raw)?,
-        max_stream_lifetime: millis("upstream.max_stream_lifetime_ms", raw.max_stream_lifetime_ms)?,
-    })
-}
-
 /// The body budget must hold at least one body of the largest size.
 fn body_budget(raw: &file::RawRequest) -> Result<usize, ConfigError> {
     if raw.body_budget_bytes < raw.max_body_bytes {
@@ -440,85 +328,6 @@ fn body_budget(raw: &file::RawRequest) -> Result<usize, ConfigError> {
         )));
     }
     Ok(raw.body_budget_bytes)
-}
-
-/// The buffer budget must hold at least one control answer, which cannot be streamed instead.
-fn budget(raw: &file::RawUpstream) -> Result<usize, ConfigError> {
-    if raw.buffer_budget_bytes < raw.max_response_bytes {
-        return Err(ConfigError(format!(
-            "`upstream.buffer_budget_bytes` ({}) must be at least `upstream.max_response_bytes` ({})",
-            raw.buffer_budget_bytes, raw.max_response_bytes
-        )));
-    }
-    Ok(raw.buffer_budget_bytes)
-}
-
-/// The first of `HTTPS_PROXY`, `https_proxy`, `ALL_PROXY`, `all_proxy` that is set and not
-/// empty; only `http://` proxies (CONNECT tunnels) are supported.
-fn egress_proxy(sources: &dyn Sources) -> Result<Option<EgressProxy>, ConfigError> {
-    let first = |names: &[&'static str]| -> Option<(&'static str, String)> {
-        names
-            .iter()
-            .find_map(|&name| sources.var(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
-    };
-    let Some((name, url)) = first(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]) else {
-        return Ok(None);
-    };
-    let parsed = Url::parse(&url)
-        .ok()
-        .filter(|u| u.scheme() == "http" && u.host_str().is_some());
-    if parsed.is_none() {
-        // The value may hold a password: name the variable, never echo it.
-        return Err(ConfigError(format!(
-            "`{name}` must be an http:// proxy URL like http://proxy.internal:3128"
-        )));
-    }
-    let no_proxy = first(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v).unwrap_or_default();
-    Ok(Some(EgressProxy { url, no_proxy }))
-}
-
-fn endpoints(raw: BTreeMap<String, file::RawEndpoint>) -> Result<BTreeMap<EndpointId, EndpointPolicy>, ConfigError> {
-    raw.into_iter()
-        .map(|(id, endpoint)| {
-            let parsed = EndpointId::parse(&id)
-                .map_err(|_| ConfigError(format!("`endpoints.\"{id}\"` is not an endpoint id like owner/alias")))?;
-            if endpoint.max_body_bytes == Some(0) {
-                return Err(ConfigError(format!(
-                    "`endpoints.\"{id}\".max_body_bytes` must be greater than zero"
-                )));
-            }
-            Ok((
-                parsed,
-                EndpointPolicy {
-                    sync_run: endpoint.sync_run,
-                    client_tokens: endpoint.client_tokens,
-                    max_body_bytes: endpoint.max_body_bytes,
-                },
-            ))
-        })
-        .collect()
-}
-
-/// Every allowed endpoint must name its schema: an endpoint without one would forward
-/// unchecked input, so the config is refused instead (fail closed).
-fn schema_sources(raw: &BTreeMap<String, file::RawEndpoint>) -> Result<Vec<SchemaSource>, ConfigError> {
-    raw.iter()
-        .map(|(id, endpoint)| {
-            let path = endpoint.schema.as_ref().ok_or_else(|| {
-                ConfigError(format!(
-                    "`endpoints.\"{id}\".schema` is required: every allowed endpoint names its input schema"
-                ))
-            })?;
-            Ok(SchemaSource {
-                endpoint: id.clone(),
-                path: path.into(),
-                unknown_fields: endpoint.unknown_fields,
-                overlay: endpoint.overlay.clone(),
-                tier_overlays: endpoint.tiers.clone(),
-                trusted_url_prefixes: Vec::new(),
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::config::Cors;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Request headers a browser may send.
 const ALLOWED_HEADERS: &str = "authorization, content-type, accept, idempotency-key, x-fal-target-url, \
@@ -23,17 +23,31 @@ const ALLOWED_METHODS: &str = "GET, POST, PUT";
 const EXPOSED_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, retry-after, \
 ratelimit, ratelimit-policy, x-falgate-error, x-falgate-request-id";
 
-/// The middleware, with the request's `[cors]` config.
-pub async fn cors(config: &Cors, request: Request, next: Next) -> Response {
+/// Browser origins allowed to call falgate.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Exact serialised origins (`https://app.example.com`).
+    pub allowed_origins: BTreeSet<String>,
+    pub allow_credentials: bool,
+    pub max_age: Duration,
+}
+
+/// The first half of the middleware, with the request's `[cors]` config: a preflight is
+/// answered here (`Err`, the answer), any other request goes on with the origin its answer
+/// will allow (if any).
+pub fn before(config: &Cors, request: &Request) -> Result<Option<HeaderValue>, Box<Response>> {
     let origin = allowed_origin(config, request.headers());
     let preflight = request.method() == Method::OPTIONS
         && request.headers().contains_key(header::ORIGIN)
         && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
-        return preflight_response(config, origin);
+        return Err(Box::new(preflight_response(config, origin)));
     }
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
+    Ok(origin)
+}
+
+/// The second half: `Vary: origin` on every answer, and the allowed origin's headers.
+pub fn after(config: &Cors, headers: &mut HeaderMap, origin: Option<HeaderValue>) {
     headers.append(header::VARY, HeaderValue::from_static("origin"));
     if let Some(origin) = origin {
         allow(config, headers, origin);
@@ -42,7 +56,6 @@ pub async fn cors(config: &Cors, request: Request, next: Next) -> Response {
             HeaderValue::from_static(EXPOSED_HEADERS),
         );
     }
-    response
 }
 
 /// The request's origin, when it is exactly one `Origin` header on the allowlist.

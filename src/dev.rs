@@ -36,6 +36,12 @@ use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::process::{announce, bind, reload_on_hangup, say, DrainClock};
 use crate::{app, telemetry};
 
+mod guide;
+mod invocation;
+
+use self::guide::Guide;
+use self::invocation::{invocation, quoted};
+
 /// The default config and its schemas, embedded so `falgate dev` works from any directory.
 pub(crate) const DEFAULT_CONFIG: &str = include_str!("../config/falgate.toml");
 const DEFAULT_SCHEMAS: [(&str, &str); 1] = [(
@@ -95,7 +101,17 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let env = process_env();
     let emulator_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "").await?;
     let emulator_url = format!("http://{}", emulator_listener.local_addr().context("emulator address")?);
-    let settings = Settings::resolve(&options, &env, &emulator_url)?;
+    let mut settings = Settings::resolve(&options, &env, &emulator_url)?;
+    // Bound before the config is read: the receiver of the emulator's webhooks is this address.
+    let listen: SocketAddr = settings.overrides["FALGATE_LISTEN"]
+        .parse()
+        .map_err(|_| Failure::Config("FALGATE_LISTEN: expected an address like 127.0.0.1:8080".into()))?;
+    let public = bind(
+        listen,
+        "--listen ADDR, e.g. `--listen 127.0.0.1:8090` (or FALGATE_LISTEN=127.0.0.1:8090)",
+    )
+    .await?;
+    settings.receive_webhooks(&format!("http://{}", public.local_addr().context("local address")?));
     // Dropped on every way out of this function, so the folder never outlives the process.
     let mut _unpacked = None;
     let source = match options
@@ -115,15 +131,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let config = source
         .load(&settings.overrides, &trusted)
         .map_err(|err| Failure::Config(format!("{err:#}")))?;
-    let listen = config.listen;
     let admin_listen = config.admin_listen;
     let app = app::build(config, &FalCredentials::new(EMULATOR_KEY.to_owned()))
         .map_err(|err| Failure::Config(err.to_string()))?;
-    let public = bind(
-        listen,
-        "--listen ADDR, e.g. `--listen 127.0.0.1:8090` (or FALGATE_LISTEN=127.0.0.1:8090)",
-    )
-    .await?;
     let admin = bind(admin_listen, "FALGATE_ADMIN_LISTEN=127.0.0.1:PORT").await?;
     let loaded = app.state.load();
     let _log_guard = telemetry::init(loaded.config.log_format, &loaded.config.telemetry);
@@ -185,57 +195,6 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         .context("emulator failed")?;
     drain.stopped_cleanly("falgate dev");
     Ok(())
-}
-
-/// How to run this same `falgate` from a shell: `cargo run --` (with `--release` for a release
-/// build) when `cargo run` started it from this package's folder, else the binary's own path,
-/// quoted; `falgate` when neither is known.
-fn invocation() -> String {
-    let exe = std::env::current_exe().ok();
-    let cwd = std::env::current_dir().ok();
-    invocation_from(exe.as_deref(), cwd.as_deref(), &|name| std::env::var_os(name))
-}
-
-fn invocation_from(exe: Option<&Path>, cwd: Option<&Path>, var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> String {
-    let Some(exe) = exe else {
-        return "falgate".to_owned();
-    };
-    if let Some(cargo) = cwd.and_then(|cwd| cargo_run(exe, cwd, var)) {
-        return cargo.to_owned();
-    }
-    quoted(exe)
-}
-
-/// `cargo run` sets `CARGO`, `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR` for the program it runs.
-/// Its form is printed only when it would run this binary again: started from inside the
-/// package's folder (where `cargo run` finds this manifest), and the binary is the package's
-/// own debug or release build.
-fn cargo_run(exe: &Path, cwd: &Path, var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Option<&'static str> {
-    var("CARGO")?;
-    if var("CARGO_PKG_NAME")? != env!("CARGO_PKG_NAME") {
-        return None;
-    }
-    let real = |path: PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
-    let manifest = real(PathBuf::from(var("CARGO_MANIFEST_DIR")?));
-    if !real(cwd.to_path_buf()).starts_with(&manifest) {
-        return None;
-    }
-    let target = real(var("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), |dir| cwd.join(dir)));
-    let profile = real(exe.parent()?.to_path_buf());
-    if profile.parent()? != target || exe.file_name()? != env!("CARGO_PKG_NAME") {
-        return None;
-    }
-    match profile.file_name()?.to_str()? {
-        "debug" => Some("cargo run --"),
-        "release" => Some("cargo run --release --"),
-        _ => None,
-    }
-}
-
-/// `path` as one shell word (quoted when it needs to be).
-fn quoted(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    shlex::try_quote(&text).map_or_else(|_| text.clone().into_owned(), std::borrow::Cow::into_owned)
 }
 
 /// The process's `FALGATE_*` variables (the only ones the config reads, besides `FALGATE_CONFIG`).
@@ -311,6 +270,18 @@ impl Settings {
             origins,
             notes,
         })
+    }
+}
+
+impl Settings {
+    /// Turns falgate's webhook receiver on (`[webhooks] receive`), fal's deliveries (the
+    /// emulator's) reaching the gate at `gate` unless `FALGATE_PUBLIC_URL` says otherwise.
+    fn receive_webhooks(&mut self, gate: &str) {
+        self.overrides
+            .entry("FALGATE_PUBLIC_URL".to_owned())
+            .or_insert_with(|| gate.to_owned());
+        self.overrides
+            .insert("FALGATE_WEBHOOKS__RECEIVE".to_owned(), "true".to_owned());
     }
 }
 
@@ -399,194 +370,5 @@ impl Drop for TempDir {
     }
 }
 
-/// What the guide prints.
-struct Guide {
-    gate: String,
-    emulator: String,
-    token: String,
-    second_token: String,
-    secret: String,
-    secret_source: SecretSource,
-    origins: Vec<String>,
-    /// Mints a token for one more user, as the shell runs it.
-    token_command: String,
-}
-
-impl Guide {
-    /// Submits the example input as `dev-user`, so the guide's polling examples name a real
-    /// request; `None` (and a placeholder in the guide) when that did not work, e.g. with a
-    /// `--config` that does not allow the example endpoint.
-    async fn submit_example(&self) -> Option<String> {
-        let answer = reqwest::Client::new()
-            .post(format!("{}/api/fal/queue/{EXAMPLE_ENDPOINT}", self.gate))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(EXAMPLE_INPUT)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?;
-        if !answer.status().is_success() {
-            return None;
-        }
-        let body: serde_json::Value = answer.json().await.ok()?;
-        body.get("request_id")?.as_str().map(str::to_owned)
-    }
-
-    fn render(&self, request_id: Option<&str>) -> String {
-        let Self {
-            gate,
-            emulator,
-            token,
-            second_token,
-            secret,
-            secret_source,
-            origins,
-            token_command,
-        } = self;
-        let queue = format!("{gate}/api/fal/queue/{EXAMPLE_ENDPOINT}");
-        let (id, id_note) = match request_id {
-            Some(id) => (id.to_owned(), "the request submitted at startup:"),
-            None => (
-                "REQUEST_ID".to_owned(),
-                "put the request_id the submit answered in place of REQUEST_ID:",
-            ),
-        };
-        let origins = origins.join(", ");
-        // A secret dev did not generate may be a real one (an image's environment): never printed.
-        let (signed, secret_lines) = match secret_source {
-            SecretSource::Environment => (
-                "the HS256 secret FALGATE_AUTH__HS256_SECRET holds (not printed: dev prints only a secret it generated)",
-                format!("More users, with the same FALGATE_AUTH__HS256_SECRET set:\n  {token_command}"),
-            ),
-            SecretSource::Random => (
-                "a random HS256 secret (pass --secret to keep one across restarts)",
-                format!(
-                    "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
-                ),
-            ),
-            SecretSource::Flag => (
-                "the HS256 secret passed with --secret",
-                format!(
-                    "export FALGATE_AUTH__HS256_SECRET={secret}\nMore users, with the secret above exported:\n  {token_command}"
-                ),
-            ),
-        };
-        format!(
-            r#"
-falgate dev is ready: fal is emulated at {emulator} (no FAL_KEY, no internet needed).
-
-Playground (open in a browser; the token rides in the URL fragment, which is never sent):
-  {gate}/#token={token}
-  as the second user: {gate}/#token={second_token}
-
-Tokens, valid 24 h, signed with {signed}:
-export TOKEN={token}
-export TOKEN2={second_token}
-{secret_lines}
-
-Browser origins allowed (CORS; --cors-origin ORIGIN to name others): {origins}
-
-Submit, then poll and read {id_note}
-  curl -s -X POST '{queue}' -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{EXAMPLE_INPUT}'
-  curl -s '{queue}/requests/{id}/status?logs=1' -H "authorization: Bearer $TOKEN"
-  curl -s '{queue}/requests/{id}' -H "authorization: Bearer $TOKEN"
-The second user gets 404 for the same request:
-  curl -s '{queue}/requests/{id}' -H "authorization: Bearer $TOKEN2"
-Synchronous run:
-  curl -s -X POST '{gate}/api/fal/run/{EXAMPLE_ENDPOINT}' -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{EXAMPLE_INPUT}'
-
-@fal-ai/client: save as falgate-example.mjs (an ES module: top-level await and import need .mjs,
-or "type": "module" in package.json), then `npm install @fal-ai/client` and `node falgate-example.mjs`.
-In a browser app, get the token from your backend instead (README: "Where a frontend's token comes from").
-  import {{ fal }} from "@fal-ai/client";
-  fal.config({{
-    proxyUrl: {{ url: "{gate}/api/fal/proxy", when: "always" }},
-    requestMiddleware: async (req) => ({{ ...req, headers: {{ ...req.headers, authorization: "Bearer {token}" }} }}),
-  }});
-  const {{ data, requestId }} = await fal.subscribe("{EXAMPLE_ENDPOINT}", {{ input: {{ input_concept: "a lighthouse in a storm" }}, logs: true }});
-  console.log(requestId, data.prompt);
-"#
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::ffi::OsString;
-
-    use super::*;
-
-    /// A package folder with `target/{debug,release}/falgate`, removed when dropped.
-    struct Package(PathBuf);
-
-    impl Package {
-        fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("falgate-invocation-{}", uuid::Uuid::new_v4()));
-            for profile in ["debug", "release", "other"] {
-                std::fs::create_dir_all(dir.join("target").join(profile)).unwrap();
-            }
-            std::fs::create_dir_all(dir.join("src")).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Package {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn cargo_env(manifest: &Path) -> impl Fn(&str) -> Option<OsString> {
-        let manifest = manifest.as_os_str().to_owned();
-        move |name| match name {
-            "CARGO" => Some("/usr/bin/cargo".into()),
-            "CARGO_PKG_NAME" => Some("falgate".into()),
-            "CARGO_MANIFEST_DIR" => Some(manifest.clone()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn under_cargo_run_the_commands_say_cargo_run_else_the_binarys_quoted_path() {
-        let package = Package::new();
-        let dir = &package.0;
-        let cargo = cargo_env(dir);
-        let debug = dir.join("target/debug/falgate");
-        let release = dir.join("target/release/falgate");
-        assert_eq!(invocation_from(Some(&debug), Some(dir), &cargo), "cargo run --");
-        assert_eq!(
-            invocation_from(Some(&release), Some(&dir.join("src")), &cargo),
-            "cargo run --release --"
-        );
-        // Started by cargo from outside the package, or a profile `cargo run` alone does not
-        // build: the binary's path.
-        let elsewhere = std::env::temp_dir();
-        assert_eq!(
-            invocation_from(Some(&debug), Some(&elsewhere), &cargo),
-            debug.display().to_string()
-        );
-        let other = dir.join("target/other/falgate");
-        assert_eq!(
-            invocation_from(Some(&other), Some(dir), &cargo),
-            other.display().to_string()
-        );
-        // Not started by cargo (an installed binary): its path, quoted for a shell.
-        let none = |_: &str| None;
-        let spaced = Path::new("/opt/my tools/falgate");
-        assert_eq!(
-            invocation_from(Some(spaced), Some(dir), &none),
-            "'/opt/my tools/falgate'"
-        );
-        assert_eq!(invocation_from(None, Some(dir), &none), "falgate");
-        // Another package's cargo run (falgate started by a test of another crate).
-        let other_package = |name: &str| match name {
-            "CARGO_PKG_NAME" => Some("other".into()),
-            _ => cargo(name),
-        };
-        assert_eq!(
-            invocation_from(Some(&debug), Some(dir), &other_package),
-            debug.display().to_string()
-        );
-    }
-}
+mod tests;

@@ -15,7 +15,16 @@ mod storage;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faults;
+#[cfg(test)]
+mod tests_realtime;
+#[cfg(test)]
+mod tests_results;
+#[cfg(test)]
+mod tests_stream_storage;
 mod tokens;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,8 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-pub use faults::{Fault, FaultAction, Op};
+pub use faults::{Fault, FaultAction, Op, Tamper};
 pub use tokens::IssuedToken;
+pub use webhooks::{Delivery, WEBHOOK_USER_ID};
 
 /// Timing and verbosity knobs of the emulator (config section `[emulator]`, all optional).
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +91,8 @@ struct Inner {
     holds: stream::Holds,
     /// Temporary tokens issued by `POST rest.fal.ai/tokens/`, by token.
     tokens: Mutex<std::collections::HashMap<String, tokens::IssuedToken>>,
+    /// The webhook signing keys, retry settings and delivery record.
+    webhooks: webhooks::Hooks,
 }
 
 impl Emulator {
@@ -94,6 +106,7 @@ impl Emulator {
             storage: storage::Store::default(),
             holds: stream::Holds::default(),
             tokens: Mutex::default(),
+            webhooks: webhooks::Hooks::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -103,6 +116,7 @@ impl Emulator {
         Router::new()
             .merge(control::routes())
             .merge(storage::routes())
+            .merge(webhooks::routes())
             .fallback(dispatch::handle)
             .with_state(self.clone())
     }
@@ -130,6 +144,38 @@ impl Emulator {
     /// Releases the streams a `Hold` fault holds under `key` (and any that reach it later).
     pub fn release(&self, key: &str) {
         self.inner.holds.release(key.to_owned());
+    }
+
+    /// The public keys of the webhook signing key set, current last (what the JWKS serves).
+    pub fn webhook_keys(&self) -> Vec<ed25519_dalek::VerifyingKey> {
+        self.inner.webhooks.public_keys()
+    }
+
+    /// Starts signing deliveries with a new key (the old ones are still served).
+    pub fn rotate_webhook_key(&self) {
+        self.inner.webhooks.rotate();
+    }
+
+    /// Delivery attempts per job (fal: 10) and the first wait between two (doubled each time).
+    pub fn set_webhook_retry(&self, attempts: u32, backoff: std::time::Duration) {
+        self.inner.webhooks.set(webhooks::Settings { attempts, backoff });
+    }
+
+    /// Every webhook delivery attempt so far, oldest first.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner.webhooks.deliveries()
+    }
+
+    /// How many times the JWKS was served.
+    pub fn jwks_served(&self) -> usize {
+        self.inner.webhooks.jwks_served()
+    }
+
+    /// The signed headers fal would send with a delivery of `body` for `request_id`, naming
+    /// `user_id` at `timestamp` (Unix seconds), signed with the current key: for tests that
+    /// craft deliveries themselves.
+    pub fn sign_webhook(&self, request_id: &str, user_id: &str, timestamp: u64, body: &[u8]) -> Vec<(String, String)> {
+        self.inner.webhooks.sign(request_id, user_id, timestamp, body)
     }
 
     fn config(&self) -> &EmulatorConfig {

@@ -11,13 +11,16 @@
 mod facts;
 pub mod headers;
 mod path;
+pub mod signature;
 mod target;
 mod webhook;
 
 use std::fmt;
 
-pub use facts::{Answer, Drain, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, SlotKind, Unknown};
-pub use headers::{Lifecycle, RequestTimeout};
+pub use facts::{
+    Answer, Drain, GateRoute, Job, OpClass, OpFacts, OpKind, Operation, Price, Retention, RouteFacts, SlotKind, Unknown,
+};
+pub use headers::{ObjectLifecycle, Priority, RequestTimeout};
 pub use path::{parse_queue_path, QueuePathError};
 pub use target::{parse_target, TargetError};
 pub use webhook::{Webhook, WebhookError};
@@ -184,11 +187,13 @@ pub enum Op {
     /// `POST fal.run/{endpoint}/stream`: a synchronous run answered as an event stream of
     /// partial outputs (`fal.stream`). `endpoint` is the endpoint streamed, without `/stream`.
     RunStream { endpoint: EndpointId },
-    /// `POST rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3`.
-    StorageInitiate,
+    /// `POST rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3`, or with `multipart`
+    /// `.../initiate-multipart?...` (files over the client's threshold, 90 MiB): the same
+    /// operation and upload policy; the parts and the completion go straight to fal's storage.
+    StorageInitiate { multipart: bool },
     /// `POST rest.fal.ai/tokens/`: a temporary fal token for `fal.realtime` and client-mode
     /// streams (`pipeline::client_token` checks and rewrites its body).
-    ClientToken,
+    ClientToken { realtime: bool },
 }
 
 impl Op {
@@ -200,8 +205,8 @@ impl Op {
             | Self::StatusStream { .. }
             | Self::Result { .. }
             | Self::Cancel { .. }
-            | Self::StorageInitiate
-            | Self::ClientToken => None,
+            | Self::StorageInitiate { .. }
+            | Self::ClientToken { .. } => None,
         }
     }
 
@@ -261,7 +266,7 @@ impl Call {
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(app.clone())
             }
-            Op::StorageInitiate | Op::ClientToken => None,
+            Op::StorageInitiate { .. } | Op::ClientToken { .. } => None,
         }
     }
 
@@ -271,7 +276,11 @@ impl Call {
             Op::Status { id, .. } | Op::StatusStream { id, .. } | Op::Result { id, .. } | Op::Cancel { id, .. } => {
                 Some(id)
             }
-            Op::Submit { .. } | Op::Run { .. } | Op::RunStream { .. } | Op::StorageInitiate | Op::ClientToken => None,
+            Op::Submit { .. }
+            | Op::Run { .. }
+            | Op::RunStream { .. }
+            | Op::StorageInitiate { .. }
+            | Op::ClientToken { .. } => None,
         }
     }
 
@@ -301,8 +310,12 @@ impl Call {
             Op::Cancel { app, id } => format!("/{app}/requests/{id}/cancel"),
             Op::Run { endpoint } => format!("/{endpoint}"),
             Op::RunStream { endpoint } => format!("/{endpoint}/stream"),
-            Op::StorageInitiate => "/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
-            Op::ClientToken => "/tokens/".to_owned(),
+            Op::StorageInitiate { multipart: false } => "/storage/upload/initiate?storage_type=fal-cdn-v3".to_owned(),
+            Op::StorageInitiate { multipart: true } => {
+                "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3".to_owned()
+            }
+            Op::ClientToken { realtime: false } => "/tokens/".to_owned(),
+            Op::ClientToken { realtime: true } => "/tokens/realtime".to_owned(),
         }
     }
 

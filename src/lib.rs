@@ -1,15 +1,15 @@
 //! falgate: the server-side proxy every frontend puts in front of fal.ai.
 //!
 //! A request on `/api/fal/*` is authenticated (`auth`), parsed into a typed call (`routes`,
-//! `fal`), then runs the one pipeline (`pipeline`): authorize (`policy`), read and check input
-//! (`input`), check ownership (`ownership`), forward with the server-held key and relay
-//! (`upstream`). `state` holds the gate's snapshot (what reloads on SIGHUP) over what lives for
-//! the process; `app` builds and serves it. `server` runs the public listener thread per core.
-//! `emulator` is an offline fal for `falgate dev` and tests. See ARCHITECTURE.md.
+//! `fal`), then runs the one pipeline: its ordered steps are described in one place, the module
+//! doc of [`pipeline`]. `state` holds the gate's snapshot (what reloads on SIGHUP) over what
+//! lives for the process; `app` builds and serves it. `server` runs the public listener thread
+//! per core. `emulator` is an offline fal for `falgate dev` and tests. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod cors;
 pub mod dev;
 pub mod emulator;
 pub mod error;
+pub mod events;
 pub mod fal;
 pub mod input;
 pub mod layers;
@@ -34,8 +35,9 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 #[cfg(test)]
-mod fuzz_tests;
+mod tests_fuzz;
 #[cfg(test)]
-mod layering_tests;
+mod tests_layering;

@@ -8,6 +8,7 @@
 //! left of each limit without consuming (`limits/usage.rs`). Config: `[limits]`
 //! ([`LimitsConfig`]).
 
+mod admit;
 mod answer;
 mod client_ip;
 pub mod config;
@@ -18,8 +19,7 @@ mod memory;
 mod plan;
 pub mod reconcile;
 mod redis;
-#[cfg(test)]
-mod redis_tests;
+mod run_guard;
 mod slots;
 mod store_error;
 #[cfg(test)]
@@ -28,9 +28,11 @@ mod tests;
 mod tests_admission;
 #[cfg(test)]
 mod tests_admission_redis;
+#[cfg(test)]
+mod tests_redis;
+mod unauthenticated;
 mod usage;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,14 +44,15 @@ pub use config::{
     TierLimits, UNLIMITED,
 };
 pub use error::LimitError;
+pub(crate) use headers::{ratelimit_headers, retry_after};
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
 pub use idempotency::{IdemState, Idempotency, PENDING_TTL};
+pub use run_guard::RunGuard;
 pub use slots::{Slot, SlotKind};
 
-use self::answer::{admitted_states, rate_state, refused};
 use self::memory::MemoryStore;
-use self::plan::{InflightPlan, Outcome, Plan, QuotaPlan, Rate};
-use self::redis::{Mode, RedisLimits, SlotOp};
+use self::plan::Rate;
+use self::redis::RedisLimits;
 use self::slots::SlotBook;
 pub(crate) use self::store_error::StoreErrorLog;
 use crate::clock::Clock;
@@ -98,9 +101,10 @@ pub struct Admission {
 pub enum Readiness {
     /// In-process limits, or Redis answering.
     Ready,
-    /// Redis is not answering and `on_store_error = "allow"`: limits are per replica for now.
+    /// Redis is not answering and `on_store_error = "allow"`: rates are let through unmetered,
+    /// calls with a quota or a job cap get 503.
     Degraded,
-    /// Redis is not answering and `on_store_error = "deny"`: paid calls get 503.
+    /// Redis is not answering and `on_store_error = "deny"`: calls it meters get 503.
     Unavailable,
 }
 
@@ -135,6 +139,16 @@ impl Readiness {
 }
 
 impl Admission {
+    /// The caller's hash tag (`redis::tag_of` of the principal): the key of their limits.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// What the call spent of the day quota (None when its tier counts none).
+    pub fn spend(&self) -> Option<reconcile::JobSpend> {
+        self.refund.map(|(day, credits)| reconcile::JobSpend { day, credits })
+    }
+
     /// `RateLimit-Policy` and `RateLimit` for the success response.
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         headers::ratelimit_headers(&self.states)
@@ -155,13 +169,7 @@ impl Limiter {
     ) -> Result<Self, LimitsConfigError> {
         config.validate()?;
         let ttl = Duration::from_secs(config.idempotency_ttl_seconds);
-        let idempotency = Idempotency::with_clock(
-            ttl,
-            config.max_tracked_callers,
-            redis.clone(),
-            config.on_store_error,
-            clock.clone(),
-        );
+        let idempotency = Idempotency::with_clock(ttl, config.max_tracked_callers, redis.clone(), clock.clone());
         let jobs = Arc::new(reconcile::Jobs::new(redis.clone()));
         let (tiers, default_caps) = config.caps();
         Ok(Self {
@@ -197,280 +205,6 @@ impl Limiter {
             ready: self.ready.clone(),
             config,
             clock: self.clock.clone(),
-        })
-    }
-
-    /// Rate + quota + concurrency check-and-consume for one call, atomically. `credits` is the
-    /// call's cost ([`Self::credits_for`]); only paid classes spend it.
-    pub async fn admit(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        credits: u64,
-    ) -> Result<Admission, LimitError> {
-        self.admit_at(who, class, endpoint, credits, self.clock.now()).await
-    }
-
-    /// [`Self::admit`] with the in-process clock at `now` (Redis always uses its own `TIME`).
-    pub async fn admit_at(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        credits: u64,
-        now: SystemTime,
-    ) -> Result<Admission, LimitError> {
-        let tier = self.tier(who.tier);
-        let tag = tag_of(who.principal);
-        let reservation = match (class, tier.max_inflight_jobs) {
-            (OpClass::Submit, Some(_)) => Some(format!("r:{}", uuid::Uuid::new_v4())),
-            _ => None,
-        };
-        let plan = self.plan(&tag, tier, class, endpoint, credits, reservation.as_deref());
-        let granted = self.evaluate(&plan, tier, Mode::Consume, now).await?;
-        let refund = granted.quota.map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
-        let states = admitted_states(&plan, tier, &granted);
-        Ok(Admission {
-            states,
-            tag,
-            reservation,
-            refund,
-        })
-    }
-
-    /// Spends one call of `class`'s rate for `who` and nothing else (no quota, no job in flight):
-    /// what a request that made falgate wait and then failed by its caller's fault costs (a
-    /// body that did not arrive within `request.body_timeout_ms`). Already over the rate, or
-    /// the store down: nothing more happens (the caller was answered already).
-    pub async fn spend_rate(&self, who: &Subject<'_>, class: OpClass) {
-        self.spend_rate_at(who, class, self.clock.now()).await;
-    }
-
-    /// [`Self::spend_rate`] with the in-process clock at `now`.
-    pub async fn spend_rate_at(&self, who: &Subject<'_>, class: OpClass, now: SystemTime) {
-        let tier = self.tier(who.tier);
-        let tag = tag_of(who.principal);
-        let plan = Plan {
-            tag: &tag,
-            class,
-            rate: class.rate(tier),
-            endpoint: None,
-            quota: None,
-            inflight: None,
-        };
-        if plan.rate.is_some() {
-            self.evaluate(&plan, tier, Mode::Consume, now).await.ok();
-        }
-    }
-
-    /// The checks of [`Self::admit`] without consuming anything, for a call whose body is not
-    /// read yet: rates, the day quota at the endpoint's cheapest price ([`Self::min_credits`])
-    /// and the jobs in flight. An early refusal, not a reservation: `admit` still decides.
-    pub async fn precheck(&self, who: &Subject<'_>, class: OpClass, endpoint: Option<&str>) -> Result<(), LimitError> {
-        self.precheck_at(who, class, endpoint, self.clock.now()).await
-    }
-
-    /// [`Self::precheck`] with the in-process clock at `now`.
-    pub async fn precheck_at(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        now: SystemTime,
-    ) -> Result<(), LimitError> {
-        self.precheck_priced_at(who, class, endpoint, self.min_credits(endpoint), now)
-            .await
-    }
-
-    /// [`Self::precheck`] assuming the call costs at least `credits` (its price before the input
-    /// is read, e.g. a temporary token's fixed cost), rated by `endpoint` when given.
-    pub async fn precheck_priced(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        credits: u64,
-    ) -> Result<(), LimitError> {
-        self.precheck_priced_at(who, class, endpoint, credits, self.clock.now())
-            .await
-    }
-
-    async fn precheck_priced_at(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        credits: u64,
-        now: SystemTime,
-    ) -> Result<(), LimitError> {
-        let tier = self.tier(who.tier);
-        let tag = tag_of(who.principal);
-        // An empty reservation: the check counts the slots in use and adds none.
-        let reservation = (class == OpClass::Submit && tier.max_inflight_jobs.is_some()).then_some("");
-        let plan = self.plan(&tag, tier, class, endpoint, credits, reservation);
-        self.evaluate(&plan, tier, Mode::CheckOnly, now).await.map(drop)
-    }
-
-    /// Runs `plan` on the store (Redis, or memory when there is none or it is down and
-    /// `on_store_error = "allow"`), consuming only in `Mode::Consume`.
-    async fn evaluate(
-        &self,
-        plan: &Plan<'_>,
-        tier: &TierCaps,
-        mode: Mode,
-        now: SystemTime,
-    ) -> Result<plan::Granted, LimitError> {
-        let in_memory = || match mode {
-            Mode::Consume => self.memory.admit(plan, micros(now)),
-            Mode::CheckOnly => self.memory.precheck(plan, micros(now)),
-        };
-        let outcome = match &self.redis {
-            Some(redis) => match redis.admit(plan, mode).await {
-                Ok(outcome) => outcome,
-                Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
-                }
-            },
-            None => in_memory(),
-        };
-        match outcome {
-            Outcome::Admitted(granted) => Ok(granted),
-            Outcome::Refused(refusal) => Err(refused(plan, tier, refusal)),
-        }
-    }
-
-    /// Opens a slot of `kind` for `who`: one of the replica's (`max_streams` / `max_relays`)
-    /// and one of the caller's (`streams_per_caller` / `relays_per_caller`, or the tier's), the
-    /// caller's shared through Redis when it is configured. Refused with 429
-    /// `concurrency_limited`; nothing is held then. The slot is freed when it is dropped.
-    pub async fn open_slot(&self, who: &Subject<'_>, kind: SlotKind) -> Result<Slot, LimitError> {
-        let tier = self.tier(who.tier);
-        let (per_caller, replica) = match kind {
-            SlotKind::Stream => (
-                tier.streams_per_caller.unwrap_or(self.config.streams_per_caller),
-                self.config.max_streams,
-            ),
-            SlotKind::Relay => (
-                tier.relays_per_caller.unwrap_or(self.config.relays_per_caller),
-                self.config.max_relays,
-            ),
-        };
-        let mut slot = self.slots.take(kind, replica).ok_or_else(|| LimitError::SlotsTaken {
-            message: kind.replica_message(replica),
-            retry_after: Duration::from_secs(1),
-            policy: None,
-        })?;
-        let full = || LimitError::SlotsTaken {
-            message: kind.caller_message(per_caller),
-            retry_after: SLOT_RETRY,
-            policy: Some(PolicyState {
-                name: kind.name(),
-                quota: u64::from(per_caller),
-                window_seconds: None,
-                remaining: 0,
-                reset_seconds: 0,
-            }),
-        };
-        let tag = tag_of(who.principal);
-        if let Some(redis) = &self.redis {
-            let shared = redis.slots();
-            let key = shared.key(&tag, kind.name());
-            let id = uuid::Uuid::new_v4().to_string();
-            let open = shared
-                .run(&key, &id, SlotOp::Open { max: per_caller }, slots::ttl_ms(), None)
-                .await;
-            match open {
-                Ok(true) => {
-                    slot.share(shared.clone(), key, id);
-                    return Ok(slot);
-                }
-                Ok(false) => return Err(full()),
-                // Fall back to this replica's own count (`allow`), or refuse (`deny`).
-                Err(err) => self.errors.fallback(self.config.on_store_error, &err)?,
-            }
-        }
-        match self.slots.enter(&mut slot, &tag, per_caller) {
-            true => Ok(slot),
-            false => Err(full()),
-        }
-    }
-
-    /// A submit fal clearly did not take (it answered with an error): free its concurrency slot
-    /// and give back its request and credits. Never call it when the outcome is unknown.
-    pub async fn refund_inflight(&self, admission: &Admission) {
-        let reservation = admission.reservation.as_deref().unwrap_or("");
-        self.release(&admission.tag, reservation, None, admission.refund).await;
-    }
-
-    /// A call that held its slot only while it ran (a sync run fal answered): free the slot and
-    /// keep the spend.
-    pub async fn run_finished(&self, admission: &Admission) {
-        if let Some(reservation) = &admission.reservation {
-            self.release(&admission.tag, reservation, None, None).await;
-        }
-    }
-
-    /// A guard over the in-flight reservation of a call that holds it only while it runs (a
-    /// sync or streaming run): dropped before [`RunGuard::disarm`] (the client went away and its
-    /// handler was dropped before fal answered), it frees the reservation at once, keeping the
-    /// spend, instead of leaving it held for `inflight_ttl_seconds`.
-    pub fn run_guard(&self, admission: &Admission) -> RunGuard {
-        RunGuard {
-            held: admission.reservation.clone().map(|reservation| HeldRun {
-                tag: admission.tag.clone(),
-                reservation,
-                memory: self.memory.clone(),
-                redis: self.redis.clone(),
-                errors: self.errors.clone(),
-            }),
-        }
-    }
-
-    /// The per-IP rate of requests that failed authentication (IPv6 counted per /64).
-    pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
-        self.admit_unauthenticated_at(ip, self.clock.now()).await
-    }
-
-    /// [`Self::admit_unauthenticated`] with the in-process clock at `now`.
-    pub async fn admit_unauthenticated_at(&self, ip: IpAddr, now: SystemTime) -> Result<(), LimitError> {
-        let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
-            return Ok(());
-        };
-        self.unauthenticated(ip, rate, Mode::Consume, now).await
-    }
-
-    /// Whether one more failed authentication from `ip` would pass its rate, consuming nothing:
-    /// checked before a token is verified, so a refused client costs no signature check.
-    pub async fn precheck_unauthenticated(&self, ip: IpAddr) -> Result<(), LimitError> {
-        self.precheck_unauthenticated_at(ip, self.clock.now()).await
-    }
-
-    /// [`Self::precheck_unauthenticated`] with the in-process clock at `now`.
-    pub async fn precheck_unauthenticated_at(&self, ip: IpAddr, now: SystemTime) -> Result<(), LimitError> {
-        let Some(rate) = self.config.unauthenticated_ip_rate.map(Rate::from) else {
-            return Ok(());
-        };
-        self.unauthenticated(ip, rate, Mode::CheckOnly, now).await
-    }
-
-    async fn unauthenticated(&self, ip: IpAddr, rate: Rate, mode: Mode, now: SystemTime) -> Result<(), LimitError> {
-        let ip = ip_key(ip);
-        let in_memory = || self.memory.admit_ip(ip, rate, micros(now), mode == Mode::Consume);
-        let answer = match &self.redis {
-            Some(redis) => match redis.admit_ip(ip, rate, mode).await {
-                Ok(answer) => answer,
-                Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
-                }
-            },
-            None => in_memory(),
-        };
-        answer.map(drop).map_err(|retry_us| LimitError::RateLimited {
-            retry_after: Duration::from_micros(retry_us),
-            policy: rate_state("unauthenticated", rate, 0, retry_us),
         })
     }
 
@@ -547,6 +281,12 @@ impl Limiter {
         readiness
     }
 
+    /// Where the limits live: `memory` (no `[redis]`), or the Redis mode (`single`,
+    /// `sentinel`, `cluster`).
+    pub fn store_mode(&self) -> &'static str {
+        self.redis.as_ref().map_or("memory", |redis| redis.store().mode())
+    }
+
     /// The idempotency store for submits carrying `Idempotency-Key`.
     pub fn idempotency(&self) -> &Idempotency {
         &self.idempotency
@@ -567,106 +307,22 @@ impl Limiter {
         self.tiers.get(name).unwrap_or(&self.default_caps)
     }
 
-    fn plan<'a>(
-        &'a self,
-        tag: &'a str,
-        tier: &TierCaps,
-        class: OpClass,
-        endpoint: Option<&'a str>,
-        credits: u64,
-        reservation: Option<&'a str>,
-    ) -> Plan<'a> {
-        let rate = class.rate(tier);
-        // The bucket is the longest configured key: every sub path under it shares it. Whether
-        // an operation is rated by its endpoint is the operations table's (`fal::OpFacts`).
-        let endpoint = endpoint
-            .and_then(|name| config::longest(&self.config.endpoint_rates, name))
-            .map(|(key, rate)| (key, Rate::from(*rate)));
-        let quota = class.is_paid().then_some(QuotaPlan {
-            requests: tier.daily_requests,
-            credits: tier.daily_credits,
-            cost: credits,
-            day_offset_us: self.config.quota_day_offset_seconds.saturating_mul(1_000_000),
-        });
-        let inflight = tier
-            .max_inflight_jobs
-            .zip(reservation)
-            .map(|(max, reservation)| InflightPlan {
-                max: u64::from(max),
-                ttl_us: self.config.inflight_ttl_seconds.saturating_mul(1_000_000),
-                reservation,
-            });
-        Plan {
-            tag,
-            class,
-            rate,
-            endpoint,
-            quota,
-            inflight,
-        }
-    }
-
     async fn release(&self, tag: &str, from: &str, to: Option<&str>, refund: Option<(i64, u64)>) {
-        // Also release in memory: the call may have been admitted there while Redis was down.
-        self.memory.release(tag, from, to, refund);
-        if let Some(redis) = &self.redis {
-            if let Err(err) = redis.release(tag, from, to, refund).await {
-                self.errors.log(&err);
+        // Each call is admitted where its store is: Redis when configured (never in memory,
+        // not even while Redis is down), else this replica's memory.
+        match &self.redis {
+            Some(redis) => {
+                if let Err(err) = redis.release(tag, from, to, refund).await {
+                    self.errors.log(&err);
+                }
             }
+            None => self.memory.release(tag, from, to, refund),
         }
     }
 }
 
 /// How long one store check answers readiness ([`Limiter::ready`]).
 pub const READY_FOR: Duration = Duration::from_secs(1);
-
-/// Frees a run's in-flight reservation when dropped armed ([`Limiter::run_guard`]).
-#[must_use = "dropping the guard frees the reservation"]
-pub struct RunGuard {
-    held: Option<HeldRun>,
-}
-
-struct HeldRun {
-    tag: String,
-    reservation: String,
-    memory: Arc<MemoryStore>,
-    redis: Option<Arc<RedisLimits>>,
-    errors: Arc<StoreErrorLog>,
-}
-
-impl RunGuard {
-    /// The call's bookkeeping ran: it decides what happens to the reservation.
-    pub fn disarm(mut self) {
-        self.held = None;
-    }
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        held.memory.release(&held.tag, &held.reservation, None, None);
-        let Some(redis) = held.redis.clone() else { return };
-        // Drop cannot wait: the shared release runs on its own (bounded by the store timeout).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = redis.release(&held.tag, &held.reservation, None, None).await {
-                    held.errors.log(&err);
-                }
-            });
-        }
-    }
-}
-
-/// A caller refused a stream or relay slot is told to retry after this long.
-const SLOT_RETRY: Duration = Duration::from_secs(5);
-
-/// IPv6 clients are counted per /64: one host usually owns the whole prefix.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        IpAddr::V4(_) => ip,
-    }
-}
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(now: SystemTime) -> u64 {

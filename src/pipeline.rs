@@ -1,9 +1,25 @@
-//! The ordered steps every call goes through, whichever route family it came from:
-//! authorize → precheck limits (calls with a body) → read and validate input → claim the
-//! idempotency key → open a stream / relay slot → admit (rates, quota, concurrency) → check
-//! ownership → forward → record ownership and the job → relay.
-//! Authentication happened before: `handle` takes a [`Caller`], so nothing reaches fal without one.
-//! Each step returns a proof value or a [`GateError`]; none writes a response.
+//! The ordered steps every call goes through, whichever route family it came from. This is
+//! the one description of them (`lib.rs` and ARCHITECTURE.md point here); each step returns a
+//! proof value or a [`GateError`] (its status in brackets), and none writes a response.
+//! Authentication happened before: [`handle`] takes a [`Caller`], so nothing reaches fal without
+//! one. What fal's answer shows of a job (its submit, its end) also goes to the owner's events
+//! and request index (`crate::events`): a status stream that shows the end included.
+//!
+//! | step | what | proof, refusal |
+//! | --- | --- | --- |
+//! | authorize | `Policy::authorize(&caller, &call)` | `Grant` (403) |
+//! | headers | `upstream::forwarded_headers` and the tier's priority cap | the headers fal sees (400) |
+//! | precheck | calls with a body: `Limiter::precheck_priced` at the endpoint's cheapest price, consuming nothing (a submit whose `Idempotency-Key` was answered goes on, to be replayed) | (429 / 403 / 503) |
+//! | read | `input::read_body`: declared JSON, size- and time-bounded, charged to the body budget; a body that times out spends its caller's rate | bytes (413 / 415 / 408 / 429 / 503) |
+//! | validate | `Schemas::validate` (a storage upload: a strict JSON object); a token request checked and re-serialised (`client_token`) | `ValidInput` (400 / 413 / 422 / 403) |
+//! | options | `Grant::check_options` on the input as fal runs it | (403) |
+//! | idempotency | claim the submit's `Idempotency-Key` (`idempotency`) | new, or a replay of the first answer (409 / 422) |
+//! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
+//! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price | `Admission` (429 / 403 / 503) |
+//! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
+//! | forward | `Upstream::send` with the server-held key; with `[webhooks] receive`, a submit carries falgate's own `fal_webhook` (`Webhooks::hooked`) | fal's response (502 / 504 / 424) |
+//! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
+//! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; with the webhook receiver on, the submitted job its delivery will name (`Webhooks::submitted`: caller tag, spend, the caller's own hook); the idempotency key settled | |
 //!
 //! Input is validated before admission because a call's credit cost depends on it (e.g. the
 //! `model` field); a refused input consumes nothing. Reading and validating a body (up to
@@ -13,21 +29,26 @@
 
 mod client_token;
 mod idempotency;
+mod stream_end;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use bytes::Bytes;
+
 use crate::auth::Caller;
+use crate::config::Config;
 use crate::error::GateError;
 use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
-use crate::limits::{Admission, Slot, Subject};
+use crate::lifecycle::Lifecycle;
+use crate::limits::{Admission, Limiter, Slot, Subject};
+use crate::ownership::{Outcome, Ownership};
 use crate::policy::Grant;
-use crate::schema::{self, Limits, ValidInput};
+use crate::schema::{self, Schemas, ValidInput, ValidationLimits};
 use crate::state::Gate;
-use crate::upstream::budget::Charge;
-use crate::upstream::{self, relay};
+use crate::upstream::{self, relay, Upstream};
 use idempotency::{Claim, Settle};
 
 /// Runs one call for `caller` and returns the response to relay.
@@ -42,14 +63,14 @@ pub async fn handle(
     let mut forwarded = upstream::forwarded_headers(headers, &call, grant.fal_headers())?;
     grant.cap_priority(&mut forwarded);
     let principal = caller.principal();
+    let subject = Subject {
+        principal: &principal,
+        tier: &caller.tier,
+    };
     // The body's budget charge is held until the answer is made (the bytes are forwarded).
     let (input, _charge) = match call.has_body() {
         true => {
             // Refuse before spending: a caller over a limit costs no body read or validation.
-            let subject = Subject {
-                principal: &principal,
-                tier: &caller.tier,
-            };
             let facts = call.facts();
             let endpoint = grant.called.as_ref().map(|e| e.as_str());
             // The cheapest the call can cost before its input is read, by the table's price.
@@ -62,21 +83,24 @@ pub async fn handle(
             let prechecked = gate.limiter.precheck_priced(&subject, facts.class, rated, floor).await;
             if let Err(refused) = prechecked {
                 // Unless it is the retry of a submit already answered: that one is replayed.
-                if !idempotency::answered(gate, &principal, &call, headers).await? {
+                if !idempotency::answered(gate.limiter.idempotency(), &principal, &call, headers).await? {
                     return Err(refused.into());
                 }
             }
-            let (mut input, charge) = match read_input(gate, &caller, &grant, headers, body).await {
+            let bounds = BodyBounds::of(&gate.config, &grant);
+            let read = input::read_body(headers, body, bounds.read, &gate.body_budget, &principal).await;
+            let (bytes, charge) = match read {
                 // A body that did not arrive in time counts against its caller: it spends the
                 // call's rate (input::read_body).
-                Err(GateError::BodyTimeout) => {
+                Err(input::BodyError::Timeout) => {
                     gate.limiter.spend_rate(&subject, facts.class).await;
                     return Err(GateError::BodyTimeout);
                 }
                 read => read?,
             };
-            if call.op == Op::ClientToken {
-                input = client_token::canonical(gate, &grant, &input)?;
+            let mut input = validate(&gate.schemas, &bounds.parse, &caller, &grant, bytes)?;
+            if let Op::ClientToken { realtime } = call.op {
+                input = client_token::canonical(&gate.policy, &gate.limiter, &grant, &input, realtime)?;
             }
             (Some(input), Some(charge))
         }
@@ -85,14 +109,22 @@ pub async fn handle(
     if let Some(input) = &input {
         grant.check_options(input.ruled())?;
     }
-    let claim = match idempotency::claim(gate, &principal, &call, headers, input.as_ref()).await? {
+    let idempotency = gate.limiter.idempotency();
+    let claim = match idempotency::claim(idempotency, &principal, &call, headers, input.as_ref()).await? {
         Claim::Replay(response) => return Ok(response),
         Claim::New(key) => key,
     };
-    let outcome = admitted(gate, &caller, &principal, &call, &grant, forwarded, input).await;
+    let checked = Checked {
+        subject,
+        call: &call,
+        grant: &grant,
+        forwarded,
+        input,
+    };
+    let outcome = admitted(gate, checked).await;
     if let Some(key) = claim {
         let settlement = Settle::of(&outcome);
-        idempotency::settle(gate, &principal, &key, settlement).await;
+        idempotency::settle(idempotency, &principal, &key, settlement).await;
     }
     outcome.map(Answer::into_response)
 }
@@ -119,81 +151,147 @@ impl IntoResponse for Answer {
     }
 }
 
-/// Everything after input and idempotency: admission, ownership, forwarding, bookkeeping.
-async fn admitted(
-    gate: &Gate,
-    caller: &Caller,
-    principal: &str,
-    call: &Call,
-    grant: &Grant<'_>,
+/// A call that passed every check before admission: who makes it, the grant, the headers fal
+/// will see and the validated input.
+struct Checked<'a> {
+    subject: Subject<'a>,
+    call: &'a Call,
+    grant: &'a Grant<'a>,
     forwarded: HeaderMap,
     input: Option<ValidInput>,
-) -> Result<Answer, GateError> {
-    let subject = Subject {
-        principal,
-        tier: &caller.tier,
-    };
+}
+
+/// Everything after input and idempotency: admission, ownership, forwarding, bookkeeping.
+async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError> {
+    let Checked {
+        subject,
+        call,
+        grant,
+        forwarded,
+        input,
+    } = checked;
     let facts = call.facts();
-    let called = grant.called.as_ref().map(|e| e.as_str());
-    let credits = match (facts.price, called, &input) {
-        (Price::Endpoint, Some(endpoint), Some(input)) => gate.limiter.credits_for(endpoint, input.ruled()),
-        (Price::ClientToken, ..) => gate.limiter.client_token_terms().0,
-        (Price::Endpoint | Price::Free, ..) => 0,
-    };
-    // Before admission, so a call refused for want of a slot consumes nothing; freed on drop.
-    let slot = match facts.slot {
-        Some(kind) => Some(gate.limiter.open_slot(&subject, kind).await?),
-        None => None,
-    };
-    let rated = called.filter(|_| facts.endpoint_rates);
-    let admission = gate.limiter.admit(&subject, facts.class, rated, credits).await?;
+    let (admission, slot) = admit(&gate.limiter, &subject, call, grant, input.as_ref()).await?;
     // A run holds its in-flight reservation only while it runs: if the client goes away (this
     // future dropped before the bookkeeping below), the guard frees it at once.
     let guard = (facts.job == Job::Runs).then(|| gate.limiter.run_guard(&admission));
     if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
-        gate.ownership.check(principal, &app, id).await?;
+        gate.ownership.check(subject.principal, &app, id).await?;
     }
+    let body = input.map(|input| input.bytes);
+    // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
+    let hooked = gate.webhooks.hooked(call);
+    let answer = forward(
+        &gate.upstream,
+        &gate.lifecycle,
+        &hooked,
+        forwarded,
+        body,
+        slot,
+        &admission,
+    )
+    .await;
+    let bookkeeping = Bookkeeping::of(call, &facts, &answer);
+    account(
+        &gate.limiter,
+        &gate.ownership,
+        &gate.webhooks,
+        &gate.events,
+        &subject,
+        &admission,
+        bookkeeping,
+    )
+    .await;
+    if let Some(guard) = guard {
+        guard.disarm();
+    }
+    // A status stream that shows the end tells the owner's events, as a poll does.
+    match (answer, &call.op) {
+        (Ok(Answer::Streamed(response, admission)), Op::StatusStream { id, .. }) if response.status().is_success() => {
+            let tag = crate::redis::tag_of(subject.principal);
+            let watched = stream_end::watch(response, gate.events.clone(), tag, id.clone());
+
+            Ok(Answer::Streamed(watched, admission))
+        }
+        (answer, _) => answer,
+    }
+}
+
+/// Prices the call, opens its stream / relay slot (before admission, so a call refused for want
+/// of a slot consumes nothing; freed on drop), then admits it (rates, quota, concurrency).
+async fn admit(
+    limiter: &Limiter,
+    subject: &Subject<'_>,
+    call: &Call,
+    grant: &Grant<'_>,
+    input: Option<&ValidInput>,
+) -> Result<(Admission, Option<Slot>), GateError> {
+    let facts = call.facts();
+    let called = grant.called.as_ref().map(|e| e.as_str());
+    let credits = match (facts.price, called, input) {
+        (Price::Endpoint, Some(endpoint), Some(input)) => limiter.credits_for(endpoint, input.ruled()),
+        (Price::ClientToken, ..) => limiter.client_token_terms().0,
+        (Price::Endpoint | Price::Free, ..) => 0,
+    };
+    let slot = match facts.slot {
+        Some(kind) => Some(limiter.open_slot(subject, kind).await?),
+        None => None,
+    };
+    let rated = called.filter(|_| facts.endpoint_rates);
+    let admission = limiter.admit(subject, facts.class, rated, credits).await?;
+    Ok((admission, slot))
+}
+
+/// Sends the call to fal and relays its answer (streamed or read whole); the slot rides in the
+/// answer's body.
+async fn forward(
+    upstream: &Upstream,
+    lifecycle: &Lifecycle,
+    call: &Call,
+    forwarded: HeaderMap,
+    body: Option<Bytes>,
+    slot: Option<Slot>,
+    admission: &Admission,
+) -> Result<Answer, GateError> {
     let forward = async {
-        let sent = gate
-            .upstream
-            .send(call, forwarded, input.map(|input| input.bytes))
-            .await;
+        let sent = upstream.send(call, forwarded, body).await;
         match sent {
             Ok(response) if relay::is_streamed(call, response.status()) => {
                 relay::refuse_credential_failure(response.status())
-                    .map(|()| Answer::Streamed(relay::stream(&gate.upstream, call, response, slot), admission.clone()))
+                    .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.clone()))
+                    .map_err(GateError::from)
             }
-            Ok(response) => relay::buffer(&gate.upstream, call, response)
+            Ok(response) => relay::buffer(upstream, call, response)
                 .await
-                .map(|b| Answer::Buffered(b, admission.clone(), slot)),
-            Err(err) => Err(err),
+                .map(|b| Answer::Buffered(b, admission.clone(), slot))
+                .map_err(GateError::from),
+            Err(err) => Err(err.into()),
         }
     };
-    let answer = match facts.drain {
+    match call.facts().drain {
         // A paid call still waiting for fal when the drain timeout nears is answered 424 (its
         // outcome is unknown) before its connection is cut: a cut would be retried as a second call.
         Drain::AnswerUnknown => tokio::select! {
             answer = forward => answer,
-            () = gate.lifecycle.abandoned() => Err(GateError::SubmitOutcomeUnknown(
+            () = lifecycle.abandoned() => Err(GateError::SubmitOutcomeUnknown(
                 "the drain timeout ended the wait for fal's answer".into(),
             )),
         },
         Drain::Served | Drain::Cut => forward.await,
-    };
-    let bookkeeping = Bookkeeping::of(call, &facts, &answer);
-    account(gate, &subject, &admission, bookkeeping).await;
-    if let Some(guard) = guard {
-        guard.disarm();
     }
-    answer
 }
 
 /// What fal's answer means for ownership and limits (decided before any await, since an answer
 /// holding a streaming body cannot be shared across threads).
 enum Bookkeeping {
-    Submitted(crate::fal::AppId, crate::fal::FalRequestId),
+    /// A job fal took, with the caller's own `fal_webhook` (forwarded to by `webhooks`).
+    Submitted(
+        crate::fal::EndpointId,
+        crate::fal::FalRequestId,
+        Option<crate::fal::Webhook>,
+    ),
     Refund,
-    Finished(crate::fal::AppId, crate::fal::FalRequestId),
+    Finished(crate::fal::AppId, crate::fal::FalRequestId, Outcome),
     RunDone,
     Nothing,
 }
@@ -217,7 +315,9 @@ impl Bookkeeping {
         // A refused cancel may still show the end (`ALREADY_COMPLETED`): `finished` reads the status.
         if let (Job::MayEnd, Answer::Buffered(buffered, ..)) = (facts.job, answer) {
             return match (call.app(), call.request_id()) {
-                (Some(app), Some(id)) if finished(call, buffered) => Self::Finished(app, id.clone()),
+                (Some(app), Some(id)) if finished(call, buffered) => {
+                    Self::Finished(app, id.clone(), outcome(call, buffered))
+                }
                 _ => Self::Nothing,
             };
         }
@@ -229,9 +329,11 @@ impl Bookkeeping {
             return refund_if_paid;
         }
         match (facts.job, &call.op, answer) {
-            (Job::Starts, Op::Submit { endpoint, .. }, Answer::Buffered(buffered, ..)) => buffered
-                .submitted_id()
-                .map_or(Self::Nothing, |id| Self::Submitted(endpoint.app(), id)),
+            (Job::Starts, Op::Submit { endpoint, webhook }, Answer::Buffered(buffered, ..)) => {
+                buffered.submitted_id().map_or(Self::Nothing, |id| {
+                    Self::Submitted(endpoint.clone(), id, webhook.clone())
+                })
+            }
             // A run holds its slot only while it runs; it keeps its spend. A streaming run's open
             // stream is then held by its stream slot.
             (Job::Runs, ..) => Self::RunDone,
@@ -242,15 +344,39 @@ impl Bookkeeping {
 
 /// Bookkeeping after fal answered: ownership and the concurrency slot of a submit, the end of a
 /// job, or the refund of a paid call fal did not take.
-async fn account(gate: &Gate, subject: &Subject<'_>, admission: &Admission, bookkeeping: Bookkeeping) {
+async fn account(
+    limiter: &Limiter,
+    ownership: &Ownership,
+    webhooks: &crate::webhooks::Webhooks,
+    events: &crate::events::Events,
+    subject: &Subject<'_>,
+    admission: &Admission,
+    bookkeeping: Bookkeeping,
+) {
     match bookkeeping {
-        Bookkeeping::Submitted(app, id) => {
-            gate.ownership.record(subject.principal, &app, &id).await;
-            gate.limiter.job_started(admission, &app, &id).await;
+        Bookkeeping::Submitted(endpoint, id, hook) => {
+            let app = endpoint.app();
+            let summary = ownership.record(subject.principal, &endpoint, &id).await;
+            limiter.job_started(admission, &app, &id).await;
+            let job = crate::webhooks::Submitted {
+                tag: admission.tag().to_owned(),
+                app: app.as_str().to_owned(),
+                spend: admission.spend(),
+                hook: hook.map(|hook| hook.as_str().to_owned()),
+            };
+            webhooks.submitted(&id, job).await;
+            events
+                .submitted(&crate::redis::tag_of(subject.principal), &summary)
+                .await;
         }
-        Bookkeeping::Refund => gate.limiter.refund_inflight(admission).await,
-        Bookkeeping::Finished(app, id) => gate.limiter.job_finished(subject, &app, &id).await,
-        Bookkeeping::RunDone => gate.limiter.run_finished(admission).await,
+        Bookkeeping::Refund => limiter.refund_inflight(admission).await,
+        Bookkeeping::Finished(app, id, outcome) => {
+            limiter.job_finished(subject, &app, &id).await;
+            events
+                .finished(&crate::redis::tag_of(subject.principal), &id, outcome)
+                .await;
+        }
+        Bookkeeping::RunDone => limiter.run_finished(admission).await,
         Bookkeeping::Nothing => {}
     }
 }
@@ -267,44 +393,75 @@ fn finished(call: &Call, answer: &relay::Buffered) -> bool {
         | Op::StatusStream { .. }
         | Op::Run { .. }
         | Op::RunStream { .. }
-        | Op::StorageInitiate
-        | Op::ClientToken => false,
+        | Op::StorageInitiate { .. }
+        | Op::ClientToken { .. } => false,
     }
 }
 
-/// Reads the body and validates it against the endpoint's schema (or, for storage uploads, as a
-/// strict JSON object). The bytes that passed are the bytes forwarded.
-async fn read_input(
-    gate: &Gate,
+/// How a job `finished` says is over ended: a served result is an output; a completed status
+/// names its failure, if any; a cancel's `ALREADY_COMPLETED` does not say.
+fn outcome(call: &Call, answer: &relay::Buffered) -> Outcome {
+    match (&call.op, answer.failure()) {
+        (Op::Status { .. }, Some(kind)) => Outcome::error(kind),
+        (Op::Status { .. }, None) | (Op::Result { .. }, _) => Outcome::Ok,
+        (
+            Op::Cancel { .. }
+            | Op::Submit { .. }
+            | Op::StatusStream { .. }
+            | Op::Run { .. }
+            | Op::RunStream { .. }
+            | Op::StorageInitiate { .. }
+            | Op::ClientToken { .. },
+            _,
+        ) => Outcome::Unknown,
+    }
+}
+
+/// How one call's body is read (the endpoint's cap, the time it may take, bodies per caller)
+/// and parsed (the same cap, the JSON bounds of `[request]`).
+struct BodyBounds {
+    read: input::BodyLimits,
+    parse: ValidationLimits,
+}
+
+impl BodyBounds {
+    fn of(config: &Config, grant: &Grant<'_>) -> Self {
+        let cap = grant
+            .endpoint
+            .as_ref()
+            .and_then(|entry| config.endpoints.get(entry)?.max_body_bytes)
+            .unwrap_or(config.max_body_bytes);
+        Self {
+            read: input::BodyLimits {
+                max_bytes: cap,
+                timeout: config.body_timeout,
+                per_caller: config.body_reads_per_caller,
+            },
+            parse: ValidationLimits {
+                max_body_bytes: cap,
+                json: config.json,
+                ..ValidationLimits::default()
+            },
+        }
+    }
+}
+
+/// Validates the body read against the endpoint's schema (or, for storage uploads, as a strict
+/// JSON object). The bytes that passed are the bytes forwarded.
+fn validate(
+    schemas: &Schemas,
+    bounds: &ValidationLimits,
     caller: &Caller,
     grant: &Grant<'_>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(ValidInput, Charge), GateError> {
-    let cap = grant
-        .endpoint
-        .as_ref()
-        .and_then(|entry| gate.config.endpoints.get(entry)?.max_body_bytes)
-        .unwrap_or(gate.config.max_body_bytes);
-    let limits = input::BodyLimits {
-        max_bytes: cap,
-        timeout: gate.config.body_timeout,
-        per_caller: gate.config.body_reads_per_caller,
-    };
-    let read = input::read_body(headers, body, limits, &gate.body_budget, &caller.principal()).await;
-    let (bytes, charge) = read?;
-    let limits = Limits {
-        max_body_bytes: cap,
-        json: gate.config.json,
-        ..Limits::default()
-    };
-    let input = match &grant.endpoint {
-        Some(entry) => gate
-            .schemas
-            .validate(entry.as_str(), Some(&caller.tier), &bytes, &limits)?,
-        None => ValidInput::new(bytes.clone(), schema::parse_object(&bytes, &limits)?),
-    };
-    Ok((input, charge))
+    bytes: Bytes,
+) -> Result<ValidInput, GateError> {
+    Ok(match &grant.endpoint {
+        Some(entry) => schemas.validate(entry.as_str(), Some(&caller.tier), &bytes, bounds)?,
+        None => {
+            let value = schema::parse_object(&bytes, bounds)?;
+            ValidInput::new(bytes, value)
+        }
+    })
 }
 
 #[cfg(test)]

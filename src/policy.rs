@@ -8,9 +8,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::config::{Config, EndpointPolicy, FalHeaderRules, Priority, Tier, Toggle};
-use crate::error::GateError;
-use crate::fal::{AppId, Call, EndpointId, Op, Webhook};
+use crate::fal::{AppId, Call, EndpointId, Op, Priority, Webhook};
+
+pub use self::error::PolicyError;
+pub use self::settings::{EndpointPolicy, FalHeaderRules, Forward, Settings, StoreIo, Tier};
 
 /// The header fal reads the queue priority from.
 const PRIORITY_HEADER: &str = "x-fal-queue-priority";
@@ -24,7 +25,7 @@ pub struct Policy {
     /// Used when no tiers are configured: everything `endpoints` allows.
     open_tier: Tier,
     webhook_hosts: BTreeSet<String>,
-    uploads: Toggle,
+    uploads: bool,
 }
 
 /// Proof that a call passed the policy, with what the tier still constrains.
@@ -40,24 +41,24 @@ pub struct Grant<'a> {
 }
 
 impl Policy {
-    /// Builds the policy from the validated config.
-    pub fn new(config: &Config) -> Self {
+    /// Builds the policy from its settings (`config` assembles them: `Config::policy`).
+    pub fn new(settings: &Settings<'_>) -> Self {
         Self {
-            endpoints: config.endpoints.clone(),
-            apps: config
+            endpoints: settings.endpoints.clone(),
+            apps: settings
                 .endpoints
                 .keys()
                 .map(|entry| (entry.app(), entry.clone()))
                 .collect(),
-            tiers: config.tiers.clone(),
+            tiers: settings.tiers.clone(),
             open_tier: Tier::default(),
-            webhook_hosts: config.webhook_hosts.clone(),
-            uploads: config.storage_uploads,
+            webhook_hosts: settings.webhook_hosts.clone(),
+            uploads: settings.uploads,
         }
     }
 
     /// Decides whether `caller` may make `call`.
-    pub fn authorize(&self, caller: &Caller, call: &Call) -> Result<Grant<'_>, GateError> {
+    pub fn authorize(&self, caller: &Caller, call: &Call) -> Result<Grant<'_>, PolicyError> {
         let tier = self.tier(caller)?;
         let facts = call.facts();
         if tier
@@ -65,10 +66,7 @@ impl Policy {
             .as_ref()
             .is_some_and(|ops| !ops.contains(&facts.operation))
         {
-            return Err(forbidden(
-                "endpoint_not_allowed",
-                format!("your tier may not use {} here", call.op_name()),
-            ));
+            return Err(PolicyError::OperationNotAllowed(call.op_name()));
         }
         // Priced and rated by the endpoint it calls, as the operations table says (a streaming
         // run exactly like a sync run).
@@ -85,59 +83,61 @@ impl Policy {
             Op::Run { endpoint } | Op::RunStream { endpoint } => {
                 let (entry, rules) = self.endpoint(tier, endpoint)?;
                 if !rules.sync_run {
-                    return Err(forbidden(
-                        "sync_run_not_allowed",
-                        "synchronous runs are not allowed for this endpoint; use the queue".into(),
-                    ));
+                    return Err(PolicyError::SyncRunNotAllowed);
                 }
                 Some(entry)
             }
             Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
                 Some(self.app(tier, app)?)
             }
-            Op::StorageInitiate if self.uploads == Toggle::Allow => None,
-            Op::StorageInitiate => return Err(forbidden("uploads_not_allowed", "file uploads are not allowed".into())),
+            Op::StorageInitiate { .. } if self.uploads => None,
+            Op::StorageInitiate { .. } => return Err(PolicyError::UploadsNotAllowed),
             // The apps are in the body: `check_token_apps` once it is read.
-            Op::ClientToken => None,
+            Op::ClientToken { .. } => None,
         };
         Ok(Grant { endpoint, called, tier })
     }
 
-    fn tier(&self, caller: &Caller) -> Result<&Tier, GateError> {
+    fn tier(&self, caller: &Caller) -> Result<&Tier, PolicyError> {
         if self.tiers.is_empty() {
             return Ok(&self.open_tier);
         }
-        self.tiers
-            .get(&caller.tier)
-            .ok_or_else(|| forbidden("tier_not_allowed", "your tier is not configured on this gateway".into()))
+        self.tiers.get(&caller.tier).ok_or(PolicyError::TierNotAllowed)
     }
 
     /// The most specific configured entry equal to `endpoint` or a parent of it (`fal-ai/flux`
     /// covers `fal-ai/flux/dev`), if the tier may use that entry. The entry is chosen first and
     /// the tier checked on it: a tier allowed `acme/echo` never reaches a configured
     /// `acme/echo/pro` through its parent (whose schema, price and `sync_run` would apply).
-    fn endpoint(&self, tier: &Tier, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), GateError> {
+    fn endpoint(&self, tier: &Tier, endpoint: &EndpointId) -> Result<(EndpointId, EndpointPolicy), PolicyError> {
         self.endpoints
             .iter()
             .filter(|(entry, _)| entry.covers(endpoint))
             .max_by_key(|(entry, _)| entry.as_str().len())
             .filter(|(entry, _)| tier_allows(tier, entry))
             .map(|(entry, rules)| (entry.clone(), *rules))
-            .ok_or_else(|| GateError::EndpointNotAllowed(endpoint.as_str().to_owned()))
+            .ok_or_else(|| PolicyError::EndpointNotAllowed(endpoint.as_str().to_owned()))
     }
 
     /// An entry whose app is `app`: status, result and cancel name only the app.
-    fn app(&self, tier: &Tier, app: &AppId) -> Result<EndpointId, GateError> {
+    fn app(&self, tier: &Tier, app: &AppId) -> Result<EndpointId, PolicyError> {
         self.apps
             .iter()
             .find(|(entry_app, entry)| entry_app == app && tier_allows(tier, entry))
             .map(|(_, entry)| entry.clone())
-            .ok_or_else(|| GateError::EndpointNotAllowed(app.as_str().to_owned()))
+            .ok_or_else(|| PolicyError::EndpointNotAllowed(app.as_str().to_owned()))
+    }
+
+    /// Whether the policy (as it is now) lets a job's recorded `fal_webhook` be posted to: the
+    /// webhook receiver asks again before forwarding a delivery, so a host dropped from
+    /// `webhooks.allowed_hosts` by a reload gets nothing more.
+    pub fn allows_webhook(&self, hook: &str) -> bool {
+        Webhook::parse(hook).is_ok_and(|hook| self.check_webhook(&hook).is_ok())
     }
 
     /// `fal_webhook` must be an https URL on an allowed host (fal would POST results there). The
     /// check reads the same parsed, canonical URL that is forwarded (`fal::Webhook`).
-    fn check_webhook(&self, hook: &Webhook) -> Result<(), GateError> {
+    fn check_webhook(&self, hook: &Webhook) -> Result<(), PolicyError> {
         let url = hook.url();
         let allowed = url.scheme() == "https"
             && url.username().is_empty()
@@ -147,10 +147,7 @@ impl Policy {
         if allowed {
             Ok(())
         } else {
-            Err(forbidden(
-                "webhook_not_allowed",
-                "the webhook URL's host is not allowed".into(),
-            ))
+            Err(PolicyError::WebhookNotAllowed)
         }
     }
 }
@@ -179,7 +176,7 @@ impl Grant<'_> {
     /// Refuses input options the tier may not use (e.g. a premium `model`), naming the field.
     /// `input` is the input as fal will see it: the schema's defaults applied for absent fields
     /// (`schema::ValidInput::ruled`), so a default the tier may not use is refused too.
-    pub fn check_options<'a>(&self, input: impl Into<crate::schema::Ruled<'a>>) -> Result<(), GateError> {
+    pub fn check_options<'a>(&self, input: impl Into<crate::schema::Ruled<'a>>) -> Result<(), PolicyError> {
         let input = input.into();
         let Some(fields) = self.endpoint.as_ref().and_then(|entry| self.tier.options.get(entry)) else {
             return Ok(());
@@ -188,10 +185,10 @@ impl Grant<'_> {
             if let Some(value) = input.get(field) {
                 if !allowed.contains(value) {
                     let list = allowed.iter().map(Value::to_string).collect::<Vec<_>>().join(", ");
-                    return Err(forbidden(
-                        "option_not_allowed",
-                        format!("field `{field}` must be one of {list} for your tier"),
-                    ));
+                    return Err(PolicyError::OptionNotAllowed {
+                        field: field.clone(),
+                        allowed: list,
+                    });
                 }
             }
         }
@@ -203,10 +200,8 @@ fn tier_allows(tier: &Tier, entry: &EndpointId) -> bool {
     tier.endpoints.as_ref().is_none_or(|allowed| allowed.contains(entry))
 }
 
-fn forbidden(code: &'static str, message: String) -> GateError {
-    GateError::Forbidden { code, message }
-}
-
+mod error;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod tokens;

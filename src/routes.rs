@@ -3,22 +3,25 @@
 //! [`crate::state::Snapshot`] of the gate and its [`Caller`] (extracted in `caller`).
 
 mod caller;
+mod events;
 mod health;
 mod links;
 mod proxy;
 mod queue;
+mod requests;
 mod usage;
+mod webhook;
 
 use std::sync::Arc;
 
-use axum::routing::{any, get};
+use axum::routing::{any, get, MethodRouter};
 use axum::Router;
 
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::GateError;
-use crate::fal::{Call, Op};
+use crate::fal::{Call, GateRoute, Op};
 use crate::playground;
 use crate::state::Current;
 use crate::telemetry::access_log::{CallFacts, PrincipalHash};
@@ -29,7 +32,24 @@ pub fn router(current: Arc<Current>) -> Router {
         .route("/api/fal/proxy", any(proxy::handle))
         .route("/api/fal/queue/{*path}", any(queue::queue))
         .route("/api/fal/run/{*path}", any(queue::run))
-        .route("/api/fal/usage", get(usage::handle))
+        .route(
+            GateRoute::Usage.facts().path,
+            gate_route(GateRoute::Usage, usage::handle),
+        )
+        .route(
+            GateRoute::Requests.facts().path,
+            gate_route(GateRoute::Requests, requests::handle),
+        )
+        .route(
+            GateRoute::Events.facts().path,
+            gate_route(GateRoute::Events, events::handle),
+        )
+        // fal's signed deliveries (no JWT: the signature is the credential; 404 unless
+        // `[webhooks] receive`).
+        .route(
+            GateRoute::Webhook.facts().path,
+            gate_route(GateRoute::Webhook, webhook::receive),
+        )
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         // The playground (404 unless `falgate dev` or `[playground] enabled`).
@@ -46,6 +66,18 @@ pub fn router(current: Arc<Current>) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(current)
+}
+
+/// A gate route's handler, served on the method its row of the table names.
+fn gate_route<H, T>(route: GateRoute, handler: H) -> MethodRouter<Arc<Current>>
+where
+    H: axum::handler::Handler<T, Arc<Current>>,
+    T: 'static,
+{
+    // The table's methods are plain ones (GET, POST): always a filter.
+    let filter =
+        axum::routing::MethodFilter::try_from(route.facts().method).unwrap_or(axum::routing::MethodFilter::GET);
+    axum::routing::on(filter, handler)
 }
 
 /// A path no route serves: 404, and a log line naming the path (a typo'd client URL is found
@@ -95,7 +127,7 @@ fn learn(facts: &mut CallFacts, call: &Call) {
         Op::Status { app, .. } | Op::StatusStream { app, .. } | Op::Result { app, .. } | Op::Cancel { app, .. } => {
             Some(app.as_str().to_owned())
         }
-        Op::StorageInitiate | Op::ClientToken => None,
+        Op::StorageInitiate { .. } | Op::ClientToken { .. } => None,
     };
 }
 
@@ -118,6 +150,11 @@ fn check_method(request: &axum::extract::Request, call: &crate::fal::Call) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_row_of_the_table_is_the_receivers_path() {
+        assert_eq!(GateRoute::Webhook.facts().path, crate::webhooks::RECEIVER_PATH);
+    }
 
     #[test]
     fn a_long_unmatched_path_is_cut_at_a_character_boundary() {

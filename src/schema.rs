@@ -71,7 +71,7 @@ impl Default for JsonLimits {
 
 /// Per-request bounds on the body, from the endpoint's config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub struct ValidationLimits {
     /// Deepest nesting of arrays and objects, the top-level object counting as 1.
     pub max_depth: usize,
     /// Largest body accepted, in bytes.
@@ -80,7 +80,7 @@ pub struct Limits {
     pub json: JsonLimits,
 }
 
-impl Limits {
+impl ValidationLimits {
     fn shape(&self) -> strict::Shape {
         strict::Shape {
             max_depth: self.max_depth,
@@ -167,7 +167,7 @@ pub enum Rejection {
     /// `json_too_large`.
     #[error("the request body is too complex: {0}")]
     TooComplex(String),
-    /// Larger than `Limits::max_body_bytes`: 413 `body_too_large`.
+    /// Larger than `ValidationLimits::max_body_bytes`: 413 `body_too_large`.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
     /// No schema is configured for the endpoint: fail closed, never forward (500 `internal`).
@@ -237,7 +237,7 @@ struct Endpoint {
     defaults: Arc<[(String, Value)]>,
 }
 
-impl Default for Limits {
+impl Default for ValidationLimits {
     fn default() -> Self {
         Self {
             max_depth: 32,
@@ -283,7 +283,7 @@ impl Schemas {
         endpoint: &str,
         tier: Option<&str>,
         body: &[u8],
-        limits: &Limits,
+        limits: &ValidationLimits,
     ) -> Result<ValidInput, Rejection> {
         if body.len() > limits.max_body_bytes {
             return Err(Rejection::TooLarge(limits.max_body_bytes));
@@ -309,21 +309,21 @@ impl Schemas {
 
 /// Strict-parses a body that has no endpoint schema (storage initiate): one JSON object, no
 /// duplicate keys, within the limits.
-pub fn parse_object(body: &[u8], limits: &Limits) -> Result<Value, Rejection> {
+pub fn parse_object(body: &[u8], limits: &ValidationLimits) -> Result<Value, Rejection> {
     if body.len() > limits.max_body_bytes {
         return Err(Rejection::TooLarge(limits.max_body_bytes));
     }
     Ok(Value::Object(strict::parse_object(body, &limits.shape())?))
 }
 
-impl From<strict::Refusal> for Rejection {
-    fn from(refusal: strict::Refusal) -> Self {
+impl From<strict::Unparsed> for Rejection {
+    fn from(refusal: strict::Unparsed) -> Self {
         match refusal {
-            strict::Refusal::Malformed(why) => Self::Malformed(why),
-            strict::Refusal::TooComplex(why) => Self::TooComplex(why),
+            strict::Unparsed::Malformed(why) => Self::Malformed(why),
+            strict::Unparsed::TooComplex(why) => Self::TooComplex(why),
             // fal (pydantic) answers 422 with one item on `["body"]`; `@fal-ai/client` turns it
             // into a `ValidationError`, so the gate answers the same.
-            strict::Refusal::NotObject => Self::Invalid(vec![errors::not_an_object()]),
+            strict::Unparsed::NotObject => Self::Invalid(vec![errors::not_an_object()]),
         }
     }
 }

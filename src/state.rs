@@ -23,6 +23,8 @@ use axum::http::Extensions;
 use crate::auth::{Authenticator, KeyError};
 use crate::clock::Clock;
 use crate::config::{Config, FalCredentials};
+use crate::events::redis::RedisEvents;
+use crate::events::Events;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Limiter, LimitsConfigError};
 use crate::ownership::redis::RedisOwnership;
@@ -45,10 +47,15 @@ pub struct Gate {
     pub upstream: Arc<Upstream>,
     /// Lives for the process: who submitted which request.
     pub ownership: Arc<Ownership>,
+    /// Lives for the process: each caller's request events.
+    pub events: Arc<Events>,
     /// Lives for the process: serving or draining.
     pub lifecycle: Arc<Lifecycle>,
     /// Lives for the process: bytes of request bodies held at once, and bodies in flight per caller.
     pub body_budget: crate::input::Bodies,
+    /// Lives for the process: fal's webhook receiver (keys, delivered and submitted jobs, the
+    /// forward queue).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// Why a gate could not be built from a config.
@@ -64,6 +71,8 @@ pub enum BuildError {
     Redis(#[from] StoreError),
     #[error("[limits]: {0}")]
     Limits(#[from] LimitsConfigError),
+    #[error("[webhooks]: {0}")]
+    Webhooks(String),
 }
 
 impl Gate {
@@ -80,7 +89,7 @@ impl Gate {
         // The log's principal hash: the configured key, else one derived from the fal key, so
         // every replica hashes a caller alike (restart-only: the first gate of the process sets it).
         let principal_key = match &config.principal_hash_key {
-            Some(key) => crate::config::keyed_digest(
+            Some(key) => crate::upstream::keyed_digest(
                 secrecy::ExposeSecret::expose_secret(key).as_bytes(),
                 b"falgate principal hash",
             ),
@@ -89,16 +98,37 @@ impl Gate {
         crate::telemetry::access_log::set_principal_key(principal_key);
         let redis = config.redis.as_ref().map(RedisStore::connect).transpose()?;
         let on_store_error = config.limits.on_store_error;
-        Ok(Self {
-            auth,
-            policy: Policy::new(&config),
-            upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
-            ownership: Arc::new(Ownership::with_clock(
-                config.ownership,
-                redis.clone().map(RedisOwnership::new),
+        let ownership = Arc::new(Ownership::with_clock(
+            config.ownership,
+            redis.clone().map(RedisOwnership::new),
+            on_store_error,
+            clock.clone(),
+        ));
+        let events = Arc::new(Events::new(
+            config.events.clone(),
+            ownership.clone(),
+            redis.clone().map(RedisEvents::new),
+            on_store_error,
+        ));
+        let webhooks = crate::webhooks::Webhooks::new(
+            config.webhooks.clone(),
+            crate::webhooks::Parts {
+                storage_url: &config.upstream.storage_url,
+                redis: redis.clone(),
                 on_store_error,
-                clock.clone(),
-            )),
+                job_ttl: config.ownership.ttl,
+                clock: clock.clone(),
+                ended: events.clone(),
+            },
+        )
+        .map_err(BuildError::Webhooks)?;
+        Ok(Self {
+            webhooks: Arc::new(webhooks),
+            auth,
+            policy: Policy::new(&config.policy()),
+            upstream: Arc::new(Upstream::new(config.upstream.clone(), credentials, config.workers)?),
+            events,
+            ownership,
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: Limiter::with_clock(config.limits.clone(), redis, clock)?,
             lifecycle: Arc::default(),
@@ -113,14 +143,16 @@ impl Gate {
     pub fn next(&self, config: Config) -> Result<Self, BuildError> {
         Ok(Self {
             auth: self.auth.next(&config.auth)?,
-            policy: Policy::new(&config),
+            policy: Policy::new(&config.policy()),
             schemas: Schemas::compile(config.schema_sources.clone())?,
             limiter: self.limiter.reconfigured(config.limits.clone())?,
             upstream: self.upstream.clone(),
             ownership: self.ownership.clone(),
+            events: self.events.clone(),
             lifecycle: self.lifecycle.clone(),
             // A clone shares the one budget (its count is behind an `Arc`).
             body_budget: self.body_budget.clone(),
+            webhooks: self.webhooks.clone(),
             config,
         })
     }
@@ -128,6 +160,7 @@ impl Gate {
     /// Starts the background tasks (JWKS refresh); each runs while its part is in use.
     pub fn start(&self) {
         self.auth.start();
+        self.events.start();
     }
 }
 

@@ -11,6 +11,7 @@
 //! other's spans: the log layer never formats the trace span's attributes, and with tracing off
 //! a trace span is disabled at its call site, which costs one atomic load.
 
+pub mod access_line;
 pub mod access_log;
 #[cfg(test)]
 pub(crate) mod captured;
@@ -80,12 +81,29 @@ impl Drop for TelemetryGuard {
 /// Lines go to stderr in batches from a writer thread ([`writer`]), so no request waits on a
 /// write syscall or wakes another thread per line; keep the returned guard alive until exit.
 pub fn init(format: LogFormat, telemetry: &Telemetry) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = writer::batch_writer(std::io::stderr());
     // Colour codes only for a person at a terminal; log files and pipelines get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    install(format, telemetry, std::io::stderr(), ansi)
+}
+
+/// [`init`] writing to `out` instead of stderr, without colour codes: the allocation-count test
+/// (`tests/alloc.rs`) formats every line as `serve` does, into a sink.
+pub fn init_to(format: LogFormat, telemetry: &Telemetry, out: impl std::io::Write + Send + 'static) -> TelemetryGuard {
+    install(format, telemetry, out, false)
+}
+
+fn install(
+    format: LogFormat,
+    telemetry: &Telemetry,
+    out: impl std::io::Write + Send + 'static,
+    ansi: bool,
+) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = writer::batch_writer(out);
     let not_otel = filter_fn(|meta| meta.target() != OTEL_TARGET);
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer.clone());
     let logs = match format {
         // Caller text is escaped in the text format (`text_fields`); JSON escapes its own.
         LogFormat::Text => fmt
@@ -117,6 +135,10 @@ pub fn init(format: LogFormat, telemetry: &Telemetry) -> TelemetryGuard {
         .with(traces)
         .try_init()
         .is_ok();
+    if installed && !ansi {
+        // Answered calls' access lines skip the formatter (same bytes; see `access_line`).
+        access_line::install(format, writer);
+    }
     if let Some(err) = trace_error {
         tracing::warn!(error = %err, "OpenTelemetry trace export is off: the exporter could not be built");
     } else if let (true, Some(url)) = (installed && provider.is_some(), &telemetry.otlp_traces_url) {

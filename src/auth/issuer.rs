@@ -12,7 +12,7 @@ use super::jwks::Jwks;
 use super::keys::{self, Key, KeyError};
 use super::token::Peek;
 use super::{now, AuthError, Caller, Why};
-use crate::config::{self, IssuerConfig};
+use super::{Auth, IssuerConfig};
 
 /// Longest `sub` accepted.
 const MAX_SUB_LEN: usize = 256;
@@ -31,7 +31,7 @@ impl Issuer {
     /// (a reload) when one fetches the same URL with the same settings.
     pub(super) fn new(
         config: &IssuerConfig,
-        auth: &config::Auth,
+        auth: &Auth,
         client: &reqwest::Client,
         previous: &[Self],
     ) -> Result<Self, KeyError> {

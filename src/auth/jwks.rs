@@ -16,11 +16,11 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::keys::{self, Key, KeyError};
-use crate::config;
+use super::Auth;
 use crate::telemetry::metrics;
 
 /// The HTTP client for JWKS fetches (no redirects, capped time).
-pub(super) fn client(config: &config::Auth) -> Result<reqwest::Client, KeyError> {
+pub(super) fn client(config: &Auth) -> Result<reqwest::Client, KeyError> {
     reqwest::Client::builder()
         .timeout(config.jwks_timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -60,7 +60,7 @@ impl Jwks {
         url: Url,
         client: reqwest::Client,
         algorithms: Vec<Algorithm>,
-        config: &config::Auth,
+        config: &Auth,
     ) -> Self {
         Self {
             issuer,
@@ -79,7 +79,7 @@ impl Jwks {
 
     /// Whether this key set is the one an issuer configured with `url`, `algorithms` and
     /// `config` would fetch, so a reload may keep it (and its keys) instead of starting over.
-    pub(super) fn serves(&self, issuer: &str, url: &Url, algorithms: &[Algorithm], config: &config::Auth) -> bool {
+    pub(super) fn serves(&self, issuer: &str, url: &Url, algorithms: &[Algorithm], config: &Auth) -> bool {
         *self.issuer == *issuer
             && self.url == *url
             && self.algorithms == algorithms

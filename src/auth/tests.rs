@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::config;
 use crate::error::GateError;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
+use crate::config;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

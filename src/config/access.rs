@@ -3,83 +3,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::Value;
 use url::Url;
 
-use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier, RawWebhooks};
-use super::{ConfigError, EndpointPolicy};
+use super::file::{RawCors, RawFalHeaders, RawOwnership, RawTier};
+use super::ConfigError;
+use crate::cors::Cors;
 pub use crate::fal::Operation;
-use crate::fal::{EndpointId, Lifecycle, RequestTimeout};
-
-/// fal's queue priorities, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
-    Low,
-    Normal,
-}
-
-/// What callers of one tier may do.
-#[derive(Debug, Clone, Default)]
-pub struct Tier {
-    /// Endpoint entries allowed; None = all configured endpoints.
-    pub endpoints: Option<BTreeSet<EndpointId>>,
-    /// Operations allowed; None = all.
-    pub operations: Option<BTreeSet<Operation>>,
-    pub max_queue_priority: Option<Priority>,
-    /// Per endpoint entry, per input field: the values allowed.
-    pub options: BTreeMap<EndpointId, BTreeMap<String, Vec<Value>>>,
-    /// What becomes of the `x-fal-*` headers callers of this tier send.
-    pub fal_headers: FalHeaderRules,
-}
-
-/// A tier's rules over the `x-fal-*` headers (`[tiers.NAME.fal_headers]`): a value is passed
-/// (once parsed and canonical), dropped, capped or replaced by the operator's.
-#[derive(Debug, Clone, Default)]
-pub struct FalHeaderRules {
-    pub runner_hint: Pass,
-    pub no_retry: Pass,
-    pub max_request_timeout: Option<RequestTimeout>,
-    pub max_object_expiration_seconds: Option<u64>,
-    /// Forced on submits and runs (`x-fal-object-lifecycle-preference`) and uploads
-    /// (`x-fal-object-lifecycle`), whatever the caller sent.
-    pub object_lifecycle: Option<Lifecycle>,
-    pub store_io: StoreIo,
-}
-
-/// Whether a caller's header reaches fal.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Pass {
-    #[default]
-    Allow,
-    Drop,
-}
-
-/// `X-Fal-Store-IO`: the caller's valid value, or one the operator forces.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StoreIo {
-    #[default]
-    Caller,
-    /// `X-Fal-Store-IO: 0` on every call: fal keeps no input or output payloads.
-    Off,
-    /// `X-Fal-Store-IO: 1` on every call.
-    On,
-}
-
-/// Browser origins allowed to call falgate.
-#[derive(Debug, Clone)]
-pub struct Cors {
-    /// Exact serialised origins (`https://app.example.com`).
-    pub allowed_origins: BTreeSet<String>,
-    pub allow_credentials: bool,
-    pub max_age: Duration,
-}
-
-/// Ownership memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnershipConfig {
-    pub ttl: Duration,
-    pub max_entries: u64,
-}
+use crate::fal::Priority;
+use crate::fal::{EndpointId, RequestTimeout};
+use crate::ownership::OwnershipConfig;
+use crate::policy::{EndpointPolicy, FalHeaderRules, Forward, StoreIo, Tier};
+use crate::webhooks::RawWebhooks;
 
 impl Operation {
     fn parse(raw: &str) -> Option<Self> {
@@ -94,25 +28,6 @@ impl Operation {
             "token" => Self::Token,
             _ => return None,
         })
-    }
-}
-
-impl Priority {
-    /// Parses fal's header value.
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "low" => Some(Self::Low),
-            "normal" => Some(Self::Normal),
-            _ => None,
-        }
-    }
-
-    /// fal's header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Normal => "normal",
-        }
     }
 }
 
@@ -175,8 +90,8 @@ fn tier_of(name: &str, raw: RawTier, endpoints: &BTreeMap<EndpointId, EndpointPo
 fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigError> {
     let key = |key: &str| format!("`tiers.{name}.fal_headers.{key}`");
     let pass = |value: Option<String>, field: &str| match value.as_deref() {
-        None | Some("allow") => Ok(Pass::Allow),
-        Some("drop") => Ok(Pass::Drop),
+        None | Some("allow") => Ok(Forward::Allow),
+        Some("drop") => Ok(Forward::Drop),
         Some(_) => Err(ConfigError(format!("{} must be \"allow\" or \"drop\"", key(field)))),
     };
     let store_io = match raw.store_io.as_deref() {
@@ -209,6 +124,7 @@ fn fal_headers(name: &str, raw: RawFalHeaders) -> Result<FalHeaderRules, ConfigE
     Ok(FalHeaderRules {
         runner_hint: pass(raw.runner_hint, "runner_hint")?,
         no_retry: pass(raw.no_retry, "no_retry")?,
+        disable_fallbacks: pass(raw.disable_fallbacks, "disable_fallbacks")?,
         max_request_timeout,
         max_object_expiration_seconds: raw.max_object_expiration_seconds,
         object_lifecycle: raw.object_lifecycle,
@@ -254,8 +170,19 @@ pub(super) fn ownership(raw: &RawOwnership) -> Result<OwnershipConfig, ConfigErr
             "`ownership.ttl_seconds` and `ownership.max_entries` must be greater than zero".into(),
         ));
     }
+    if !(1..=10_000).contains(&raw.per_caller) {
+        return Err(ConfigError("`ownership.per_caller` must be between 1 and 10000".into()));
+    }
+    if !(1..=100).contains(&raw.list_max) || !(1..=raw.list_max).contains(&raw.list_limit) {
+        return Err(ConfigError(
+            "`ownership.list_max` must be between 1 and 100, and `ownership.list_limit` between 1 and it".into(),
+        ));
+    }
     Ok(OwnershipConfig {
         ttl: Duration::from_secs(raw.ttl_seconds),
         max_entries: raw.max_entries,
+        per_caller: raw.per_caller,
+        list_limit: raw.list_limit,
+        list_max: raw.list_max,
     })
 }

@@ -36,11 +36,13 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
-    pub(crate) webhooks: RawWebhooks,
+    pub(crate) webhooks: crate::webhooks::RawWebhooks,
     #[serde(default)]
     pub(crate) cors: RawCors,
     #[serde(default)]
     pub(crate) ownership: RawOwnership,
+    #[serde(default)]
+    pub(crate) events: crate::events::EventsConfig,
     #[serde(default)]
     pub(crate) connections: RawConnections,
     #[serde(default)]
@@ -200,21 +202,16 @@ pub(crate) struct RawFalHeaders {
     pub(crate) runner_hint: Option<String>,
     /// `"allow"` (default) or `"drop"`: whether `x-fal-no-retry` reaches fal.
     pub(crate) no_retry: Option<String>,
+    /// `"allow"` (default) or `"drop"`: whether `x-fal-disable-fallbacks` reaches fal.
+    pub(crate) disable_fallbacks: Option<String>,
     /// A longer `x-fal-request-timeout` is lowered to this.
     pub(crate) max_request_timeout_seconds: Option<f64>,
     /// A longer (or absent) lifecycle `expiration_duration_seconds` is lowered (set) to this.
     pub(crate) max_object_expiration_seconds: Option<u64>,
     /// Replaces the caller's object lifecycle on every submit, run and upload.
-    pub(crate) object_lifecycle: Option<crate::fal::Lifecycle>,
+    pub(crate) object_lifecycle: Option<crate::fal::ObjectLifecycle>,
     /// `"caller"` (default), `"off"` or `"on"`: `X-Fal-Store-IO` as the caller sent it, or forced.
     pub(crate) store_io: Option<String>,
-}
-
-/// `[webhooks]`: where fal may deliver `fal_webhook` callbacks.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawWebhooks {
-    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// `[cors]`: which browser origins may call falgate.
@@ -242,6 +239,9 @@ impl Default for RawCors {
 pub(crate) struct RawOwnership {
     pub(crate) ttl_seconds: u64,
     pub(crate) max_entries: u64,
+    pub(crate) per_caller: usize,
+    pub(crate) list_limit: usize,
+    pub(crate) list_max: usize,
 }
 
 impl Default for RawOwnership {
@@ -249,6 +249,9 @@ impl Default for RawOwnership {
         Self {
             ttl_seconds: 7 * 86_400,
             max_entries: 1_000_000,
+            per_caller: 200,
+            list_limit: 20,
+            list_max: 100,
         }
     }
 }

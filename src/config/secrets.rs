@@ -1,26 +1,10 @@
-//! fal credentials, read only from `FAL_KEY`, `FAL_KEY_ID` + `FAL_KEY_SECRET`, or `FAL_KEY_FILE`,
-//! and held as a secret that cannot be printed (its `Debug` is redacted, it has no `Display`).
-
-use secrecy::{ExposeSecret, SecretString};
+//! fal credentials, read only from `FAL_KEY`, `FAL_KEY_ID` + `FAL_KEY_SECRET`, or `FAL_KEY_FILE`
+//! into `upstream::FalCredentials`.
 
 use super::env::Sources;
-
-/// The server-held fal key, as it goes into `Authorization: Key …`.
-#[derive(Clone)]
-pub struct FalCredentials(SecretString);
-
-impl std::fmt::Debug for FalCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FalCredentials([REDACTED])")
-    }
-}
+pub use crate::upstream::FalCredentials;
 
 impl FalCredentials {
-    /// Wraps a key given in code (the dev command's emulator key).
-    pub fn new(key: String) -> Self {
-        Self(SecretString::from(key))
-    }
-
     /// Reads the credentials from exactly one of the three sources.
     pub fn from_sources(sources: &dyn Sources) -> Result<Self, String> {
         let key = sources.var("FAL_KEY").filter(|v| !v.is_empty());
@@ -42,41 +26,12 @@ impl FalCredentials {
         };
         Self::checked(raw)
     }
-
-    fn checked(raw: String) -> Result<Self, String> {
-        let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_graphic());
-        if valid {
-            Ok(Self(SecretString::from(raw)))
-        } else {
-            Err("the fal key must be non-empty printable ASCII without spaces".into())
-        }
-    }
-
-    /// A key for `purpose`, derived from the fal key one way (HMAC-SHA256 keyed with it): the same
-    /// on every replica sharing the key, and telling nothing about the key. The principal hash
-    /// of the logs uses it when `log.principal_hash_key` is unset.
-    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
-        keyed_digest(self.0.expose_secret().as_bytes(), purpose.as_bytes())
-    }
-
-    /// The `Authorization` header value for fal. Only `upstream` calls this.
-    pub(crate) fn authorization(&self) -> String {
-        format!("Key {}", self.0.expose_secret())
-    }
 }
 
 fn read_key_file(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_owned())
         .map_err(|err| format!("FAL_KEY_FILE {path} cannot be read: {err}"))
-}
-
-/// HMAC-SHA256 of `message` under `key`.
-pub(crate) fn keyed_digest(key: &[u8], message: &[u8]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(message);
-    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]

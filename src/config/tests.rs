@@ -345,3 +345,34 @@ fn a_failed_auth_rate_behind_an_untrusted_proxy_is_warned_about() {
     assert!(!warned(&format!("[limits]\n{rate}")), "no proxy in sight");
     assert!(!warned(public), "no failed-auth rate");
 }
+
+#[test]
+fn the_webhook_receiver_is_configured_from_the_file_and_the_environment() {
+    let text = include_str!("../../config/falgate.toml");
+    let shipped = Config::from_toml(text, &with_secret()).unwrap();
+    assert_eq!(
+        shipped.webhooks,
+        crate::webhooks::WebhooksConfig::off(),
+        "off by default"
+    );
+    let vars = env(&[
+        ("FALGATE_AUTH__HS256_SECRET", SECRET),
+        ("FALGATE_WEBHOOKS__RECEIVE", "true"),
+        ("FALGATE_PUBLIC_URL", "https://gate.example.com/base"),
+        ("FALGATE_WEBHOOKS__FAL_USER_ID", "u-123"),
+        ("FALGATE_WEBHOOKS__MAX_SKEW_SECONDS", "60"),
+    ]);
+    let config = Config::from_toml(text, &vars).unwrap();
+    let hook = config.webhooks.hook_url.as_ref().map(|hook| hook.as_str().to_owned());
+    assert_eq!(hook.as_deref(), Some("https://gate.example.com/base/api/fal/webhook"));
+    assert_eq!(config.webhooks.fal_user_id.as_deref(), Some("u-123"));
+    assert_eq!(config.webhooks.max_skew, Duration::from_secs(60));
+    let without_url = env(&[
+        ("FALGATE_AUTH__HS256_SECRET", SECRET),
+        ("FALGATE_WEBHOOKS__RECEIVE", "true"),
+    ]);
+    let err = Config::from_toml(text, &without_url).unwrap_err();
+    assert!(err.0.contains("public_url"), "{err}");
+    let err = Config::from_toml("[webhooks]\nrecieve = true\n", &with_secret()).unwrap_err();
+    assert!(err.0.contains("recieve"), "{err}");
+}

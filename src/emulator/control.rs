@@ -12,12 +12,25 @@ use super::faults::Fault;
 use super::status::detail;
 use super::Emulator;
 
-/// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`, `POST /_emulator/release`.
+/// `GET|DELETE /_emulator/requests`, `POST|DELETE /_emulator/faults`, `POST /_emulator/release`,
+/// `GET /_emulator/webhooks` (every delivery attempt), `POST /_emulator/webhooks/rotate` (sign
+/// with a new key, the old ones still served).
 pub(crate) fn routes() -> Router<Emulator> {
     Router::new()
         .route("/_emulator/requests", get(list_requests).delete(clear_requests))
         .route("/_emulator/faults", axum::routing::post(add_fault).delete(clear_faults))
         .route("/_emulator/release", axum::routing::post(release))
+        .route("/_emulator/webhooks", get(list_deliveries))
+        .route("/_emulator/webhooks/rotate", axum::routing::post(rotate_key))
+}
+
+async fn list_deliveries(State(emulator): State<Emulator>) -> Response {
+    Json(emulator.deliveries()).into_response()
+}
+
+async fn rotate_key(State(emulator): State<Emulator>) -> StatusCode {
+    emulator.rotate_webhook_key();
+    StatusCode::NO_CONTENT
 }
 
 /// What `POST /_emulator/release` names.

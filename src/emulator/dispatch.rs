@@ -12,11 +12,11 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, FaultAction, Op};
-use super::model::{self, Outcome};
+use super::model::{self, ModelResult};
 use super::queue::{CancelResult, Phase};
 use super::route::{self, Call, RouteError};
 use super::status::{self, base_url, detail, json_response, with_request_id, Urls};
-use super::{realtime, storage, stream, tokens, Emulator, RecordedRequest};
+use super::{realtime, storage, stream, tokens, webhooks, Emulator, RecordedRequest};
 
 /// Largest request body accepted on fal paths (data-URI inputs can be many MB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -59,6 +59,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         Host::Rest => route::rest(&parts.method, relative),
     };
     let mut pace = stream::Pace::default();
+    let mut webhook = (None, None);
     match emulator
         .inner
         .faults
@@ -70,6 +71,7 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         Some(FaultAction::StreamDrop { after_events }) if is_stream(&call) => pace.drop_after = Some(after_events),
         Some(FaultAction::Drop | FaultAction::StreamDrop { .. }) => return faults::drop_response(),
         Some(FaultAction::Hold { after_events, key }) => pace.hold = Some((after_events, key)),
+        Some(FaultAction::Webhook { tamper, fail }) => webhook = (tamper, fail),
         None => {}
     }
     let call = match call {
@@ -86,13 +88,16 @@ pub(crate) async fn handle(State(emulator): State<Emulator>, request: Request) -
         query: parts.uri.query().map(str::to_owned),
         emulator,
     };
-    run_call(&ctx, &call, &bytes, pace)
+    run_call(&ctx, &call, &bytes, pace, webhook)
 }
 
-fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
+/// A `webhook` fault's tamper and failure, for a submit.
+type WebhookFault = (Option<super::faults::Tamper>, Option<String>);
+
+fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace, webhook: WebhookFault) -> Response {
     let id = call.request_id.as_deref().unwrap_or_default();
     match call.op {
-        Op::Submit => submit(ctx, call, bytes),
+        Op::Submit => submit(ctx, call, bytes, webhook),
         Op::Status => status(ctx, call, id),
         Op::StatusStream => match ctx.emulator.inner.queue.snapshot(&call.app, id) {
             Some(_) => {
@@ -106,18 +111,29 @@ fn run_call(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Respon
         Op::Run => run(call, bytes),
         Op::RunStream => run_stream(ctx, call, bytes, pace),
         Op::StorageInitiate => storage::initiate(&ctx.emulator.inner.storage, &ctx.base, bytes),
+        Op::StorageInitiateMultipart => storage::initiate_multipart(&ctx.emulator.inner.storage, &ctx.base, bytes),
         Op::Token => tokens::issue(&ctx.emulator, bytes),
+        Op::RealtimeToken => tokens::issue_realtime(&ctx.emulator, bytes),
     }
 }
 
-fn submit(ctx: &Ctx, call: &Call, bytes: &Bytes) -> Response {
+fn submit(ctx: &Ctx, call: &Call, bytes: &Bytes, (tamper, fail): WebhookFault) -> Response {
     let input = match parse_object(bytes) {
         Ok(input) => input,
         Err(invalid) => return detail(StatusCode::UNPROCESSABLE_ENTITY, invalid),
     };
     // fal accepts any JSON object on submit; schema errors only surface at result time.
-    let outcome = model::run(&call.endpoint, &input);
+    let outcome = match fail {
+        Some(error_type) => ModelResult::Failed(error_type),
+        None => model::run(&call.endpoint, &input),
+    };
     let (id, position) = ctx.emulator.inner.queue.submit(&call.app, outcome);
+    if let Some(hook) = fal_webhook(ctx) {
+        let config = ctx.emulator.config();
+        let after = Duration::from_millis(config.queue_ms + config.progress_ms);
+        let spoil = webhooks::Spoil { tamper };
+        webhooks::schedule(&ctx.emulator, call.app.clone(), id.clone(), hook, spoil, after);
+    }
     let urls = Urls::new(&ctx.base, &call.app, &id);
     let body = json!({
         "request_id": id,
@@ -148,8 +164,17 @@ fn result(ctx: &Ctx, call: &Call, id: &str) -> Response {
     let response = match (snapshot.phase, snapshot.cancelled, &snapshot.outcome) {
         (Phase::InQueue | Phase::InProgress, _, _) => detail(StatusCode::BAD_REQUEST, "Request is still in progress"),
         (Phase::Completed, true, _) => detail(StatusCode::BAD_REQUEST, "Request was cancelled"),
-        (Phase::Completed, false, Outcome::Invalid(errors)) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone()),
-        (Phase::Completed, false, Outcome::Output(output)) => json_response(StatusCode::OK, output),
+        (Phase::Completed, false, ModelResult::Invalid(errors)) => {
+            detail(StatusCode::UNPROCESSABLE_ENTITY, errors.clone())
+        }
+        (Phase::Completed, false, ModelResult::Output(output)) => json_response(StatusCode::OK, output),
+        (Phase::Completed, false, ModelResult::Failed(error_type)) => {
+            let mut response = detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+            if let Ok(value) = axum::http::HeaderValue::from_str(error_type) {
+                response.headers_mut().insert("x-fal-error-type", value);
+            }
+            response
+        }
     };
     with_request_id(response, id)
 }
@@ -166,8 +191,10 @@ fn cancel(ctx: &Ctx, call: &Call, id: &str) -> Response {
 fn run(call: &Call, bytes: &Bytes) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let response = match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => json_response(StatusCode::OK, &output),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
+        Ok(ModelResult::Output(output)) => json_response(StatusCode::OK, &output),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => detail(StatusCode::UNPROCESSABLE_ENTITY, errors),
+        // `model::run` never fails a job: only a fault does, on a queued one.
+        Ok(ModelResult::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
     };
     with_request_id(response, &id)
 }
@@ -175,8 +202,9 @@ fn run(call: &Call, bytes: &Bytes) -> Response {
 /// A streaming run: fal's 422 for an invalid input (not a stream), else partial outputs.
 fn run_stream(ctx: &Ctx, call: &Call, bytes: &Bytes, pace: stream::Pace) -> Response {
     match parse_object(bytes).map(|input| model::run(&call.endpoint, &input)) {
-        Ok(Outcome::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
-        Ok(Outcome::Invalid(errors)) | Err(errors) => {
+        Ok(ModelResult::Output(output)) => stream::run(ctx.emulator.clone(), &output, pace),
+        Ok(ModelResult::Failed(_)) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        Ok(ModelResult::Invalid(errors)) | Err(errors) => {
             let id = uuid::Uuid::new_v4().to_string();
             with_request_id(detail(StatusCode::UNPROCESSABLE_ENTITY, errors), &id)
         }
@@ -231,6 +259,14 @@ fn has_key(parts: &Parts) -> bool {
     value
         .and_then(|value| value.split_once(' '))
         .is_some_and(|(scheme, credentials)| scheme.eq_ignore_ascii_case("key") && !credentials.trim().is_empty())
+}
+
+/// The submit's `?fal_webhook=` URL, decoded.
+fn fal_webhook(ctx: &Ctx) -> Option<String> {
+    let query = ctx.query.as_deref().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "fal_webhook")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// `?logs=1` (JS) or `?logs=true` (Python).

@@ -36,8 +36,12 @@ pub enum Op {
     RunStream,
     /// `POST rest.fal.ai/storage/upload/initiate`.
     StorageInitiate,
+    /// `POST rest.fal.ai/storage/upload/initiate-multipart`.
+    StorageInitiateMultipart,
     /// `POST rest.fal.ai/tokens/`.
     Token,
+    /// `POST rest.fal.ai/tokens/realtime`.
+    RealtimeToken,
 }
 
 /// One injected failure.
@@ -94,6 +98,31 @@ pub enum FaultAction {
         /// The name the release gives.
         key: String,
     },
+    /// On a submit (handled normally otherwise): its job fails on fal's side with `fail` as its
+    /// `error_type`, and/or every delivery of its `fal_webhook` is tampered with as `tamper`
+    /// says. Elsewhere no effect.
+    Webhook {
+        /// How each delivery is spoiled (none: delivered as fal would).
+        #[serde(default)]
+        tamper: Option<Tamper>,
+        /// The job fails with this `error_type` (e.g. `runner_disconnected`).
+        #[serde(default)]
+        fail: Option<String>,
+    },
+}
+
+/// How a webhook delivery is spoiled ([`FaultAction::Webhook`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tamper {
+    /// One bit of the signature flipped.
+    BadSignature,
+    /// Signed with a timestamp an hour old.
+    StaleTimestamp,
+    /// Signed (validly) for another fal user id.
+    WrongUser,
+    /// Each delivery sent twice.
+    Duplicate,
 }
 
 /// The longest a `Hold` keeps a stream waiting for its release.

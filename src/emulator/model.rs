@@ -13,17 +13,20 @@ pub(crate) const VIDEO_PROMPT_GENERATOR: &str = "fal-ai/video-prompt-generator";
 
 /// What running a model on an input produced.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Outcome {
+pub(crate) enum ModelResult {
     /// 200 with this output.
     Output(Value),
     /// 422 with this `detail` array.
     Invalid(Value),
+    /// fal failed the job on its side with this `error_type` (a `webhook` fault's `fail`):
+    /// the result is a 500, the status and the webhook carry the error type.
+    Failed(String),
 }
 
 /// Runs `endpoint` on a JSON object input.
-pub(crate) fn run(endpoint: &str, input: &Map<String, Value>) -> Outcome {
+pub(crate) fn run(endpoint: &str, input: &Map<String, Value>) -> ModelResult {
     if endpoint != VIDEO_PROMPT_GENERATOR {
-        return Outcome::Output(json!({ "echo": input, "endpoint": endpoint }));
+        return ModelResult::Output(json!({ "echo": input, "endpoint": endpoint }));
     }
     let mut values = Map::new();
     let mut errors = Vec::new();
@@ -36,9 +39,9 @@ pub(crate) fn run(endpoint: &str, input: &Map<String, Value>) -> Outcome {
         }
     }
     if errors.is_empty() {
-        Outcome::Output(json!({ "prompt": prompt(&values) }))
+        ModelResult::Output(json!({ "prompt": prompt(&values) }))
     } else {
-        Outcome::Invalid(Value::Array(errors))
+        ModelResult::Invalid(Value::Array(errors))
     }
 }
 
@@ -108,7 +111,7 @@ fn prompt(values: &Map<String, Value>) -> String {
 mod tests {
     use super::*;
 
-    fn run_json(input: Value) -> Outcome {
+    fn run_json(input: Value) -> ModelResult {
         match input {
             Value::Object(map) => run(VIDEO_PROMPT_GENERATOR, &map),
             other => panic!("test input must be an object: {other}"),
@@ -140,17 +143,21 @@ mod tests {
     fn defaults_apply_and_lengths_differ() {
         let medium = run_json(json!({ "input_concept": "A city", "extra": 1 }));
         let expected = "Simple video of A city. Camera: None, None. Pacing: None.";
-        assert_eq!(medium, Outcome::Output(json!({ "prompt": expected })));
+        assert_eq!(medium, ModelResult::Output(json!({ "prompt": expected })));
         let short = run_json(json!({ "input_concept": "A city", "prompt_length": "Short" }));
-        assert_eq!(short, Outcome::Output(json!({ "prompt": "Simple video of A city." })));
+        assert_eq!(
+            short,
+            ModelResult::Output(json!({ "prompt": "Simple video of A city." }))
+        );
         let long = run_json(json!({ "input_concept": "A city", "prompt_length": "Long", "custom_elements": "Neon." }));
         let long_text = "Simple video of A city. Camera: None, None. Pacing: None. Effects: None. Neon.";
-        assert_eq!(long, Outcome::Output(json!({ "prompt": long_text })));
+        assert_eq!(long, ModelResult::Output(json!({ "prompt": long_text })));
     }
 
     #[test]
     fn errors_are_reported_per_field_in_schema_order() {
-        let Outcome::Invalid(detail) = run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null }))
+        let ModelResult::Invalid(detail) =
+            run_json(json!({ "style": "Bogus", "custom_elements": 5, "image_url": null }))
         else {
             panic!("expected invalid");
         };
@@ -170,7 +177,7 @@ mod tests {
         let map = json!({ "x": [1] }).as_object().cloned().unwrap_or_default();
         assert_eq!(
             run("a/b/c", &map),
-            Outcome::Output(json!({ "echo": { "x": [1] }, "endpoint": "a/b/c" }))
+            ModelResult::Output(json!({ "echo": { "x": [1] }, "endpoint": "a/b/c" }))
         );
     }
 }

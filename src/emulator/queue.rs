@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::model::Outcome;
+use super::model::ModelResult;
 use super::{lock, EmulatorConfig};
 
 /// The phase a job is in at some instant.
@@ -32,14 +32,14 @@ impl Phase {
 
 /// A job as seen at one instant.
 #[derive(Clone, Debug)]
-pub(crate) struct Snapshot {
+pub(crate) struct JobView {
     pub(crate) phase: Phase,
     /// Earlier jobs of the same app still waiting (0 = next); meaningful in `IN_QUEUE` only.
     pub(crate) queue_position: usize,
     /// Log entries emitted so far, oldest first.
     pub(crate) logs: Vec<Value>,
     pub(crate) cancelled: bool,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: ModelResult,
     /// Seconds spent in progress, known once completed normally.
     pub(crate) inference_time: Option<f64>,
 }
@@ -74,7 +74,7 @@ struct Job {
     submitted: Instant,
     submitted_at: SystemTime,
     cancelled: Option<Instant>,
-    outcome: Outcome,
+    outcome: ModelResult,
 }
 
 impl Queue {
@@ -88,7 +88,7 @@ impl Queue {
     }
 
     /// Enqueues a job whose eventual result is `outcome`; returns its id and queue position.
-    pub(crate) fn submit(&self, app: &str, outcome: Outcome) -> (String, usize) {
+    pub(crate) fn submit(&self, app: &str, outcome: ModelResult) -> (String, usize) {
         let id = uuid::Uuid::new_v4().to_string();
         let now = Instant::now();
         let mut state = lock(&self.state);
@@ -113,14 +113,14 @@ impl Queue {
     }
 
     /// The job's state now, or `None` if `id` is unknown under `app`.
-    pub(crate) fn snapshot(&self, app: &str, id: &str) -> Option<Snapshot> {
+    pub(crate) fn snapshot(&self, app: &str, id: &str) -> Option<JobView> {
         let now = Instant::now();
         let state = lock(&self.state);
         let job = state.jobs.get(&(app.to_owned(), id.to_owned()))?;
         let phase = self.phase(job, now);
         let until = job.cancelled.unwrap_or(now);
         let completed_normally = phase == Phase::Completed && job.cancelled.is_none();
-        Some(Snapshot {
+        Some(JobView {
             phase,
             queue_position: self.position(&state, app, job.seq, now),
             logs: self.logs(job, until),
@@ -198,8 +198,8 @@ mod tests {
         })
     }
 
-    fn ok() -> Outcome {
-        Outcome::Output(json!({}))
+    fn ok() -> ModelResult {
+        ModelResult::Output(json!({}))
     }
 
     #[tokio::test(start_paused = true)]

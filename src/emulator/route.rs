@@ -58,7 +58,12 @@ pub(crate) fn run(method: &Method, path: &str) -> Result<Call, RouteError> {
 pub(crate) fn rest(method: &Method, path: &str) -> Result<Call, RouteError> {
     let (op, name) = match path {
         "/storage/upload/initiate" => (Op::StorageInitiate, "storage/upload/initiate".to_owned()),
+        "/storage/upload/initiate-multipart" => (
+            Op::StorageInitiateMultipart,
+            "storage/upload/initiate-multipart".to_owned(),
+        ),
         "/tokens/" => (Op::Token, "tokens".to_owned()),
+        "/tokens/realtime" => (Op::RealtimeToken, "tokens/realtime".to_owned()),
         _ => return Err(RouteError::NotFound),
     };
     require(method, &Method::POST)?;

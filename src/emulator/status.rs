@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::queue::{Phase, Snapshot};
+use super::queue::{JobView, Phase};
 
 /// Response header carrying the request id, read by both official clients.
 pub(crate) const REQUEST_ID_HEADER: &str = "x-fal-request-id";
@@ -49,7 +49,7 @@ pub(crate) fn base_url(headers: &HeaderMap, authority: Option<&str>) -> String {
 }
 
 /// The status body of `snapshot`; `logs` is `None` when the caller did not ask for logs.
-pub(crate) fn status_body(snapshot: &Snapshot, urls: &Urls, logs: Option<&[Value]>) -> Value {
+pub(crate) fn status_body(snapshot: &JobView, urls: &Urls, logs: Option<&[Value]>) -> Value {
     let mut body = json!({ "status": snapshot.phase.as_str() });
     urls.insert_into(&mut body);
     let logs = logs.map_or(Value::Null, |logs| Value::Array(logs.to_vec()));
@@ -71,13 +71,15 @@ pub(crate) fn status_body(snapshot: &Snapshot, urls: &Urls, logs: Option<&[Value
 }
 
 /// The `error`/`error_type` pair of a completed request that did not succeed.
-fn failure(snapshot: &Snapshot) -> Option<(&'static str, &'static str)> {
+pub(crate) fn failure(snapshot: &JobView) -> Option<(&'static str, String)> {
+    use super::model::ModelResult;
     if snapshot.cancelled {
-        Some(("Request was cancelled", "request_cancelled"))
-    } else if matches!(snapshot.outcome, super::model::Outcome::Invalid(_)) {
-        Some(("Invalid status code: 422", "validation_error"))
-    } else {
-        None
+        return Some(("Request was cancelled", "request_cancelled".into()));
+    }
+    match &snapshot.outcome {
+        ModelResult::Invalid(_) => Some(("Invalid status code: 422", "validation_error".into())),
+        ModelResult::Failed(error_type) => Some(("Invalid status code: 500", error_type.clone())),
+        ModelResult::Output(_) => None,
     }
 }
 

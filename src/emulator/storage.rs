@@ -1,6 +1,11 @@
 //! The fake storage: `rest.fal.ai` upload initiation hands out a token, `PUT /_storage/upload/{token}`
 //! stores the raw bytes in memory (at most `MAX_TOTAL_BYTES` overall, 413 beyond) and
 //! `GET /_storage/files/{token}/{name}` serves them back with their content type.
+//!
+//! Multipart uploads, as `@fal-ai/client` makes them for files over 90 MiB: `initiate-multipart`
+//! hands out `upload_url = /_storage/multipart/{token}`; each part is `PUT {upload_url}/{n}`
+//! (answered `{"partNumber": n, "etag": …}`), then `POST {upload_url}/complete` with
+//! `{"parts": [{"partNumber", "etag"}…]}` joins parts 1..n (each etag checked) into the file.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +22,9 @@ use super::status::{detail, json_response};
 use super::{lock, Emulator};
 
 /// Cap on the bytes held by all uploads together.
-const MAX_TOTAL_BYTES: usize = 100 * 1024 * 1024;
+const MAX_TOTAL_BYTES: usize = 200 * 1024 * 1024;
+/// The highest part number (S3's).
+const MAX_PARTS: u32 = 10_000;
 
 /// Uploads by token.
 #[derive(Default)]
@@ -34,6 +41,8 @@ struct Uploads {
 struct Upload {
     content_type: String,
     bytes: Option<Bytes>,
+    /// A multipart upload's parts so far, by number.
+    parts: Option<std::collections::BTreeMap<u32, Bytes>>,
 }
 
 /// Why an upload was refused.
@@ -43,6 +52,8 @@ enum StorageError {
     UnknownToken,
     #[error("storage capacity exceeded")]
     TooLarge,
+    #[error("{0}")]
+    BadPart(&'static str),
 }
 
 impl IntoResponse for StorageError {
@@ -50,6 +61,7 @@ impl IntoResponse for StorageError {
         let status = match self {
             Self::UnknownToken => StatusCode::NOT_FOUND,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadPart(_) => StatusCode::BAD_REQUEST,
         };
         detail(status, self.to_string())
     }
@@ -60,16 +72,30 @@ impl IntoResponse for StorageError {
 pub(crate) fn routes() -> Router<Emulator> {
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
-        .allow_methods([axum::http::Method::PUT, axum::http::Method::GET])
+        .allow_methods([
+            axum::http::Method::PUT,
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+        ])
         .allow_headers(tower_http::cors::Any);
     Router::new()
         .route("/_storage/upload/{token}", put(upload))
         .route("/_storage/files/{token}/{*name}", get(download))
+        .route("/_storage/multipart/{token}/{part}", put(part).post(complete))
         .layer(cors)
 }
 
 /// `POST rest.fal.ai/storage/upload/initiate`: body `{"content_type", "file_name"}`, both optional.
 pub(crate) fn initiate(store: &Store, base: &str, body: &[u8]) -> Response {
+    initiate_as(store, base, body, false)
+}
+
+/// `POST rest.fal.ai/storage/upload/initiate-multipart`: the same body; the upload comes in parts.
+pub(crate) fn initiate_multipart(store: &Store, base: &str, body: &[u8]) -> Response {
+    initiate_as(store, base, body, true)
+}
+
+fn initiate_as(store: &Store, base: &str, body: &[u8], multipart: bool) -> Response {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         let item = json!({ "loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict" });
         return detail(StatusCode::UNPROCESSABLE_ENTITY, json!([item]));
@@ -83,10 +109,12 @@ pub(crate) fn initiate(store: &Store, base: &str, body: &[u8]) -> Response {
         Upload {
             content_type,
             bytes: None,
+            parts: multipart.then(Default::default),
         },
     );
+    let kind = if multipart { "multipart" } else { "upload" };
     let body = json!({
-        "upload_url": format!("{base}/_storage/upload/{token}"),
+        "upload_url": format!("{base}/_storage/{kind}/{token}"),
         "file_url": format!("{base}/_storage/files/{token}/{}", encode_segment(&file_name)),
     });
     json_response(StatusCode::OK, &body)
@@ -113,6 +141,104 @@ async fn upload(State(emulator): State<Emulator>, Path(token): Path<String>, req
         Ok(()) => StatusCode::OK.into_response(),
         Err(error) => error.into_response(),
     }
+}
+
+/// `PUT /_storage/multipart/{token}/{n}`: one part of a multipart upload.
+async fn part(
+    State(emulator): State<Emulator>,
+    Path((token, number)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let store = &emulator.inner.storage;
+    let Some(number) = number.parse::<u32>().ok().filter(|n| (1..=MAX_PARTS).contains(n)) else {
+        return StorageError::BadPart("a part number is 1 to 10000").into_response();
+    };
+    let room = {
+        let state = lock(&store.state);
+        match state.uploads.get(&token) {
+            Some(Upload { parts: Some(_), .. }) => {}
+            _ => return StorageError::UnknownToken.into_response(),
+        }
+        MAX_TOTAL_BYTES.saturating_sub(state.total_bytes)
+    };
+    let Ok(bytes) = to_bytes(request.into_body(), room).await else {
+        return StorageError::TooLarge.into_response();
+    };
+    let etag = etag_of(number, &bytes);
+    let mut state = lock(&store.state);
+    let Some(parts) = state.uploads.get_mut(&token).and_then(|u| u.parts.as_mut()) else {
+        return StorageError::UnknownToken.into_response();
+    };
+    let previous = parts.insert(number, bytes.clone()).map_or(0, |old| old.len());
+    let total = state.total_bytes - previous + bytes.len();
+    if total > MAX_TOTAL_BYTES {
+        if let Some(parts) = state.uploads.get_mut(&token).and_then(|u| u.parts.as_mut()) {
+            parts.remove(&number);
+        }
+        state.total_bytes -= previous;
+        return StorageError::TooLarge.into_response();
+    }
+    state.total_bytes = total;
+    json_response(StatusCode::OK, &json!({ "partNumber": number, "etag": etag }))
+}
+
+/// `POST /_storage/multipart/{token}/complete`: joins parts 1..n, as listed with their etags.
+async fn complete(
+    State(emulator): State<Emulator>,
+    Path((token, last)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    if last != "complete" {
+        return StorageError::BadPart("parts are PUT, completion is POST .../complete").into_response();
+    }
+    let Ok(body) = to_bytes(request.into_body(), 1024 * 1024).await else {
+        return StorageError::BadPart("the completion body is too large").into_response();
+    };
+    let listed: Vec<(u32, String)> = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("parts")?
+                .as_array()?
+                .iter()
+                .map(|p| {
+                    let number = u32::try_from(p.get("partNumber")?.as_u64()?).ok()?;
+                    Some((number, p.get("etag")?.as_str()?.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut state = lock(&emulator.inner.storage.state);
+    let Some(upload) = state.uploads.get_mut(&token) else {
+        return StorageError::UnknownToken.into_response();
+    };
+    let Some(parts) = upload.parts.as_ref() else {
+        return StorageError::UnknownToken.into_response();
+    };
+    let in_order = listed
+        .iter()
+        .enumerate()
+        .all(|(i, (n, _))| usize::try_from(*n).ok() == Some(i + 1));
+    let matching = listed
+        .iter()
+        .all(|(n, etag)| parts.get(n).is_some_and(|bytes| etag_of(*n, bytes) == *etag));
+    if listed.is_empty() || !in_order || !matching || listed.len() != parts.len() {
+        return StorageError::BadPart("the parts listed are not the parts uploaded").into_response();
+    }
+    let mut joined = Vec::with_capacity(parts.values().map(Bytes::len).sum());
+    for bytes in parts.values() {
+        joined.extend_from_slice(bytes);
+    }
+    upload.parts = None;
+    upload.bytes = Some(Bytes::from(joined));
+    json_response(StatusCode::OK, &json!({ "ok": true }))
+}
+
+/// A part's etag: its number and a hash of its bytes.
+fn etag_of(number: u32, bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("\"{number}-{:016x}\"", hasher.finish())
 }
 
 async fn download(State(emulator): State<Emulator>, Path((token, _name)): Path<(String, String)>) -> Response {

@@ -1,10 +1,5 @@
 //! Router-level tests: shared helpers plus submit shape, lifecycle by paused time, logs, app
-//! scoping, auth and odd inputs; results, faults, SSE and storage live in `tests/`.
-
-mod faults;
-mod realtime;
-mod results;
-mod stream_storage;
+//! scoping, auth and odd inputs; results, faults, SSE and storage live in `tests_*.rs`.
 
 use std::time::Duration;
 
@@ -15,27 +10,27 @@ use tower::ServiceExt;
 
 use super::{Emulator, EmulatorConfig};
 
-const VPG: &str = "fal-ai/video-prompt-generator";
+pub(super) const VPG: &str = "fal-ai/video-prompt-generator";
 
 /// A response with its body read to the end (`Err` if the body broke).
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Result<Bytes, String>,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Result<Bytes, String>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         let bytes = self.body.clone().unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
 }
 
-fn emulator() -> Emulator {
+pub(super) fn emulator() -> Emulator {
     Emulator::new(EmulatorConfig::default())
 }
 
-async fn call(emulator: &Emulator, method: &str, uri: &str, body: impl Into<Body>) -> Reply {
+pub(super) async fn call(emulator: &Emulator, method: &str, uri: &str, body: impl Into<Body>) -> Reply {
     let request = Request::builder()
         .method(method)
         .uri(uri)
@@ -46,7 +41,7 @@ async fn call(emulator: &Emulator, method: &str, uri: &str, body: impl Into<Body
     send(emulator, request).await
 }
 
-async fn send(emulator: &Emulator, request: Request<Body>) -> Reply {
+pub(super) async fn send(emulator: &Emulator, request: Request<Body>) -> Reply {
     let response = emulator.router().oneshot(request).await.expect("infallible router");
     let (parts, body) = response.into_parts();
     let body = to_bytes(body, usize::MAX).await.map_err(|error| error.to_string());
@@ -57,13 +52,13 @@ async fn send(emulator: &Emulator, request: Request<Body>) -> Reply {
     }
 }
 
-async fn submit(emulator: &Emulator, endpoint: &str, input: &Value) -> String {
+pub(super) async fn submit(emulator: &Emulator, endpoint: &str, input: &Value) -> String {
     let reply = call(emulator, "POST", &format!("/{endpoint}"), input.to_string()).await;
     assert_eq!(reply.status, StatusCode::OK);
     reply.json()["request_id"].as_str().unwrap_or_default().to_owned()
 }
 
-async fn status(emulator: &Emulator, app: &str, id: &str, query: &str) -> Value {
+pub(super) async fn status(emulator: &Emulator, app: &str, id: &str, query: &str) -> Value {
     call(
         emulator,
         "GET",
@@ -74,7 +69,7 @@ async fn status(emulator: &Emulator, app: &str, id: &str, query: &str) -> Value 
     .json()
 }
 
-async fn advance(ms: u64) {
+pub(super) async fn advance(ms: u64) {
     tokio::time::advance(Duration::from_millis(ms)).await;
 }
 

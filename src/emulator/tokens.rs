@@ -21,12 +21,24 @@ pub struct IssuedToken {
 }
 
 pub(crate) fn issue(emulator: &Emulator, body: &[u8]) -> Response {
+    issue_as(emulator, body, false)
+}
+
+/// `POST rest.fal.ai/tokens/realtime`: body `{"allowed_apps": [...], "duration": seconds}`;
+/// answered 201 `{"token": …}`.
+pub(crate) fn issue_realtime(emulator: &Emulator, body: &[u8]) -> Response {
+    issue_as(emulator, body, true)
+}
+
+fn issue_as(emulator: &Emulator, body: &[u8], realtime: bool) -> Response {
     let request = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     let apps: Option<Vec<String>> = request["allowed_apps"]
         .as_array()
         .and_then(|items| items.iter().map(|item| item.as_str().map(str::to_owned)).collect());
-    let (Some(apps), Some(seconds)) = (apps, request["token_expiration"].as_u64()) else {
-        let item = json!({ "loc": ["body"], "msg": "allowed_apps and token_expiration are required", "type": "value_error.missing" });
+    let lifetime = if realtime { "duration" } else { "token_expiration" };
+    let (Some(apps), Some(seconds)) = (apps, request[lifetime].as_u64()) else {
+        let msg = format!("allowed_apps and {lifetime} are required");
+        let item = json!({ "loc": ["body"], "msg": msg, "type": "value_error.missing" });
         return detail(StatusCode::UNPROCESSABLE_ENTITY, json!([item]));
     };
     let token = format!("emu-token-{}", uuid::Uuid::new_v4());
@@ -36,6 +48,9 @@ pub(crate) fn issue(emulator: &Emulator, body: &[u8]) -> Response {
         issued_at: Instant::now(),
     };
     lock(&emulator.inner.tokens).insert(token.clone(), issued);
+    if realtime {
+        return json_response(StatusCode::CREATED, &json!({ "token": token }));
+    }
     json_response(StatusCode::OK, &Value::String(token))
 }
 

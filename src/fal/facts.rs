@@ -19,6 +19,17 @@
 //!
 //! The relay (`upstream/relay.rs`) reads the answer column too: whether fal's answer is streamed,
 //! its size cap, what a 2xx must hold, and how a stream ends at its lifetime.
+//!
+//! The routes falgate answers itself, without calling fal, are the same table's second half
+//! ([`GateRoute::facts`], no wildcard arm either): their access-line name, method, the rate class
+//! they spend, the slot they hold, what the drain does to them, and what they answer.
+//!
+//! | route | method | class | slot | drain | answer |
+//! | --- | --- | --- | --- | --- | --- |
+//! | `/api/fal/usage` | GET | poll | — | served | JSON |
+//! | `/api/fal/requests` | GET | poll | — | served | JSON |
+//! | `/api/fal/events` | GET | poll | stream | cut | stream (its own events, ended cleanly at the lifetime) |
+//! | `/api/fal/webhook` | POST | — (refusals: the unauthenticated IP rate) | — | served | JSON |
 
 use http::Method;
 
@@ -393,6 +404,87 @@ impl OpKind {
     }
 }
 
+/// A route falgate answers itself: nothing reaches fal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GateRoute {
+    /// `GET /api/fal/usage`: the caller's limits.
+    Usage,
+    /// `GET /api/fal/requests`: the caller's recent requests.
+    Requests,
+    /// `GET /api/fal/events`: the caller's request events (server-sent events).
+    Events,
+    /// `POST /api/fal/webhook`: fal's signed webhook deliveries (no JWT; `webhooks`).
+    Webhook,
+}
+
+/// Everything that differs by gate route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteFacts {
+    /// The access line's operation.
+    pub name: &'static str,
+    /// Its path.
+    pub path: &'static str,
+    /// The one method it answers.
+    pub method: Method,
+    /// The rate it spends (`None`: unauthenticated, ruled by its own checks).
+    pub class: Option<OpClass>,
+    /// The slot held while it is answered.
+    pub slot: Option<SlotKind>,
+    /// What the drain does to it.
+    pub drain: Drain,
+    /// How it answers.
+    pub answer: Answer,
+}
+
+impl GateRoute {
+    /// Every gate route.
+    pub const ALL: &'static [Self] = &[Self::Usage, Self::Requests, Self::Events, Self::Webhook];
+
+    /// The table's second half. No wildcard arm: a new route answers every question here.
+    pub fn facts(self) -> RouteFacts {
+        match self {
+            Self::Usage => RouteFacts {
+                name: "usage",
+                path: "/api/fal/usage",
+                method: Method::GET,
+                class: Some(OpClass::Poll),
+                slot: None,
+                drain: Drain::Served,
+                answer: Answer::Json,
+            },
+            Self::Requests => RouteFacts {
+                name: "requests",
+                path: "/api/fal/requests",
+                method: Method::GET,
+                class: Some(OpClass::Poll),
+                slot: None,
+                drain: Drain::Served,
+                answer: Answer::Json,
+            },
+            Self::Events => RouteFacts {
+                name: "events",
+                path: "/api/fal/events",
+                method: Method::GET,
+                class: Some(OpClass::Poll),
+                slot: Some(SlotKind::Stream),
+                drain: Drain::Cut,
+                answer: Answer::Stream,
+            },
+            // Refusals spend `limits.unauthenticated_ip_rate` per IP (the signature is the
+            // credential: no caller, no caller's rate).
+            Self::Webhook => RouteFacts {
+                name: "webhook",
+                path: "/api/fal/webhook",
+                method: Method::POST,
+                class: None,
+                slot: None,
+                drain: Drain::Served,
+                answer: Answer::Json,
+            },
+        }
+    }
+}
+
 impl Op {
     /// Which operation this is.
     pub fn kind(&self) -> OpKind {
@@ -404,8 +496,8 @@ impl Op {
             Self::Cancel { .. } => OpKind::Cancel,
             Self::Run { .. } => OpKind::Run,
             Self::RunStream { .. } => OpKind::RunStream,
-            Self::StorageInitiate => OpKind::StorageInitiate,
-            Self::ClientToken => OpKind::ClientToken,
+            Self::StorageInitiate { .. } => OpKind::StorageInitiate,
+            Self::ClientToken { .. } => OpKind::ClientToken,
         }
     }
 
@@ -438,6 +530,26 @@ mod tests {
             assert_eq!(facts.body, facts.method == Method::POST, "{kind:?}");
             assert!(facts.price == Price::Free || paid, "{kind:?}");
             assert!(!facts.endpoint_rates || facts.price == Price::Endpoint, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn gate_routes_have_unique_names_apart_from_the_operations_and_streams_hold_a_slot() {
+        let mut names: Vec<_> = OpKind::ALL.iter().map(|kind| kind.facts().name).collect();
+        names.extend(GateRoute::ALL.iter().map(|route| route.facts().name));
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count);
+        for route in GateRoute::ALL {
+            let facts = route.facts();
+            assert!(facts.path.starts_with("/api/fal/"), "{route:?}");
+            assert_eq!(
+                facts.answer == Answer::Stream,
+                facts.slot == Some(SlotKind::Stream),
+                "{route:?}"
+            );
+            assert_eq!(facts.answer == Answer::Stream, facts.drain == Drain::Cut, "{route:?}");
         }
     }
 

@@ -1,6 +1,8 @@
 //! fal's `x-fal-*` request header values, parsed and bounded, and written back in one canonical
 //! form: what fal receives is always the value that was checked, never the caller's bytes
-//! (`shared/fal-protocol.md` §2.3). The per-tier rules over them are `config::FalHeaderRules`.
+//! (the headers `@fal-ai/client` sends, `libs/client/src/queue.ts` and `storage.ts` in
+//! `fal-ai/fal-js`; `x-fal-no-retry`: <https://docs.fal.ai/model-apis/model-endpoints/reliability>).
+//! The per-tier rules over them are `policy::FalHeaderRules`.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +54,7 @@ impl RequestTimeout {
 /// objects a call makes, and who may read them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lifecycle {
+pub struct ObjectLifecycle {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_duration_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +88,7 @@ pub enum Decision {
     Allow,
 }
 
-impl Lifecycle {
+impl ObjectLifecycle {
     /// Parses the header's JSON (unknown or duplicate fields refused) and checks its bounds.
     pub fn parse(raw: &str) -> Result<Self, HeaderValueError> {
         // serde would also read a struct from an array; fal's format is an object.
@@ -145,12 +147,44 @@ pub fn parse_no_retry(raw: &str) -> Result<bool, HeaderValueError> {
     }
 }
 
+/// `x-fal-disable-fallbacks`: `1`/`true`/`yes` ask fal not to route the call to a fallback
+/// (canonically `true`); `0`/`false`/`no` are fal's default (nothing is sent).
+pub fn parse_disable_fallbacks(raw: &str) -> Result<bool, HeaderValueError> {
+    parse_no_retry(raw)
+}
+
 /// `x-fal-store-io`: `0` asks fal not to keep the call's input and output, `1` to keep them.
 pub fn parse_store_io(raw: &str) -> Result<bool, HeaderValueError> {
     match raw {
         "1" => Ok(true),
         "0" => Ok(false),
         _ => Err(HeaderValueError),
+    }
+}
+
+/// fal's queue priorities, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+}
+
+impl Priority {
+    /// Parses fal's header value.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "low" => Some(Self::Low),
+            "normal" => Some(Self::Normal),
+            _ => None,
+        }
+    }
+
+    /// fal's header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+        }
     }
 }
 
@@ -172,7 +206,7 @@ mod tests {
     fn lifecycles_are_strict_bounded_and_rewritten_canonically() {
         let raw = r#" { "initial_acl": {"rules": [{"decision": "allow", "user": "u1"}], "default": "forbid"},
                        "expiration_duration_seconds": 3600 } "#;
-        let lifecycle = Lifecycle::parse(raw).unwrap();
+        let lifecycle = ObjectLifecycle::parse(raw).unwrap();
         assert_eq!(
             lifecycle.to_header(),
             r#"{"expiration_duration_seconds":3600,"initial_acl":{"default":"forbid","rules":[{"user":"u1","decision":"allow"}]}}"#
@@ -188,24 +222,24 @@ mod tests {
             r#"[]"#,
             "",
         ] {
-            assert!(Lifecycle::parse(bad).is_err(), "{bad}");
+            assert!(ObjectLifecycle::parse(bad).is_err(), "{bad}");
         }
         let many = format!(
             r#"{{"initial_acl":{{"rules":[{}]}}}}"#,
             vec![r#"{"user":"u","decision":"hide"}"#; 33].join(",")
         );
-        assert!(Lifecycle::parse(&many).is_err());
+        assert!(ObjectLifecycle::parse(&many).is_err());
     }
 
     #[test]
     fn an_expiration_cap_lowers_or_sets_the_expiration() {
-        let mut long = Lifecycle::parse(r#"{"expiration_duration_seconds":604800}"#).unwrap();
+        let mut long = ObjectLifecycle::parse(r#"{"expiration_duration_seconds":604800}"#).unwrap();
         long.cap_expiration(3600);
         assert_eq!(long.expiration_duration_seconds, Some(3600));
-        let mut forever = Lifecycle::parse(r#"{"initial_acl":{"default":"hide"}}"#).unwrap();
+        let mut forever = ObjectLifecycle::parse(r#"{"initial_acl":{"default":"hide"}}"#).unwrap();
         forever.cap_expiration(3600);
         assert_eq!(forever.expiration_duration_seconds, Some(3600));
-        let mut short = Lifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
+        let mut short = ObjectLifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
         short.cap_expiration(3600);
         assert_eq!(short.expiration_duration_seconds, Some(60));
     }

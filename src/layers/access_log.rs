@@ -39,6 +39,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::{render, GateError};
+use crate::telemetry::access_line::{millis_f64, Answered, ACCESS_TARGET};
 use crate::telemetry::access_log::{CallFacts, REQUEST_ID_HEADER, X_REQUEST_ID};
 use crate::telemetry::metrics::{self, InFlightGuard};
 use crate::telemetry::trace_context::{self, TraceParent};
@@ -56,12 +57,22 @@ pub struct Observer {
 }
 
 /// The middleware function.
-pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request, next: Next) -> Response {
+pub async fn observe(State(observer): State<Arc<Observer>>, request: Request, next: Next) -> Response {
+    observe_with(&observer, request, |request| next.run(request)).await
+}
+
+/// [`observe`] around any inner handler (`layers` runs its own middleware inside it, as one
+/// layer: each `from_fn` layer boxes its future and its inner service per request).
+pub async fn observe_with<F, Fut>(observer: &Observer, mut request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let in_flight = InFlightGuard::start();
     let route = route_family(request.uri().path());
     let method = request.method().clone();
-    let request_id = request_id(&observer, &request);
+    let request_id = request_id(observer, &request);
     let headers = request.headers_mut();
     headers.remove(FALGATE_REQUEST_ID);
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -69,7 +80,7 @@ pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request
     // Every log line inside the request names it (the access line names it itself).
     let id = request_id.to_str().unwrap_or_default();
     let span = tracing::info_span!("request", request_id = id);
-    let mut response = next.run(request).instrument(span).instrument(trace.clone()).await;
+    let mut response = inner(request).instrument(span).instrument(trace.clone()).await;
     let to_headers = started.elapsed();
     let refusal = response.extensions().get::<Arc<GateError>>().cloned();
     if let Some(error) = &refusal {
@@ -95,7 +106,7 @@ pub async fn observe(State(observer): State<Arc<Observer>>, mut request: Request
     match response.body().size_hint().exact() {
         // Read whole (a refusal, a control answer, model output): the answer has ended.
         Some(bytes) => {
-            line.write(Outcome::Complete, bytes, to_headers);
+            line.write(Ending::Complete, bytes, to_headers);
             response
         }
         None => response.map(|body| {
@@ -192,7 +203,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 
 /// How an answer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
+enum Ending {
     Complete,
     /// fal broke off or went silent mid-stream.
     Error,
@@ -200,7 +211,7 @@ enum Outcome {
     ClientGone,
 }
 
-impl Outcome {
+impl Ending {
     fn as_str(self) -> &'static str {
         match self {
             Self::Complete => "complete",
@@ -227,7 +238,7 @@ struct AccessLine {
 }
 
 impl AccessLine {
-    fn write(self, outcome: Outcome, bytes: u64, total: Duration) {
+    fn write(self, outcome: Ending, bytes: u64, total: Duration) {
         let Self {
             request_id,
             method,
@@ -243,26 +254,45 @@ impl AccessLine {
         let request_id = request_id.to_str().unwrap_or_default();
         let operation = facts.operation.unwrap_or("none");
         let endpoint = facts.endpoint.as_deref().unwrap_or("-");
-        let principal = facts.principal.map(tracing::field::display);
         let fal_request_id = fal_request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
-        let headers_ms = millis(to_headers);
-        let total_ms = millis(total);
         let outcome = outcome.as_str();
         match &refusal {
-            Some(error) if error.status().is_server_error() => tracing::warn!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                detail = error.log_detail(), "refused"
-            ),
-            Some(error) => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status, code = error.code(),
-                headers_ms, total_ms, bytes, principal, fal_request_id,
-                reason = %error, detail = error.log_detail(), "refused"
-            ),
-            None => tracing::info!(
-                %request_id, %method, route, endpoint, operation, status,
-                headers_ms, total_ms, bytes, principal, fal_request_id, outcome, "answered"
-            ),
+            Some(error) => {
+                let principal = facts.principal.map(tracing::field::display);
+                let headers_ms = millis_f64(to_headers);
+                let total_ms = millis_f64(total);
+                if error.status().is_server_error() {
+                    tracing::warn!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        detail = error.log_detail(), "refused"
+                    );
+                } else {
+                    tracing::info!(
+                        target: ACCESS_TARGET,
+                        %request_id, %method, route, endpoint, operation, status, code = error.code(),
+                        headers_ms, total_ms, bytes, principal, fal_request_id,
+                        reason = %error, detail = error.log_detail(), "refused"
+                    );
+                }
+            }
+            // The common line, without the formatter (`telemetry::access_line`).
+            None => Answered {
+                request_id,
+                method: method.as_str(),
+                route,
+                endpoint,
+                operation,
+                status,
+                headers: to_headers,
+                total,
+                bytes,
+                principal: facts.principal,
+                fal_request_id,
+                outcome,
+            }
+            .log(),
         }
         let code = refusal.as_deref().map(GateError::code);
         metrics::request_finished(route, operation, status, total, code);
@@ -283,11 +313,6 @@ impl AccessLine {
     }
 }
 
-/// Milliseconds to the microsecond (`0.317`, not `0.31690199999999996`).
-fn millis(elapsed: Duration) -> f64 {
-    f64::from(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)) / 1000.0
-}
-
 /// A streamed answer's body, counting bytes and writing the access line when it ends (or is
 /// dropped: the client went away).
 struct Logged {
@@ -297,7 +322,7 @@ struct Logged {
 }
 
 impl Logged {
-    fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: Ending) {
         if let Some(line) = self.line.take() {
             let total = line.started.elapsed();
             line.write(outcome, self.bytes, total);
@@ -317,8 +342,8 @@ impl HttpBody for Logged {
                     self.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Outcome::Error),
-            Poll::Ready(None) => self.finish(Outcome::Complete),
+            Poll::Ready(Some(Err(_))) => self.finish(Ending::Error),
+            Poll::Ready(None) => self.finish(Ending::Complete),
             Poll::Pending => {}
         }
         polled
@@ -335,7 +360,7 @@ impl HttpBody for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        self.finish(Outcome::ClientGone);
+        self.finish(Ending::ClientGone);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::plan::{Granted, Plan, Rate, Refusal};
+use super::plan::{Exceeded, Granted, Plan, Rate};
 use super::{headers, LimitError, PolicyState, TierCaps};
 
 /// A refused submit for too many jobs in flight suggests retrying after this long.
@@ -37,7 +37,7 @@ pub(super) fn admitted_states(plan: &Plan<'_>, tier: &TierCaps, granted: &Grante
     states
 }
 
-pub(super) fn refused(plan: &Plan<'_>, tier: &TierCaps, refusal: Refusal) -> LimitError {
+pub(super) fn refused(plan: &Plan<'_>, tier: &TierCaps, refusal: Exceeded) -> LimitError {
     let day = |name, quota: Option<u64>, reset_us| LimitError::QuotaExceeded {
         reset_after: Duration::from_micros(reset_us),
         policy: PolicyState {
@@ -61,11 +61,11 @@ pub(super) fn refused(plan: &Plan<'_>, tier: &TierCaps, refusal: Refusal) -> Lim
         ),
     };
     match refusal {
-        Refusal::Rate { retry_us } => rated(plan.class.name(), plan.rate, retry_us),
-        Refusal::Endpoint { retry_us } => rated("endpoint", plan.endpoint.map(|(_, rate)| rate), retry_us),
-        Refusal::Requests { reset_us } => day("daily-requests", tier.daily_requests, reset_us),
-        Refusal::Credits { reset_us } => day("daily-credits", tier.daily_credits, reset_us),
-        Refusal::Inflight { .. } => LimitError::ConcurrencyLimited {
+        Exceeded::Rate { retry_us } => rated(plan.class.name(), plan.rate, retry_us),
+        Exceeded::Endpoint { retry_us } => rated("endpoint", plan.endpoint.map(|(_, rate)| rate), retry_us),
+        Exceeded::Requests { reset_us } => day("daily-requests", tier.daily_requests, reset_us),
+        Exceeded::Credits { reset_us } => day("daily-credits", tier.daily_credits, reset_us),
+        Exceeded::Inflight { .. } => LimitError::ConcurrencyLimited {
             retry_after: CONCURRENCY_RETRY,
             policy: inflight_state(tier.max_inflight_jobs.unwrap_or(0), 0),
         },

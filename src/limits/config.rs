@@ -69,6 +69,10 @@ pub struct LimitsConfig {
     /// a longer `token_expiration` is lowered to it. At most fal's default, 120.
     #[serde(default = "default_client_token_max_seconds")]
     pub client_token_max_seconds: u64,
+    /// Give a caller back the request and credits of a job fal reports (in a verified webhook,
+    /// `webhooks`) as failed for a server-side reason, which fal does not bill.
+    #[serde(default)]
+    pub refund_failed_jobs: bool,
 }
 
 /// The limits of one tier, as written. A limit left out inherits the default tier's value (the
@@ -219,8 +223,10 @@ pub struct EndpointCredits {
     pub values: BTreeMap<String, u64>,
 }
 
-/// Redis unreachable or slow: refuse paid calls (`deny`, 503) or fall back to this replica's
-/// in-process limits (`allow`).
+/// Redis unreachable or slow, for short-term limits (rates, the per-IP rate, stream and relay
+/// slots per caller): refuse the call (`deny`, 503) or let it through unmetered (`allow`,
+/// counted in `falgate_limits_fail_open_total`). Money-like limits (day quotas, jobs in
+/// flight, idempotency keys) always refuse (`limits/store_error.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
@@ -335,6 +341,7 @@ impl LimitsConfig {
             max_streams: default_max_streams(),
             max_relays: default_max_relays(),
             client_token_max_seconds: default_client_token_max_seconds(),
+            refund_failed_jobs: false,
         }
     }
 

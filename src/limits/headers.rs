@@ -53,22 +53,30 @@ pub(crate) fn retry_after(wait: Duration) -> (HeaderName, HeaderValue) {
     (http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
 }
 
+thread_local! {
+    /// The header value being written; its capacity is kept between calls.
+    static LIST: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+}
+
 /// The `RateLimit-Policy` and `RateLimit` headers for `states` (none if empty).
 pub(crate) fn ratelimit_headers(states: &[PolicyState]) -> Vec<(HeaderName, HeaderValue)> {
     if states.is_empty() {
         return Vec::new();
     }
-    // One buffer per header, handed to the header value without a copy.
+    // Written into the thread's buffer, then copied once into a value of exactly its size (one
+    // allocation per header; a `String` of a guessed capacity handed over as `Bytes` cost two).
     let join = |item: fn(&PolicyState, &mut String)| {
-        let mut list = String::with_capacity(40 * states.len());
-        for (i, state) in states.iter().enumerate() {
-            if i > 0 {
-                list.push_str(", ");
+        LIST.with_borrow_mut(|list| {
+            list.clear();
+            for (i, state) in states.iter().enumerate() {
+                if i > 0 {
+                    list.push_str(", ");
+                }
+                item(state, list);
             }
-            item(state, &mut list);
-        }
-        // Names are static and numbers are digits, so the value is always visible ASCII.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).unwrap_or_else(|_| HeaderValue::from_static(""))
+            // Names are static and numbers are digits, so the value is always visible ASCII.
+            HeaderValue::from_str(list).unwrap_or_else(|_| HeaderValue::from_static(""))
+        })
     };
     vec![
         (RATELIMIT_POLICY, join(PolicyState::policy_item)),

@@ -12,7 +12,7 @@ use moka::sync::Cache;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use super::{micros, LimitError, OnStoreError, StoreErrorLog};
+use super::{micros, LimitError, StoreErrorLog};
 use crate::clock::Clock;
 use crate::redis::{tag_of, RedisStore};
 
@@ -32,12 +32,12 @@ pub enum IdemState {
     Mismatch,
 }
 
-/// The idempotency store (in process, or Redis with the limiter's fallback rule).
+/// The idempotency store (in process, or Redis: a submit whose key Redis cannot check is
+/// refused with 503, whatever `on_store_error` says).
 pub struct Idempotency {
     ttl: Duration,
     memory: Cache<String, Arc<Mutex<Entry>>>,
     redis: Option<RedisStore>,
-    on_store_error: OnStoreError,
     errors: StoreErrorLog,
     begin_script: Script,
     complete_script: Script,
@@ -71,23 +71,16 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[3])";
 
 impl Idempotency {
     /// Answers are kept for `ttl`; at most `capacity` keys in process.
-    pub fn new(ttl: Duration, capacity: u64, redis: Option<RedisStore>, on_store_error: OnStoreError) -> Self {
-        Self::with_clock(ttl, capacity, redis, on_store_error, Clock::system())
+    pub fn new(ttl: Duration, capacity: u64, redis: Option<RedisStore>) -> Self {
+        Self::with_clock(ttl, capacity, redis, Clock::system())
     }
 
     /// [`Self::new`] with the in-process records expiring on `clock`.
-    pub fn with_clock(
-        ttl: Duration,
-        capacity: u64,
-        redis: Option<RedisStore>,
-        on_store_error: OnStoreError,
-        clock: Clock,
-    ) -> Self {
+    pub fn with_clock(ttl: Duration, capacity: u64, redis: Option<RedisStore>, clock: Clock) -> Self {
         Self {
             ttl,
             memory: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             redis,
-            on_store_error,
             errors: StoreErrorLog::default(),
             begin_script: Script::new(BEGIN),
             complete_script: Script::new(COMPLETE),
@@ -108,13 +101,14 @@ impl Idempotency {
             call.key(redis_key(store, principal, key))
                 .arg(body_hash)
                 .arg(millis(PENDING_TTL.min(self.ttl)));
-            match store
+            // A submit whose key cannot be checked could be a second paid submit: refused.
+            return match store
                 .timed(call.invoke_async::<(i64, u16, Vec<u8>)>(&mut connection))
                 .await
             {
-                Ok((code, status, body)) => return Ok(state(code, status, body.into())),
-                Err(err) => self.errors.fallback(self.on_store_error, &err)?,
-            }
+                Ok((code, status, body)) => Ok(state(code, status, body.into())),
+                Err(err) => Err(self.errors.fail_closed(&err)),
+            };
         }
         Ok(self.begin_at(principal, key, body_hash, self.clock.now()))
     }
@@ -125,14 +119,13 @@ impl Idempotency {
             let mut connection = store.connection();
             let mut exists = redis::cmd("HEXISTS");
             exists.arg(redis_key(store, principal, key)).arg("status");
-            match store.timed(exists.query_async::<bool>(&mut connection)).await {
-                Ok(answered) => return answered,
+            return match store.timed(exists.query_async::<bool>(&mut connection)).await {
+                Ok(answered) => answered,
                 Err(err) => {
-                    if self.errors.fallback(self.on_store_error, &err).is_err() {
-                        return false;
-                    }
+                    self.errors.log(&err);
+                    false
                 }
-            }
+            };
         }
         self.answered_at(principal, key, self.clock.now())
     }
@@ -199,14 +192,11 @@ impl Idempotency {
                 Some((status, body)) => call.arg(status).arg(body).arg(millis(self.ttl)),
                 None => call.arg("").arg("").arg(0),
             };
-            match store.timed(call.invoke_async::<i64>(&mut connection)).await {
-                Ok(_) => return,
-                Err(err) => {
-                    if self.errors.fallback(self.on_store_error, &err).is_err() {
-                        return;
-                    }
-                }
+            if let Err(err) = store.timed(call.invoke_async::<i64>(&mut connection)).await {
+                // The pending record expires after `PENDING_TTL`; a retry meanwhile is 409.
+                self.errors.log(&err);
             }
+            return;
         }
         let key = memory_key(principal, key);
         match answer {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use super::plan::{gcra, quota_day, Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::plan::{gcra, quota_day, Exceeded, Gauge, Granted, Plan, QuotaUse, Rate, Verdict};
 use super::usage::Spent;
 
 /// A caller's state is kept this long after their last call: the quota day must survive.
@@ -46,7 +46,7 @@ impl MemoryStore {
     }
 
     /// Checks every limit of `plan` at `now_us` and consumes only if all pass.
-    pub(crate) fn admit(&self, plan: &Plan<'_>, now_us: u64) -> Outcome {
+    pub(crate) fn admit(&self, plan: &Plan<'_>, now_us: u64) -> Verdict {
         let caller = self.callers.get_with_by_ref(plan.tag, Default::default);
         let mut state = lock(&caller);
         let endpoint = plan
@@ -66,7 +66,7 @@ impl MemoryStore {
     /// Checks every limit of `plan` at `now_us` and consumes nothing. A caller or endpoint not
     /// tracked yet is checked against a fresh state and is not added: a precheck never grows
     /// the caches.
-    pub(crate) fn precheck(&self, plan: &Plan<'_>, now_us: u64) -> Outcome {
+    pub(crate) fn precheck(&self, plan: &Plan<'_>, now_us: u64) -> Verdict {
         let caller = self.callers.get(plan.tag);
         let mut fresh = CallerState::default();
         let mut held = caller.as_deref().map(lock);
@@ -154,10 +154,10 @@ impl MemoryStore {
     }
 }
 
-fn outcome(checked: Result<Granted, Refusal>) -> Outcome {
+fn outcome(checked: Result<Granted, Exceeded>) -> Verdict {
     match checked {
-        Ok(granted) => Outcome::Admitted(granted),
-        Err(refusal) => Outcome::Refused(refusal),
+        Ok(granted) => Verdict::Admitted(granted),
+        Err(refusal) => Verdict::Refused(refusal),
     }
 }
 
@@ -168,7 +168,7 @@ fn check(
     plan: &Plan<'_>,
     now: u64,
     consume: bool,
-) -> Result<Granted, Refusal> {
+) -> Result<Granted, Exceeded> {
     let mut granted = Granted::default();
     let mut quota_next = None;
     if let Some(quota) = plan.quota {
@@ -178,10 +178,10 @@ fn check(
             false => (1, quota.cost),
         };
         if quota.requests.is_some_and(|max| requests > max) {
-            return Err(Refusal::Requests { reset_us });
+            return Err(Exceeded::Requests { reset_us });
         }
         if quota.credits.is_some_and(|max| credits > max) {
-            return Err(Refusal::Credits { reset_us });
+            return Err(Exceeded::Credits { reset_us });
         }
         quota_next = Some(QuotaUse {
             day,
@@ -195,17 +195,17 @@ fn check(
         state.inflight.retain(|(_, started)| *started > oldest);
         let count = state.inflight.len() as u64;
         if count >= inflight.max {
-            return Err(Refusal::Inflight { count });
+            return Err(Exceeded::Inflight { count });
         }
         granted.inflight = Some(count + 1);
     }
     let class = plan.class as usize;
     let rate_next = match plan.rate {
-        Some(rate) => Some(gcra(state.tats[class], now, rate).map_err(|retry_us| Refusal::Rate { retry_us })?),
+        Some(rate) => Some(gcra(state.tats[class], now, rate).map_err(|retry_us| Exceeded::Rate { retry_us })?),
         None => None,
     };
     let endpoint_next = match &endpoint {
-        Some((tat, rate)) => Some(gcra(**tat, now, *rate).map_err(|retry_us| Refusal::Endpoint { retry_us })?),
+        Some((tat, rate)) => Some(gcra(**tat, now, *rate).map_err(|retry_us| Exceeded::Endpoint { retry_us })?),
         None => None,
     };
     if !consume {

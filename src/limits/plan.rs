@@ -43,6 +43,17 @@ pub(crate) struct Plan<'a> {
     pub(crate) inflight: Option<InflightPlan<'a>>,
 }
 
+impl Plan<'_> {
+    /// Whether the plan holds money-like state (a day quota of requests or credits, a cap on
+    /// jobs in flight): such a call is never let through while the store is down.
+    pub(crate) fn money_like(&self) -> bool {
+        self.inflight.is_some()
+            || self
+                .quota
+                .is_some_and(|quota| quota.requests.is_some() || quota.credits.is_some())
+    }
+}
+
 /// The day quota of a paid call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QuotaPlan {
@@ -62,9 +73,9 @@ pub(crate) struct InflightPlan<'a> {
 
 /// The answer of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Verdict {
     Admitted(Granted),
-    Refused(Refusal),
+    Refused(Exceeded),
 }
 
 /// What an admitted call left, for the `RateLimit` header.
@@ -94,7 +105,7 @@ pub(crate) struct QuotaUse {
 
 /// Why a call was refused; nothing was consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum Exceeded {
     Rate { retry_us: u64 },
     Endpoint { retry_us: u64 },
     Requests { reset_us: u64 },

@@ -3,12 +3,21 @@
 //! `<prefix>:{<caller>}:rate:<class>`, `…:quota`, `…:inflight`, `…:streams`, `…:relays` share the
 //! caller's hash tag; `<prefix>:{<endpoint>}:ep-rate` and `<prefix>:{<ip>}:ip-rate` have their
 //! own. `usage.lua` reads a caller's keys for `GET /api/fal/usage`, writing nothing.
+//!
+//! Every script touches one hash tag (one Redis Cluster slot). A call rated by its endpoint too
+//! is two steps: the caller's script first (so a caller over their own limits never touches the
+//! endpoint's hot key), then the endpoint's `rate.lua`; when the second refuses (or fails), the
+//! first is compensated exactly (`release.lua`: the rate's place, the quota's request and
+//! credits, the reservation), so no call is ever admitted that one atomic step would refuse. In
+//! the round trip between the two a concurrent call of the same caller may see the first step's
+//! spend (a refusal that one step would not have given): never more admitted, at most one round
+//! trip of extra strictness. A check-only call runs both checks at once.
 
 use std::net::IpAddr;
 
 use redis::Script;
 
-use super::plan::{Gauge, Granted, Outcome, Plan, QuotaUse, Rate, Refusal};
+use super::plan::{Exceeded, Gauge, Granted, Plan, QuotaUse, Rate, Verdict};
 use super::usage::Spent;
 use super::{OpClass, SlotKind};
 use crate::redis::{RedisStore, StoreError};
@@ -21,6 +30,7 @@ const NONE: i64 = -1;
 pub(crate) struct RedisLimits {
     store: RedisStore,
     admit: Script,
+    rate: Script,
     release: Script,
     usage: Script,
     slots: RedisSlots,
@@ -57,6 +67,7 @@ impl RedisLimits {
             },
             store,
             admit: Script::new(include_str!("admit.lua")),
+            rate: Script::new(include_str!("rate.lua")),
             release: Script::new(include_str!("release.lua")),
             usage: Script::new(include_str!("usage.lua")),
         }
@@ -70,30 +81,59 @@ impl RedisLimits {
         &self.store
     }
 
-    /// Checks every limit of `plan` in one atomic script, and consumes them all if all pass
-    /// (`Mode::Consume`) or nothing (`Mode::CheckOnly`).
-    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Outcome, StoreError> {
-        let rate_key = self.store.tagged(plan.tag, plan.class.rate_key());
-        let endpoint_key = plan.endpoint.map(|(name, _)| self.store.key(name, "ep-rate"));
+    /// Checks every limit of `plan`, and consumes them all if all pass (`Mode::Consume`) or
+    /// nothing (`Mode::CheckOnly`): the caller's in one atomic script, an endpoint's rate in a
+    /// second single-slot step compensated when it refuses (see the module's notes).
+    pub(crate) async fn admit(&self, plan: &Plan<'_>, mode: Mode) -> Result<Verdict, StoreError> {
+        let Some((name, endpoint_rate)) = plan.endpoint else {
+            return self.admit_caller(plan, mode).await;
+        };
+        let endpoint_key = self.store.key(name, "ep-rate");
+        let (caller, endpoint) = match mode {
+            Mode::CheckOnly => {
+                let (caller, endpoint) = tokio::join!(
+                    self.admit_caller(plan, mode),
+                    self.rate_step(&endpoint_key, endpoint_rate, mode)
+                );
+                (caller?, endpoint)
+            }
+            Mode::Consume => {
+                let caller = self.admit_caller(plan, mode).await?;
+                if matches!(caller, Verdict::Refused(_)) {
+                    return Ok(caller);
+                }
+                (caller, self.rate_step(&endpoint_key, endpoint_rate, mode).await)
+            }
+        };
+        let Verdict::Admitted(mut granted) = caller else {
+            return Ok(caller);
+        };
+        let refused = match endpoint {
+            Ok(Ok(gauge)) => {
+                granted.endpoint = Some(gauge);
+                return Ok(Verdict::Admitted(granted));
+            }
+            Ok(Err(retry_us)) => Ok(Verdict::Refused(Exceeded::Endpoint { retry_us })),
+            Err(err) => Err(err),
+        };
+        if mode == Mode::Consume {
+            self.compensate(plan, &granted).await;
+        }
+        refused
+    }
+
+    /// The caller's own limits: one `admit.lua` on the caller's keys.
+    async fn admit_caller(&self, plan: &Plan<'_>, mode: Mode) -> Result<Verdict, StoreError> {
         let mut invocation = self.admit.prepare_invoke();
         invocation
-            .key(&rate_key)
-            .key(endpoint_key.as_deref().unwrap_or(&rate_key))
+            .key(self.store.tagged(plan.tag, plan.class.rate_key()))
             .key(self.store.tagged(plan.tag, "quota"))
             .key(self.store.tagged(plan.tag, "inflight"));
         let rate = plan.rate.unwrap_or(Rate {
             emission_us: 0,
             burst: 0,
         });
-        let ep_rate = plan.endpoint.map_or(
-            Rate {
-                emission_us: 0,
-                burst: 0,
-            },
-            |(_, rate)| rate,
-        );
-        invocation.arg(rate.emission_us).arg(rate.burst);
-        invocation.arg(ep_rate.emission_us).arg(ep_rate.burst);
+        invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
         match plan.quota {
             Some(quota) => invocation
                 .arg("1")
@@ -116,31 +156,42 @@ impl RedisLimits {
         parse_admit(&reply)
     }
 
-    /// One GCRA step on an unauthenticated client's key, through the same script.
-    pub(crate) async fn admit_ip(&self, ip: IpAddr, rate: Rate, mode: Mode) -> Result<Result<Gauge, u64>, StoreError> {
-        let key = self.store.key(&ip.to_string(), "ip-rate");
-        let mut invocation = self.admit.prepare_invoke();
-        invocation.key(&key).key(&key).key(&key).key(&key);
-        invocation.arg(rate.emission_us).arg(rate.burst).arg(0).arg(0);
-        // ARGV 5–12: no quota (flag, requests, credits, cost, day offset), no concurrency cap
-        // (max, ttl, reservation).
+    /// One GCRA step on a rate of its own (`rate.lua`): `Ok(Err(retry_us))` when full.
+    async fn rate_step(&self, key: &str, rate: Rate, mode: Mode) -> Result<Result<Gauge, u64>, StoreError> {
+        let mut invocation = self.rate.prepare_invoke();
         invocation
-            .arg("0")
-            .arg(NONE)
-            .arg(NONE)
-            .arg(0)
-            .arg(0)
-            .arg(NONE)
-            .arg(0)
-            .arg("");
-        invocation.arg(check_only(mode));
+            .key(key)
+            .arg(rate.emission_us)
+            .arg(rate.burst)
+            .arg(check_only(mode));
         let mut connection = self.store.connection();
         let reply: Vec<i64> = self.store.timed(invocation.invoke_async(&mut connection)).await?;
-        match parse_admit(&reply)? {
-            Outcome::Admitted(Granted { rate: Some(gauge), .. }) => Ok(Ok(gauge)),
-            Outcome::Refused(Refusal::Rate { retry_us }) => Ok(Err(retry_us)),
-            other => Err(StoreError::Protocol(format!("ip rate answered {other:?}"))),
+        let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
+        match (reply.first(), unsigned(1), unsigned(2)) {
+            (Some(0), Some(remaining), Some(reset_us)) => Ok(Ok(Gauge { remaining, reset_us })),
+            (Some(1), Some(retry_us), _) => Ok(Err(retry_us)),
+            _ => Err(StoreError::Protocol(format!("rate script answered {reply:?}"))),
         }
+    }
+
+    /// Undoes the caller's step of an admission the endpoint's step refused: its place in the
+    /// rate, its request and credits of the day, its reservation. A failure is logged: the
+    /// caller then keeps a spend it did not use (stricter, never looser).
+    async fn compensate(&self, plan: &Plan<'_>, granted: &Granted) {
+        let refund = granted.quota.map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
+        let rate = plan
+            .rate
+            .map(|rate| (self.store.tagged(plan.tag, plan.class.rate_key()), rate.emission_us));
+        let reservation = plan.inflight.map_or("", |inflight| inflight.reservation);
+        if let Err(err) = self.release_with(plan.tag, reservation, None, refund, rate).await {
+            tracing::warn!(error = %err, "an admission the endpoint's rate refused could not be undone: the caller keeps its spend");
+        }
+    }
+
+    /// One GCRA step on an unauthenticated client's key (`rate.lua`).
+    pub(crate) async fn admit_ip(&self, ip: IpAddr, rate: Rate, mode: Mode) -> Result<Result<Gauge, u64>, StoreError> {
+        let key = self.store.key(&ip.to_string(), "ip-rate");
+        self.rate_step(&key, rate, mode).await
     }
 
     /// What the caller `tag` has spent, read at Redis `TIME` without writing (`usage.lua`).
@@ -166,6 +217,18 @@ impl RedisLimits {
         to: Option<&str>,
         refund: Option<(i64, u64)>,
     ) -> Result<(), StoreError> {
+        self.release_with(tag, from, to, refund, None).await
+    }
+
+    /// [`Self::release`], also giving back one emission of the caller's rate key `rate.0`.
+    async fn release_with(
+        &self,
+        tag: &str,
+        from: &str,
+        to: Option<&str>,
+        refund: Option<(i64, u64)>,
+        rate: Option<(String, u64)>,
+    ) -> Result<(), StoreError> {
         let mut invocation = self.release.prepare_invoke();
         invocation
             .key(self.store.tagged(tag, "inflight"))
@@ -176,6 +239,9 @@ impl RedisLimits {
             Some((day, cost)) => invocation.arg(day).arg(cost),
             None => invocation.arg(NONE).arg(0),
         };
+        if let Some((key, emission_us)) = rate {
+            invocation.key(key).arg(emission_us);
+        }
         let mut connection = self.store.connection();
         self.store
             .timed(invocation.invoke_async::<i64>(&mut connection))
@@ -254,7 +320,7 @@ fn parse_usage(reply: &[i64]) -> Result<Spent, StoreError> {
     }
 }
 
-fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
+fn parse_admit(reply: &[i64]) -> Result<Verdict, StoreError> {
     let unsigned = |i: usize| reply.get(i).and_then(|v| u64::try_from(*v).ok());
     let gauge = |i: usize| {
         Some(Gauge {
@@ -263,7 +329,7 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
         })
     };
     let outcome = match (reply.first(), unsigned(1)) {
-        (Some(0), _) if reply.len() == 10 => Outcome::Admitted(Granted {
+        (Some(0), _) if reply.len() == 10 => Verdict::Admitted(Granted {
             rate: gauge(1),
             endpoint: gauge(3),
             quota: reply[5].ge(&0).then(|| QuotaUse {
@@ -274,11 +340,11 @@ fn parse_admit(reply: &[i64]) -> Result<Outcome, StoreError> {
             }),
             inflight: unsigned(9),
         }),
-        (Some(1), Some(retry_us)) => Outcome::Refused(Refusal::Rate { retry_us }),
-        (Some(2), Some(retry_us)) => Outcome::Refused(Refusal::Endpoint { retry_us }),
-        (Some(3), Some(reset_us)) => Outcome::Refused(Refusal::Requests { reset_us }),
-        (Some(4), Some(reset_us)) => Outcome::Refused(Refusal::Credits { reset_us }),
-        (Some(5), Some(count)) => Outcome::Refused(Refusal::Inflight { count }),
+        (Some(1), Some(retry_us)) => Verdict::Refused(Exceeded::Rate { retry_us }),
+        (Some(2), Some(retry_us)) => Verdict::Refused(Exceeded::Endpoint { retry_us }),
+        (Some(3), Some(reset_us)) => Verdict::Refused(Exceeded::Requests { reset_us }),
+        (Some(4), Some(reset_us)) => Verdict::Refused(Exceeded::Credits { reset_us }),
+        (Some(5), Some(count)) => Verdict::Refused(Exceeded::Inflight { count }),
         _ => return Err(StoreError::Protocol(format!("admit script answered {reply:?}"))),
     };
     Ok(outcome)

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 pub use crate::fal::SlotKind;
 
+use super::headers::PolicyState;
 use super::redis::{RedisSlots, SlotOp};
+use super::{LimitError, Limiter, Subject};
+use crate::redis::tag_of;
 
 /// How long a shared slot lives without a refresh (a crashed replica's slots lapse after it).
 pub(crate) const SLOT_TTL: Duration = Duration::from_secs(60);
@@ -168,6 +171,70 @@ pub(crate) fn ttl_ms() -> u64 {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+impl Limiter {
+    /// Opens a slot of `kind` for `who`: one of the replica's (`max_streams` / `max_relays`)
+    /// and one of the caller's (`streams_per_caller` / `relays_per_caller`, or the tier's), the
+    /// caller's shared through Redis when it is configured. Refused with 429
+    /// `concurrency_limited`; nothing is held then. The slot is freed when it is dropped.
+    pub async fn open_slot(&self, who: &Subject<'_>, kind: SlotKind) -> Result<Slot, LimitError> {
+        let tier = self.tier(who.tier);
+        let (per_caller, replica) = match kind {
+            SlotKind::Stream => (
+                tier.streams_per_caller.unwrap_or(self.config.streams_per_caller),
+                self.config.max_streams,
+            ),
+            SlotKind::Relay => (
+                tier.relays_per_caller.unwrap_or(self.config.relays_per_caller),
+                self.config.max_relays,
+            ),
+        };
+        let mut slot = self.slots.take(kind, replica).ok_or_else(|| LimitError::SlotsTaken {
+            message: kind.replica_message(replica),
+            retry_after: Duration::from_secs(1),
+            policy: None,
+        })?;
+        let full = || LimitError::SlotsTaken {
+            message: kind.caller_message(per_caller),
+            retry_after: SLOT_RETRY,
+            policy: Some(PolicyState {
+                name: kind.name(),
+                quota: u64::from(per_caller),
+                window_seconds: None,
+                remaining: 0,
+                reset_seconds: 0,
+            }),
+        };
+        let tag = tag_of(who.principal);
+        if let Some(redis) = &self.redis {
+            let shared = redis.slots();
+            let key = shared.key(&tag, kind.name());
+            let id = uuid::Uuid::new_v4().to_string();
+            let open = shared
+                .run(&key, &id, SlotOp::Open { max: per_caller }, ttl_ms(), None)
+                .await;
+            return match open {
+                Ok(true) => {
+                    slot.share(shared.clone(), key, id);
+                    Ok(slot)
+                }
+                Ok(false) => Err(full()),
+                // Only the replica's own cap holds (`allow`), or refuse (`deny`).
+                Err(err) => {
+                    self.errors.fail_open(self.config.on_store_error, "slot", &err)?;
+                    Ok(slot)
+                }
+            };
+        }
+        match self.slots.enter(&mut slot, &tag, per_caller) {
+            true => Ok(slot),
+            false => Err(full()),
+        }
+    }
+}
+
+/// A caller refused a stream or relay slot is told to retry after this long.
+const SLOT_RETRY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,10 @@
-//! What a store error means for a call (`on_store_error`), logged at most once per interval.
+//! What a store error means for a call, logged at most once per interval. Money-like limits
+//! (a day quota of requests or credits, jobs in flight, idempotency records) always fail closed:
+//! 503 `dependency_unavailable`. Short-term limits (rates, the per-IP rate, stream and relay
+//! slots per caller) follow `on_store_error`: `deny` refuses the same way, `allow` lets the call
+//! through unmetered, counted in `falgate_limits_fail_open_total{limit}`. Never a per-replica
+//! count in memory: with N replicas that multiplies every limit by N, and a quota held in one
+//! replica's memory forgets what was spent before the outage.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -18,13 +24,28 @@ pub(crate) struct StoreErrorLog {
 }
 
 impl StoreErrorLog {
-    /// `Ok` to fall back to memory (`allow`), or the 503 refusal (`deny`).
-    pub(crate) fn fallback(&self, mode: OnStoreError, err: &StoreError) -> Result<(), LimitError> {
+    /// `Ok` to let a call through short-term limit `limit` unmetered (`allow`, counted), or the
+    /// 503 refusal (`deny`).
+    pub(crate) fn fail_open(
+        &self,
+        mode: OnStoreError,
+        limit: &'static str,
+        err: &StoreError,
+    ) -> Result<(), LimitError> {
         self.log(err);
         match mode {
-            OnStoreError::Allow => Ok(()),
+            OnStoreError::Allow => {
+                crate::telemetry::metrics::limits_fail_open(limit);
+                Ok(())
+            }
             OnStoreError::Deny => Err(LimitError::StoreDown),
         }
+    }
+
+    /// The 503 refusal of a call whose money-like state the store holds.
+    pub(crate) fn fail_closed(&self, err: &StoreError) -> LimitError {
+        self.log(err);
+        LimitError::StoreDown
     }
 
     pub(crate) fn log(&self, err: &StoreError) {
@@ -59,6 +80,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::error::OnTheWire;
     use crate::telemetry::captured::Captured;
 
     #[test]
@@ -87,11 +109,13 @@ mod tests {
         assert_eq!(lines(t0 + Duration::from_secs(59)), 2);
         assert_eq!(lines(t0 + Duration::from_secs(60)), 3);
         assert_eq!(log.seen(), 5);
-        // Mode decides what an error means for the call.
-        assert!(log.fallback(OnStoreError::Allow, &err).is_ok());
+        // Mode decides what a short-term limit's error means for the call; money-like state
+        // fails closed whatever the mode.
+        assert!(log.fail_open(OnStoreError::Allow, "rate", &err).is_ok());
         assert_eq!(
-            log.fallback(OnStoreError::Deny, &err).unwrap_err().code(),
+            log.fail_open(OnStoreError::Deny, "rate", &err).unwrap_err().code(),
             "dependency_unavailable"
         );
+        assert_eq!(log.fail_closed(&err).code(), "dependency_unavailable");
     }
 }

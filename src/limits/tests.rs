@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::error::OnTheWire;
 
 /// The app of the test jobs.
 pub(super) fn app() -> crate::fal::AppId {
@@ -400,7 +401,7 @@ fn a_client_token_may_live_at_most_fals_default_of_120_seconds() {
 #[tokio::test]
 async fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
     let manual = ManualClock::new();
-    let idem = Idempotency::with_clock(Duration::from_secs(600), 100, None, OnStoreError::Deny, manual.clock());
+    let idem = Idempotency::with_clock(Duration::from_secs(600), 100, None, manual.clock());
     let begin = |who, key, hash| idem.begin(who, key, hash);
     assert_eq!(begin("iss|alice", "k1", "h1").await.unwrap(), IdemState::New);
     assert_eq!(begin("iss|alice", "k1", "h1").await.unwrap(), IdemState::InFlight);
@@ -430,13 +431,7 @@ async fn idempotent_submits_replay_refuse_other_bodies_and_expire() {
 #[tokio::test]
 async fn a_pending_idempotency_key_is_freed_after_the_pending_ttl() {
     let manual = ManualClock::new();
-    let idem = Idempotency::with_clock(
-        Duration::from_secs(86_400),
-        100,
-        None,
-        OnStoreError::Deny,
-        manual.clock(),
-    );
+    let idem = Idempotency::with_clock(Duration::from_secs(86_400), 100, None, manual.clock());
     assert_eq!(idem.begin("iss|alice", "k", "h").await.unwrap(), IdemState::New);
     manual.advance(PENDING_TTL - Duration::from_micros(1));
     assert_eq!(idem.begin("iss|alice", "k", "h").await.unwrap(), IdemState::InFlight);
@@ -614,7 +609,7 @@ fn a_limits_section_with_only_slot_caps_is_valid_and_zero_caps_are_refused() {
 
 #[test]
 fn only_an_answered_idempotency_key_counts_as_answered() {
-    let idem = Idempotency::new(Duration::from_secs(600), 100, None, OnStoreError::Deny);
+    let idem = Idempotency::new(Duration::from_secs(600), 100, None);
     let now = at(0.0);
     assert!(!idem.answered_at("iss|alice", "k1", now));
     assert_eq!(idem.begin_at("iss|alice", "k1", "h1", now), IdemState::New);

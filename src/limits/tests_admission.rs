@@ -10,6 +10,7 @@ use http::header::RETRY_AFTER;
 use super::tests::config;
 use super::*;
 use crate::clock::ManualClock;
+use crate::error::OnTheWire;
 
 fn who(principal: &'static str) -> Subject<'static> {
     Subject {
@@ -190,7 +191,7 @@ async fn the_small_accessors_read_the_config_and_the_stores() {
 
 #[test]
 fn ipv6_clients_are_keyed_by_their_64_bit_prefix_and_ipv4_by_address() {
-    let key = |ip: &str| ip_key(ip.parse::<IpAddr>().unwrap()).to_string();
+    let key = |ip: &str| unauthenticated::ip_key(ip.parse::<IpAddr>().unwrap()).to_string();
     assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
     assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::");
     assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");

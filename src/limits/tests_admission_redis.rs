@@ -1,9 +1,10 @@
 //! Admission on Redis, edges found by mutation (TESTING.md): each operation class keeps its own
 //! rate bucket in the shared store, so spending one class's burst leaves the others whole.
 
-use super::redis_tests::{replicas, ALICE};
 use super::tests::remaining;
+use super::tests_redis::{replicas, ALICE};
 use super::*;
+use crate::error::OnTheWire;
 
 #[tokio::test]
 async fn on_redis_each_class_has_its_own_rate_bucket() {

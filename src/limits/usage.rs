@@ -66,15 +66,14 @@ impl Limiter {
         let spent = match &self.redis {
             Some(redis) => match redis.usage(&tag, ttl_us).await {
                 Ok(mut shared) => {
-                    // Slots opened while Redis was down are counted only here.
+                    // Slots this replica holds for the caller outside Redis (none with
+                    // `[redis]` today: a slot opened while it was down is not counted).
                     shared.streams += self.slots.held(SlotKind::Stream, &tag);
                     shared.relays += self.slots.held(SlotKind::Relay, &tag);
                     shared
                 }
-                Err(err) => {
-                    self.errors.fallback(self.config.on_store_error, &err)?;
-                    in_memory()
-                }
+                // What was spent lives in Redis only: no answer is better than a wrong one.
+                Err(err) => return Err(self.errors.fail_closed(&err)),
             },
             None => in_memory(),
         };

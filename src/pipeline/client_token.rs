@@ -6,21 +6,31 @@
 //! here: only `allowed_apps` (aliases the caller may mint for, `Policy::check_token_apps`) and
 //! `token_expiration` (lowered to `client_token_max_seconds`). What is forwarded is this
 //! module's own serialisation of the checked values, never the caller's bytes.
+//!
+//! fal's current realtime token route, `POST rest.fal.ai/tokens/realtime`, is the same operation
+//! under the same rules: its body names the lifetime `duration` (`token_expiration` is taken
+//! too), and what is forwarded is `{"allowed_apps": [...], "duration": seconds}`.
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::error::GateError;
-use crate::policy::Grant;
+use crate::limits::Limiter;
+use crate::policy::{Grant, Policy};
 use crate::schema::{FieldError, ValidInput};
-use crate::state::Gate;
 
 /// Most apps one token may name (the client names one).
 const MAX_APPS: usize = 8;
 
 /// Checks a token request and returns the canonical body to forward.
-pub(super) fn canonical(gate: &Gate, grant: &Grant<'_>, input: &ValidInput) -> Result<ValidInput, GateError> {
-    let (_, max_seconds) = gate.limiter.client_token_terms();
+pub(super) fn canonical(
+    policy: &Policy,
+    limiter: &Limiter,
+    grant: &Grant<'_>,
+    input: &ValidInput,
+    realtime: bool,
+) -> Result<ValidInput, GateError> {
+    let (_, max_seconds) = limiter.client_token_terms();
     let invalid = |field: &str, msg: &str, kind: &str| {
         GateError::Invalid(vec![FieldError {
             loc: vec![Value::from("body"), Value::from(field)],
@@ -32,10 +42,14 @@ pub(super) fn canonical(gate: &Gate, grant: &Grant<'_>, input: &ValidInput) -> R
     let Value::Object(fields) = &input.value else {
         return Err(invalid("allowed_apps", "field required", "value_error.missing"));
     };
-    if let Some(extra) = fields
-        .keys()
-        .find(|k| !["allowed_apps", "token_expiration"].contains(&k.as_str()))
-    {
+    // The lifetime's name on each route (the realtime route also takes the legacy one).
+    let lifetime = if realtime { "duration" } else { "token_expiration" };
+    let known: &[&str] = if realtime {
+        &["allowed_apps", "duration", "token_expiration"]
+    } else {
+        &["allowed_apps", "token_expiration"]
+    };
+    if let Some(extra) = fields.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(invalid(extra, "extra fields not permitted", "value_error.extra"));
     }
     let apps = match fields.get("allowed_apps") {
@@ -53,16 +67,27 @@ pub(super) fn canonical(gate: &Gate, grant: &Grant<'_>, input: &ValidInput) -> R
             ))
         }
     };
-    let seconds = match fields.get("token_expiration") {
+    if realtime && fields.contains_key("duration") && fields.contains_key("token_expiration") {
+        return Err(invalid(
+            "duration",
+            "give duration or token_expiration, not both",
+            "value_error",
+        ));
+    }
+    let (field, given) = match (fields.get(lifetime), fields.get("token_expiration")) {
+        (Some(value), _) => (lifetime, Some(value)),
+        (None, value) => ("token_expiration", value),
+    };
+    let seconds = match given {
         None => max_seconds,
         Some(value) => value
             .as_u64()
             .filter(|seconds| *seconds >= 1)
-            .ok_or_else(|| invalid("token_expiration", "must be a positive integer", "type_error.integer"))?
+            .ok_or_else(|| invalid(field, "must be a positive integer", "type_error.integer"))?
             .min(max_seconds),
     };
-    gate.policy.check_token_apps(grant, &apps)?;
-    let value = json!({ "allowed_apps": apps, "token_expiration": seconds });
+    policy.check_token_apps(grant, &apps)?;
+    let value = json!({ "allowed_apps": apps, lifetime: seconds });
     Ok(ValidInput::new(Bytes::from(value.to_string()), value))
 }
 

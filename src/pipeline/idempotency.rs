@@ -13,7 +13,6 @@ use crate::error::GateError;
 use crate::fal::Call;
 use crate::limits::{IdemState, Idempotency, LimitError};
 use crate::schema::ValidInput;
-use crate::state::Gate;
 
 /// The request header carrying the key.
 const KEY_HEADER: &str = "idempotency-key";
@@ -30,7 +29,7 @@ pub(super) enum Claim {
 
 /// Claims the submit's key, if it carries one. Other operations ignore the header.
 pub(super) async fn claim(
-    gate: &Gate,
+    store: &Idempotency,
     principal: &str,
     call: &Call,
     headers: &HeaderMap,
@@ -43,7 +42,7 @@ pub(super) async fn claim(
         return Ok(Claim::New(None));
     };
     let hash = Idempotency::body_hash(&input.bytes);
-    match gate.limiter.idempotency().begin(principal, &key, &hash).await? {
+    match store.begin(principal, &key, &hash).await? {
         IdemState::New => Ok(Claim::New(Some(key))),
         IdemState::Replay { status, body } => Ok(Claim::Replay(replay(status, body))),
         IdemState::InFlight => Err(LimitError::IdempotencyInFlight.into()),
@@ -56,7 +55,7 @@ pub(super) async fn claim(
 /// the caller would lose the answer of a job it paid for). A key with no stored answer, or a
 /// store error, is a no.
 pub(super) async fn answered(
-    gate: &Gate,
+    store: &Idempotency,
     principal: &str,
     call: &Call,
     headers: &HeaderMap,
@@ -65,11 +64,7 @@ pub(super) async fn answered(
         return Ok(false);
     }
     match key(headers)? {
-        Some(key) => Ok(gate
-            .limiter
-            .idempotency()
-            .answered(principal, &scoped(call, &key))
-            .await),
+        Some(key) => Ok(store.answered(principal, &scoped(call, &key)).await),
         None => Ok(false),
     }
 }
@@ -97,8 +92,7 @@ impl Settle {
 }
 
 /// Applies the settlement to the key.
-pub(super) async fn settle(gate: &Gate, principal: &str, key: &str, settlement: Settle) {
-    let store = gate.limiter.idempotency();
+pub(super) async fn settle(store: &Idempotency, principal: &str, key: &str, settlement: Settle) {
     match settlement {
         Settle::Complete(status, body) => store.complete(principal, key, status, &body).await,
         Settle::Keep => {}

@@ -152,10 +152,10 @@ fn vpg_input() -> Option<Value> {
 }
 
 /// An answer's status, headers and JSON body, or the code of the gate's refusal.
-type Outcome = Result<(u16, HeaderMap, Value), &'static str>;
+type Answered = Result<(u16, HeaderMap, Value), &'static str>;
 
 impl Fixture {
-    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Outcome {
+    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Answered {
         let mut headers = headers.clone();
         let body = match body {
             Some(json) => {
@@ -175,7 +175,7 @@ impl Fixture {
         }
     }
 
-    async fn submit(&self, who: &str) -> Outcome {
+    async fn submit(&self, who: &str) -> Answered {
         self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(json!({"n": 1})))
             .await
     }
@@ -509,8 +509,8 @@ fn each_operation_has_its_rate_class_and_relay_slot() {
             Some(SlotKind::Relay),
         ),
         (Op::Cancel { app: app(), id: id() }, OpClass::Cancel, None),
-        (Op::StorageInitiate, OpClass::Upload, None),
-        (Op::ClientToken, OpClass::Token, None),
+        (Op::StorageInitiate { multipart: false }, OpClass::Upload, None),
+        (Op::ClientToken { realtime: false }, OpClass::Token, None),
     ];
     for (op, op_class, slot) in cases {
         let call = Call { op };
@@ -587,7 +587,9 @@ unknown_fields = "allow"
 "#;
     let fx = fixture(0, tokens).await;
     let body = || Some(json!({"allowed_apps": ["realtime-app"], "token_expiration": 60}));
-    let token = || Call { op: Op::ClientToken };
+    let token = || Call {
+        op: Op::ClientToken { realtime: false },
+    };
     let headers = HeaderMap::new();
     let mint = || fx.call("alice", token(), &headers, body());
     let (code, _, token) = mint().await.unwrap();

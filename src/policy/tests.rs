@@ -5,6 +5,8 @@ use axum::http::HeaderValue;
 use serde_json::json;
 
 use super::*;
+use crate::config::Config;
+use crate::error::OnTheWire;
 use crate::fal::{parse_queue_path, FalRequestId};
 
 const CONFIG: &str = r#"
@@ -26,7 +28,7 @@ model = ["google/gemini-flash-1.5", "meta-llama/llama-3.2-1b-instruct"]
 
 fn policy() -> Policy {
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
-    Policy::new(&Config::from_toml(CONFIG, &env).unwrap())
+    Policy::new(&Config::from_toml(CONFIG, &env).unwrap().policy())
 }
 
 fn caller(tier: &str) -> Caller {
@@ -116,7 +118,7 @@ fn status_of_an_unlisted_app_and_denied_uploads_are_refused() {
             .authorize(
                 &caller("pro"),
                 &Call {
-                    op: Op::StorageInitiate
+                    op: Op::StorageInitiate { multipart: false }
                 }
             )
             .unwrap_err()
@@ -148,7 +150,9 @@ fn webhooks_only_reach_allowed_https_hosts() {
             .authorize(&caller("pro"), &call("/fal-ai/flux/dev", Some(&query)))
             .unwrap_err();
         assert_eq!(err.code(), "webhook_not_allowed", "{hook}");
+        assert!(!policy.allows_webhook(hook), "{hook}");
     }
+    assert!(policy.allows_webhook("https://hooks.example.com/h"));
 }
 
 #[test]
@@ -201,8 +205,10 @@ schema = "sdxl.json"
 client_tokens = true
 "#;
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
-    let policy = Policy::new(&Config::from_toml(config, &env).unwrap());
-    let token = Call { op: Op::ClientToken };
+    let policy = Policy::new(&Config::from_toml(config, &env).unwrap().policy());
+    let token = Call {
+        op: Op::ClientToken { realtime: false },
+    };
     let grant = policy.authorize(&caller("any"), &token).unwrap();
     assert!(policy.check_token_apps(&grant, &["sdxl".into()]).is_ok());
     for refused in [

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use axum::http::HeaderValue;
 
 use super::*;
+use crate::config::Config;
 use crate::fal::parse_queue_path;
 
 fn policy(toml: &str) -> Policy {
     let env = HashMap::from([("FALGATE_AUTH__HS256_SECRET".to_owned(), "x".repeat(32))]);
-    Policy::new(&Config::from_toml(toml, &env).unwrap())
+    Policy::new(&Config::from_toml(toml, &env).unwrap().policy())
 }
 
 fn caller(tier: &str) -> Caller {
@@ -33,7 +34,7 @@ fn uploads_allowed_by_config_pass_the_policy_with_no_endpoint_entry() {
         .authorize(
             &caller("any"),
             &Call {
-                op: Op::StorageInitiate,
+                op: Op::StorageInitiate { multipart: false },
             },
         )
         .expect("uploads are allowed by config");

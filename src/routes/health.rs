@@ -1,5 +1,6 @@
 //! `/healthz` (the process serves) and `/readyz` (config loaded, every issuer's keys loaded;
-//! shared state reachable when configured; 503 `draining` once shutdown began). The only public routes without a caller.
+//! shared state reachable when configured, and its mode: `memory`, `single`, `sentinel` or
+//! `cluster`; 503 `draining` once shutdown began). The only public routes without a caller.
 
 use axum::http::StatusCode;
 use axum::Json;
@@ -23,8 +24,12 @@ pub(super) async fn ready(Snapshot(gate): Snapshot) -> (StatusCode, Json<Value>)
         Readiness::Unavailable => "unavailable",
     };
     let ready = gate.auth.ready() && store.is_ready();
-    let body =
-        json!({ "status": if ready { "ready" } else { "not_ready" }, "jwks": gate.auth.ready(), "store": store_name });
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "jwks": gate.auth.ready(),
+        "store": store_name,
+        "store_mode": gate.limiter.store_mode(),
+    });
     (
         if ready {
             StatusCode::OK

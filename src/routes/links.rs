@@ -60,7 +60,7 @@ impl Base {
         }
     }
 
-    fn request(&self, app: &AppId, id: &FalRequestId) -> String {
+    pub(super) fn request(&self, app: &AppId, id: &FalRequestId) -> String {
         format!("{}/api/fal/queue/{app}/requests/{id}", self.0)
     }
 }
@@ -77,8 +77,8 @@ pub(super) async fn rewrite(response: Response, call: &Call, base: &Base) -> Res
         | Op::Cancel { .. }
         | Op::Run { .. }
         | Op::RunStream { .. }
-        | Op::StorageInitiate
-        | Op::ClientToken => return response,
+        | Op::StorageInitiate { .. }
+        | Op::ClientToken { .. } => return response,
     };
     if !response.status().is_success() || response.extensions().get::<std::sync::Arc<GateError>>().is_some() {
         return response;

@@ -19,18 +19,21 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::GateError;
+use crate::fal::GateRoute;
 use crate::limits::{OpClass, PolicyState, Subject};
 use crate::state::Snapshot;
 
 pub(super) async fn handle(Snapshot(gate): Snapshot, caller: Caller) -> Response {
+    let route = GateRoute::Usage.facts();
     let mut facts = super::facts(&caller);
-    facts.operation = Some("usage");
+    facts.operation = Some(route.name);
     let principal = caller.principal();
     let subject = Subject {
         principal: &principal,
         tier: &caller.tier,
     };
-    let answer = match gate.limiter.admit(&subject, OpClass::Poll, None, 0).await {
+    let class = route.class.unwrap_or(OpClass::Poll);
+    let answer = match gate.limiter.admit(&subject, class, None, 0).await {
         Ok(_) => read(&gate, &subject).await,
         Err(refused) => Err(GateError::from(refused)),
     };

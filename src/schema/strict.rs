@@ -27,7 +27,7 @@ pub(super) struct Shape {
 
 /// Why a body was not parsed.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Refusal {
+pub(super) enum Unparsed {
     /// Not strict JSON: 400.
     Malformed(String),
     /// Strict JSON over a [`Shape`] bound: 413.
@@ -37,14 +37,14 @@ pub(super) enum Refusal {
 }
 
 /// Parses `body` as exactly one JSON object within `shape`.
-pub(super) fn parse_object(body: &[u8], shape: &Shape) -> Result<Map<String, Value>, Refusal> {
+pub(super) fn parse_object(body: &[u8], shape: &Shape) -> Result<Map<String, Value>, Unparsed> {
     if body.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Refusal::Malformed(
+        return Err(Unparsed::Malformed(
             "the body starts with a byte order mark; send plain UTF-8".into(),
         ));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Refusal::Malformed("the body is empty; send a JSON object".into()));
+        return Err(Unparsed::Malformed("the body is empty; send a JSON object".into()));
     }
     let budget = Budget {
         shape: *shape,
@@ -59,12 +59,12 @@ pub(super) fn parse_object(body: &[u8], shape: &Shape) -> Result<Map<String, Val
     .deserialize(&mut deserializer)
     .and_then(|value| deserializer.end().map(|()| value))
     .map_err(|err| match budget.over.take() {
-        Some(why) => Refusal::TooComplex(why),
-        None => Refusal::Malformed(err.to_string()),
+        Some(why) => Unparsed::TooComplex(why),
+        None => Unparsed::Malformed(err.to_string()),
     })?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(Refusal::NotObject),
+        _ => Err(Unparsed::NotObject),
     }
 }
 
@@ -246,7 +246,7 @@ mod tests {
 
     fn too_complex(body: &str) -> String {
         match parse_object(body.as_bytes(), &SHAPE) {
-            Err(Refusal::TooComplex(why)) => why,
+            Err(Unparsed::TooComplex(why)) => why,
             other => panic!("expected TooComplex for {body}, got {other:?}"),
         }
     }
@@ -281,17 +281,21 @@ mod tests {
     fn syntax_errors_stay_malformed_not_too_complex() {
         assert!(matches!(
             parse_object(br#"{"a":1,"a":2}"#, &SHAPE),
-            Err(Refusal::Malformed(_))
+            Err(Unparsed::Malformed(_))
         ));
-        assert!(matches!(parse_object(br#"{"a":"#, &SHAPE), Err(Refusal::Malformed(_))));
+        assert!(matches!(parse_object(br#"{"a":"#, &SHAPE), Err(Unparsed::Malformed(_))));
     }
 
     #[test]
     fn json_that_is_not_an_object_is_told_apart_from_malformed_json() {
         for body in ["[1]", "\"x\"", "1", "null", "true"] {
-            assert_eq!(parse_object(body.as_bytes(), &SHAPE), Err(Refusal::NotObject), "{body}");
+            assert_eq!(
+                parse_object(body.as_bytes(), &SHAPE),
+                Err(Unparsed::NotObject),
+                "{body}"
+            );
         }
-        assert!(matches!(parse_object(b"[1", &SHAPE), Err(Refusal::Malformed(_))));
+        assert!(matches!(parse_object(b"[1", &SHAPE), Err(Unparsed::Malformed(_))));
     }
 
     #[test]
@@ -307,7 +311,7 @@ mod tests {
     #[test]
     fn a_duplicate_key_message_cannot_carry_a_newline() {
         let body = r#"{"a\nb":1,"a\nb":2}"#;
-        let Err(Refusal::Malformed(why)) = parse_object(body.as_bytes(), &SHAPE) else {
+        let Err(Unparsed::Malformed(why)) = parse_object(body.as_bytes(), &SHAPE) else {
             panic!("duplicate keys are malformed")
         };
         assert!(!why.contains('\n'), "{why}");

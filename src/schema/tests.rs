@@ -32,7 +32,7 @@ pub(super) fn compile(source: SchemaSource) -> Schemas {
 
 /// Validates `body` for the seed endpoint as `tier`.
 pub(super) fn check(schemas: &Schemas, tier: Option<&str>, body: &Value) -> Result<ValidInput, Rejection> {
-    schemas.validate(VPG, tier, body.to_string().as_bytes(), &Limits::default())
+    schemas.validate(VPG, tier, body.to_string().as_bytes(), &ValidationLimits::default())
 }
 
 /// The 422 items for `body`, failing the test if it was not a 422.
@@ -69,7 +69,7 @@ fn enum_fields() -> Vec<(String, Vec<Value>)> {
 fn seed_example_input_is_valid_and_forwarded_byte_for_byte() {
     let body = br#"{"input_concept": "A futuristic city at dusk", "style": "Simple", "camera_style": "None", "camera_direction": "None", "pacing": "None", "special_effects": "None", "model": "google/gemini-flash-1.5", "prompt_length": "Medium"}"#;
     let input = compile(seed_source())
-        .validate(VPG, None, body, &Limits::default())
+        .validate(VPG, None, body, &ValidationLimits::default())
         .expect("valid");
     assert_eq!(&input.bytes[..], &body[..]);
     assert_eq!(input.value["style"], "Simple");

@@ -7,7 +7,7 @@ use super::tests::{check, compile, field_errors, seed_source, source_at, temp_sc
 use super::*;
 
 fn raw(schemas: &Schemas, body: &[u8]) -> Result<ValidInput, Rejection> {
-    schemas.validate(VPG, None, body, &Limits::default())
+    schemas.validate(VPG, None, body, &ValidationLimits::default())
 }
 
 fn malformed(schemas: &Schemas, body: &[u8]) -> String {
@@ -52,7 +52,7 @@ fn e65_wrong_type_and_missing_required_are_422_and_a_valid_body_passes() {
 
 #[test]
 fn e66_endpoint_without_a_schema_fails_closed() {
-    let rejection = compile(seed_source()).validate("fal-ai/flux/dev", None, b"{}", &Limits::default());
+    let rejection = compile(seed_source()).validate("fal-ai/flux/dev", None, b"{}", &ValidationLimits::default());
     assert_eq!(rejection.unwrap_err(), Rejection::NoSchema("fal-ai/flux/dev".into()));
 }
 
@@ -129,9 +129,9 @@ fn e72_deep_nesting_is_malformed_past_the_limit_and_fast_at_100k() {
         "the top object plus 31 arrays is 32 deep"
     );
     assert!(malformed(&schemas, nested(33).as_bytes()).contains("nested too deeply"));
-    let deep = Limits {
+    let deep = ValidationLimits {
         max_depth: 127,
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     assert!(schemas.validate(VPG, None, nested(127).as_bytes(), &deep).is_ok());
     malformed(&schemas, nested(200).as_bytes());
@@ -183,9 +183,9 @@ fn e75_bom_utf16_and_latin1_bodies_are_malformed() {
 #[test]
 fn e76_oversized_body_is_refused_before_it_is_parsed() {
     let schemas = compile(seed_source());
-    let limits = Limits {
+    let limits = ValidationLimits {
         max_body_bytes: 10,
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     assert_eq!(
         schemas.validate(VPG, None, b"not json at all", &limits).unwrap_err(),
@@ -210,13 +210,13 @@ fn e77_url_fields_accept_only_https_public_hosts_and_small_image_data_uris() {
         overlay: Some(overlay),
         ..seed_source()
     });
-    let limits = Limits {
+    let limits = ValidationLimits {
         max_body_bytes: 64 * 1024 * 1024,
         json: JsonLimits {
             max_string_bytes: 64 * 1024 * 1024,
             ..JsonLimits::default()
         },
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     let kind = |url: &str| match schemas.validate(
         VPG,
@@ -279,7 +279,7 @@ fn e84_non_object_json_is_fals_422_on_the_body_and_non_json_is_malformed() {
 fn e86_a_100kb_string_against_a_backtracking_prone_pattern_is_refused_by_its_field() {
     let schemas = numeric_schema();
     let body = json!({ "name": format!("{}!", "a".repeat(100 * 1024)) }).to_string();
-    let errors = match schemas.validate(VPG, None, body.as_bytes(), &Limits::default()) {
+    let errors = match schemas.validate(VPG, None, body.as_bytes(), &ValidationLimits::default()) {
         Err(Rejection::Invalid(errors)) => errors,
         other => panic!("{other:?}"),
     };
@@ -296,12 +296,12 @@ fn a_key_flood_gets_fifty_items_and_a_count_not_one_item_per_key() {
     for n in 0..5_000 {
         input.insert(format!("k{n}"), json!(1));
     }
-    let limits = Limits {
+    let limits = ValidationLimits {
         json: JsonLimits {
             max_object_keys: 10_000,
             ..JsonLimits::default()
         },
-        ..Limits::default()
+        ..ValidationLimits::default()
     };
     let body = Value::Object(input).to_string();
     let Err(Rejection::Invalid(errors)) = schemas.validate(VPG, None, body.as_bytes(), &limits) else {

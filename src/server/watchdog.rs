@@ -34,10 +34,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use http_body::{Frame, SizeHint};
+use axum::body::Body;
 use tokio::time::{Instant, Sleep};
 
+mod body;
+
+use self::body::{Completion, Gave, Watched};
 use super::Connections;
 use crate::body::Bounds;
 
@@ -292,93 +294,6 @@ impl Watch {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Gave {
-    Data(u64),
-    /// Pending: the body waits for its source.
-    Nothing,
-    End,
-}
-
-/// A response body that reports its polls to the task's [`Watch`]; every chunk it gives carries
-/// a share of its [`Completion`].
-struct Watched<G> {
-    body: Body,
-    completion: Arc<Completion<G>>,
-}
-
-/// Holds a watched response's guard until the body and every chunk it gave are dropped, then
-/// marks the response complete.
-struct Completion<G> {
-    watch: Watch,
-    generation: u64,
-    /// In a mutex only so that the completion is `Sync` (shared by chunks) whatever `G` is.
-    _guard: Mutex<G>,
-    /// The body once it has ended: the guards inside it (a relay slot, a budget charge) are
-    /// given back with the response's own, when its last chunk has left.
-    ended: Mutex<Option<Body>>,
-}
-
-impl<G> Drop for Completion<G> {
-    fn drop(&mut self) {
-        self.watch.ended(self.generation);
-    }
-}
-
-/// A chunk of a watched body, keeping its response incomplete until hyper releases it.
-struct Chunk<G> {
-    bytes: Bytes,
-    _completion: Arc<Completion<G>>,
-}
-
-impl<G> AsRef<[u8]> for Chunk<G> {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl<G> Unpin for Watched<G> {}
-
-impl<G: Send + 'static> http_body::Body for Watched<G> {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let (gave, polled) = match polled {
-            Poll::Pending => (Gave::Nothing, Poll::Pending),
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(bytes) => {
-                    let len = bytes.len() as u64;
-                    let chunk = Bytes::from_owner(Chunk {
-                        bytes,
-                        _completion: self.completion.clone(),
-                    });
-                    (Gave::Data(len), Poll::Ready(Some(Ok(Frame::data(chunk)))))
-                }
-                // Trailers: the last frame.
-                Err(frame) => (Gave::End, Poll::Ready(Some(Ok(frame)))),
-            },
-            Poll::Ready(other) => (Gave::End, Poll::Ready(other)),
-        };
-        if matches!(gave, Gave::End) || self.body.is_end_stream() {
-            // Kept until the chunks it gave are released (see `Completion::ended`).
-            let ended = std::mem::replace(&mut self.body, Body::empty());
-            *self.completion.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(ended);
-        }
-        self.completion.watch.polled(self.completion.generation, gave);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// A task (an HTTP/2 stream, or an HTTP/1 connection) whose responses are watched: it ends,
 /// dropping what it runs, when the current response's bounds pass.
 pub(crate) struct Watchdog {
@@ -470,104 +385,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn progress(window_ms: u64, min_bytes: u64) -> Progress {
-        Progress {
-            window: Duration::from_millis(window_ms),
-            min_bytes,
-        }
-    }
-
-    fn watched(bounds: Bounds) -> Tracked {
-        let now = Instant::now();
-        Tracked {
-            generation: 1,
-            started: now,
-            bounds,
-            moved: now,
-            phase: Phase::Owed {
-                window: now,
-                taken: 0,
-                handed: 0,
-            },
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_response_nobody_takes_is_cut_after_one_window() {
-        let mut response = watched(Bounds::default());
-        let rule = progress(1000, 1);
-        let start = Instant::now();
-        assert_eq!(response.check(rule, start), Ok(Some(start + Duration::from_secs(1))));
-        assert_eq!(response.check(rule, start + Duration::from_secs(1)), Err(Cut::Progress));
-    }
-
-    /// Polls `body` for one frame, as hyper does when the client took the previous one.
-    async fn take(body: &mut Body) {
-        use http_body_util::BodyExt;
-        body.frame().await.expect("a frame").expect("data");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_window_must_see_the_minimum_taken_and_waiting_for_the_source_does_not_count() {
-        let watch = Watch::new(progress(1000, 100));
-        let chunks = futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 60])));
-        let mut body = watch.wrap(Body::from_stream(chunks), Bounds::default(), (), Arc::new(|| {}));
-        let start = Instant::now();
-        let second = Duration::from_secs(1);
-        // Three polls: the first two frames (120 bytes) were taken in the first window.
-        for _ in 0..3 {
-            take(&mut body).await;
-        }
-        assert_eq!(watch.check(start + second), Ok(Some(start + 2 * second)));
-        // One more frame (60 bytes) in the second window: below the minimum.
-        take(&mut body).await;
-        assert_eq!(watch.check(start + 2 * second), Err(Cut::Progress));
-
-        // A body waiting for its source owes nothing, however long.
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-        let pending = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let mut body = watch.wrap(pending, Bounds::default(), (), Arc::new(|| {}));
-        let polled = futures_util::poll!(std::pin::pin!(http_body_util::BodyExt::frame(&mut body)));
-        assert!(polled.is_pending());
-        assert_eq!(watch.check(start + 3600 * second), Ok(None));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_response_is_complete_when_its_last_chunk_is_released_not_when_its_body_ends() {
-        let watch = Watch::new(progress(1000, 1));
-        let mut body = watch.wrap(Body::from("answer"), Bounds::default(), (), Arc::new(|| {}));
-        use http_body_util::BodyExt;
-        let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert!(body.frame().await.is_none());
-        drop(body);
-        assert!(watch.watching(), "complete while its chunk is still queued");
-        drop(chunk);
-        assert!(!watch.watching());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_stream_bounds_pass_after_their_grace() {
-        let mut response = watched(Bounds {
-            lifetime: Some(Duration::from_secs(3)),
-            idle: Some(Duration::from_secs(2)),
-        });
-        response.phase = Phase::Source;
-        let start = Instant::now();
-        assert_eq!(
-            response.check(progress(1000, 1), start),
-            Ok(Some(start + Duration::from_secs(3)))
-        );
-        assert_eq!(
-            response.check(progress(1000, 1), start + Duration::from_secs(3)),
-            Err(Cut::Movement)
-        );
-        response.moved = start + Duration::from_secs(3);
-        assert_eq!(
-            response.check(progress(1000, 1), start + Duration::from_secs(4)),
-            Err(Cut::Lifetime)
-        );
-    }
-}
+mod tests;

@@ -116,6 +116,8 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<&'static str> {
         ("redis", restore(&running.redis, &mut next.redis)),
         ("upstream", restore(&running.upstream, &mut next.upstream)),
         ("ownership", restore(&running.ownership, &mut next.ownership)),
+        ("events", restore(&running.events, &mut next.events)),
+        ("webhooks", restore(&running.webhooks, &mut next.webhooks)),
         (
             "limits.max_tracked_callers",
             restore(&old.max_tracked_callers, &mut new.max_tracked_callers),

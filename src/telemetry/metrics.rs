@@ -41,6 +41,13 @@ pub const JWKS_REFRESH_TOTAL: &str = "falgate_jwks_refresh_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "falgate_config_reloads_total";
 /// Concurrency slots of jobs in flight freed by the reconciler (fal said the job ended).
 pub const INFLIGHT_RECONCILED_TOTAL: &str = "falgate_inflight_reconciled_total";
+/// Calls let through unmetered while Redis was down (`on_store_error = "allow"`), by `limit`
+/// (`rate`, `ip_rate`, `slot`): never money-like limits, which fail closed.
+pub const LIMITS_FAIL_OPEN_TOTAL: &str = "falgate_limits_fail_open_total";
+/// Verified fal webhook deliveries: `result` (`applied` / `duplicate`).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "falgate_webhook_deliveries_total";
+/// Deliveries forwarded to a caller's own hook: `result` (`ok` / `failed` / `dropped`).
+pub const WEBHOOK_FORWARDS_TOTAL: &str = "falgate_webhook_forwards_total";
 /// Always 1; the labels say which build runs: `version`, `rustc`.
 pub const BUILD_INFO: &str = "falgate_build_info";
 
@@ -102,10 +109,19 @@ fn describe() {
     describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis calls, by operation.");
     describe_counter!(REDIS_ERRORS_TOTAL, "Redis calls that failed or timed out.");
     describe_counter!(JWKS_REFRESH_TOTAL, "JWKS downloads by issuer and result.");
+    describe_counter!(WEBHOOK_DELIVERIES_TOTAL, "Verified fal webhook deliveries by result.");
+    describe_counter!(
+        WEBHOOK_FORWARDS_TOTAL,
+        "Webhook deliveries forwarded to a caller's hook, by result."
+    );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads by result.");
     describe_counter!(
         INFLIGHT_RECONCILED_TOTAL,
         "Job slots freed by the reconciler after fal said the job ended."
+    );
+    describe_counter!(
+        LIMITS_FAIL_OPEN_TOTAL,
+        "Calls let through unmetered while the limits store was down, by limit."
     );
     describe_gauge!(BUILD_INFO, "The running build (always 1).");
 }
@@ -245,6 +261,25 @@ pub fn jwks_refreshed(issuer: &str, ok: bool) {
     handle();
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(JWKS_REFRESH_TOTAL, "issuer" => issuer.to_owned(), "result" => result).increment(1);
+}
+
+/// Records one verified webhook delivery: `applied` (first of its request) or `duplicate`.
+pub fn webhook_delivered(applied: bool) {
+    handle();
+    let result = if applied { "applied" } else { "duplicate" };
+    metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).increment(1);
+}
+
+/// Records one forward to a caller's hook: `ok`, `failed` (attempts spent) or `dropped` (queue full).
+pub fn webhook_forwarded(result: &'static str) {
+    handle();
+    metrics::counter!(WEBHOOK_FORWARDS_TOTAL, "result" => result).increment(1);
+}
+
+/// Records one call let through a short-term limit unmetered (the store down, `allow`).
+pub fn limits_fail_open(limit: &'static str) {
+    handle();
+    metrics::counter!(LIMITS_FAIL_OPEN_TOTAL, "limit" => limit).increment(1);
 }
 
 /// Records `freed` job slots freed by one pass of the reconciler.

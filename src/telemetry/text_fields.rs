@@ -30,7 +30,7 @@ impl<'w> FormatFields<'w> for EscapedFields {
 }
 
 /// A `fmt::Write` that escapes what could break a line on its way to `W`.
-struct Escape<W>(W);
+pub(super) struct Escape<W>(pub(super) W);
 
 impl<W: fmt::Write> fmt::Write for Escape<W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {

@@ -58,8 +58,20 @@ impl TraceParent {
 
     /// The header value.
     pub fn to_header(self) -> HeaderValue {
-        let text = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.parent_id, self.flags);
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        // `00-{trace_id:032x}-{parent_id:016x}-{flags:02x}`, written without `format!`: one
+        // header per call to fal (issue 23).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut put = |end: usize, digits: usize, mut n: u128| {
+            for at in (end - digits..end).rev() {
+                text[at] = HEX[(n & 15) as usize];
+                n >>= 4;
+            }
+        };
+        put(35, 32, self.trace_id);
+        put(52, 16, u128::from(self.parent_id));
+        put(55, 2, u128::from(self.flags));
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 

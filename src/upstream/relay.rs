@@ -25,11 +25,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http_body_util::BodyDataStream;
 
-use crate::error::GateError;
+use crate::budget::Charge;
 use crate::fal::{Answer, Call, FalRequestId, Job};
 use crate::telemetry::metrics;
-use crate::upstream::budget::Charge;
-use crate::upstream::{after_sent, FalResponse, Upstream};
+use crate::upstream::{after_sent, FalResponse, Upstream, UpstreamError};
 
 /// fal response headers a client may see; `set-cookie`, CORS and hop-by-hop headers stay behind.
 /// (`HeaderName`s, not strings: a string key is parsed into a name on every lookup.)
@@ -61,6 +60,17 @@ pub struct Buffered {
 struct Fields {
     request_id: Option<String>,
     status: Option<String>,
+    /// A completed status's failure (fal's `error_type`, and `error` without a type).
+    /// Read leniently: a field of unexpected type must not make the answer unreadable.
+    #[serde(default, deserialize_with = "lenient_string")]
+    error_type: Option<String>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// A string, or `None` for any other JSON value.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(value.as_str().map(str::to_owned))
 }
 
 impl Buffered {
@@ -72,6 +82,16 @@ impl Buffered {
     /// Whether a status answer says the job is `COMPLETED`.
     pub fn completed(&self) -> bool {
         self.fields.status.as_deref() == Some("COMPLETED")
+    }
+
+    /// A completed status answer's failure: fal's `error_type`, `"error"` when it only says
+    /// `error`, `None` when it names no failure.
+    pub fn failure(&self) -> Option<&str> {
+        match (self.fields.error_type.as_deref(), &self.fields.error) {
+            (Some(kind), _) => Some(kind),
+            (None, Some(_)) => Some("error"),
+            (None, None) => None,
+        }
     }
 
     /// Whether a cancel answer says the job had already ended (fal's `ALREADY_COMPLETED`).
@@ -113,7 +133,7 @@ pub fn is_streamed(call: &Call, status: StatusCode) -> bool {
 
 /// Reads an answer whole (bounded by size and idle time) and checks a 2xx is JSON where it must
 /// be: always for control answers, and for model output that says it is JSON.
-pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> Result<Buffered, GateError> {
+pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> Result<Buffered, UpstreamError> {
     let status = response.status();
     refuse_credential_failure(status)?;
     let headers = relayed_headers(response.headers());
@@ -126,12 +146,12 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
         upstream.idle_timeout(),
     ));
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|err| after_sent(call, GateError::UpstreamBadResponse(err.to_string())))?;
+        let chunk = chunk.map_err(|err| after_sent(call, UpstreamError::BadResponse(err.to_string())))?;
         let size = body.len() + chunk.len();
         if size > limit {
             return Err(after_sent(
                 call,
-                GateError::UpstreamBadResponse(format!("answer larger than {limit} bytes")),
+                UpstreamError::BadResponse(format!("answer larger than {limit} bytes")),
             ));
         }
         if !upstream.budget().try_grow(&mut charge, size) {
@@ -152,7 +172,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
                 .budget()
                 .grow(&mut charge, size, upstream.idle_timeout())
                 .await
-                .map_err(|()| after_sent(call, GateError::UpstreamTimeout))?;
+                .map_err(|()| after_sent(call, UpstreamError::Timeout))?;
         }
         body.extend_from_slice(&chunk);
     }
@@ -161,7 +181,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     let not_json = || {
         after_sent(
             call,
-            GateError::UpstreamBadResponse(format!("{} answer with status {status} is not JSON", call.op_name())),
+            UpstreamError::BadResponse(format!("{} answer with status {status} is not JSON", call.op_name())),
         )
     };
     let fields = match (status.is_success(), facts.answer) {
@@ -194,7 +214,7 @@ pub async fn buffer(upstream: &Upstream, call: &Call, response: FalResponse) -> 
     if status.is_success() && facts.job == Job::Starts && buffered.submitted_id().is_none() {
         return Err(after_sent(
             call,
-            GateError::UpstreamBadResponse("submit answer has no valid request_id".into()),
+            UpstreamError::BadResponse("submit answer has no valid request_id".into()),
         ));
     }
     Ok(buffered)
@@ -240,9 +260,9 @@ pub fn stream<G: Send + 'static>(upstream: &Upstream, call: &Call, response: Fal
 }
 
 /// fal's 401/403 mean the server-held key is bad, not the caller's session: never relay them.
-pub fn refuse_credential_failure(status: StatusCode) -> Result<(), GateError> {
+pub fn refuse_credential_failure(status: StatusCode) -> Result<(), UpstreamError> {
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(GateError::UpstreamCredentials(status.as_u16())),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(UpstreamError::Credentials(status.as_u16())),
         _ => Ok(()),
     }
 }

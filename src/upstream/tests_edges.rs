@@ -1,7 +1,12 @@
 //! Edges of the forwarded-header allowlist that the main tests do not pin, each found by mutation
 //! testing (`scripts/mutants upstream`, see TESTING.md).
 
+use axum::http::HeaderName;
+
+use super::forwarded::MAX_HEADER_VALUE;
 use super::*;
+use crate::error::GateError;
+use crate::policy::FalHeaderRules;
 
 fn forwarded(pairs: &[(&'static str, &str)]) -> Result<HeaderMap, GateError> {
     let mut inbound = HeaderMap::new();
@@ -9,7 +14,7 @@ fn forwarded(pairs: &[(&'static str, &str)]) -> Result<HeaderMap, GateError> {
         inbound.append(HeaderName::from_static(name), HeaderValue::from_str(value).unwrap());
     }
     let submit = crate::fal::parse_target("https://queue.fal.run/fal-ai/flux/dev").unwrap();
-    forwarded_headers(&inbound, &submit, &FalHeaderRules::default())
+    forwarded_headers(&inbound, &submit, &FalHeaderRules::default()).map_err(GateError::from)
 }
 
 #[test]

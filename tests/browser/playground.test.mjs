@@ -1,6 +1,7 @@
-// The playground of `falgate dev`, in headless Chromium: a run completes, a bad input shows its
-// field errors beside the fields, a second user cannot open the first user's request, cancel
-// reaches fal, streaming mode streams, and a failing case keeps a screenshot.
+// The playground of `falgate dev`, in headless Chromium: a run completes from the caller's event
+// stream, a bad input shows its field errors beside the fields, a second user cannot open the
+// first user's request, "Open a request" lists the user's own requests, cancel reaches fal,
+// streaming mode streams, and a failing case keeps a screenshot.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -64,6 +65,51 @@ describe("playground", () => {
       assert.ok(log.requests.some((u) => u.endsWith("/api/fal/proxy")));
       assert.deepEqual(violations, []);
       assert.deepEqual(log.errors, []);
+    });
+  });
+
+  test("a run completes from the event stream, not by polling", T, async () => {
+    await withPage(browser, "events-complete", async (page, log) => {
+      await page.goto(playground(dev, { autorun: "1", input_concept: "told by an event" }));
+      const result = await waitForText(page, "result", /\S/);
+      assert.match(JSON.parse(result).prompt, /told by an event/);
+      assert.equal(await page.textContent("#status"), "COMPLETED");
+      assert.equal(await page.$eval("#status", (e) => e.dataset.source), "events");
+      assert.ok(log.requests.some((u) => u.endsWith("/api/fal/events")), "the page opened no event stream");
+      // Far fewer status calls than polling every 250 ms: the backstop's and the final logs'.
+      const id = await page.textContent("#request-id");
+      const polls = (await emulatorRequests(dev)).filter((r) => r.path.endsWith(`/requests/${id}/status`));
+      assert.ok(polls.length <= 3, `${polls.length} status polls`);
+    });
+  });
+
+  test("open a request lists the user's own requests, and one opens with a click", T, async () => {
+    const requestId = await withPage(browser, "list-first-user", async (page) => {
+      await page.goto(playground(dev, { autorun: "1", input_concept: "listed for its owner" }));
+      await waitForText(page, "result", /\S/);
+      return page.textContent("#request-id");
+    });
+    await withPage(browser, "list-second-user", async (page) => {
+      await page.goto(playground(dev, {}, dev.token2));
+      await waitForText(page, "status", /^ready$/);
+      // A list was shown, then a refresh shows the next (an empty list has no element to wait for).
+      await page.waitForSelector("#requests[data-shown]", { state: "attached", timeout: WAIT_MS });
+      const shown = Number(await page.$eval("#requests", (e) => e.dataset.shown));
+      await page.click("#requests-refresh");
+      await page.waitForFunction((n) => Number(document.getElementById("requests").dataset.shown) > n, shown, {
+        timeout: WAIT_MS,
+      });
+      const ids = await page.$$eval("#requests li", (items) => items.map((i) => i.dataset.requestId));
+      assert.ok(!ids.includes(requestId), "the second user saw the first user's request");
+    });
+    await withPage(browser, "list-first-user-again", async (page) => {
+      await page.goto(playground(dev, {}));
+      const item = `#requests li[data-request-id="${requestId}"]`;
+      await page.waitForSelector(item, { timeout: WAIT_MS });
+      assert.equal(await page.$eval(item, (e) => e.dataset.status), "COMPLETED");
+      await page.click(`${item} button`);
+      const result = await waitForText(page, "result", /\S/);
+      assert.match(JSON.parse(result).prompt, /listed for its owner/);
     });
   });
 

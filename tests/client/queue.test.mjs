@@ -142,6 +142,17 @@ describe("queue through the proxy route", () => {
     assert.deepEqual(result.data, { echo: input, endpoint: ECHO });
   });
 
+  test("x-fal-disable-fallbacks set on a submit reaches fal in its canonical form", T, async () => {
+    const mark = await stack.mark();
+    const { request_id: id } = await fal.queue.submit(VPG, { input: INPUT, headers: { "X-Fal-Disable-Fallbacks": "yes" } });
+    assert.match(id, /^[0-9a-f-]{36}$/);
+    const submit = viaGate(await stack.upstreamSince(mark)).find((r) => r.method === "POST" && r.path === `/${VPG}`);
+    assert.ok(submit, "the submit reached fal");
+    assert.deepEqual(headerValues(submit, "x-fal-disable-fallbacks"), ["true"]);
+    const refused = await rejectionOf(fal.queue.submit(VPG, { input: INPUT, headers: { "x-fal-disable-fallbacks": "perhaps" } }));
+    assert.ok(refused instanceof ApiError && refused.status === 400, `an invalid value: ${refused}`);
+  });
+
   test("every request fal saw carried exactly the server key and nothing of the caller", T, async () => {
     const records = await assertUpstreamHygiene(stack);
     // Proxy-mode requests must still look like client requests to fal.

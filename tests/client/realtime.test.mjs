@@ -101,6 +101,26 @@ describe("fal.realtime with a temporary token minted through falgate", () => {
     assert.ok(!socket.headers.some(([name]) => name === "authorization"), "no credential header to fal's socket");
   });
 
+  test("a token minted through fal's current POST /tokens/realtime works the same", T, async () => {
+    const fal = stack.client();
+    const mark = await stack.mark();
+    const realtimeToken = async (app) => {
+      const res = await fal.gateFetch(stack.proxyUrl, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-fal-target-url": "https://rest.fal.ai/tokens/realtime" },
+        body: JSON.stringify({ allowed_apps: [app.split("/")[1]], duration: 120 }),
+      });
+      if (res.status !== 201) throw new Error(`falgate refused the token: ${res.status} ${await res.text()}`);
+      return (await res.json()).token;
+    };
+    const output = await roundTrip(fal, { prompt: "current route" }, { tokenProvider: realtimeToken, tokenExpirationSeconds: 120 });
+    assert.deepEqual(output, { prompt: "current route" });
+    const seen = await stack.upstreamSince(mark);
+    assert.deepEqual(seen.map((r) => `${r.method} ${r.path}`), ["POST /rest.fal.ai/tokens/realtime", `GET ${REALTIME_PATH}`]);
+    assert.deepEqual(JSON.parse(seen[0].body), { allowed_apps: ["realtime-echo"], duration: 120 });
+    assert.match(tokenOf(seen[1]) ?? "", /^emu-token-/, "the socket carried the token fal issued");
+  });
+
   test("a token fal did not issue is refused by fal: 401 on the upgrade, onError and no result", T, async () => {
     const forged = "emu-token-00000000-0000-4000-8000-000000000000";
     const status = await new Promise((res, rej) => {

@@ -2,7 +2,7 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 
 import {
   HOOK, T, VPG, assertLogsHoldNoSecrets, assertUpstreamHygiene, startStack, viaGate,
@@ -66,6 +66,36 @@ describe("storage uploads", () => {
     const back = await fetch(body.image_url);
     assert.equal(back.status, 200);
     assert.equal(Buffer.from(await back.arrayBuffer()).length, 128);
+  });
+
+  test("a file over the client's multipart threshold is uploaded in parts: only the initiate goes through the gate", T, async () => {
+    // 91 MiB: over @fal-ai/client's 90 MiB threshold, ten 10 MiB parts.
+    const bytes = randomBytes(91 * 1024 * 1024);
+    const before = fal.responses.length;
+    const mark = await stack.mark();
+    const url = await fal.storage.upload(new Blob([bytes], { type: "application/octet-stream" }));
+    const calls = fal.responses.slice(before);
+    assert.equal(calls[0].toGate, true, "the initiate goes through the gate");
+    assert.equal(calls[0].target, "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3");
+    assert.equal(calls[0].status, 200);
+    const direct = calls.slice(1);
+    assert.equal(direct.length, 11, `ten parts and the completion: ${direct.map((c) => `${c.method} ${c.url}`)}`);
+    for (const call of direct) {
+      assert.equal(call.toGate, false, `${call.method} ${call.url} went through the gate`);
+      assert.equal(call.status, 200, `${call.method} ${call.url} answered ${call.status}`);
+      assert.equal(call.requestHeaders.get("authorization"), null, "a part carries an Authorization");
+    }
+    assert.match(direct[10].url, /\/complete(\?|$)/);
+    const seen = await stack.upstreamSince(mark);
+    assert.deepEqual(
+      seen.map((r) => `${r.method} ${r.path}`),
+      ["POST /rest.fal.ai/storage/upload/initiate-multipart"],
+      "only the initiate went through the gate",
+    );
+    const back = Buffer.from(await (await fetch(url)).arrayBuffer());
+    assert.equal(back.length, bytes.length);
+    const digest = (b) => createHash("sha256").update(b).digest("hex");
+    assert.equal(digest(back), digest(bytes), "the joined file is the file uploaded");
   });
 
   test("every request fal saw carried exactly the server key and nothing of the caller", T, async () => {

@@ -23,6 +23,36 @@ fn check_config_accepts_the_shipped_default_with_a_secret() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
+    // The shared state's mode is named (issue 25).
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("shared state: in process"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_the_redis_mode_and_refuses_two() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = falgate();
+        command
+            .args(["check-config", "--config", "config/falgate.toml"])
+            .env("FALGATE_AUTH__HS256_SECRET", SECRET)
+            .env("FAL_KEY", FAL_KEY);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        command.output_within().unwrap()
+    };
+    let cluster = run(&[("FALGATE_REDIS__CLUSTER", r#"["rediss://u:secret-pw@c1:6379"]"#)]);
+    let stdout = String::from_utf8_lossy(&cluster.stdout);
+    assert!(cluster.status.success(), "{}", String::from_utf8_lossy(&cluster.stderr));
+    assert!(stdout.contains("shared state: cluster"), "{stdout}");
+    assert!(!stdout.contains("secret-pw"), "{stdout}");
+    let both = run(&[
+        ("FALGATE_REDIS__URL", "redis://a:6379"),
+        ("FALGATE_REDIS__SENTINELS", r#"["redis://s:26379"]"#),
+        ("FALGATE_REDIS__SENTINEL_MASTER", "m"),
+    ]);
+    assert_eq!(both.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("only one of"));
 }
 
 #[test]

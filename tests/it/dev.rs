@@ -658,3 +658,18 @@ async fn with_a_config_file_the_printed_token_command_names_it_from_any_folder()
     assert!(token.ends_with(&format!(" --config {}", absolute.display())), "{token}");
     run_printed_commands(&dev, &[]).await;
 }
+
+#[tokio::test]
+async fn dev_receives_the_emulators_webhooks() {
+    let dev = Dev::start(&["--listen", "127.0.0.1:0"], &[]).await;
+    // The receiver is on (an unsigned delivery is refused as such, not as an unknown route).
+    let unsigned = crate::support::client()
+        .post(format!("{}/api/fal/webhook", dev.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(unsigned.headers()["x-falgate-error"], "malformed_request");
+    assert_eq!(dev.stop().await, Some(0));
+}

@@ -246,6 +246,7 @@ const TIERS: &str = r#"
 [tiers.free.fal_headers]
 runner_hint = "drop"
 no_retry = "drop"
+disable_fallbacks = "drop"
 max_request_timeout_seconds = 60
 max_object_expiration_seconds = 3600
 store_io = "off"
@@ -318,6 +319,7 @@ async fn invalid_fal_header_values_are_400_on_both_routes() {
         ("x-fal-runner-hint", "two words"),
         ("x-fal-request-timeout", "1e9"),
         ("x-fal-no-retry", "maybe"),
+        ("x-fal-disable-fallbacks", "maybe"),
         ("x-fal-store-io", "no"),
     ] {
         for response in submit_both_as(&gate, "pro", &[(name, value)]).await {
@@ -333,6 +335,7 @@ async fn fal_headers_reach_fal_canonical_and_as_the_tier_allows_caps_or_forces_t
     let sent = [
         ("x-fal-runner-hint", "session-7"),
         ("x-fal-no-retry", "yes"),
+        ("x-fal-disable-fallbacks", "yes"),
         ("x-fal-request-timeout", "600.0"),
         (
             "x-fal-object-lifecycle-preference",
@@ -348,6 +351,7 @@ async fn fal_headers_reach_fal_canonical_and_as_the_tier_allows_caps_or_forces_t
     let canonical = pairs(&[
         ("x-fal-runner-hint", "session-7"),
         ("x-fal-no-retry", "1"),
+        ("x-fal-disable-fallbacks", "true"),
         ("x-fal-request-timeout", "600"),
         (
             "x-fal-object-lifecycle-preference",
@@ -357,7 +361,7 @@ async fn fal_headers_reach_fal_canonical_and_as_the_tier_allows_caps_or_forces_t
         ("x-fal-queue-priority", "low"),
     ]);
     assert_eq!(fal_headers_seen(&gate), [canonical.clone(), canonical]);
-    // free: the hint and no-retry dropped, the timeout and expiration capped, store-io forced off.
+    // free: the hint, no-retry and disable-fallbacks dropped, the timeout and expiration capped, store-io forced off.
     for response in submit_both_as(&gate, "free", &sent).await {
         assert_eq!(response.status(), 200);
     }
@@ -384,7 +388,7 @@ async fn fal_headers_reach_fal_canonical_and_as_the_tier_allows_caps_or_forces_t
     ]);
     assert_eq!(fal_headers_seen(&gate), [forced.clone(), forced]);
     // locked: the operator's lifecycle replaces the caller's, and is set when none was sent.
-    for headers in [&sent[3..4], &[]] {
+    for headers in [&sent[4..5], &[]] {
         for response in submit_both_as(&gate, "locked", headers).await {
             assert_eq!(response.status(), 200);
         }

@@ -220,7 +220,7 @@ async fn two_replicas_on_one_redis_share_ownership_limits_and_idempotency() {
 }
 
 #[tokio::test]
-async fn with_redis_cut_deny_answers_503_allow_keeps_serving_and_both_recover() {
+async fn with_redis_cut_deny_answers_503_allow_serves_rates_unmetered_but_not_quotas_and_both_recover() {
     let proxy = chaos::ChaosProxy::start("127.0.0.1:6379".parse().unwrap())
         .await
         .unwrap();
@@ -242,6 +242,13 @@ async fn with_redis_cut_deny_answers_503_allow_keeps_serving_and_both_recover() 
     .spawn()
     .await;
     assert_eq!(submit(&deny, "u", json!({"input_concept": "x"})).await.status(), 200);
+    let before: serde_json::Value = submit(&allow, "u", json!({"input_concept": "x"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = before["request_id"].as_str().unwrap().to_owned();
+    let fal_saw = allow.fal_saw().len();
     proxy.cut();
     let refused = submit(&deny, "u", json!({"input_concept": "x"})).await;
     deny.assert_refused(refused, 503, "dependency_unavailable").await;
@@ -254,11 +261,19 @@ async fn with_redis_cut_deny_answers_503_allow_keeps_serving_and_both_recover() 
             .status(),
         503
     );
-    assert_eq!(
-        submit(&allow, "u", json!({"input_concept": "x"})).await.status(),
-        200,
-        "allow falls back to local limits"
-    );
+    // Issue 25: money-like limits (this tier's day credits and jobs cap) fail closed even under
+    // `allow`, never counted in one replica's memory; a rate-only call (a status poll) passes.
+    let refused = submit(&allow, "u", json!({"input_concept": "x"})).await;
+    allow.assert_refused(refused, 503, "dependency_unavailable").await;
+    assert_eq!(allow.fal_saw().len(), fal_saw, "a refused submit reached fal");
+    let status = allow
+        .client
+        .get(format!("{}/api/fal/queue/{VPG}/requests/{id}/status", allow.url))
+        .bearer_auth(allow.token("u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200, "allow lets a rate-only call through");
     proxy.restore();
     let mut recovered = false;
     for _ in 0..50 {

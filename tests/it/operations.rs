@@ -792,3 +792,33 @@ async fn a_caller_who_cannot_afford_an_operation_is_refused_before_its_body_is_r
     }
     gate.assert_nothing_reached_fal_and_still_serving().await;
 }
+
+/// Uploads over `@fal-ai/client`'s multipart threshold initiate with `initiate-multipart`: the
+/// same operation and upload policy as `initiate` (issue 24 item 7).
+#[tokio::test]
+async fn a_multipart_upload_initiates_through_the_proxy_under_the_upload_policy() {
+    let target = "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3";
+    let body = json!({"content_type": "video/mp4", "file_name": "big.mp4"});
+    let allowed = TestGate::spawn().await;
+    let response = allowed.proxy_post_as_alice(target, &body).await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        answer["upload_url"].as_str().unwrap().contains("/_storage/multipart/"),
+        "{answer}"
+    );
+    let seen = allowed.fal_saw();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/rest.fal.ai/storage/upload/initiate-multipart");
+    let denied = TestGate::builder()
+        .env("FALGATE_STORAGE__UPLOADS", "deny")
+        .spawn()
+        .await;
+    let refused = denied.proxy_post_as_alice(target, &body).await;
+    denied.assert_refused(refused, 403, "uploads_not_allowed").await;
+    // Only fal-cdn-v3, as for initiate.
+    let other = "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=gcs";
+    let refused = denied.proxy_post_as_alice(other, &body).await;
+    assert_eq!(refused.status(), 400);
+    denied.assert_nothing_reached_fal_and_still_serving().await;
+}

@@ -48,6 +48,9 @@ pub(crate) struct TestGate {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A change to the parsed config ([`Builder::edit`]).
+type ConfigEdit = Box<dyn FnOnce(&mut Config) + Send>;
+
 #[derive(Default)]
 pub(crate) struct Builder {
     queue_url: Option<String>,
@@ -59,6 +62,10 @@ pub(crate) struct Builder {
     job_ms: Option<(u64, u64)>,
     /// The clock of the gate's expiring stores, when a test moves time itself.
     clock: Option<falgate::clock::Clock>,
+    /// `public_url` is the gate's own address (fal's webhooks reach it there).
+    own_public_url: bool,
+    /// Changes to the parsed config (settings no file key reaches).
+    edit: Option<ConfigEdit>,
 }
 
 impl Builder {
@@ -93,6 +100,18 @@ impl Builder {
         self
     }
 
+    /// Sets `public_url` to the gate's own address (as `[webhooks] receive` needs).
+    pub(crate) fn own_public_url(mut self) -> Self {
+        self.own_public_url = true;
+        self
+    }
+
+    /// Changes the parsed config before the gate is built.
+    pub(crate) fn edit(mut self, edit: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.edit = Some(Box::new(edit));
+        self
+    }
+
     /// Adds an environment override.
     pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
@@ -120,6 +139,18 @@ impl Builder {
                 (emulator, url)
             }
         };
+        // Bound before the config is read when the config names the gate's own address.
+        let early = match self.own_public_url {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let mut env = self.env;
+        if let Some(listener) = &early {
+            env.push((
+                "FALGATE_PUBLIC_URL".into(),
+                format!("http://{}", listener.local_addr().unwrap()),
+            ));
+        }
         let vars: HashMap<String, String> = [
             ("FALGATE_AUTH__HS256_SECRET", SECRET.to_owned()),
             (
@@ -131,10 +162,16 @@ impl Builder {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
-        .chain(self.env)
+        .chain(env)
         .collect();
-        let config = Config::from_toml(&format!("{BASE_CONFIG}{}", self.extra_config), &vars).unwrap();
-        let public = TcpListener::bind(config.listen).await.unwrap();
+        let mut config = Config::from_toml(&format!("{BASE_CONFIG}{}", self.extra_config), &vars).unwrap();
+        if let Some(edit) = self.edit {
+            edit(&mut config);
+        }
+        let public = match early {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.listen).await.unwrap(),
+        };
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());

@@ -215,3 +215,59 @@ async fn on_redis_the_tokens_of_two_replicas_share_one_quota() {
     assert_eq!(a.fal_saw().len(), 2, "the refused token reached fal");
     assert_eq!(remaining(&a, "alice", "token").await, 3);
 }
+
+/// fal's current realtime token route, `POST rest.fal.ai/tokens/realtime` (issue 24 item 7): the
+/// same operation, policy and price as `/tokens/`, its lifetime named `duration`.
+#[tokio::test]
+async fn a_realtime_token_is_minted_through_tokens_realtime_under_the_same_rules() {
+    let gate = TestGate::builder().config(TOKENS).spawn().await;
+    let mint_realtime = |token: String, body: &'static str| {
+        gate.client
+            .post(format!("{}/api/fal/proxy", gate.url))
+            .bearer_auth(token)
+            .header("x-fal-target-url", "https://rest.fal.ai/tokens/realtime")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let response = mint_realtime(
+        gate.token("alice"),
+        r#"{"allowed_apps":["realtime-app"],"duration":120}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let answer: Value = response.json().await.unwrap();
+    let issued = gate
+        .emulator
+        .issued_token(answer["token"].as_str().expect("{token}"))
+        .expect("fal issued it");
+    assert_eq!(issued.allowed_apps, ["realtime-app"]);
+    assert_eq!(issued.expiration.as_secs(), 60, "the duration is capped");
+    let saw = gate.fal_saw();
+    assert_eq!(
+        (saw[0].path.as_str(), saw[0].body.as_str()),
+        (
+            "/rest.fal.ai/tokens/realtime",
+            r#"{"allowed_apps":["realtime-app"],"duration":60}"#
+        )
+    );
+    assert_eq!(
+        remaining(&gate, "alice", "daily-credits").await,
+        3,
+        "a token costs 2 credits"
+    );
+    // The same policy: an app the caller may not mint for reaches nothing.
+    let refused = mint_realtime(gate.token("bob"), r#"{"allowed_apps":["echo"],"duration":60}"#)
+        .await
+        .unwrap();
+    gate.assert_refused(refused, 403, "endpoint_not_allowed").await;
+    let both = mint_realtime(
+        gate.token("bob"),
+        r#"{"allowed_apps":["realtime-app"],"duration":60,"token_expiration":60}"#,
+    )
+    .await
+    .unwrap();
+    gate.assert_refused(both, 422, "validation_failed").await;
+    assert_eq!(gate.fal_saw().len(), 1, "a refused token reached fal");
+}

@@ -16,7 +16,7 @@ fn a_request_timeout_is_accepted_from_just_over_one_second_up_to_exactly_a_day()
 fn an_expiration_of_exactly_a_hundred_years_is_accepted_and_one_second_more_refused() {
     let years = 100 * 365 * 86_400_u64;
     assert_eq!(years, 3_153_600_000);
-    let at = |secs: u64| Lifecycle::parse(&format!(r#"{{"expiration_duration_seconds":{secs}}}"#));
+    let at = |secs: u64| ObjectLifecycle::parse(&format!(r#"{{"expiration_duration_seconds":{secs}}}"#));
     assert_eq!(at(years).unwrap().expiration_duration_seconds, Some(years));
     assert!(at(years + 1).is_err());
 }
@@ -33,7 +33,7 @@ fn an_acl_holds_at_most_32_rules_of_users_up_to_256_printable_characters() {
                 )
             })
             .collect();
-        Lifecycle::parse(&format!(r#"{{"initial_acl":{{"rules":[{}]}}}}"#, rules.join(",")))
+        ObjectLifecycle::parse(&format!(r#"{{"initial_acl":{{"rules":[{}]}}}}"#, rules.join(",")))
     };
     let thirty_two: Vec<String> = (0..32).map(|n| format!("u{n}")).collect();
     assert_eq!(acl(&thirty_two).unwrap().initial_acl.unwrap().rules.len(), 32);
@@ -49,7 +49,7 @@ fn an_acl_holds_at_most_32_rules_of_users_up_to_256_printable_characters() {
 
 #[test]
 fn a_lifecycle_written_in_the_config_is_checked_by_the_same_bounds() {
-    let mut lifecycle = Lifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
+    let mut lifecycle = ObjectLifecycle::parse(r#"{"expiration_duration_seconds":60}"#).unwrap();
     assert_eq!(lifecycle.check(), Ok(()));
     lifecycle.expiration_duration_seconds = Some(u64::MAX);
     assert_eq!(lifecycle.check(), Err(HeaderValueError));
@@ -57,9 +57,9 @@ fn a_lifecycle_written_in_the_config_is_checked_by_the_same_bounds() {
 
 #[test]
 fn a_lifecycle_is_read_only_from_a_json_object() {
-    assert!(Lifecycle::parse("  {}").is_ok());
+    assert!(ObjectLifecycle::parse("  {}").is_ok());
     for bad in ["[3600]", "null", "3600", "\"{}\""] {
-        assert!(Lifecycle::parse(bad).is_err(), "{bad}");
+        assert!(ObjectLifecycle::parse(bad).is_err(), "{bad}");
     }
 }
 

@@ -289,16 +289,25 @@ fn routes_are_named_by_family_and_anything_else_is_other() {
 
 #[test]
 fn milliseconds_are_kept_to_the_microsecond() {
-    assert_eq!(millis(Duration::from_micros(317)), 0.317);
-    assert_eq!(millis(Duration::from_micros(2_500_001)), 2500.001);
-    assert_eq!(millis(Duration::ZERO), 0.0);
+    assert_eq!(
+        crate::telemetry::access_line::millis_f64(Duration::from_micros(317)),
+        0.317
+    );
+    assert_eq!(
+        crate::telemetry::access_line::millis_f64(Duration::from_micros(2_500_001)),
+        2500.001
+    );
+    assert_eq!(crate::telemetry::access_line::millis_f64(Duration::ZERO), 0.0);
     // Past u32::MAX microseconds (71 minutes) the figure stops growing instead of wrapping.
-    assert_eq!(millis(Duration::from_secs(100_000)), f64::from(u32::MAX) / 1000.0);
+    assert_eq!(
+        crate::telemetry::access_line::millis_f64(Duration::from_secs(100_000)),
+        f64::from(u32::MAX) / 1000.0
+    );
 }
 
 #[test]
 fn outcomes_have_their_documented_names() {
-    assert_eq!(Outcome::Complete.as_str(), "complete");
-    assert_eq!(Outcome::Error.as_str(), "error");
-    assert_eq!(Outcome::ClientGone.as_str(), "client_gone");
+    assert_eq!(Ending::Complete.as_str(), "complete");
+    assert_eq!(Ending::Error.as_str(), "error");
+    assert_eq!(Ending::ClientGone.as_str(), "client_gone");
 }

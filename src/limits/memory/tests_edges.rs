@@ -39,10 +39,10 @@ fn paid<'a>(tag: &'a str, requests: u64) -> Plan<'a> {
     }
 }
 
-fn granted(outcome: Outcome) -> Granted {
+fn granted(outcome: Verdict) -> Granted {
     match outcome {
-        Outcome::Admitted(granted) => granted,
-        Outcome::Refused(refusal) => panic!("refused: {refusal:?}"),
+        Verdict::Admitted(granted) => granted,
+        Verdict::Refused(refusal) => panic!("refused: {refusal:?}"),
     }
 }
 
@@ -66,7 +66,7 @@ fn the_day_quota_admits_exactly_its_number_of_requests() {
     }
     assert!(matches!(
         store.admit(&paid("alice", 3), 1_000),
-        Outcome::Refused(Refusal::Requests { .. })
+        Verdict::Refused(Exceeded::Requests { .. })
     ));
 }
 
@@ -92,7 +92,7 @@ fn a_slot_expires_at_exactly_the_inflight_ttl_for_admission_and_usage() {
     let last_held = start + TTL_US - 1;
     assert!(matches!(
         store.precheck(&submit("alice", "r2", 1), last_held),
-        Outcome::Refused(Refusal::Inflight { count: 1 })
+        Verdict::Refused(Exceeded::Inflight { count: 1 })
     ));
     assert_eq!(
         granted(store.admit(&submit("alice", "r2", 1), start + TTL_US)).inflight,

@@ -1,4 +1,4 @@
-//! Edges of the Redis glue that the replica tests (`limits/redis_tests.rs`) do not pin, found by
+//! Edges of the Redis glue that the replica tests (`limits/tests_redis.rs`) do not pin, found by
 //! mutation testing (`scripts/mutants limits-redis`, see TESTING.md): the "none" placeholders
 //! the scripts read, and the parsing of their replies. The admissions run against the Redis on
 //! 127.0.0.1:6379, each test under its own key prefix.
@@ -8,11 +8,7 @@ use crate::limits::plan::{InflightPlan, QuotaPlan};
 use crate::redis::RedisConfig;
 
 fn limits() -> RedisLimits {
-    let config = RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        timeout_ms: 500,
-        key_prefix: format!("test-edges-{}", uuid::Uuid::new_v4()),
-    };
+    let config = RedisConfig::for_tests(500, format!("test-edges-{}", uuid::Uuid::new_v4()));
     RedisLimits::new(RedisStore::connect(&config).unwrap())
 }
 
@@ -43,10 +39,10 @@ fn quota(requests: Option<u64>, credits: Option<u64>) -> Option<QuotaPlan> {
     })
 }
 
-fn admitted(outcome: Result<Outcome, StoreError>) -> Granted {
+fn admitted(outcome: Result<Verdict, StoreError>) -> Granted {
     match outcome.expect("Redis answers") {
-        Outcome::Admitted(granted) => granted,
-        Outcome::Refused(refusal) => panic!("refused: {refusal:?}"),
+        Verdict::Admitted(granted) => granted,
+        Verdict::Refused(refusal) => panic!("refused: {refusal:?}"),
     }
 }
 
@@ -60,7 +56,7 @@ async fn a_quota_left_without_requests_or_credits_is_not_capped_by_them() {
     }
     let refused = redis.admit(&plan(quota(None, Some(3)), None), Mode::Consume).await;
     assert!(
-        matches!(refused, Ok(Outcome::Refused(Refusal::Credits { .. }))),
+        matches!(refused, Ok(Verdict::Refused(Exceeded::Credits { .. }))),
         "{refused:?}"
     );
 
@@ -70,7 +66,7 @@ async fn a_quota_left_without_requests_or_credits_is_not_capped_by_them() {
     }
     let refused = redis.admit(&plan(quota(Some(3), None), None), Mode::Consume).await;
     assert!(
-        matches!(refused, Ok(Outcome::Refused(Refusal::Requests { .. }))),
+        matches!(refused, Ok(Verdict::Refused(Exceeded::Requests { .. }))),
         "{refused:?}"
     );
 }
@@ -105,7 +101,7 @@ async fn a_release_without_a_refund_keeps_the_spend() {
 #[test]
 fn an_admission_reply_is_read_field_by_field() {
     let reply = [0, 11, 12, 13, 14, 20_000, 2, 7, 99, 3];
-    let Outcome::Admitted(granted) = parse_admit(&reply).unwrap() else {
+    let Verdict::Admitted(granted) = parse_admit(&reply).unwrap() else {
         panic!("admitted")
     };
     assert_eq!(
@@ -130,7 +126,7 @@ fn an_admission_reply_is_read_field_by_field() {
     assert_eq!(granted.inflight, Some(3));
 
     // -1: the limit does not apply to this call.
-    let Outcome::Admitted(none) = parse_admit(&[0, -1, -1, -1, -1, -1, -1, -1, -1, -1]).unwrap() else {
+    let Verdict::Admitted(none) = parse_admit(&[0, -1, -1, -1, -1, -1, -1, -1, -1, -1]).unwrap() else {
         panic!("admitted")
     };
     assert_eq!(none, Granted::default());
@@ -139,15 +135,15 @@ fn an_admission_reply_is_read_field_by_field() {
 #[test]
 fn each_refusal_code_is_its_own_refusal() {
     for (code, refusal) in [
-        (1, Refusal::Rate { retry_us: 5 }),
-        (2, Refusal::Endpoint { retry_us: 5 }),
-        (3, Refusal::Requests { reset_us: 5 }),
-        (4, Refusal::Credits { reset_us: 5 }),
-        (5, Refusal::Inflight { count: 5 }),
+        (1, Exceeded::Rate { retry_us: 5 }),
+        (2, Exceeded::Endpoint { retry_us: 5 }),
+        (3, Exceeded::Requests { reset_us: 5 }),
+        (4, Exceeded::Credits { reset_us: 5 }),
+        (5, Exceeded::Inflight { count: 5 }),
     ] {
         assert_eq!(
             parse_admit(&[code, 5]).unwrap(),
-            Outcome::Refused(refusal),
+            Verdict::Refused(refusal),
             "code {code}"
         );
     }

@@ -5,9 +5,12 @@
 // form, and is kept in sessionStorage for this tab only.
 //
 // Test hook: ?autorun=1 submits at once; <field>=value sets a field (e.g. input_concept=...);
-// mode=streaming picks streaming status updates; endpoint=<id> picks the endpoint;
+// mode=events|polling|streaming picks how the run learns it ended (events, the default: the
+// caller's event stream GET /api/fal/events); endpoint=<id> picks the endpoint;
 // request_id=<id> opens a request.
-// The latest status text is in #status, the final output JSON in #result.
+// The latest status text is in #status (its data-source says what told it), the final output
+// JSON in #result; "Open a request" lists the caller's requests (GET /api/fal/requests) in
+// #requests.
 
 import { createFalClient, ApiError, ValidationError } from "/playground/fal-client.js";
 
@@ -15,7 +18,11 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const TOKEN_KEY = "falgate.playground.token";
 
-const state = { token: null, endpoints: [], fields: [], run: null };
+const state = { token: null, endpoints: [], fields: [], run: null, events: null };
+
+/** In events mode, how often the page asks for a status meanwhile: only a backstop (and what
+ * shows a running job's progress) until falgate learns the end by itself (fal's webhook). */
+const EVENTS_BACKSTOP_MS = 2000;
 
 function readToken() {
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -26,8 +33,9 @@ function readToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-function setStatus(text) {
+function setStatus(text, source = "page") {
   $("status").textContent = text;
+  $("status").dataset.source = source;
 }
 
 function showError(text) {
@@ -265,7 +273,7 @@ async function run() {
   $("run").disabled = true;
   setStatus("SUBMITTING");
   try {
-    const answer = await client().subscribe(endpoint.id, {
+    const answer = mode === "events" ? await runWithEvents(endpoint, run) : await client().subscribe(endpoint.id, {
       input: collectInput(),
       logs: true,
       mode,
@@ -282,7 +290,7 @@ async function run() {
       },
     });
     $("result").textContent = JSON.stringify(answer.data, null, 2);
-    setStatus("COMPLETED");
+    setStatus("COMPLETED", mode === "events" ? "events" : "page");
   } catch (error) {
     if (run.cancelled) return;
     if (error instanceof ValidationError) {
@@ -297,6 +305,133 @@ async function run() {
     $("run").disabled = false;
     $("cancel").disabled = true;
     refreshUsage();
+  }
+}
+
+/**
+ * Submits, then waits for the request's `finished` event on the caller's event stream (a status
+ * check every EVENTS_BACKSTOP_MS shows progress meanwhile, and lets falgate learn the end if
+ * nothing else told it); then reads the final logs and the result.
+ */
+async function runWithEvents(endpoint, run) {
+  const fal = client();
+  const finished = new Promise((resolve, reject) => {
+    run.onFinished = resolve;
+    run.controller.signal.addEventListener("abort", () => reject(new Error("aborted")));
+  });
+  await eventsOpen();
+  const { request_id: requestId } = await fal.queue.submit(endpoint.id, { input: collectInput() });
+  run.requestId = requestId;
+  $("request-id").textContent = requestId;
+  $("cancel").disabled = false;
+  setStatus("IN_QUEUE");
+  const backstop = setInterval(async () => {
+    try {
+      const status = await fal.queue.status(endpoint.id, { requestId, logs: true });
+      if (!run.cancelled && !run.ended && status.status !== "COMPLETED") renderUpdate(status);
+    } catch {
+      // The event stream decides; a failed check is only a missed nudge.
+    }
+  }, EVENTS_BACKSTOP_MS);
+  let event;
+  try {
+    event = await finished;
+  } finally {
+    clearInterval(backstop);
+  }
+  run.ended = true;
+  setStatus(`COMPLETED${event.outcome === "error" ? ` (error: ${event.error_type || "error"})` : ""}`, "events");
+  const final = await fal.queue.status(endpoint.id, { requestId, logs: true });
+  if (Array.isArray(final.logs)) $("logs").textContent = final.logs.map((l) => l.message).join("\n");
+  return fal.queue.result(endpoint.id, { requestId });
+}
+
+// ---- the caller's event stream -------------------------------------------------------------
+
+/** Opens GET /api/fal/events once (fetch, since EventSource cannot send the token) and keeps
+ * it open, resuming with Last-Event-ID when it ends (at its lifetime, or a network break).
+ * Resolves once the stream is subscribed. */
+function eventsOpen() {
+  if (state.events) return state.events.ready;
+  const events = { lastId: null };
+  events.ready = new Promise((resolve) => (events.subscribed = resolve));
+  state.events = events;
+  (async () => {
+    for (;;) {
+      try {
+        const headers = authorized({ accept: "text/event-stream" });
+        if (events.lastId) headers["last-event-id"] = events.lastId;
+        const answer = await fetch("/api/fal/events", { headers });
+        if (!answer.ok || !answer.body) throw new Error(`HTTP ${answer.status}`);
+        const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            if (block.startsWith(": ok")) events.subscribed();
+            else handleEvent(events, block);
+          }
+        }
+      } catch {
+        // Reconnected below.
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  return events.ready;
+}
+
+function handleEvent(events, block) {
+  const field = (name) => {
+    const line = block.split("\n").find((l) => l.startsWith(`${name}: `));
+    return line ? line.slice(name.length + 2) : null;
+  };
+  const data = field("data");
+  if (!data) return;
+  events.lastId = field("id") || events.lastId;
+  let event;
+  try {
+    event = JSON.parse(data);
+  } catch {
+    return;
+  }
+  const run = state.run;
+  if (event.type === "finished" && run && run.requestId === event.request_id && run.onFinished) run.onFinished(event);
+  refreshRequests();
+}
+
+// ---- the caller's requests -------------------------------------------------------------------
+
+/** Lists the caller's recent requests (GET /api/fal/requests); each opens on a click. */
+async function refreshRequests() {
+  try {
+    const answer = await fetch("/api/fal/requests?limit=20", { headers: authorized() });
+    if (!answer.ok) return;
+    const body = await answer.json();
+    $("requests").replaceChildren(
+      ...body.requests.map((request) => {
+        const item = document.createElement("li");
+        item.dataset.requestId = request.request_id;
+        item.dataset.status = request.status;
+        const open = document.createElement("button");
+        open.type = "button";
+        open.className = "link";
+        open.textContent = request.request_id;
+        open.addEventListener("click", () => openRequest(request.request_id, request.endpoint));
+        const outcome = request.outcome ? ` ${request.outcome}` : "";
+        item.append(open, ` ${request.endpoint} · ${request.status}${outcome} · ${request.submitted_at}`);
+        return item;
+      }),
+    );
+    // How many lists were shown (a test waits for the next one).
+    $("requests").dataset.shown = String(Number($("requests").dataset.shown || 0) + 1);
+  } catch {
+    // The list is a convenience: a failed refresh keeps the old one.
   }
 }
 
@@ -316,9 +451,10 @@ async function cancel() {
   }
 }
 
-/** Shows a request by id: its status and logs, and its result once completed. */
-async function openRequest(requestId) {
-  const endpoint = currentEndpoint();
+/** Shows a request by id (of `endpointId`, else the selected endpoint): its status and logs,
+ * and its result once completed. */
+async function openRequest(requestId, endpointId) {
+  const endpoint = endpointId ? { id: endpointId } : currentEndpoint();
   if (!endpoint) return;
   showError("");
   $("result").textContent = "";
@@ -393,11 +529,14 @@ async function start() {
     setStatus("waiting for a token");
     return;
   }
-  if (params.get("mode") === "streaming") document.querySelector('input[name="mode"][value="streaming"]').checked = true;
+  const mode = params.get("mode");
+  if (mode === "streaming" || mode === "polling") document.querySelector(`input[name="mode"][value="${mode}"]`).checked = true;
   $("run-panel").hidden = false;
   $("lookup-panel").hidden = false;
   renderForm();
   refreshUsage();
+  refreshRequests();
+  eventsOpen();
   setStatus("ready");
   if (params.get("request_id")) openRequest(params.get("request_id"));
   else if (params.get("autorun") === "1") run();
@@ -409,6 +548,7 @@ $("input-form").addEventListener("submit", (event) => {
   run();
 });
 $("cancel").addEventListener("click", cancel);
+$("requests-refresh").addEventListener("click", refreshRequests);
 $("lookup-form").addEventListener("submit", (event) => {
   event.preventDefault();
   openRequest($("lookup").value.trim());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::FalCredentials;
+use crate::error::OnTheWire;
 use crate::limits::{OpClass, Subject};
 use crate::state::Gate;
 

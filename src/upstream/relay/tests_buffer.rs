@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::{Config, FalCredentials};
+use crate::error::GateError;
 use crate::fal::{AppId, EndpointId, FalRequestId, Op};
 
 /// What the stand-in answers next: status, content type, and the body's chunks.
@@ -150,7 +151,7 @@ impl Fal {
     async fn buffer(&self, call: &Call, next: Answer) -> Result<Buffered, GateError> {
         *self.next.lock().unwrap() = next;
         let response = self.upstream.send(call, HeaderMap::new(), None).await.unwrap();
-        buffer(&self.upstream, call, response).await
+        buffer(&self.upstream, call, response).await.map_err(GateError::from)
     }
 }
 

@@ -1,12 +1,14 @@
 //! Redis backend tests against the Redis at 127.0.0.1:6379, each under its own key prefix.
 //! Two `Limiter`s sharing one Redis stand for two replicas.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::redis::SlotOp;
 use super::tests::{app, config, remaining, req};
 use super::*;
+use crate::error::OnTheWire;
 use crate::redis::chaos::ChaosProxy;
 use crate::redis::RedisConfig;
 
@@ -19,10 +21,10 @@ const PATIENT_MS: u64 = 30_000;
 const CUT_MS: u64 = 200;
 
 fn store(addr: &str, prefix: &str, timeout_ms: u64) -> RedisStore {
-    let config = RedisConfig {
-        url: format!("redis://{addr}"),
-        timeout_ms,
-        key_prefix: prefix.into(),
+    // The shared Redis (or the cluster the tests run on), or a chaos proxy in front of it.
+    let config = match addr {
+        REDIS => RedisConfig::for_tests(timeout_ms, prefix),
+        _ => RedisConfig::single(format!("redis://{addr}")).with(timeout_ms, prefix),
     };
     RedisStore::connect(&config).unwrap()
 }
@@ -97,6 +99,84 @@ async fn the_credit_quota_is_exact_under_a_concurrent_burst() {
     // One credit is still left: a call costing 1 fits, and only on the shared store.
     b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
     assert!(a.admit(&ALICE, OpClass::Submit, None, 1).await.is_err());
+}
+
+/// Issue 25: an endpoint's global rate is a second single-slot step beside the caller's own.
+/// It admits exactly its burst across two replicas, and every call it refuses is undone on the
+/// caller's side exactly: no place in the caller's rate, no request or credit of the day, no
+/// slot in flight is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_rate_is_exact_and_the_calls_it_refuses_cost_the_caller_nothing() {
+    let (a, b) = replicas(|config| {
+        let pro = config.tiers.get_mut("pro").unwrap();
+        pro.max_inflight_jobs = Some(Limit::Max(5));
+        config.endpoint_rates.get_mut("fal-ai/flux/dev").unwrap().per_minute = 1;
+    });
+    let calls = (0..10).map(|n| {
+        let replica = if n % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { replica.admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 2).await })
+    });
+    let results = within_a_refill(futures_util::future::join_all(calls)).await;
+    let admitted = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    // endpoint_rates."fal-ai/flux/dev": burst 4.
+    assert_eq!(admitted, 4);
+    // A call may also meet the slot of a concurrent call that is being undone (the one round
+    // trip of extra strictness): refused, never admitted.
+    let codes: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().unwrap().as_ref().err().map(LimitError::code))
+        .collect();
+    assert!(codes.contains(&"rate_limited"), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|code| ["rate_limited", "concurrency_limited"].contains(code)),
+        "{codes:?}"
+    );
+    let usage = b.usage(&ALICE).await.unwrap();
+    let left = |name: &str| usage.iter().find(|state| state.name == name).unwrap().remaining;
+    assert_eq!(left("daily-requests"), 2000 - 4, "refused calls kept their request");
+    assert_eq!(left("daily-credits"), 5000 - 8, "refused calls kept their credits");
+    assert_eq!(left("inflight"), 5 - 4, "refused calls kept their slot");
+    // The caller's own submit rate (burst 20) lost exactly the 4 admitted calls.
+    let fifth = a.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
+    let header = fifth
+        .headers()
+        .into_iter()
+        .find(|(name, _)| name == RATELIMIT)
+        .unwrap()
+        .1;
+    assert_eq!(remaining(&header, "submit"), 20 - 5);
+    let full = b.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap_err();
+    assert_eq!(full.code(), "concurrency_limited");
+}
+
+/// Issue 25: a restarted or newly promoted Redis has no scripts loaded; an admission still
+/// runs (`NOSCRIPT`: the script is loaded, on every primary in Cluster mode, and run again).
+#[tokio::test]
+async fn an_admission_survives_a_redis_that_lost_its_scripts() {
+    let (a, _) = replicas(|_| {});
+    a.admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 1)
+        .await
+        .unwrap();
+    let store = a.redis.as_ref().unwrap().store().clone();
+    let mut connection = store.connection();
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let again = a
+        .admit(&ALICE, OpClass::Submit, Some("fal-ai/flux/dev"), 1)
+        .await
+        .unwrap();
+    // The second admission counted on the first: the same keys, through reloaded scripts.
+    assert_eq!(
+        remaining(&again.headers()[1].1, "submit"),
+        20 - 2,
+        "{:?}",
+        again.headers()
+    );
 }
 
 #[tokio::test]
@@ -209,26 +289,37 @@ async fn d59_redis_cut_with_deny_is_a_prompt_503_and_recovers_by_itself() {
     limiter.admit(&ALICE, OpClass::Submit, None, 1).await.unwrap();
 }
 
+/// Issue 25: with `allow`, a rate-only call passes unmetered while Redis is down (never counted
+/// in this replica's memory, which would multiply the limit by the replica count), and a call
+/// with money-like state (pro submits: a day quota and a jobs cap) is refused 503 anyway.
 #[tokio::test]
-async fn d59_redis_cut_with_allow_falls_back_to_bounded_local_limits_and_recovers() {
+async fn d59_redis_cut_with_allow_lets_rates_through_unmetered_and_fails_money_closed() {
     let (proxy, limiter) = behind_proxy(OnStoreError::Allow).await;
     limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
     proxy.cut();
-    // The local limiter still limits: pro cancel burst is 20, never unlimited. Its clock is
-    // the one given (one instant for every call), so however long each call waits out the store
-    // timeout, nothing refills.
     let now = SystemTime::now();
     let mut admitted = 0;
     for _ in 0..40 {
         admitted += usize::from(limiter.admit_at(&ALICE, OpClass::Cancel, None, 0, now).await.is_ok());
     }
-    assert_eq!(admitted, 20);
+    // Pro cancel burst is 20: all 40 pass, none of them counted anywhere.
+    assert_eq!(admitted, 40);
+    for class in [OpClass::Submit, OpClass::Upload] {
+        let refused = limiter.admit(&ALICE, class, None, 1).await.unwrap_err();
+        assert_eq!(
+            (refused.status().as_u16(), refused.code()),
+            (503, "dependency_unavailable")
+        );
+    }
+    assert_eq!(
+        limiter.usage(&ALICE).await.unwrap_err().code(),
+        "dependency_unavailable"
+    );
     assert_eq!(limiter.ready().await, Readiness::Degraded);
     proxy.restore();
     until_ready(&limiter).await;
-    // Back on Redis, which saw one call before the cut.
+    // Back on Redis, which saw one call before the cut and none during it.
     let admission = limiter.admit(&ALICE, OpClass::Cancel, None, 0).await.unwrap();
-    // Burst 20, no refill: 18 left; the local store that admitted 20 meanwhile would leave 0.
     let left = remaining(&admission.headers()[1].1, "cancel");
     assert_eq!(left, 18);
 }

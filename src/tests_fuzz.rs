@@ -6,7 +6,7 @@
 //! Why proptest and not cargo-fuzz: libFuzzer needs nightly's sanitizer flags, and CI and new
 //! machines have only the stable toolchain. The case count comes from `FALGATE_FUZZ_CASES`
 //! (default 256 per harness, a few seconds in CI); a long run by hand:
-//! `FALGATE_FUZZ_CASES=200000 cargo test --release --lib fuzz_tests::`. A failure found this way
+//! `FALGATE_FUZZ_CASES=200000 cargo test --release --lib tests_fuzz::`. A failure found this way
 //! becomes a named regression test at the end of this file.
 
 use std::sync::LazyLock;
@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::{Authenticator, Caller};
 use crate::error::{render, GateError};
 use crate::fal::{parse_queue_path, parse_target, Call, Op};
-use crate::schema::{self, Limits, Rejection, SchemaSource, Schemas, UnknownFields};
+use crate::schema::{self, Rejection, SchemaSource, Schemas, UnknownFields, ValidationLimits};
 
 /// Cases per harness: `FALGATE_FUZZ_CASES`, else 256.
 fn config() -> ProptestConfig {
@@ -459,7 +459,7 @@ proptest! {
     /// the same way.
     #[test]
     fn strict_json_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(value) = schema::parse_object(&bytes, &Limits::default()) {
+        if let Ok(value) = schema::parse_object(&bytes, &ValidationLimits::default()) {
             let plain: Result<Value, String> = serde_json::from_slice(&bytes).map_err(|e| e.to_string());
             prop_assert_eq!(Ok(value), plain);
         }
@@ -471,7 +471,7 @@ proptest! {
     fn strict_json_agrees_with_serde_json(object in json_object(6, 8), pretty in any::<bool>()) {
         let value = Value::Object(object);
         let text = if pretty { serde_json::to_vec_pretty(&value).unwrap() } else { serde_json::to_vec(&value).unwrap() };
-        let limits = Limits { max_depth: 4, ..Limits::default() };
+        let limits = ValidationLimits { max_depth: 4, ..ValidationLimits::default() };
         let strict = schema::parse_object(&text, &limits);
         if depth(&value) <= limits.max_depth {
             let plain: Value = serde_json::from_slice(&text).unwrap();
@@ -485,7 +485,7 @@ proptest! {
     #[test]
     fn strict_json_mutated_documents(object in json_object(4, 6), edits in prop::collection::vec(edit(), 1..6)) {
         let text = apply(serde_json::to_vec(&Value::Object(object)).unwrap(), &edits);
-        if let Ok(value) = schema::parse_object(&text, &Limits::default()) {
+        if let Ok(value) = schema::parse_object(&text, &ValidationLimits::default()) {
             let plain: Result<Value, String> = serde_json::from_slice(&text).map_err(|e| e.to_string());
             prop_assert_eq!(Ok(value), plain);
         }
@@ -518,7 +518,7 @@ proptest! {
         for _ in 0..nest {
             text = format!("{{\"n\":[{text}]}}");
         }
-        let strict = schema::parse_object(text.as_bytes(), &Limits::default());
+        let strict = schema::parse_object(text.as_bytes(), &ValidationLimits::default());
         prop_assert!(matches!(&strict, Err(Rejection::Malformed(why)) if why.contains("duplicate")), "{}: {:?}", text, strict);
     }
 
@@ -526,7 +526,7 @@ proptest! {
     #[test]
     fn strict_json_deep_nesting(open in 1..20_000usize, kind in prop::sample::select(vec!["[", "{\"a\":"])) {
         let text = format!("{{\"a\":{}", kind.repeat(open));
-        prop_assert!(schema::parse_object(text.as_bytes(), &Limits::default()).is_err());
+        prop_assert!(schema::parse_object(text.as_bytes(), &ValidationLimits::default()).is_err());
     }
 
     /// Any string as a bearer token: refused, never a panic.
@@ -594,7 +594,7 @@ proptest! {
     #[test]
     fn schema_validation_arbitrary_objects(object in json_object(4, 12)) {
         let body = serde_json::to_vec(&Value::Object(object)).unwrap();
-        match SCHEMAS.validate(VPG, None, &body, &Limits::default()) {
+        match SCHEMAS.validate(VPG, None, &body, &ValidationLimits::default()) {
             Ok(valid) => prop_assert_eq!(&valid.bytes[..], &body[..]),
             Err(Rejection::Invalid(items)) => assert_bounded_422(&items)?,
             Err(Rejection::Malformed(_) | Rejection::TooLarge(_) | Rejection::TooComplex(_)) => {}
@@ -623,7 +623,7 @@ proptest! {
     ) {
         let object: Map<String, Value> = keys.into_iter().map(|k| (k, value.clone())).collect();
         let body = serde_json::to_vec(&Value::Object(object)).unwrap();
-        match SCHEMAS.validate(VPG, None, &body, &Limits::default()) {
+        match SCHEMAS.validate(VPG, None, &body, &ValidationLimits::default()) {
             Err(Rejection::Invalid(items)) => assert_bounded_422(&items)?,
             Err(Rejection::Malformed(_) | Rejection::TooLarge(_) | Rejection::TooComplex(_)) => {}
             other => prop_assert!(false, "{:?}", other.map(|_| ())),

@@ -1,6 +1,8 @@
-//! The byte budget of answers read whole (`upstream.buffer_budget_bytes`): one per process,
-//! counted in KiB on a Tokio semaphore, each answer holding a [`Charge`] that grows with its
-//! body and is given back when dropped (after the client's response body is done).
+//! A process-wide byte budget: counted in KiB on a Tokio semaphore, each holder keeping a
+//! [`Charge`] that grows with the bytes it holds and is given back when dropped. Two exist: the
+//! answers read whole (`upstream.buffer_budget_bytes`, given back after the client's response body
+//! is done) and the request bodies being read (`request.body_budget_bytes`, `input`). A leaf: it
+//! uses no other falgate module.
 
 use std::sync::Arc;
 use std::time::Duration;

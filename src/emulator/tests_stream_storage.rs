@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{call, emulator, submit, VPG};
+use super::tests::{call, emulator, submit, VPG};
 use crate::emulator::{serve, Emulator, Fault, FaultAction, Op};
 
 /// Reads a body chunk by chunk: the chunks received, and whether it ended with an error.

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{advance, call, emulator, status, submit, VPG};
+use super::tests::{advance, call, emulator, status, submit, VPG};
 
 #[tokio::test(start_paused = true)]
 async fn result_is_400_until_completed_then_a_deterministic_prompt() {

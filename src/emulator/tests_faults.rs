@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 
-use super::{call, emulator, send, submit};
+use super::tests::{call, emulator, send, submit};
 use crate::emulator::{Fault, FaultAction, Op};
 
 fn fault(op: Option<Op>, action: FaultAction, times: Option<u32>) -> Fault {

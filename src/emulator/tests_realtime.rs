@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{call, emulator};
+use super::tests::{call, emulator};
 use crate::emulator::Emulator;
 
 const PATH: &str = "/fal.run/fal-ai/live-app/realtime";

@@ -1,0 +1,265 @@
+//! A client connection's I/O: the head, idle and write timers hyper has no knob for, and the
+//! count of requests in flight that starts the idle timer (see the module docs of `server`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use super::acceptor::LoadGuard;
+use super::Connections;
+
+/// Requests in flight on one connection, and the connection's reader to wake when the count
+/// drops to zero (its idle timer starts then).
+#[derive(Default)]
+pub(super) struct Requests {
+    in_flight: AtomicUsize,
+    reader: AtomicWaker,
+    /// Set by the watchdog to close the connection (see [`watchdog::Kill`]).
+    killed: std::sync::atomic::AtomicBool,
+}
+
+impl Requests {
+    /// Ends the connection at its next read or write (the reader is woken for it).
+    pub(super) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+}
+
+pub(super) fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took too little of a response (closed by the watchdog)",
+    )
+}
+
+/// One request in flight, counted until its response body is dropped.
+pub(super) struct InFlight(Arc<Requests>);
+
+impl InFlight {
+    pub(super) fn begin(requests: &Arc<Requests>) -> Self {
+        requests.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(requests.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// What the read side of a connection is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadPhase {
+    /// Accepted, nothing read yet.
+    Fresh,
+    /// A request head has started arriving (at this instant).
+    Head(Instant),
+    /// No request in flight since this instant.
+    Idle(Instant),
+    /// A request is in flight: no read deadline here (the body has its own timeout, and a
+    /// stream's client sends nothing while it listens).
+    Busy,
+}
+
+/// A client connection: the socket, its place under `max_open` and in its worker's load, and
+/// the head, idle and write timers (see the module docs).
+pub struct Conn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    /// On the public listener: its place in its worker's load, and in `falgate_open_connections`.
+    _load: Option<(LoadGuard, crate::telemetry::metrics::ConnectionGuard)>,
+    pub(super) requests: Arc<Requests>,
+    limits: Connections,
+    accepted: Instant,
+    phase: ReadPhase,
+    /// HTTP/2 (seen from the preface): frames such as pings arrive between requests, so bytes
+    /// read while idle do not start a request head.
+    http2: bool,
+    read_timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Conn {
+    pub(super) fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        load: Option<LoadGuard>,
+        limits: Connections,
+    ) -> Self {
+        Self {
+            stream,
+            _permit: permit,
+            _load: load.map(|load| (load, crate::telemetry::metrics::ConnectionGuard::open())),
+            requests: Arc::default(),
+            limits,
+            accepted: Instant::now(),
+            phase: ReadPhase::Fresh,
+            http2: false,
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    /// Moves the read phase on from what the request count says now.
+    fn update_phase(&mut self) {
+        let busy = self.requests.in_flight.load(Ordering::Acquire) > 0;
+        self.phase = match (self.phase, busy) {
+            (_, true) => ReadPhase::Busy,
+            (ReadPhase::Busy, false) => ReadPhase::Idle(Instant::now()),
+            (phase, false) => phase,
+        };
+    }
+
+    /// When the read side gives up, in the current phase.
+    fn read_deadline(&self) -> Option<Instant> {
+        let limits = &self.limits;
+        match self.phase {
+            ReadPhase::Fresh => Some(self.accepted + limits.header_read_timeout),
+            ReadPhase::Head(started) => Some(started + limits.header_read_timeout),
+            ReadPhase::Idle(since) => Some(since + limits.keep_alive_timeout),
+            ReadPhase::Busy => None,
+        }
+    }
+
+    /// Bytes arrived: a head starts if none was in flight (HTTP/1 only).
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, ReadPhase::Fresh) && bytes.starts_with(b"PRI * HTTP/2") {
+            self.http2 = true;
+        }
+        if self.http2 {
+            if self.phase == ReadPhase::Fresh {
+                self.phase = ReadPhase::Idle(Instant::now());
+            }
+            return;
+        }
+        if matches!(self.phase, ReadPhase::Fresh | ReadPhase::Idle(_)) {
+            self.phase = ReadPhase::Head(Instant::now());
+        }
+    }
+
+    /// Polls the write timer after a write that could not proceed.
+    fn poll_write_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let limit = self.limits.write_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading (write timeout)",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The outcome of a write: progress resets the write timer; a blocked write runs it.
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if self.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        match polled {
+            Poll::Pending => match self.poll_write_timer(cx) {
+                Poll::Ready(err) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.requests.reader.register(cx.waker());
+        if this.requests.is_killed() {
+            return Poll::Ready(Err(killed()));
+        }
+        this.update_phase();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.on_bytes(read);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                // With a request in flight nothing times out here; the timer is kept for the
+                // next idle wait, not polled (issue 23: one timer per connection, moved to each
+                // new deadline, instead of a new one armed per request).
+                let Some(deadline) = this.read_deadline() else {
+                    return Poll::Pending;
+                };
+                let (at, timer) = this
+                    .read_timer
+                    .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+                if *at != deadline {
+                    timer.as_mut().reset(deadline);
+                    *at = deadline;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        match this.phase {
+                            ReadPhase::Idle(_) => "idle connection (keep-alive timeout)",
+                            _ => "the request head did not arrive in time",
+                        },
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.on_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.on_write(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.on_write(cx, polled)
+    }
+}

@@ -1,0 +1,358 @@
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::lifecycle::Lifecycle;
+use axum::routing::get;
+
+fn test_settings() -> Settings {
+    Settings {
+        workers: 1,
+        connections: Connections::default(),
+        max_head_bytes: 40 * 1024,
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Every worker gets connections, each request runs on a worker thread, and shutdown lets
+/// every thread end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_workers_and_shutdown_ends_them() {
+    let router = Router::new().route(
+        "/",
+        get(|| async { format!("{}:{}", worker_index(), std::thread::current().name().unwrap_or("")) }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = Settings {
+        workers: 3,
+        ..test_settings()
+    };
+    let server = tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
+        stopped.await.ok();
+    }));
+    // Connections held open at once: least-loaded placement gives each worker one.
+    let mut seen = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+        let body = client
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push(body);
+        clients.push(client);
+    }
+    seen.sort();
+    assert_eq!(seen, ["0:falgate-worker-0", "1:falgate-worker-1", "2:falgate-worker-2"]);
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("workers end after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// A server on `127.0.0.1:0` with `connections`, serving `/` (ok), `/slow` (answers after
+/// the `release` notify), `/flood` (an endless body; `dropped` is set when hyper drops it)
+/// and `/ticks` (ten chunks, 100 ms apart).
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<io::Result<()>>,
+    release: Arc<tokio::sync::Notify>,
+    /// Notified when `/slow`'s handler is running.
+    entered: Arc<tokio::sync::Notify>,
+    lifecycle: Arc<Lifecycle>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn test_server(connections: Connections) -> TestServer {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (slow_release, slow_entered, flood_dropped) = (release.clone(), entered.clone(), dropped.clone());
+    let router = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/slow",
+            get(move || {
+                let release = slow_release.clone();
+                let entered = slow_entered.clone();
+                async move {
+                    let released = release.notified();
+                    entered.notify_one();
+                    released.await;
+                    "finished"
+                }
+            }),
+        )
+        .route(
+            "/flood",
+            get(move || {
+                let guard = SetOnDrop(flood_dropped.clone());
+                let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                let stream = futures_util::stream::repeat_with(move || {
+                    let _ = &guard;
+                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                });
+                async move { Body::from_stream(stream) }
+            }),
+        )
+        .route(
+            "/ticks",
+            get(|| async {
+                let ticks = futures_util::stream::unfold(0, |n| async move {
+                    if n == 10 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from("tick\n")), n + 1))
+                });
+                Body::from_stream(ticks)
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = Settings {
+        connections,
+        ..test_settings()
+    };
+    let lifecycle = Arc::<Lifecycle>::default();
+    let server = tokio::spawn(serve(listener, router, settings, lifecycle.clone(), async move {
+        stopped.await.ok();
+    }));
+    TestServer {
+        lifecycle,
+        addr,
+        stop: Some(stop),
+        server,
+        release,
+        entered,
+        dropped,
+    }
+}
+
+fn quick(millis: u64) -> Connections {
+    Connections {
+        header_read_timeout: Duration::from_millis(millis),
+        keep_alive_timeout: Duration::from_millis(millis),
+        write_timeout: Duration::from_millis(millis),
+        ..Connections::default()
+    }
+}
+
+/// Reads until the server closes the connection (EOF or reset), with a deadline far above
+/// any timeout under test; returns what was read.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+    seen
+}
+
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+    let server = test_server(quick(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(read_until_closed(&mut stream).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_off_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = test_server(quick(400)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // One header line every 100 ms: each byte is progress, yet the head never completes.
+    let trickle = tokio::spawn(async move {
+        for n in 0..100 {
+            if writer.write_all(format!("x-{n}: y\r\n").as_bytes()).await.is_err() {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        100
+    });
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a trickling client held the connection");
+    assert!(
+        trickle.await.unwrap() < 100,
+        "the server closed before the trickle ended"
+    );
+}
+
+/// The idle limit between kept-alive requests is its own: longer than the head limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_idles_up_to_the_keep_alive_timeout_then_closes() {
+    let server = test_server(Connections {
+        header_read_timeout: Duration::from_millis(200),
+        keep_alive_timeout: Duration::from_millis(1500),
+        ..Connections::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
+    // Idle for longer than the head limit: a connection opened after this one went idle is
+    // closed by the head limit, and this one is still open for the next request.
+    let mut later = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(read_until_closed(&mut later).await.is_empty());
+    assert!(get_on(&mut stream, "/").await.starts_with("HTTP/1.1 200"));
+    assert!(read_until_closed(&mut stream).await.is_empty());
+}
+
+/// A response still being written is a request in flight: no head or idle limit cuts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_outlives_the_idle_and_head_limits() {
+    let server = test_server(quick(250)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let first = get_on(&mut stream, "/ticks").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let rest = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+    let ticks = format!("{first}{rest}").matches("tick").count();
+    assert_eq!(ticks, 10, "the stream was cut: {first}{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = test_server(quick(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /flood HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the socket buffers fill, the server's writes block, the timer ends it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.dropped.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blocked stream was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stream);
+}
+
+/// At `max_open` a new connection waits (it is not refused) and is served once one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_wait_for_a_free_place() {
+    let server = test_server(Connections {
+        max_open: 2,
+        ..Connections::default()
+    })
+    .await;
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(get_on(&mut first, "/").await.starts_with("HTTP/1.1 200"));
+    assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (asked, was_asked) = tokio::sync::oneshot::channel();
+    let waiting = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        third.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        asked.send(()).ok();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut third, &mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    was_asked.await.unwrap();
+    // A round trip on a held connection: without the cap the third, which asked first,
+    // would have been answered by then.
+    assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
+    assert!(!waiting.is_finished(), "a third connection was served over the cap");
+    drop(first);
+    drop(second);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Shutdown closes the listener but lets a call in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_call_in_flight_finish_and_refuses_new_connections() {
+    let mut server = test_server(Connections::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let slow = tokio::spawn(async move { get_on(&mut stream, "/slow").await });
+    // The call is in flight once the handler runs.
+    tokio::time::timeout(Duration::from_secs(10), server.entered.notified())
+        .await
+        .expect("the handler runs");
+    // As `app::serve` does: the drain begins (answers say `Connection: close`), then the
+    // listener closes.
+    server.lifecycle.begin_drain();
+    server.stop.take().unwrap().send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the listener stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.release.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.contains("finished"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), server.server)
+        .await
+        .expect("the server ends once drained")
+        .unwrap()
+        .unwrap();
+}
