@@ -404,3 +404,51 @@ async fn a_verified_webhook_delivery_sends_the_finished_event_without_any_poll()
     let his = gate.submit("bob", json!({"input_concept": "bob's"})).await;
     assert_eq!(bob.next().await.data["request_id"], his.as_str());
 }
+
+/// Issue 24's two-replica case: fal's webhook reaches gate A (the submit's hook), the owner's
+/// stream is on gate B; B learns of the end through the one Redis, without any poll, and
+/// another caller's stream on B never sees it.
+#[tokio::test]
+async fn a_webhook_received_by_one_gate_reaches_the_owners_stream_on_another() {
+    let prefix = format!("it-events-hook-{}", uuid::Uuid::new_v4());
+    let on_redis = |builder: crate::support::Builder| {
+        builder
+            .own_public_url()
+            .config(
+                "[webhooks]\nreceive = true\nfal_user_id = \"emulator-user\"\n[limits]\nreconcile_interval_ms = 0\n",
+            )
+            .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
+            .env("FALGATE_REDIS__KEY_PREFIX", &prefix)
+            .env("FALGATE_EVENTS__FEED_POLL_MS", "50")
+            // Keepalives (which also re-read the history) far apart: the feed must wake B.
+            .env("FALGATE_UPSTREAM__IDLE_TIMEOUT_MS", "120000")
+    };
+    let a = on_redis(TestGate::builder()).spawn().await;
+    let b = on_redis(TestGate::builder().share_fal(&a)).spawn().await;
+    let mut alice_on_b = Events::open(&b, "alice", None).await;
+    let mut bob_on_b = Events::open(&b, "bob", None).await;
+    let id = a.submit("alice", json!({"input_concept": "told to A by fal"})).await;
+    assert_eq!(alice_on_b.next().await.event, "submitted");
+    let finished = alice_on_b.next().await;
+    assert_eq!(
+        (
+            finished.event.as_str(),
+            &finished.data["request_id"],
+            &finished.data["outcome"]
+        ),
+        ("finished", &json!(id), &json!("ok"))
+    );
+    let polls = a
+        .fal_saw()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/requests/"))
+        .count();
+    assert_eq!(polls, 0, "the end came from the webhook, not a poll");
+    // Bob's stream on B carries his own submission first: nothing of alice's came before it.
+    let his = a.submit("bob", json!({"input_concept": "bob's"})).await;
+    let first = bob_on_b.next().await;
+    assert_eq!(
+        (first.event.as_str(), &first.data["request_id"]),
+        ("submitted", &json!(his))
+    );
+}
