@@ -298,6 +298,14 @@ describe("three replicas on one Redis behind nginx", () => {
     // No load now: round robin visits the stopped replica within REPLICAS calls, and nothing
     // else takes the refusal that marks it down.
     const victim = cluster.replicas[VICTIM];
+    // The previous test's restart may have left the victim marked down in nginx for up to
+    // fail_timeout (a call it refused while stopping): wait until nginx routes to it again, or
+    // round robin would skip it and no submit would meet the stopped replica.
+    await until("the victim serves calls through nginx before it is stopped", 10_000, async () => {
+      const res = await fetch(`${cluster.gateUrl}/healthz`);
+      await res.arrayBuffer();
+      return res.headers.get(UPSTREAM_HEADER) === victim.addr;
+    });
     const exit = await cluster.terminate(VICTIM);
     assert.deepEqual(exit, { code: 0, signal: null });
     const mark = await cluster.mark();
