@@ -466,3 +466,5 @@ fn validate(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_client_token;

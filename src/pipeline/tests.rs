@@ -45,17 +45,17 @@ poll = { burst = 100, per_minute = 6000 }
 cancel = { burst = 100, per_minute = 6000 }
 "#;
 
-struct Fixture {
-    gate: Gate,
+pub(super) struct Fixture {
+    pub(super) gate: Gate,
     /// The tier of every caller.
-    tier: &'static str,
-    fal: Emulator,
+    pub(super) tier: &'static str,
+    pub(super) fal: Emulator,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A gate whose fal is an emulator finishing jobs after `job_ms`, with `tier` appended to the
 /// default tier's table.
-async fn fixture(job_ms: u64, tier: &str) -> Fixture {
+pub(super) async fn fixture(job_ms: u64, tier: &str) -> Fixture {
     fixture_with_queue(job_ms, tier, None).await
 }
 
@@ -94,7 +94,7 @@ async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Option<&str>) ->
     }
 }
 
-fn caller(subject: &str, tier: &str) -> Caller {
+pub(super) fn caller(subject: &str, tier: &str) -> Caller {
     Caller {
         issuer: "test".into(),
         subject: subject.to_owned(),
