@@ -269,3 +269,99 @@ fn index_members_round_trip_and_foreign_members_are_refused() {
         assert_eq!(parse_member(bad), None, "{bad:?}");
     }
 }
+
+/// The reconciler's task, one tick at a time (`app` runs it): on, a pass runs and the next
+/// tick is an interval away; off, nothing is asked and it looks again after `OFF_RECHECK`; once
+/// the drain began, the task ends.
+#[tokio::test]
+async fn a_tick_runs_a_pass_when_on_rechecks_when_off_and_ends_with_the_drain() {
+    let clock = crate::clock::ManualClock::new();
+    let limiter = Limiter::with_clock(config(), None, clock.clock()).unwrap();
+    let fal = Fal::default();
+    two_jobs(&limiter, clock.clock().now()).await;
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(tick(&limiter, &fal, false).await, Some(Duration::from_secs(15)));
+    assert_eq!(fal.asked(), 2, "the tick ran a pass");
+    // The jobs are due again: only an enabled, undrained tick asks about them.
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(tick(&limiter, &fal, true).await, None);
+    assert_eq!(fal.asked(), 0, "a draining tick runs no pass");
+    let mut off = config();
+    off.reconcile_interval_ms = 0;
+    let off = limiter.reconfigured(off).unwrap();
+    assert_eq!(tick(&off, &fal, false).await, Some(OFF_RECHECK));
+    assert_eq!(fal.asked(), 0);
+}
+
+/// In process, the index holds at most four jobs per tracked caller (`max_tracked_callers`):
+/// past it a job is not indexed (its slot frees at its TTL), at it the job still is.
+#[tokio::test]
+async fn the_in_process_index_holds_exactly_four_jobs_per_tracked_caller() {
+    let mut config = config();
+    config.max_tracked_callers = 1;
+    let limiter = Limiter::new(config, None).unwrap();
+    let principals = ["iss|1", "iss|2", "iss|3", "iss|4", "iss|5"];
+    for (n, principal) in (1..).zip(principals) {
+        let who = Subject {
+            principal,
+            tier: "free",
+        };
+        let admission = limiter.admit_at(&who, OpClass::Submit, None, 1, at(0)).await.unwrap();
+        assert!(admission.reservation.is_some());
+        limiter.job_started_at(&admission, &app(), &req(n), at(0)).await;
+        assert_eq!(lock(&limiter.jobs.memory).len(), usize::from(n.min(4)), "after job {n}");
+    }
+}
+
+/// A slot started exactly `inflight_ttl_seconds` ago has expired (as admission counts it): the
+/// job is dropped unasked; a microsecond earlier it is still held, and fal is asked.
+#[tokio::test]
+async fn a_slot_expires_for_the_reconciler_exactly_at_the_inflight_ttl() {
+    let ttl = Duration::from_secs(3600);
+    for (now, asked) in [(at(0) + ttl, 0), (at(0) + ttl - Duration::from_micros(1), 2)] {
+        let limiter = Limiter::new(config(), None).unwrap();
+        let fal = Fal::default();
+        two_jobs(&limiter, at(0)).await;
+        assert_eq!(
+            limiter.reconcile_once_at(&fal, now).await,
+            Pass::Ran { asked, freed: 0 },
+            "{now:?}"
+        );
+        assert_eq!(fal.asked(), asked);
+    }
+}
+
+/// The lease lasts three intervals (45 s here) and a pass renews it as an answer arrives once an
+/// interval (15 s) has passed since the last renewal, not before: an answer that took 2 s
+/// leaves it 2 s shorter, one that took exactly an interval renews it.
+#[tokio::test]
+async fn the_lease_lasts_three_intervals_and_is_renewed_once_an_interval_passed() {
+    for (step, left) in [(2, 43_000), (15, 45_000)] {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4());
+        let clock = crate::clock::ManualClock::new();
+        let store = RedisStore::connect(&RedisConfig::for_tests(500, prefix.clone())).unwrap();
+        let a = Limiter::with_clock(config(), Some(store.clone()), clock.clock()).unwrap();
+        let start = SystemTime::now();
+        let admission = a.admit_at(&CAROL, OpClass::Submit, None, 1, start).await.unwrap();
+        a.job_started_at(&admission, &app(), &req(1), start).await;
+        let lease_key = a.jobs.redis.as_ref().unwrap().lease_key();
+        let fal = SlowFal {
+            clock,
+            lease_key: lease_key.clone(),
+            store: store.clone(),
+            step: Duration::from_secs(step),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        };
+        let later = start + Duration::from_secs(31);
+        assert_eq!(a.reconcile_once_at(&fal, later).await, Pass::Ran { asked: 1, freed: 0 });
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&lease_key)
+            .query_async(&mut store.connection())
+            .await
+            .unwrap();
+        assert!(
+            (left - 1000..=left).contains(&pttl),
+            "an answer after {step} s: the lease has {pttl} ms left, not about {left}"
+        );
+    }
+}
