@@ -468,3 +468,5 @@ fn validate(
 mod tests;
 #[cfg(test)]
 mod tests_client_token;
+#[cfg(test)]
+mod tests_edges;

@@ -126,4 +126,33 @@ mod tests {
             Some(Outcome::Ok)
         );
     }
+
+    #[test]
+    fn a_line_of_exactly_the_bound_is_read() {
+        let head = "data: {\"status\": \"COMPLETED\", \"x\": \"";
+        let tail = "\"}";
+        let pad = "a".repeat(MAX_LINE_BYTES - head.len() - tail.len());
+        let line = format!("{head}{pad}{tail}");
+        assert_eq!(line.len(), MAX_LINE_BYTES);
+        assert_eq!(Lines::default().feed(&Bytes::from(format!("{line}\n"))), Some(Outcome::Ok));
+        let over = format!("{head}{pad}a{tail}\n");
+        assert_eq!(Lines::default().feed(&Bytes::from(over)), None);
+    }
+
+    #[test]
+    fn a_completed_status_names_its_failure_and_a_null_error_is_none() {
+        let read = |line: &'static str| Lines::default().feed(&Bytes::from_static(line.as_bytes()));
+        assert_eq!(
+            read("data: {\"status\": \"COMPLETED\", \"error\": \"boom\"}\n"),
+            Some(Outcome::error("error"))
+        );
+        assert_eq!(
+            read("data: {\"status\": \"COMPLETED\", \"error\": null}\n"),
+            Some(Outcome::Ok)
+        );
+        assert_eq!(
+            read("data: {\"status\": \"COMPLETED\", \"error\": null, \"error_type\": \"x\"}\n"),
+            Some(Outcome::error("x"))
+        );
+    }
 }

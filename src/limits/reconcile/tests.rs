@@ -365,3 +365,49 @@ async fn the_lease_lasts_three_intervals_and_is_renewed_once_an_interval_passed(
         );
     }
 }
+
+async fn members(store: &RedisStore, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut store.connection())
+        .await
+        .unwrap()
+}
+
+/// With Redis the index is the sorted set `<prefix>:{reconcile}:jobs` (the module docs), one per
+/// prefix: a pass under another prefix never touches it, a job leaves it once a poll saw its end
+/// or a pass freed it, and a member falgate did not write is dropped.
+#[tokio::test]
+async fn on_redis_the_index_holds_the_prefixes_jobs_in_flight_only() {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let a = redis_limiter(&prefix);
+    let elsewhere = redis_limiter(&format!("test-{}", uuid::Uuid::new_v4()));
+    let store = RedisStore::connect(&RedisConfig::for_tests(500, prefix.clone())).unwrap();
+    let index = format!("{prefix}:{{reconcile}}:jobs");
+    let fal = Fal::default();
+    let start = SystemTime::now();
+    two_jobs(&a, start).await;
+    assert_eq!(members(&store, &index).await.len(), 2);
+    let later = start + Duration::from_secs(31);
+    assert_eq!(
+        elsewhere.reconcile_once_at(&fal, later).await,
+        Pass::Ran { asked: 0, freed: 0 }
+    );
+    assert_eq!(members(&store, &index).await.len(), 2, "another prefix's pass took them");
+    a.job_finished(&CAROL, &app(), &req(1)).await;
+    let left = members(&store, &index).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(req(2).as_str()), "{left:?}");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&index)
+        .arg(0)
+        .arg("not a job")
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    fal.set(&req(2), JobState::Ended);
+    assert_eq!(a.reconcile_once_at(&fal, later).await, Pass::Ran { asked: 1, freed: 1 });
+    assert_eq!(members(&store, &index).await, Vec::<String>::new());
+}

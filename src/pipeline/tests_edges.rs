@@ -1,0 +1,104 @@
+//! Pipeline edges found by mutation testing (TESTING.md, round 2): a run whose caller goes away
+//! frees its slot at once, and a relayed status stream that shows the end tells the owner's
+//! events. Driven through [`handle`] against the fal emulator on `127.0.0.1:0`.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::json;
+
+use super::tests::{caller, fixture, Fixture};
+use super::*;
+use crate::emulator::{Fault, FaultAction};
+use crate::fal::{EndpointId, FalRequestId};
+
+const ECHO: &str = "fal-ai/echo";
+/// A sync-run endpoint (the base config's).
+const VPG: &str = "fal-ai/video-prompt-generator";
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn submitted(fx: &Fixture, who: &str) -> Result<String, &'static str> {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let call = Call {
+        op: Op::Submit {
+            endpoint: EndpointId::parse(ECHO).unwrap(),
+            webhook: None,
+        },
+    };
+    let body = Body::from(json!({"n": 1}).to_string());
+    let response = handle(&fx.gate, caller(who, fx.tier), call, &headers, body)
+        .await
+        .map_err(|err| err.code())?;
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    Ok(answer["request_id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_run_whose_caller_went_away_frees_its_slot_at_once() {
+    let fx = fixture(0, "max_inflight_jobs = 1").await;
+    fx.fal.add_fault(Fault {
+        op: Some(crate::emulator::Op::Run),
+        path_contains: None,
+        action: FaultAction::Stall { ms: 60_000 },
+        times: Some(1),
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let call = Call {
+        op: Op::Run {
+            endpoint: EndpointId::parse(VPG).unwrap(),
+        },
+    };
+    let body = Body::from(json!({"input_concept": "a lighthouse"}).to_string());
+    let mut run = Box::pin(handle(&fx.gate, caller("alice", fx.tier), call, &headers, body));
+    tokio::select! {
+        answer = &mut run => panic!("fal answered a stalled run: {:?}", answer.map(drop)),
+        () = until("fal saw the run", || !fx.fal.requests().is_empty()) => {}
+    }
+    assert_eq!(submitted(&fx, "alice").await, Err("concurrency_limited"), "the run holds the slot");
+    // The caller goes away: its request's future is dropped while fal still runs the job.
+    drop(run);
+    submitted(&fx, "alice").await.expect("the slot was freed when the caller went away");
+}
+
+#[tokio::test]
+async fn a_status_stream_that_shows_the_end_tells_the_owners_events() {
+    let fx = fixture(0, "").await;
+    let id = submitted(&fx, "alice").await.unwrap();
+    let alice = caller("alice", fx.tier);
+    let tag = crate::redis::tag_of(&alice.principal());
+    let call = Call {
+        op: Op::StatusStream {
+            app: EndpointId::parse(ECHO).unwrap().app(),
+            id: FalRequestId::parse(&id).unwrap(),
+            logs: false,
+        },
+    };
+    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("\"COMPLETED\""), "the stream is relayed as fal sent it: {text}");
+    let events = fx.gate.events.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = events.since(&tag, crate::events::EventId::ZERO).await.unwrap();
+        let kinds: Vec<_> = history.iter().map(|e| e.body.kind.as_str()).collect();
+        if kinds == ["submitted", "finished"] {
+            assert_eq!(history[1].body.request_id, id);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no finished event: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
