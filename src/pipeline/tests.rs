@@ -60,7 +60,7 @@ pub(super) async fn fixture(job_ms: u64, tier: &str) -> Fixture {
 }
 
 /// [`fixture`] with fal's queue host at `queue_url` when given (e.g. a closed port).
-async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Option<&str>) -> Fixture {
+pub(super) async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Option<&str>) -> Fixture {
     let fal = Emulator::new(EmulatorConfig {
         queue_ms: job_ms,
         progress_ms: 0,

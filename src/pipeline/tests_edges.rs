@@ -102,3 +102,58 @@ async fn a_status_stream_that_shows_the_end_tells_the_owners_events() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A stand-in fal on `127.0.0.1:0`: a submit to `fal-ai/echo` answered with request `ID`, and
+/// that request's status stream answered 500 with an event-stream body that says `COMPLETED`.
+async fn fal_erring_in_a_stream(id: &'static str) -> String {
+    use axum::routing::{get, post};
+    let router = axum::Router::new()
+        .route(
+            "/fal-ai/echo",
+            post(move || async move { axum::Json(json!({"request_id": id, "status": "IN_QUEUE"})) }),
+        )
+        .route(
+            "/fal-ai/echo/requests/{id}/status/stream",
+            get(|| async {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [("content-type", "text/event-stream")],
+                    "data: {\"status\": \"COMPLETED\"}\n\n",
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+/// Only a status stream fal answered 2xx is read for the job's end: an error answer is relayed
+/// as it is, and whatever it says tells no one.
+#[tokio::test]
+async fn a_status_stream_fal_answered_with_an_error_tells_no_one() {
+    const ID: &str = "00000000-0000-4000-8000-000000000042";
+    let queue = fal_erring_in_a_stream(ID).await;
+    let fx = super::tests::fixture_with_queue(0, "", Some(&queue)).await;
+    assert_eq!(submitted(&fx, "alice").await.as_deref(), Ok(ID));
+    let alice = caller("alice", fx.tier);
+    let tag = crate::redis::tag_of(&alice.principal());
+    let call = Call {
+        op: Op::StatusStream {
+            app: EndpointId::parse(ECHO).unwrap().app(),
+            id: FalRequestId::parse(ID).unwrap(),
+            logs: false,
+        },
+    };
+    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty()).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("COMPLETED"), "relayed as fal sent it");
+    // A watcher would have told the events from a task of this (current-thread) runtime.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let history = fx.gate.events.since(&tag, crate::events::EventId::ZERO).await.unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| e.body.kind.as_str()).collect();
+    assert_eq!(kinds, ["submitted"]);
+}
