@@ -171,3 +171,38 @@ async fn http2_is_served_and_a_stream_over_the_process_cap_is_refused_in_its_hea
     // The watched body keeps the answer's size: a length, not a chunked body.
     assert_eq!(http1.headers().get("content-length").map(|v| v.as_bytes()), Some(&b"2"[..]));
 }
+
+/// An HTTP/2 client whose streams take one byte: the answer ends on the listener's side, its
+/// last byte waits in h2 for a window that never comes, and no stream is left to reset. The
+/// response is still in progress (the keep-alive timer never starts), so the progress rule
+/// closes the whole connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_left_in_http2_buffers_closes_its_connection_by_the_progress_rule() {
+    let far = Duration::from_secs(600);
+    let (addr, _stop) = server(Connections {
+        header_read_timeout: far,
+        keep_alive_timeout: far,
+        write_timeout: Duration::from_millis(500),
+        http2_keep_alive_interval: far,
+        ..Connections::default()
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{addr}/")).body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer's head")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "the connection stayed open with the answer's last byte unsent");
+    drop(answer);
+}
