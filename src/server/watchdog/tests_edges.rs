@@ -78,3 +78,41 @@ async fn the_guards_inside_a_body_that_ended_with_its_data_live_until_its_last_c
     drop(chunk);
     assert!(dropped.load(Ordering::SeqCst));
 }
+
+/// Counts its wakes.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl futures_util::task::ArcWake for Wakes {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A watchdog whose task is done while its response's last chunk is still out (an HTTP/2
+/// stream, whose chunks h2 releases on the connection's task) waits for the response to
+/// complete, and is woken then through the waker of its latest poll (the `Future` contract).
+#[tokio::test(start_paused = true)]
+async fn a_watchdog_left_watching_is_woken_through_its_latest_waker_when_the_response_completes() {
+    let watch = Watch::new(Progress {
+        window: Duration::from_secs(1),
+        min_bytes: 1,
+    });
+    let mut body = watch.wrap(Body::from("answer"), Bounds::default(), (), Arc::new(|| {}));
+    let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    drop(body);
+    let mut watchdog = Watchdog::new(async {}, watch.clone());
+    let (first, latest) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+    for wakes in [&first, &latest] {
+        let waker = futures_util::task::waker(wakes.clone());
+        let polled = Pin::new(&mut watchdog).poll(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending(), "ended while its response's chunk is out");
+    }
+    drop(chunk);
+    assert_eq!(
+        (first.0.load(Ordering::SeqCst), latest.0.load(Ordering::SeqCst)),
+        (0, 1)
+    );
+    let waker = futures_util::task::waker(latest.clone());
+    assert!(Pin::new(&mut watchdog).poll(&mut Context::from_waker(&waker)).is_ready());
+}
