@@ -247,16 +247,15 @@ impl Ownership {
         let now_ms = self.now_ms();
         let summary = Summary::submitted(id.as_str().to_owned(), endpoint.as_str().to_owned(), now_ms);
         if let Some(shared) = &self.shared {
-            // Two single-slot steps: the request's record (its own tag), then the caller's index.
-            if let Err(err) = shared
-                .record(principal, app.as_str(), id.as_str(), self.config.ttl)
-                .await
-            {
+            // Two single-slot steps, independent, sent at once: the request's record (its own
+            // tag) and the caller's index.
+            let (recorded, indexed) = tokio::join!(
+                shared.record(principal, app.as_str(), id.as_str(), self.config.ttl),
+                shared.index(&tag, &summary, self.config.per_caller, self.config.ttl, now_ms)
+            );
+            if let Err(err) = recorded {
                 tracing::error!(error = %err, request = %id, "ownership not shared: other replicas will answer 404 for this request");
             }
-            let indexed = shared
-                .index(&tag, &summary, self.config.per_caller, self.config.ttl, now_ms)
-                .await;
             if let Err(err) = indexed {
                 tracing::error!(error = %err, request = %id, "request not indexed in the shared store: other replicas will not list it");
             }

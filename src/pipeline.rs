@@ -445,18 +445,25 @@ async fn account(
     match bookkeeping {
         Bookkeeping::Submitted(endpoint, id, hook) => {
             let app = endpoint.app();
-            let summary = ownership.record(subject.principal, &endpoint, &id).await;
-            limiter.job_started(admission, &app, &id).await;
             let job = crate::webhooks::Submitted {
                 tag: admission.tag().to_owned(),
                 app: app.as_str().to_owned(),
                 spend: admission.spend(),
                 hook: hook.map(|hook| hook.as_str().to_owned()),
             };
-            webhooks.submitted(&id, job).await;
-            events
-                .submitted(&crate::redis::tag_of(subject.principal), &summary)
-                .await;
+            // Independent records, written at once: with Redis their commands share one
+            // connection's writes and reads instead of waiting for each other's round trip.
+            let owned = async {
+                let summary = ownership.record(subject.principal, &endpoint, &id).await;
+                events
+                    .submitted(&crate::redis::tag_of(subject.principal), &summary)
+                    .await;
+            };
+            tokio::join!(
+                owned,
+                limiter.job_started(admission, &app, &id),
+                webhooks.submitted(&id, job)
+            );
         }
         Bookkeeping::Refund => limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(app, id, outcome) => {

@@ -118,8 +118,13 @@ impl Limiter {
         let Some(reservation) = &admission.reservation else {
             return;
         };
-        self.release(&admission.tag, reservation, Some(request_id.as_str()), None)
-            .await;
+        // The slot renamed and the job indexed: independent, sent at once.
+        let renamed = self.release(&admission.tag, reservation, Some(request_id.as_str()), None);
+        tokio::join!(renamed, self.track_job(admission, app, request_id, now));
+    }
+
+    /// Indexes a started job for the reconciler (nothing when it is off).
+    async fn track_job(&self, admission: &Admission, app: &AppId, request_id: &FalRequestId, now: SystemTime) {
         if self.config.reconcile_interval_ms == 0 {
             return;
         }
