@@ -61,6 +61,33 @@ fn freed(size: usize) {
     }
 }
 
+/// `ALLOC_TRACE=stream`: the worker allocations still live after one event stream opened, by
+/// address (size and backtrace), so what a stream holds can be read by site.
+static LIVE_TRACING: AtomicBool = AtomicBool::new(false);
+static LIVE: Mutex<Option<HashMap<usize, (usize, std::backtrace::Backtrace)>>> = Mutex::new(None);
+
+fn live_alloc(ptr: *mut u8, size: usize) {
+    if !LIVE_TRACING.load(Ordering::Relaxed) || falgate::server::current_worker().is_none() || IN_TRACE.replace(true) {
+        return;
+    }
+    let backtrace = std::backtrace::Backtrace::force_capture();
+    LIVE.lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(ptr as usize, (size, backtrace));
+    IN_TRACE.set(false);
+}
+
+fn live_free(ptr: *mut u8) {
+    if !LIVE_TRACING.load(Ordering::Relaxed) || IN_TRACE.replace(true) {
+        return;
+    }
+    if let Some(live) = LIVE.lock().unwrap().as_mut() {
+        live.remove(&(ptr as usize));
+    }
+    IN_TRACE.set(false);
+}
+
 /// `ALLOC_TRACE=1`: the backtrace of every counted allocation of one GET and one POST is kept
 /// and printed, grouped, at the end (where to look for the next win).
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -84,6 +111,19 @@ fn print_traces(title: &str) {
     let traces = std::mem::take(&mut *TRACES.lock().unwrap());
     let mut sites: HashMap<String, usize> = HashMap::new();
     for backtrace in &traces {
+        *sites.entry(site_of(backtrace)).or_default() += 1;
+    }
+    let mut sites: Vec<_> = sites.into_iter().collect();
+    sites.sort_by_key(|site| std::cmp::Reverse(site.1));
+    println!("== {title}: {} allocations", traces.len());
+    for (site, count) in sites {
+        println!("{count:4}  {site}");
+    }
+}
+
+/// An allocation's site: its first frames outside the allocator and std.
+fn site_of(backtrace: &std::backtrace::Backtrace) -> String {
+    {
         let text = backtrace.to_string();
         let frames: Vec<&str> = text
             .lines()
@@ -111,13 +151,26 @@ fn print_traces(title: &str) {
             .take(4)
             .map(|name| name.get(..120).unwrap_or(name))
             .collect();
-        *sites.entry(frames.join("\n    <- ")).or_default() += 1;
+        frames.join("\n    <- ")
+    }
+}
+
+/// The live allocations `ALLOC_TRACE=stream` kept, by site, largest first.
+fn print_live(title: &str) {
+    let live = LIVE.lock().unwrap().take().unwrap_or_default();
+    let mut sites: HashMap<String, (usize, usize)> = HashMap::new();
+    for (size, backtrace) in live.values() {
+        let site = site_of(backtrace);
+        let entry = sites.entry(site).or_default();
+        entry.0 += 1;
+        entry.1 += size;
     }
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by_key(|site| std::cmp::Reverse(site.1));
-    println!("== {title}: {} allocations", traces.len());
-    for (site, count) in sites {
-        println!("{count:4}  {site}");
+    sites.sort_by_key(|site| std::cmp::Reverse(site.1 .1));
+    let total: usize = sites.iter().map(|site| site.1 .1).sum();
+    println!("== {title}: {} live allocations, {total} bytes", live.len());
+    for (site, (count, bytes)) in sites {
+        println!("{bytes:7} B {count:3}x  {site}");
     }
 }
 
@@ -127,22 +180,30 @@ fn print_traces(title: &str) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
-        unsafe { System.alloc(layout) }
+        let ptr = unsafe { System.alloc(layout) };
+        live_alloc(ptr, layout.size());
+        ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        live_alloc(ptr, layout.size());
+        ptr
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
         freed(layout.size());
-        unsafe { System.realloc(ptr, layout, new_size) }
+        live_free(ptr);
+        let moved = unsafe { System.realloc(ptr, layout, new_size) };
+        live_alloc(moved, new_size);
+        moved
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         freed(layout.size());
+        live_free(ptr);
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -191,8 +252,10 @@ default_cost = 1
 "#;
 
 /// Heap bytes an open event stream may hold on the worker (issue 23: ≤ 16 KB of RSS per stream
-/// through falgate); RSS adds the kernel's socket buffers and allocator slack on top.
-const STREAM_HEAP_CEILING: u64 = 72 * 1024;
+/// through falgate); RSS adds the kernel's socket buffers and allocator slack on top. Measured
+/// 62,425 bytes (69.9 KB before the access line stopped pinning fal's 8 KiB read buffer);
+/// `ALLOC_TRACE=stream` lists what one stream holds, by site.
+const STREAM_HEAP_CEILING: u64 = 63 * 1024;
 /// Event streams held open to measure one's heap.
 const STREAMS: u64 = 50;
 
@@ -335,6 +398,17 @@ async fn proxied_get_status_and_post_submit_allocate_at_most_their_ceilings() {
         assert_eq!(answer.status(), 200);
         let first = tokio::time::timeout(Duration::from_secs(10), answer.chunk()).await;
         assert!(matches!(first, Ok(Ok(Some(_)))), "no first event");
+        streams.push((stream_client, answer));
+    }
+    if std::env::var_os("ALLOC_TRACE").is_some_and(|mode| mode == "stream") {
+        quiet().await;
+        LIVE_TRACING.store(true, Ordering::Relaxed);
+        let stream_client = reqwest::Client::new();
+        let mut answer = stream_client.get(&stream_url).bearer_auth(&token).send().await.unwrap();
+        answer.chunk().await.unwrap();
+        quiet().await;
+        LIVE_TRACING.store(false, Ordering::Relaxed);
+        print_live("one open event stream");
         streams.push((stream_client, answer));
     }
     let open = quiet().await;

@@ -109,13 +109,19 @@ where
             line.write(Ending::Complete, bytes, to_headers);
             response
         }
-        None => response.map(|body| {
-            Body::new(Logged {
-                inner: body,
-                bytes: 0,
-                line: Some(line),
+        None => {
+            // The line waits for the stream's end: it must not pin the buffers its header
+            // values were read into (fal's id is a slice of the fal connection's 8 KiB read
+            // buffer, a trusted proxy's request id of the caller's), so it keeps copies.
+            let line = line.detached();
+            response.map(|body| {
+                Body::new(Logged {
+                    inner: body,
+                    bytes: 0,
+                    line: Some(line),
+                })
             })
-        }),
+        }
     }
 }
 
@@ -238,6 +244,14 @@ struct AccessLine {
 }
 
 impl AccessLine {
+    /// The line with its header values copied out of the buffers they were parsed from.
+    fn detached(mut self) -> Self {
+        let copy = |value: &HeaderValue| HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        self.request_id = copy(&self.request_id);
+        self.fal_request_id = self.fal_request_id.as_ref().map(copy);
+        self
+    }
+
     fn write(self, outcome: Ending, bytes: u64, total: Duration) {
         let Self {
             request_id,
