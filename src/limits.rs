@@ -318,7 +318,8 @@ impl Limiter {
         // not even while Redis is down), else this replica's memory.
         match &self.redis {
             Some(redis) => {
-                if let Err(err) = redis.release(tag, from, to, refund).await {
+                // Boxed (see `evaluate`): inline it would size every call's future.
+                if let Err(err) = Box::pin(redis.release(tag, from, to, refund)).await {
                     self.errors.log(&err);
                 }
             }

@@ -44,13 +44,13 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 /// `BYTES - FREED`, what an open event stream keeps).
 static FREED: AtomicU64 = AtomicU64::new(0);
 
-fn note(size: usize) {
+fn note(size: usize, zeroed: bool) {
     // A `const` thread-local `Cell`: reading it never allocates.
     if falgate::server::current_worker().is_some() {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(size as u64, Ordering::Relaxed);
         if TRACING.load(Ordering::Relaxed) {
-            trace();
+            trace(size, zeroed);
         }
     }
 }
@@ -91,33 +91,42 @@ fn live_free(ptr: *mut u8) {
 /// `ALLOC_TRACE=1`: the backtrace of every counted allocation of one GET and one POST is kept
 /// and printed, grouped, at the end (where to look for the next win).
 static TRACING: AtomicBool = AtomicBool::new(false);
-static TRACES: Mutex<Vec<std::backtrace::Backtrace>> = Mutex::new(Vec::new());
+static TRACES: Mutex<Vec<(usize, bool, std::backtrace::Backtrace)>> = Mutex::new(Vec::new());
 
 thread_local! {
     static IN_TRACE: Cell<bool> = const { Cell::new(false) };
 }
 
-fn trace() {
+fn trace(size: usize, zeroed: bool) {
     if IN_TRACE.replace(true) {
         return;
     }
     let backtrace = std::backtrace::Backtrace::force_capture();
-    TRACES.lock().unwrap().push(backtrace);
+    TRACES.lock().unwrap().push((size, zeroed, backtrace));
     IN_TRACE.set(false);
 }
 
 /// The traced allocations by their first frames outside the allocator and std, most first.
 fn print_traces(title: &str) {
     let traces = std::mem::take(&mut *TRACES.lock().unwrap());
-    let mut sites: HashMap<String, usize> = HashMap::new();
-    for backtrace in &traces {
-        *sites.entry(site_of(backtrace)).or_default() += 1;
+    let mut sites: HashMap<String, (usize, usize, usize)> = HashMap::new();
+    for (size, zeroed, backtrace) in &traces {
+        let site = sites.entry(site_of(backtrace)).or_default();
+        site.0 += 1;
+        site.1 += size;
+        site.2 += usize::from(*zeroed);
     }
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by_key(|site| std::cmp::Reverse(site.1));
-    println!("== {title}: {} allocations", traces.len());
-    for (site, count) in sites {
-        println!("{count:4}  {site}");
+    sites.sort_by_key(|site| std::cmp::Reverse(site.1 .0));
+    let bytes: usize = traces.iter().map(|trace| trace.0).sum();
+    println!("== {title}: {} allocations, {bytes} bytes", traces.len());
+    for (site, (count, bytes, zeroed)) in sites {
+        let zeroed = if zeroed > 0 {
+            format!(" ({zeroed} zeroed)")
+        } else {
+            String::new()
+        };
+        println!("{count:4} {bytes:6} B{zeroed}  {site}");
     }
 }
 
@@ -179,21 +188,21 @@ fn print_live(title: &str) {
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
+        note(layout.size(), false);
         let ptr = unsafe { System.alloc(layout) };
         live_alloc(ptr, layout.size());
         ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
+        note(layout.size(), true);
         let ptr = unsafe { System.alloc_zeroed(layout) };
         live_alloc(ptr, layout.size());
         ptr
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
+        note(new_size, false);
         freed(layout.size());
         live_free(ptr);
         let moved = unsafe { System.realloc(ptr, layout, new_size) };

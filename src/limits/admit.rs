@@ -162,7 +162,10 @@ impl Limiter {
         now: SystemTime,
     ) -> Result<plan::Granted, LimitError> {
         let outcome = match &self.redis {
-            Some(redis) => match redis.admit(plan, mode).await {
+            // Boxed: a Redis call's future is large, and inline it would size every call's
+            // future (in-process mode included), copied on each move; a round trip dwarfs one
+            // allocation.
+            Some(redis) => match Box::pin(redis.admit(plan, mode)).await {
                 Ok(outcome) => outcome,
                 // A quota or a job cap: never let through uncounted (store_error.rs).
                 Err(err) if plan.money_like() => return Err(self.errors.fail_closed(&err)),

@@ -143,10 +143,8 @@ impl Held {
             Undo::KeepRate => None,
         };
         let reservation = admission.reservation.as_deref().unwrap_or("");
-        let undone = self
-            .redis
-            .undo(&admission.tag, reservation, admission.refund, rate)
-            .await;
+        // Boxed: inline, the Redis call would size the pipeline's future.
+        let undone = Box::pin(self.redis.undo(&admission.tag, reservation, admission.refund, rate)).await;
         if let Err(err) = undone {
             // Stricter, never looser: the caller keeps a spend it did not use.
             tracing::warn!(error = %err, "an admission refused before fal could not be undone: the caller keeps its spend");

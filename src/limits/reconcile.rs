@@ -137,7 +137,7 @@ impl Limiter {
         match &self.jobs.redis {
             Some(redis) => {
                 // Unindexed, the slot still frees on a poll that sees the end, or at its TTL.
-                if let Err(err) = redis.track(&job, due_us / 1000).await {
+                if let Err(err) = Box::pin(redis.track(&job, due_us / 1000)).await {
                     self.errors.log(&err);
                 }
             }
