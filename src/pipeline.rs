@@ -16,7 +16,7 @@
 //! | idempotency | claim the submit's `Idempotency-Key` (`idempotency`) | new, or a replay of the first answer (409 / 422) |
 //! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
 //! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price (the early admission, when there is one) | `Admission` (429 / 403 / 503) |
-//! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
+//! | own-check | `Ownership::check` for calls naming a request id, alongside `admit` (it only reads; a refused admission is the answer) | (404 / 503) |
 //! | forward | `Upstream::send` with the server-held key; with `[webhooks] receive`, a submit carries falgate's own `fal_webhook` (`Webhooks::hooked`) | fal's response (502 / 504 / 424) |
 //! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
 //! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; with the webhook receiver on, the submitted job its delivery will name (`Webhooks::submitted`: caller tag, spend, the caller's own hook); the idempotency key settled | |
@@ -256,17 +256,25 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
         early,
     } = checked;
     let facts = call.facts();
-    let (admission, slot) = match early {
-        // Admitted at the precheck step, at its fixed price, with no slot to open.
-        Some(early) => (early.into_admission(), None),
-        None => admit(&gate.limiter, &subject, call, grant, input.as_ref()).await?,
+    let owned = async {
+        match (call.app(), call.request_id()) {
+            (Some(app), Some(id)) => gate.ownership.check(subject.principal, &app, id).await,
+            _ => Ok(()),
+        }
     };
+    // Admission and the ownership check are independent (the check only reads), so with Redis
+    // their round trips overlap. A refused admission is the answer whatever the check found; a
+    // request that is not the caller's still spends the call's rate (it blunts id probing).
+    let (admitted, owned) = match early {
+        // Admitted at the precheck step, at its fixed price, with no slot to open.
+        Some(early) => (Ok((early.into_admission(), None)), owned.await),
+        None => tokio::join!(admit(&gate.limiter, &subject, call, grant, input.as_ref()), owned),
+    };
+    let (admission, slot) = admitted?;
     // A run holds its in-flight reservation only while it runs: if the client goes away (this
     // future dropped before the bookkeeping below), the guard frees it at once.
     let guard = (facts.job == Job::Runs).then(|| gate.limiter.run_guard(&admission));
-    if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
-        gate.ownership.check(subject.principal, &app, id).await?;
-    }
+    owned?;
     let body = input.map(|input| input.bytes);
     // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
     let hooked = gate.webhooks.hooked(call);
