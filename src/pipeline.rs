@@ -142,23 +142,28 @@ async fn precheck_and_read(
             false => return Err(refused.into()),
         },
     };
-    match read_input(gate, subject, caller, grant, call, headers, body, early.is_some()).await {
+    match read_input(gate, subject, caller, grant, call, headers, body).await {
         Ok((input, charge)) => Ok((input, charge, early)),
+        // A body that did not arrive in time counts against its caller: it spends the call's
+        // rate (input::read_body); an early admission spent it already and gives back the rest.
+        Err(GateError::BodyTimeout) => {
+            match early {
+                Some(early) => early.undo(Undo::KeepRate).await,
+                None => limiter.spend_rate(subject, facts.class).await,
+            }
+            Err(GateError::BodyTimeout)
+        }
         Err(refused) => {
-            // Refused before fal: an early admission is given back, a timed-out body's rate kept.
-            let undo = match refused {
-                GateError::BodyTimeout => Undo::KeepRate,
-                _ => Undo::Everything,
-            };
-            give_back(early, undo).await;
+            // Refused before fal: an early admission is given back.
+            give_back(early, Undo::Everything).await;
             Err(refused)
         }
     }
 }
 
 /// Reads and validates a call's body (`read`, `validate`, a token request's canonical form).
-/// A body that did not arrive in time spends its caller's rate, unless the call was admitted
-/// early (its rate is spent already).
+/// A body that did not arrive in time is `GateError::BodyTimeout` (its caller pays: see
+/// [`precheck_and_read`]).
 async fn read_input(
     gate: &Gate,
     subject: &Subject<'_>,
@@ -167,19 +172,11 @@ async fn read_input(
     call: &Call,
     headers: &HeaderMap,
     body: Body,
-    admitted_early: bool,
 ) -> Result<(ValidInput, crate::budget::Charge), GateError> {
     let bounds = BodyBounds::of(&gate.config, grant);
     let read = input::read_body(headers, body, bounds.read, &gate.body_budget, subject.principal).await;
     let (bytes, charge) = match read {
-        // A body that did not arrive in time counts against its caller: it spends the call's
-        // rate (input::read_body).
-        Err(input::BodyError::Timeout) => {
-            if !admitted_early {
-                gate.limiter.spend_rate(subject, call.facts().class).await;
-            }
-            return Err(GateError::BodyTimeout);
-        }
+        Err(input::BodyError::Timeout) => return Err(GateError::BodyTimeout),
         read => read?,
     };
     let mut input = validate(&gate.schemas, &bounds.parse, caller, grant, bytes)?;

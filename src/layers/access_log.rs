@@ -245,12 +245,16 @@ struct AccessLine {
     _in_flight: InFlightGuard,
 }
 
+/// A copy of `value` in its own allocation (not a slice of the buffer it was parsed from).
+fn detached(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
+}
+
 impl AccessLine {
     /// The line with its header values copied out of the buffers they were parsed from.
     fn detached(mut self) -> Self {
-        let copy = |value: &HeaderValue| HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        self.request_id = copy(&self.request_id);
-        self.fal_request_id = self.fal_request_id.as_ref().map(copy);
+        self.request_id = detached(&self.request_id);
+        self.fal_request_id = self.fal_request_id.as_ref().map(detached);
         self
     }
 
