@@ -37,20 +37,9 @@ impl Limiter {
             .map(|(admission, _)| admission)
     }
 
-    /// [`Self::admit`], also saying whether the call's rate was consumed (not when the rate
+    /// [`Self::admit_at`], also saying whether the call's rate was consumed (not when the rate
     /// was let through unmetered with the store down): what an undo gives back (`early`).
-    pub(super) async fn admit_noting_rate(
-        &self,
-        who: &Subject<'_>,
-        class: OpClass,
-        endpoint: Option<&str>,
-        credits: u64,
-    ) -> Result<(Admission, bool), LimitError> {
-        self.admit_with_rate_at(who, class, endpoint, credits, self.clock.now())
-            .await
-    }
-
-    async fn admit_with_rate_at(
+    pub(super) async fn admit_with_rate_at(
         &self,
         who: &Subject<'_>,
         class: OpClass,

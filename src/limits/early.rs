@@ -88,7 +88,9 @@ impl Limiter {
                 .await
                 .map(|()| Prechecked::Checked);
         };
-        let (admission, rate_consumed) = self.admit_noting_rate(who, class, endpoint, credits).await?;
+        let (admission, rate_consumed) = self
+            .admit_with_rate_at(who, class, endpoint, credits, self.clock.now())
+            .await?;
         let rate = rate_consumed.then(|| class.rate(self.tier(who.tier)).map(|rate| (class, rate.emission_us)));
         Ok(Prechecked::Admitted(EarlyAdmission {
             held: Some(Held {
