@@ -211,21 +211,24 @@ async fn give_back(early: Option<EarlyAdmission>, undo: Undo) {
 /// What fal answered, with the caller's `RateLimit` headers (and, for a result or sync run,
 /// the relay slot its body holds until it is sent).
 pub(crate) enum Answer {
-    Buffered(relay::Buffered, Admission, Option<Slot>),
-    Streamed(Response, Admission),
+    Buffered(relay::Buffered, RateLimits, Option<Slot>),
+    Streamed(Response, RateLimits),
 }
+
+/// The caller's `RateLimit` and `RateLimit-Policy` headers, rendered from its admission.
+type RateLimits = Vec<(axum::http::HeaderName, axum::http::HeaderValue)>;
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let (mut response, admission) = match self {
-            Self::Buffered(answer, admission, None) => (answer.into_response(), admission),
-            Self::Buffered(answer, admission, Some(slot)) => {
+        let (mut response, limits) = match self {
+            Self::Buffered(answer, limits, None) => (answer.into_response(), limits),
+            Self::Buffered(answer, limits, Some(slot)) => {
                 let response = answer.into_response();
-                (response.map(|body| crate::body::held(body, slot)), admission)
+                (response.map(|body| crate::body::held(body, slot)), limits)
             }
-            Self::Streamed(response, admission) => (response, admission),
+            Self::Streamed(response, limits) => (response, limits),
         };
-        response.headers_mut().extend(admission.headers());
+        response.headers_mut().extend(limits);
         response
     }
 }
@@ -301,11 +304,11 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
     }
     // A status stream that shows the end tells the owner's events, as a poll does.
     match (answer, &call.op) {
-        (Ok(Answer::Streamed(response, admission)), Op::StatusStream { id, .. }) if response.status().is_success() => {
+        (Ok(Answer::Streamed(response, limits)), Op::StatusStream { id, .. }) if response.status().is_success() => {
             let tag = crate::redis::tag_of(subject.principal);
             let watched = stream_end::watch(response, gate.events.clone(), tag, id.clone());
 
-            Ok(Answer::Streamed(watched, admission))
+            Ok(Answer::Streamed(watched, limits))
         }
         (answer, _) => answer,
     }
@@ -352,12 +355,12 @@ async fn forward(
         match sent {
             Ok(response) if relay::is_streamed(call, response.status()) => {
                 relay::refuse_credential_failure(response.status())
-                    .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.clone()))
+                    .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.headers()))
                     .map_err(GateError::from)
             }
             Ok(response) => relay::buffer(upstream, call, response)
                 .await
-                .map(|b| Answer::Buffered(b, admission.clone(), slot))
+                .map(|b| Answer::Buffered(b, admission.headers(), slot))
                 .map_err(GateError::from),
             Err(err) => Err(err.into()),
         }
