@@ -342,7 +342,7 @@ mod tests {
             issuer: issuer.into(),
             subject: subject.into(),
             tier: "default".into(),
-            scopes: Vec::new(),
+            scopes: Vec::new().into(),
         };
         let (alice, bob, alice_elsewhere) = (
             caller("default", "alice"),
