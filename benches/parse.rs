@@ -40,7 +40,7 @@ fn caller(subject: &str) -> Caller {
         issuer: "default".into(),
         subject: subject.into(),
         tier: "default".into(),
-        scopes: Vec::new(),
+        scopes: Vec::new().into(),
     }
 }
 

@@ -41,11 +41,11 @@ pub struct Caller {
     /// The configured issuer's name.
     pub issuer: Arc<str>,
     /// The token's `sub`.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// The tier from the issuer's tier claim, or its default tier.
-    pub tier: String,
+    pub tier: Arc<str>,
     /// Scopes from the issuer's scopes claim.
-    pub scopes: Vec<String>,
+    pub scopes: Arc<[String]>,
 }
 
 impl Caller {

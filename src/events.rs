@@ -299,7 +299,8 @@ impl Events {
             None => self.append_local(tag, body),
             Some(shared) => {
                 let ttl = self.ownership.config().ttl;
-                if let Err(err) = shared.publish(tag, &body, self.config.history, ttl).await {
+                // Boxed: inline, a Redis call's future would size every call's future.
+                if let Err(err) = Box::pin(shared.publish(tag, &body, self.config.history, ttl)).await {
                     tracing::warn!(error = %err, "event not published to the shared store");
                     return;
                 }

@@ -4,7 +4,9 @@
 //! [`Limiter::admit`] checks every limit of a call and consumes only if all pass, in one atomic
 //! step: one Redis script (one round trip) when `[redis]` is set, else per-replica bounded memory.
 //! [`Limiter::precheck`] runs the same checks without consuming, before a body is read, so a
-//! caller already over a limit costs no body read or validation. [`Limiter::usage`] reads what is
+//! caller already over a limit costs no body read or validation; with Redis, a call whose price
+//! its input cannot change is admitted there instead (`early.rs`: one round trip, not two,
+//! given back exactly if the call is refused before fal). [`Limiter::usage`] reads what is
 //! left of each limit without consuming (`limits/usage.rs`). Config: `[limits]`
 //! ([`LimitsConfig`]).
 
@@ -12,6 +14,7 @@ mod admit;
 mod answer;
 mod client_ip;
 pub mod config;
+mod early;
 mod error;
 mod headers;
 mod idempotency;
@@ -29,6 +32,8 @@ mod tests_admission;
 #[cfg(test)]
 mod tests_admission_redis;
 #[cfg(test)]
+mod tests_early;
+#[cfg(test)]
 mod tests_redis;
 mod unauthenticated;
 mod usage;
@@ -43,6 +48,7 @@ pub use config::{
     CreditsConfig, EndpointCredits, Limit, LimitsConfig, LimitsConfigError, OnStoreError, RateConfig, TierCaps,
     TierLimits, UNLIMITED,
 };
+pub use early::{EarlyAdmission, Prechecked, Undo};
 pub use error::LimitError;
 pub(crate) use headers::{ratelimit_headers, retry_after};
 pub use headers::{PolicyState, RATELIMIT, RATELIMIT_POLICY};
@@ -312,7 +318,8 @@ impl Limiter {
         // not even while Redis is down), else this replica's memory.
         match &self.redis {
             Some(redis) => {
-                if let Err(err) = redis.release(tag, from, to, refund).await {
+                // Boxed (see `evaluate`): inline it would size every call's future.
+                if let Err(err) = Box::pin(redis.release(tag, from, to, refund)).await {
                     self.errors.log(&err);
                 }
             }

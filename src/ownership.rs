@@ -225,7 +225,9 @@ impl Ownership {
         let Some(shared) = &self.shared else {
             return Err(OwnershipError::NotFound);
         };
-        match shared.check(principal, app.as_str(), id.as_str()).await {
+        // Boxed, like every shared-store call on the request path: inline, a Redis call's
+        // future would size every call's future (in-process mode included).
+        match Box::pin(shared.check(principal, app.as_str(), id.as_str())).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(OwnershipError::NotFound),
             Err(err) => {
@@ -247,16 +249,18 @@ impl Ownership {
         let now_ms = self.now_ms();
         let summary = Summary::submitted(id.as_str().to_owned(), endpoint.as_str().to_owned(), now_ms);
         if let Some(shared) = &self.shared {
-            // Two single-slot steps: the request's record (its own tag), then the caller's index.
-            if let Err(err) = shared
-                .record(principal, app.as_str(), id.as_str(), self.config.ttl)
-                .await
-            {
+            // Two single-slot steps, independent, sent at once: the request's record (its own
+            // tag) and the caller's index.
+            let (recorded, indexed) = Box::pin(async {
+                tokio::join!(
+                    shared.record(principal, app.as_str(), id.as_str(), self.config.ttl),
+                    shared.index(&tag, &summary, self.config.per_caller, self.config.ttl, now_ms)
+                )
+            })
+            .await;
+            if let Err(err) = recorded {
                 tracing::error!(error = %err, request = %id, "ownership not shared: other replicas will answer 404 for this request");
             }
-            let indexed = shared
-                .index(&tag, &summary, self.config.per_caller, self.config.ttl, now_ms)
-                .await;
             if let Err(err) = indexed {
                 tracing::error!(error = %err, request = %id, "request not indexed in the shared store: other replicas will not list it");
             }
@@ -275,7 +279,7 @@ impl Ownership {
         let Some(shared) = &self.shared else {
             return local;
         };
-        match shared.finish(tag, id.as_str(), &End::of(outcome, now_ms)).await {
+        match Box::pin(shared.finish(tag, id.as_str(), &End::of(outcome, now_ms))).await {
             Ok(first) => first,
             Err(err) => {
                 tracing::warn!(error = %err, "request end not recorded in the shared store");
@@ -338,7 +342,7 @@ mod tests {
             issuer: issuer.into(),
             subject: subject.into(),
             tier: "default".into(),
-            scopes: Vec::new(),
+            scopes: Vec::new().into(),
         };
         let (alice, bob, alice_elsewhere) = (
             caller("default", "alice"),

@@ -9,14 +9,14 @@
 //! | --- | --- | --- |
 //! | authorize | `Policy::authorize(&caller, &call)` | `Grant` (403) |
 //! | headers | `upstream::forwarded_headers` and the tier's priority cap | the headers fal sees (400) |
-//! | precheck | calls with a body: `Limiter::precheck_priced` at the endpoint's cheapest price, consuming nothing (a submit whose `Idempotency-Key` was answered goes on, to be replayed) | (429 / 403 / 503) |
+//! | precheck | calls with a body: `Limiter::precheck_or_admit` at the endpoint's cheapest price, consuming nothing; with Redis, a call whose price its input cannot change (no endpoint-wide rate, no slot) is admitted here instead, in one round trip, and given back if refused before fal (`limits::early`) (a submit whose `Idempotency-Key` was answered goes on, to be replayed) | `EarlyAdmission` (429 / 403 / 503) |
 //! | read | `input::read_body`: declared JSON, size- and time-bounded, charged to the body budget; a body that times out spends its caller's rate | bytes (413 / 415 / 408 / 429 / 503) |
 //! | validate | `Schemas::validate` (a storage upload: a strict JSON object); a token request checked and re-serialised (`client_token`) | `ValidInput` (400 / 413 / 422 / 403) |
 //! | options | `Grant::check_options` on the input as fal runs it | (403) |
 //! | idempotency | claim the submit's `Idempotency-Key` (`idempotency`) | new, or a replay of the first answer (409 / 422) |
 //! | slot | `Limiter::open_slot` for a stream, result or run answer | `Slot` (429) |
-//! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price | `Admission` (429 / 403 / 503) |
-//! | own-check | `Ownership::check` for calls naming a request id | (404 / 503) |
+//! | admit | `Limiter::admit`: rates, quota, concurrency, atomically, at the real price (the early admission, when there is one) | `Admission` (429 / 403 / 503) |
+//! | own-check | `Ownership::check` for calls naming a request id, alongside `admit` (it only reads; a refused admission is the answer) | (404 / 503) |
 //! | forward | `Upstream::send` with the server-held key; with `[webhooks] receive`, a submit carries falgate's own `fal_webhook` (`Webhooks::hooked`) | fal's response (502 / 504 / 424) |
 //! | relay | `relay::buffer` or `relay::stream`: fal's answer, verbatim; the `Slot` rides in the body | `Answer` |
 //! | record | ownership of a submit, the job started or finished, the refund of a paid call fal did not take; with the webhook receiver on, the submitted job its delivery will name (`Webhooks::submitted`: caller tag, spend, the caller's own hook); the idempotency key settled | |
@@ -43,7 +43,7 @@ use crate::error::GateError;
 use crate::fal::{Call, Drain, Job, Op, OpFacts, Price, Unknown};
 use crate::input;
 use crate::lifecycle::Lifecycle;
-use crate::limits::{Admission, Limiter, Slot, Subject};
+use crate::limits::{Admission, EarlyAdmission, Limiter, Slot, Subject, Undo};
 use crate::ownership::{Outcome, Ownership};
 use crate::policy::Grant;
 use crate::schema::{self, Schemas, ValidInput, ValidationLimits};
@@ -68,51 +68,26 @@ pub async fn handle(
         tier: &caller.tier,
     };
     // The body's budget charge is held until the answer is made (the bytes are forwarded).
-    let (input, _charge) = match call.has_body() {
+    let (input, _charge, early) = match call.has_body() {
         true => {
-            // Refuse before spending: a caller over a limit costs no body read or validation.
-            let facts = call.facts();
-            let endpoint = grant.called.as_ref().map(|e| e.as_str());
-            // The cheapest the call can cost before its input is read, by the table's price.
-            let floor = match facts.price {
-                Price::Endpoint => gate.limiter.min_credits(endpoint),
-                Price::ClientToken => gate.limiter.client_token_terms().0,
-                Price::Free => 0,
-            };
-            let rated = endpoint.filter(|_| facts.endpoint_rates);
-            let prechecked = gate.limiter.precheck_priced(&subject, facts.class, rated, floor).await;
-            if let Err(refused) = prechecked {
-                // Unless it is the retry of a submit already answered: that one is replayed.
-                if !idempotency::answered(gate.limiter.idempotency(), &principal, &call, headers).await? {
-                    return Err(refused.into());
-                }
-            }
-            let bounds = BodyBounds::of(&gate.config, &grant);
-            let read = input::read_body(headers, body, bounds.read, &gate.body_budget, &principal).await;
-            let (bytes, charge) = match read {
-                // A body that did not arrive in time counts against its caller: it spends the
-                // call's rate (input::read_body).
-                Err(input::BodyError::Timeout) => {
-                    gate.limiter.spend_rate(&subject, facts.class).await;
-                    return Err(GateError::BodyTimeout);
-                }
-                read => read?,
-            };
-            let mut input = validate(&gate.schemas, &bounds.parse, &caller, &grant, bytes)?;
-            if let Op::ClientToken { realtime } = call.op {
-                input = client_token::canonical(&gate.policy, &gate.limiter, &grant, &input, realtime)?;
-            }
-            (Some(input), Some(charge))
+            let (input, charge, early) =
+                precheck_and_read(gate, &subject, &caller, &grant, &call, headers, body).await?;
+            (Some(input), Some(charge), early)
         }
-        false => (None, None),
+        false => (None, None, None),
     };
-    if let Some(input) = &input {
-        grant.check_options(input.ruled())?;
-    }
     let idempotency = gate.limiter.idempotency();
-    let claim = match idempotency::claim(idempotency, &principal, &call, headers, input.as_ref()).await? {
-        Claim::Replay(response) => return Ok(response),
-        Claim::New(key) => key,
+    let claim = match claim_checked(idempotency, &principal, &call, headers, &grant, input.as_ref()).await {
+        Ok(Claim::New(key)) => key,
+        // A replay or a refusal before fal: an early admission is given back.
+        Ok(Claim::Replay(response)) => {
+            give_back(early, Undo::Everything).await;
+            return Ok(response);
+        }
+        Err(refused) => {
+            give_back(early, Undo::Everything).await;
+            return Err(refused);
+        }
     };
     let checked = Checked {
         subject,
@@ -120,6 +95,7 @@ pub async fn handle(
         grant: &grant,
         forwarded,
         input,
+        early,
     };
     let outcome = admitted(gate, checked).await;
     if let Some(key) = claim {
@@ -129,24 +105,130 @@ pub async fn handle(
     outcome.map(Answer::into_response)
 }
 
+/// The precheck, then the body read and validated (`read_input`). With Redis, a call whose
+/// price its input cannot change is admitted at the precheck (`limits::early`: one round trip),
+/// and that admission is given back if the body or its input is refused.
+async fn precheck_and_read(
+    gate: &Gate,
+    subject: &Subject<'_>,
+    caller: &Caller,
+    grant: &Grant<'_>,
+    call: &Call,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(ValidInput, crate::budget::Charge, Option<EarlyAdmission>), GateError> {
+    // Refuse before spending: a caller over a limit costs no body read or validation.
+    let facts = call.facts();
+    let limiter = &gate.limiter;
+    let endpoint = grant.called.as_ref().map(|e| e.as_str());
+    // The cheapest the call can cost before its input is read, by the table's price, and its
+    // price when the input cannot change it.
+    let (floor, fixed) = match facts.price {
+        Price::Endpoint => (limiter.min_credits(endpoint), limiter.fixed_credits(endpoint)),
+        Price::ClientToken => (limiter.client_token_terms().0, Some(limiter.client_token_terms().0)),
+        Price::Free => (0, Some(0)),
+    };
+    let rated = endpoint.filter(|_| facts.endpoint_rates);
+    // A call opening a slot opens it before admission (`admit`): never admitted early.
+    let fixed = fixed.filter(|_| facts.slot.is_none());
+    let early = match limiter
+        .precheck_or_admit(subject, facts.class, rated, floor, fixed)
+        .await
+    {
+        Ok(prechecked) => prechecked.admitted(),
+        // Unless it is the retry of a submit already answered: that one is replayed.
+        Err(refused) => match idempotency::answered(limiter.idempotency(), subject.principal, call, headers).await? {
+            true => None,
+            false => return Err(refused.into()),
+        },
+    };
+    match read_input(gate, subject, caller, grant, call, headers, body).await {
+        Ok((input, charge)) => Ok((input, charge, early)),
+        // A body that did not arrive in time counts against its caller: it spends the call's
+        // rate (input::read_body); an early admission spent it already and gives back the rest.
+        Err(GateError::BodyTimeout) => {
+            match early {
+                Some(early) => early.undo(Undo::KeepRate).await,
+                None => limiter.spend_rate(subject, facts.class).await,
+            }
+            Err(GateError::BodyTimeout)
+        }
+        Err(refused) => {
+            // Refused before fal: an early admission is given back.
+            give_back(early, Undo::Everything).await;
+            Err(refused)
+        }
+    }
+}
+
+/// Reads and validates a call's body (`read`, `validate`, a token request's canonical form).
+/// A body that did not arrive in time is `GateError::BodyTimeout` (its caller pays: see
+/// [`precheck_and_read`]).
+async fn read_input(
+    gate: &Gate,
+    subject: &Subject<'_>,
+    caller: &Caller,
+    grant: &Grant<'_>,
+    call: &Call,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(ValidInput, crate::budget::Charge), GateError> {
+    let bounds = BodyBounds::of(&gate.config, grant);
+    let read = input::read_body(headers, body, bounds.read, &gate.body_budget, subject.principal).await;
+    let (bytes, charge) = match read {
+        Err(input::BodyError::Timeout) => return Err(GateError::BodyTimeout),
+        read => read?,
+    };
+    let mut input = validate(&gate.schemas, &bounds.parse, caller, grant, bytes)?;
+    if let Op::ClientToken { realtime } = call.op {
+        input = client_token::canonical(&gate.policy, &gate.limiter, grant, &input, realtime)?;
+    }
+    Ok((input, charge))
+}
+
+/// The options step and the idempotency claim.
+async fn claim_checked(
+    idempotency: &crate::limits::Idempotency,
+    principal: &str,
+    call: &Call,
+    headers: &HeaderMap,
+    grant: &Grant<'_>,
+    input: Option<&ValidInput>,
+) -> Result<Claim, GateError> {
+    if let Some(input) = input {
+        grant.check_options(input.ruled())?;
+    }
+    idempotency::claim(idempotency, principal, call, headers, input).await
+}
+
+/// Gives back an early admission of a call refused (or replayed) before fal.
+async fn give_back(early: Option<EarlyAdmission>, undo: Undo) {
+    if let Some(early) = early {
+        early.undo(undo).await;
+    }
+}
+
 /// What fal answered, with the caller's `RateLimit` headers (and, for a result or sync run,
 /// the relay slot its body holds until it is sent).
 pub(crate) enum Answer {
-    Buffered(relay::Buffered, Admission, Option<Slot>),
-    Streamed(Response, Admission),
+    Buffered(relay::Buffered, RateLimits, Option<Slot>),
+    Streamed(Response, RateLimits),
 }
+
+/// The caller's `RateLimit` and `RateLimit-Policy` headers, rendered from its admission.
+type RateLimits = Vec<(axum::http::HeaderName, axum::http::HeaderValue)>;
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let (mut response, admission) = match self {
-            Self::Buffered(answer, admission, None) => (answer.into_response(), admission),
-            Self::Buffered(answer, admission, Some(slot)) => {
+        let (mut response, limits) = match self {
+            Self::Buffered(answer, limits, None) => (answer.into_response(), limits),
+            Self::Buffered(answer, limits, Some(slot)) => {
                 let response = answer.into_response();
-                (response.map(|body| crate::body::held(body, slot)), admission)
+                (response.map(|body| crate::body::held(body, slot)), limits)
             }
-            Self::Streamed(response, admission) => (response, admission),
+            Self::Streamed(response, limits) => (response, limits),
         };
-        response.headers_mut().extend(admission.headers());
+        response.headers_mut().extend(limits);
         response
     }
 }
@@ -159,6 +241,8 @@ struct Checked<'a> {
     grant: &'a Grant<'a>,
     forwarded: HeaderMap,
     input: Option<ValidInput>,
+    /// The admission made at the precheck step (`limits::early`), if any.
+    early: Option<EarlyAdmission>,
 }
 
 /// Everything after input and idempotency: admission, ownership, forwarding, bookkeeping.
@@ -169,15 +253,28 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
         grant,
         forwarded,
         input,
+        early,
     } = checked;
     let facts = call.facts();
-    let (admission, slot) = admit(&gate.limiter, &subject, call, grant, input.as_ref()).await?;
+    let owned = async {
+        match (call.app(), call.request_id()) {
+            (Some(app), Some(id)) => gate.ownership.check(subject.principal, &app, id).await,
+            _ => Ok(()),
+        }
+    };
+    // Admission and the ownership check are independent (the check only reads), so with Redis
+    // their round trips overlap. A refused admission is the answer whatever the check found; a
+    // request that is not the caller's still spends the call's rate (it blunts id probing).
+    let (admitted, owned) = match early {
+        // Admitted at the precheck step, at its fixed price, with no slot to open.
+        Some(early) => (Ok((early.into_admission(), None)), owned.await),
+        None => tokio::join!(admit(&gate.limiter, &subject, call, grant, input.as_ref()), owned),
+    };
+    let (admission, slot) = admitted?;
     // A run holds its in-flight reservation only while it runs: if the client goes away (this
     // future dropped before the bookkeeping below), the guard frees it at once.
     let guard = (facts.job == Job::Runs).then(|| gate.limiter.run_guard(&admission));
-    if let (Some(app), Some(id)) = (call.app(), call.request_id()) {
-        gate.ownership.check(subject.principal, &app, id).await?;
-    }
+    owned?;
     let body = input.map(|input| input.bytes);
     // With the webhook receiver on, a submit carries falgate's own hook (`webhooks`).
     let hooked = gate.webhooks.hooked(call);
@@ -207,11 +304,11 @@ async fn admitted(gate: &Gate, checked: Checked<'_>) -> Result<Answer, GateError
     }
     // A status stream that shows the end tells the owner's events, as a poll does.
     match (answer, &call.op) {
-        (Ok(Answer::Streamed(response, admission)), Op::StatusStream { id, .. }) if response.status().is_success() => {
+        (Ok(Answer::Streamed(response, limits)), Op::StatusStream { id, .. }) if response.status().is_success() => {
             let tag = crate::redis::tag_of(subject.principal);
             let watched = stream_end::watch(response, gate.events.clone(), tag, id.clone());
 
-            Ok(Answer::Streamed(watched, admission))
+            Ok(Answer::Streamed(watched, limits))
         }
         (answer, _) => answer,
     }
@@ -258,12 +355,12 @@ async fn forward(
         match sent {
             Ok(response) if relay::is_streamed(call, response.status()) => {
                 relay::refuse_credential_failure(response.status())
-                    .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.clone()))
+                    .map(|()| Answer::Streamed(relay::stream(upstream, call, response, slot), admission.headers()))
                     .map_err(GateError::from)
             }
             Ok(response) => relay::buffer(upstream, call, response)
                 .await
-                .map(|b| Answer::Buffered(b, admission.clone(), slot))
+                .map(|b| Answer::Buffered(b, admission.headers(), slot))
                 .map_err(GateError::from),
             Err(err) => Err(err.into()),
         }
@@ -356,18 +453,25 @@ async fn account(
     match bookkeeping {
         Bookkeeping::Submitted(endpoint, id, hook) => {
             let app = endpoint.app();
-            let summary = ownership.record(subject.principal, &endpoint, &id).await;
-            limiter.job_started(admission, &app, &id).await;
             let job = crate::webhooks::Submitted {
                 tag: admission.tag().to_owned(),
                 app: app.as_str().to_owned(),
                 spend: admission.spend(),
                 hook: hook.map(|hook| hook.as_str().to_owned()),
             };
-            webhooks.submitted(&id, job).await;
-            events
-                .submitted(&crate::redis::tag_of(subject.principal), &summary)
-                .await;
+            // Independent records, written at once: with Redis their commands share one
+            // connection's writes and reads instead of waiting for each other's round trip.
+            let owned = async {
+                let summary = ownership.record(subject.principal, &endpoint, &id).await;
+                events
+                    .submitted(&crate::redis::tag_of(subject.principal), &summary)
+                    .await;
+            };
+            tokio::join!(
+                owned,
+                limiter.job_started(admission, &app, &id),
+                webhooks.submitted(&id, job)
+            );
         }
         Bookkeeping::Refund => limiter.refund_inflight(admission).await,
         Bookkeeping::Finished(app, id, outcome) => {

@@ -151,6 +151,6 @@ pub(crate) async fn endpoints(Snapshot(gate): Snapshot, caller: Caller) -> Resul
         }));
     }
     Ok(Json(
-        json!({ "endpoints": list, "subject": caller.subject, "tier": caller.tier }),
+        json!({ "endpoints": list, "subject": &*caller.subject, "tier": &*caller.tier }),
     ))
 }

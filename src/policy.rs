@@ -102,7 +102,7 @@ impl Policy {
         if self.tiers.is_empty() {
             return Ok(&self.open_tier);
         }
-        self.tiers.get(&caller.tier).ok_or(PolicyError::TierNotAllowed)
+        self.tiers.get(&*caller.tier).ok_or(PolicyError::TierNotAllowed)
     }
 
     /// The most specific configured entry equal to `endpoint` or a parent of it (`fal-ai/flux`

@@ -16,6 +16,7 @@ mod connection;
 mod sentinel;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -252,6 +253,9 @@ pub struct RedisStore {
     mode: &'static str,
     timeout: Duration,
     prefix: String,
+    /// Calls made through [`Self::timed_as`] (each one round trip), for tests and benchmarks
+    /// that count what a request costs.
+    round_trips: Arc<AtomicU64>,
 }
 
 impl RedisStore {
@@ -280,7 +284,13 @@ impl RedisStore {
             mode: mode.name(),
             timeout,
             prefix: config.key_prefix.clone(),
+            round_trips: Arc::default(),
         })
+    }
+
+    /// How many calls (round trips) this store and its clones have made.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// `single`, `sentinel` or `cluster`.
@@ -317,6 +327,7 @@ impl RedisStore {
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = std::time::Instant::now();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),

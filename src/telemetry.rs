@@ -16,6 +16,7 @@ pub mod access_log;
 #[cfg(test)]
 pub(crate) mod captured;
 pub mod metrics;
+pub mod request_scope;
 mod text_fields;
 pub mod trace_context;
 pub mod writer;
@@ -25,10 +26,13 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
 use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::fmt::format::{self as line, JsonFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 use url::Url;
+
+use self::request_scope::WithRequestId;
 
 /// The target of spans exported to OpenTelemetry (and of no log line).
 pub const OTEL_TARGET: &str = "falgate::otel";
@@ -106,11 +110,17 @@ fn install(
         .with_writer(writer.clone());
     let logs = match format {
         // Caller text is escaped in the text format (`text_fields`); JSON escapes its own.
+        // Each line written inside a request names it (`request_scope`).
         LogFormat::Text => fmt
             .fmt_fields(text_fields::EscapedFields)
+            .event_format(WithRequestId::text(line::format()))
             .with_filter(filter.and(not_otel))
             .boxed(),
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter.and(not_otel)).boxed(),
+        LogFormat::Json => fmt
+            .fmt_fields(JsonFields::new())
+            .event_format(WithRequestId::json(line::format().json().flatten_event(true)))
+            .with_filter(filter.and(not_otel))
+            .boxed(),
     };
     let (provider, trace_error) = match &telemetry.otlp_traces_url {
         Some(url) => match tracer_provider(url.as_str(), telemetry) {

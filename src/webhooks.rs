@@ -287,7 +287,8 @@ impl Webhooks {
     /// Records a submit fal accepted with falgate's hook (nothing when the receiver is off).
     pub async fn submitted(&self, id: &FalRequestId, job: Submitted) {
         if self.receiving() {
-            self.jobs.record(id, job).await;
+            // Boxed: inline, its store call would size every call's future.
+            Box::pin(self.jobs.record(id, job)).await;
         }
     }
 

@@ -229,9 +229,9 @@ impl Issuer {
         Ok((
             Caller {
                 issuer: self.name.clone(),
-                subject,
-                tier,
-                scopes,
+                subject: subject.into(),
+                tier: tier.into(),
+                scopes: scopes.into(),
             },
             exp as u64,
         ))

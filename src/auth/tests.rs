@@ -69,7 +69,7 @@ async fn minted_token_verifies_with_issuer_subject_and_tier() {
     let token = mint_hs256(SECRET.as_bytes(), "user-1", Some("pro"), Duration::from_secs(60)).unwrap();
     let caller = verdict(&hs(), &token).await.unwrap();
     assert_eq!(
-        (&*caller.issuer, caller.subject.as_str(), caller.tier.as_str()),
+        (&*caller.issuer, &*caller.subject, &*caller.tier),
         ("default", "user-1", "pro")
     );
     assert_eq!(caller.principal(), "default|user-1");
@@ -79,8 +79,8 @@ async fn minted_token_verifies_with_issuer_subject_and_tier() {
 async fn a_token_without_tier_gets_the_default_tier_and_scopes_are_read() {
     let token = sign(&json!({"sub": "u", "exp": now() + 60, "scope": "read write"}));
     let caller = verdict(&hs(), &token).await.unwrap();
-    assert_eq!(caller.tier, "default");
-    assert_eq!(caller.scopes, ["read", "write"]);
+    assert_eq!(&*caller.tier, "default");
+    assert_eq!(*caller.scopes, ["read", "write"]);
 }
 
 #[tokio::test]

@@ -229,7 +229,7 @@ async fn only_an_unknown_kid_downloads_the_jwks_again() {
 
     past_the_cooldown().await;
     let caller = auth.authenticate(&rs256("rsa1.pem", "rsa1", "alice")).await.unwrap();
-    assert_eq!(caller.subject, "alice");
+    assert_eq!(&*caller.subject, "alice");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "a known kid needs no download");
 
     past_the_cooldown().await;
@@ -297,7 +297,7 @@ async fn a_subject_is_one_to_256_characters_without_control_characters() {
     let exp = now() + 60;
     let with_sub = |sub: &str| hs256(&serde_json::json!({"sub": sub, "exp": exp}));
     let longest = "s".repeat(256);
-    assert_eq!(auth.authenticate(&with_sub(&longest)).await.unwrap().subject, longest);
+    assert_eq!(*auth.authenticate(&with_sub(&longest)).await.unwrap().subject, longest);
     for bad in ["s".repeat(257), String::new(), "a\nb".into(), "a\u{7f}".into()] {
         assert_eq!(
             auth.authenticate(&with_sub(&bad)).await,
@@ -315,7 +315,8 @@ async fn a_tier_claim_is_one_to_64_characters_or_absent() {
     let with_tier = |tier: serde_json::Value| hs256(&serde_json::json!({"sub": "u", "exp": exp, "tier": tier}));
     let longest = "t".repeat(64);
     assert_eq!(
-        auth.authenticate(&with_tier(longest.clone().into()))
+        *auth
+            .authenticate(&with_tier(longest.clone().into()))
             .await
             .unwrap()
             .tier,
@@ -326,7 +327,7 @@ async fn a_tier_claim_is_one_to_64_characters_or_absent() {
         .await
         .unwrap()
         .tier;
-    assert_eq!(default, "default");
+    assert_eq!(&*default, "default");
     for bad in [
         serde_json::json!("t".repeat(65)),
         serde_json::json!(""),
@@ -350,9 +351,9 @@ async fn scopes_are_read_from_a_string_or_an_array() {
         .authenticate(&scopes(serde_json::json!(["a", 1, "b"])))
         .await
         .unwrap();
-    assert_eq!(from_array.scopes, ["a", "b"]);
+    assert_eq!(*from_array.scopes, ["a", "b"]);
     let from_text = auth.authenticate(&scopes(serde_json::json!(" a  b "))).await.unwrap();
-    assert_eq!(from_text.scopes, ["a", "b"]);
+    assert_eq!(*from_text.scopes, ["a", "b"]);
     let neither = auth.authenticate(&scopes(serde_json::json!(5))).await.unwrap();
     assert!(neither.scopes.is_empty());
 }

@@ -7,7 +7,7 @@
 //!   ([`trace_context::valid_request_id`]), else a fresh UUID. It is returned in
 //!   `x-falgate-request-id`, sent to fal as `x-request-id` (the inbound header is rewritten here,
 //!   so `upstream::forwarded_headers` finds it), and every log line inside the request carries
-//!   it through the `request` span.
+//!   it (`telemetry::request_scope`: a task-local read by the log format, not a span).
 //! - **Trace**: with OpenTelemetry on, a server span (target [`OTEL_TARGET`]) continues the
 //!   caller's W3C trace, and the inbound `traceparent` is rewritten to name that span, so fal
 //!   gets the same trace id with falgate's span as parent. With tracing off, the caller's
@@ -42,6 +42,7 @@ use crate::error::{render, GateError};
 use crate::telemetry::access_line::{millis_f64, Answered, ACCESS_TARGET};
 use crate::telemetry::access_log::{CallFacts, REQUEST_ID_HEADER, X_REQUEST_ID};
 use crate::telemetry::metrics::{self, InFlightGuard};
+use crate::telemetry::request_scope;
 use crate::telemetry::trace_context::{self, TraceParent};
 use crate::telemetry::OTEL_TARGET;
 
@@ -77,10 +78,11 @@ where
     headers.remove(FALGATE_REQUEST_ID);
     headers.insert(X_REQUEST_ID, request_id.clone());
     let trace = server_span(route, &method, headers);
-    // Every log line inside the request names it (the access line names it itself).
+    // Every log line inside the request names it (`request_scope`; the access line names it
+    // itself).
     let id = request_id.to_str().unwrap_or_default();
-    let span = tracing::info_span!("request", request_id = id);
-    let mut response = inner(request).instrument(span).instrument(trace.clone()).await;
+    let handled = request_scope::scope(request_id.clone(), inner(request));
+    let mut response = handled.instrument(trace.clone()).await;
     let to_headers = started.elapsed();
     let refusal = response.extensions().get::<Arc<GateError>>().cloned();
     if let Some(error) = &refusal {
@@ -109,13 +111,19 @@ where
             line.write(Ending::Complete, bytes, to_headers);
             response
         }
-        None => response.map(|body| {
-            Body::new(Logged {
-                inner: body,
-                bytes: 0,
-                line: Some(line),
+        None => {
+            // The line waits for the stream's end: it must not pin the buffers its header
+            // values were read into (fal's id is a slice of the fal connection's 8 KiB read
+            // buffer, a trusted proxy's request id of the caller's), so it keeps copies.
+            let line = line.detached();
+            response.map(|body| {
+                Body::new(Logged {
+                    inner: body,
+                    bytes: 0,
+                    line: Some(line),
+                })
             })
-        }),
+        }
     }
 }
 
@@ -237,7 +245,19 @@ struct AccessLine {
     _in_flight: InFlightGuard,
 }
 
+/// A copy of `value` in its own allocation (not a slice of the buffer it was parsed from).
+fn detached(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
+}
+
 impl AccessLine {
+    /// The line with its header values copied out of the buffers they were parsed from.
+    fn detached(mut self) -> Self {
+        self.request_id = detached(&self.request_id);
+        self.fal_request_id = self.fal_request_id.as_ref().map(detached);
+        self
+    }
+
     fn write(self, outcome: Ending, bytes: u64, total: Duration) {
         let Self {
             request_id,

@@ -32,6 +32,21 @@ impl Limiter {
         credits: u64,
         now: SystemTime,
     ) -> Result<Admission, LimitError> {
+        self.admit_with_rate_at(who, class, endpoint, credits, now)
+            .await
+            .map(|(admission, _)| admission)
+    }
+
+    /// [`Self::admit_at`], also saying whether the call's rate was consumed (not when the rate
+    /// was let through unmetered with the store down): what an undo gives back (`early`).
+    pub(super) async fn admit_with_rate_at(
+        &self,
+        who: &Subject<'_>,
+        class: OpClass,
+        endpoint: Option<&str>,
+        credits: u64,
+        now: SystemTime,
+    ) -> Result<(Admission, bool), LimitError> {
         let tier = self.tier(who.tier);
         let tag = tag_of(who.principal);
         let reservation = match (class, tier.max_inflight_jobs) {
@@ -42,12 +57,14 @@ impl Limiter {
         let granted = self.evaluate(&plan, tier, Mode::Consume, now).await?;
         let refund = granted.quota.map(|quota| (quota.day, plan.quota.map_or(0, |q| q.cost)));
         let states = admitted_states(&plan, tier, &granted);
-        Ok(Admission {
+        let rate_consumed = granted.rate.is_some();
+        let admission = Admission {
             states,
             tag,
             reservation,
             refund,
-        })
+        };
+        Ok((admission, rate_consumed))
     }
 
     /// Spends one call of `class`'s rate for `who` and nothing else (no quota, no job in flight):
@@ -134,7 +151,10 @@ impl Limiter {
         now: SystemTime,
     ) -> Result<plan::Granted, LimitError> {
         let outcome = match &self.redis {
-            Some(redis) => match redis.admit(plan, mode).await {
+            // Boxed: a Redis call's future is large, and inline it would size every call's
+            // future (in-process mode included), copied on each move; a round trip dwarfs one
+            // allocation.
+            Some(redis) => match Box::pin(redis.admit(plan, mode)).await {
                 Ok(outcome) => outcome,
                 // A quota or a job cap: never let through uncounted (store_error.rs).
                 Err(err) if plan.money_like() => return Err(self.errors.fail_closed(&err)),

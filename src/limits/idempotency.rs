@@ -102,10 +102,9 @@ impl Idempotency {
                 .arg(body_hash)
                 .arg(millis(PENDING_TTL.min(self.ttl)));
             // A submit whose key cannot be checked could be a second paid submit: refused.
-            return match store
-                .timed(call.invoke_async::<(i64, u16, Vec<u8>)>(&mut connection))
-                .await
-            {
+            // Boxed (see `Limiter::evaluate`): inline, a Redis call sizes every call's future.
+            let begun = Box::pin(store.timed(call.invoke_async::<(i64, u16, Vec<u8>)>(&mut connection))).await;
+            return match begun {
                 Ok((code, status, body)) => Ok(state(code, status, body.into())),
                 Err(err) => Err(self.errors.fail_closed(&err)),
             };
@@ -119,7 +118,7 @@ impl Idempotency {
             let mut connection = store.connection();
             let mut exists = redis::cmd("HEXISTS");
             exists.arg(redis_key(store, principal, key)).arg("status");
-            return match store.timed(exists.query_async::<bool>(&mut connection)).await {
+            return match Box::pin(store.timed(exists.query_async::<bool>(&mut connection))).await {
                 Ok(answered) => answered,
                 Err(err) => {
                     self.errors.log(&err);
@@ -192,7 +191,7 @@ impl Idempotency {
                 Some((status, body)) => call.arg(status).arg(body).arg(millis(self.ttl)),
                 None => call.arg("").arg("").arg(0),
             };
-            if let Err(err) = store.timed(call.invoke_async::<i64>(&mut connection)).await {
+            if let Err(err) = Box::pin(store.timed(call.invoke_async::<i64>(&mut connection))).await {
                 // The pending record expires after `PENDING_TTL`; a retry meanwhile is 409.
                 self.errors.log(&err);
             }

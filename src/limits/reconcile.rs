@@ -118,8 +118,13 @@ impl Limiter {
         let Some(reservation) = &admission.reservation else {
             return;
         };
-        self.release(&admission.tag, reservation, Some(request_id.as_str()), None)
-            .await;
+        // The slot renamed and the job indexed: independent, sent at once.
+        let renamed = self.release(&admission.tag, reservation, Some(request_id.as_str()), None);
+        tokio::join!(renamed, self.track_job(admission, app, request_id, now));
+    }
+
+    /// Indexes a started job for the reconciler (nothing when it is off).
+    async fn track_job(&self, admission: &Admission, app: &AppId, request_id: &FalRequestId, now: SystemTime) {
         if self.config.reconcile_interval_ms == 0 {
             return;
         }
@@ -132,7 +137,7 @@ impl Limiter {
         match &self.jobs.redis {
             Some(redis) => {
                 // Unindexed, the slot still frees on a poll that sees the end, or at its TTL.
-                if let Err(err) = redis.track(&job, due_us / 1000).await {
+                if let Err(err) = Box::pin(redis.track(&job, due_us / 1000)).await {
                     self.errors.log(&err);
                 }
             }

@@ -220,6 +220,19 @@ impl RedisLimits {
         self.release_with(tag, from, to, refund, None).await
     }
 
+    /// Undoes an admission refused before fal (`limits::early`): frees its reservation, refunds
+    /// its request and credits, and gives back its place in the rate of `rate`'s class.
+    pub(crate) async fn undo(
+        &self,
+        tag: &str,
+        reservation: &str,
+        refund: Option<(i64, u64)>,
+        rate: Option<(OpClass, u64)>,
+    ) -> Result<(), StoreError> {
+        let rate = rate.map(|(class, emission_us)| (self.store.tagged(tag, class.rate_key()), emission_us));
+        self.release_with(tag, reservation, None, refund, rate).await
+    }
+
     /// [`Self::release`], also giving back one emission of the caller's rate key `rate.0`.
     async fn release_with(
         &self,

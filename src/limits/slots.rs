@@ -210,9 +210,8 @@ impl Limiter {
             let shared = redis.slots();
             let key = shared.key(&tag, kind.name());
             let id = uuid::Uuid::new_v4().to_string();
-            let open = shared
-                .run(&key, &id, SlotOp::Open { max: per_caller }, ttl_ms(), None)
-                .await;
+            // Boxed: inline, the Redis call would size every call's future.
+            let open = Box::pin(shared.run(&key, &id, SlotOp::Open { max: per_caller }, ttl_ms(), None)).await;
             return match open {
                 Ok(true) => {
                     slot.share(shared.clone(), key, id);

@@ -97,9 +97,9 @@ pub(super) async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Optio
 pub(super) fn caller(subject: &str, tier: &str) -> Caller {
     Caller {
         issuer: "test".into(),
-        subject: subject.to_owned(),
-        tier: tier.to_owned(),
-        scopes: Vec::new(),
+        subject: subject.into(),
+        tier: tier.into(),
+        scopes: Vec::new().into(),
     }
 }
 

@@ -21,7 +21,7 @@ fn caller(tier: &str) -> Caller {
         issuer: Arc::from("default"),
         subject: "u".into(),
         tier: tier.into(),
-        scopes: Vec::new(),
+        scopes: Vec::new().into(),
     }
 }
 

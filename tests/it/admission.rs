@@ -525,6 +525,80 @@ mod redis {
         b.assert_refused(refused, 429, "rate_limited").await;
         b.assert_nothing_reached_fal_and_still_serving().await;
     }
+
+    /// A body that never arrives, on Redis, after its early admission: 408, and the call keeps
+    /// its place in the rate spent (as `spend_rate` charges it in process) and nothing else.
+    #[tokio::test]
+    async fn on_redis_a_body_that_times_out_keeps_its_rate_spent_and_nothing_else() {
+        let prefix = format!("it-{}", uuid::Uuid::new_v4());
+        let config = "[limits]\n[limits.tiers.default]\nsubmit = { burst = 5, per_minute = 1 }\n\
+                      daily_requests = 5\nmax_inflight_jobs = 5\n";
+        let gate = on_redis(TestGate::builder().config(config), &prefix)
+            .env("FALGATE_REQUEST__BODY_TIMEOUT_MS", "300")
+            .spawn()
+            .await;
+        let head = head_only_submit(&gate, &format!("/api/fal/queue/{VPG}"), "", 100).await;
+        assert!(head.starts_with("http/1.1 408"), "{head}");
+        let usage: serde_json::Value = gate
+            .client
+            .get(format!("{}/api/fal/usage", gate.url))
+            .bearer_auth(gate.token("alice"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let left = |name: &str| {
+            usage["limits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|limit| limit["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {usage}"))["remaining"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(left("submit"), 4, "the timed-out body's place in the rate is spent");
+        assert_eq!((left("daily-requests"), left("inflight")), (5, 5), "{usage}");
+        gate.assert_nothing_reached_fal_and_still_serving().await;
+    }
+
+    /// On Redis a fixed-price submit is admitted at the precheck (`limits::early`, one round
+    /// trip); refused inputs and replays give that admission back, so they consume nothing.
+    #[tokio::test]
+    async fn on_redis_refused_inputs_and_replays_give_back_their_early_admission() {
+        let prefix = format!("it-{}", uuid::Uuid::new_v4());
+        let config = "[limits]\n[limits.tiers.default]\nsubmit = { burst = 2, per_minute = 1 }\n\
+                      daily_requests = 2\nmax_inflight_jobs = 2\n";
+        let gate = on_redis(TestGate::builder().config(config), &prefix).spawn().await;
+        for _ in 0..5 {
+            for refused in submits(&gate, "{\"no_such_field\": 1}").await {
+                gate.assert_refused(refused, 422, "validation_failed").await;
+            }
+        }
+        gate.assert_nothing_reached_fal_and_still_serving().await;
+        let send = |body: &'static str| {
+            gate.as_alice(Method::POST, &format!("/api/fal/queue/{VPG}"))
+                .header("idempotency-key", "click-1")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        assert_eq!(send(r#"{"input_concept": "x"}"#).await.unwrap().status(), 200);
+        for _ in 0..3 {
+            let again = send(r#"{"input_concept": "x"}"#).await.unwrap();
+            assert_eq!(again.headers()["idempotent-replayed"], "true");
+        }
+        // One request, one job, one place in the rate spent: the second submit still fits.
+        gate.submit("alice", json!({"input_concept": "y"})).await;
+        let third = gate
+            .post_as_alice(&format!("/api/fal/queue/{VPG}"), &json!({"input_concept": "z"}))
+            .await;
+        // The day's 2 requests are spent (so are the rate's burst of 2 and the 2 jobs).
+        gate.assert_refused(third, 403, "quota_exceeded").await;
+        assert_eq!(gate.fal_saw().len(), 2);
+    }
 }
 
 #[tokio::test]

@@ -106,7 +106,7 @@ async fn minted_token_verifies_against_the_configured_secret() {
         .authenticate(token.trim())
         .await
         .unwrap();
-    assert_eq!((caller.subject.as_str(), caller.tier.as_str()), ("user-7", "pro"));
+    assert_eq!((&*caller.subject, &*caller.tier), ("user-7", "pro"));
 }
 
 #[test]

@@ -173,10 +173,7 @@ async fn dev_prints_two_users_a_real_request_and_the_playground_and_removes_its_
     let authenticator = falgate::auth::Authenticator::new(&auth).unwrap();
     let first = authenticator.authenticate(&token).await.unwrap();
     let second = authenticator.authenticate(&token2).await.unwrap();
-    assert_eq!(
-        (first.subject.as_str(), second.subject.as_str()),
-        ("dev-user", "dev-user-2")
-    );
+    assert_eq!((&*first.subject, &*second.subject), ("dev-user", "dev-user-2"));
     // The examples name a real request, in quoted URLs; it is the first user's alone.
     let status_line = text
         .lines()

@@ -4,7 +4,8 @@
 //! (usage before and after), its class rate and endpoint rate, the retention header fal saw, the
 //! slot it holds while fal works, and what the drain does to it — each expectation read from the
 //! table, so a new operation is covered the day it is added (`request` below does not compile
-//! until it has a route). Then the focused cases: streaming runs charged like sync runs, the
+//! until it has a route); the whole table runs with in-process limits and again with limits in
+//! Redis (another admission path: `limits::early`). Then the focused cases: streaming runs charged like sync runs, the
 //! absent-expiration rule, token and upload calls in the drain rule, schema defaults priced, and
 //! a run's reservation freed when its client goes away.
 
@@ -407,14 +408,32 @@ async fn drained_call(
     }
 }
 
+/// Where the limits live for a run of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    InProcess,
+    /// Redis under a fresh key prefix: another admission path (`limits::early` admits the
+    /// fixed-price calls with a body, tokens and uploads here, at the precheck step).
+    Redis,
+}
+
 async fn table_over(version: Version) {
-    let gate = TestGate::builder()
+    table_over_on(version, Store::InProcess).await;
+}
+
+async fn table_over_on(version: Version, store: Store) {
+    let builder = TestGate::builder()
         .config(TABLE)
         .clock(&ManualClock::new())
         .job_ms(10, 20)
-        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000")
-        .spawn()
-        .await;
+        .env("FALGATE_UPSTREAM__FIRST_BYTE_TIMEOUT_MS", "30000");
+    let builder = match store {
+        Store::InProcess => builder,
+        Store::Redis => builder
+            .env("FALGATE_REDIS__URL", "redis://127.0.0.1:6379")
+            .env("FALGATE_REDIS__KEY_PREFIX", &format!("ops-{}", uuid::Uuid::new_v4())),
+    };
+    let gate = builder.spawn().await;
     let client = client(version);
     let cells = || {
         [Family::Rest, Family::Proxy]
@@ -452,6 +471,16 @@ async fn every_operation_on_http1_is_priced_rated_ruled_slotted_and_drained_as_t
 #[tokio::test]
 async fn every_operation_on_h2c_is_priced_rated_ruled_slotted_and_drained_as_the_table_says() {
     table_over(Version::H2c).await;
+}
+
+#[tokio::test]
+async fn every_operation_with_limits_in_redis_on_http1_is_priced_rated_ruled_slotted_and_drained() {
+    table_over_on(Version::Http1, Store::Redis).await;
+}
+
+#[tokio::test]
+async fn every_operation_with_limits_in_redis_on_h2c_is_priced_rated_ruled_slotted_and_drained() {
+    table_over_on(Version::H2c, Store::Redis).await;
 }
 
 const STREAM_QUOTA: &str = r#"

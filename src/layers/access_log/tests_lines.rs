@@ -311,3 +311,46 @@ fn outcomes_have_their_documented_names() {
     assert_eq!(Ending::Error.as_str(), "error");
     assert_eq!(Ending::ClientGone.as_str(), "client_gone");
 }
+
+/// A line logged by the handler, inside the request, names the request the answer names
+/// (`telemetry::request_scope`), at WARN too: the id is not a span's that `RUST_LOG=warn` drops.
+#[tokio::test]
+async fn a_line_logged_inside_a_request_names_it() {
+    use crate::telemetry::request_scope::WithRequestId;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(captured.clone())
+        .event_format(WithRequestId::json(
+            tracing_subscriber::fmt::format().json().flatten_event(true),
+        ))
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let warns = || async {
+        tracing::warn!("the shared store did not answer");
+        answered().await
+    };
+    let router = Router::new()
+        .route("/api/fal/queue/{*rest}", get(warns))
+        .layer(from_fn_with_state(Arc::new(Observer::default()), observe));
+    let request = Request::builder()
+        .uri("/api/fal/queue/fal-ai/flux/requests/1/status")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let id = response.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_owned();
+    body_of(response).await;
+    let lines: Vec<Value> = captured
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|line| line["message"] == "the shared store did not answer")
+        .collect();
+    assert_eq!(warned.len(), 1, "{lines:?}");
+    assert_eq!(warned[0]["request_id"], id.as_str(), "{lines:?}");
+}
