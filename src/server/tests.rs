@@ -356,3 +356,49 @@ async fn shutdown_lets_a_call_in_flight_finish_and_refuses_new_connections() {
         .unwrap()
         .unwrap();
 }
+
+/// The admin listener serves its router with the public listener's connection code until its
+/// shutdown, then drains and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_until_its_shutdown() {
+    let router = Router::new().route("/metrics", get(|| async { "metrics" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(serve_admin(listener, router, test_settings(), Arc::default(), async move {
+        stopped.await.ok();
+    }));
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "metrics");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), admin)
+        .await
+        .expect("the admin listener ends after its shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// hyper's read buffer is at least its own floor of 8 KiB, however small the head limit:
+/// a 1 KiB `max_head_bytes` still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_limit_under_8_kib_still_serves() {
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = Settings {
+        max_head_bytes: 1024,
+        ..test_settings()
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, router, settings, Arc::default(), async move {
+        stopped.await.ok();
+    }));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = get_on(&mut stream, "/").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
