@@ -136,7 +136,10 @@ mod tests {
         let pad = "a".repeat(bound - head.len() - tail.len());
         let line = format!("{head}{pad}{tail}");
         assert_eq!(line.len(), bound);
-        assert_eq!(Lines::default().feed(&Bytes::from(format!("{line}\n"))), Some(Outcome::Ok));
+        assert_eq!(
+            Lines::default().feed(&Bytes::from(format!("{line}\n"))),
+            Some(Outcome::Ok)
+        );
         let over = format!("{head}{pad}a{tail}\n");
         assert_eq!(Lines::default().feed(&Bytes::from(over)), None);
     }

@@ -85,16 +85,48 @@ async fn the_body_forwarded_is_the_checked_apps_and_lifetime_under_each_routes_n
     let fx = fixture(0, &tokens_config()).await;
     let cases = [
         // The lifetime asked, kept under the cap; at least one second.
-        (false, json!({"allowed_apps": ["realtime-app"], "token_expiration": 7}), json!({"allowed_apps": ["realtime-app"], "token_expiration": 7})),
-        (false, json!({"allowed_apps": ["realtime-app"], "token_expiration": 1}), json!({"allowed_apps": ["realtime-app"], "token_expiration": 1})),
+        (
+            false,
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 7}),
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 7}),
+        ),
+        (
+            false,
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 1}),
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 1}),
+        ),
         // Lowered to the cap; none asked: the cap.
-        (false, json!({"allowed_apps": ["realtime-app"], "token_expiration": 121}), json!({"allowed_apps": ["realtime-app"], "token_expiration": 120})),
-        (false, json!({"allowed_apps": ["realtime-app"]}), json!({"allowed_apps": ["realtime-app"], "token_expiration": 120})),
+        (
+            false,
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 121}),
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 120}),
+        ),
+        (
+            false,
+            json!({"allowed_apps": ["realtime-app"]}),
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 120}),
+        ),
         // The realtime route names it `duration`, and takes the legacy name too.
-        (true, json!({"allowed_apps": ["realtime-app"], "duration": 30}), json!({"allowed_apps": ["realtime-app"], "duration": 30})),
-        (true, json!({"allowed_apps": ["realtime-app"], "token_expiration": 20}), json!({"allowed_apps": ["realtime-app"], "duration": 20})),
-        (true, json!({"allowed_apps": ["realtime-app"], "duration": 600}), json!({"allowed_apps": ["realtime-app"], "duration": 120})),
-        (true, json!({"allowed_apps": ["realtime-app"]}), json!({"allowed_apps": ["realtime-app"], "duration": 120})),
+        (
+            true,
+            json!({"allowed_apps": ["realtime-app"], "duration": 30}),
+            json!({"allowed_apps": ["realtime-app"], "duration": 30}),
+        ),
+        (
+            true,
+            json!({"allowed_apps": ["realtime-app"], "token_expiration": 20}),
+            json!({"allowed_apps": ["realtime-app"], "duration": 20}),
+        ),
+        (
+            true,
+            json!({"allowed_apps": ["realtime-app"], "duration": 600}),
+            json!({"allowed_apps": ["realtime-app"], "duration": 120}),
+        ),
+        (
+            true,
+            json!({"allowed_apps": ["realtime-app"]}),
+            json!({"allowed_apps": ["realtime-app"], "duration": 120}),
+        ),
     ];
     for (realtime, body, forwarded) in cases {
         let what = format!("realtime {realtime}: {body}");
@@ -128,7 +160,15 @@ async fn a_token_names_one_to_eight_app_aliases() {
 async fn each_app_must_be_a_plain_alias_before_the_policy_is_asked() {
     let fx = fixture(0, &tokens_config()).await;
     // Not aliases: refused as such (422), not as apps the caller may not use (403).
-    for alias in [".", "..", "../realtime-app", "fal-ai/realtime-app", "realtime app", "", &"a".repeat(129)] {
+    for alias in [
+        ".",
+        "..",
+        "../realtime-app",
+        "fal-ai/realtime-app",
+        "realtime app",
+        "",
+        &"a".repeat(129),
+    ] {
         assert_eq!(
             mint(&fx, false, json!({"allowed_apps": [alias]})).await,
             refused("allowed_apps", "type_error.str"),
@@ -154,9 +194,21 @@ async fn only_the_routes_own_fields_are_taken() {
     let fx = fixture(0, &tokens_config()).await;
     let apps = json!(["realtime-app"]);
     let cases = [
-        (false, json!({"allowed_apps": apps, "token_expiration": 5, "x": 1}), refused("x", "value_error.extra")),
-        (false, json!({"allowed_apps": apps, "duration": 5}), refused("duration", "value_error.extra")),
-        (true, json!({"allowed_apps": apps, "duration": 5, "x": 1}), refused("x", "value_error.extra")),
+        (
+            false,
+            json!({"allowed_apps": apps, "token_expiration": 5, "x": 1}),
+            refused("x", "value_error.extra"),
+        ),
+        (
+            false,
+            json!({"allowed_apps": apps, "duration": 5}),
+            refused("duration", "value_error.extra"),
+        ),
+        (
+            true,
+            json!({"allowed_apps": apps, "duration": 5, "x": 1}),
+            refused("x", "value_error.extra"),
+        ),
         (
             true,
             json!({"allowed_apps": apps, "duration": 5, "token_expiration": 5}),

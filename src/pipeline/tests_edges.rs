@@ -65,10 +65,16 @@ async fn a_run_whose_caller_went_away_frees_its_slot_at_once() {
         answer = &mut run => panic!("fal answered a stalled run: {:?}", answer.map(drop)),
         () = until("fal saw the run", || !fx.fal.requests().is_empty()) => {}
     }
-    assert_eq!(submitted(&fx, "alice").await, Err("concurrency_limited"), "the run holds the slot");
+    assert_eq!(
+        submitted(&fx, "alice").await,
+        Err("concurrency_limited"),
+        "the run holds the slot"
+    );
     // The caller goes away: its request's future is dropped while fal still runs the job.
     drop(run);
-    submitted(&fx, "alice").await.expect("the slot was freed when the caller went away");
+    submitted(&fx, "alice")
+        .await
+        .expect("the slot was freed when the caller went away");
 }
 
 #[tokio::test]
@@ -84,11 +90,16 @@ async fn a_status_stream_that_shows_the_end_tells_the_owners_events() {
             logs: false,
         },
     };
-    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty()).await.unwrap();
+    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("\"COMPLETED\""), "the stream is relayed as fal sent it: {text}");
+    assert!(
+        text.contains("\"COMPLETED\""),
+        "the stream is relayed as fal sent it: {text}"
+    );
     let events = fx.gate.events.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -145,10 +156,15 @@ async fn a_status_stream_fal_answered_with_an_error_tells_no_one() {
             logs: false,
         },
     };
-    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty()).await.unwrap();
+    let response = handle(&fx.gate, alice, call, &HeaderMap::new(), Body::empty())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 500);
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    assert!(String::from_utf8_lossy(&bytes).contains("COMPLETED"), "relayed as fal sent it");
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("COMPLETED"),
+        "relayed as fal sent it"
+    );
     // A watcher would have told the events from a task of this (current-thread) runtime.
     for _ in 0..100 {
         tokio::task::yield_now().await;

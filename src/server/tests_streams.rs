@@ -29,7 +29,11 @@ fn ticks(bounds: Bounds, quiet: bool, last: u32) -> Response {
             return None;
         }
         if n > 0 {
-            let pause = if quiet { Duration::from_secs(3600) } else { Duration::from_millis(50) };
+            let pause = if quiet {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(50)
+            };
             tokio::time::sleep(pause).await;
         }
         Some((Ok::<_, std::convert::Infallible>(Bytes::from("tick\n")), n + 1))
@@ -132,7 +136,10 @@ async fn ticks_on(stream: &mut tokio::net::TcpStream, path: &str) -> (usize, Dur
 async fn a_stream_read_steadily_is_cut_at_its_lifetime_plus_the_grace() {
     let (addr, _stop) = server(Connections::default()).await;
     let (ticks, took) = read_ticks(addr, "/lived").await;
-    assert!(took >= Duration::from_millis(200) + watchdog::GRACE, "cut after {took:?}");
+    assert!(
+        took >= Duration::from_millis(200) + watchdog::GRACE,
+        "cut after {took:?}"
+    );
     assert!(ticks >= 10, "the client read the stream as it came: {ticks} ticks");
 }
 
@@ -143,7 +150,10 @@ async fn a_stream_read_steadily_is_cut_at_its_lifetime_plus_the_grace() {
 async fn a_quiet_stream_after_another_on_a_kept_alive_connection_is_cut_at_its_own_bound() {
     let (addr, _stop) = server(Connections::default()).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /brief HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /brief HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let answered = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 4096];
@@ -157,7 +167,10 @@ async fn a_quiet_stream_after_another_on_a_kept_alive_connection_is_cut_at_its_o
     .await;
     assert!(answered.is_ok(), "{}", String::from_utf8_lossy(&seen));
     let (ticks, took) = ticks_on(&mut stream, "/quiet").await;
-    assert!(took >= Duration::from_millis(200) + watchdog::GRACE, "cut after {took:?}");
+    assert!(
+        took >= Duration::from_millis(200) + watchdog::GRACE,
+        "cut after {took:?}"
+    );
     assert_eq!(ticks, 1);
 }
 
@@ -165,7 +178,10 @@ async fn a_quiet_stream_after_another_on_a_kept_alive_connection_is_cut_at_its_o
 async fn a_stream_that_stops_moving_is_cut_at_its_movement_bound_plus_the_grace() {
     let (addr, _stop) = server(Connections::default()).await;
     let (ticks, took) = read_ticks(addr, "/quiet").await;
-    assert!(took >= Duration::from_millis(200) + watchdog::GRACE, "cut after {took:?}");
+    assert!(
+        took >= Duration::from_millis(200) + watchdog::GRACE,
+        "cut after {took:?}"
+    );
     assert_eq!(ticks, 1);
 }
 
@@ -174,7 +190,10 @@ async fn http2_is_served_and_a_stream_over_the_process_cap_is_refused_in_its_hea
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let (addr, _stop) = server(Connections::default()).await;
     let answer = h2.get(format!("http://{addr}/")).send().await.unwrap();
-    assert_eq!((answer.version(), answer.status().as_u16()), (http::Version::HTTP_2, 200));
+    assert_eq!(
+        (answer.version(), answer.status().as_u16()),
+        (http::Version::HTTP_2, 200)
+    );
     // The watched body keeps the answer's size: hyper states it (HTTP/2 has no chunking).
     let length = answer.headers().get("content-length").map(|v| v.as_bytes().to_vec());
     assert_eq!(length.as_deref(), Some(&b"2"[..]));
@@ -193,12 +212,23 @@ async fn http2_is_served_and_a_stream_over_the_process_cap_is_refused_in_its_hea
     assert_eq!(header("cache-control").as_deref(), Some("no-store"));
     assert_eq!(refused.bytes().await.unwrap().len(), 0);
     // HTTP/1 answers are not HTTP/2 streams: not capped.
-    let http1 = reqwest::Client::new().get(format!("http://{addr}/")).send().await.unwrap();
+    let http1 = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(http1.status().as_u16(), 200);
-    assert_eq!(http1.headers().get("content-length").map(|v| v.as_bytes()), Some(&b"2"[..]));
+    assert_eq!(
+        http1.headers().get("content-length").map(|v| v.as_bytes()),
+        Some(&b"2"[..])
+    );
     // A whole answer handed over in frames (`body::in_frames`) keeps its length through the
     // watched body: `content-length`, not a chunked body.
-    let big = reqwest::Client::new().get(format!("http://{addr}/big")).send().await.unwrap();
+    let big = reqwest::Client::new()
+        .get(format!("http://{addr}/big"))
+        .send()
+        .await
+        .unwrap();
     let length = big.headers().get("content-length").map(|v| v.as_bytes().to_vec());
     assert_eq!(length.as_deref(), Some(&b"200000"[..]), "{:?}", big.headers());
     assert_eq!(big.bytes().await.unwrap().len(), 200_000);
@@ -235,6 +265,9 @@ async fn an_answer_left_in_http2_buffers_closes_its_connection_by_the_progress_r
         .unwrap();
     assert_eq!(answer.status(), 200);
     let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
-    assert!(closed.is_ok(), "the connection stayed open with the answer's last byte unsent");
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open with the answer's last byte unsent"
+    );
     drop(answer);
 }

@@ -395,7 +395,11 @@ async fn on_redis_the_index_holds_the_prefixes_jobs_in_flight_only() {
         elsewhere.reconcile_once_at(&fal, later).await,
         Pass::Ran { asked: 0, freed: 0 }
     );
-    assert_eq!(members(&store, &index).await.len(), 2, "another prefix's pass took them");
+    assert_eq!(
+        members(&store, &index).await.len(),
+        2,
+        "another prefix's pass took them"
+    );
     a.job_finished(&CAROL, &app(), &req(1)).await;
     let left = members(&store, &index).await;
     assert_eq!(left.len(), 1, "{left:?}");

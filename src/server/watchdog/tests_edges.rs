@@ -47,7 +47,10 @@ async fn a_late_completion_of_an_earlier_response_leaves_the_current_one_watched
     drop(first);
     let second = watch.wrap(Body::from("second"), Bounds::default(), (), Arc::new(|| {}));
     drop(chunk);
-    assert!(watch.watching(), "the first response's completion ended the second's watch");
+    assert!(
+        watch.watching(),
+        "the first response's completion ended the second's watch"
+    );
     drop(second);
     assert!(!watch.watching());
 }
@@ -114,5 +117,7 @@ async fn a_watchdog_left_watching_is_woken_through_its_latest_waker_when_the_res
         (0, 1)
     );
     let waker = futures_util::task::waker(latest.clone());
-    assert!(Pin::new(&mut watchdog).poll(&mut Context::from_waker(&waker)).is_ready());
+    assert!(Pin::new(&mut watchdog)
+        .poll(&mut Context::from_waker(&waker))
+        .is_ready());
 }
