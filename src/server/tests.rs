@@ -365,9 +365,15 @@ async fn the_admin_listener_serves_until_its_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(serve_admin(listener, router, test_settings(), Arc::default(), async move {
-        stopped.await.ok();
-    }));
+    let admin = tokio::spawn(serve_admin(
+        listener,
+        router,
+        test_settings(),
+        Arc::default(),
+        async move {
+            stopped.await.ok();
+        },
+    ));
     let body = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
