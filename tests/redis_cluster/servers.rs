@@ -24,15 +24,26 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// A free port whose cluster bus port (+10000) is free too.
+/// Ports (and their bus ports) already handed out in this process: the cluster and Sentinel
+/// tests start servers at once, and a port found free is only bound once its server starts, so
+/// without this two servers could be given the same port, or one another's bus port (a
+/// Sentinel test once waited 40 s for sentinels that never met).
+static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free port whose cluster bus port (+10000) is free too, neither handed out before.
 fn free_port() -> u16 {
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..200 {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        if port > 55_000 {
+        let taken = |p: u16| given.contains(&p);
+        if !(10_000..=55_000).contains(&port) || taken(port) || taken(port + 10_000) || taken(port - 10_000) {
             continue;
         }
         if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            given.insert(port);
+            given.insert(port + 10_000);
             return port;
         }
     }
