@@ -2,6 +2,7 @@
 //! `max_open`) and hands it to the worker with the fewest open ones; the worker side registers
 //! it in its own reactor and reads the peer address.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,9 +28,7 @@ pub(super) struct Accepted {
 pub(super) const GONE: usize = usize::MAX / 2;
 
 /// Accepts until every worker is gone, each accept holding one of `permits` (`max_open`): at
-/// the cap the loop waits for a connection to close. A connection the peer reset before accept
-/// is skipped; other errors (out of descriptors) are logged and retried after a pause, so a full
-/// process does not spin.
+/// the cap the loop waits for a connection to close. Errors are [`next_connection`]'s.
 pub(super) async fn accept_loop(
     listener: &TcpListener,
     workers: &[Worker],
@@ -40,15 +39,7 @@ pub(super) async fn accept_loop(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) if is_connection_error(&err) => continue,
-            Err(err) => {
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, _peer) = next_connection(listener, "public").await;
         // Small writes (event-stream chunks) go out at once.
         stream.set_nodelay(true).ok();
         if send_buffer > 0 {
@@ -81,7 +72,42 @@ pub(super) async fn accept_loop(
     }
 }
 
-pub(super) fn is_connection_error(err: &io::Error) -> bool {
+/// How long an accept loop pauses after an error that is not the peer's (out of descriptors):
+/// retrying at once would spin a full process.
+pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A listener as the accept loops see it: a trait only so a test can hand them errors no real
+/// socket produces on demand (out of descriptors).
+pub(super) trait Listen {
+    type Conn;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+}
+
+impl Listen for TcpListener {
+    type Conn = (TcpStream, SocketAddr);
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send {
+        TcpListener::accept(self)
+    }
+}
+
+/// The next connection `listener` (`"public"` or `"admin"`, for the log) accepts. A connection
+/// its peer reset before the accept is skipped at once; any other error (out of descriptors)
+/// is logged and retried after [`ACCEPT_PAUSE`].
+pub(super) async fn next_connection<L: Listen>(listener: &L, name: &'static str) -> L::Conn {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(err) if is_connection_error(&err) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, listener = name, "accept failed");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// A connection its peer gave up on before it was accepted: nothing to do but take the next.
+fn is_connection_error(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
@@ -120,5 +146,89 @@ pub(super) struct LoadGuard(pub(super) Arc<AtomicUsize>);
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::telemetry::captured::Captured;
+
+    /// A listener that answers from a script, then never again.
+    struct Scripted(Mutex<VecDeque<io::Result<u32>>>);
+
+    impl Scripted {
+        fn new(script: impl IntoIterator<Item = io::Result<u32>>) -> Self {
+            Self(Mutex::new(script.into_iter().collect()))
+        }
+    }
+
+    impl Listen for Scripted {
+        type Conn = u32;
+        fn accept(&self) -> impl Future<Output = io::Result<u32>> + Send {
+            let next = self.0.lock().unwrap().pop_front();
+            async move {
+                match next {
+                    Some(result) => result,
+                    None => std::future::pending().await,
+                }
+            }
+        }
+    }
+
+    fn errors(kinds: &[io::ErrorKind]) -> Vec<io::Result<u32>> {
+        kinds.iter().map(|kind| Err(io::Error::from(*kind))).collect()
+    }
+
+    /// A peer that reset, aborted or refused before the accept is skipped at once, unlogged.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_its_peer_gave_up_on_is_skipped_at_once() {
+        let captured = Captured::default();
+        let _log = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(captured.clone())
+                .finish(),
+        );
+        let mut script = errors(&[
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionRefused,
+        ]);
+        script.push(Ok(7));
+        let started = Instant::now();
+        assert_eq!(next_connection(&Scripted::new(script), "public").await, 7);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(captured.text(), "");
+    }
+
+    /// Any other error (out of descriptors) is logged with the listener's name and the loop
+    /// pauses exactly [`ACCEPT_PAUSE`] (100 ms) before the next accept, each time.
+    #[tokio::test(start_paused = true)]
+    async fn another_error_is_logged_and_pauses_the_loop_before_the_next_accept() {
+        let captured = Captured::default();
+        let _log = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(captured.clone())
+                .finish(),
+        );
+        let mut script = vec![Err(io::Error::from_raw_os_error(24)), Err(io::Error::other("odd"))];
+        script.push(Ok(9));
+        let started = Instant::now();
+        assert_eq!(next_connection(&Scripted::new(script), "admin").await, 9);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        let text = captured.text();
+        assert_eq!(text.matches("accept failed").count(), 2, "{text}");
+        assert!(
+            text.contains("listener=\"admin\"") || text.contains("listener=admin"),
+            "{text}"
+        );
+        assert!(text.contains("(os error 24)"), "{text}");
     }
 }

@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::acceptor::is_connection_error;
+use super::acceptor::next_connection;
 use super::worker::{builder, Serving};
 use super::Settings;
 use crate::lifecycle::Lifecycle;
@@ -46,15 +45,7 @@ pub async fn serve_admin(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) if is_connection_error(&err) => continue,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = next_connection(&listener, "admin").await;
             stream.set_nodelay(true).ok();
             serving.spawn(stream, permit, None, peer);
         }

@@ -408,3 +408,58 @@ async fn a_head_limit_under_8_kib_still_serves() {
     let answer = get_on(&mut stream, "/").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A worker's serving side on the test's own thread (so a thread-local subscriber sees its logs).
+fn serving(settings: &Settings) -> worker::Serving {
+    worker::Serving {
+        builder: worker::builder(settings),
+        router: Router::new().route("/", get(|| async { "ok" })),
+        lifecycle: Arc::default(),
+        graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        connections: settings.connections,
+        streams: Arc::new(tokio::sync::Semaphore::new(8)),
+    }
+}
+
+/// The drain names how many connections it waits for, and says nothing when none is open.
+#[tokio::test]
+async fn the_drain_names_the_connections_it_waits_for_and_is_silent_without_any() {
+    let captured = crate::telemetry::captured::Captured::default();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(captured.clone())
+            .finish(),
+    );
+    let settings = test_settings();
+    serving(&settings).drain(Duration::from_secs(5)).await;
+    assert!(!captured.text().contains("draining"), "{}", captured.text());
+
+    let serving = serving(&settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (stream, peer) = listener.accept().await.unwrap();
+    let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+    serving.spawn(stream, permit, None, peer);
+    // One answer: the connection is open and kept alive when the drain starts.
+    assert!(get_on(&mut client, "/").await.starts_with("HTTP/1.1 200"));
+    tokio::time::timeout(Duration::from_secs(10), serving.drain(Duration::from_secs(5)))
+        .await
+        .expect("an idle connection drains at once");
+    let text = captured.text();
+    assert_eq!(text.matches("draining client connections").count(), 1, "{text}");
+    assert!(text.contains("open=1"), "{text}");
+}
+
+/// What HTTP/2 buffers per stream past the peer's window is 16 KiB, not hyper's 400 KiB default
+/// (SECURITY.md, "What a stalled peer can hold"). hyper has no getter, so the builder's own
+/// description is read; what the bound holds in memory is measured by
+/// `tests/it/attack/stalled.rs` (`measure_stalled_memory`), which no unit test can do exactly
+/// (the kernel's socket buffers come first).
+#[test]
+fn http2_buffers_sixteen_kib_per_stream_past_the_peers_window() {
+    let described = format!("{:?}", worker::builder(&test_settings()));
+    assert!(described.contains("max_send_buffer_size: 16384,"), "{described}");
+}

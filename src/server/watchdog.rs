@@ -370,7 +370,7 @@ impl Future for Watchdog {
 
 /// The executor hyper spawns each HTTP/2 stream on: every stream runs under its own
 /// [`Watchdog`], so a stalled stream is reset without touching the others.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamExecutor {
     pub(crate) progress: Progress,
 }
