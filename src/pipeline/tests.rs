@@ -103,7 +103,7 @@ pub(super) fn caller(subject: &str, tier: &str) -> Caller {
     }
 }
 
-fn submit_to(endpoint: &str) -> Call {
+pub(super) fn submit_to(endpoint: &str) -> Call {
     Call {
         op: Op::Submit {
             endpoint: EndpointId::parse(endpoint).unwrap(),
@@ -155,7 +155,7 @@ fn vpg_input() -> Option<Value> {
 type Answered = Result<(u16, HeaderMap, Value), &'static str>;
 
 impl Fixture {
-    async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Answered {
+    pub(super) async fn call(&self, who: &str, call: Call, headers: &HeaderMap, body: Option<Value>) -> Answered {
         let mut headers = headers.clone();
         let body = match body {
             Some(json) => {
@@ -175,13 +175,13 @@ impl Fixture {
         }
     }
 
-    async fn submit(&self, who: &str) -> Answered {
+    pub(super) async fn submit(&self, who: &str) -> Answered {
         self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(json!({"n": 1})))
             .await
     }
 
     /// Submits as `who` and returns the request id fal gave.
-    async fn submitted(&self, who: &str) -> String {
+    pub(super) async fn submitted(&self, who: &str) -> String {
         let (status, _, body) = self.submit(who).await.expect("admitted");
         assert_eq!(status, 200, "{body}");
         body["request_id"].as_str().expect("a request id").to_owned()

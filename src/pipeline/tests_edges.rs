@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use serde_json::json;
 
-use super::tests::{caller, fixture, Fixture};
+use super::tests::{caller, fixture, submit_to, Fixture};
 use super::*;
 use crate::emulator::{Fault, FaultAction};
 use crate::fal::{EndpointId, FalRequestId};
@@ -172,4 +172,40 @@ async fn a_status_stream_fal_answered_with_an_error_tells_no_one() {
     let history = fx.gate.events.since(&tag, crate::events::EventId::ZERO).await.unwrap();
     let kinds: Vec<_> = history.iter().map(|e| e.body.kind.as_str()).collect();
     assert_eq!(kinds, ["submitted"]);
+}
+
+/// On Redis, a call refused for its input gives its early admission back before the refusal is
+/// answered (`give_back`): the caller's next call, sent at once, finds the one submit its rate
+/// allows. Left to the admission's drop guard, the give-back would be a task spawned as the
+/// refusal is answered, reaching Redis after that next call's admission.
+#[tokio::test]
+async fn on_redis_an_input_refused_gives_its_early_admission_back_before_answering() {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let mut fx = fixture(
+        0,
+        &format!(
+            "[limits.tiers.slow]\nsubmit = {{ burst = 1, per_minute = 1 }}\n\
+             [redis]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
+        ),
+    )
+    .await;
+    fx.tier = "slow";
+    assert_eq!(fx.gate.limiter.store_mode(), "single", "the limits are in Redis");
+    for _ in 0..3 {
+        let refused = fx
+            .call(
+                "alice",
+                submit_to(ECHO),
+                &HeaderMap::new(),
+                Some(json!("not an object")),
+            )
+            .await;
+        assert_eq!(refused.unwrap_err(), "validation_failed");
+    }
+    fx.submitted("alice").await;
+    assert_eq!(
+        fx.submit("alice").await.unwrap_err(),
+        "rate_limited",
+        "the rate is one submit"
+    );
 }

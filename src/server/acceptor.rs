@@ -231,4 +231,38 @@ mod tests {
         );
         assert!(text.contains("(os error 24)"), "{text}");
     }
+
+    /// The send buffer of a connection accepted by [`accept_loop`] with `send_buffer`.
+    async fn accepted_send_buffer(send_buffer: usize) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let workers = [Worker {
+            tx,
+            load: Arc::default(),
+        }];
+        let permits = Arc::new(Semaphore::new(1));
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let accepted = tokio::select! {
+            () = accept_loop(&listener, &workers, &permits, send_buffer) => panic!("the accept loop ended"),
+            accepted = rx.recv() => accepted.expect("a connection handed to the worker"),
+        };
+        assert_eq!(
+            workers[0].load.load(Ordering::Relaxed),
+            1,
+            "counted in the worker's load"
+        );
+        socket2::SockRef::from(&accepted.stream).send_buffer_size().unwrap()
+    }
+
+    /// `send_buffer` is set on each accepted connection (Linux doubles what it is given, for
+    /// its own bookkeeping); 0 leaves the kernel's default, as a plain accept has it.
+    #[tokio::test]
+    async fn the_configured_send_buffer_is_set_on_each_connection_and_zero_leaves_the_kernels() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (plain, _) = listener.accept().await.unwrap();
+        let kernels = socket2::SockRef::from(&plain).send_buffer_size().unwrap();
+        assert_eq!(accepted_send_buffer(0).await, kernels);
+        assert_eq!(accepted_send_buffer(40_000).await, 80_000);
+    }
 }
