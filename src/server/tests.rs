@@ -463,3 +463,47 @@ fn http2_buffers_sixteen_kib_per_stream_past_the_peers_window() {
     let described = format!("{:?}", worker::builder(&test_settings()));
     assert!(described.contains("max_send_buffer_size: 16384,"), "{described}");
 }
+
+/// A worker's load (what the acceptor picks the least loaded worker by) counts its open
+/// connections: one more for each connection handed to it, one less when that one closes.
+#[tokio::test]
+async fn a_workers_load_counts_its_open_connections_until_they_close() {
+    use std::sync::atomic::AtomicUsize;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let load = Arc::new(AtomicUsize::new(0));
+    let workers = [acceptor::Worker { tx, load: load.clone() }];
+    let incoming = acceptor::Incoming { rx, load: load.clone() };
+    let permits = Arc::new(tokio::sync::Semaphore::new(4));
+    tokio::spawn(async move { acceptor::accept_loop(&listener, &workers, &permits, 0).await });
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    tokio::spawn(worker::run_worker(
+        incoming,
+        router,
+        test_settings(),
+        Arc::default(),
+        Arc::new(tokio::sync::Semaphore::new(8)),
+        stopped,
+    ));
+    let settled = |want: usize| {
+        let load = load.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while load.load(Ordering::Relaxed) != want {
+                assert!(tokio::time::Instant::now() < deadline, "the load never became {want}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(get_on(&mut first, "/").await.starts_with("HTTP/1.1 200"));
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(get_on(&mut second, "/").await.starts_with("HTTP/1.1 200"));
+    settled(2).await;
+    drop(first);
+    settled(1).await;
+    drop(second);
+    settled(0).await;
+}
