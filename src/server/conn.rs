@@ -263,3 +263,126 @@ impl AsyncWrite for Conn {
         self.on_write(cx, polled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The read side's phases and timers, and the write path, on a real socket pair with
+    //! tokio's paused clock: nothing but the timer under test is pending, so the clock moves
+    //! straight to it and the instants are exact.
+
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(3);
+    const IDLE: Duration = Duration::from_secs(7);
+
+    /// A connection as the server holds it, and its client's end.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let limits = Connections {
+            header_read_timeout: HEAD,
+            keep_alive_timeout: IDLE,
+            ..Connections::default()
+        };
+        (Conn::new(server, permit, None, limits), client)
+    }
+
+    /// An HTTP/1 connection: a head starts with its first bytes and has the header read
+    /// timeout from then; none arrives while a request is in flight; idle after it.
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_head_has_the_header_timeout_from_its_first_bytes_and_idle_follows_a_request() {
+        let (mut conn, _client) = pair().await;
+        assert_eq!(conn.read_deadline(), Some(conn.accepted + HEAD));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        conn.on_bytes(b"GET / HTTP/1.1\r\n");
+        let started = Instant::now();
+        assert_eq!(conn.phase, ReadPhase::Head(started));
+        assert_eq!(conn.read_deadline(), Some(started + HEAD));
+        assert!(!conn.http2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        conn.on_bytes(b"host: x\r\n");
+        assert_eq!(
+            conn.phase,
+            ReadPhase::Head(started),
+            "a head's later bytes keep its start"
+        );
+        let in_flight = InFlight::begin(&conn.requests);
+        conn.update_phase();
+        assert_eq!(conn.read_deadline(), None, "no read deadline with a request in flight");
+        drop(in_flight);
+        conn.update_phase();
+        let idle = Instant::now();
+        assert_eq!(conn.phase, ReadPhase::Idle(idle));
+        assert_eq!(conn.read_deadline(), Some(idle + IDLE));
+        conn.on_bytes(b"GET /next HTTP/1.1\r\n");
+        assert_eq!(conn.phase, ReadPhase::Head(idle), "the next head starts");
+    }
+
+    /// HTTP/2 is known from its preface, read first: the connection is then idle, and frames
+    /// (pings, settings) read while it is idle start no head. The preface later on an HTTP/1
+    /// connection is not HTTP/2.
+    #[tokio::test(start_paused = true)]
+    async fn http2_is_known_from_its_preface_and_its_frames_start_no_head() {
+        let (mut conn, _client) = pair().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        conn.on_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let since = Instant::now();
+        assert!(conn.http2);
+        assert_eq!(conn.phase, ReadPhase::Idle(since));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        conn.on_bytes(b"\0\0\0\x04\0\0\0\0\0");
+        assert_eq!(conn.phase, ReadPhase::Idle(since), "a frame while idle is not a head");
+
+        let (mut conn, _client) = pair().await;
+        conn.on_bytes(b"GET / HTTP/1.1\r\n\r\n");
+        conn.phase = ReadPhase::Idle(Instant::now());
+        conn.on_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(!conn.http2, "only the first bytes of a connection are its preface");
+    }
+
+    /// Bytes read through the connection move its phase; an idle connection then times out
+    /// after the keep-alive timeout, a fresh one after the header read timeout, each with its
+    /// own reason.
+    #[tokio::test(start_paused = true)]
+    async fn reads_move_the_phase_and_each_wait_times_out_with_its_own_reason() {
+        let (mut conn, _client) = pair().await;
+        let started = Instant::now();
+        let err = conn.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the request head did not arrive in time");
+        assert_eq!(started.elapsed(), HEAD);
+
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let since = Instant::now();
+        assert_eq!(conn.phase, ReadPhase::Idle(since), "the bytes read were seen");
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.to_string(), "idle connection (keep-alive timeout)");
+        assert_eq!(since.elapsed(), IDLE);
+    }
+
+    /// Each write path writes what it is given, all of it, to the socket.
+    #[tokio::test]
+    async fn writes_reach_the_client_whole() {
+        let (mut conn, mut client) = pair().await;
+        conn.write_all(b"plain ").await.unwrap();
+        let parts = [io::IoSlice::new(b"vectored "), io::IoSlice::new(b"too")];
+        let n = conn.write_vectored(&parts).await.unwrap();
+        assert_eq!(n, 12, "the kernel takes small vectored writes whole");
+        conn.flush().await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "plain vectored too");
+    }
+}
