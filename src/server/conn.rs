@@ -379,10 +379,32 @@ mod tests {
         let parts = [io::IoSlice::new(b"vectored "), io::IoSlice::new(b"too")];
         let n = conn.write_vectored(&parts).await.unwrap();
         assert_eq!(n, 12, "the kernel takes small vectored writes whole");
+        assert!(
+            conn.is_write_vectored(),
+            "hyper hands a head and its body to one writev, not copied into one buffer"
+        );
         conn.flush().await.unwrap();
         conn.shutdown().await.unwrap();
         let mut got = String::new();
-        client.read_to_string(&mut got).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut got))
+            .await
+            .expect("the shutdown ended the client's read")
+            .unwrap();
         assert_eq!(got, "plain vectored too");
+    }
+
+    /// A connection the watchdog killed fails every read and write with its reason.
+    #[tokio::test]
+    async fn a_killed_connection_fails_every_read_and_write() {
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        conn.requests.kill();
+        let reason = killed().to_string();
+        assert_eq!(conn.read(&mut [0u8; 8]).await.unwrap_err().to_string(), reason);
+        assert_eq!(conn.write(b"x").await.unwrap_err().to_string(), reason);
+        let parts = [io::IoSlice::new(b"x")];
+        assert_eq!(conn.write_vectored(&parts).await.unwrap_err().to_string(), reason);
+        assert_eq!(conn.flush().await.unwrap_err().to_string(), reason);
+        assert_eq!(conn.shutdown().await.unwrap_err().to_string(), reason);
     }
 }
