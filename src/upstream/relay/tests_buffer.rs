@@ -379,3 +379,34 @@ async fn past_the_budget_output_streams_on_and_a_control_answer_waits_for_room()
     drop(read);
     assert_eq!(fal.upstream.budget().available_kib(), 2);
 }
+
+/// A completed status answer's failure, as `finished` events report it: fal's `error_type` when
+/// it is a string (whatever `error` says), `"error"` when only `error` names one, none when
+/// neither does (`error: null` included); an `error_type` of another type is read as absent,
+/// not as an unreadable answer.
+#[tokio::test]
+async fn a_completed_status_names_its_failure_by_error_type_then_error() {
+    let fal = fal().await;
+    let cases: [(&[u8], Option<&str>); 6] = [
+        (
+            br#"{"status":"COMPLETED","error_type":"Timeout","error":"slow"}"#,
+            Some("Timeout"),
+        ),
+        (br#"{"status":"COMPLETED","error_type":"Timeout"}"#, Some("Timeout")),
+        (br#"{"status":"COMPLETED","error":"boom"}"#, Some("error")),
+        (br#"{"status":"COMPLETED","error":null}"#, None),
+        (
+            br#"{"status":"COMPLETED","error_type":7,"error":"boom"}"#,
+            Some("error"),
+        ),
+        (br#"{"status":"COMPLETED","error_type":7}"#, None),
+    ];
+    for (json, failure) in cases {
+        let read = fal
+            .buffer(&status_call(), answer(200, "application/json", &[json]))
+            .await
+            .unwrap();
+        assert!(read.completed());
+        assert_eq!(read.failure(), failure, "{}", String::from_utf8_lossy(json));
+    }
+}
