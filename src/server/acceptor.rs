@@ -86,7 +86,7 @@ pub(super) trait Listen {
 impl Listen for TcpListener {
     type Conn = (TcpStream, SocketAddr);
     fn accept(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send {
-        TcpListener::accept(self)
+        Self::accept(self)
     }
 }
 
