@@ -284,6 +284,12 @@ impl Webhooks {
         }
     }
 
+    /// The job recorded for `id` (tests read what a submit recorded).
+    #[cfg(test)]
+    pub(crate) async fn job(&self, id: &FalRequestId) -> Option<Arc<Submitted>> {
+        self.jobs.lookup(id).await.ok().flatten()
+    }
+
     /// Records a submit fal accepted with falgate's hook (nothing when the receiver is off).
     pub async fn submitted(&self, id: &FalRequestId, job: Submitted) {
         if self.receiving() {

@@ -61,6 +61,11 @@ pub(super) async fn fixture(job_ms: u64, tier: &str) -> Fixture {
 
 /// [`fixture`] with fal's queue host at `queue_url` when given (e.g. a closed port).
 pub(super) async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Option<&str>) -> Fixture {
+    fixture_with(job_ms, tier, queue_url, &[]).await
+}
+
+/// [`fixture_with_queue`] with more `FALGATE_*` variables (e.g. `FALGATE_PUBLIC_URL`).
+pub(super) async fn fixture_with(job_ms: u64, tier: &str, queue_url: Option<&str>, more: &[(&str, &str)]) -> Fixture {
     let fal = Emulator::new(EmulatorConfig {
         queue_ms: job_ms,
         progress_ms: 0,
@@ -83,6 +88,10 @@ pub(super) async fn fixture_with_queue(job_ms: u64, tier: &str, queue_url: Optio
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
+    .chain(
+        more.iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+    )
     .collect();
     let config = Config::from_toml(&format!("{BASE}{tier}\n"), &vars).unwrap();
     let gate = Gate::new(config, &FalCredentials::new("fk-pipeline-test".into())).unwrap();

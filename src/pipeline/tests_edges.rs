@@ -209,3 +209,38 @@ async fn on_redis_an_input_refused_gives_its_early_admission_back_before_answeri
         "the rate is one submit"
     );
 }
+
+/// A submit fal accepted with falgate's hook is recorded for the webhook receiver with whose
+/// limits it spent and what: the caller's tag and the day's credits it took, which a delivery
+/// frees and, for a job fal failed on its side, refunds (`webhooks::apply`).
+#[tokio::test]
+async fn a_hooked_submit_is_recorded_with_the_callers_tag_and_its_spend() {
+    let fx = super::tests::fixture_with(
+        0,
+        "daily_credits = 50\n[webhooks]\nreceive = true\nfal_user_id = \"emulator-user\"\n",
+        None,
+        &[("FALGATE_PUBLIC_URL", "https://gate.example")],
+    )
+    .await;
+    let today = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        i64::try_from(now.as_secs() / 86_400).unwrap()
+    };
+    let before = today();
+    let id = submitted(&fx, "alice").await.unwrap();
+    let after = today();
+    let job = fx
+        .gate
+        .webhooks
+        .job(&FalRequestId::parse(&id).unwrap())
+        .await
+        .expect("the submit is recorded for the receiver");
+    let alice = caller("alice", fx.tier);
+    assert_eq!(job.tag, crate::redis::tag_of(&alice.principal()));
+    assert_eq!(job.app, "fal-ai/echo");
+    let spend = job.spend.expect("the tier counts credits: the spend is recorded");
+    assert_eq!(spend.credits, 1);
+    assert!((before..=after).contains(&spend.day), "{spend:?} on day {before}");
+}
