@@ -150,3 +150,33 @@ async fn in_process_limits_check_at_the_precheck_and_consume_nothing() {
         (2000, 10, 20)
     );
 }
+
+/// A price is fixed when the input cannot change it: no `field` rule, or a rule whose every
+/// value costs what the endpoint costs; a value priced otherwise makes it the input's. No
+/// endpoint (a status, a cancel) costs nothing; an endpoint not listed costs the default.
+#[test]
+fn a_price_is_fixed_unless_a_value_of_its_field_is_priced_otherwise() {
+    let mut config = super::tests::config();
+    let rule = |values: &[(&str, u64)]| super::config::EndpointCredits {
+        cost: 3,
+        field: Some("model".into()),
+        values: values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    };
+    config
+        .credits
+        .endpoints
+        .insert("fal-ai/alike".into(), rule(&[("a", 3), ("b", 3)]));
+    config
+        .credits
+        .endpoints
+        .insert("fal-ai/unlike".into(), rule(&[("a", 3), ("b", 4)]));
+    config.credits.endpoints.insert("fal-ai/novalues".into(), rule(&[]));
+    let limiter = Limiter::new(config, None).unwrap();
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/alike")), Some(3));
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/novalues")), Some(3));
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/unlike")), None);
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/video-prompt-generator")), None);
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/flux/dev")), Some(2));
+    assert_eq!(limiter.fixed_credits(Some("fal-ai/unlisted")), Some(1));
+    assert_eq!(limiter.fixed_credits(None), Some(0));
+}
