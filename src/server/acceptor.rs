@@ -188,13 +188,7 @@ mod tests {
     /// A peer that reset, aborted or refused before the accept is skipped at once, unlogged.
     #[tokio::test(start_paused = true)]
     async fn a_connection_its_peer_gave_up_on_is_skipped_at_once() {
-        let captured = Captured::default();
-        let _log = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_writer(captured.clone())
-                .finish(),
-        );
+        let (captured, _log) = Captured::on_this_thread();
         let mut script = errors(&[
             io::ErrorKind::ConnectionReset,
             io::ErrorKind::ConnectionAborted,
@@ -211,13 +205,7 @@ mod tests {
     /// pauses exactly [`ACCEPT_PAUSE`] (100 ms) before the next accept, each time.
     #[tokio::test(start_paused = true)]
     async fn another_error_is_logged_and_pauses_the_loop_before_the_next_accept() {
-        let captured = Captured::default();
-        let _log = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_writer(captured.clone())
-                .finish(),
-        );
+        let (captured, _log) = Captured::on_this_thread();
         let mut script = vec![Err(io::Error::from_raw_os_error(24)), Err(io::Error::other("odd"))];
         script.push(Ok(9));
         let started = Instant::now();

@@ -424,13 +424,7 @@ fn serving(settings: &Settings) -> worker::Serving {
 /// The drain names how many connections it waits for, and says nothing when none is open.
 #[tokio::test]
 async fn the_drain_names_the_connections_it_waits_for_and_is_silent_without_any() {
-    let captured = crate::telemetry::captured::Captured::default();
-    let _log = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(captured.clone())
-            .finish(),
-    );
+    let (captured, _log) = crate::telemetry::captured::Captured::on_this_thread();
     let settings = test_settings();
     serving(&settings).drain(Duration::from_secs(5)).await;
     assert!(!captured.text().contains("draining"), "{}", captured.text());

@@ -9,6 +9,16 @@ use tracing_subscriber::fmt::MakeWriter;
 pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// A plain-text subscriber writing here, the default on this thread while the guard lives.
+    pub(crate) fn on_this_thread() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(captured.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     /// What was written, as text.
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
