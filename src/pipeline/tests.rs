@@ -112,7 +112,7 @@ pub(super) fn caller(subject: &str, tier: &str) -> Caller {
     }
 }
 
-pub(super) fn submit_to(endpoint: &str) -> Call {
+fn submit_to(endpoint: &str) -> Call {
     Call {
         op: Op::Submit {
             endpoint: EndpointId::parse(endpoint).unwrap(),
@@ -185,8 +185,12 @@ impl Fixture {
     }
 
     pub(super) async fn submit(&self, who: &str) -> Answered {
-        self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(json!({"n": 1})))
-            .await
+        self.submit_body(who, json!({"n": 1})).await
+    }
+
+    /// A submit to `fal-ai/echo` as `who` with `body`.
+    pub(super) async fn submit_body(&self, who: &str, body: Value) -> Answered {
+        self.call(who, submit_to(ECHO), &HeaderMap::new(), Some(body)).await
     }
 
     /// Submits as `who` and returns the request id fal gave.
@@ -648,14 +652,7 @@ async fn a_caller_over_a_rate_is_refused_before_the_body_is_read() {
     fx.tier = "slow";
     fx.submitted("alice").await;
     // Not an object: reading it would answer 422; the precheck answers first.
-    let refused = fx
-        .call(
-            "alice",
-            submit_to(ECHO),
-            &HeaderMap::new(),
-            Some(json!("not an object")),
-        )
-        .await;
+    let refused = fx.submit_body("alice", json!("not an object")).await;
     assert_eq!(refused.unwrap_err(), "rate_limited");
 }
 

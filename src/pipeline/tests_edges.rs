@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use serde_json::json;
 
-use super::tests::{caller, fixture, submit_to, Fixture};
+use super::tests::{caller, fixture, Fixture};
 use super::*;
 use crate::emulator::{Fault, FaultAction};
 use crate::fal::{EndpointId, FalRequestId};
@@ -192,14 +192,7 @@ async fn on_redis_an_input_refused_gives_its_early_admission_back_before_answeri
     fx.tier = "slow";
     assert_eq!(fx.gate.limiter.store_mode(), "single", "the limits are in Redis");
     for _ in 0..3 {
-        let refused = fx
-            .call(
-                "alice",
-                submit_to(ECHO),
-                &HeaderMap::new(),
-                Some(json!("not an object")),
-            )
-            .await;
+        let refused = fx.submit_body("alice", json!("not an object")).await;
         assert_eq!(refused.unwrap_err(), "validation_failed");
     }
     fx.submitted("alice").await;

@@ -74,7 +74,7 @@ pub(super) async fn accept_loop(
 
 /// How long an accept loop pauses after an error that is not the peer's (out of descriptors):
 /// retrying at once would spin a full process.
-pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A listener as the accept loops see it: a trait only so a test can hand them errors no real
 /// socket produces on demand (out of descriptors).
