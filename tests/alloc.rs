@@ -267,9 +267,11 @@ default_cost = 1
 
 /// Heap bytes an open event stream may hold on the worker (issue 23: ≤ 16 KB of RSS per stream
 /// through falgate); RSS adds the kernel's socket buffers and allocator slack on top. Measured
-/// 62,425 bytes (69.9 KB before the access line stopped pinning fal's 8 KiB read buffer);
-/// `ALLOC_TRACE=stream` lists what one stream holds, by site.
-const STREAM_HEAP_CEILING: u64 = 63 * 1024;
+/// 52,687 bytes: 69.9 KB before the access line stopped pinning fal's 8 KiB read buffer, 62.4 KB
+/// before a connection's protocol was peeked instead of read (`server::conn::Protocol`: hyper's
+/// read buffer no longer doubles to 16 KiB); `ALLOC_TRACE=stream` lists what one stream holds,
+/// by site.
+const STREAM_HEAP_CEILING: u64 = 54 * 1024;
 /// Event streams held open to measure one's heap.
 const STREAMS: u64 = 50;
 

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::acceptor::next_connection;
-use super::worker::{builder, Serving};
+use super::worker::{Builders, Serving};
 use super::Settings;
 use crate::lifecycle::Lifecycle;
 
@@ -26,7 +26,7 @@ pub async fn serve_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let serving = Serving {
-        builder: builder(&settings),
+        builders: Arc::new(Builders::new(&settings)),
         router,
         lifecycle,
         graceful: GracefulShutdown::new(),

@@ -64,6 +64,33 @@ impl Drop for InFlight {
     }
 }
 
+/// What every HTTP/2 connection opens with (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection's first bytes announce ([`Conn::protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+    /// Not decided by what has arrived: nothing (the client closed), or the first bytes of the
+    /// HTTP/2 preface without the rest yet.
+    Undecided,
+}
+
+impl Protocol {
+    fn of(first: &[u8]) -> Self {
+        if first.is_empty() {
+            Self::Undecided
+        } else if first == HTTP2_PREFACE {
+            Self::Http2
+        } else if HTTP2_PREFACE.starts_with(first) {
+            Self::Undecided
+        } else {
+            Self::Http1
+        }
+    }
+}
+
 /// What the read side of a connection is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ReadPhase {
@@ -154,6 +181,48 @@ impl Conn {
         }
     }
 
+    /// Polls the read side's timer while nothing can be read: the phase's deadline, or never
+    /// with a request in flight (the timer is then kept for the next idle wait, not polled:
+    /// issue 23, one timer per connection, moved to each new deadline, instead of a new one
+    /// armed per request).
+    fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(deadline) = self.read_deadline() else {
+            return Poll::Pending;
+        };
+        let (at, timer) = self
+            .read_timer
+            .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+        if *at != deadline {
+            timer.as_mut().reset(deadline);
+            *at = deadline;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                match self.phase {
+                    ReadPhase::Idle(_) => "idle connection (keep-alive timeout)",
+                    _ => "the request head did not arrive in time",
+                },
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The protocol the client's first bytes announce, peeked: they stay in the socket, for
+    /// hyper's own first read. Waits for them under the header read timeout, like a read.
+    pub(super) async fn protocol(&mut self) -> io::Result<Protocol> {
+        let mut first = [0; HTTP2_PREFACE.len()];
+        let peeked = std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut first);
+            match self.stream.poll_peek(cx, &mut buf) {
+                Poll::Ready(peeked) => Poll::Ready(peeked),
+                Poll::Pending => self.poll_read_deadline(cx).map(Err),
+            }
+        })
+        .await?;
+        Ok(Protocol::of(&first[..peeked]))
+    }
+
     /// Polls the write timer after a write that could not proceed.
     fn poll_write_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let limit = self.limits.write_timeout;
@@ -205,31 +274,7 @@ impl AsyncRead for Conn {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                // With a request in flight nothing times out here; the timer is kept for the
-                // next idle wait, not polled (issue 23: one timer per connection, moved to each
-                // new deadline, instead of a new one armed per request).
-                let Some(deadline) = this.read_deadline() else {
-                    return Poll::Pending;
-                };
-                let (at, timer) = this
-                    .read_timer
-                    .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
-                if *at != deadline {
-                    timer.as_mut().reset(deadline);
-                    *at = deadline;
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        match this.phase {
-                            ReadPhase::Idle(_) => "idle connection (keep-alive timeout)",
-                            _ => "the request head did not arrive in time",
-                        },
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => this.poll_read_deadline(cx).map(Err),
         }
     }
 }
@@ -292,6 +337,61 @@ mod tests {
             ..Connections::default()
         };
         (Conn::new(server, permit, None, limits), client)
+    }
+
+    /// The first bytes decide the builder: the whole preface is HTTP/2, anything that leaves
+    /// it is HTTP/1 at once, a preface still arriving (or nothing) is left to hyper-util's
+    /// auto builder.
+    #[test]
+    fn the_first_bytes_name_the_protocol() {
+        let cases: [(&[u8], Protocol); 8] = [
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Protocol::Http2),
+            (b"GET / HTTP/1.1\r\n", Protocol::Http1),
+            (b"G", Protocol::Http1),
+            (b"PRX", Protocol::Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r", Protocol::Http1),
+            (b"P", Protocol::Undecided),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r", Protocol::Undecided),
+            (b"", Protocol::Undecided),
+        ];
+        for (first, protocol) in cases {
+            assert_eq!(Protocol::of(first), protocol, "{:?}", String::from_utf8_lossy(first));
+        }
+    }
+
+    /// The peek leaves the bytes for hyper's first read, which gets all of them at once (the
+    /// read buffer is not first handed a 24-byte prefix, the cause of its doubling).
+    #[tokio::test(start_paused = true)]
+    async fn the_protocol_is_peeked_and_the_bytes_stay_for_the_first_read() {
+        let (mut conn, mut client) = pair().await;
+        let head = b"GET /a-path-longer-than-the-preface HTTP/1.1\r\nhost: x\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        assert_eq!(conn.protocol().await.unwrap(), Protocol::Http1);
+        assert_eq!(conn.phase, ReadPhase::Fresh, "a peek is not a read");
+        let mut read = vec![0; 8192];
+        let n = conn.read(&mut read).await.unwrap();
+        assert_eq!(&read[..n], head);
+
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        assert_eq!(conn.protocol().await.unwrap(), Protocol::Http2);
+        let n = conn.read(&mut read).await.unwrap();
+        assert_eq!(n, 24);
+
+        let (mut conn, client) = pair().await;
+        drop(client);
+        assert_eq!(conn.protocol().await.unwrap(), Protocol::Undecided, "a closed client");
+    }
+
+    /// A client that sends nothing is given up at the header read timeout, as a read would.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_not_peeked_at_past_the_header_read_timeout() {
+        let (mut conn, _client) = pair().await;
+        let started = Instant::now();
+        let err = conn.protocol().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the request head did not arrive in time");
+        assert_eq!(started.elapsed(), HEAD);
     }
 
     /// An HTTP/1 connection: a head starts with its first bytes and has the header read

@@ -412,7 +412,7 @@ async fn a_head_limit_under_8_kib_still_serves() {
 /// A worker's serving side on the test's own thread (so a thread-local subscriber sees its logs).
 fn serving(settings: &Settings) -> worker::Serving {
     worker::Serving {
-        builder: worker::builder(settings),
+        builders: Arc::new(worker::Builders::new(settings)),
         router: Router::new().route("/", get(|| async { "ok" })),
         lifecycle: Arc::default(),
         graceful: hyper_util::server::graceful::GracefulShutdown::new(),

@@ -17,12 +17,44 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use super::acceptor::{Incoming, LoadGuard};
-use super::conn::{Conn, InFlight};
+use super::conn::{Conn, InFlight, Protocol};
 use super::{watchdog, Connections, Settings};
 use crate::lifecycle::Lifecycle;
 
-/// The connection builder both listeners use: hyper's HTTP/1 and HTTP/2 settings, and HTTP/2
-/// streams spawned under a watchdog (see [`watchdog`]).
+/// The connection builders both listeners use: hyper-util's auto builder, and the same one
+/// pinned to each protocol. A connection's first bytes are peeked ([`Conn::protocol`]) and it is
+/// served by the builder of the protocol they announce: hyper-util's own version check reads
+/// them and hands them back to hyper in a first read of 24 bytes, after which hyper's 8 KiB read
+/// buffer no longer fits its next read and doubles (16 KiB per connection, and per open event
+/// stream, issue 23). The auto builder serves what the peek cannot decide (an HTTP/2 preface
+/// still arriving, a client that closed).
+pub(super) struct Builders {
+    any: auto::Builder<watchdog::StreamExecutor>,
+    http1: auto::Builder<watchdog::StreamExecutor>,
+    http2: auto::Builder<watchdog::StreamExecutor>,
+}
+
+impl Builders {
+    pub(super) fn new(settings: &Settings) -> Self {
+        let any = builder(settings);
+        Self {
+            http1: any.clone().http1_only(),
+            http2: any.clone().http2_only(),
+            any,
+        }
+    }
+
+    fn of(&self, protocol: Protocol) -> &auto::Builder<watchdog::StreamExecutor> {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::Http2 => &self.http2,
+            Protocol::Undecided => &self.any,
+        }
+    }
+}
+
+/// The connection builder: hyper's HTTP/1 and HTTP/2 settings, and HTTP/2 streams spawned under
+/// a watchdog (see [`watchdog`]).
 pub(super) fn builder(settings: &Settings) -> auto::Builder<watchdog::StreamExecutor> {
     let connections = &settings.connections;
     let mut builder = auto::Builder::new(watchdog::StreamExecutor {
@@ -58,7 +90,7 @@ pub(super) const HTTP2_SEND_BUFFER: usize = 16 * 1024;
 
 /// What serving one connection needs besides the socket.
 pub(super) struct Serving {
-    pub(super) builder: auto::Builder<watchdog::StreamExecutor>,
+    pub(super) builders: Arc<Builders>,
     pub(super) router: Router,
     pub(super) lifecycle: Arc<Lifecycle>,
     pub(super) graceful: GracefulShutdown,
@@ -127,10 +159,20 @@ impl Serving {
                 }))
             })
         });
-        let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
-        let connection = self.graceful.watch(connection);
+        // Watched from now (the drain counts and waits for it), served once its first bytes
+        // tell which builder serves it.
+        let watcher = self.graceful.watcher();
+        let builders = self.builders.clone();
         let task = async move {
-            if let Err(err) = connection.await {
+            let mut io = io;
+            let served = match io.protocol().await {
+                Ok(protocol) => {
+                    let connection = builders.of(protocol).serve_connection(TokioIo::new(io), service);
+                    watcher.watch(connection).await
+                }
+                Err(err) => Err(err.into()),
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %err, "client connection ended with an error");
             }
         };
@@ -178,7 +220,7 @@ pub(super) async fn run_worker(
     mut stopped: watch::Receiver<bool>,
 ) {
     let serving = Serving {
-        builder: builder(&settings),
+        builders: Arc::new(Builders::new(&settings)),
         router,
         lifecycle,
         graceful: GracefulShutdown::new(),

@@ -425,6 +425,23 @@ mod tests {
         }
     }
 
+    /// The fast path's test: a value it takes is written as is, so it must be exactly the values
+    /// no formatter escapes (the slow path gives the same bytes for every value, so the line
+    /// test above cannot tell which path ran).
+    #[test]
+    fn only_printable_ascii_without_quotes_or_backslashes_is_plain() {
+        for text in [
+            "",
+            "fal-ai/video-prompt-generator",
+            " !#$%&'()*+,-./09:;<=>?@AZ[]^_`az{|}~",
+        ] {
+            assert!(plain(text), "{text:?}");
+        }
+        for text in ["\"", "a\"b", "\\", "a\\b", "\u{1f}", "\t", "\n", "\u{7f}", "é", "\u{0}"] {
+            assert!(!plain(text), "{text:?}");
+        }
+    }
+
     #[test]
     fn milliseconds_are_written_as_their_f64_is() {
         for micros in [0, 1, 5, 10, 317, 1_000, 1_230, 2_000_005, 999_999, 4_294_967_295] {
