@@ -12,7 +12,9 @@
 //! Chosen over `SO_REUSEPORT` sockets per worker, whose hash spreads a few long-lived load
 //! balancer connections unevenly and which let a stale process on the same port silently take
 //! half the traffic. Written by hand because axum and hyper serve one listener on one runtime;
-//! each worker serves its connections with hyper-util's auto (HTTP/1 and HTTP/2) builder.
+//! each worker serves its connections with hyper's HTTP/1 or HTTP/2 builder, chosen from the
+//! connection's first bytes, peeked (`conn::Protocol`; hyper-util's auto builder when they do not
+//! decide it).
 //!
 //! The admin listener, the acceptor and background tasks (JWKS refresh) stay on the main
 //! runtime. Each worker opens its own Redis connection (`redis::RedisStore::connection`).
