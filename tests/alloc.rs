@@ -50,8 +50,10 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 static FREED: AtomicU64 = AtomicU64::new(0);
 
 fn note(size: usize, zeroed: bool) {
-    // A `const` thread-local `Cell`: reading it never allocates.
-    if falgate::server::current_worker().is_some() {
+    // `const` thread-local `Cell`s: reading them never allocates. What `ALLOC_TRACE`'s own
+    // backtraces allocate is not the request's (counted, it broke the stream ceiling in that
+    // mode only).
+    if falgate::server::current_worker().is_some() && !IN_TRACE.get() {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(size as u64, Ordering::Relaxed);
         if TRACING.load(Ordering::Relaxed) {
@@ -61,7 +63,7 @@ fn note(size: usize, zeroed: bool) {
 }
 
 fn freed(size: usize) {
-    if falgate::server::current_worker().is_some() {
+    if falgate::server::current_worker().is_some() && !IN_TRACE.get() {
         FREED.fetch_add(size as u64, Ordering::Relaxed);
     }
 }
