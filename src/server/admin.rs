@@ -30,6 +30,7 @@ pub async fn serve_admin(
         router,
         lifecycle,
         graceful: GracefulShutdown::new(),
+        closing: tokio::sync::watch::channel(false).0,
         connections: settings.connections,
         streams: Arc::new(Semaphore::new(
             (settings.connections.admin_max_open)

@@ -416,6 +416,7 @@ fn serving(settings: &Settings) -> worker::Serving {
         router: Router::new().route("/", get(|| async { "ok" })),
         lifecycle: Arc::default(),
         graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        closing: tokio::sync::watch::channel(false).0,
         connections: settings.connections,
         streams: Arc::new(tokio::sync::Semaphore::new(8)),
     }
@@ -445,6 +446,37 @@ async fn the_drain_names_the_connections_it_waits_for_and_is_silent_without_any(
     let text = captured.text();
     assert_eq!(text.matches("draining client connections").count(), 1, "{text}");
     assert!(text.contains("open=1"), "{text}");
+}
+
+/// A connection whose client has sent nothing yet does not hold the drain until its header read
+/// timeout: it is closed when the drain begins, as hyper closes an idle kept-alive one (a
+/// balancer's pre-opened connections would otherwise keep a stopping process that long). Its
+/// protocol is peeked before hyper serves it, so hyper's graceful shutdown cannot reach it.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sent_nothing_is_closed_when_the_drain_begins() {
+    use tokio::io::AsyncReadExt;
+    let settings = test_settings();
+    let serving = serving(&settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (stream, peer) = listener.accept().await.unwrap();
+    let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+    serving.spawn(stream, permit, None, peer);
+    // The connection's task runs until it waits for the client's first bytes.
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    serving.drain(Duration::from_secs(60)).await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "the drain waited for a silent connection (header read timeout {:?})",
+        settings.connections.header_read_timeout
+    );
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
 }
 
 /// What HTTP/2 buffers per stream past the peer's window is 16 KiB, not hyper's 400 KiB default

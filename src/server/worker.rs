@@ -94,6 +94,9 @@ pub(super) struct Serving {
     pub(super) router: Router,
     pub(super) lifecycle: Arc<Lifecycle>,
     pub(super) graceful: GracefulShutdown,
+    /// Set when the drain begins: closes the connections whose first bytes have not arrived
+    /// (hyper's graceful shutdown reaches only the connections it serves).
+    pub(super) closing: watch::Sender<bool>,
     pub(super) connections: Connections,
     /// HTTP/2 streams with a response in progress, all connections together
     /// (`http2_max_open_streams`).
@@ -163,9 +166,15 @@ impl Serving {
         // tell which builder serves it.
         let watcher = self.graceful.watcher();
         let builders = self.builders.clone();
+        let mut closing = self.closing.subscribe();
         let task = async move {
             let mut io = io;
-            let served = match io.protocol().await {
+            let protocol = tokio::select! {
+                protocol = io.protocol() => protocol,
+                // Closed unserved, as hyper closes an idle connection when the drain begins.
+                _ = closing.wait_for(|closing| *closing) => return,
+            };
+            let served = match protocol {
                 Ok(protocol) => {
                     let connection = builders.of(protocol).serve_connection(TokioIo::new(io), service);
                     watcher.watch(connection).await
@@ -185,6 +194,7 @@ impl Serving {
     /// Lets the connections finish (HTTP/1 after their answer, HTTP/2 with GOAWAY) for up to
     /// `timeout`; the rest are cut when their runtime ends.
     pub(super) async fn drain(self, timeout: Duration) {
+        self.closing.send_replace(true);
         let open = self.graceful.count();
         if open > 0 {
             tracing::info!(open, "draining client connections");
@@ -224,6 +234,7 @@ pub(super) async fn run_worker(
         router,
         lifecycle,
         graceful: GracefulShutdown::new(),
+        closing: watch::channel(false).0,
         connections: settings.connections,
         streams,
     };
