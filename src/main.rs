@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// tasks; requests are served on `workers` threads of their own (`falgate::server`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    return_freed_memory();
+    return_freed_memory_at_once();
     match cli::run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(message)) => {
@@ -29,18 +29,12 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Freed memory goes back to the system within about a quarter second, not at once and not
-/// never. mimalloc purges what was freed after `purge_delay` (10 ms by default in v2), but only
-/// when an allocation or a collection runs afterwards: after a spike (a 10 MB body on a worker
-/// that then idles) the memory stayed resident for good (issue 10: 156 MB after a key flood).
-/// A delay of 0 purged every freed page at once, and cost 8–12 % of the CPU per proxied call
-/// under load (issue 23: page faults and TLB shootdowns as pages emptied by one call were handed
-/// back and touched again by the next; `bench/run` at a 100 ms delay, BENCHMARKS.md). So: a
-/// 100 ms delay, and a thread that asks mimalloc every [`COLLECT_EVERY`] to purge what is due
-/// (`mi_collect(false)`: the arenas are the process's, whichever thread asks). The
-/// attack tests hold the result: memory back near idle within 5 s of each attack.
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn return_freed_memory() {
+/// Freed memory goes back to the system when it is freed, not 10 ms later: mimalloc runs a
+/// delayed purge only when the thread that freed the memory allocates again, so after a spike
+/// (a 10 MB body on a worker that then idles) the memory stayed resident for good (issue 10:
+/// 156 MB after a key flood, 35 MB with this). `MIMALLOC_PURGE_DELAY` in the environment still
+/// wins.
+fn return_freed_memory_at_once() {
     // `mi_option_purge_delay` in mimalloc.h (16th of `mi_option_e`, in v2 and v3 alike); the
     // -sys crate exports no constant for it.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
@@ -49,23 +43,7 @@ fn return_freed_memory() {
         // relaxed atomics, so setting one while other threads allocate is sound (and none do yet).
         #[allow(unsafe_code)]
         unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
         }
     }
-    let collector = std::thread::Builder::new().name("falgate-purge".into()).spawn(|| loop {
-        std::thread::sleep(COLLECT_EVERY);
-        // SAFETY: `mi_collect` may be called from any thread at any time; `false` only purges
-        // what is due (no forced purge, no walk of other threads' heaps).
-        #[allow(unsafe_code)]
-        unsafe {
-            libmimalloc_sys::mi_collect(false);
-        }
-    });
-    // Without the thread, memory is still purged as calls allocate: only an idle spike stays.
-    drop(collector);
 }
-
-/// How long mimalloc keeps freed memory before it may go back to the system (ms).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-/// How often the purge thread asks for what is due.
-const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
