@@ -75,6 +75,32 @@ use worker::run_worker;
 /// Most worker threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
 
+/// What each worker thread runs every [`UPKEEP_EVERY`] on its own runtime, set by the binary
+/// before [`serve`] ([`set_worker_upkeep`]); nothing when unset (tests, an embedding
+/// application).
+static WORKER_UPKEEP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// How often each worker runs its upkeep.
+pub const UPKEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Sets what each worker thread runs every [`UPKEEP_EVERY`], on the thread itself: the binary's
+/// allocator collection (`main.rs`: mimalloc hands back what a thread freed only when that
+/// thread allocates or collects, so an idle worker would keep a spike's memory). The first call
+/// wins.
+pub fn set_worker_upkeep(upkeep: fn()) {
+    let _ = WORKER_UPKEEP.set(upkeep);
+}
+
+/// Runs `task` every `period` on the current runtime, forever (until the runtime ends).
+pub async fn every(period: Duration, task: fn()) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        task();
+    }
+}
+
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
@@ -123,7 +149,12 @@ pub async fn serve(
             .name(format!("falgate-worker-{index}"))
             .spawn(move || {
                 WORKER.with(|cell| cell.set(Some(index)));
-                runtime.block_on(run_worker(incoming, router, settings, lifecycle, streams, stopped));
+                runtime.block_on(async move {
+                    if let Some(&upkeep) = WORKER_UPKEEP.get() {
+                        tokio::spawn(every(UPKEEP_EVERY, upkeep));
+                    }
+                    run_worker(incoming, router, settings, lifecycle, streams, stopped).await;
+                });
                 // Connections still open past the drain timeout end here, and blocking work
                 // left behind (a DNS lookup to fal) may not hold the exit long.
                 runtime.shutdown_timeout(Duration::from_secs(1));

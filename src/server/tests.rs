@@ -533,3 +533,50 @@ async fn a_workers_load_counts_its_open_connections_until_they_close() {
     drop(second);
     settled(0).await;
 }
+
+/// `every` runs its task at once, then once per period, on the current runtime.
+#[tokio::test(start_paused = true)]
+async fn every_runs_its_task_at_once_then_each_period() {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    fn count() {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    let task = tokio::spawn(super::every(Duration::from_millis(250), count));
+    tokio::task::yield_now().await;
+    assert_eq!(RUNS.load(Ordering::SeqCst), 1, "at once");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(RUNS.load(Ordering::SeqCst), 5, "at 0, 250, 500, 750 and 1000 ms");
+    task.abort();
+}
+
+/// The upkeep the binary sets (its allocator's collection) runs on every worker thread, each on
+/// its own runtime: what a worker freed is handed back by that worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_upkeep_runs_on_every_worker_thread() {
+    static SEEN: [std::sync::atomic::AtomicUsize; 3] = [const { std::sync::atomic::AtomicUsize::new(0) }; 3];
+    fn note_worker() {
+        if let Some(index) = current_worker() {
+            SEEN[index].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    super::set_worker_upkeep(note_worker);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = Settings {
+        workers: 3,
+        ..test_settings()
+    };
+    let server = tokio::spawn(serve(listener, Router::new(), settings, Arc::default(), async move {
+        stopped.await.ok();
+    }));
+    // Its first run is at the worker's start; bounded, not timed.
+    let all_ran = tokio::time::timeout(Duration::from_secs(20), async {
+        while SEEN.iter().any(|runs| runs.load(Ordering::SeqCst) == 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(all_ran.is_ok(), "runs per worker: {SEEN:?}");
+}
