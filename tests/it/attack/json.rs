@@ -114,7 +114,10 @@ async fn key_flood_under_a_high_key_cap_gets_a_bounded_422() {
 
 /// Wide arrays, long strings and deep nesting: each refused with its own contract answer while
 /// another caller is served. The four bodies (2.4 MB together) are sent `ROUNDS` times: keeping
-/// them (14 MB) would cross the 10 MB the process may settle above its idle figure.
+/// them (14 MB) would cross the 10 MB the process may settle above its idle figure. The peak
+/// may reach 32 MB over idle: what one request freed stays resident up to mimalloc's 100 ms
+/// purge delay while the next parses on the other worker (issue 23; 16 MB at a delay of 0,
+/// 20–25 MB at 100 ms, here and in CI); a parse that amplified its input would still cross it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_long_and_deep_json_get_their_contract_answers() {
     const ROUNDS: usize = 6;
@@ -151,5 +154,5 @@ async fn wide_long_and_deep_json_get_their_contract_answers() {
 
     gate.submit("bob").await;
     assert_only_bob_reached_fal(&gate);
-    gate.assert_growth_bounded("wide, long and deep JSON", 24, 10).await;
+    gate.assert_growth_bounded("wide, long and deep JSON", 32, 10).await;
 }
