@@ -422,6 +422,18 @@ fn serving(settings: &Settings) -> worker::Serving {
     }
 }
 
+/// A client connection handed to `serving` as the acceptor hands one to a worker.
+async fn connect_to(serving: &worker::Serving) -> tokio::net::TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (stream, peer) = listener.accept().await.unwrap();
+    let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+    serving.spawn(stream, permit, None, peer);
+    client
+}
+
 /// The drain names how many connections it waits for, and says nothing when none is open.
 #[tokio::test]
 async fn the_drain_names_the_connections_it_waits_for_and_is_silent_without_any() {
@@ -431,13 +443,7 @@ async fn the_drain_names_the_connections_it_waits_for_and_is_silent_without_any(
     assert!(!captured.text().contains("draining"), "{}", captured.text());
 
     let serving = serving(&settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (stream, peer) = listener.accept().await.unwrap();
-    let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-    serving.spawn(stream, permit, None, peer);
+    let mut client = connect_to(&serving).await;
     // One answer: the connection is open and kept alive when the drain starts.
     assert!(get_on(&mut client, "/").await.starts_with("HTTP/1.1 200"));
     tokio::time::timeout(Duration::from_secs(10), serving.drain(Duration::from_secs(5)))
@@ -457,13 +463,7 @@ async fn a_connection_that_sent_nothing_is_closed_when_the_drain_begins() {
     use tokio::io::AsyncReadExt;
     let settings = test_settings();
     let serving = serving(&settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (stream, peer) = listener.accept().await.unwrap();
-    let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-    serving.spawn(stream, permit, None, peer);
+    let mut client = connect_to(&serving).await;
     // The connection's task runs until it waits for the client's first bytes.
     tokio::task::yield_now().await;
     let started = tokio::time::Instant::now();
