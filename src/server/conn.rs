@@ -167,7 +167,7 @@ impl Conn {
 
     /// Bytes arrived: a head starts if none was in flight (HTTP/1 only).
     fn on_bytes(&mut self, bytes: &[u8]) {
-        if matches!(self.phase, ReadPhase::Fresh) && bytes.starts_with(b"PRI * HTTP/2") {
+        if matches!(self.phase, ReadPhase::Fresh) && bytes.starts_with(&HTTP2_PREFACE[..12]) {
             self.http2 = true;
         }
         if self.http2 {
